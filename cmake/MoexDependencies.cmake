@@ -1,0 +1,58 @@
+# Dependencies. Required ones come from Debian packages (scripts/setup.sh
+# installs them); optional ones are detected, reported once in the summary,
+# and skipped when absent: the build never fails because a GPU is missing.
+
+find_package(absl CONFIG REQUIRED)
+find_package(nlohmann_json 3.10 CONFIG REQUIRED)
+find_package(CLI11 CONFIG REQUIRED)
+find_package(Threads REQUIRED)
+find_package(PkgConfig REQUIRED)
+
+set(MOEX_HAVE_MPI OFF)
+find_package(MPI COMPONENTS CXX QUIET)
+if(MPI_CXX_FOUND)
+  set(MOEX_HAVE_MPI ON)
+endif()
+
+set(MOEX_HAVE_UCX OFF)
+if(MOEX_ENABLE_UCX)
+  pkg_check_modules(UCX QUIET IMPORTED_TARGET ucx)
+  if(UCX_FOUND)
+    set(MOEX_HAVE_UCX ON)
+  endif()
+endif()
+
+# CUDA: nvcc is not on PATH on these machines, so look in the usual prefix.
+set(MOEX_HAVE_CUDA OFF)
+set(MOEX_HAVE_NCCL OFF)
+if(MOEX_ENABLE_CUDA)
+  if(NOT DEFINED CUDAToolkit_ROOT AND EXISTS "/usr/local/cuda/bin/nvcc")
+    set(CUDAToolkit_ROOT "/usr/local/cuda")
+  endif()
+  find_package(CUDAToolkit QUIET)
+  if(CUDAToolkit_FOUND)
+    set(MOEX_HAVE_CUDA ON)
+    find_library(MOEX_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/lib/x86_64-linux-gnu)
+    find_path(MOEX_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/include)
+    if(MOEX_NCCL_LIBRARY AND MOEX_NCCL_INCLUDE_DIR)
+      set(MOEX_HAVE_NCCL ON)
+    endif()
+  endif()
+endif()
+
+find_package(GTest QUIET)
+
+function(moex_print_summary)
+  set(lines "")
+  foreach(part MPI UCX CUDA NCCL)
+    if(MOEX_HAVE_${part})
+      string(APPEND lines "\n  ${part}: found")
+    else()
+      string(APPEND lines "\n  ${part}: not found, skipped")
+    endif()
+  endforeach()
+  if(MOEX_HAVE_CUDA)
+    string(APPEND lines "\n  CUDA toolkit: ${CUDAToolkit_VERSION} at ${CUDAToolkit_BIN_DIR}")
+  endif()
+  message(STATUS "moex ${PROJECT_VERSION} optional parts:${lines}")
+endfunction()

@@ -1,0 +1,17 @@
+// moex: one binary, one subcommand per job.
+#include <iostream>
+
+#include "CLI/CLI.hpp"
+#include "moex/cli/plan_command.h"
+#include "moex/core/build_info.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"moex: an expert-parallel runtime for Mixture-of-Experts models"};
+  app.set_version_flag("--version", moex::BuildDescription());
+  app.require_subcommand(1);
+  moex::cli::PlanFlags plan_flags;
+  CLI::App* plan = moex::cli::AddPlanCommand(app, plan_flags);
+  CLI11_PARSE(app, argc, argv);
+  if (plan->parsed()) return moex::cli::RunPlan(plan_flags, std::cout, std::cerr);
+  return 0;
+}

@@ -1,0 +1,118 @@
+// A model's architecture, normalised from its config.json.
+//
+// Each family reader (families/*.cc) turns one `model_type` into a
+// ModelArch: a list of layers, each with a token mixer (attention or a state
+// space model) and a feed-forward block (dense MLP or MoE), with the
+// parameter count of every part already computed from the config's fields.
+// The planner and, later, the runtime read only this struct, never the JSON.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace moex::model {
+
+// The parts a parameter belongs to. Their names are the keys of the plan's
+// `breakdown` object.
+enum class Part : int {
+  kEmbedding = 0,
+  kLmHead,
+  kAttention,
+  kMamba,          // state-space mixers (Jamba, Nemotron-H)
+  kDenseMlp,
+  kRoutedExperts,
+  kSharedExperts,
+  kRouter,         // gate weights, correction biases, shared-expert gates
+  kNorms,
+  kVision,         // a vision encoder and its projector (Llama 4)
+  kOther,
+};
+inline constexpr int kNumParts = 11;
+std::string_view PartName(Part part);
+
+enum class MixerKind { kNone, kAttention, kMamba };
+enum class FfnKind { kNone, kDense, kMoe };
+
+// What a layer's attention costs per token beyond its weights.
+struct AttentionShape {
+  int64_t num_heads = 0;
+  int64_t qk_head_dim = 0;   // dims per head that enter the q.k dot product
+  int64_t v_head_dim = 0;    // dims per head of the value vectors
+  int64_t sliding_window = 0;  // 0: attends to the whole context
+  // Elements cached per token for this layer (MLA: latent + rope key; GQA:
+  // 2 * kv_heads * head_dim).
+  int64_t kv_cache_elems_per_token = 0;
+};
+
+// One MoE block.
+struct MoeShape {
+  int64_t num_experts = 0;            // routed experts
+  int64_t experts_per_token = 0;      // top-k
+  int64_t expert_intermediate_size = 0;
+  int64_t params_per_expert = 0;      // weights and biases of one routed expert
+  int64_t shared_params = 0;          // all shared experts of the block
+  int64_t router_params = 0;          // gate (+ correction bias, shared-expert gate)
+};
+
+struct LayerSpec {
+  MixerKind mixer = MixerKind::kNone;
+  FfnKind ffn = FfnKind::kNone;
+  int64_t attention_params = 0;
+  int64_t mamba_params = 0;
+  int64_t dense_mlp_params = 0;
+  int64_t norm_params = 0;
+  int64_t other_params = 0;
+  AttentionShape attention;
+  // Non-GEMM FLOPs per token of a state-space mixer (the selective scan).
+  int64_t mamba_scan_flops_per_token = 0;
+  MoeShape moe;
+};
+
+// How tokens choose experts; the runtime's router follows it.
+struct RouterSpec {
+  std::string scoring = "softmax";  // "softmax" or "sigmoid"
+  bool norm_topk_prob = false;      // renormalise the chosen k weights
+  int64_t num_groups = 1;           // group-limited routing (DeepSeek-V3)
+  int64_t topk_groups = 1;
+  double routed_scaling_factor = 1.0;
+  bool has_correction_bias = false;  // e_score_correction_bias
+};
+
+struct ModelArch {
+  std::string model_type;
+  std::string source;  // preset name or file path
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  bool tie_word_embeddings = false;
+
+  int64_t embedding_params = 0;
+  int64_t lm_head_params = 0;  // 0 when tied to the embedding
+  int64_t final_norm_params = 0;
+  int64_t vision_params = 0;   // counted in the total, inactive for text tokens
+
+  std::vector<LayerSpec> layers;
+
+  // Multi-token-prediction modules (DeepSeek-V3): reported apart, not in the
+  // total, as the model cards do. mtp_extra_params holds their projections
+  // and norms beyond the transformer layer itself.
+  std::vector<LayerSpec> mtp_layers;
+  int64_t mtp_extra_params = 0;
+
+  RouterSpec router;
+  std::string expert_activation = "silu";
+
+  // Field defaults that were applied, and parts the config defines but the
+  // reader cannot count. Both are shown to the user: no silent guess.
+  std::vector<std::string> assumptions;
+  std::vector<std::string> uncounted;
+
+  int64_t num_moe_layers() const;
+  int64_t num_dense_layers() const;  // layers whose FFN is a dense MLP or absent
+  // The first MoE layer's shape, or an all-zero one for a dense model.
+  MoeShape first_moe() const;
+};
+
+}  // namespace moex::model

@@ -1,0 +1,64 @@
+// Qwen1.5/Qwen2-MoE (shared expert with a sigmoid gate, qkv biases) and
+// Qwen3-MoE (q/k norms, no shared expert).
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "blocks.h"
+#include "families.h"
+#include "moex/core/status_macros.h"
+
+namespace moex::model::families {
+
+absl::StatusOr<ModelArch> ReadQwenMoe(const ConfigView& config, std::string_view model_type) {
+  using L = FieldLimits;
+  const bool is_qwen2 = model_type == "qwen2_moe";
+  ModelArch arch;
+  arch.model_type = std::string(model_type);
+  MOEX_ASSIGN_OR_RETURN(blocks::CommonDims dims,
+                        blocks::ReadCommonDims(config, /*default_tie=*/false, &arch.assumptions));
+  blocks::SetEmbeddings(dims, &arch);
+  MOEX_ASSIGN_OR_RETURN(int64_t num_experts, config.Int("num_experts", 1, L::kExperts));
+  MOEX_ASSIGN_OR_RETURN(int64_t top_k, config.Int("num_experts_per_tok", 1, L::kExperts));
+  MOEX_RETURN_IF_ERROR(blocks::CheckTopK(config, "num_experts", num_experts, "num_experts_per_tok", top_k));
+  MOEX_ASSIGN_OR_RETURN(int64_t expert_width, config.Int("moe_intermediate_size", 1, L::kWidth));
+  MOEX_ASSIGN_OR_RETURN(int64_t dense_width, config.Int("intermediate_size", 1, L::kWidth));
+  MOEX_ASSIGN_OR_RETURN(int64_t sparse_step, config.IntOr("decoder_sparse_step", 1, L::kLayers, 1));
+  MOEX_ASSIGN_OR_RETURN(std::vector<int64_t> mlp_only,
+                        config.IntList("mlp_only_layers", 0, dims.num_layers - 1));
+  MOEX_ASSIGN_OR_RETURN(arch.router.norm_topk_prob, config.BoolOr("norm_topk_prob", false));
+  int64_t shared_width = 0;
+  if (is_qwen2) {
+    MOEX_ASSIGN_OR_RETURN(shared_width,
+                          config.IntOr("shared_expert_intermediate_size", 0, L::kWidth, 0));
+  }
+  MOEX_ASSIGN_OR_RETURN(bool attention_bias, config.BoolOr("attention_bias", false));
+
+  blocks::GqaAttention attention{.hidden_size = dims.hidden_size,
+                                 .num_heads = dims.num_heads,
+                                 .num_kv_heads = dims.num_kv_heads,
+                                 .head_dim = dims.head_dim,
+                                 // Qwen2 always has q/k/v biases; Qwen3 has q/k RMSNorms.
+                                 .qkv_bias = is_qwen2 || attention_bias,
+                                 .o_bias = !is_qwen2 && attention_bias,
+                                 .extra_params = is_qwen2 ? 0 : 2 * dims.head_dim};
+  for (int64_t i = 0; i < dims.num_layers; ++i) {
+    LayerSpec layer;
+    blocks::AddGqaAttention(attention, &layer);
+    layer.norm_params = 2 * dims.hidden_size;
+    bool dense_only = std::find(mlp_only.begin(), mlp_only.end(), i) != mlp_only.end();
+    if (!dense_only && (i + 1) % sparse_step == 0) {
+      // The shared expert's scalar gate [1, H] is counted with the router.
+      int64_t shared = shared_width > 0 ? blocks::GatedMlpParams(dims.hidden_size, shared_width) : 0;
+      int64_t router = num_experts * dims.hidden_size + (shared_width > 0 ? dims.hidden_size : 0);
+      blocks::SetMoe(&layer, num_experts, top_k, expert_width,
+                     blocks::GatedMlpParams(dims.hidden_size, expert_width), shared, router);
+    } else {
+      layer.ffn = FfnKind::kDense;
+      layer.dense_mlp_params = blocks::GatedMlpParams(dims.hidden_size, dense_width);
+    }
+    arch.layers.push_back(layer);
+  }
+  return arch;
+}
+
+}  // namespace moex::model::families

@@ -1,0 +1,88 @@
+#include "moex/model/model_loader.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <functional>
+#include <map>
+
+#include "moex/core/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "families/families.h"
+#include "moex/core/status_macros.h"
+#include "moex/model/config_view.h"
+#include "moex/model/presets.h"
+
+namespace moex::model {
+namespace {
+
+using Reader = std::function<absl::StatusOr<ModelArch>(const ConfigView&)>;
+
+const std::map<std::string, Reader, std::less<>>& Readers() {
+  using namespace families;  // NOLINT: the table below names every family reader
+  static const auto* readers = new std::map<std::string, Reader, std::less<>>{
+      {"deepseek_v2", [](const ConfigView& c) { return ReadDeepseek(c, "deepseek_v2"); }},
+      {"deepseek_v3", [](const ConfigView& c) { return ReadDeepseek(c, "deepseek_v3"); }},
+      {"kimi_k2", [](const ConfigView& c) { return ReadDeepseek(c, "kimi_k2"); }},
+      {"deepseek_v4", [](const ConfigView& c) { return ReadDeepseekV4(c); }},
+      {"qwen2_moe", [](const ConfigView& c) { return ReadQwenMoe(c, "qwen2_moe"); }},
+      {"qwen3_moe", [](const ConfigView& c) { return ReadQwenMoe(c, "qwen3_moe"); }},
+      {"mixtral", [](const ConfigView& c) { return ReadMixtral(c); }},
+      {"llama4", [](const ConfigView& c) { return ReadLlama4(c, "llama4"); }},
+      {"llama4_text", [](const ConfigView& c) { return ReadLlama4(c, "llama4_text"); }},
+      {"gpt_oss", [](const ConfigView& c) { return ReadGptOss(c); }},
+      {"olmoe", [](const ConfigView& c) { return ReadOlmoe(c); }},
+      {"dbrx", [](const ConfigView& c) { return ReadDbrx(c); }},
+      {"jamba", [](const ConfigView& c) { return ReadJamba(c); }},
+      {"nemotron_h", [](const ConfigView& c) { return ReadNemotronH(c); }},
+      {"llama", [](const ConfigView& c) { return ReadDense(c, "llama"); }},
+      {"mistral", [](const ConfigView& c) { return ReadDense(c, "mistral"); }},
+      {"qwen2", [](const ConfigView& c) { return ReadDense(c, "qwen2"); }},
+      {"qwen3", [](const ConfigView& c) { return ReadDense(c, "qwen3"); }},
+  };
+  return *readers;
+}
+
+}  // namespace
+
+std::vector<std::string> SupportedModelTypes() {
+  std::vector<std::string> types;
+  for (const auto& [type, reader] : Readers()) types.push_back(type);
+  return types;
+}
+
+absl::StatusOr<ModelArch> ParseModelConfig(const nlohmann::json& config, std::string_view source) {
+  ConfigView view(config, std::string(source));
+  MOEX_ASSIGN_OR_RETURN(std::string model_type, view.String("model_type"));
+  auto it = Readers().find(model_type);
+  if (it == Readers().end()) {
+    return absl::InvalidArgumentError(
+        StrCat(source, ": unknown model_type '", model_type,
+                     "'; moex reads: ", absl::StrJoin(SupportedModelTypes(), ", ")));
+  }
+  MOEX_ASSIGN_OR_RETURN(ModelArch arch, it->second(view));
+  arch.source = std::string(source);
+  return arch;
+}
+
+absl::StatusOr<ModelArch> LoadModel(std::string_view model) {
+  if (model.empty()) return absl::InvalidArgumentError("no model given: name a preset or a config.json");
+  if (std::optional<Preset> preset = FindPreset(model)) {
+    MOEX_ASSIGN_OR_RETURN(nlohmann::json config,
+                          ParseJsonText(preset->config_json, StrCat("preset '", model, "'")));
+    return ParseModelConfig(config, preset->name);
+  }
+  std::filesystem::path path{std::string(model)};
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) path /= "config.json";
+  if (!std::filesystem::exists(path, error)) {
+    std::vector<std::string> names;
+    for (const Preset& p : AllPresets()) names.emplace_back(p.name);
+    return absl::NotFoundError(StrCat("'", model,
+                                            "' is neither a preset nor a readable file; presets: ",
+                                            absl::StrJoin(names, ", ")));
+  }
+  MOEX_ASSIGN_OR_RETURN(nlohmann::json config, ReadJsonFile(path.string()));
+  return ParseModelConfig(config, path.string());
+}
+
+}  // namespace moex::model
