@@ -21,7 +21,7 @@ struct PlanOptions {
   // Tokens of context the token attends to (its position in the sequence).
   int64_t context = 4096;
   // Set: plan a deployment on this many GPUs (expert parallel).
-  std::optional<int64_t> gpus;
+  std::optional<int64_t> gpus = std::nullopt;
   int64_t gpus_per_node = 8;
   double gpu_mem_gib = 80.0;
 
