@@ -8,11 +8,9 @@ find_package(CLI11 CONFIG REQUIRED)
 find_package(Threads REQUIRED)
 find_package(PkgConfig REQUIRED)
 
-set(MOEX_HAVE_MPI OFF)
-find_package(MPI COMPONENTS CXX QUIET)
-if(MPI_CXX_FOUND)
-  set(MOEX_HAVE_MPI ON)
-endif()
+# MPI launches and carries moex's multi-rank runs: required.
+find_package(MPI REQUIRED COMPONENTS C)
+set(MOEX_HAVE_MPI ON)
 
 set(MOEX_HAVE_UCX OFF)
 if(MOEX_ENABLE_UCX)

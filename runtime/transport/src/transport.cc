@@ -1,0 +1,187 @@
+#include "moex/transport/transport.h"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "moex/core/status_macros.h"
+#include "moex/core/str_cat.h"
+
+namespace moex::transport {
+
+absl::Status Transport::Fail(absl::Status status) {
+  if (failure_.ok()) failure_ = status;
+  return status;
+}
+
+absl::Status Transport::Start(std::string_view what) {
+  context_ = std::string(what);
+  if (!failure_.ok()) {
+    return absl::FailedPreconditionError(StrCat(name(), " transport, rank ", rank_, ": ", what,
+                                                " refused: the transport failed earlier: ",
+                                                failure_.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Transport::WaitAll(std::vector<Pending>& pending, Deadline deadline,
+                                std::string_view what) {
+  const auto started = Deadline::Clock::now();
+  int idle_rounds = 0;
+  while (true) {
+    Progress();
+    bool all_done = true;
+    for (Pending& p : pending) {
+      if (p.done) continue;
+      absl::StatusOr<bool> done = Test(p.request);
+      if (!done.ok()) {
+        return Fail(absl::UnavailableError(StrCat(name(), " transport, rank ", rank_, ": ", what,
+                                                  " failed talking to rank ", p.peer, ": ",
+                                                  done.status().message())));
+      }
+      p.done = *done;
+      all_done &= p.done;
+    }
+    if (all_done) return absl::OkStatus();
+    if (deadline.Expired()) {
+      std::vector<int> missing;
+      for (const Pending& p : pending) {
+        if (!p.done && std::find(missing.begin(), missing.end(), p.peer) == missing.end()) {
+          missing.push_back(p.peer);
+        }
+      }
+      std::sort(missing.begin(), missing.end());
+      for (Pending& p : pending) {
+        if (!p.done) Cancel(p.request);
+      }
+      double waited = std::chrono::duration<double>(Deadline::Clock::now() - started).count();
+      return Fail(absl::DeadlineExceededError(
+          absl::StrFormat("%s transport, rank %d: %s timed out after %.1f s waiting for rank(s) %s",
+                          std::string(name()), rank_, std::string(what), waited,
+                          absl::StrJoin(missing, ", "))));
+    }
+    // Spin briefly, then yield: ranks often share cores (oversubscribed runs).
+    if (++idle_rounds > 64) sched_yield();
+  }
+}
+
+absl::Status Transport::AllToAllV(const std::byte* send, std::span<const int64_t> send_bytes,
+                                  std::byte* recv, std::span<const int64_t> recv_bytes,
+                                  Deadline deadline) {
+  uint64_t tag = NextCollectiveTag();
+  std::string what = StrCat("all-to-all #", tag & 0xffffffffff);
+  MOEX_RETURN_IF_ERROR(Start(what));
+  const int world = world_size_;
+  if (static_cast<int>(send_bytes.size()) != world || static_cast<int>(recv_bytes.size()) != world) {
+    return absl::InvalidArgumentError(StrCat(name(), " transport, rank ", rank_, ": ", what,
+                                             " needs ", world, " counts, got ", send_bytes.size(),
+                                             " to send and ", recv_bytes.size(), " to receive"));
+  }
+  std::vector<int64_t> send_offset(world + 1, 0), recv_offset(world + 1, 0);
+  for (int r = 0; r < world; ++r) {
+    if (send_bytes[r] < 0 || recv_bytes[r] < 0) {
+      return absl::InvalidArgumentError(StrCat(what, ": negative count for rank ", r));
+    }
+    send_offset[r + 1] = send_offset[r] + send_bytes[r];
+    recv_offset[r + 1] = recv_offset[r] + recv_bytes[r];
+  }
+  std::vector<Pending> pending;
+  pending.reserve(2 * world);
+  // Receives first, from the next rank round, so that no two ranks start on
+  // the same peer; then sends in the same rotation.
+  for (int step = 1; step < world; ++step) {
+    int peer = (rank_ + step) % world;
+    MOEX_ASSIGN_OR_RETURN(RequestId id,
+                          PostRecv(peer, recv + recv_offset[peer], recv_bytes[peer], tag));
+    pending.push_back({id, peer});
+  }
+  for (int step = 1; step < world; ++step) {
+    int peer = (rank_ + world - step) % world;
+    MOEX_ASSIGN_OR_RETURN(RequestId id,
+                          PostSend(peer, send + send_offset[peer], send_bytes[peer], tag));
+    pending.push_back({id, peer});
+  }
+  if (send_bytes[rank_] != recv_bytes[rank_]) {
+    return Fail(absl::InvalidArgumentError(StrCat(what, ": rank ", rank_, " sends itself ",
+                                                  send_bytes[rank_], " bytes but expects ",
+                                                  recv_bytes[rank_])));
+  }
+  if (send_bytes[rank_] > 0) {
+    std::memcpy(recv + recv_offset[rank_], send + send_offset[rank_], send_bytes[rank_]);
+  }
+  return WaitAll(pending, deadline, what);
+}
+
+absl::Status Transport::ExchangeCounts(std::span<const int64_t> send_counts,
+                                       std::span<int64_t> recv_counts, Deadline deadline) {
+  std::vector<int64_t> bytes(world_size_, sizeof(int64_t));
+  if (static_cast<int>(send_counts.size()) != world_size_ ||
+      static_cast<int>(recv_counts.size()) != world_size_) {
+    return absl::InvalidArgumentError(StrCat("ExchangeCounts needs ", world_size_, " counts"));
+  }
+  return AllToAllV(reinterpret_cast<const std::byte*>(send_counts.data()), bytes,
+                   reinterpret_cast<std::byte*>(recv_counts.data()), bytes, deadline);
+}
+
+absl::Status Transport::Send(int peer, const void* data, int64_t bytes, uint32_t tag,
+                             Deadline deadline) {
+  std::string what = StrCat("send of ", bytes, " bytes to rank ", peer, " (tag ", tag, ")");
+  MOEX_RETURN_IF_ERROR(Start(what));
+  if (peer < 0 || peer >= world_size_ || peer == rank_ || tag >= (1u << 20)) {
+    return absl::InvalidArgumentError(StrCat(what, ": peer must be another rank in [0, ",
+                                             world_size_, ") and tag below 2^20"));
+  }
+  MOEX_ASSIGN_OR_RETURN(RequestId id, PostSend(peer, static_cast<const std::byte*>(data), bytes,
+                                               PointToPointTag(tag)));
+  std::vector<Pending> pending{{id, peer}};
+  return WaitAll(pending, deadline, what);
+}
+
+absl::Status Transport::Recv(int peer, void* data, int64_t bytes, uint32_t tag, Deadline deadline) {
+  std::string what = StrCat("receive of ", bytes, " bytes from rank ", peer, " (tag ", tag, ")");
+  MOEX_RETURN_IF_ERROR(Start(what));
+  if (peer < 0 || peer >= world_size_ || peer == rank_ || tag >= (1u << 20)) {
+    return absl::InvalidArgumentError(StrCat(what, ": peer must be another rank in [0, ",
+                                             world_size_, ") and tag below 2^20"));
+  }
+  MOEX_ASSIGN_OR_RETURN(RequestId id, PostRecv(peer, static_cast<std::byte*>(data), bytes,
+                                               PointToPointTag(tag)));
+  std::vector<Pending> pending{{id, peer}};
+  return WaitAll(pending, deadline, what);
+}
+
+absl::Status Transport::Barrier(Deadline deadline) {
+  std::vector<int64_t> none(world_size_, 0);
+  return AllToAllV(nullptr, none, nullptr, none, deadline);
+}
+
+template <typename T>
+absl::Status Transport::AllReduce(std::span<T> values, Deadline deadline) {
+  const int64_t bytes = static_cast<int64_t>(values.size() * sizeof(T));
+  std::vector<int64_t> counts(world_size_, bytes);
+  std::vector<T> send(values.size() * world_size_);
+  for (int r = 0; r < world_size_; ++r) std::copy(values.begin(), values.end(), send.begin() + r * values.size());
+  std::vector<T> gathered(values.size() * world_size_);
+  MOEX_RETURN_IF_ERROR(AllToAllV(reinterpret_cast<const std::byte*>(send.data()), counts,
+                                 reinterpret_cast<std::byte*>(gathered.data()), counts, deadline));
+  for (size_t i = 0; i < values.size(); ++i) {
+    T sum = 0;
+    for (int r = 0; r < world_size_; ++r) sum += gathered[r * values.size() + i];
+    values[i] = sum;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Transport::AllReduceSum(std::span<double> values, Deadline deadline) {
+  return AllReduce(values, deadline);
+}
+
+absl::Status Transport::AllReduceSum(std::span<int64_t> values, Deadline deadline) {
+  return AllReduce(values, deadline);
+}
+
+}  // namespace moex::transport
