@@ -176,6 +176,19 @@ absl::Status Transport::AllReduce(std::span<T> values, Deadline deadline) {
   return absl::OkStatus();
 }
 
+absl::Status Transport::AllGather(std::span<const double> mine, std::span<double> all,
+                                  Deadline deadline) {
+  if (all.size() != mine.size() * world_size_) {
+    return absl::InvalidArgumentError(StrCat("AllGather of ", mine.size(), " values needs room for ",
+                                             mine.size() * world_size_, ", got ", all.size()));
+  }
+  std::vector<double> send(all.size());
+  for (int r = 0; r < world_size_; ++r) std::copy(mine.begin(), mine.end(), send.begin() + r * mine.size());
+  std::vector<int64_t> bytes(world_size_, static_cast<int64_t>(mine.size() * sizeof(double)));
+  return AllToAllV(reinterpret_cast<const std::byte*>(send.data()), bytes,
+                   reinterpret_cast<std::byte*>(all.data()), bytes, deadline);
+}
+
 absl::Status Transport::AllReduceSum(std::span<double> values, Deadline deadline) {
   return AllReduce(values, deadline);
 }

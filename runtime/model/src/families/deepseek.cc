@@ -123,6 +123,7 @@ absl::StatusOr<ModelArch> ReadDeepseek(const ConfigView& config, std::string_vie
                        (arch.router.has_correction_bias ? num_experts : 0);
       blocks::SetMoe(&layer, num_experts, top_k, expert_width, per_expert,
                      blocks::GatedMlpParams(dims.hidden_size, shared * expert_width), router);
+      layer.moe.shared_intermediate_size = shared * expert_width;
     } else {
       layer.ffn = FfnKind::kDense;
       layer.dense_mlp_params = blocks::GatedMlpParams(dims.hidden_size, dense_width);

@@ -52,6 +52,8 @@ absl::StatusOr<ModelArch> ReadQwenMoe(const ConfigView& config, std::string_view
       int64_t router = num_experts * dims.hidden_size + (shared_width > 0 ? dims.hidden_size : 0);
       blocks::SetMoe(&layer, num_experts, top_k, expert_width,
                      blocks::GatedMlpParams(dims.hidden_size, expert_width), shared, router);
+      layer.moe.shared_intermediate_size = shared_width;
+      layer.moe.shared_expert_gate = shared_width > 0;
     } else {
       layer.ffn = FfnKind::kDense;
       layer.dense_mlp_params = blocks::GatedMlpParams(dims.hidden_size, dense_width);

@@ -54,6 +54,8 @@ struct MoeShape {
   int64_t expert_intermediate_size = 0;
   int64_t params_per_expert = 0;      // weights and biases of one routed expert
   int64_t shared_params = 0;          // all shared experts of the block
+  int64_t shared_intermediate_size = 0;  // width of the shared experts fused into one MLP
+  bool shared_expert_gate = false;    // Qwen2-MoE's sigmoid gate on the shared expert
   int64_t router_params = 0;          // gate (+ correction bias, shared-expert gate)
 };
 

@@ -62,6 +62,10 @@ class Transport {
   absl::Status AllReduceSum(std::span<double> values, Deadline deadline);
   absl::Status AllReduceSum(std::span<int64_t> values, Deadline deadline);
 
+  // Every rank's `mine` (same length on all ranks), rank by rank, into `all`
+  // (world_size() * mine.size() values).
+  absl::Status AllGather(std::span<const double> mine, std::span<double> all, Deadline deadline);
+
   // The first failure, if any.
   const absl::Status& failure() const { return failure_; }
 

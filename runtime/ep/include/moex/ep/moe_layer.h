@@ -1,0 +1,84 @@
+// One MoE layer running expert-parallel across the ranks of a transport:
+// route -> layout -> dispatch -> experts -> combine, plus the shared expert
+// computed where the token lives.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "moex/core/deadline.h"
+#include "moex/core/tensor.h"
+#include "moex/ep/moe_weights.h"
+#include "moex/ep/placement.h"
+#include "moex/transport/transport.h"
+
+namespace moex::ep {
+
+// What one rank saw in one forward pass.
+struct StepStats {
+  int64_t tokens = 0;           // local tokens in
+  int64_t received_tokens = 0;  // tokens dispatched to this rank (its load)
+  int64_t routed_pairs = 0;     // (token, expert) pairs this rank's experts served
+  double route_seconds = 0;
+  double dispatch_seconds = 0;
+  double expert_seconds = 0;    // routed and shared experts
+  double combine_seconds = 0;
+  int64_t dispatch_bytes = 0;   // sent to other ranks
+  int64_t combine_bytes = 0;
+  // Distinct destination ranks over local tokens, other than this one: the
+  // floor of what dispatch must move (times hidden x 4 bytes).
+  int64_t remote_token_copies = 0;
+  std::vector<int64_t> tokens_per_local_slot;  // routed pairs per local slot
+};
+
+class MoeLayer {
+ public:
+  // `weights` must hold every logical expert of this rank's slots.
+  static absl::StatusOr<MoeLayer> Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
+                                         int rank);
+
+  // x [T, H] local tokens whose first has global index `first_token`.
+  absl::StatusOr<Tensor> Forward(transport::Transport& transport, const Tensor& x,
+                                 int64_t first_token, Deadline deadline, StepStats* stats);
+
+  const MoeLayerSpec& spec() const { return spec_; }
+  const Placement& placement() const { return placement_; }
+  const MoeWeights& weights() const { return weights_; }
+
+ private:
+  MoeLayer(MoeLayerSpec spec, Placement placement, MoeWeights weights, int rank)
+      : spec_(std::move(spec)), placement_(std::move(placement)), weights_(std::move(weights)), rank_(rank) {}
+
+  // Routed experts of this rank over the received tokens: partial sums [R, H].
+  void RunExperts(const Tensor& recv_x, const std::vector<int32_t>& local_slot,
+                  const std::vector<float>& weights, Tensor* partial, StepStats* stats);
+  void AddSharedExpert(const Tensor& x, Tensor* y);
+
+  MoeLayerSpec spec_;
+  Placement placement_;
+  MoeWeights weights_;
+  int rank_;
+  // Buffers reused across steps; they only grow.
+  std::vector<float> logits_, scratch_, gathered_, expert_out_, workspace_;
+  std::vector<int32_t> topk_idx_;
+  std::vector<float> topk_weights_;
+};
+
+// Routes `x` [T, H] exactly as MoeLayer does: topk_idx and weights [T, k].
+void RouteTokens(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
+                 std::vector<int32_t>* topk_idx, std::vector<float>* topk_weights);
+
+// The layer on one process with no dispatch at all: for each token, the sum
+// over its chosen experts of weight x FFN(x), in double precision, plus the
+// shared expert. `weights` must hold every expert. Tokens are routed in
+// slices of `slice_tokens` (the ranks' split) so that routing sees the very
+// same GEMM shapes as the distributed run.
+Tensor ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
+                        const std::vector<int64_t>& slice_tokens);
+
+// Tokens of rank `rank` when `total` are split over `world` ranks in order,
+// as evenly as possible: {first token, count}.
+std::pair<int64_t, int64_t> TokenSlice(int64_t total, int world, int rank);
+
+}  // namespace moex::ep

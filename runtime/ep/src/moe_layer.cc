@@ -1,0 +1,214 @@
+#include "moex/ep/moe_layer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "moex/core/status_macros.h"
+#include "moex/core/str_cat.h"
+#include "moex/ep/dispatch.h"
+#include "moex/kernels/expert_ffn.h"
+#include "moex/kernels/router.h"
+
+namespace moex::ep {
+namespace {
+
+double Since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+kernels::ExpertWeightsView View(const ExpertWeights& w, int64_t hidden) {
+  return {.gate = w.gate.data(), .up = w.up.data(), .down = w.down.data(), .hidden = hidden,
+          .width = w.gate.dim(0)};
+}
+
+}  // namespace
+
+std::pair<int64_t, int64_t> TokenSlice(int64_t total, int world, int rank) {
+  int64_t base = total / world, extra = total % world;
+  int64_t first = rank * base + std::min<int64_t>(rank, extra);
+  return {first, base + (rank < extra ? 1 : 0)};
+}
+
+void RouteTokens(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
+                 std::vector<int32_t>* topk_idx, std::vector<float>* topk_weights) {
+  const int64_t T = x.dim(0), E = spec.num_experts, k = spec.top_k;
+  std::vector<float> logits(T * E), scratch(2 * E);
+  kernels::RouterLogits(x.data(), T, spec.hidden, weights.router.data(), E, logits.data());
+  topk_idx->resize(T * k);
+  topk_weights->resize(T * k);
+  kernels::RouteParams params{.spec = spec.router, .num_experts = E, .top_k = k,
+                              .correction_bias = weights.correction_bias.values.empty()
+                                                     ? nullptr
+                                                     : weights.correction_bias.data()};
+  kernels::Route(params, logits.data(), T, topk_idx->data(), topk_weights->data(), scratch.data());
+}
+
+absl::StatusOr<MoeLayer> MoeLayer::Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
+                                          int rank) {
+  MOEX_RETURN_IF_ERROR(kernels::CheckRouterSupported(spec.router, spec.num_experts, spec.top_k));
+  if (placement.num_experts() != spec.num_experts) {
+    return absl::InvalidArgumentError(StrCat("placement has ", placement.num_experts(),
+                                             " experts, the layer ", spec.num_experts));
+  }
+  for (int64_t s = 0; s < placement.num_local_slots(rank); ++s) {
+    int64_t expert = placement.slot_expert(placement.first_slot(rank) + s);
+    if (!weights.experts.count(expert)) {
+      return absl::FailedPreconditionError(StrCat("rank ", rank, " holds expert ", expert,
+                                                  " but has no weights for it"));
+    }
+  }
+  return MoeLayer(std::move(spec), std::move(placement), std::move(weights), rank);
+}
+
+void MoeLayer::RunExperts(const Tensor& recv_x, const std::vector<int32_t>& local_slot,
+                          const std::vector<float>& slot_weights, Tensor* partial, StepStats* stats) {
+  const int64_t R = recv_x.dim(0), H = spec_.hidden, k = spec_.top_k;
+  const int64_t slots = placement_.num_local_slots(rank_);
+  stats->tokens_per_local_slot.assign(slots, 0);
+  std::vector<int64_t> rows;
+  std::vector<float> row_weight;
+  for (int64_t s = 0; s < slots; ++s) {
+    rows.clear();
+    row_weight.clear();
+    for (int64_t i = 0; i < R; ++i) {
+      for (int64_t j = 0; j < k; ++j) {
+        if (local_slot[i * k + j] == s) {
+          rows.push_back(i);
+          row_weight.push_back(slot_weights[i * k + j]);
+        }
+      }
+    }
+    const int64_t n = static_cast<int64_t>(rows.size());
+    stats->tokens_per_local_slot[s] = n;
+    stats->routed_pairs += n;
+    if (n == 0) continue;
+    const ExpertWeights& w = weights_.experts.at(placement_.slot_expert(placement_.first_slot(rank_) + s));
+    // Expert-major: this expert's tokens side by side, then one FFN call.
+    gathered_.resize(n * H);
+    expert_out_.resize(n * H);
+    workspace_.resize(kernels::GatedFfnWorkspace(n, w.gate.dim(0)));
+    for (int64_t i = 0; i < n; ++i) std::memcpy(&gathered_[i * H], recv_x.row(rows[i]), H * sizeof(float));
+    kernels::GatedFfn(View(w, H), gathered_.data(), n, workspace_.data(), expert_out_.data());
+    // Weighted partial sums form here, on the expert's rank.
+    for (int64_t i = 0; i < n; ++i) {
+      float* out = partial->row(rows[i]);
+      const float* y = &expert_out_[i * H];
+      for (int64_t h = 0; h < H; ++h) out[h] += row_weight[i] * y[h];
+    }
+  }
+}
+
+void MoeLayer::AddSharedExpert(const Tensor& x, Tensor* y) {
+  if (!weights_.shared) return;
+  const int64_t T = x.dim(0), H = spec_.hidden;
+  if (T == 0) return;
+  expert_out_.resize(T * H);
+  workspace_.resize(kernels::GatedFfnWorkspace(T, spec_.shared_width));
+  kernels::GatedFfn(View(*weights_.shared, H), x.data(), T, workspace_.data(), expert_out_.data());
+  for (int64_t t = 0; t < T; ++t) {
+    float gate = 1.0f;
+    if (!weights_.shared_gate.values.empty()) {
+      double dot = 0;
+      for (int64_t h = 0; h < H; ++h) dot += static_cast<double>(x.row(t)[h]) * weights_.shared_gate.values[h];
+      gate = static_cast<float>(1.0 / (1.0 + std::exp(-dot)));
+    }
+    for (int64_t h = 0; h < H; ++h) y->row(t)[h] += gate * expert_out_[t * H + h];
+  }
+}
+
+absl::StatusOr<Tensor> MoeLayer::Forward(transport::Transport& transport, const Tensor& x,
+                                         int64_t first_token, Deadline deadline, StepStats* stats) {
+  const int64_t H = spec_.hidden, k = spec_.top_k;
+  if (x.shape.size() != 2 || x.dim(1) != H) {
+    return absl::InvalidArgumentError(StrCat("rank ", rank_, ": hidden states have shape ",
+                                             ShapeString(x.shape), ", the layer needs [tokens, ", H, "]"));
+  }
+  const int64_t T = x.dim(0);
+  *stats = StepStats{};
+  stats->tokens = T;
+
+  auto start = std::chrono::steady_clock::now();
+  RouteTokens(spec_, weights_, x, &topk_idx_, &topk_weights_);
+  DispatchLayout layout = GetDispatchLayout(placement_, topk_idx_.data(), T, k, first_token);
+  for (int r = 0; r < layout.world_size; ++r) {
+    if (r != rank_) stats->remote_token_copies += layout.num_tokens_per_rank[r];
+  }
+  stats->route_seconds = Since(start);
+
+  start = std::chrono::steady_clock::now();
+  MOEX_ASSIGN_OR_RETURN(DispatchResult received,
+                        Dispatch(transport, placement_, x, layout, topk_weights_.data(), deadline));
+  stats->dispatch_seconds = Since(start);
+  stats->dispatch_bytes = received.bytes_sent;
+  stats->received_tokens = received.recv_x.dim(0);
+
+  start = std::chrono::steady_clock::now();
+  Tensor partial({received.recv_x.dim(0), H});
+  RunExperts(received.recv_x, received.recv_local_slot, received.recv_weights, &partial, stats);
+  Tensor y({T, H});
+  AddSharedExpert(x, &y);
+  stats->expert_seconds = Since(start);
+
+  start = std::chrono::steady_clock::now();
+  MOEX_RETURN_IF_ERROR(Combine(transport, received.handle, partial, &y, &stats->combine_bytes, deadline));
+  stats->combine_seconds = Since(start);
+  return y;
+}
+
+Tensor ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
+                        const std::vector<int64_t>& slice_tokens) {
+  const int64_t H = spec.hidden, k = spec.top_k;
+  Tensor y({x.dim(0), H});
+  // Naive FFN in double: no BLAS, no dispatch, nothing shared with the
+  // distributed path but the router.
+  auto ffn = [H](const ExpertWeights& w, const float* in, std::vector<double>* out) {
+    const int64_t F = w.gate.dim(0);
+    std::vector<double> act(F);
+    for (int64_t f = 0; f < F; ++f) {
+      double g = 0, u = 0;
+      for (int64_t h = 0; h < H; ++h) {
+        g += static_cast<double>(w.gate.values[f * H + h]) * in[h];
+        u += static_cast<double>(w.up.values[f * H + h]) * in[h];
+      }
+      act[f] = g / (1.0 + std::exp(-g)) * u;
+    }
+    out->assign(H, 0.0);
+    for (int64_t h = 0; h < H; ++h) {
+      double sum = 0;
+      for (int64_t f = 0; f < F; ++f) sum += static_cast<double>(w.down.values[h * F + f]) * act[f];
+      (*out)[h] = sum;
+    }
+  };
+  int64_t first = 0;
+  std::vector<double> out, acc(H);
+  for (int64_t count : slice_tokens) {
+    Tensor slice({count, H});
+    std::memcpy(slice.data(), x.row(first), count * H * sizeof(float));
+    std::vector<int32_t> idx;
+    std::vector<float> w;
+    RouteTokens(spec, weights, slice, &idx, &w);
+    for (int64_t t = 0; t < count; ++t) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t j = 0; j < k; ++j) {
+        ffn(weights.experts.at(idx[t * k + j]), slice.row(t), &out);
+        for (int64_t h = 0; h < H; ++h) acc[h] += w[t * k + j] * out[h];
+      }
+      if (weights.shared) {
+        ffn(*weights.shared, slice.row(t), &out);
+        double gate = 1.0;
+        if (!weights.shared_gate.values.empty()) {
+          double dot = 0;
+          for (int64_t h = 0; h < H; ++h) dot += static_cast<double>(slice.row(t)[h]) * weights.shared_gate.values[h];
+          gate = 1.0 / (1.0 + std::exp(-dot));
+        }
+        for (int64_t h = 0; h < H; ++h) acc[h] += gate * out[h];
+      }
+      for (int64_t h = 0; h < H; ++h) y.row(first + t)[h] = static_cast<float>(acc[h]);
+    }
+    first += count;
+  }
+  return y;
+}
+
+}  // namespace moex::ep

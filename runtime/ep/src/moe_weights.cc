@@ -1,0 +1,190 @@
+#include "moex/ep/moe_weights.h"
+
+#include <cmath>
+
+#include "moex/core/status_macros.h"
+#include "moex/core/str_cat.h"
+
+namespace moex::ep {
+namespace {
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+uint64_t HashName(uint64_t seed, std::string_view name) {
+  uint64_t h = 1469598103934665603ull ^ SplitMix64(seed);
+  for (char c : name) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  return h;
+}
+
+Tensor RandomTensor(uint64_t seed, const std::string& name, std::vector<int64_t> shape, float scale) {
+  Tensor tensor(std::move(shape));
+  uint64_t base = HashName(seed, name);
+  for (int64_t i = 0; i < tensor.size(); ++i) {
+    uint64_t bits = SplitMix64(base + static_cast<uint64_t>(i));
+    tensor.values[i] = (static_cast<float>(bits >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * scale;
+  }
+  return tensor;
+}
+
+}  // namespace
+
+float SeededUniform(uint64_t seed, std::string_view name, int64_t index) {
+  uint64_t bits = SplitMix64(HashName(seed, name) + static_cast<uint64_t>(index));
+  return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f;
+}
+
+absl::StatusOr<MoeLayerSpec> MoeLayerSpec::FromArch(const model::ModelArch& arch,
+                                                    std::optional<int64_t> layer) {
+  static const char* const kRunnable[] = {"deepseek_v2", "deepseek_v3", "kimi_k2", "qwen2_moe",
+                                          "qwen3_moe", "mixtral", "olmoe"};
+  bool runnable = false;
+  for (const char* type : kRunnable) runnable |= arch.model_type == type;
+  if (!runnable) {
+    return absl::UnimplementedError(StrCat(
+        arch.source, ": model_type '", arch.model_type,
+        "' is not runnable yet (moex run supports deepseek_v2, deepseek_v3, kimi_k2, qwen2_moe, "
+        "qwen3_moe, mixtral, olmoe); `moex plan` reads it"));
+  }
+  int64_t index = -1;
+  if (layer) {
+    if (*layer < 0 || *layer >= static_cast<int64_t>(arch.layers.size())) {
+      return absl::InvalidArgumentError(StrCat(arch.source, ": --layer ", *layer, " is outside [0, ",
+                                               arch.layers.size(), ")"));
+    }
+    if (arch.layers[*layer].ffn != model::FfnKind::kMoe) {
+      return absl::InvalidArgumentError(StrCat(arch.source, ": layer ", *layer,
+                                               " is a dense layer; its MoE layers start at ",
+                                               arch.num_moe_layers() > 0 ? "a later index" : "none"));
+    }
+    index = *layer;
+  } else {
+    for (size_t i = 0; i < arch.layers.size() && index < 0; ++i) {
+      if (arch.layers[i].ffn == model::FfnKind::kMoe) index = static_cast<int64_t>(i);
+    }
+    if (index < 0) return absl::InvalidArgumentError(StrCat(arch.source, ": the model has no MoE layer"));
+  }
+  const model::MoeShape& moe = arch.layers[index].moe;
+  MoeLayerSpec spec;
+  spec.model_type = arch.model_type;
+  spec.layer = index;
+  spec.hidden = arch.hidden_size;
+  spec.num_experts = moe.num_experts;
+  spec.top_k = moe.experts_per_token;
+  spec.expert_width = moe.expert_intermediate_size;
+  spec.shared_width = moe.shared_intermediate_size;
+  spec.shared_expert_gate = moe.shared_expert_gate;
+  spec.router = arch.router;
+  if (arch.expert_activation != "silu") {
+    return absl::UnimplementedError(StrCat(arch.source, ": expert activation '",
+                                           arch.expert_activation, "' is not implemented (silu is)"));
+  }
+  return spec;
+}
+
+int64_t MoeLayerSpec::total_params() const {
+  int64_t per_expert = 3 * hidden * expert_width;
+  return num_experts * per_expert + 3 * hidden * shared_width + num_experts * hidden +
+         (router.has_correction_bias ? num_experts : 0) + (shared_expert_gate ? hidden : 0);
+}
+
+int64_t MoeLayerSpec::active_params() const {
+  return total_params() - (num_experts - top_k) * 3 * hidden * expert_width;
+}
+
+std::string MoeWeightNames::Expert(int64_t expert, std::string_view projection) const {
+  if (mixtral_names) {
+    std::string_view w = projection == "gate" ? "w1" : projection == "up" ? "w3" : "w2";
+    return StrCat(expert_prefix, expert, ".", w, ".weight");
+  }
+  return StrCat(expert_prefix, expert, ".", projection, "_proj.weight");
+}
+
+std::string MoeWeightNames::Shared(std::string_view projection) const {
+  return StrCat(shared_prefix, projection, "_proj.weight");
+}
+
+MoeWeightNames WeightNamesFor(const MoeLayerSpec& spec) {
+  MoeWeightNames names;
+  std::string block = StrCat("model.layers.", spec.layer, spec.model_type == "mixtral" ? ".block_sparse_moe." : ".mlp.");
+  names.router = block + "gate.weight";
+  names.correction_bias = block + "gate.e_score_correction_bias";
+  names.expert_prefix = block + "experts.";
+  names.mixtral_names = spec.model_type == "mixtral";
+  names.shared_prefix = block + (spec.model_type == "qwen2_moe" ? "shared_expert." : "shared_experts.");
+  names.shared_gate = block + "shared_expert_gate.weight";
+  return names;
+}
+
+absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
+                                          const model::Checkpoint* checkpoint, uint64_t seed,
+                                          const std::vector<int64_t>& experts) {
+  const MoeWeightNames names = WeightNamesFor(spec);
+  const int64_t H = spec.hidden, F = spec.expert_width, E = spec.num_experts;
+  auto get = [&](const std::string& name, std::vector<int64_t> shape,
+                 float scale) -> absl::StatusOr<Tensor> {
+    if (checkpoint != nullptr) return checkpoint->Read(name, shape);
+    return RandomTensor(seed, name, std::move(shape), scale);
+  };
+  auto expert = [&](auto name_of, int64_t width) -> absl::StatusOr<ExpertWeights> {
+    ExpertWeights w;
+    float in_scale = 1.0f / std::sqrt(static_cast<float>(H));
+    float out_scale = 1.0f / std::sqrt(static_cast<float>(width));
+    MOEX_ASSIGN_OR_RETURN(w.gate, get(name_of("gate"), {width, H}, in_scale));
+    MOEX_ASSIGN_OR_RETURN(w.up, get(name_of("up"), {width, H}, in_scale));
+    MOEX_ASSIGN_OR_RETURN(w.down, get(name_of("down"), {H, width}, out_scale));
+    return w;
+  };
+  MoeWeights weights;
+  MOEX_ASSIGN_OR_RETURN(weights.router, get(names.router, {E, H}, 1.0f / std::sqrt(static_cast<float>(H))));
+  if (spec.router.has_correction_bias) {
+    MOEX_ASSIGN_OR_RETURN(weights.correction_bias, get(names.correction_bias, {E}, 0.05f));
+  }
+  for (int64_t e : experts) {
+    if (e < 0 || e >= E) return absl::InvalidArgumentError(StrCat("expert ", e, " outside [0, ", E, ")"));
+    if (weights.experts.count(e)) continue;
+    MOEX_ASSIGN_OR_RETURN(weights.experts[e],
+                          expert([&](std::string_view p) { return names.Expert(e, p); }, F));
+  }
+  if (spec.shared_width > 0) {
+    MOEX_ASSIGN_OR_RETURN(weights.shared,
+                          expert([&](std::string_view p) { return names.Shared(p); }, spec.shared_width));
+    if (spec.shared_expert_gate) {
+      MOEX_ASSIGN_OR_RETURN(weights.shared_gate, get(names.shared_gate, {1, H}, 1.0f / std::sqrt(static_cast<float>(H))));
+    }
+  }
+  return weights;
+}
+
+absl::Status SaveMoeWeights(const MoeLayerSpec& spec, const MoeWeights& weights,
+                            const std::string& path, model::StorageDtype dtype) {
+  const MoeWeightNames names = WeightNamesFor(spec);
+  std::vector<std::string> keys;
+  std::vector<const Tensor*> tensors;
+  auto add = [&](std::string name, const Tensor& t) {
+    keys.push_back(std::move(name));
+    tensors.push_back(&t);
+  };
+  add(names.router, weights.router);
+  if (!weights.correction_bias.values.empty()) add(names.correction_bias, weights.correction_bias);
+  for (const auto& [e, w] : weights.experts) {
+    add(names.Expert(e, "gate"), w.gate);
+    add(names.Expert(e, "up"), w.up);
+    add(names.Expert(e, "down"), w.down);
+  }
+  if (weights.shared) {
+    add(names.Shared("gate"), weights.shared->gate);
+    add(names.Shared("up"), weights.shared->up);
+    add(names.Shared("down"), weights.shared->down);
+  }
+  if (!weights.shared_gate.values.empty()) add(names.shared_gate, weights.shared_gate);
+  std::vector<std::pair<std::string, const Tensor*>> named;
+  for (size_t i = 0; i < keys.size(); ++i) named.emplace_back(keys[i], tensors[i]);
+  return model::WriteSafetensors(path, named, dtype);
+}
+
+}  // namespace moex::ep

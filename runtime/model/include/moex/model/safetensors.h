@@ -1,0 +1,58 @@
+// Reading and writing safetensors, the format Hugging Face checkpoints use:
+// an 8-byte little-endian header length, a JSON header naming each tensor's
+// dtype, shape and byte range, then the bytes.
+//
+// A Checkpoint is one .safetensors file or a sharded checkpoint (its
+// model.safetensors.index.json, or the folder holding it). Reading a tensor
+// reads only its byte range, so a rank loads only the experts it holds.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "moex/core/tensor.h"
+
+namespace moex::model {
+
+struct TensorInfo {
+  std::string name;
+  std::string dtype;  // "F32", "BF16", ...
+  std::vector<int64_t> shape;
+  int64_t begin = 0;  // absolute byte offsets in `file`
+  int64_t end = 0;
+  std::string file;
+};
+
+class Checkpoint {
+ public:
+  // A .safetensors file, a model.safetensors.index.json, or a folder holding
+  // either (index preferred).
+  static absl::StatusOr<Checkpoint> Open(const std::string& path);
+
+  bool Has(const std::string& name) const { return tensors_.count(name) > 0; }
+  absl::StatusOr<TensorInfo> Info(const std::string& name) const;
+  // Reads a F32 or BF16 tensor as fp32. With `expected_shape`, a different
+  // shape is an error naming both.
+  absl::StatusOr<Tensor> Read(const std::string& name,
+                              const std::vector<int64_t>& expected_shape = {}) const;
+  const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::map<std::string, TensorInfo> tensors_;
+};
+
+enum class StorageDtype { kF32, kBF16 };
+
+// Writes `tensors` to `path` atomically (a temporary file renamed into place).
+absl::Status WriteSafetensors(const std::string& path,
+                              const std::vector<std::pair<std::string, const Tensor*>>& tensors,
+                              StorageDtype dtype = StorageDtype::kF32);
+
+}  // namespace moex::model
