@@ -20,4 +20,6 @@ void GatedFfn(const ExpertWeightsView& w, const float* x, int64_t n, float* work
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, H, F, 1.0f, g, F, w.down, F, 0.0f, y, H);
 }
 
+void SetBlasThreads(int threads) { openblas_set_num_threads(threads); }
+
 }  // namespace moex::kernels

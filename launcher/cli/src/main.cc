@@ -3,6 +3,7 @@
 
 #include "CLI/CLI.hpp"
 #include "moex/cli/plan_command.h"
+#include "moex/cli/run_command.h"
 #include "moex/core/build_info.h"
 
 int main(int argc, char** argv) {
@@ -11,7 +12,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   moex::cli::PlanFlags plan_flags;
   CLI::App* plan = moex::cli::AddPlanCommand(app, plan_flags);
+  moex::cli::RunFlags run_flags;
+  CLI::App* run = moex::cli::AddRunCommand(app, run_flags);
   CLI11_PARSE(app, argc, argv);
   if (plan->parsed()) return moex::cli::RunPlan(plan_flags, std::cout, std::cerr);
+  if (run->parsed()) return moex::cli::RunRun(run_flags, &argc, &argv);
   return 0;
 }

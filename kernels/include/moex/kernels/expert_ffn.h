@@ -20,4 +20,7 @@ inline int64_t GatedFfnWorkspace(int64_t num_tokens, int64_t width) { return 2 *
 
 void GatedFfn(const ExpertWeightsView& w, const float* x, int64_t num_tokens, float* workspace, float* y);
 
+// Threads the BLAS may use in this process (1 when ranks share the cores).
+void SetBlasThreads(int threads);
+
 }  // namespace moex::kernels

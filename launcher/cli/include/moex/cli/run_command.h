@@ -1,0 +1,43 @@
+// `moex run`: one MoE layer, expert-parallel over the ranks of an mpirun job.
+//
+//   mpirun -np N moex run --model <preset|config.json> [--layer L]
+//     [--weights FILE|INDEX|DIR] [--input FILE] [--output FILE]
+//     [--tokens-per-rank T] [--steps S] [--transport mpi|ucx]
+//     [--routing-skew Z] [--seed S] [--redundant-experts R] [--check]
+//     [--timeout SECONDS] [--json FILE]
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "CLI/CLI.hpp"
+
+namespace moex::cli {
+
+struct RunFlags {
+  std::string model = "mini-dsv3";
+  std::optional<int64_t> layer;
+  std::string weights;
+  std::string save_weights;
+  std::string input;
+  std::string output;
+  int64_t tokens_per_rank = 512;
+  int64_t steps = 5;
+  std::string transport = "mpi";
+  double routing_skew = 0.0;
+  uint64_t seed = 1;
+  int64_t redundant_experts = 0;
+  bool check = false;
+  double timeout_seconds = 60.0;
+  std::string json;
+  bool quiet = false;
+};
+
+CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags);
+
+// Runs on this rank (MPI is started inside). Returns the exit code; on an
+// error every rank prints its diagnosis and the whole job ends non-zero.
+int RunRun(const RunFlags& flags, int* argc, char*** argv);
+
+}  // namespace moex::cli

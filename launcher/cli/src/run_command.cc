@@ -1,0 +1,410 @@
+#include "moex/cli/run_command.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "moex/core/format.h"
+#include "moex/core/status_macros.h"
+#include "moex/core/str_cat.h"
+#include "moex/ep/moe_layer.h"
+#include "moex/ep/tokens.h"
+#include "moex/kernels/expert_ffn.h"
+#include "moex/model/model_loader.h"
+#include "moex/model/safetensors.h"
+#include "moex/transport/mpi_transport.h"
+#include "moex/transport/ucx_transport.h"
+#include "nlohmann/json.hpp"
+
+namespace moex::cli {
+
+CLI::App* AddRunCommand(CLI::App& app, RunFlags& f) {
+  CLI::App* run = app.add_subcommand(
+      "run", "Run one MoE layer expert-parallel across the ranks of an mpirun job");
+  run->add_option("--model,-m", f.model, "Preset name, a config.json, or a folder holding one")->capture_default_str();
+  run->add_option("--layer", f.layer, "Layer index (default: the first MoE layer)");
+  run->add_option("--weights", f.weights,
+                  "A .safetensors file, a model.safetensors.index.json, or a folder (default: random from --seed)");
+  run->add_option("--save-weights", f.save_weights, "Rank 0 writes the whole layer's weights here (safetensors)");
+  run->add_option("--input", f.input, "safetensors file with `hidden_states` [tokens, hidden] (fp32 or bf16)");
+  run->add_option("--output", f.output, "Rank 0 writes `output` [tokens, hidden] fp32 here");
+  run->add_option("--tokens-per-rank", f.tokens_per_rank, "Synthetic tokens per rank per step")->capture_default_str();
+  run->add_option("--steps", f.steps, "Forward passes")->capture_default_str();
+  run->add_option("--transport", f.transport, "mpi or ucx")->capture_default_str();
+  run->add_option("--routing-skew", f.routing_skew, "Zipf exponent of synthetic routing (0: uniform)")->capture_default_str();
+  run->add_option("--seed", f.seed, "Seed of random weights and synthetic tokens")->capture_default_str();
+  run->add_option("--redundant-experts", f.redundant_experts, "Extra replicas of experts")->capture_default_str();
+  run->add_flag("--check", f.check, "Compare the output of the last step with a single-process computation");
+  run->add_option("--timeout", f.timeout_seconds, "Seconds any one exchange may wait for peers")->capture_default_str();
+  run->add_option("--json", f.json, "Rank 0 writes the per-step figures and summary here");
+  run->add_flag("--quiet", f.quiet, "Print only the summary");
+  return run;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Per-rank figures of one step, gathered to every rank.
+enum Field {
+  kTokens, kReceived, kPairs, kRoute, kDispatch, kExperts, kCombine, kDispatchBytes, kCombineBytes,
+  kRemoteCopies, kStepSeconds, kNumFields
+};
+
+struct StepSummary {
+  int64_t tokens = 0;
+  double seconds = 0;  // slowest rank
+  double route = 0, dispatch = 0, experts = 0, combine = 0;  // slowest rank each
+  int64_t bytes = 0;
+  int64_t dispatch_bytes = 0;
+  int64_t remote_copies = 0;
+  std::vector<int64_t> load;  // routed pairs per rank
+  double imbalance = 0;       // max / mean load
+  std::vector<int64_t> tokens_per_expert;
+};
+
+nlohmann::json ToJson(const StepSummary& s) {
+  return {{"tokens", s.tokens}, {"seconds", s.seconds}, {"route_seconds", s.route},
+          {"dispatch_seconds", s.dispatch}, {"expert_seconds", s.experts},
+          {"combine_seconds", s.combine}, {"bytes_sent", s.bytes},
+          {"tokens_per_second", s.seconds > 0 ? s.tokens / s.seconds : 0.0},
+          {"load_per_rank", s.load}, {"imbalance", s.imbalance},
+          {"tokens_per_expert", s.tokens_per_expert}};
+}
+
+double Median(std::vector<double> values) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  size_t n = values.size();
+  return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+class Runner {
+ public:
+  Runner(const RunFlags& flags, transport::Transport& transport)
+      : flags_(flags), t_(transport), rank_(transport.rank()), world_(transport.world_size()) {}
+
+  absl::Status Run() {
+    MOEX_RETURN_IF_ERROR(Validate());
+    MOEX_ASSIGN_OR_RETURN(model::ModelArch arch, model::LoadModel(flags_.model));
+    MOEX_ASSIGN_OR_RETURN(spec_, ep::MoeLayerSpec::FromArch(arch, flags_.layer));
+    MOEX_ASSIGN_OR_RETURN(ep::Placement placement,
+                          ep::Placement::Contiguous(spec_.num_experts, world_, flags_.redundant_experts));
+    std::optional<model::Checkpoint> checkpoint;
+    if (!flags_.weights.empty()) {
+      MOEX_ASSIGN_OR_RETURN(checkpoint, model::Checkpoint::Open(flags_.weights));
+    }
+    std::vector<int64_t> mine;
+    for (int64_t s = 0; s < placement.num_local_slots(rank_); ++s) {
+      mine.push_back(placement.slot_expert(placement.first_slot(rank_) + s));
+    }
+    MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights,
+                          ep::LoadMoeWeights(spec_, checkpoint ? &*checkpoint : nullptr, flags_.seed, mine));
+    router_ = weights.router;
+    MOEX_ASSIGN_OR_RETURN(ep::MoeLayer layer, ep::MoeLayer::Create(spec_, placement, std::move(weights), rank_));
+    MOEX_RETURN_IF_ERROR(LoadInput());
+    if (rank_ == 0 && !flags_.quiet) PrintHeader(arch, placement);
+    if (!flags_.save_weights.empty() && rank_ == 0) MOEX_RETURN_IF_ERROR(SaveAllWeights(checkpoint));
+
+    Tensor x, y;
+    int64_t first = 0;
+    for (int64_t step = 0; step < flags_.steps; ++step) {
+      MaybeStall(step);
+      MakeTokens(step, &x, &first);
+      MOEX_RETURN_IF_ERROR(t_.Barrier(NextDeadline()));
+      ep::StepStats stats;
+      auto start = Clock::now();
+      MOEX_ASSIGN_OR_RETURN(y, layer.Forward(t_, x, first, NextDeadline(), &stats));
+      double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      MOEX_ASSIGN_OR_RETURN(StepSummary summary, Summarise(stats, seconds, layer.placement()));
+      if (rank_ == 0 && !flags_.quiet) PrintStep(step, summary);
+      steps_.push_back(std::move(summary));
+    }
+    if (!flags_.output.empty() || flags_.check) MOEX_RETURN_IF_ERROR(Finish(x, y, checkpoint));
+    if (rank_ == 0) {
+      PrintSummary();
+      if (!flags_.json.empty()) MOEX_RETURN_IF_ERROR(WriteJson());
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  Deadline NextDeadline() const { return Deadline::InSeconds(flags_.timeout_seconds); }
+
+  absl::Status Validate() const {
+    if (flags_.steps < 1 || flags_.steps > 1000000) return absl::InvalidArgumentError(StrCat("--steps ", flags_.steps, " is outside [1, 1000000]"));
+    if (flags_.tokens_per_rank < 0 || flags_.tokens_per_rank > (1 << 24)) {
+      return absl::InvalidArgumentError(StrCat("--tokens-per-rank ", flags_.tokens_per_rank, " is outside [0, 2^24]"));
+    }
+    if (!(flags_.timeout_seconds > 0)) return absl::InvalidArgumentError("--timeout must be positive");
+    if (flags_.routing_skew < 0 || flags_.routing_skew > 10) return absl::InvalidArgumentError("--routing-skew must be in [0, 10]");
+    if (flags_.redundant_experts < 0) return absl::InvalidArgumentError("--redundant-experts must be >= 0");
+    return absl::OkStatus();
+  }
+
+  // Test hook for the missing-rank path: MOEX_FAULT_STALL_RANK=r makes rank r
+  // go silent (alive, not answering) before step MOEX_FAULT_STALL_STEP.
+  void MaybeStall(int64_t step) const {
+    const char* stall_rank = std::getenv("MOEX_FAULT_STALL_RANK");
+    const char* stall_step = std::getenv("MOEX_FAULT_STALL_STEP");
+    if (stall_rank == nullptr || std::atoi(stall_rank) != rank_) return;
+    if (stall_step != nullptr && std::atoll(stall_step) != step) return;
+    if (stall_step == nullptr && step != 0) return;
+    std::this_thread::sleep_for(std::chrono::duration<double>(flags_.timeout_seconds * 3 + 5));
+  }
+
+  absl::Status LoadInput() {
+    if (flags_.input.empty()) {
+      total_tokens_ = flags_.tokens_per_rank * world_;
+      return absl::OkStatus();
+    }
+    MOEX_ASSIGN_OR_RETURN(model::Checkpoint file, model::Checkpoint::Open(flags_.input));
+    MOEX_ASSIGN_OR_RETURN(model::TensorInfo info, file.Info("hidden_states"));
+    if (info.shape.size() != 2 || info.shape[1] != spec_.hidden) {
+      return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor 'hidden_states' has shape ",
+                                               ShapeString(info.shape), ", the layer needs [tokens, ",
+                                               spec_.hidden, "]"));
+    }
+    MOEX_ASSIGN_OR_RETURN(Tensor all, file.Read("hidden_states"));
+    total_tokens_ = info.shape[0];
+    auto [first, count] = ep::TokenSlice(total_tokens_, world_, rank_);
+    input_ = Tensor({count, spec_.hidden});
+    std::copy(all.values.begin() + first * spec_.hidden, all.values.begin() + (first + count) * spec_.hidden,
+              input_.values.begin());
+    input_first_ = first;
+    return absl::OkStatus();
+  }
+
+  void MakeTokens(int64_t step, Tensor* x, int64_t* first) const {
+    if (!flags_.input.empty()) {
+      *x = input_;
+      *first = input_first_;
+      return;
+    }
+    auto [slice_first, count] = ep::TokenSlice(total_tokens_, world_, rank_);
+    *first = step * total_tokens_ + slice_first;
+    *x = ep::SyntheticTokens(spec_, router_, flags_.seed, flags_.routing_skew, *first, count);
+  }
+
+  absl::StatusOr<StepSummary> Summarise(const ep::StepStats& s, double seconds, const ep::Placement& placement) {
+    std::vector<double> mine(kNumFields), all(kNumFields * world_);
+    mine[kTokens] = s.tokens;
+    mine[kReceived] = s.received_tokens;
+    mine[kPairs] = s.routed_pairs;
+    mine[kRoute] = s.route_seconds;
+    mine[kDispatch] = s.dispatch_seconds;
+    mine[kExperts] = s.expert_seconds;
+    mine[kCombine] = s.combine_seconds;
+    mine[kDispatchBytes] = s.dispatch_bytes;
+    mine[kCombineBytes] = s.combine_bytes;
+    mine[kRemoteCopies] = s.remote_token_copies;
+    mine[kStepSeconds] = seconds;
+    MOEX_RETURN_IF_ERROR(t_.AllGather(mine, all, NextDeadline()));
+    std::vector<int64_t> per_expert(spec_.num_experts, 0);
+    for (size_t i = 0; i < s.tokens_per_local_slot.size(); ++i) {
+      per_expert[placement.slot_expert(placement.first_slot(rank_) + static_cast<int64_t>(i))] += s.tokens_per_local_slot[i];
+    }
+    MOEX_RETURN_IF_ERROR(t_.AllReduceSum(std::span<int64_t>(per_expert), NextDeadline()));
+    StepSummary out;
+    out.tokens_per_expert = std::move(per_expert);
+    int64_t load_total = 0, load_max = 0;
+    for (int r = 0; r < world_; ++r) {
+      const double* f = &all[r * kNumFields];
+      out.tokens += static_cast<int64_t>(f[kTokens]);
+      out.seconds = std::max(out.seconds, f[kStepSeconds]);
+      out.route = std::max(out.route, f[kRoute]);
+      out.dispatch = std::max(out.dispatch, f[kDispatch]);
+      out.experts = std::max(out.experts, f[kExperts]);
+      out.combine = std::max(out.combine, f[kCombine]);
+      out.bytes += static_cast<int64_t>(f[kDispatchBytes] + f[kCombineBytes]);
+      out.dispatch_bytes += static_cast<int64_t>(f[kDispatchBytes]);
+      out.remote_copies += static_cast<int64_t>(f[kRemoteCopies]);
+      out.load.push_back(static_cast<int64_t>(f[kPairs]));
+      load_total += out.load.back();
+      load_max = std::max(load_max, out.load.back());
+    }
+    out.imbalance = load_total > 0 ? static_cast<double>(load_max) * world_ / static_cast<double>(load_total) : 1.0;
+    return out;
+  }
+
+  absl::Status SaveAllWeights(const std::optional<model::Checkpoint>& checkpoint) const {
+    std::vector<int64_t> every(spec_.num_experts);
+    for (int64_t e = 0; e < spec_.num_experts; ++e) every[e] = e;
+    MOEX_ASSIGN_OR_RETURN(ep::MoeWeights all, ep::LoadMoeWeights(spec_, checkpoint ? &*checkpoint : nullptr, flags_.seed, every));
+    return ep::SaveMoeWeights(spec_, all, flags_.save_weights, model::StorageDtype::kF32);
+  }
+
+  // Gathers the last step's tokens and outputs on rank 0; writes --output and
+  // runs --check there.
+  absl::Status Finish(const Tensor& x, const Tensor& y, const std::optional<model::Checkpoint>& checkpoint) {
+    MOEX_ASSIGN_OR_RETURN(Tensor all_y, ep::GatherRows(t_, y, spec_.hidden, NextDeadline()));
+    MOEX_ASSIGN_OR_RETURN(Tensor all_x, ep::GatherRows(t_, x, spec_.hidden, NextDeadline()));
+    if (rank_ != 0) return absl::OkStatus();
+    if (!flags_.output.empty()) {
+      MOEX_RETURN_IF_ERROR(model::WriteSafetensors(flags_.output, {{"output", &all_y}}));
+      std::cout << "wrote " << flags_.output << ": output " << ShapeString(all_y.shape) << " fp32\n";
+    }
+    if (flags_.check) {
+      std::vector<int64_t> every(spec_.num_experts), slices;
+      for (int64_t e = 0; e < spec_.num_experts; ++e) every[e] = e;
+      for (int r = 0; r < world_; ++r) slices.push_back(ep::TokenSlice(total_tokens_, world_, r).second);
+      MOEX_ASSIGN_OR_RETURN(ep::MoeWeights all, ep::LoadMoeWeights(spec_, checkpoint ? &*checkpoint : nullptr, flags_.seed, every));
+      Tensor expected = ep::ReferenceForward(spec_, all, all_x, slices);
+      double scale = 0, worst = 0;
+      for (int64_t i = 0; i < expected.size(); ++i) {
+        scale = std::max(scale, std::fabs(double{expected.values[i]}));
+        worst = std::max(worst, std::fabs(double{expected.values[i]} - all_y.values[i]));
+      }
+      check_error_ = scale > 0 ? worst / scale : worst;
+      std::cout << absl::StrFormat("check: max |error| %.3g against a single-process computation "
+                                   "(output scale %.3g, relative %.3g, bound 1e-4): %s\n",
+                                   worst, scale, check_error_, check_error_ <= 1e-4 ? "PASS" : "FAIL");
+      if (check_error_ > 1e-4) {
+        return absl::InternalError(StrCat("--check failed: relative error ", check_error_, " > 1e-4"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  void PrintHeader(const model::ModelArch& arch, const ep::Placement& placement) const {
+    std::cout << absl::StrFormat(
+        "moex run: %s layer %d on %d rank%s over %s: %d experts (top-%d, width %d%s), hidden %d, "
+        "%d slots (%d per rank%s)\n",
+        arch.source, spec_.layer, world_, world_ == 1 ? "" : "s", t_.name(), spec_.num_experts, spec_.top_k,
+        spec_.expert_width, spec_.shared_width > 0 ? StrCat(", shared ", spec_.shared_width) : "", spec_.hidden,
+        placement.num_slots(), placement.num_local_slots(0),
+        flags_.redundant_experts > 0 ? StrCat(", ", flags_.redundant_experts, " replicas") : "");
+    std::cout << absl::StrFormat("layer parameters: %s total, %s active per token; %d tokens per step%s\n",
+                                 FormatCount(static_cast<double>(spec_.total_params())),
+                                 FormatCount(static_cast<double>(spec_.active_params())), total_tokens_,
+                                 flags_.input.empty() ? absl::StrFormat(" (synthetic, routing skew %.2f)", flags_.routing_skew)
+                                                      : StrCat(" from ", flags_.input));
+  }
+
+  void PrintStep(int64_t step, const StepSummary& s) const {
+    std::cout << absl::StrFormat(
+        "step %d/%d: %d tokens in %.2f ms (route %.2f, dispatch %.2f, experts %.2f, combine %.2f), "
+        "%s sent, imbalance %.2f, %.0f tokens/s\n",
+        step + 1, flags_.steps, s.tokens, 1e3 * s.seconds, 1e3 * s.route, 1e3 * s.dispatch,
+        1e3 * s.experts, 1e3 * s.combine, FormatBytes(static_cast<double>(s.bytes)), s.imbalance,
+        s.seconds > 0 ? s.tokens / s.seconds : 0.0);
+  }
+
+  // Steps after the first (a warm-up) unless there is only one.
+  std::vector<const StepSummary*> Measured() const {
+    std::vector<const StepSummary*> out;
+    for (size_t i = steps_.size() > 1 ? 1 : 0; i < steps_.size(); ++i) out.push_back(&steps_[i]);
+    return out;
+  }
+
+  void PrintSummary() const {
+    std::vector<double> rate, dispatch, combine, imbalance;
+    for (const StepSummary* s : Measured()) {
+      rate.push_back(s->seconds > 0 ? s->tokens / s->seconds : 0);
+      dispatch.push_back(s->dispatch);
+      combine.push_back(s->combine);
+      imbalance.push_back(s->imbalance);
+    }
+    const StepSummary& last = steps_.back();
+    double minimum = static_cast<double>(last.remote_copies) * spec_.hidden * 4;
+    std::cout << absl::StrFormat(
+        "summary (median of %d step%s): %.0f tokens/s, dispatch %.2f ms, combine %.2f ms, "
+        "imbalance %.2f; dispatch moved %s for a floor of %s (%.2fx: routing metadata)\n",
+        rate.size(), rate.size() == 1 ? "" : "s", Median(rate), 1e3 * Median(dispatch),
+        1e3 * Median(combine), Median(imbalance), FormatBytes(static_cast<double>(last.dispatch_bytes)),
+        FormatBytes(minimum), minimum > 0 ? last.dispatch_bytes / minimum : 1.0);
+  }
+
+  absl::Status WriteJson() const {
+    nlohmann::json j;
+    j["model"] = flags_.model;
+    j["layer"] = spec_.layer;
+    j["world_size"] = world_;
+    j["transport"] = std::string(t_.name());
+    j["tokens_per_step"] = total_tokens_;
+    j["routing_skew"] = flags_.routing_skew;
+    j["layer_total_params"] = spec_.total_params();
+    j["layer_active_params"] = spec_.active_params();
+    j["steps"] = nlohmann::json::array();
+    for (const StepSummary& s : steps_) j["steps"].push_back(ToJson(s));
+    std::vector<double> rate, dispatch, combine, imbalance;
+    for (const StepSummary* s : Measured()) {
+      rate.push_back(s->seconds > 0 ? s->tokens / s->seconds : 0);
+      dispatch.push_back(s->dispatch);
+      combine.push_back(s->combine);
+      imbalance.push_back(s->imbalance);
+    }
+    j["summary"] = {{"tokens_per_second", Median(rate)}, {"dispatch_seconds", Median(dispatch)},
+                    {"combine_seconds", Median(combine)}, {"imbalance", Median(imbalance)}};
+    if (flags_.check) j["check_relative_error"] = check_error_;
+    std::string temporary = StrCat(flags_.json, ".tmp");
+    {
+      std::ofstream out(temporary);
+      out << j.dump(2) << "\n";
+      if (!out) return absl::PermissionDeniedError(StrCat("cannot write '", flags_.json, "'"));
+    }
+    if (std::rename(temporary.c_str(), flags_.json.c_str()) != 0) {
+      return absl::PermissionDeniedError(StrCat("cannot write '", flags_.json, "'"));
+    }
+    return absl::OkStatus();
+  }
+
+  const RunFlags& flags_;
+  transport::Transport& t_;
+  int rank_;
+  int world_;
+  ep::MoeLayerSpec spec_;
+  Tensor router_;
+  Tensor input_;
+  int64_t input_first_ = 0;
+  int64_t total_tokens_ = 0;
+  std::vector<StepSummary> steps_;
+  double check_error_ = 0;
+};
+
+}  // namespace
+
+int RunRun(const RunFlags& flags, int* argc, char*** argv) {
+  absl::StatusOr<std::unique_ptr<transport::MpiSession>> session = transport::MpiSession::Start(argc, argv);
+  if (!session.ok()) {
+    std::cerr << "moex run: error: " << session.status().message() << "\n";
+    return 1;
+  }
+  const int rank = (*session)->rank();
+  auto fail = [&](const absl::Status& status) -> int {
+    std::cerr << "moex run: rank " << rank << ": error: " << status.message() << std::endl;
+    // Every rank that can still speak says why; then the whole job ends.
+    (*session)->Abort(1, 2.0);
+  };
+  // Ranks share the machine's cores; one BLAS thread each unless told.
+  const char* threads = std::getenv("MOEX_BLAS_THREADS");
+  kernels::SetBlasThreads(threads != nullptr ? std::max(1, std::atoi(threads)) : 1);
+
+  absl::StatusOr<std::unique_ptr<transport::Transport>> transport = transport::CreateMpiTransport();
+  if (transport.ok() && flags.transport == "ucx") {
+#ifdef MOEX_HAVE_UCX
+    transport = transport::CreateUcxTransport(std::move(*transport));
+#else
+    transport = absl::UnimplementedError("this moex was built without UCX (libucx-dev was not found)");
+#endif
+  } else if (transport.ok() && flags.transport != "mpi") {
+    transport = absl::InvalidArgumentError(StrCat("--transport '", flags.transport, "' is not one of mpi, ucx"));
+  }
+  if (!transport.ok()) return fail(transport.status());
+  Runner runner(flags, **transport);
+  absl::Status status = runner.Run();
+  if (!status.ok()) return fail(status);
+  transport->reset();
+  return 0;
+}
+
+}  // namespace moex::cli
