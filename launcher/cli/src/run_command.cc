@@ -381,7 +381,9 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
   }
   const int rank = (*session)->rank();
   auto fail = [&](const absl::Status& status) -> int {
-    std::cerr << "moex run: rank " << rank << ": error: " << status.message() << std::endl;
+    // One write per line, so that mpirun does not interleave ranks mid-line.
+    std::string line = StrCat("moex run: rank ", rank, ": error: ", status.message(), "\n");
+    (void)!write(STDERR_FILENO, line.data(), line.size());
     // Every rank that can still speak says why; then the whole job ends.
     (*session)->Abort(1, 2.0);
   };

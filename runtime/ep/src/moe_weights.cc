@@ -57,9 +57,15 @@ absl::StatusOr<MoeLayerSpec> MoeLayerSpec::FromArch(const model::ModelArch& arch
                                                arch.layers.size(), ")"));
     }
     if (arch.layers[*layer].ffn != model::FfnKind::kMoe) {
-      return absl::InvalidArgumentError(StrCat(arch.source, ": layer ", *layer,
-                                               " is a dense layer; its MoE layers start at ",
-                                               arch.num_moe_layers() > 0 ? "a later index" : "none"));
+      std::string moe_layers;
+      for (size_t i = 0; i < arch.layers.size(); ++i) {
+        if (arch.layers[i].ffn == model::FfnKind::kMoe) {
+          moe_layers = StrCat("; its MoE layers are ", i, " to ", arch.layers.size() - 1);
+          break;
+        }
+      }
+      return absl::InvalidArgumentError(StrCat(arch.source, ": layer ", *layer, " is a dense layer",
+                                               moe_layers.empty() ? "; the model has no MoE layer" : moe_layers));
     }
     index = *layer;
   } else {

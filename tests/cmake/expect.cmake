@@ -1,0 +1,22 @@
+# cmake -DCOMMAND="a;b;c" -DEXPECT_EXIT=zero|nonzero -DEXPECT_REGEX=... [-DENV="K=V;..."] -P expect.cmake
+# Runs COMMAND and checks both its exit status and its output (CTest alone
+# can check only one of them).
+if(ENV)
+  foreach(pair IN LISTS ENV)
+    string(REGEX MATCH "^[^=]+" key "${pair}")
+    string(REGEX REPLACE "^[^=]+=" "" value "${pair}")
+    set(ENV{${key}} "${value}")
+  endforeach()
+endif()
+execute_process(COMMAND ${COMMAND} RESULT_VARIABLE code OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 240)
+set(all "${out}${err}")
+message("${all}")
+if(EXPECT_EXIT STREQUAL "zero" AND NOT code EQUAL 0)
+  message(FATAL_ERROR "expected exit 0, got ${code}")
+endif()
+if(EXPECT_EXIT STREQUAL "nonzero" AND code EQUAL 0)
+  message(FATAL_ERROR "expected a non-zero exit, got 0")
+endif()
+if(EXPECT_REGEX AND NOT all MATCHES "${EXPECT_REGEX}")
+  message(FATAL_ERROR "output does not match: ${EXPECT_REGEX}")
+endif()
