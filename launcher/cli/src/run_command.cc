@@ -123,7 +123,7 @@ class Runner {
       MOEX_RETURN_IF_ERROR(t_.Barrier(NextDeadline()));
       ep::StepStats stats;
       auto start = Clock::now();
-      MOEX_ASSIGN_OR_RETURN(y, layer.Forward(t_, x, first, NextDeadline(), &stats));
+      MOEX_RETURN_IF_ERROR(layer.Forward(t_, x, first, NextDeadline(), &y, &stats));
       double seconds = std::chrono::duration<double>(Clock::now() - start).count();
       MOEX_ASSIGN_OR_RETURN(StepSummary summary, Summarise(stats, seconds, layer.placement()));
       if (rank_ == 0 && !flags_.quiet) PrintStep(step, summary);

@@ -36,11 +36,23 @@ namespace {
 // -1, float weight) pairs.
 int64_t RecordFloats(int64_t hidden, int64_t top_k) { return hidden + 2 * top_k; }
 
+// The (slot, weight) pairs of token t for rank r.
+void FillPairs(const Placement& placement, const DispatchLayout& layout, const float* topk_weights,
+               int64_t t, int r, int32_t* slots, float* weights) {
+  const int64_t k = layout.top_k;
+  for (int64_t j = 0; j < k; ++j) {
+    int64_t slot = layout.topk_slot[t * k + j];
+    bool here = placement.slot_rank(slot) == r;
+    slots[j] = here ? static_cast<int32_t>(slot - placement.first_slot(r)) : -1;
+    weights[j] = here ? topk_weights[t * k + j] : 0.0f;
+  }
+}
+
 }  // namespace
 
-absl::StatusOr<DispatchResult> Dispatch(transport::Transport& transport, const Placement& placement,
-                                        const Tensor& x, const DispatchLayout& layout,
-                                        const float* topk_weights, Deadline deadline) {
+absl::Status Dispatcher::Dispatch(transport::Transport& transport, const Placement& placement,
+                                  const Tensor& x, const DispatchLayout& layout,
+                                  const float* topk_weights, Deadline deadline, DispatchResult* out) {
   const int world = transport.world_size(), me = transport.rank();
   const int64_t T = layout.num_tokens, k = layout.top_k;
   if (placement.world_size() != world || layout.world_size != world) {
@@ -52,103 +64,120 @@ absl::StatusOr<DispatchResult> Dispatch(transport::Transport& transport, const P
                                              ShapeString(x.shape), ", the layout has ", T, " tokens"));
   }
   const int64_t H = x.dim(1), record = RecordFloats(H, k);
-  DispatchResult result;
-  DispatchHandle& handle = result.handle;
-  handle.hidden = H;
-  handle.send_tokens = layout.num_tokens_per_rank;
-  handle.recv_tokens.assign(world, 0);
-  MOEX_RETURN_IF_ERROR(transport.ExchangeCounts(handle.send_tokens, handle.recv_tokens, deadline));
+  out->hidden = H;
+  out->top_k = k;
+  out->bytes_sent = 0;
+  out->send_tokens = layout.num_tokens_per_rank;
+  out->recv_tokens.assign(world, 0);
+  MOEX_RETURN_IF_ERROR(transport.ExchangeCounts(out->send_tokens, out->recv_tokens, deadline));
+  if (out->recv_tokens[me] != out->send_tokens[me]) {
+    return absl::InternalError(StrCat("dispatch on rank ", me, ": the counts exchange returned ",
+                                      out->recv_tokens[me], " own tokens, sent ", out->send_tokens[me]));
+  }
 
-  // Pack, destination-major; a token's pairs for that rank only.
-  int64_t total_send = 0;
-  for (int r = 0; r < world; ++r) total_send += handle.send_tokens[r];
-  std::vector<float> send(total_send * record);
-  handle.send_order.reserve(total_send);
+  // Pack the blocks for other ranks, destination-major. The own block is not
+  // packed: its rows are read from x in place.
+  std::vector<int64_t> send_bytes(world, 0), recv_bytes(world, 0);
+  int64_t packed = 0, remote_recv = 0;
+  for (int r = 0; r < world; ++r) {
+    if (r == me) continue;
+    send_bytes[r] = out->send_tokens[r] * record * static_cast<int64_t>(sizeof(float));
+    recv_bytes[r] = out->recv_tokens[r] * record * static_cast<int64_t>(sizeof(float));
+    packed += out->send_tokens[r];
+    remote_recv += out->recv_tokens[r];
+    out->bytes_sent += send_bytes[r];
+  }
+  if (static_cast<int64_t>(send_.size()) < packed * record) send_.resize(packed * record);
+  if (static_cast<int64_t>(recv_.size()) < remote_recv * record) recv_.resize(remote_recv * record);
+  out->send_order.clear();
   int64_t row = 0;
   for (int r = 0; r < world; ++r) {
     for (int64_t t = 0; t < T; ++t) {
       if (!layout.is_token_in_rank[t * world + r]) continue;
-      float* out = send.data() + row * record;
-      std::memcpy(out, x.row(t), H * sizeof(float));
-      auto* slots = reinterpret_cast<int32_t*>(out + H);
-      float* weights = out + H + k;
-      for (int64_t j = 0; j < k; ++j) {
-        int64_t slot = layout.topk_slot[t * k + j];
-        bool here = placement.slot_rank(slot) == r;
-        slots[j] = here ? static_cast<int32_t>(slot - placement.first_slot(r)) : -1;
-        weights[j] = here ? topk_weights[t * k + j] : 0.0f;
-      }
-      handle.send_order.push_back(t);
+      out->send_order.push_back(t);
+      if (r == me) continue;
+      float* dst = send_.data() + row * record;
+      std::memcpy(dst, x.row(t), H * sizeof(float));
+      FillPairs(placement, layout, topk_weights, t, r, reinterpret_cast<int32_t*>(dst + H), dst + H + k);
       ++row;
     }
   }
-  std::vector<int64_t> send_bytes(world), recv_bytes(world);
-  int64_t total_recv = 0;
-  for (int r = 0; r < world; ++r) {
-    send_bytes[r] = handle.send_tokens[r] * record * static_cast<int64_t>(sizeof(float));
-    recv_bytes[r] = handle.recv_tokens[r] * record * static_cast<int64_t>(sizeof(float));
-    total_recv += handle.recv_tokens[r];
-    if (r != me) result.bytes_sent += send_bytes[r];
-  }
-  std::vector<float> recv(total_recv * record);
-  MOEX_RETURN_IF_ERROR(transport.AllToAllV(reinterpret_cast<const std::byte*>(send.data()), send_bytes,
-                                           reinterpret_cast<std::byte*>(recv.data()), recv_bytes,
+  // The send buffer skips the own block; AllToAllV wants blocks in rank
+  // order with the own one empty, which is exactly this layout.
+  MOEX_RETURN_IF_ERROR(transport.AllToAllV(reinterpret_cast<const std::byte*>(send_.data()), send_bytes,
+                                           reinterpret_cast<std::byte*>(recv_.data()), recv_bytes,
                                            deadline));
 
-  // Unpack into the receive buffers and count tokens per local expert.
+  // Received rows: other ranks' in rank order, where they landed in the
+  // receive buffer, then our own, read from x. Keeping the own block last
+  // lets combine send the partial sums of the others as they are.
   const int64_t local_slots = placement.num_local_slots(me);
-  result.recv_x = Tensor({total_recv, H});
-  result.recv_local_slot.resize(total_recv * k);
-  result.recv_weights.resize(total_recv * k);
-  result.num_recv_tokens_per_expert.assign(local_slots, 0);
+  const int64_t own = out->recv_tokens[me];
+  const int64_t total_recv = remote_recv + own;
+  out->recv_rows.resize(total_recv);
+  out->recv_local_slot.resize(total_recv * k);
+  out->recv_weights.resize(total_recv * k);
+  out->num_recv_tokens_per_expert.assign(local_slots, 0);
+  int64_t own_begin = 0;
+  for (int r = 0; r < me; ++r) own_begin += out->send_tokens[r];
   for (int64_t i = 0; i < total_recv; ++i) {
-    const float* in = recv.data() + i * record;
-    std::memcpy(result.recv_x.row(i), in, H * sizeof(float));
-    const auto* slots = reinterpret_cast<const int32_t*>(in + H);
+    int32_t* slots = &out->recv_local_slot[i * k];
+    float* weights = &out->recv_weights[i * k];
+    if (i < remote_recv) {
+      const float* in = recv_.data() + i * record;
+      out->recv_rows[i] = in;
+      std::memcpy(slots, in + H, k * sizeof(int32_t));
+      std::memcpy(weights, in + H + k, k * sizeof(float));
+    } else {
+      int64_t t = out->send_order[own_begin + (i - remote_recv)];
+      out->recv_rows[i] = x.row(t);
+      FillPairs(placement, layout, topk_weights, t, me, slots, weights);
+    }
     for (int64_t j = 0; j < k; ++j) {
-      int32_t slot = slots[j];
-      if (slot < -1 || slot >= local_slots) {
-        return absl::DataLossError(StrCat("dispatch on rank ", me, ": received slot ", slot,
-                                          " outside this rank's ", local_slots, " slots"));
+      if (slots[j] < -1 || slots[j] >= local_slots) {
+        return absl::DataLossError(StrCat("dispatch on rank ", me, ": received slot ", slots[j],
+                                          ", outside this rank's ", local_slots, " slots"));
       }
-      result.recv_local_slot[i * k + j] = slot;
-      result.recv_weights[i * k + j] = in[H + k + j];
-      if (slot >= 0) ++result.num_recv_tokens_per_expert[slot];
+      if (slots[j] >= 0) ++out->num_recv_tokens_per_expert[slots[j]];
     }
   }
-  return result;
+  return absl::OkStatus();
 }
 
-absl::Status Combine(transport::Transport& transport, const DispatchHandle& handle,
-                     const Tensor& partial, Tensor* out, int64_t* bytes_sent, Deadline deadline) {
+absl::Status Dispatcher::Combine(transport::Transport& transport, const DispatchResult& received,
+                                 const Tensor& partial, Tensor* y, int64_t* bytes_sent,
+                                 Deadline deadline) {
   const int world = transport.world_size(), me = transport.rank();
-  const int64_t H = handle.hidden;
-  int64_t total_recv = 0;
-  for (int64_t n : handle.recv_tokens) total_recv += n;
-  if (partial.shape.size() != 2 || partial.dim(0) != total_recv || partial.dim(1) != H) {
+  const int64_t H = received.hidden, R = received.num_recv();
+  if (partial.shape.size() != 2 || partial.dim(0) < R || partial.dim(1) != H) {
     return absl::InvalidArgumentError(StrCat("combine on rank ", me, ": partial sums have shape ",
-                                             ShapeString(partial.shape), ", expected ",
-                                             ShapeString({total_recv, H})));
+                                             ShapeString(partial.shape), ", expected ", ShapeString({R, H})));
   }
-  // Back the way they came: what a rank received from r returns to r.
-  std::vector<int64_t> send_bytes(world), recv_bytes(world);
+  // Back the way they came: what came from r returns to r. The partial sums
+  // of other ranks' tokens lead, in rank order; our own follow and do not
+  // travel.
+  std::vector<int64_t> send_bytes(world, 0), recv_bytes(world, 0);
   *bytes_sent = 0;
-  int64_t total_back = 0;
+  int64_t back_rows = 0;
   for (int r = 0; r < world; ++r) {
-    send_bytes[r] = handle.recv_tokens[r] * H * static_cast<int64_t>(sizeof(float));
-    recv_bytes[r] = handle.send_tokens[r] * H * static_cast<int64_t>(sizeof(float));
-    total_back += handle.send_tokens[r];
-    if (r != me) *bytes_sent += send_bytes[r];
+    if (r == me) continue;
+    send_bytes[r] = received.recv_tokens[r] * H * static_cast<int64_t>(sizeof(float));
+    recv_bytes[r] = received.send_tokens[r] * H * static_cast<int64_t>(sizeof(float));
+    back_rows += received.send_tokens[r];
+    *bytes_sent += send_bytes[r];
   }
-  std::vector<float> back(total_back * H);
-  MOEX_RETURN_IF_ERROR(transport.AllToAllV(reinterpret_cast<const std::byte*>(partial.data()),
-                                           send_bytes, reinterpret_cast<std::byte*>(back.data()),
-                                           recv_bytes, deadline));
-  // Rows arrive source-rank-major, in send order: add each to its token.
-  for (int64_t i = 0; i < total_back; ++i) {
-    float* y = out->row(handle.send_order[i]);
-    const float* add = back.data() + i * H;
-    for (int64_t h = 0; h < H; ++h) y[h] += add[h];
+  const int64_t own_partial = R - received.recv_tokens[me];
+  if (static_cast<int64_t>(back_.size()) < back_rows * H) back_.resize(back_rows * H);
+  MOEX_RETURN_IF_ERROR(transport.AllToAllV(reinterpret_cast<const std::byte*>(partial.data()), send_bytes,
+                                           reinterpret_cast<std::byte*>(back_.data()), recv_bytes, deadline));
+  // Add each rank's rows to their tokens, in rank order.
+  int64_t order = 0, back_row = 0;
+  for (int r = 0; r < world; ++r) {
+    for (int64_t n = 0; n < received.send_tokens[r]; ++n, ++order) {
+      float* out = y->row(received.send_order[order]);
+      const float* add = r == me ? partial.row(own_partial + n) : back_.data() + (back_row++) * H;
+      for (int64_t h = 0; h < H; ++h) out[h] += add[h];
+    }
   }
   return absl::OkStatus();
 }

@@ -61,40 +61,40 @@ absl::StatusOr<MoeLayer> MoeLayer::Create(MoeLayerSpec spec, Placement placement
   return MoeLayer(std::move(spec), std::move(placement), std::move(weights), rank);
 }
 
-void MoeLayer::RunExperts(const Tensor& recv_x, const std::vector<int32_t>& local_slot,
-                          const std::vector<float>& slot_weights, Tensor* partial, StepStats* stats) {
-  const int64_t R = recv_x.dim(0), H = spec_.hidden, k = spec_.top_k;
+void MoeLayer::RunExperts(const DispatchResult& received, Tensor* partial, StepStats* stats) {
+  const int64_t R = received.num_recv(), H = spec_.hidden, k = spec_.top_k;
   const int64_t slots = placement_.num_local_slots(rank_);
   stats->tokens_per_local_slot.assign(slots, 0);
-  std::vector<int64_t> rows;
-  std::vector<float> row_weight;
-  for (int64_t s = 0; s < slots; ++s) {
-    rows.clear();
-    row_weight.clear();
-    for (int64_t i = 0; i < R; ++i) {
-      for (int64_t j = 0; j < k; ++j) {
-        if (local_slot[i * k + j] == s) {
-          rows.push_back(i);
-          row_weight.push_back(slot_weights[i * k + j]);
-        }
-      }
+  // Rows per local expert, in one pass over the received pairs.
+  std::vector<std::vector<std::pair<int64_t, float>>> rows(slots);
+  for (int64_t s = 0; s < slots; ++s) rows[s].reserve(received.num_recv_tokens_per_expert[s]);
+  for (int64_t i = 0; i < R; ++i) {
+    for (int64_t j = 0; j < k; ++j) {
+      int32_t s = received.recv_local_slot[i * k + j];
+      if (s >= 0) rows[s].emplace_back(i, received.recv_weights[i * k + j]);
     }
-    const int64_t n = static_cast<int64_t>(rows.size());
+  }
+  for (int64_t s = 0; s < slots; ++s) {
+    const int64_t n = static_cast<int64_t>(rows[s].size());
     stats->tokens_per_local_slot[s] = n;
     stats->routed_pairs += n;
     if (n == 0) continue;
     const ExpertWeights& w = weights_.experts.at(placement_.slot_expert(placement_.first_slot(rank_) + s));
     // Expert-major: this expert's tokens side by side, then one FFN call.
-    gathered_.resize(n * H);
-    expert_out_.resize(n * H);
-    workspace_.resize(kernels::GatedFfnWorkspace(n, w.gate.dim(0)));
-    for (int64_t i = 0; i < n; ++i) std::memcpy(&gathered_[i * H], recv_x.row(rows[i]), H * sizeof(float));
+    if (static_cast<int64_t>(gathered_.size()) < n * H) gathered_.resize(n * H);
+    if (static_cast<int64_t>(expert_out_.size()) < n * H) expert_out_.resize(n * H);
+    int64_t need = kernels::GatedFfnWorkspace(n, w.gate.dim(0));
+    if (static_cast<int64_t>(workspace_.size()) < need) workspace_.resize(need);
+    for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(&gathered_[i * H], received.recv_rows[rows[s][i].first], H * sizeof(float));
+    }
     kernels::GatedFfn(View(w, H), gathered_.data(), n, workspace_.data(), expert_out_.data());
     // Weighted partial sums form here, on the expert's rank.
     for (int64_t i = 0; i < n; ++i) {
-      float* out = partial->row(rows[i]);
+      float* out = partial->row(rows[s][i].first);
+      const float weight = rows[s][i].second;
       const float* y = &expert_out_[i * H];
-      for (int64_t h = 0; h < H; ++h) out[h] += row_weight[i] * y[h];
+      for (int64_t h = 0; h < H; ++h) out[h] += weight * y[h];
     }
   }
 }
@@ -103,8 +103,9 @@ void MoeLayer::AddSharedExpert(const Tensor& x, Tensor* y) {
   if (!weights_.shared) return;
   const int64_t T = x.dim(0), H = spec_.hidden;
   if (T == 0) return;
-  expert_out_.resize(T * H);
-  workspace_.resize(kernels::GatedFfnWorkspace(T, spec_.shared_width));
+  if (static_cast<int64_t>(expert_out_.size()) < T * H) expert_out_.resize(T * H);
+  int64_t need = kernels::GatedFfnWorkspace(T, spec_.shared_width);
+  if (static_cast<int64_t>(workspace_.size()) < need) workspace_.resize(need);
   kernels::GatedFfn(View(*weights_.shared, H), x.data(), T, workspace_.data(), expert_out_.data());
   for (int64_t t = 0; t < T; ++t) {
     float gate = 1.0f;
@@ -117,8 +118,8 @@ void MoeLayer::AddSharedExpert(const Tensor& x, Tensor* y) {
   }
 }
 
-absl::StatusOr<Tensor> MoeLayer::Forward(transport::Transport& transport, const Tensor& x,
-                                         int64_t first_token, Deadline deadline, StepStats* stats) {
+absl::Status MoeLayer::Forward(transport::Transport& transport, const Tensor& x, int64_t first_token,
+                               Deadline deadline, Tensor* y, StepStats* stats) {
   const int64_t H = spec_.hidden, k = spec_.top_k;
   if (x.shape.size() != 2 || x.dim(1) != H) {
     return absl::InvalidArgumentError(StrCat("rank ", rank_, ": hidden states have shape ",
@@ -137,23 +138,26 @@ absl::StatusOr<Tensor> MoeLayer::Forward(transport::Transport& transport, const 
   stats->route_seconds = Since(start);
 
   start = std::chrono::steady_clock::now();
-  MOEX_ASSIGN_OR_RETURN(DispatchResult received,
-                        Dispatch(transport, placement_, x, layout, topk_weights_.data(), deadline));
+  MOEX_RETURN_IF_ERROR(
+      dispatcher_.Dispatch(transport, placement_, x, layout, topk_weights_.data(), deadline, &received_));
   stats->dispatch_seconds = Since(start);
-  stats->dispatch_bytes = received.bytes_sent;
-  stats->received_tokens = received.recv_x.dim(0);
+  stats->dispatch_bytes = received_.bytes_sent;
+  stats->received_tokens = received_.num_recv();
 
   start = std::chrono::steady_clock::now();
-  Tensor partial({received.recv_x.dim(0), H});
-  RunExperts(received.recv_x, received.recv_local_slot, received.recv_weights, &partial, stats);
-  Tensor y({T, H});
-  AddSharedExpert(x, &y);
+  const int64_t R = received_.num_recv();
+  partial_.shape = {R, H};
+  partial_.values.assign(R * H, 0.0f);
+  RunExperts(received_, &partial_, stats);
+  y->shape = {T, H};
+  y->values.assign(T * H, 0.0f);
+  AddSharedExpert(x, y);
   stats->expert_seconds = Since(start);
 
   start = std::chrono::steady_clock::now();
-  MOEX_RETURN_IF_ERROR(Combine(transport, received.handle, partial, &y, &stats->combine_bytes, deadline));
+  MOEX_RETURN_IF_ERROR(dispatcher_.Combine(transport, received_, partial_, y, &stats->combine_bytes, deadline));
   stats->combine_seconds = Since(start);
-  return y;
+  return absl::OkStatus();
 }
 
 Tensor ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,

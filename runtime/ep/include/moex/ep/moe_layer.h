@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "moex/core/deadline.h"
 #include "moex/core/tensor.h"
+#include "moex/ep/dispatch.h"
 #include "moex/ep/moe_weights.h"
 #include "moex/ep/placement.h"
 #include "moex/transport/transport.h"
@@ -38,9 +39,10 @@ class MoeLayer {
   static absl::StatusOr<MoeLayer> Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
                                          int rank);
 
-  // x [T, H] local tokens whose first has global index `first_token`.
-  absl::StatusOr<Tensor> Forward(transport::Transport& transport, const Tensor& x,
-                                 int64_t first_token, Deadline deadline, StepStats* stats);
+  // x [T, H] local tokens whose first has global index `first_token`; `y`
+  // is resized to [T, H] and overwritten (reuse it across steps).
+  absl::Status Forward(transport::Transport& transport, const Tensor& x, int64_t first_token,
+                       Deadline deadline, Tensor* y, StepStats* stats);
 
   const MoeLayerSpec& spec() const { return spec_; }
   const Placement& placement() const { return placement_; }
@@ -51,8 +53,7 @@ class MoeLayer {
       : spec_(std::move(spec)), placement_(std::move(placement)), weights_(std::move(weights)), rank_(rank) {}
 
   // Routed experts of this rank over the received tokens: partial sums [R, H].
-  void RunExperts(const Tensor& recv_x, const std::vector<int32_t>& local_slot,
-                  const std::vector<float>& weights, Tensor* partial, StepStats* stats);
+  void RunExperts(const DispatchResult& received, Tensor* partial, StepStats* stats);
   void AddSharedExpert(const Tensor& x, Tensor* y);
 
   MoeLayerSpec spec_;
@@ -60,7 +61,10 @@ class MoeLayer {
   MoeWeights weights_;
   int rank_;
   // Buffers reused across steps; they only grow.
-  std::vector<float> logits_, scratch_, gathered_, expert_out_, workspace_;
+  Dispatcher dispatcher_;
+  DispatchResult received_;
+  Tensor partial_;
+  std::vector<float> gathered_, expert_out_, workspace_;
   std::vector<int32_t> topk_idx_;
   std::vector<float> topk_weights_;
 };
