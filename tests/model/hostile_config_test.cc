@@ -95,7 +95,8 @@ TEST(HostileConfigTest, NestedObjectsMustBeObjects) {
   EXPECT_THAT(ErrorOf(R"({"model_type": "llama4", "text_config": [1]})"),
               HasSubstr("'text_config' must be an object"));
   EXPECT_THAT(ErrorOf(R"({"model_type": "dbrx", "vocab_size": 10, "d_model": 8, "n_heads": 2,
-      "n_layers": 1, "attn_config": {}, "ffn_config": {"ffn_hidden_size": "x"}})"),
+      "n_layers": 1, "attn_config": {}, "ffn_config": {"moe_num_experts": 4, "moe_top_k": 2,
+      "ffn_hidden_size": "x"}})"),
               HasSubstr("field 'ffn_config.ffn_hidden_size' must be an integer"));
 }
 

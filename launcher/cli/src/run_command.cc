@@ -306,7 +306,11 @@ class Runner {
     return out;
   }
 
-  void PrintSummary() const {
+  struct Medians {
+    double rate = 0, dispatch = 0, combine = 0, imbalance = 0;
+    size_t steps = 0;
+  };
+  Medians MeasuredMedians() const {
     std::vector<double> rate, dispatch, combine, imbalance;
     for (const StepSummary* s : Measured()) {
       rate.push_back(s->seconds > 0 ? s->tokens / s->seconds : 0);
@@ -314,13 +318,18 @@ class Runner {
       combine.push_back(s->combine);
       imbalance.push_back(s->imbalance);
     }
+    return {Median(rate), Median(dispatch), Median(combine), Median(imbalance), rate.size()};
+  }
+
+  void PrintSummary() const {
+    const Medians m = MeasuredMedians();
     const StepSummary& last = steps_.back();
     double minimum = static_cast<double>(last.remote_copies) * spec_.hidden * 4;
     std::cout << absl::StrFormat(
         "summary (median of %d step%s): %.0f tokens/s, dispatch %.2f ms, combine %.2f ms, "
         "imbalance %.2f; dispatch moved %s for a floor of %s (%.2fx: routing metadata)\n",
-        rate.size(), rate.size() == 1 ? "" : "s", Median(rate), 1e3 * Median(dispatch),
-        1e3 * Median(combine), Median(imbalance), FormatBytes(static_cast<double>(last.dispatch_bytes)),
+        m.steps, m.steps == 1 ? "" : "s", m.rate, 1e3 * m.dispatch, 1e3 * m.combine, m.imbalance,
+        FormatBytes(static_cast<double>(last.dispatch_bytes)),
         FormatBytes(minimum), minimum > 0 ? last.dispatch_bytes / minimum : 1.0);
   }
 
@@ -336,15 +345,9 @@ class Runner {
     j["layer_active_params"] = spec_.active_params();
     j["steps"] = nlohmann::json::array();
     for (const StepSummary& s : steps_) j["steps"].push_back(ToJson(s));
-    std::vector<double> rate, dispatch, combine, imbalance;
-    for (const StepSummary* s : Measured()) {
-      rate.push_back(s->seconds > 0 ? s->tokens / s->seconds : 0);
-      dispatch.push_back(s->dispatch);
-      combine.push_back(s->combine);
-      imbalance.push_back(s->imbalance);
-    }
-    j["summary"] = {{"tokens_per_second", Median(rate)}, {"dispatch_seconds", Median(dispatch)},
-                    {"combine_seconds", Median(combine)}, {"imbalance", Median(imbalance)}};
+    const Medians m = MeasuredMedians();
+    j["summary"] = {{"tokens_per_second", m.rate}, {"dispatch_seconds", m.dispatch},
+                    {"combine_seconds", m.combine}, {"imbalance", m.imbalance}};
     if (flags_.check) j["check_relative_error"] = check_error_;
     std::string temporary = StrCat(flags_.json, ".tmp");
     {

@@ -77,6 +77,26 @@ absl::Status CheckTopK(const ConfigView& config, std::string_view experts_key, i
   return absl::OkStatus();
 }
 
+absl::StatusOr<ExpertCounts> ReadExpertCounts(const ConfigView& config, std::string_view experts_key,
+                                              std::string_view topk_key, std::string_view width_key) {
+  using L = FieldLimits;
+  ExpertCounts counts;
+  MOEX_ASSIGN_OR_RETURN(counts.num_experts, config.Int(experts_key, 1, L::kExperts));
+  MOEX_ASSIGN_OR_RETURN(counts.top_k, config.Int(topk_key, 1, L::kExperts));
+  MOEX_RETURN_IF_ERROR(CheckTopK(config, experts_key, counts.num_experts, topk_key, counts.top_k));
+  MOEX_ASSIGN_OR_RETURN(counts.width, config.Int(width_key, 1, L::kWidth));
+  return counts;
+}
+
+absl::StatusOr<CommonDims> BeginDecoder(const ConfigView& config, std::string_view model_type,
+                                        ModelArch* arch, bool uses_head_dim) {
+  arch->model_type = std::string(model_type);
+  MOEX_ASSIGN_OR_RETURN(CommonDims dims, ReadCommonDims(config, /*default_tie=*/false,
+                                                        &arch->assumptions, uses_head_dim));
+  SetEmbeddings(dims, arch);
+  return dims;
+}
+
 void SetEmbeddings(const CommonDims& dims, ModelArch* arch) {
   arch->vocab_size = dims.vocab_size;
   arch->hidden_size = dims.hidden_size;

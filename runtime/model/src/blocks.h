@@ -57,6 +57,21 @@ void SetMoe(LayerSpec* layer, int64_t num_experts, int64_t experts_per_token, in
 absl::Status CheckTopK(const ConfigView& config, std::string_view experts_key, int64_t experts,
                        std::string_view topk_key, int64_t top_k);
 
+// The routed experts of an MoE block: their count, top-k and width, read
+// under the family's own field names, top-k checked against the count.
+struct ExpertCounts {
+  int64_t num_experts = 0;
+  int64_t top_k = 0;
+  int64_t width = 0;
+};
+absl::StatusOr<ExpertCounts> ReadExpertCounts(const ConfigView& config, std::string_view experts_key,
+                                              std::string_view topk_key, std::string_view width_key);
+
+// Starts `arch` as a decoder of `model_type`: reads the common dimensions and
+// sets the embedding, LM head and final norm.
+absl::StatusOr<CommonDims> BeginDecoder(const ConfigView& config, std::string_view model_type,
+                                        ModelArch* arch, bool uses_head_dim = true);
+
 // The embedding, LM head and final norm of a decoder.
 void SetEmbeddings(const CommonDims& dims, ModelArch* arch);
 

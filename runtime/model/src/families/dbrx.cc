@@ -27,10 +27,9 @@ absl::StatusOr<ModelArch> ReadDbrx(const ConfigView& config) {
   MOEX_ASSIGN_OR_RETURN(ConfigView attn, config.Object("attn_config"));
   MOEX_ASSIGN_OR_RETURN(dims.num_kv_heads, attn.IntOr("kv_n_heads", 1, L::kHeads, 1, &arch.assumptions));
   MOEX_ASSIGN_OR_RETURN(ConfigView ffn, config.Object("ffn_config"));
-  MOEX_ASSIGN_OR_RETURN(int64_t expert_width, ffn.Int("ffn_hidden_size", 1, L::kWidth));
-  MOEX_ASSIGN_OR_RETURN(int64_t num_experts, ffn.Int("moe_num_experts", 1, L::kExperts));
-  MOEX_ASSIGN_OR_RETURN(int64_t top_k, ffn.Int("moe_top_k", 1, L::kExperts));
-  MOEX_RETURN_IF_ERROR(blocks::CheckTopK(ffn, "moe_num_experts", num_experts, "moe_top_k", top_k));
+  MOEX_ASSIGN_OR_RETURN(blocks::ExpertCounts experts,
+                        blocks::ReadExpertCounts(ffn, "moe_num_experts", "moe_top_k", "ffn_hidden_size"));
+  const int64_t num_experts = experts.num_experts, top_k = experts.top_k, expert_width = experts.width;
   blocks::SetEmbeddings(dims, &arch);
   arch.router.norm_topk_prob = true;  // moe_normalize_expert_weights = 1
   for (int64_t i = 0; i < dims.num_layers; ++i) {

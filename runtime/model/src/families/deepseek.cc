@@ -142,10 +142,7 @@ absl::StatusOr<ModelArch> ReadDeepseek(const ConfigView& config, std::string_vie
 
 absl::StatusOr<ModelArch> ReadDeepseekV4(const ConfigView& config) {
   ModelArch arch;
-  arch.model_type = "deepseek_v4";
-  MOEX_ASSIGN_OR_RETURN(blocks::CommonDims dims,
-                        blocks::ReadCommonDims(config, /*default_tie=*/false, &arch.assumptions));
-  blocks::SetEmbeddings(dims, &arch);
+  MOEX_ASSIGN_OR_RETURN(blocks::CommonDims dims, blocks::BeginDecoder(config, "deepseek_v4", &arch));
   MOEX_ASSIGN_OR_RETURN(int64_t q_lora, config.Int("q_lora_rank", 1, L::kWidth));
   MOEX_ASSIGN_OR_RETURN(int64_t o_lora, config.Int("o_lora_rank", 1, L::kWidth));
   MOEX_ASSIGN_OR_RETURN(int64_t o_groups, config.Int("o_groups", 1, L::kHeads));

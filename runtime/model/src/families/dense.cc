@@ -8,10 +8,7 @@ namespace moex::model::families {
 absl::StatusOr<ModelArch> ReadDense(const ConfigView& config, std::string_view model_type) {
   using L = FieldLimits;
   ModelArch arch;
-  arch.model_type = std::string(model_type);
-  MOEX_ASSIGN_OR_RETURN(blocks::CommonDims dims,
-                        blocks::ReadCommonDims(config, /*default_tie=*/false, &arch.assumptions));
-  blocks::SetEmbeddings(dims, &arch);
+  MOEX_ASSIGN_OR_RETURN(blocks::CommonDims dims, blocks::BeginDecoder(config, model_type, &arch));
   MOEX_ASSIGN_OR_RETURN(int64_t width, config.Int("intermediate_size", 1, L::kWidth));
   MOEX_ASSIGN_OR_RETURN(bool attention_bias, config.BoolOr("attention_bias", false));
   MOEX_ASSIGN_OR_RETURN(bool mlp_bias, config.BoolOr("mlp_bias", false));

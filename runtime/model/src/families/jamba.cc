@@ -28,14 +28,11 @@ absl::Status ReadPattern(const ConfigView& config, std::string_view period_key,
 
 absl::StatusOr<ModelArch> ReadJamba(const ConfigView& config) {
   ModelArch arch;
-  arch.model_type = "jamba";
-  MOEX_ASSIGN_OR_RETURN(blocks::CommonDims dims,
-                        blocks::ReadCommonDims(config, /*default_tie=*/false, &arch.assumptions));
-  blocks::SetEmbeddings(dims, &arch);
-  MOEX_ASSIGN_OR_RETURN(int64_t num_experts, config.Int("num_experts", 1, L::kExperts));
-  MOEX_ASSIGN_OR_RETURN(int64_t top_k, config.Int("num_experts_per_tok", 1, L::kExperts));
-  MOEX_RETURN_IF_ERROR(blocks::CheckTopK(config, "num_experts", num_experts, "num_experts_per_tok", top_k));
-  MOEX_ASSIGN_OR_RETURN(int64_t width, config.Int("intermediate_size", 1, L::kWidth));
+  MOEX_ASSIGN_OR_RETURN(blocks::CommonDims dims, blocks::BeginDecoder(config, "jamba", &arch));
+  MOEX_ASSIGN_OR_RETURN(blocks::ExpertCounts experts,
+                        blocks::ReadExpertCounts(config, "num_experts", "num_experts_per_tok",
+                                                 "intermediate_size"));
+  const int64_t num_experts = experts.num_experts, top_k = experts.top_k, width = experts.width;
   int64_t attn_period, attn_offset, expert_period, expert_offset;
   MOEX_RETURN_IF_ERROR(ReadPattern(config, "attn_layer_period", "attn_layer_offset", &attn_period, &attn_offset));
   MOEX_RETURN_IF_ERROR(ReadPattern(config, "expert_layer_period", "expert_layer_offset", &expert_period, &expert_offset));

@@ -49,10 +49,10 @@ absl::StatusOr<ModelArch> ReadLlama4(const ConfigView& config, std::string_view 
   MOEX_ASSIGN_OR_RETURN(blocks::CommonDims dims,
                         blocks::ReadCommonDims(text, /*default_tie=*/false, &arch.assumptions));
   blocks::SetEmbeddings(dims, &arch);
-  MOEX_ASSIGN_OR_RETURN(int64_t num_experts, text.Int("num_local_experts", 1, L::kExperts));
-  MOEX_ASSIGN_OR_RETURN(int64_t top_k, text.Int("num_experts_per_tok", 1, L::kExperts));
-  MOEX_RETURN_IF_ERROR(blocks::CheckTopK(text, "num_local_experts", num_experts, "num_experts_per_tok", top_k));
-  MOEX_ASSIGN_OR_RETURN(int64_t expert_width, text.Int("intermediate_size", 1, L::kWidth));
+  MOEX_ASSIGN_OR_RETURN(blocks::ExpertCounts experts,
+                        blocks::ReadExpertCounts(text, "num_local_experts", "num_experts_per_tok",
+                                                 "intermediate_size"));
+  const int64_t num_experts = experts.num_experts, top_k = experts.top_k, expert_width = experts.width;
   MOEX_ASSIGN_OR_RETURN(int64_t dense_width, text.Int("intermediate_size_mlp", 1, L::kWidth));
   MOEX_ASSIGN_OR_RETURN(int64_t step, text.IntOr("interleave_moe_layer_step", 1, L::kLayers, 1));
   MOEX_ASSIGN_OR_RETURN(std::vector<int64_t> moe_layers,

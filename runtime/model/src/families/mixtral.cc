@@ -6,16 +6,12 @@
 namespace moex::model::families {
 
 absl::StatusOr<ModelArch> ReadMixtral(const ConfigView& config) {
-  using L = FieldLimits;
   ModelArch arch;
-  arch.model_type = "mixtral";
-  MOEX_ASSIGN_OR_RETURN(blocks::CommonDims dims,
-                        blocks::ReadCommonDims(config, /*default_tie=*/false, &arch.assumptions));
-  blocks::SetEmbeddings(dims, &arch);
-  MOEX_ASSIGN_OR_RETURN(int64_t num_experts, config.Int("num_local_experts", 1, L::kExperts));
-  MOEX_ASSIGN_OR_RETURN(int64_t top_k, config.Int("num_experts_per_tok", 1, L::kExperts));
-  MOEX_RETURN_IF_ERROR(blocks::CheckTopK(config, "num_local_experts", num_experts, "num_experts_per_tok", top_k));
-  MOEX_ASSIGN_OR_RETURN(int64_t expert_width, config.Int("intermediate_size", 1, L::kWidth));
+  MOEX_ASSIGN_OR_RETURN(blocks::CommonDims dims, blocks::BeginDecoder(config, "mixtral", &arch));
+  MOEX_ASSIGN_OR_RETURN(blocks::ExpertCounts experts,
+                        blocks::ReadExpertCounts(config, "num_local_experts", "num_experts_per_tok",
+                                                 "intermediate_size"));
+  const int64_t num_experts = experts.num_experts, top_k = experts.top_k, expert_width = experts.width;
   MOEX_ASSIGN_OR_RETURN(int64_t window, config.IntOr("sliding_window", 0, 1LL << 30, 0));
   arch.router.norm_topk_prob = true;  // softmax over all experts, then renormalise the top-k
   blocks::GqaAttention attention{.hidden_size = dims.hidden_size,

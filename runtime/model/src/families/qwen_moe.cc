@@ -13,14 +13,11 @@ absl::StatusOr<ModelArch> ReadQwenMoe(const ConfigView& config, std::string_view
   using L = FieldLimits;
   const bool is_qwen2 = model_type == "qwen2_moe";
   ModelArch arch;
-  arch.model_type = std::string(model_type);
-  MOEX_ASSIGN_OR_RETURN(blocks::CommonDims dims,
-                        blocks::ReadCommonDims(config, /*default_tie=*/false, &arch.assumptions));
-  blocks::SetEmbeddings(dims, &arch);
-  MOEX_ASSIGN_OR_RETURN(int64_t num_experts, config.Int("num_experts", 1, L::kExperts));
-  MOEX_ASSIGN_OR_RETURN(int64_t top_k, config.Int("num_experts_per_tok", 1, L::kExperts));
-  MOEX_RETURN_IF_ERROR(blocks::CheckTopK(config, "num_experts", num_experts, "num_experts_per_tok", top_k));
-  MOEX_ASSIGN_OR_RETURN(int64_t expert_width, config.Int("moe_intermediate_size", 1, L::kWidth));
+  MOEX_ASSIGN_OR_RETURN(blocks::CommonDims dims, blocks::BeginDecoder(config, model_type, &arch));
+  MOEX_ASSIGN_OR_RETURN(blocks::ExpertCounts experts,
+                        blocks::ReadExpertCounts(config, "num_experts", "num_experts_per_tok",
+                                                 "moe_intermediate_size"));
+  const int64_t num_experts = experts.num_experts, top_k = experts.top_k, expert_width = experts.width;
   MOEX_ASSIGN_OR_RETURN(int64_t dense_width, config.Int("intermediate_size", 1, L::kWidth));
   MOEX_ASSIGN_OR_RETURN(int64_t sparse_step, config.IntOr("decoder_sparse_step", 1, L::kLayers, 1));
   MOEX_ASSIGN_OR_RETURN(std::vector<int64_t> mlp_only,
