@@ -38,6 +38,13 @@ if(MOEX_ENABLE_CUDA)
   endif()
 endif()
 
+# The control plane's gRPC API.
+find_package(Protobuf REQUIRED)
+find_package(gRPC CONFIG REQUIRED)
+find_package(SQLite3 REQUIRED)
+find_program(MOEX_PROTOC protoc REQUIRED)
+find_program(MOEX_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
+
 find_package(GTest QUIET)
 
 function(moex_print_summary)

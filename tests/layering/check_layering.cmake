@@ -5,7 +5,7 @@
 set(layer_dirs
   "runtime/core:core" "runtime/model:model" "runtime/plan:plan" "kernels:kernels"
   "runtime/transport:transport" "runtime/ep:ep" "runtime/balance:balance"
-  "cluster:control" "launcher/launch:launcher" "launcher/cli:cli")
+  "cluster:control" "launcher/worker:launcher" "launcher/cli:cli")
 file(GLOB_RECURSE sources
   "${MOEX_SOURCE_DIR}/runtime/*.h" "${MOEX_SOURCE_DIR}/runtime/*.cc"
   "${MOEX_SOURCE_DIR}/kernels/*.h" "${MOEX_SOURCE_DIR}/kernels/*.cc" "${MOEX_SOURCE_DIR}/kernels/*.cu"

@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "CLI/CLI.hpp"
+#include "moex/cli/control_commands.h"
 #include "moex/cli/plan_command.h"
 #include "moex/cli/run_command.h"
 #include "moex/core/build_info.h"
@@ -14,8 +15,15 @@ int main(int argc, char** argv) {
   CLI::App* plan = moex::cli::AddPlanCommand(app, plan_flags);
   moex::cli::RunFlags run_flags;
   CLI::App* run = moex::cli::AddRunCommand(app, run_flags);
+  CLI::App* worker = moex::cli::AddWorkerCommand(app, run_flags);
+  moex::cli::ServeFlags serve_flags;
+  CLI::App* serve = moex::cli::AddServeCommand(app, serve_flags);
+  moex::cli::JobFlags job_flags;
+  CLI::App* job = moex::cli::AddJobCommand(app, job_flags);
   CLI11_PARSE(app, argc, argv);
   if (plan->parsed()) return moex::cli::RunPlan(plan_flags, std::cout, std::cerr);
-  if (run->parsed()) return moex::cli::RunRun(run_flags, &argc, &argv);
+  if (run->parsed() || worker->parsed()) return moex::cli::RunRun(run_flags, &argc, &argv);
+  if (serve->parsed()) return moex::cli::RunServe(serve_flags);
+  if (job->parsed()) return moex::cli::RunJob(*job, job_flags);
   return 0;
 }

@@ -19,6 +19,7 @@
 #include "moex/ep/moe_layer.h"
 #include "moex/ep/tokens.h"
 #include "moex/kernels/expert_ffn.h"
+#include "moex/launcher/worker_session.h"
 #include "moex/model/model_loader.h"
 #include "moex/model/safetensors.h"
 #include "moex/transport/mpi_transport.h"
@@ -48,6 +49,14 @@ CLI::App* AddRunCommand(CLI::App& app, RunFlags& f) {
   run->add_option("--json", f.json, "Rank 0 writes the per-step figures and summary here");
   run->add_flag("--quiet", f.quiet, "Print only the summary");
   return run;
+}
+
+CLI::App* AddWorkerCommand(CLI::App& app, RunFlags& f) {
+  CLI::App* worker = app.add_subcommand(
+      "worker", "A rank of a job launched by `moex serve` (the controller starts these under mpirun)");
+  worker->add_option("--job-id", f.job_id, "The job this rank belongs to")->required();
+  worker->add_option("--controller", f.controller, "The controller's address")->required();
+  return worker;
 }
 
 namespace {
@@ -90,8 +99,8 @@ double Median(std::vector<double> values) {
 
 class Runner {
  public:
-  Runner(const RunFlags& flags, transport::Transport& transport)
-      : flags_(flags), t_(transport), rank_(transport.rank()), world_(transport.world_size()) {}
+  Runner(const RunFlags& flags, transport::Transport& transport, launcher::WorkerSession* session)
+      : flags_(flags), t_(transport), rank_(transport.rank()), world_(transport.world_size()), session_(session) {}
 
   absl::Status Run() {
     MOEX_RETURN_IF_ERROR(Validate());
@@ -128,8 +137,10 @@ class Runner {
       MOEX_ASSIGN_OR_RETURN(StepSummary summary, Summarise(stats, seconds, layer.placement()));
       if (rank_ == 0 && !flags_.quiet) PrintStep(step, summary);
       steps_.push_back(std::move(summary));
+      if (session_ != nullptr) ReportToController(step + 1);
     }
     if (!flags_.output.empty() || flags_.check) MOEX_RETURN_IF_ERROR(Finish(x, y, checkpoint));
+    if (session_ != nullptr && flags_.check) ReportToController(flags_.steps);
     if (rank_ == 0) {
       PrintSummary();
       if (!flags_.json.empty()) MOEX_RETURN_IF_ERROR(WriteJson());
@@ -333,6 +344,23 @@ class Runner {
         FormatBytes(minimum), minimum > 0 ? last.dispatch_bytes / minimum : 1.0);
   }
 
+  // Rank 0 tells the controller how the job goes; every rank's heartbeat
+  // says which step it is on.
+  void ReportToController(int64_t steps_done) {
+    session_->SetStep(steps_done);
+    if (rank_ != 0) return;
+    const Medians m = MeasuredMedians();
+    moex::v1::JobMetrics metrics;
+    metrics.set_tokens_per_second(m.rate);
+    metrics.set_dispatch_seconds(m.dispatch);
+    metrics.set_combine_seconds(m.combine);
+    metrics.set_imbalance(m.imbalance);
+    metrics.set_steps_done(steps_done);
+    metrics.set_check_relative_error(check_error_);
+    absl::Status status = session_->ReportStep(steps_done, metrics);
+    if (!status.ok()) std::cerr << "moex worker: rank 0: " << status.message() << "\n";
+  }
+
   absl::Status WriteJson() const {
     nlohmann::json j;
     j["model"] = flags_.model;
@@ -372,27 +400,48 @@ class Runner {
   int64_t total_tokens_ = 0;
   std::vector<StepSummary> steps_;
   double check_error_ = 0;
+  launcher::WorkerSession* session_;
 };
 
 }  // namespace
 
-int RunRun(const RunFlags& flags, int* argc, char*** argv) {
-  absl::StatusOr<std::unique_ptr<transport::MpiSession>> session = transport::MpiSession::Start(argc, argv);
-  if (!session.ok()) {
-    std::cerr << "moex run: error: " << session.status().message() << "\n";
+int RunRun(const RunFlags& given, int* argc, char*** argv) {
+  RunFlags flags = given;
+  absl::StatusOr<std::unique_ptr<transport::MpiSession>> mpi = transport::MpiSession::Start(argc, argv);
+  if (!mpi.ok()) {
+    std::cerr << "moex run: error: " << mpi.status().message() << "\n";
     return 1;
   }
-  const int rank = (*session)->rank();
+  const int rank = (*mpi)->rank();
   auto fail = [&](const absl::Status& status) -> int {
     // One write per line, so that mpirun does not interleave ranks mid-line.
     std::string line = StrCat("moex run: rank ", rank, ": error: ", status.message(), "\n");
     (void)!write(STDERR_FILENO, line.data(), line.size());
     // Every rank that can still speak says why; then the whole job ends.
-    (*session)->Abort(1, 2.0);
+    (*mpi)->Abort(1, 2.0);
   };
   // Ranks share the machine's cores; one BLAS thread each unless told.
   const char* threads = std::getenv("MOEX_BLAS_THREADS");
   kernels::SetBlasThreads(threads != nullptr ? std::max(1, std::atoi(threads)) : 1);
+
+  // A worker takes its spec from the controller.
+  std::unique_ptr<launcher::WorkerSession> worker;
+  if (!flags.job_id.empty()) {
+    auto registered = launcher::WorkerSession::Register(flags.controller, flags.job_id, rank, (*mpi)->world_size());
+    if (!registered.ok()) return fail(registered.status());
+    worker = std::move(*registered);
+    const moex::v1::JobSpec& spec = worker->spec();
+    flags.model = spec.model();
+    flags.steps = spec.steps();
+    flags.tokens_per_rank = spec.tokens_per_rank();
+    flags.transport = spec.transport();
+    if (spec.has_layer()) flags.layer = spec.layer();
+    flags.routing_skew = spec.routing_skew();
+    flags.seed = spec.seed();
+    flags.redundant_experts = spec.redundant_experts();
+    flags.check = spec.check();
+    flags.timeout_seconds = spec.exchange_timeout_seconds() > 0 ? spec.exchange_timeout_seconds() : 60.0;
+  }
 
   absl::StatusOr<std::unique_ptr<transport::Transport>> transport = transport::CreateMpiTransport();
   if (transport.ok() && flags.transport == "ucx") {
@@ -405,7 +454,7 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
     transport = absl::InvalidArgumentError(StrCat("--transport '", flags.transport, "' is not one of mpi, ucx"));
   }
   if (!transport.ok()) return fail(transport.status());
-  Runner runner(flags, **transport);
+  Runner runner(flags, **transport, worker.get());
   absl::Status status = runner.Run();
   if (!status.ok()) return fail(status);
   transport->reset();

@@ -32,9 +32,15 @@ struct RunFlags {
   double timeout_seconds = 60.0;
   std::string json;
   bool quiet = false;
+  // `moex worker`: a rank of a controller-launched job; the spec comes from
+  // the controller.
+  std::string job_id;
+  std::string controller;
 };
 
 CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags);
+// `moex worker --job-id ID --controller ADDR`, what the controller launches.
+CLI::App* AddWorkerCommand(CLI::App& app, RunFlags& flags);
 
 // Runs on this rank (MPI is started inside). Returns the exit code; on an
 // error every rank prints its diagnosis and the whole job ends non-zero.

@@ -1,0 +1,121 @@
+// The controller's state: every job, its process group, its ranks. Jobs are
+// launched as `mpirun … moex worker --job-id ID --controller ADDR`, from an
+// argument vector, in their own process group, output to a per-job log.
+//
+// States: PENDING (launched, waiting for every rank to register) -> RUNNING
+// -> SUCCEEDED | FAILED | CANCELLED; PENDING may also end FAILED or
+// CANCELLED. A terminal state is never left, and no job stays PENDING past
+// the start timeout or RUNNING past a silent rank's heartbeat timeout.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "moex/control/job_store.h"
+#include "moex/control/spec_validation.h"
+#include "moex/v1/cluster.pb.h"
+#include "moex/v1/job.pb.h"
+
+namespace moex::control {
+
+struct ControllerOptions {
+  std::string state_dir;
+  std::string listen = "127.0.0.1:50051";
+  // Where ranks reach the controller; defaults to the address it listens on.
+  std::string advertise;
+  SpecLimits limits;
+  int max_concurrent_jobs = 8;
+  double start_timeout_seconds = 60;
+  double heartbeat_timeout_seconds = 30;
+  double cancel_grace_seconds = 5;
+  std::string moex_binary;  // the `moex` that ranks run; defaults to this executable
+  std::string mpirun = "mpirun";
+  std::vector<std::string> mpirun_args = {"--oversubscribe", "--mca", "btl", "self,vader,tcp"};
+  std::string token;  // when set, every call but health must carry "authorization: Bearer <token>"
+};
+
+bool IsTerminal(moex::v1::JobState state);
+
+class JobManager {
+ public:
+  // Opens the store; jobs found PENDING or RUNNING from an earlier
+  // controller become FAILED (their leftover processes are killed).
+  static absl::StatusOr<std::unique_ptr<JobManager>> Create(ControllerOptions options);
+  ~JobManager();
+
+  // Must be set before the first Submit (the server learns its port late).
+  void SetAdvertisedAddress(std::string address);
+
+  absl::StatusOr<moex::v1::Job> Submit(moex::v1::JobSpec spec);
+  absl::StatusOr<moex::v1::Job> Get(const std::string& id);
+  std::vector<moex::v1::Job> List();
+  absl::StatusOr<moex::v1::Job> Cancel(const std::string& id);
+  absl::StatusOr<std::string> LogPath(const std::string& id);
+
+  // Calls `on_change` with the current job at once and after every change;
+  // returns a handle for Unsubscribe. Callbacks run without the lock held.
+  absl::StatusOr<int64_t> Subscribe(const std::string& id, std::function<void(const moex::v1::Job&)> on_change);
+  void Unsubscribe(int64_t handle);
+
+  absl::StatusOr<moex::v1::RegisterRankResponse> RegisterRank(const moex::v1::RegisterRankRequest& request);
+  absl::StatusOr<moex::v1::HeartbeatResponse> Heartbeat(const moex::v1::HeartbeatRequest& request);
+  absl::Status ReportStep(const moex::v1::ReportStepRequest& request);
+
+  // Stops every running job (FAILED, saying the controller shut down) and
+  // the monitor.
+  void Shutdown();
+
+  const ControllerOptions& options() const { return options_; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  struct Entry {
+    moex::v1::Job job;
+    pid_t process_group = 0;
+    Clock::time_point launched;
+    std::map<int, Clock::time_point> last_heartbeat;  // by rank
+    bool cancel_requested = false;
+    Clock::time_point term_sent;
+    bool kill_sent = false;
+  };
+
+  explicit JobManager(ControllerOptions options, std::unique_ptr<JobStore> store)
+      : options_(std::move(options)), store_(std::move(store)) {}
+
+  absl::Status Launch(Entry& entry);
+  // Moves a job to a terminal state, kills what is left of its group,
+  // persists, and notifies. Requires the lock; returns the notifications.
+  void Finish(Entry& entry, moex::v1::JobState state, std::string message);
+  void Persist(const Entry& entry);
+  void Notify(const std::string& id);
+  void MonitorLoop();
+  void OnExit(pid_t pid, int wait_status);
+  std::string DiagnoseFailure(const Entry& entry, int wait_status);
+
+  ControllerOptions options_;
+  std::unique_ptr<JobStore> store_;
+  std::mutex mutex_;
+  std::map<std::string, Entry> jobs_;
+  std::map<pid_t, std::string> job_by_group_;
+  struct Subscription {
+    std::string job_id;
+    std::function<void(const moex::v1::Job&)> on_change;
+  };
+  std::map<int64_t, Subscription> subscriptions_;
+  int64_t next_subscription_ = 1;
+  std::vector<std::string> pending_notifications_;
+  bool stopping_ = false;
+  std::thread monitor_;
+};
+
+}  // namespace moex::control

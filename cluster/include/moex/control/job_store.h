@@ -1,0 +1,45 @@
+// Job records in SQLite (WAL) under the controller's state dir, so that a
+// restarted controller still knows every job. One row per job: the Job
+// message, serialised, plus the process group that runs it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "moex/v1/job.pb.h"
+
+struct sqlite3;
+
+namespace moex::control {
+
+struct StoredJob {
+  moex::v1::Job job;
+  pid_t process_group = 0;  // 0: none started
+};
+
+class JobStore {
+ public:
+  // Creates `state_dir` if needed; the error names the path and the reason
+  // (unwritable, disk full, a corrupt database).
+  static absl::StatusOr<std::unique_ptr<JobStore>> Open(const std::string& state_dir);
+  ~JobStore();
+
+  // Inserts or replaces, durably (synchronous=FULL): a job the API answered
+  // for is on disk.
+  absl::Status Put(const moex::v1::Job& job, pid_t process_group);
+  absl::StatusOr<std::vector<StoredJob>> LoadAll();
+  const std::string& path() const { return path_; }
+
+ private:
+  JobStore(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  std::mutex mutex_;
+  sqlite3* db_;
+  std::string path_;
+};
+
+}  // namespace moex::control

@@ -1,0 +1,424 @@
+#include "moex/control/job_manager.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <regex>
+#include <sstream>
+
+#include "absl/strings/str_join.h"
+#include "moex/core/status_macros.h"
+#include "moex/core/str_cat.h"
+#include "moex/core/subprocess.h"
+
+namespace moex::control {
+
+using moex::v1::Job;
+using moex::v1::JobState;
+
+bool IsTerminal(JobState state) {
+  return state == moex::v1::JOB_STATE_SUCCEEDED || state == moex::v1::JOB_STATE_FAILED ||
+         state == moex::v1::JOB_STATE_CANCELLED;
+}
+
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string NewJobId() {
+  static std::mt19937_64 rng(std::random_device{}());
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
+  char buffer[32];
+  snprintf(buffer, sizeof(buffer), "j-%012llx", static_cast<unsigned long long>(rng() & 0xffffffffffffULL));
+  return buffer;
+}
+
+std::string SelfExecutable() {
+  std::error_code error;
+  std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", error);
+  return error ? "moex" : self.string();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions options) {
+  if (options.state_dir.empty()) return absl::InvalidArgumentError("--state-dir is required");
+  if (options.moex_binary.empty()) options.moex_binary = SelfExecutable();
+  MOEX_ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store, JobStore::Open(options.state_dir));
+  std::error_code error;
+  std::filesystem::create_directories(std::filesystem::path(options.state_dir) / "logs", error);
+  if (error) return absl::PermissionDeniedError(StrCat("cannot create '", options.state_dir, "/logs': ", error.message()));
+  MOEX_ASSIGN_OR_RETURN(std::vector<StoredJob> stored, store->LoadAll());
+  auto manager = std::unique_ptr<JobManager>(new JobManager(std::move(options), std::move(store)));
+  for (StoredJob& s : stored) {
+    Entry entry;
+    entry.job = std::move(s.job);
+    entry.process_group = s.process_group;
+    if (!IsTerminal(entry.job.state())) {
+      // Its mpirun was the old controller's child: nobody can reap or follow
+      // it now. Stop what is left and say so.
+      if (entry.process_group > 0 && GroupAlive(entry.process_group)) {
+        (void)SignalGroup(entry.process_group, SIGKILL);
+      }
+      entry.job.set_state(moex::v1::JOB_STATE_FAILED);
+      entry.job.set_message(StrCat("the controller stopped while this job was ",
+                                   entry.job.ranks_registered() == entry.job.spec().world_size() ? "running" : "starting",
+                                   "; its processes were stopped when the controller restarted"));
+      entry.job.set_end_time_unix_ms(NowMs());
+      MOEX_RETURN_IF_ERROR(manager->store_->Put(entry.job, entry.process_group));
+    }
+    manager->jobs_[entry.job.id()] = std::move(entry);
+  }
+  manager->monitor_ = std::thread([m = manager.get()] { m->MonitorLoop(); });
+  return manager;
+}
+
+JobManager::~JobManager() { Shutdown(); }
+
+void JobManager::SetAdvertisedAddress(std::string address) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  options_.advertise = std::move(address);
+}
+
+void JobManager::Persist(const Entry& entry) {
+  absl::Status status = store_->Put(entry.job, entry.process_group);
+  if (!status.ok()) {
+    // The API keeps answering from memory; the operator sees why the disk
+    // copy lags.
+    fprintf(stderr, "moex serve: cannot persist job %s: %s\n", entry.job.id().c_str(),
+            std::string(status.message()).c_str());
+  }
+}
+
+void JobManager::Notify(const std::string& id) {
+  std::vector<std::function<void(const Job&)>> callbacks;
+  Job snapshot;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return;
+    snapshot = it->second.job;
+    for (auto& [handle, subscription] : subscriptions_) {
+      if (subscription.job_id == id) callbacks.push_back(subscription.on_change);
+    }
+  }
+  for (auto& callback : callbacks) callback(snapshot);
+}
+
+void JobManager::Finish(Entry& entry, JobState state, std::string message) {
+  if (IsTerminal(entry.job.state())) return;
+  entry.job.set_state(state);
+  entry.job.set_message(std::move(message));
+  entry.job.set_end_time_unix_ms(NowMs());
+  // No process of a finished job is left behind.
+  if (entry.process_group > 0) (void)SignalGroup(entry.process_group, SIGKILL);
+  Persist(entry);
+  pending_notifications_.push_back(entry.job.id());
+}
+
+absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
+  MOEX_RETURN_IF_ERROR(ValidateAndNormalise(&spec, options_.limits));
+  std::string id;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) return absl::UnavailableError("the controller is shutting down");
+    int active = 0;
+    for (auto& [job_id, e] : jobs_) active += IsTerminal(e.job.state()) ? 0 : 1;
+    if (active >= options_.max_concurrent_jobs) {
+      return absl::ResourceExhaustedError(StrCat(active, " jobs are active, the limit is ",
+                                                 options_.max_concurrent_jobs, "; retry when one ends"));
+    }
+    id = NewJobId();
+    while (jobs_.count(id)) id = NewJobId();
+    Entry& entry = jobs_[id];
+    entry.job.set_id(id);
+    entry.job.set_state(moex::v1::JOB_STATE_PENDING);
+    *entry.job.mutable_spec() = spec;
+    entry.job.set_submit_time_unix_ms(NowMs());
+    entry.job.set_log_path((std::filesystem::path(options_.state_dir) / "logs" / (id + ".log")).string());
+    entry.job.set_message("launching");
+    absl::Status launched = Launch(entry);
+    if (!launched.ok()) {
+      Finish(entry, moex::v1::JOB_STATE_FAILED, StrCat("could not start the job: ", launched.message()));
+    } else {
+      entry.job.set_message(StrCat("waiting for ", spec.world_size(), " ranks to register"));
+      Persist(entry);
+    }
+  }
+  Notify(id);
+  return Get(id);
+}
+
+absl::Status JobManager::Launch(Entry& entry) {
+  const moex::v1::JobSpec& spec = entry.job.spec();
+  std::string controller = options_.advertise.empty() ? options_.listen : options_.advertise;
+  SpawnOptions spawn;
+  spawn.log_path = entry.job.log_path();
+  spawn.argv = {options_.mpirun, "-np", std::to_string(spec.world_size())};
+  spawn.argv.insert(spawn.argv.end(), options_.mpirun_args.begin(), options_.mpirun_args.end());
+  // The job id on every rank's command line: `ps` finds every process of it.
+  spawn.argv.insert(spawn.argv.end(), {options_.moex_binary, "worker", "--job-id", entry.job.id(),
+                                       "--controller", controller});
+  if (geteuid() == 0) spawn.extra_env = {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"};
+  if (!options_.token.empty()) spawn.extra_env.push_back(StrCat("MOEX_TOKEN=", options_.token));
+  {
+    std::ofstream log(spawn.log_path, std::ios::app);
+    log << "moex serve: launching job " << entry.job.id() << ": " << absl::StrJoin(spawn.argv, " ") << "\n";
+  }
+  MOEX_ASSIGN_OR_RETURN(pid_t pid, SpawnInNewGroup(spawn));
+  entry.process_group = pid;
+  entry.launched = Clock::now();
+  job_by_group_[pid] = entry.job.id();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Job> JobManager::Get(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", id, "'"));
+  return it->second.job;
+}
+
+std::vector<Job> JobManager::List() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<Job> jobs;
+  for (auto& [id, entry] : jobs_) jobs.push_back(entry.job);
+  std::sort(jobs.begin(), jobs.end(), [](const Job& a, const Job& b) {
+    return a.submit_time_unix_ms() != b.submit_time_unix_ms() ? a.submit_time_unix_ms() < b.submit_time_unix_ms()
+                                                              : a.id() < b.id();
+  });
+  return jobs;
+}
+
+absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", id, "'"));
+    Entry& entry = it->second;
+    if (IsTerminal(entry.job.state())) return entry.job;  // cancelling an ended job changes nothing
+    if (!entry.cancel_requested) {
+      entry.cancel_requested = true;
+      entry.term_sent = Clock::now();
+      entry.job.set_message(StrCat("cancelling: SIGTERM sent, SIGKILL after ", options_.cancel_grace_seconds, " s"));
+      if (entry.process_group > 0) (void)SignalGroup(entry.process_group, SIGTERM);
+      Persist(entry);
+    }
+  }
+  Notify(id);
+  return Get(id);
+}
+
+absl::StatusOr<std::string> JobManager::LogPath(const std::string& id) {
+  MOEX_ASSIGN_OR_RETURN(Job job, Get(id));
+  return job.log_path();
+}
+
+absl::StatusOr<int64_t> JobManager::Subscribe(const std::string& id,
+                                              std::function<void(const Job&)> on_change) {
+  int64_t handle;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!jobs_.count(id)) return absl::NotFoundError(StrCat("no job '", id, "'"));
+    handle = next_subscription_++;
+    subscriptions_[handle] = {id, on_change};
+  }
+  Notify(id);
+  return handle;
+}
+
+void JobManager::Unsubscribe(int64_t handle) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  subscriptions_.erase(handle);
+}
+
+absl::StatusOr<moex::v1::RegisterRankResponse> JobManager::RegisterRank(const moex::v1::RegisterRankRequest& r) {
+  moex::v1::RegisterRankResponse response;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = jobs_.find(r.job_id());
+    if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", r.job_id(), "'"));
+    Entry& entry = it->second;
+    if (IsTerminal(entry.job.state())) {
+      return absl::FailedPreconditionError(StrCat("job ", r.job_id(), " has ended (", JobState_Name(entry.job.state()), ")"));
+    }
+    if (r.world_size() != entry.job.spec().world_size() || r.rank() < 0 || r.rank() >= r.world_size()) {
+      return absl::InvalidArgumentError(StrCat("rank ", r.rank(), " of ", r.world_size(), " does not fit job ",
+                                               r.job_id(), " of ", entry.job.spec().world_size(), " ranks"));
+    }
+    bool known = false;
+    for (const auto& rank : entry.job.ranks()) known |= rank.rank() == r.rank();
+    if (!known) {
+      auto* info = entry.job.add_ranks();
+      info->set_rank(r.rank());
+      info->set_host(r.host());
+      info->set_pid(r.pid());
+      info->set_device(r.device());
+      entry.job.set_ranks_registered(entry.job.ranks_size());
+    }
+    entry.last_heartbeat[r.rank()] = Clock::now();
+    if (entry.job.state() == moex::v1::JOB_STATE_PENDING && entry.job.ranks_registered() == entry.job.spec().world_size()) {
+      entry.job.set_state(moex::v1::JOB_STATE_RUNNING);
+      entry.job.set_start_time_unix_ms(NowMs());
+      entry.job.set_message("running");
+    }
+    Persist(entry);
+    *response.mutable_spec() = entry.job.spec();
+    response.set_placement_version(1);
+  }
+  Notify(r.job_id());
+  return response;
+}
+
+absl::StatusOr<moex::v1::HeartbeatResponse> JobManager::Heartbeat(const moex::v1::HeartbeatRequest& r) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = jobs_.find(r.job_id());
+  if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", r.job_id(), "'"));
+  it->second.last_heartbeat[r.rank()] = Clock::now();
+  moex::v1::HeartbeatResponse response;
+  response.set_cancel(it->second.cancel_requested || IsTerminal(it->second.job.state()));
+  return response;
+}
+
+absl::Status JobManager::ReportStep(const moex::v1::ReportStepRequest& r) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = jobs_.find(r.job_id());
+    if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", r.job_id(), "'"));
+    Entry& entry = it->second;
+    entry.last_heartbeat[r.rank()] = Clock::now();
+    if (r.rank() != 0 || IsTerminal(entry.job.state())) return absl::OkStatus();
+    *entry.job.mutable_metrics() = r.metrics();
+    Persist(entry);
+  }
+  Notify(r.job_id());
+  return absl::OkStatus();
+}
+
+std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status) {
+  // The most specific line of the log wins: a rank's own error, then what
+  // mpirun saw happen to a rank, then mpirun's exit status.
+  std::ifstream log(entry.job.log_path());
+  std::string line, rank_error, rank_death;
+  static const std::regex kDeath(R"(process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+) \(([^)]*)\))");
+  static const std::regex kExit(R"(process rank (\d+) with PID (\d+) on node (\S+) exited with status (\d+)|rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+))");
+  std::smatch match;
+  while (std::getline(log, line)) {
+    if (rank_error.empty() && line.find("moex run: rank ") == 0 && line.find(": error: ") != std::string::npos) {
+      rank_error = line.substr(std::string("moex run: ").size());
+    }
+    if (rank_death.empty() && std::regex_search(line, match, kDeath)) {
+      rank_death = StrCat("rank ", match[1].str(), " (pid ", match[2].str(), " on ", match[3].str(),
+                          ") was killed by signal ", match[4].str(), " (", match[5].str(), ")");
+    }
+  }
+  std::string exit = StrCat("mpirun ", DescribeWaitStatus(wait_status));
+  if (!rank_death.empty()) return StrCat(rank_death, "; ", exit, "; log: ", entry.job.log_path());
+  if (!rank_error.empty()) return StrCat(rank_error, "; ", exit);
+  return StrCat(exit, "; see the log: ", entry.job.log_path());
+}
+
+void JobManager::OnExit(pid_t pid, int wait_status) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto found = job_by_group_.find(pid);
+  if (found == job_by_group_.end()) return;
+  Entry& entry = jobs_[found->second];
+  job_by_group_.erase(found);
+  if (entry.cancel_requested) {
+    Finish(entry, moex::v1::JOB_STATE_CANCELLED, "cancelled by request; every process of the job has ended");
+  } else if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0 &&
+             entry.job.ranks_registered() == entry.job.spec().world_size()) {
+    Finish(entry, moex::v1::JOB_STATE_SUCCEEDED, "succeeded");
+  } else {
+    Finish(entry, moex::v1::JOB_STATE_FAILED, DiagnoseFailure(entry, wait_status));
+  }
+}
+
+void JobManager::MonitorLoop() {
+  while (true) {
+    std::vector<std::string> notify;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (stopping_) break;
+    }
+    int status = 0;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) OnExit(pid, status);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto now = Clock::now();
+      auto seconds = [now](Clock::time_point since) { return std::chrono::duration<double>(now - since).count(); };
+      for (auto& [id, entry] : jobs_) {
+        if (IsTerminal(entry.job.state()) || entry.process_group <= 0) continue;
+        if (entry.cancel_requested) {
+          if (!entry.kill_sent && seconds(entry.term_sent) > options_.cancel_grace_seconds) {
+            (void)SignalGroup(entry.process_group, SIGKILL);
+            entry.kill_sent = true;
+          }
+          continue;
+        }
+        if (entry.job.state() == moex::v1::JOB_STATE_PENDING && seconds(entry.launched) > options_.start_timeout_seconds) {
+          std::vector<int> missing;
+          for (int r = 0; r < entry.job.spec().world_size(); ++r) {
+            bool seen = false;
+            for (const auto& rank : entry.job.ranks()) seen |= rank.rank() == r;
+            if (!seen) missing.push_back(r);
+          }
+          Finish(entry, moex::v1::JOB_STATE_FAILED,
+                 StrCat("rank(s) ", absl::StrJoin(missing, ", "), " never registered within the start timeout of ",
+                        options_.start_timeout_seconds, " s; log: ", entry.job.log_path()));
+          continue;
+        }
+        if (entry.job.state() == moex::v1::JOB_STATE_RUNNING) {
+          for (auto& [rank, last] : entry.last_heartbeat) {
+            if (seconds(last) > options_.heartbeat_timeout_seconds) {
+              std::string where;
+              for (const auto& info : entry.job.ranks()) {
+                if (info.rank() == rank) where = StrCat(" (pid ", info.pid(), " on ", info.host(), ")");
+              }
+              Finish(entry, moex::v1::JOB_STATE_FAILED,
+                     StrCat("rank ", rank, where, " stopped sending heartbeats: none for ",
+                            static_cast<int>(seconds(last)), " s (timeout ", options_.heartbeat_timeout_seconds, " s)"));
+              break;
+            }
+          }
+        }
+      }
+      notify.swap(pending_notifications_);
+    }
+    for (const std::string& id : notify) Notify(id);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+void JobManager::Shutdown() {
+  std::vector<std::string> notify;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) return;
+    stopping_ = true;
+    for (auto& [id, entry] : jobs_) {
+      if (!IsTerminal(entry.job.state())) {
+        Finish(entry, moex::v1::JOB_STATE_FAILED, "the controller shut down while the job ran; its processes were stopped");
+      }
+    }
+    notify.swap(pending_notifications_);
+  }
+  if (monitor_.joinable()) monitor_.join();
+  // Reap what was killed so nothing lingers as a zombie.
+  int status;
+  while (waitpid(-1, &status, WNOHANG) > 0) {
+  }
+  for (const std::string& id : notify) Notify(id);
+}
+
+}  // namespace moex::control

@@ -1,0 +1,343 @@
+#include "moex/control/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <atomic>
+#include <deque>
+#include <fstream>
+#include <thread>
+
+#include "moex/core/str_cat.h"
+#include "moex/v1/cluster.grpc.pb.h"
+#include "moex/v1/job.grpc.pb.h"
+#include "moex/v1/placement.grpc.pb.h"
+
+namespace moex::control {
+namespace {
+
+// absl::Status becomes grpc::Status here and nowhere else.
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+// When the controller has a token, every call must carry it.
+grpc::Status Authorise(const grpc::CallbackServerContext* context, const std::string& token) {
+  if (token.empty()) return grpc::Status::OK;
+  auto metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end() || std::string(it->second.data(), it->second.size()) != "Bearer " + token) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "this controller needs a bearer token (moex --token-file)");
+  }
+  return grpc::Status::OK;
+}
+
+// A server stream fed from other threads: Push queues, one write in flight
+// at a time, Close finishes once the queue drains. Owned by gRPC: it deletes
+// itself in OnDone. `alive` lets feeders stop once the client has gone.
+template <typename Message>
+class QueuedWriter : public grpc::ServerWriteReactor<Message> {
+ public:
+  std::shared_ptr<std::atomic<bool>> alive = std::make_shared<std::atomic<bool>>(true);
+
+  void Push(Message message) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_) return;
+    queue_.push_back(std::move(message));
+    if (!writing_) WriteNext();
+  }
+  void Close(grpc::Status status) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_) return;
+    closed_ = true;
+    final_ = std::move(status);
+    if (!writing_) this->Finish(final_);
+  }
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    writing_ = false;
+    if (!ok) {
+      queue_.clear();
+      if (!closed_) {
+        closed_ = true;
+        this->Finish(grpc::Status::CANCELLED);
+      }
+      return;
+    }
+    queue_.pop_front();
+    if (!queue_.empty()) {
+      WriteNext();
+    } else if (closed_) {
+      this->Finish(final_);
+    }
+  }
+  void OnCancel() override { alive->store(false); }
+  void OnDone() override {
+    alive->store(false);
+    if (on_done) on_done();
+    delete this;
+  }
+  std::function<void()> on_done;
+
+ private:
+  void WriteNext() {
+    writing_ = true;
+    this->StartWrite(&queue_.front());
+  }
+  std::mutex mutex_;
+  std::deque<Message> queue_;
+  bool writing_ = false;
+  bool closed_ = false;
+  grpc::Status final_;
+};
+
+}  // namespace
+
+struct Controller::Services {
+  struct Jobs final : moex::v1::JobService::CallbackService {
+    JobManager* jobs;
+    std::string token;
+
+    template <typename Response, typename Call>
+    grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Response* response, Call call) {
+      grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+      grpc::Status auth = Authorise(context, token);
+      if (!auth.ok()) {
+        reactor->Finish(auth);
+        return reactor;
+      }
+      reactor->Finish(ToGrpc(call(response)));
+      return reactor;
+    }
+
+    grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* c, const moex::v1::SubmitJobRequest* r,
+                                        moex::v1::Job* out) override {
+      return Unary(c, out, [&](moex::v1::Job* o) -> absl::Status {
+        auto job = jobs->Submit(r->spec());
+        if (job.ok()) *o = *job;
+        return job.status();
+      });
+    }
+    grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* c, const moex::v1::GetJobRequest* r,
+                                     moex::v1::Job* out) override {
+      return Unary(c, out, [&](moex::v1::Job* o) -> absl::Status {
+        auto job = jobs->Get(r->id());
+        if (job.ok()) *o = *job;
+        return job.status();
+      });
+    }
+    grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* c, const moex::v1::ListJobsRequest*,
+                                       moex::v1::ListJobsResponse* out) override {
+      return Unary(c, out, [&](moex::v1::ListJobsResponse* o) -> absl::Status {
+        for (auto& job : jobs->List()) *o->add_jobs() = job;
+        return absl::OkStatus();
+      });
+    }
+    grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* c, const moex::v1::CancelJobRequest* r,
+                                        moex::v1::Job* out) override {
+      return Unary(c, out, [&](moex::v1::Job* o) -> absl::Status {
+        auto job = jobs->Cancel(r->id());
+        if (job.ok()) *o = *job;
+        return job.status();
+      });
+    }
+
+    grpc::ServerWriteReactor<moex::v1::Job>* WatchJob(grpc::CallbackServerContext* c,
+                                                      const moex::v1::WatchJobRequest* r) override {
+      auto* writer = new QueuedWriter<moex::v1::Job>();
+      grpc::Status auth = Authorise(c, token);
+      if (!auth.ok()) {
+        writer->Close(auth);
+        return writer;
+      }
+      // Every distinct snapshot goes out; the stream ends after a terminal one.
+      auto last = std::make_shared<std::string>();
+      auto guard = std::make_shared<std::mutex>();
+      auto alive = writer->alive;
+      auto subscribed = jobs->Subscribe(r->id(), [writer, last, guard, alive](const moex::v1::Job& job) {
+        std::lock_guard<std::mutex> lock(*guard);
+        if (!alive->load()) return;
+        std::string bytes = job.SerializeAsString();
+        if (bytes == *last) return;
+        *last = bytes;
+        writer->Push(job);
+        if (IsTerminal(job.state())) writer->Close(grpc::Status::OK);
+      });
+      if (!subscribed.ok()) {
+        writer->Close(ToGrpc(subscribed.status()));
+        return writer;
+      }
+      JobManager* manager = jobs;
+      int64_t handle = *subscribed;
+      writer->on_done = [manager, handle, guard, alive] {
+        std::lock_guard<std::mutex> lock(*guard);
+        alive->store(false);
+        manager->Unsubscribe(handle);
+      };
+      return writer;
+    }
+
+    grpc::ServerWriteReactor<moex::v1::LogChunk>* GetJobLogs(grpc::CallbackServerContext* c,
+                                                             const moex::v1::GetJobLogsRequest* r) override {
+      auto* writer = new QueuedWriter<moex::v1::LogChunk>();
+      grpc::Status auth = Authorise(c, token);
+      if (!auth.ok()) {
+        writer->Close(auth);
+        return writer;
+      }
+      auto path = jobs->LogPath(r->id());
+      if (!path.ok()) {
+        writer->Close(ToGrpc(path.status()));
+        return writer;
+      }
+      // A reader thread per stream: it ends with the job (follow), at the end
+      // of the file (no follow), or when the client goes away.
+      std::thread([writer, alive = writer->alive, manager = jobs, id = r->id(), file = *path, follow = r->follow()] {
+        std::ifstream in(file, std::ios::binary);
+        std::string buffer(64 * 1024, '\0');
+        while (alive->load()) {
+          in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+          std::streamsize got = in.gcount();
+          if (got > 0) {
+            moex::v1::LogChunk chunk;
+            chunk.set_data(buffer.data(), static_cast<size_t>(got));
+            writer->Push(std::move(chunk));
+            continue;
+          }
+          in.clear();
+          bool ended = true;
+          if (follow) {
+            auto job = manager->Get(id);
+            ended = !job.ok() || IsTerminal(job->state());
+          }
+          if (ended) {
+            // One more read: lines written just before the end.
+            in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+            if (in.gcount() > 0) {
+              moex::v1::LogChunk chunk;
+              chunk.set_data(buffer.data(), static_cast<size_t>(in.gcount()));
+              writer->Push(std::move(chunk));
+            }
+            break;
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        writer->Close(grpc::Status::OK);
+      }).detach();
+      return writer;
+    }
+  };
+
+  struct Cluster final : moex::v1::ClusterService::CallbackService {
+    JobManager* jobs;
+    std::string token;
+    grpc::ServerUnaryReactor* RegisterRank(grpc::CallbackServerContext* c, const moex::v1::RegisterRankRequest* r,
+                                           moex::v1::RegisterRankResponse* out) override {
+      auto* reactor = c->DefaultReactor();
+      grpc::Status auth = Authorise(c, token);
+      if (!auth.ok()) return reactor->Finish(auth), reactor;
+      auto response = jobs->RegisterRank(*r);
+      if (response.ok()) *out = *response;
+      reactor->Finish(ToGrpc(response.status()));
+      return reactor;
+    }
+    grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* c, const moex::v1::HeartbeatRequest* r,
+                                        moex::v1::HeartbeatResponse* out) override {
+      auto* reactor = c->DefaultReactor();
+      grpc::Status auth = Authorise(c, token);
+      if (!auth.ok()) return reactor->Finish(auth), reactor;
+      auto response = jobs->Heartbeat(*r);
+      if (response.ok()) *out = *response;
+      reactor->Finish(ToGrpc(response.status()));
+      return reactor;
+    }
+    grpc::ServerUnaryReactor* ReportStep(grpc::CallbackServerContext* c, const moex::v1::ReportStepRequest* r,
+                                         moex::v1::ReportStepResponse*) override {
+      auto* reactor = c->DefaultReactor();
+      grpc::Status auth = Authorise(c, token);
+      if (!auth.ok()) return reactor->Finish(auth), reactor;
+      reactor->Finish(ToGrpc(jobs->ReportStep(*r)));
+      return reactor;
+    }
+  };
+
+  struct Placements final : moex::v1::PlacementService::CallbackService {
+    JobManager* jobs;
+    std::string token;
+    grpc::ServerUnaryReactor* GetPlacement(grpc::CallbackServerContext* c, const moex::v1::GetPlacementRequest* r,
+                                           moex::v1::Placement*) override {
+      auto* reactor = c->DefaultReactor();
+      grpc::Status auth = Authorise(c, token);
+      if (!auth.ok()) return reactor->Finish(auth), reactor;
+      auto job = jobs->Get(r->job_id());
+      reactor->Finish(job.ok() ? grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                                              "placements are published with the rebalancing issue; jobs use "
+                                              "the contiguous placement (version 1) today")
+                               : ToGrpc(job.status()));
+      return reactor;
+    }
+    grpc::ServerUnaryReactor* Rebalance(grpc::CallbackServerContext* c, const moex::v1::RebalanceRequest*,
+                                        moex::v1::Placement*) override {
+      auto* reactor = c->DefaultReactor();
+      grpc::Status auth = Authorise(c, token);
+      if (!auth.ok()) return reactor->Finish(auth), reactor;
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                                   "rebalancing policies arrive with the rebalancing issue"));
+      return reactor;
+    }
+  };
+
+  Jobs jobs;
+  Cluster cluster;
+  Placements placements;
+};
+
+absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions options) {
+  auto controller = std::unique_ptr<Controller>(new Controller());
+  std::string listen = options.listen;
+  std::string token = options.token;
+  absl::StatusOr<std::unique_ptr<JobManager>> jobs = JobManager::Create(std::move(options));
+  if (!jobs.ok()) return jobs.status();
+  controller->jobs_ = std::move(*jobs);
+  controller->services_ = std::make_unique<Services>();
+  controller->services_->jobs.jobs = controller->jobs_.get();
+  controller->services_->jobs.token = token;
+  controller->services_->cluster.jobs = controller->jobs_.get();
+  controller->services_->cluster.token = token;
+  controller->services_->placements.jobs = controller->jobs_.get();
+  controller->services_->placements.token = token;
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &controller->port_);
+  builder.RegisterService(&controller->services_->jobs);
+  builder.RegisterService(&controller->services_->cluster);
+  builder.RegisterService(&controller->services_->placements);
+  builder.SetMaxReceiveMessageSize(4 << 20);
+  controller->server_ = builder.BuildAndStart();
+  if (controller->server_ == nullptr || controller->port_ == 0) {
+    return absl::UnavailableError(StrCat("cannot listen on '", listen, "' (in use, or not an address of this host)"));
+  }
+  // Ranks reach the controller on the port it really got (":0" picks one).
+  std::string host = listen.substr(0, listen.rfind(':'));
+  controller->jobs_->SetAdvertisedAddress(controller->jobs_->options().advertise.empty()
+                                              ? StrCat(host, ":", controller->port_)
+                                              : controller->jobs_->options().advertise);
+  return controller;
+}
+
+Controller::~Controller() { Shutdown(); }
+
+void Controller::Shutdown() {
+  if (jobs_) jobs_->Shutdown();
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+}
+
+void Controller::Wait() {
+  if (server_) server_->Wait();
+}
+
+}  // namespace moex::control

@@ -1,0 +1,53 @@
+// `moex serve` (the controller) and `moex job …` (its client), like `ray job`.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "CLI/CLI.hpp"
+
+namespace moex::cli {
+
+struct ServeFlags {
+  std::string listen = "127.0.0.1:50051";
+  std::string state_dir;
+  int max_world_size = 64;
+  int max_jobs = 8;
+  double start_timeout = 60;
+  double heartbeat_timeout = 30;
+  double cancel_grace = 5;
+  std::string token_file;
+};
+
+struct JobFlags {
+  std::string controller;  // --controller, else MOEX_CONTROLLER, else 127.0.0.1:50051
+  std::string token_file;  // --token-file, else MOEX_TOKEN_FILE
+  bool json = false;
+  double timeout = 3600;   // seconds a watch or a followed log may last
+  std::string id;
+  bool follow = false;
+  bool wait = false;
+  // submit
+  std::string name = "job";
+  int world_size = 2;
+  std::string model = "tiny";
+  int steps = 5;
+  int tokens_per_rank = 256;
+  std::string transport = "mpi";
+  std::optional<int> layer;
+  double routing_skew = 0;
+  uint64_t seed = 1;
+  int redundant_experts = 0;
+  bool check = false;
+  double exchange_timeout = 0;
+};
+
+CLI::App* AddServeCommand(CLI::App& app, ServeFlags& flags);
+int RunServe(const ServeFlags& flags);
+
+// Adds `job` and its subcommands; returns the `job` command.
+CLI::App* AddJobCommand(CLI::App& app, JobFlags& flags);
+int RunJob(CLI::App& job, const JobFlags& flags);
+
+}  // namespace moex::cli

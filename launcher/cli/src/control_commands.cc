@@ -1,0 +1,281 @@
+#include "moex/cli/control_commands.h"
+
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "moex/control/server.h"
+#include "moex/core/str_cat.h"
+#include "moex/v1/job.grpc.pb.h"
+
+namespace moex::cli {
+namespace {
+
+absl::StatusOr<std::string> ReadToken(const std::string& path) {
+  if (path.empty()) return std::string();
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(StrCat("cannot read the token file '", path, "'"));
+  std::string token;
+  std::getline(in, token);
+  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  if (token.empty()) return absl::InvalidArgumentError(StrCat("the token file '", path, "' is empty"));
+  return token;
+}
+
+std::string StateName(moex::v1::JobState state) {
+  std::string name = moex::v1::JobState_Name(state);
+  return name.rfind("JOB_STATE_", 0) == 0 ? name.substr(10) : name;
+}
+
+std::string Time(int64_t ms) {
+  if (ms <= 0) return "-";
+  std::time_t seconds = static_cast<std::time_t>(ms / 1000);
+  char buffer[32];
+  std::strftime(buffer, sizeof(buffer), "%Y-%m-%d %H:%M:%S", std::localtime(&seconds));
+  return buffer;
+}
+
+std::string ToJson(const google::protobuf::Message& message) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;  // rank 0 is a rank too
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  return out;
+}
+
+void PrintJob(const moex::v1::Job& job) {
+  const auto& spec = job.spec();
+  std::cout << absl::StrFormat("job %s  %s\n", job.id(), StateName(job.state()));
+  std::cout << absl::StrFormat("  name %s, %d ranks, model %s, %d steps of %d tokens per rank over %s\n",
+                               spec.name(), spec.world_size(), spec.model(), spec.steps(), spec.tokens_per_rank(),
+                               spec.transport());
+  std::cout << "  message: " << job.message() << "\n";
+  std::cout << absl::StrFormat("  submitted %s, started %s, ended %s\n", Time(job.submit_time_unix_ms()),
+                               Time(job.start_time_unix_ms()), Time(job.end_time_unix_ms()));
+  std::cout << absl::StrFormat("  ranks registered %d/%d", job.ranks_registered(), spec.world_size());
+  for (const auto& rank : job.ranks()) std::cout << absl::StrFormat("; %d: pid %d on %s", rank.rank(), rank.pid(), rank.host());
+  std::cout << "\n";
+  if (job.metrics().steps_done() > 0) {
+    const auto& m = job.metrics();
+    std::cout << absl::StrFormat("  metrics: %d steps, %.0f tokens/s, dispatch %.2f ms, combine %.2f ms, imbalance %.2f",
+                                 m.steps_done(), m.tokens_per_second(), 1e3 * m.dispatch_seconds(),
+                                 1e3 * m.combine_seconds(), m.imbalance());
+    if (spec.check()) std::cout << absl::StrFormat(", check relative error %.2g", m.check_relative_error());
+    std::cout << "\n";
+  }
+  std::cout << "  log: " << job.log_path() << "\n";
+}
+
+std::atomic<bool> g_stop{false};
+
+}  // namespace
+
+CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
+  CLI::App* serve = app.add_subcommand("serve", "Run the controller: jobs, ranks and placements over gRPC");
+  serve->add_option("--listen", f.listen, "Address to listen on (loopback unless told otherwise)")->capture_default_str();
+  serve->add_option("--state-dir", f.state_dir, "Where job records (SQLite) and logs live")->required();
+  serve->add_option("--max-world-size", f.max_world_size, "Largest world size a job may ask for")->capture_default_str();
+  serve->add_option("--max-jobs", f.max_jobs, "Jobs that may be active at once")->capture_default_str();
+  serve->add_option("--start-timeout", f.start_timeout, "Seconds for every rank of a job to register")->capture_default_str();
+  serve->add_option("--heartbeat-timeout", f.heartbeat_timeout, "Seconds of silence after which a rank is dead")->capture_default_str();
+  serve->add_option("--cancel-grace", f.cancel_grace, "Seconds between SIGTERM and SIGKILL on cancel")->capture_default_str();
+  serve->add_option("--token-file", f.token_file, "Require this bearer token on every call but health");
+  return serve;
+}
+
+int RunServe(const ServeFlags& f) {
+  auto token = ReadToken(f.token_file);
+  if (!token.ok()) {
+    std::cerr << "moex serve: error: " << token.status().message() << "\n";
+    return 1;
+  }
+  control::ControllerOptions options;
+  options.listen = f.listen;
+  options.state_dir = f.state_dir;
+  options.limits.max_world_size = f.max_world_size;
+  options.max_concurrent_jobs = f.max_jobs;
+  options.start_timeout_seconds = f.start_timeout;
+  options.heartbeat_timeout_seconds = f.heartbeat_timeout;
+  options.cancel_grace_seconds = f.cancel_grace;
+  options.token = *token;
+  // SIGINT/SIGTERM end the controller cleanly: running jobs are stopped and
+  // recorded as FAILED, saying why.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  auto controller = control::Controller::Start(options);
+  if (!controller.ok()) {
+    std::cerr << "moex serve: error: " << controller.status().message() << "\n";
+    return 1;
+  }
+  std::cout << "moex serve: listening on " << f.listen.substr(0, f.listen.rfind(':')) << ":" << (*controller)->port()
+            << ", state in " << f.state_dir << (token->empty() ? "" : ", token required") << std::endl;
+  int signal = 0;
+  sigwait(&signals, &signal);
+  std::cout << "moex serve: " << strsignal(signal) << ": stopping" << std::endl;
+  (*controller)->Shutdown();
+  return 0;
+}
+
+CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
+  CLI::App* job = app.add_subcommand("job", "Submit, inspect, cancel and follow jobs on a controller");
+  job->require_subcommand(1);
+  job->fallthrough();  // `moex job list --json`: parent flags after the subcommand
+  job->add_option("--controller", f.controller, "Controller address (default: $MOEX_CONTROLLER or 127.0.0.1:50051)");
+  job->add_option("--token-file", f.token_file, "Bearer token for the controller (default: $MOEX_TOKEN_FILE)");
+  job->add_flag("--json", f.json, "Print JSON");
+  CLI::App* submit = job->add_subcommand("submit", "Submit a job");
+  submit->add_option("--name", f.name, "Name, [A-Za-z0-9._-]")->capture_default_str();
+  submit->add_option("--world-size,-n", f.world_size, "Ranks")->capture_default_str();
+  submit->add_option("--model,-m", f.model, "Preset or a config.json readable by the controller")->capture_default_str();
+  submit->add_option("--steps", f.steps, "Forward passes")->capture_default_str();
+  submit->add_option("--tokens-per-rank", f.tokens_per_rank, "Tokens per rank per step")->capture_default_str();
+  submit->add_option("--transport", f.transport, "mpi or ucx")->capture_default_str();
+  submit->add_option("--layer", f.layer, "Layer index (default: first MoE layer)");
+  submit->add_option("--routing-skew", f.routing_skew, "Zipf exponent of synthetic routing")->capture_default_str();
+  submit->add_option("--seed", f.seed, "Seed")->capture_default_str();
+  submit->add_option("--redundant-experts", f.redundant_experts, "Expert replicas")->capture_default_str();
+  submit->add_flag("--check", f.check, "Check the output against a single-process computation");
+  submit->add_option("--exchange-timeout", f.exchange_timeout, "Seconds an exchange may wait (0: 60)");
+  submit->add_flag("--wait", f.wait, "Follow the job until it ends; exit non-zero unless it SUCCEEDED");
+  for (const char* name : {"status", "cancel", "logs", "watch"}) {
+    CLI::App* sub = job->add_subcommand(name, std::string(name) == "status" ? "Show a job"
+                                              : std::string(name) == "cancel" ? "Cancel a job"
+                                              : std::string(name) == "logs"   ? "Print a job's log"
+                                                                              : "Follow a job's state until it ends");
+    sub->add_option("id", f.id, "Job id")->required();
+    if (std::string(name) == "logs") sub->add_flag("--follow,-f", f.follow, "Keep printing until the job ends");
+  }
+  job->add_subcommand("list", "List jobs");
+  for (CLI::App* sub : job->get_subcommands({})) {
+    sub->add_option("--timeout", f.timeout, "Seconds a watch or followed log may last")->capture_default_str();
+  }
+  return job;
+}
+
+int RunJob(CLI::App& job, const JobFlags& given) {
+  JobFlags f = given;
+  if (f.controller.empty()) f.controller = std::getenv("MOEX_CONTROLLER") ? std::getenv("MOEX_CONTROLLER") : "127.0.0.1:50051";
+  if (f.token_file.empty() && std::getenv("MOEX_TOKEN_FILE")) f.token_file = std::getenv("MOEX_TOKEN_FILE");
+  auto token = ReadToken(f.token_file);
+  if (!token.ok()) {
+    std::cerr << "moex job: error: " << token.status().message() << "\n";
+    return 1;
+  }
+  auto stub = moex::v1::JobService::NewStub(grpc::CreateChannel(f.controller, grpc::InsecureChannelCredentials()));
+  auto context = [&](double seconds) {
+    auto c = std::make_unique<grpc::ClientContext>();
+    c->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+    if (!token->empty()) c->AddMetadata("authorization", "Bearer " + *token);
+    return c;
+  };
+  auto fail = [&](const grpc::Status& status) {
+    std::cerr << "moex job: error: " << (status.error_code() == grpc::StatusCode::UNAVAILABLE
+                                             ? StrCat("no controller at ", f.controller, " (", status.error_message(), ")")
+                                             : status.error_message())
+              << "\n";
+    return 1;
+  };
+  auto watch = [&](const std::string& id) -> int {
+    moex::v1::WatchJobRequest request;
+    request.set_id(id);
+    auto c = context(f.timeout);
+    auto reader = stub->WatchJob(c.get(), request);
+    moex::v1::Job job_state;
+    moex::v1::JobState last = moex::v1::JOB_STATE_UNSPECIFIED;
+    while (reader->Read(&job_state)) {
+      if (f.json) {
+        std::cout << ToJson(job_state) << std::endl;
+      } else if (job_state.state() != last || control::IsTerminal(job_state.state())) {
+        std::cout << absl::StrFormat("%s  %s: %s", job_state.id(), StateName(job_state.state()), job_state.message()) << std::endl;
+      }
+      last = job_state.state();
+    }
+    grpc::Status status = reader->Finish();
+    if (!status.ok()) return fail(status);
+    return last == moex::v1::JOB_STATE_SUCCEEDED ? 0 : 1;
+  };
+
+  if (job.got_subcommand("submit")) {
+    moex::v1::SubmitJobRequest request;
+    auto* spec = request.mutable_spec();
+    spec->set_name(f.name);
+    spec->set_world_size(f.world_size);
+    spec->set_model(f.model);
+    spec->set_steps(f.steps);
+    spec->set_tokens_per_rank(f.tokens_per_rank);
+    spec->set_transport(f.transport);
+    if (f.layer) spec->set_layer(*f.layer);
+    spec->set_routing_skew(f.routing_skew);
+    spec->set_seed(f.seed);
+    spec->set_redundant_experts(f.redundant_experts);
+    spec->set_check(f.check);
+    spec->set_exchange_timeout_seconds(f.exchange_timeout);
+    moex::v1::Job response;
+    grpc::Status status = stub->SubmitJob(context(30).get(), request, &response);
+    if (!status.ok()) return fail(status);
+    if (f.json) std::cout << ToJson(response) << std::endl;
+    else std::cout << "submitted " << response.id() << " (" << StateName(response.state()) << ")" << std::endl;
+    return f.wait ? watch(response.id()) : 0;
+  }
+  if (job.got_subcommand("status") || job.got_subcommand("cancel")) {
+    moex::v1::Job response;
+    grpc::Status status;
+    if (job.got_subcommand("status")) {
+      moex::v1::GetJobRequest request;
+      request.set_id(f.id);
+      status = stub->GetJob(context(10).get(), request, &response);
+    } else {
+      moex::v1::CancelJobRequest request;
+      request.set_id(f.id);
+      status = stub->CancelJob(context(10).get(), request, &response);
+    }
+    if (!status.ok()) return fail(status);
+    if (f.json) std::cout << ToJson(response) << std::endl;
+    else PrintJob(response);
+    return 0;
+  }
+  if (job.got_subcommand("list")) {
+    moex::v1::ListJobsResponse response;
+    grpc::Status status = stub->ListJobs(context(10).get(), moex::v1::ListJobsRequest(), &response);
+    if (!status.ok()) return fail(status);
+    if (f.json) {
+      std::cout << ToJson(response) << std::endl;
+      return 0;
+    }
+    std::cout << absl::StrFormat("%-16s %-10s %-20s %5s %-20s %s\n", "ID", "STATE", "NAME", "RANKS", "SUBMITTED", "MESSAGE");
+    for (const auto& j : response.jobs()) {
+      std::string message = j.message().size() > 60 ? j.message().substr(0, 57) + "..." : j.message();
+      std::cout << absl::StrFormat("%-16s %-10s %-20s %5d %-20s %s\n", j.id(), StateName(j.state()), j.spec().name(),
+                                   j.spec().world_size(), Time(j.submit_time_unix_ms()), message);
+    }
+    return 0;
+  }
+  if (job.got_subcommand("watch")) return watch(f.id);
+  if (job.got_subcommand("logs")) {
+    moex::v1::GetJobLogsRequest request;
+    request.set_id(f.id);
+    request.set_follow(f.follow);
+    auto c = context(f.timeout);
+    auto reader = stub->GetJobLogs(c.get(), request);
+    moex::v1::LogChunk chunk;
+    while (reader->Read(&chunk)) std::cout << chunk.data() << std::flush;
+    grpc::Status status = reader->Finish();
+    return status.ok() ? 0 : fail(status);
+  }
+  return 2;
+}
+
+}  // namespace moex::cli

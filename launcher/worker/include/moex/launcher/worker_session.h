@@ -1,0 +1,47 @@
+// A rank of a controller-launched job: registers with the controller (and
+// gets the job's spec), sends a heartbeat every second from a thread of its
+// own (so a stopped or hung rank goes silent and the controller notices),
+// and reports the job's figures after each step (rank 0).
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "moex/v1/cluster.grpc.pb.h"
+#include "moex/v1/job.pb.h"
+
+namespace moex::launcher {
+
+class WorkerSession {
+ public:
+  // Every call has a deadline; registration retries until `connect_seconds`.
+  static absl::StatusOr<std::unique_ptr<WorkerSession>> Register(const std::string& controller,
+                                                                const std::string& job_id, int rank,
+                                                                int world_size, double connect_seconds = 30);
+  ~WorkerSession();
+
+  const moex::v1::JobSpec& spec() const { return spec_; }
+  void SetStep(int64_t step) { step_.store(step); }
+  absl::Status ReportStep(int64_t step, const moex::v1::JobMetrics& metrics);
+  // True once the controller has asked the job to stop.
+  bool cancelled() const { return cancelled_.load(); }
+
+ private:
+  WorkerSession() = default;
+  void HeartbeatLoop();
+
+  std::unique_ptr<moex::v1::ClusterService::Stub> stub_;
+  std::string job_id_;
+  std::string token_;
+  int rank_ = 0;
+  moex::v1::JobSpec spec_;
+  std::atomic<int64_t> step_{0};
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> cancelled_{false};
+  std::thread heartbeat_;
+};
+
+}  // namespace moex::launcher

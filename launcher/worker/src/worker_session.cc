@@ -1,0 +1,91 @@
+#include "moex/launcher/worker_session.h"
+
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+
+#include "moex/core/str_cat.h"
+
+namespace moex::launcher {
+namespace {
+
+void Prepare(grpc::ClientContext* context, const std::string& token, double seconds) {
+  context->set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+  if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std::string& controller,
+                                                                      const std::string& job_id, int rank,
+                                                                      int world_size, double connect_seconds) {
+  auto session = std::unique_ptr<WorkerSession>(new WorkerSession());
+  session->stub_ = moex::v1::ClusterService::NewStub(grpc::CreateChannel(controller, grpc::InsecureChannelCredentials()));
+  session->job_id_ = job_id;
+  session->rank_ = rank;
+  if (const char* token = std::getenv("MOEX_TOKEN")) session->token_ = token;
+  char host[256] = "unknown";
+  gethostname(host, sizeof(host) - 1);
+  moex::v1::RegisterRankRequest request;
+  request.set_job_id(job_id);
+  request.set_rank(rank);
+  request.set_world_size(world_size);
+  request.set_host(host);
+  request.set_pid(getpid());
+  request.set_device("cpu");
+  moex::v1::RegisterRankResponse response;
+  auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(connect_seconds * 1000));
+  grpc::Status status;
+  do {
+    grpc::ClientContext context;
+    Prepare(&context, session->token_, 5);
+    status = session->stub_->RegisterRank(&context, request, &response);
+    if (status.ok() || status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  } while (std::chrono::steady_clock::now() < give_up);
+  if (!status.ok()) {
+    return absl::UnavailableError(StrCat("rank ", rank, " cannot register with the controller at ", controller,
+                                         ": ", status.error_message()));
+  }
+  session->spec_ = response.spec();
+  session->heartbeat_ = std::thread([s = session.get()] { s->HeartbeatLoop(); });
+  return session;
+}
+
+WorkerSession::~WorkerSession() {
+  stop_.store(true);
+  if (heartbeat_.joinable()) heartbeat_.join();
+}
+
+void WorkerSession::HeartbeatLoop() {
+  while (!stop_.load()) {
+    moex::v1::HeartbeatRequest request;
+    request.set_job_id(job_id_);
+    request.set_rank(rank_);
+    request.set_step(step_.load());
+    moex::v1::HeartbeatResponse response;
+    grpc::ClientContext context;
+    Prepare(&context, token_, 2);
+    if (stub_->Heartbeat(&context, request, &response).ok() && response.cancel()) cancelled_.store(true);
+    for (int i = 0; i < 10 && !stop_.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+absl::Status WorkerSession::ReportStep(int64_t step, const moex::v1::JobMetrics& metrics) {
+  moex::v1::ReportStepRequest request;
+  request.set_job_id(job_id_);
+  request.set_rank(rank_);
+  request.set_step(step);
+  *request.mutable_metrics() = metrics;
+  moex::v1::ReportStepResponse response;
+  grpc::ClientContext context;
+  Prepare(&context, token_, 5);
+  grpc::Status status = stub_->ReportStep(&context, request, &response);
+  if (!status.ok()) return absl::UnavailableError(StrCat("report to the controller: ", status.error_message()));
+  return absl::OkStatus();
+}
+
+}  // namespace moex::launcher
