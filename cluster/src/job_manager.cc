@@ -310,15 +310,22 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status) {
   std::ifstream log(entry.job.log_path());
   std::string line, rank_error, rank_death;
   static const std::regex kDeath(R"(process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+) \(([^)]*)\))");
-  static const std::regex kExit(R"(process rank (\d+) with PID (\d+) on node (\S+) exited with status (\d+)|rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+))");
   std::smatch match;
   while (std::getline(log, line)) {
     if (rank_error.empty() && line.find("moex run: rank ") == 0 && line.find(": error: ") != std::string::npos) {
       rank_error = line.substr(std::string("moex run: ").size());
     }
     if (rank_death.empty() && std::regex_search(line, match, kDeath)) {
-      rank_death = StrCat("rank ", match[1].str(), " (pid ", match[2].str(), " on ", match[3].str(),
-                          ") was killed by signal ", match[4].str(), " (", match[5].str(), ")");
+      // mpirun may print pid 0; the rank told us its pid when it registered.
+      std::string pid = match[2].str(), host = match[3].str();
+      for (const auto& info : entry.job.ranks()) {
+        if (std::to_string(info.rank()) == match[1].str()) {
+          pid = std::to_string(info.pid());
+          host = info.host();
+        }
+      }
+      rank_death = StrCat("rank ", match[1].str(), " (pid ", pid, " on ", host, ") was killed by signal ",
+                          match[4].str(), " (", match[5].str(), ")");
     }
   }
   std::string exit = StrCat("mpirun ", DescribeWaitStatus(wait_status));
