@@ -119,8 +119,12 @@ void JobManager::Finish(Entry& entry, JobState state, std::string message) {
   entry.job.set_state(state);
   entry.job.set_message(std::move(message));
   entry.job.set_end_time_unix_ms(NowMs());
-  // No process of a finished job is left behind.
+  // No process of a finished job is left behind: mpirun's group, and each
+  // rank (Open MPI gives ranks process groups of their own).
   if (entry.process_group > 0) (void)SignalGroup(entry.process_group, SIGKILL);
+  for (const auto& rank : entry.job.ranks()) {
+    SignalIfCommandLineHas(rank.pid(), StrCat("--job-id ", entry.job.id()), SIGKILL);
+  }
   Persist(entry);
   pending_notifications_.push_back(entry.job.id());
 }
@@ -211,6 +215,9 @@ absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
       entry.term_sent = Clock::now();
       entry.job.set_message(StrCat("cancelling: SIGTERM sent, SIGKILL after ", options_.cancel_grace_seconds, " s"));
       if (entry.process_group > 0) (void)SignalGroup(entry.process_group, SIGTERM);
+      for (const auto& rank : entry.job.ranks()) {
+        SignalIfCommandLineHas(rank.pid(), StrCat("--job-id ", id), SIGTERM);
+      }
       Persist(entry);
     }
   }

@@ -8,6 +8,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 
 #include "moex/core/str_cat.h"
 
@@ -66,6 +68,26 @@ absl::Status SignalGroup(pid_t group, int signal) {
 }
 
 bool GroupAlive(pid_t group) { return group > 0 && kill(-group, 0) == 0; }
+
+bool ProcessRunning(pid_t pid) {
+  if (pid <= 0) return false;
+  std::ifstream stat(StrCat("/proc/", pid, "/stat"));
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  size_t close = line.rfind(')');
+  return close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
+}
+
+bool SignalIfCommandLineHas(pid_t pid, const std::string& marker, int signal) {
+  if (pid <= 0) return false;
+  std::ifstream in(StrCat("/proc/", pid, "/cmdline"), std::ios::binary);
+  std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (char& c : cmdline) {
+    if (c == '\0') c = ' ';
+  }
+  if (cmdline.find(marker) == std::string::npos) return false;
+  return kill(pid, signal) == 0;
+}
 
 std::string DescribeWaitStatus(int status) {
   if (WIFEXITED(status)) return StrCat("exited with code ", WEXITSTATUS(status));

@@ -25,6 +25,13 @@ absl::StatusOr<pid_t> SpawnInNewGroup(const SpawnOptions& options);
 absl::Status SignalGroup(pid_t group, int signal);
 bool GroupAlive(pid_t group);
 
+// True while `pid` runs (a zombie does not count).
+bool ProcessRunning(pid_t pid);
+
+// Sends `signal` to `pid` only if its command line contains `marker` (so a
+// recycled pid is never hit). Returns whether it sent it.
+bool SignalIfCommandLineHas(pid_t pid, const std::string& marker, int signal);
+
 // "exited with code 3", "killed by signal 9 (Killed)".
 std::string DescribeWaitStatus(int status);
 

@@ -1,0 +1,255 @@
+// End to end: a controller in this process, real mpirun jobs of `moex worker`.
+#include "moex/control/server.h"
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "moex/core/subprocess.h"
+#include "moex/v1/job.grpc.pb.h"
+
+namespace moex::control {
+namespace {
+
+using ::testing::HasSubstr;
+using moex::v1::Job;
+using moex::v1::JobState;
+
+class ControllerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("moex_ctl_" + std::to_string(getpid()) + "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+  }
+  void TearDown() override {
+    controller_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  ControllerOptions Options() {
+    ControllerOptions options;
+    options.state_dir = dir_.string();
+    options.listen = "127.0.0.1:0";
+    options.moex_binary = MOEX_BINARY;
+    options.cancel_grace_seconds = 2;
+    options.limits.max_world_size = 8;
+    return options;
+  }
+
+  void Start(ControllerOptions options) {
+    auto controller = Controller::Start(std::move(options));
+    ASSERT_TRUE(controller.ok()) << controller.status();
+    controller_ = std::move(*controller);
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(controller_->port()), grpc::InsecureChannelCredentials());
+    stub_ = moex::v1::JobService::NewStub(channel_);
+  }
+
+  std::unique_ptr<grpc::ClientContext> Context(double seconds = 30, const std::string& token = "") {
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+    if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
+    return context;
+  }
+
+  static moex::v1::JobSpec Spec(int world, int steps, const std::string& model = "tiny") {
+    moex::v1::JobSpec spec;
+    spec.set_name("test");
+    spec.set_world_size(world);
+    spec.set_model(model);
+    spec.set_steps(steps);
+    spec.set_tokens_per_rank(32);
+    return spec;
+  }
+
+  Job Submit(const moex::v1::JobSpec& spec) {
+    moex::v1::SubmitJobRequest request;
+    *request.mutable_spec() = spec;
+    Job job;
+    grpc::Status status = stub_->SubmitJob(Context().get(), request, &job);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return job;
+  }
+
+  // Follows WatchJob until the stream ends; returns every state seen.
+  std::vector<Job> Watch(const std::string& id, double seconds = 120) {
+    moex::v1::WatchJobRequest request;
+    request.set_id(id);
+    auto context = Context(seconds);
+    auto reader = stub_->WatchJob(context.get(), request);
+    std::vector<Job> seen;
+    Job job;
+    while (reader->Read(&job)) seen.push_back(job);
+    EXPECT_TRUE(reader->Finish().ok());
+    return seen;
+  }
+
+  Job WaitFor(const std::string& id, JobState state, double seconds = 60) {
+    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+    Job job;
+    while (std::chrono::steady_clock::now() < until) {
+      job = *controller_->jobs().Get(id);
+      if (job.state() == state || IsTerminal(job.state())) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return job;
+  }
+
+  // Ranks of an ended job must be gone (zombies count as gone: their parent,
+  // mpirun, has ended; reaping them is init's business).
+  static void ExpectGone(const Job& job) {
+    for (const auto& rank : job.ranks()) {
+      auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (ProcessRunning(rank.pid()) && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      EXPECT_FALSE(ProcessRunning(rank.pid())) << "rank " << rank.rank() << " (pid " << rank.pid() << ") survived";
+    }
+  }
+
+  std::filesystem::path dir_;
+  std::unique_ptr<Controller> controller_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<moex::v1::JobService::Stub> stub_;
+};
+
+TEST_F(ControllerTest, TwoRankJobSucceedsAndWatchSeesEveryState) {
+  Start(Options());
+  moex::v1::JobSpec spec = Spec(2, 3);
+  spec.set_check(true);
+  Job job = Submit(spec);
+  EXPECT_EQ(job.state(), moex::v1::JOB_STATE_PENDING);
+  std::vector<Job> seen = Watch(job.id());
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(seen.front().state(), moex::v1::JOB_STATE_PENDING);
+  EXPECT_EQ(seen.back().state(), moex::v1::JOB_STATE_SUCCEEDED) << seen.back().message();
+  bool saw_running = false;
+  for (const Job& j : seen) saw_running |= j.state() == moex::v1::JOB_STATE_RUNNING;
+  EXPECT_TRUE(saw_running);
+  EXPECT_EQ(seen.back().metrics().steps_done(), 3);
+  EXPECT_LE(seen.back().metrics().check_relative_error(), 1e-4);
+  EXPECT_EQ(seen.back().ranks_size(), 2);
+  // Logs stream the ranks' output.
+  moex::v1::GetJobLogsRequest request;
+  request.set_id(job.id());
+  auto context = Context();
+  auto reader = stub_->GetJobLogs(context.get(), request);
+  std::string log;
+  moex::v1::LogChunk chunk;
+  while (reader->Read(&chunk)) log += chunk.data();
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_THAT(log, HasSubstr("worker --job-id " + job.id()));
+  EXPECT_THAT(log, HasSubstr("check: "));
+}
+
+TEST_F(ControllerTest, CancelLeavesNoProcess) {
+  Start(Options());
+  Job job = Submit(Spec(2, 100000, "mini-dsv3"));
+  ASSERT_EQ(WaitFor(job.id(), moex::v1::JOB_STATE_RUNNING).state(), moex::v1::JOB_STATE_RUNNING);
+  Job running = *controller_->jobs().Get(job.id());
+  moex::v1::CancelJobRequest request;
+  request.set_id(job.id());
+  Job answer;
+  ASSERT_TRUE(stub_->CancelJob(Context().get(), request, &answer).ok());
+  Job ended = WaitFor(job.id(), moex::v1::JOB_STATE_CANCELLED, 30);
+  EXPECT_EQ(ended.state(), moex::v1::JOB_STATE_CANCELLED) << ended.message();
+  ExpectGone(running);
+  // A terminal state is never left: cancelling again changes nothing.
+  ASSERT_TRUE(stub_->CancelJob(Context().get(), request, &answer).ok());
+  EXPECT_EQ(answer.state(), moex::v1::JOB_STATE_CANCELLED);
+}
+
+TEST_F(ControllerTest, KilledRankFailsTheJobNamingIt) {
+  Start(Options());
+  Job job = Submit(Spec(3, 100000));
+  Job running = WaitFor(job.id(), moex::v1::JOB_STATE_RUNNING);
+  ASSERT_EQ(running.state(), moex::v1::JOB_STATE_RUNNING);
+  int victim = 0;
+  for (const auto& rank : running.ranks()) {
+    if (rank.rank() == 1) victim = rank.pid();
+  }
+  ASSERT_GT(victim, 0);
+  auto killed_at = std::chrono::steady_clock::now();
+  kill(victim, SIGKILL);
+  Job ended = WaitFor(job.id(), moex::v1::JOB_STATE_FAILED, 30);
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count();
+  EXPECT_EQ(ended.state(), moex::v1::JOB_STATE_FAILED);
+  EXPECT_THAT(ended.message(), HasSubstr("rank 1"));
+  EXPECT_LT(seconds, 10.0);
+  ExpectGone(running);
+}
+
+TEST_F(ControllerTest, RanksThatNeverRegisterFailTheJobAfterTheStartTimeout) {
+  ControllerOptions options = Options();
+  options.start_timeout_seconds = 2;
+  options.advertise = "127.0.0.1:1";  // the ranks cannot reach the controller
+  Start(options);
+  Job job = Submit(Spec(2, 3));
+  Job ended = WaitFor(job.id(), moex::v1::JOB_STATE_FAILED, 30);
+  EXPECT_EQ(ended.state(), moex::v1::JOB_STATE_FAILED);
+  EXPECT_THAT(ended.message(), HasSubstr("rank(s) 0, 1 never registered within the start timeout"));
+}
+
+TEST_F(ControllerTest, RestartKeepsEveryJobAndFailsTheOrphans) {
+  Start(Options());
+  Job done = Submit(Spec(1, 1));
+  ASSERT_EQ(WaitFor(done.id(), moex::v1::JOB_STATE_SUCCEEDED).state(), moex::v1::JOB_STATE_SUCCEEDED);
+  controller_.reset();
+  {
+    // A job the old controller was running when it died.
+    auto store = *JobStore::Open(dir_.string());
+    moex::v1::Job orphan;
+    orphan.set_id("j-orphan");
+    orphan.set_state(moex::v1::JOB_STATE_RUNNING);
+    *orphan.mutable_spec() = Spec(2, 10);
+    orphan.set_ranks_registered(2);
+    orphan.set_submit_time_unix_ms(1);
+    ASSERT_TRUE(store->Put(orphan, 0).ok());
+  }
+  Start(Options());
+  moex::v1::ListJobsResponse list;
+  ASSERT_TRUE(stub_->ListJobs(Context().get(), moex::v1::ListJobsRequest(), &list).ok());
+  ASSERT_EQ(list.jobs_size(), 2);
+  Job orphan = *controller_->jobs().Get("j-orphan");
+  EXPECT_EQ(orphan.state(), moex::v1::JOB_STATE_FAILED);
+  EXPECT_THAT(orphan.message(), HasSubstr("the controller stopped while this job was running"));
+  EXPECT_EQ(controller_->jobs().Get(done.id())->state(), moex::v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(ControllerTest, BadInputGetsTheRightStatus) {
+  ControllerOptions options = Options();
+  options.token = "s3cret";
+  options.max_concurrent_jobs = 1;
+  Start(options);
+  moex::v1::SubmitJobRequest request;
+  *request.mutable_spec() = Spec(2, 3);
+  Job job;
+  grpc::Status status = stub_->SubmitJob(Context().get(), request, &job);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  request.mutable_spec()->set_world_size(99);
+  status = stub_->SubmitJob(Context(30, "s3cret").get(), request, &job);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("spec.world_size"));
+  moex::v1::GetJobRequest get;
+  get.set_id("j-nothing");
+  EXPECT_EQ(stub_->GetJob(Context(30, "s3cret").get(), get, &job).error_code(), grpc::StatusCode::NOT_FOUND);
+  // The cap on concurrent jobs.
+  request.mutable_spec()->set_world_size(1);
+  request.mutable_spec()->set_steps(100000);
+  ASSERT_TRUE(stub_->SubmitJob(Context(30, "s3cret").get(), request, &job).ok());
+  Job second;
+  EXPECT_EQ(stub_->SubmitJob(Context(30, "s3cret").get(), request, &second).error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // Health answers without the token.
+  auto health = grpc::CreateChannel("127.0.0.1:" + std::to_string(controller_->port()), grpc::InsecureChannelCredentials());
+  EXPECT_TRUE(health->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5)));
+}
+
+}  // namespace
+}  // namespace moex::control
