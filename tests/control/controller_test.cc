@@ -185,6 +185,26 @@ TEST_F(ControllerTest, KilledRankFailsTheJobNamingIt) {
   ExpectGone(running);
 }
 
+TEST_F(ControllerTest, StoppedRankIsCaughtByItsHeartbeats) {
+  ControllerOptions options = Options();
+  options.heartbeat_timeout_seconds = 2;
+  Start(options);
+  Job job = Submit(Spec(2, 100000));
+  Job running = WaitFor(job.id(), moex::v1::JOB_STATE_RUNNING);
+  ASSERT_EQ(running.state(), moex::v1::JOB_STATE_RUNNING);
+  int victim = 0;
+  for (const auto& rank : running.ranks()) {
+    if (rank.rank() == 1) victim = rank.pid();
+  }
+  kill(victim, SIGSTOP);  // alive, silent
+  Job ended = WaitFor(job.id(), moex::v1::JOB_STATE_FAILED, 30);
+  EXPECT_EQ(ended.state(), moex::v1::JOB_STATE_FAILED);
+  EXPECT_THAT(ended.message(), HasSubstr("rank 1"));
+  EXPECT_THAT(ended.message(), HasSubstr("stopped sending heartbeats"));
+  kill(victim, SIGCONT);
+  ExpectGone(running);
+}
+
 TEST_F(ControllerTest, RanksThatNeverRegisterFailTheJobAfterTheStartTimeout) {
   ControllerOptions options = Options();
   options.start_timeout_seconds = 2;

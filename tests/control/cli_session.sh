@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# A user's session with the real binaries: moex serve, then moex job submit
+# --wait, list, status, logs, bad input; the controller stops cleanly.
+set -euo pipefail
+moex="$1"
+state="$(mktemp -d)"
+port=$((20000 + RANDOM % 20000))
+export MOEX_CONTROLLER="127.0.0.1:${port}"
+"$moex" serve --listen "127.0.0.1:${port}" --state-dir "$state" > "$state/serve.out" 2>&1 &
+serve=$!
+trap 'kill $serve 2>/dev/null || true; wait $serve 2>/dev/null || true; rm -rf "$state"' EXIT
+for _ in $(seq 50); do grep -q listening "$state/serve.out" && break; sleep 0.1; done
+
+out="$("$moex" job submit --name cli --world-size 2 --model tiny --steps 2 --wait)"
+echo "$out"
+grep -q "SUCCEEDED" <<<"$out"
+id="$(awk '/^submitted/ {print $2}' <<<"$out")"
+"$moex" job list | grep -q "$id.*SUCCEEDED"
+"$moex" job status "$id" --json | grep -q '"state": "JOB_STATE_SUCCEEDED"'
+"$moex" job logs "$id" | grep -q "worker --job-id $id"
+if "$moex" job submit --name 'x;y' 2> "$state/err"; then echo "a bad name was accepted"; exit 1; fi
+grep -q "spec.name" "$state/err"
+if "$moex" job status j-missing 2> "$state/err"; then echo "a missing job was found"; exit 1; fi
+grep -q "no job 'j-missing'" "$state/err"
+kill -TERM $serve
+wait $serve
+grep -q "stopping" "$state/serve.out"
+echo "cli session: ok"
