@@ -15,6 +15,9 @@
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/core/subprocess.h"
+#include "moex/ep/moe_weights.h"
+#include "moex/ep/placement.h"
+#include "moex/model/model_loader.h"
 
 namespace moex::control {
 
@@ -228,6 +231,23 @@ absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
 absl::StatusOr<std::string> JobManager::LogPath(const std::string& id) {
   MOEX_ASSIGN_OR_RETURN(Job job, Get(id));
   return job.log_path();
+}
+
+absl::StatusOr<moex::v1::Placement> JobManager::GetPlacement(const std::string& id) {
+  MOEX_ASSIGN_OR_RETURN(Job job, Get(id));
+  MOEX_ASSIGN_OR_RETURN(model::ModelArch arch, model::LoadModel(job.spec().model()));
+  std::optional<int64_t> layer;
+  if (job.spec().has_layer()) layer = job.spec().layer();
+  MOEX_ASSIGN_OR_RETURN(ep::MoeLayerSpec layer_spec, ep::MoeLayerSpec::FromArch(arch, layer));
+  MOEX_ASSIGN_OR_RETURN(ep::Placement placement,
+                        ep::Placement::Contiguous(layer_spec.num_experts, job.spec().world_size(),
+                                                  job.spec().redundant_experts()));
+  moex::v1::Placement out;
+  out.set_version(1);
+  out.set_num_experts(placement.num_experts());
+  for (int64_t s = 0; s < placement.num_slots(); ++s) out.add_slot_expert(placement.slot_expert(s));
+  for (int r = 0; r < placement.world_size(); ++r) out.add_slots_per_rank(placement.num_local_slots(r));
+  return out;
 }
 
 absl::StatusOr<int64_t> JobManager::Subscribe(const std::string& id,

@@ -267,15 +267,13 @@ struct Controller::Services {
     JobManager* jobs;
     std::string token;
     grpc::ServerUnaryReactor* GetPlacement(grpc::CallbackServerContext* c, const moex::v1::GetPlacementRequest* r,
-                                           moex::v1::Placement*) override {
+                                           moex::v1::Placement* out) override {
       auto* reactor = c->DefaultReactor();
       grpc::Status auth = Authorise(c, token);
       if (!auth.ok()) return reactor->Finish(auth), reactor;
-      auto job = jobs->Get(r->job_id());
-      reactor->Finish(job.ok() ? grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                                              "placements are published with the rebalancing issue; jobs use "
-                                              "the contiguous placement (version 1) today")
-                               : ToGrpc(job.status()));
+      auto placement = jobs->GetPlacement(r->job_id());
+      if (placement.ok()) *out = *placement;
+      reactor->Finish(ToGrpc(placement.status()));
       return reactor;
     }
     grpc::ServerUnaryReactor* Rebalance(grpc::CallbackServerContext* c, const moex::v1::RebalanceRequest*,

@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "moex/core/subprocess.h"
 #include "moex/v1/job.grpc.pb.h"
+#include "moex/v1/placement.grpc.pb.h"
 
 namespace moex::control {
 namespace {
@@ -146,6 +147,16 @@ TEST_F(ControllerTest, TwoRankJobSucceedsAndWatchSeesEveryState) {
   EXPECT_TRUE(reader->Finish().ok());
   EXPECT_THAT(log, HasSubstr("worker --job-id " + job.id()));
   EXPECT_THAT(log, HasSubstr("check: "));
+  // The placement the ranks ran: tiny's 8 experts over 2 ranks, version 1.
+  auto placements = moex::v1::PlacementService::NewStub(channel_);
+  moex::v1::GetPlacementRequest get;
+  get.set_job_id(job.id());
+  moex::v1::Placement placement;
+  ASSERT_TRUE(placements->GetPlacement(Context().get(), get, &placement).ok());
+  EXPECT_EQ(placement.version(), 1);
+  EXPECT_EQ(placement.num_experts(), 8);
+  EXPECT_EQ(placement.slots_per_rank_size(), 2);
+  EXPECT_EQ(placement.slot_expert_size(), 8);
 }
 
 TEST_F(ControllerTest, CancelLeavesNoProcess) {

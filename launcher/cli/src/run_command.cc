@@ -106,8 +106,7 @@ class Runner {
     MOEX_RETURN_IF_ERROR(Validate());
     MOEX_ASSIGN_OR_RETURN(model::ModelArch arch, model::LoadModel(flags_.model));
     MOEX_ASSIGN_OR_RETURN(spec_, ep::MoeLayerSpec::FromArch(arch, flags_.layer));
-    MOEX_ASSIGN_OR_RETURN(ep::Placement placement,
-                          ep::Placement::Contiguous(spec_.num_experts, world_, flags_.redundant_experts));
+    MOEX_ASSIGN_OR_RETURN(ep::Placement placement, MakePlacement());
     std::optional<model::Checkpoint> checkpoint;
     if (!flags_.weights.empty()) {
       MOEX_ASSIGN_OR_RETURN(checkpoint, model::Checkpoint::Open(flags_.weights));
@@ -149,6 +148,22 @@ class Runner {
   }
 
  private:
+  // A worker runs the placement the controller publishes; `moex run` makes
+  // the contiguous one.
+  absl::StatusOr<ep::Placement> MakePlacement() const {
+    if (session_ == nullptr) return ep::Placement::Contiguous(spec_.num_experts, world_, flags_.redundant_experts);
+    MOEX_ASSIGN_OR_RETURN(moex::v1::Placement published, session_->FetchPlacement());
+    if (published.num_experts() != spec_.num_experts ||
+        published.slots_per_rank_size() != world_) {
+      return absl::FailedPreconditionError(StrCat("the controller's placement (version ", published.version(), ") is for ",
+                                                  published.num_experts(), " experts on ", published.slots_per_rank_size(),
+                                                  " ranks; this job has ", spec_.num_experts, " on ", world_));
+    }
+    return ep::Placement::FromSlots(published.num_experts(),
+                                    {published.slot_expert().begin(), published.slot_expert().end()},
+                                    {published.slots_per_rank().begin(), published.slots_per_rank().end()});
+  }
+
   Deadline NextDeadline() const { return Deadline::InSeconds(flags_.timeout_seconds); }
 
   absl::Status Validate() const {

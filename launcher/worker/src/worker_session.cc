@@ -23,7 +23,9 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std
                                                                       const std::string& job_id, int rank,
                                                                       int world_size, double connect_seconds) {
   auto session = std::unique_ptr<WorkerSession>(new WorkerSession());
-  session->stub_ = moex::v1::ClusterService::NewStub(grpc::CreateChannel(controller, grpc::InsecureChannelCredentials()));
+  auto channel = grpc::CreateChannel(controller, grpc::InsecureChannelCredentials());
+  session->stub_ = moex::v1::ClusterService::NewStub(channel);
+  session->placements_ = moex::v1::PlacementService::NewStub(channel);
   session->job_id_ = job_id;
   session->rank_ = rank;
   if (const char* token = std::getenv("MOEX_TOKEN")) session->token_ = token;
@@ -72,6 +74,20 @@ void WorkerSession::HeartbeatLoop() {
     if (stub_->Heartbeat(&context, request, &response).ok() && response.cancel()) cancelled_.store(true);
     for (int i = 0; i < 10 && !stop_.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
+}
+
+absl::StatusOr<moex::v1::Placement> WorkerSession::FetchPlacement() {
+  moex::v1::GetPlacementRequest request;
+  request.set_job_id(job_id_);
+  moex::v1::Placement placement;
+  grpc::ClientContext context;
+  Prepare(&context, token_, 10);
+  grpc::Status status = placements_->GetPlacement(&context, request, &placement);
+  if (!status.ok()) {
+    return absl::UnavailableError(StrCat("rank ", rank_, " cannot fetch the placement of job ", job_id_, ": ",
+                                         status.error_message()));
+  }
+  return placement;
 }
 
 absl::Status WorkerSession::ReportStep(int64_t step, const moex::v1::JobMetrics& metrics) {

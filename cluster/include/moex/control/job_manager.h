@@ -25,6 +25,7 @@
 #include "moex/control/spec_validation.h"
 #include "moex/v1/cluster.pb.h"
 #include "moex/v1/job.pb.h"
+#include "moex/v1/placement.pb.h"
 
 namespace moex::control {
 
@@ -61,6 +62,9 @@ class JobManager {
   std::vector<moex::v1::Job> List();
   absl::StatusOr<moex::v1::Job> Cancel(const std::string& id);
   absl::StatusOr<std::string> LogPath(const std::string& id);
+  // The job's expert placement and its version (contiguous, version 1, until
+  // the rebalancing issue publishes others).
+  absl::StatusOr<moex::v1::Placement> GetPlacement(const std::string& id);
 
   // Calls `on_change` with the current job at once and after every change;
   // returns a handle for Unsubscribe. Callbacks run without the lock held.

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "moex/v1/cluster.grpc.pb.h"
 #include "moex/v1/job.pb.h"
+#include "moex/v1/placement.grpc.pb.h"
 
 namespace moex::launcher {
 
@@ -26,6 +27,8 @@ class WorkerSession {
   const moex::v1::JobSpec& spec() const { return spec_; }
   void SetStep(int64_t step) { step_.store(step); }
   absl::Status ReportStep(int64_t step, const moex::v1::JobMetrics& metrics);
+  // The job's placement from the controller.
+  absl::StatusOr<moex::v1::Placement> FetchPlacement();
   // True once the controller has asked the job to stop.
   bool cancelled() const { return cancelled_.load(); }
 
@@ -34,6 +37,7 @@ class WorkerSession {
   void HeartbeatLoop();
 
   std::unique_ptr<moex::v1::ClusterService::Stub> stub_;
+  std::unique_ptr<moex::v1::PlacementService::Stub> placements_;
   std::string job_id_;
   std::string token_;
   int rank_ = 0;
