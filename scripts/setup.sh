@@ -18,6 +18,7 @@ PACKAGES=(
   libopenblas-dev
   libsqlite3-dev
   python3
+  openssl
 )
 
 missing=()

@@ -177,6 +177,15 @@ absl::Status JobManager::Launch(Entry& entry) {
                                        "--controller", controller});
   if (geteuid() == 0) spawn.extra_env = {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"};
   if (!options_.token.empty()) spawn.extra_env.push_back(StrCat("MOEX_TOKEN=", options_.token));
+  if (!options_.tls_cert.empty()) {
+    // Ranks trust the controller's certificate: it is its own CA or is signed
+    // by the client CA; with mTLS they present it back as their identity.
+    spawn.extra_env.push_back(StrCat("MOEX_TLS_CA=", options_.tls_client_ca.empty() ? options_.tls_cert : options_.tls_client_ca));
+    if (!options_.tls_client_ca.empty()) {
+      spawn.extra_env.push_back(StrCat("MOEX_TLS_CERT=", options_.tls_cert));
+      spawn.extra_env.push_back(StrCat("MOEX_TLS_KEY=", options_.tls_key));
+    }
+  }
   {
     std::ofstream log(spawn.log_path, std::ios::app);
     log << "moex serve: launching job " << entry.job.id() << ": " << absl::StrJoin(spawn.argv, " ") << "\n";

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <thread>
 
+#include "moex/control/credentials.h"
 #include "moex/core/str_cat.h"
 #include "moex/v1/cluster.grpc.pb.h"
 #include "moex/v1/job.grpc.pb.h"
@@ -309,8 +310,11 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions 
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  const ControllerOptions& options_in_use = controller->jobs_->options();
+  auto credentials = ServerCredentials({options_in_use.tls_client_ca, options_in_use.tls_cert, options_in_use.tls_key});
+  if (!credentials.ok()) return credentials.status();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &controller->port_);
+  builder.AddListeningPort(listen, *credentials, &controller->port_);
   builder.RegisterService(&controller->services_->jobs);
   builder.RegisterService(&controller->services_->cluster);
   builder.RegisterService(&controller->services_->placements);

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/str_format.h"
+#include "moex/control/credentials.h"
 #include "moex/control/server.h"
 #include "moex/core/str_cat.h"
 #include "moex/v1/job.grpc.pb.h"
@@ -90,6 +91,9 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
   serve->add_option("--heartbeat-timeout", f.heartbeat_timeout, "Seconds of silence after which a rank is dead")->capture_default_str();
   serve->add_option("--cancel-grace", f.cancel_grace, "Seconds between SIGTERM and SIGKILL on cancel")->capture_default_str();
   serve->add_option("--token-file", f.token_file, "Require this bearer token on every call but health");
+  serve->add_option("--tls-cert", f.tls_cert, "Serve TLS with this PEM certificate");
+  serve->add_option("--tls-key", f.tls_key, "and this PEM private key");
+  serve->add_option("--tls-client-ca", f.tls_client_ca, "Demand client certificates signed by this CA (mutual TLS)");
   return serve;
 }
 
@@ -108,6 +112,9 @@ int RunServe(const ServeFlags& f) {
   options.heartbeat_timeout_seconds = f.heartbeat_timeout;
   options.cancel_grace_seconds = f.cancel_grace;
   options.token = *token;
+  options.tls_cert = f.tls_cert;
+  options.tls_key = f.tls_key;
+  options.tls_client_ca = f.tls_client_ca;
   // SIGINT/SIGTERM end the controller cleanly: running jobs are stopped and
   // recorded as FAILED, saying why.
   sigset_t signals;
@@ -136,6 +143,9 @@ CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
   job->add_option("--controller", f.controller, "Controller address (default: $MOEX_CONTROLLER or 127.0.0.1:50051)");
   job->add_option("--token-file", f.token_file, "Bearer token for the controller (default: $MOEX_TOKEN_FILE)");
   job->add_flag("--json", f.json, "Print JSON");
+  job->add_option("--tls-ca", f.tls_ca, "Talk TLS, trusting this CA (default: $MOEX_TLS_CA)");
+  job->add_option("--tls-cert", f.tls_cert, "Client certificate for mutual TLS (default: $MOEX_TLS_CERT)");
+  job->add_option("--tls-key", f.tls_key, "Its private key (default: $MOEX_TLS_KEY)");
   CLI::App* submit = job->add_subcommand("submit", "Submit a job");
   submit->add_option("--name", f.name, "Name, [A-Za-z0-9._-]")->capture_default_str();
   submit->add_option("--world-size,-n", f.world_size, "Ranks")->capture_default_str();
@@ -174,7 +184,16 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     std::cerr << "moex job: error: " << token.status().message() << "\n";
     return 1;
   }
-  auto stub = moex::v1::JobService::NewStub(grpc::CreateChannel(f.controller, grpc::InsecureChannelCredentials()));
+  control::TlsFiles tls = control::ClientTlsFromEnvironment();
+  if (!f.tls_ca.empty()) tls.ca = f.tls_ca;
+  if (!f.tls_cert.empty()) tls.cert = f.tls_cert;
+  if (!f.tls_key.empty()) tls.key = f.tls_key;
+  auto credentials = control::ClientCredentials(tls);
+  if (!credentials.ok()) {
+    std::cerr << "moex job: error: " << credentials.status().message() << "\n";
+    return 1;
+  }
+  auto stub = moex::v1::JobService::NewStub(grpc::CreateChannel(f.controller, *credentials));
   auto context = [&](double seconds) {
     auto c = std::make_unique<grpc::ClientContext>();
     c->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdlib>
 
+#include "moex/control/credentials.h"
 #include "moex/core/str_cat.h"
 
 namespace moex::launcher {
@@ -23,7 +24,9 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std
                                                                       const std::string& job_id, int rank,
                                                                       int world_size, double connect_seconds) {
   auto session = std::unique_ptr<WorkerSession>(new WorkerSession());
-  auto channel = grpc::CreateChannel(controller, grpc::InsecureChannelCredentials());
+  auto credentials = control::ClientCredentials(control::ClientTlsFromEnvironment());
+  if (!credentials.ok()) return credentials.status();
+  auto channel = grpc::CreateChannel(controller, *credentials);
   session->stub_ = moex::v1::ClusterService::NewStub(channel);
   session->placements_ = moex::v1::PlacementService::NewStub(channel);
   session->job_id_ = job_id;

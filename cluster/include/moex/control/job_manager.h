@@ -43,6 +43,10 @@ struct ControllerOptions {
   std::string mpirun = "mpirun";
   std::vector<std::string> mpirun_args = {"--oversubscribe", "--mca", "btl", "self,vader,tcp"};
   std::string token;  // when set, every call but health must carry "authorization: Bearer <token>"
+  // TLS: the server's certificate and key; a client CA demands client
+  // certificates (mutual TLS). Ranks get the CA (and, for mTLS, this
+  // certificate and key as their client identity) through their environment.
+  std::string tls_cert, tls_key, tls_client_ca;
 };
 
 bool IsTerminal(moex::v1::JobState state);

@@ -18,11 +18,13 @@ struct ServeFlags {
   double heartbeat_timeout = 30;
   double cancel_grace = 5;
   std::string token_file;
+  std::string tls_cert, tls_key, tls_client_ca;
 };
 
 struct JobFlags {
   std::string controller;  // --controller, else MOEX_CONTROLLER, else 127.0.0.1:50051
   std::string token_file;  // --token-file, else MOEX_TOKEN_FILE
+  std::string tls_ca, tls_cert, tls_key;  // else MOEX_TLS_CA, MOEX_TLS_CERT, MOEX_TLS_KEY
   bool json = false;
   double timeout = 3600;   // seconds a watch or a followed log may last
   std::string id;

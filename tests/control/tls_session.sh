@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Mutual TLS end to end: a throwaway CA signs the controller's and a client's
+# certificates; a job runs (its ranks talk TLS too); calls without a client
+# certificate, or in plaintext, are refused.
+set -euo pipefail
+moex="$1"
+dir="$(mktemp -d)"
+port=$((20000 + RANDOM % 20000))
+serve=""
+trap '[ -n "$serve" ] && kill $serve 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+cd "$dir"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=moex-test-ca 2>/dev/null
+for who in server client; do
+  openssl req -newkey rsa:2048 -nodes -keyout $who.key -out $who.csr -subj /CN=$who 2>/dev/null
+  printf "subjectAltName=IP:127.0.0.1,DNS:localhost\n" > $who.ext
+  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 1 -extfile $who.ext 2>/dev/null
+done
+"$moex" serve --listen "127.0.0.1:${port}" --state-dir state --tls-cert server.pem --tls-key server.key \
+  --tls-client-ca ca.pem > serve.out 2>&1 &
+serve=$!
+for _ in $(seq 50); do grep -q listening serve.out && break; sleep 0.1; done
+export MOEX_CONTROLLER="127.0.0.1:${port}"
+out="$("$moex" job --tls-ca ca.pem --tls-cert client.pem --tls-key client.key submit --name tls --world-size 2 --model tiny --steps 2 --wait)"
+echo "$out"
+grep -q SUCCEEDED <<<"$out"
+if "$moex" job --tls-ca ca.pem list 2>/dev/null; then echo "a call without a client certificate was served"; exit 1; fi
+if "$moex" job list 2>/dev/null; then echo "a plaintext call was served"; exit 1; fi
+echo "tls session: ok"
