@@ -334,6 +334,7 @@ absl::Status JobManager::ReportStep(const moex::v1::ReportStepRequest& r) {
     entry.last_heartbeat[r.rank()] = Clock::now();
     if (r.rank() != 0 || IsTerminal(entry.job.state())) return absl::OkStatus();
     *entry.job.mutable_metrics() = r.metrics();
+    *entry.job.mutable_tokens_per_expert() = r.tokens_per_expert();
     Persist(entry);
   }
   Notify(r.job_id());

@@ -1,6 +1,7 @@
 // End to end: a controller in this process, real mpirun jobs of `moex worker`.
 #include "moex/control/server.h"
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
@@ -136,6 +137,12 @@ TEST_F(ControllerTest, TwoRankJobSucceedsAndWatchSeesEveryState) {
   EXPECT_EQ(seen.back().metrics().steps_done(), 3);
   EXPECT_LE(seen.back().metrics().check_relative_error(), 1e-4);
   EXPECT_EQ(seen.back().ranks_size(), 2);
+  // Expert load: every routed (token, expert) pair of the last step, tiny's
+  // 8 experts, 2 ranks x 32 tokens x top-2.
+  ASSERT_EQ(seen.back().tokens_per_expert_size(), 8);
+  int64_t pairs = 0;
+  for (int64_t n : seen.back().tokens_per_expert()) pairs += n;
+  EXPECT_EQ(pairs, 2 * 32 * 2);
   // Logs stream the ranks' output.
   moex::v1::GetJobLogsRequest request;
   request.set_id(job.id());
@@ -157,6 +164,43 @@ TEST_F(ControllerTest, TwoRankJobSucceedsAndWatchSeesEveryState) {
   EXPECT_EQ(placement.num_experts(), 8);
   EXPECT_EQ(placement.slots_per_rank_size(), 2);
   EXPECT_EQ(placement.slot_expert_size(), 8);
+}
+
+// Server reflection, spoken raw (Debian ships no reflection client): the
+// request {list_services: ""} is field 7, length 0: bytes 0x3a 0x00.
+TEST_F(ControllerTest, ReflectionListsEveryService) {
+  Start(Options());
+  grpc::GenericStub generic(channel_);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::CompletionQueue queue;
+  void* tag;
+  bool ok;
+  auto call = generic.PrepareCall(&context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &queue);
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(queue.Next(&tag, &ok) && ok);
+  const char request[] = {0x3a, 0x00};
+  grpc::Slice slice(request, sizeof(request));
+  grpc::ByteBuffer send(&slice, 1);
+  call->Write(send, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(queue.Next(&tag, &ok) && ok);
+  grpc::ByteBuffer received;
+  call->Read(&received, reinterpret_cast<void*>(3));
+  ASSERT_TRUE(queue.Next(&tag, &ok) && ok);
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(received.Dump(&slices).ok());
+  std::string bytes;
+  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const char* service : {"moex.v1.JobService", "moex.v1.ClusterService", "moex.v1.PlacementService",
+                              "grpc.health.v1.Health"}) {
+    EXPECT_NE(bytes.find(service), std::string::npos) << service;
+  }
+  context.TryCancel();
+  grpc::Status finished;
+  call->Finish(&finished, reinterpret_cast<void*>(4));
+  queue.Shutdown();
+  while (queue.Next(&tag, &ok)) {
+  }
 }
 
 TEST_F(ControllerTest, CancelLeavesNoProcess) {

@@ -74,6 +74,16 @@ void PrintJob(const moex::v1::Job& job) {
     if (spec.check()) std::cout << absl::StrFormat(", check relative error %.2g", m.check_relative_error());
     std::cout << "\n";
   }
+  if (job.tokens_per_expert_size() > 0) {
+    int64_t total = 0, most = 0;
+    for (int64_t n : job.tokens_per_expert()) {
+      total += n;
+      most = std::max(most, n);
+    }
+    double mean = static_cast<double>(total) / job.tokens_per_expert_size();
+    std::cout << absl::StrFormat("  expert load (last step): %d experts, %d routed tokens, hottest %d (%.2fx the mean)\n",
+                                 job.tokens_per_expert_size(), total, most, mean > 0 ? most / mean : 0.0);
+  }
   std::cout << "  log: " << job.log_path() << "\n";
 }
 

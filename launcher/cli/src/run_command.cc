@@ -372,7 +372,7 @@ class Runner {
     metrics.set_imbalance(m.imbalance);
     metrics.set_steps_done(steps_done);
     metrics.set_check_relative_error(check_error_);
-    absl::Status status = session_->ReportStep(steps_done, metrics);
+    absl::Status status = session_->ReportStep(steps_done, metrics, steps_.back().tokens_per_expert);
     if (!status.ok()) std::cerr << "moex worker: rank 0: " << status.message() << "\n";
   }
 

@@ -93,12 +93,14 @@ absl::StatusOr<moex::v1::Placement> WorkerSession::FetchPlacement() {
   return placement;
 }
 
-absl::Status WorkerSession::ReportStep(int64_t step, const moex::v1::JobMetrics& metrics) {
+absl::Status WorkerSession::ReportStep(int64_t step, const moex::v1::JobMetrics& metrics,
+                                       const std::vector<int64_t>& tokens_per_expert) {
   moex::v1::ReportStepRequest request;
   request.set_job_id(job_id_);
   request.set_rank(rank_);
   request.set_step(step);
   *request.mutable_metrics() = metrics;
+  for (int64_t n : tokens_per_expert) request.add_tokens_per_expert(n);
   moex::v1::ReportStepResponse response;
   grpc::ClientContext context;
   Prepare(&context, token_, 5);

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "moex/v1/cluster.grpc.pb.h"
@@ -26,7 +27,8 @@ class WorkerSession {
 
   const moex::v1::JobSpec& spec() const { return spec_; }
   void SetStep(int64_t step) { step_.store(step); }
-  absl::Status ReportStep(int64_t step, const moex::v1::JobMetrics& metrics);
+  absl::Status ReportStep(int64_t step, const moex::v1::JobMetrics& metrics,
+                          const std::vector<int64_t>& tokens_per_expert = {});
   // The job's placement from the controller.
   absl::StatusOr<moex::v1::Placement> FetchPlacement();
   // True once the controller has asked the job to stop.
