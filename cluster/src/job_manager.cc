@@ -66,16 +66,20 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
     Entry entry;
     entry.job = std::move(s.job);
     entry.process_group = s.process_group;
-    if (!IsTerminal(entry.job.state())) {
-      // Its mpirun was the old controller's child: nobody can reap or follow
-      // it now. Stop what is left and say so.
-      if (entry.process_group > 0 && GroupAlive(entry.process_group)) {
-        (void)SignalGroup(entry.process_group, SIGKILL);
-      }
+    if (!IsTerminal(entry.job.state()) && entry.process_group > 0 && GroupAlive(entry.process_group)) {
+      // Still running: wait for its ranks to report back in.
+      entry.adopted = true;
+      entry.adopted_at = Clock::now();
+      entry.job.set_message(StrCat("the controller restarted; waiting for the ranks to report back in (",
+                                   manager->options_.heartbeat_timeout_seconds, " s)"));
+      MOEX_RETURN_IF_ERROR(manager->store_->Put(entry.job, entry.process_group));
+    } else if (!IsTerminal(entry.job.state())) {
+      // Its processes are gone and nobody saw how they ended.
       entry.job.set_state(moex::v1::JOB_STATE_FAILED);
       entry.job.set_message(StrCat("the controller stopped while this job was ",
                                    entry.job.ranks_registered() == entry.job.spec().world_size() ? "running" : "starting",
-                                   "; its processes were stopped when the controller restarted"));
+                                   "; its processes had ended when the controller restarted, and how they ended "
+                                   "was not observed"));
       entry.job.set_end_time_unix_ms(NowMs());
       MOEX_RETURN_IF_ERROR(manager->store_->Put(entry.job, entry.process_group));
     }
@@ -319,7 +323,14 @@ absl::StatusOr<moex::v1::HeartbeatResponse> JobManager::Heartbeat(const moex::v1
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = jobs_.find(r.job_id());
   if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", r.job_id(), "'"));
-  it->second.last_heartbeat[r.rank()] = Clock::now();
+  Entry& entry = it->second;
+  entry.last_heartbeat[r.rank()] = Clock::now();
+  if (entry.adopted && !IsTerminal(entry.job.state()) &&
+      static_cast<int>(entry.last_heartbeat.size()) == entry.job.spec().world_size() &&
+      entry.job.message().rfind("the controller restarted", 0) == 0) {
+    entry.job.set_message("re-adopted after a controller restart: every rank reported back in");
+    Persist(entry);
+  }
   moex::v1::HeartbeatResponse response;
   response.set_cancel(it->second.cancel_requested || IsTerminal(it->second.job.state()));
   return response;
@@ -403,6 +414,32 @@ void JobManager::MonitorLoop() {
       auto seconds = [now](Clock::time_point since) { return std::chrono::duration<double>(now - since).count(); };
       for (auto& [id, entry] : jobs_) {
         if (IsTerminal(entry.job.state()) || entry.process_group <= 0) continue;
+        if (entry.adopted && !GroupAlive(entry.process_group)) {
+          // Ended while nobody could reap it: judge by what rank 0 reported.
+          if (entry.cancel_requested) {
+            Finish(entry, moex::v1::JOB_STATE_CANCELLED, "cancelled by request; every process of the job has ended");
+          } else if (entry.job.metrics().steps_done() >= entry.job.spec().steps()) {
+            Finish(entry, moex::v1::JOB_STATE_SUCCEEDED,
+                   StrCat("succeeded: all ", entry.job.spec().steps(), " steps reported (its exit status was not "
+                          "observable after the controller restart)"));
+          } else {
+            Finish(entry, moex::v1::JOB_STATE_FAILED,
+                   StrCat("ended after ", entry.job.metrics().steps_done(), " of ", entry.job.spec().steps(),
+                          " steps while adopted after a controller restart; log: ", entry.job.log_path()));
+          }
+          continue;
+        }
+        if (entry.adopted && static_cast<int>(entry.last_heartbeat.size()) < entry.job.spec().world_size() &&
+            seconds(entry.adopted_at) > options_.heartbeat_timeout_seconds) {
+          std::vector<int> silent;
+          for (int r = 0; r < entry.job.spec().world_size(); ++r) {
+            if (!entry.last_heartbeat.count(r)) silent.push_back(r);
+          }
+          Finish(entry, moex::v1::JOB_STATE_FAILED,
+                 StrCat("the controller restarted and rank(s) ", absl::StrJoin(silent, ", "),
+                        " did not report back in within ", options_.heartbeat_timeout_seconds, " s"));
+          continue;
+        }
         if (entry.cancel_requested) {
           if (!entry.kill_sent && seconds(entry.term_sent) > options_.cancel_grace_seconds) {
             (void)SignalGroup(entry.process_group, SIGKILL);

@@ -26,7 +26,14 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std
   auto session = std::unique_ptr<WorkerSession>(new WorkerSession());
   auto credentials = control::ClientCredentials(control::ClientTlsFromEnvironment());
   if (!credentials.ok()) return credentials.status();
-  auto channel = grpc::CreateChannel(controller, *credentials);
+  // Reconnect within seconds when the controller restarts (gRPC's default
+  // backoff grows to minutes), so heartbeats resume before the adoption
+  // deadline.
+  grpc::ChannelArguments arguments;
+  arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  arguments.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  arguments.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+  auto channel = grpc::CreateCustomChannel(controller, *credentials, arguments);
   session->stub_ = moex::v1::ClusterService::NewStub(channel);
   session->placements_ = moex::v1::PlacementService::NewStub(channel);
   session->job_id_ = job_id;

@@ -53,8 +53,12 @@ bool IsTerminal(moex::v1::JobState state);
 
 class JobManager {
  public:
-  // Opens the store; jobs found PENDING or RUNNING from an earlier
-  // controller become FAILED (their leftover processes are killed).
+  // Opens the store. A job found PENDING or RUNNING from an earlier
+  // controller whose process group still runs is adopted: it keeps its state
+  // while its ranks report back in within the heartbeat timeout (then it is
+  // followed as before; when its group ends, the steps rank 0 reported decide
+  // SUCCEEDED or FAILED, since nobody can reap it). Otherwise it becomes
+  // FAILED, saying so, and whatever is left of it is killed.
   static absl::StatusOr<std::unique_ptr<JobManager>> Create(ControllerOptions options);
   ~JobManager();
 
@@ -95,6 +99,9 @@ class JobManager {
     bool cancel_requested = false;
     Clock::time_point term_sent;
     bool kill_sent = false;
+    // Adopted from an earlier controller: its mpirun is not our child.
+    bool adopted = false;
+    Clock::time_point adopted_at;
   };
 
   explicit JobManager(ControllerOptions options, std::unique_ptr<JobStore> store)
