@@ -4,12 +4,13 @@
 set -euo pipefail
 moex="$1"
 state="$(mktemp -d)"
-port=$((20000 + RANDOM % 20000))
-export MOEX_CONTROLLER="127.0.0.1:${port}"
+port=0  # the controller picks a free one; we read it back
 "$moex" serve --listen "127.0.0.1:${port}" --state-dir "$state" > "$state/serve.out" 2>&1 &
 serve=$!
 trap 'kill $serve 2>/dev/null || true; wait $serve 2>/dev/null || true; rm -rf "$state"' EXIT
-for _ in $(seq 50); do grep -q listening "$state/serve.out" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q listening "$state/serve.out" && break; sleep 0.1; done
+port="$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$state/serve.out")"
+export MOEX_CONTROLLER="127.0.0.1:${port}"
 
 out="$("$moex" job submit --name cli --world-size 2 --model tiny --steps 2 --wait)"
 echo "$out"

@@ -5,7 +5,7 @@
 set -euo pipefail
 moex="$1"
 dir="$(mktemp -d)"
-port=$((20000 + RANDOM % 20000))
+port=0  # the controller picks a free one; we read it back
 serve=""
 trap '[ -n "$serve" ] && kill $serve 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 cd "$dir"
@@ -18,7 +18,8 @@ done
 "$moex" serve --listen "127.0.0.1:${port}" --state-dir state --tls-cert server.pem --tls-key server.key \
   --tls-client-ca ca.pem > serve.out 2>&1 &
 serve=$!
-for _ in $(seq 50); do grep -q listening serve.out && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q listening serve.out && break; sleep 0.1; done
+port="$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' serve.out)"
 export MOEX_CONTROLLER="127.0.0.1:${port}"
 out="$("$moex" job --tls-ca ca.pem --tls-cert client.pem --tls-key client.key submit --name tls --world-size 2 --model tiny --steps 2 --wait)"
 echo "$out"

@@ -139,6 +139,7 @@ class Runner {
       if (session_ != nullptr) ReportToController(step + 1);
     }
     if (!flags_.output.empty() || flags_.check) MOEX_RETURN_IF_ERROR(Finish(x, y, checkpoint));
+    check_done_ = true;
     if (session_ != nullptr && flags_.check) ReportToController(flags_.steps);
     if (rank_ == 0) {
       PrintSummary();
@@ -372,7 +373,8 @@ class Runner {
     metrics.set_imbalance(m.imbalance);
     metrics.set_steps_done(steps_done);
     metrics.set_check_relative_error(check_error_);
-    absl::Status status = session_->ReportStep(steps_done, metrics, steps_.back().tokens_per_expert);
+    const bool final = steps_done == flags_.steps && (!flags_.check || check_done_);
+    absl::Status status = session_->ReportStep(steps_done, metrics, steps_.back().tokens_per_expert, final);
     if (!status.ok()) std::cerr << "moex worker: rank 0: " << status.message() << "\n";
   }
 
@@ -415,6 +417,7 @@ class Runner {
   int64_t total_tokens_ = 0;
   std::vector<StepSummary> steps_;
   double check_error_ = 0;
+  bool check_done_ = false;
   launcher::WorkerSession* session_;
 };
 

@@ -101,17 +101,23 @@ absl::StatusOr<moex::v1::Placement> WorkerSession::FetchPlacement() {
 }
 
 absl::Status WorkerSession::ReportStep(int64_t step, const moex::v1::JobMetrics& metrics,
-                                       const std::vector<int64_t>& tokens_per_expert) {
+                                       const std::vector<int64_t>& tokens_per_expert, bool final) {
   moex::v1::ReportStepRequest request;
   request.set_job_id(job_id_);
   request.set_rank(rank_);
   request.set_step(step);
   *request.mutable_metrics() = metrics;
   for (int64_t n : tokens_per_expert) request.add_tokens_per_expert(n);
-  moex::v1::ReportStepResponse response;
-  grpc::ClientContext context;
-  Prepare(&context, token_, 5);
-  grpc::Status status = stub_->ReportStep(&context, request, &response);
+  auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(final ? 60 : 0);
+  grpc::Status status;
+  do {
+    moex::v1::ReportStepResponse response;
+    grpc::ClientContext context;
+    Prepare(&context, token_, 5);
+    status = stub_->ReportStep(&context, request, &response);
+    if (status.ok() || status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  } while (std::chrono::steady_clock::now() < give_up);
   if (!status.ok()) return absl::UnavailableError(StrCat("report to the controller: ", status.error_message()));
   return absl::OkStatus();
 }
