@@ -35,6 +35,28 @@ grpc::Status Authorise(const grpc::CallbackServerContext* context, const std::st
   return grpc::Status::OK;
 }
 
+// Every unary handler: authorise, run `call` to fill the response, finish
+// with its status.
+template <typename Response, typename Call>
+grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, const std::string& token,
+                                Response* response, Call call) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::Status auth = Authorise(context, token);
+  reactor->Finish(auth.ok() ? ToGrpc(call(response)) : auth);
+  return reactor;
+}
+
+// Unary for calls whose manager method answers StatusOr<Response>.
+template <typename Response, typename Call>
+grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, const std::string& token,
+                                 Response* response, Call call) {
+  return Unary(context, token, response, [&](Response* out) -> absl::Status {
+    auto answer = call();
+    if (answer.ok()) *out = *answer;
+    return answer.status();
+  });
+}
+
 // A server stream fed from other threads: Push queues, one write in flight
 // at a time, Close finishes once the queue drains. Owned by gRPC: it deletes
 // itself in OnDone. `alive` lets feeders stop once the client has gone.
@@ -101,48 +123,24 @@ struct Controller::Services {
     JobManager* jobs;
     std::string token;
 
-    template <typename Response, typename Call>
-    grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Response* response, Call call) {
-      grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-      grpc::Status auth = Authorise(context, token);
-      if (!auth.ok()) {
-        reactor->Finish(auth);
-        return reactor;
-      }
-      reactor->Finish(ToGrpc(call(response)));
-      return reactor;
-    }
-
     grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* c, const moex::v1::SubmitJobRequest* r,
                                         moex::v1::Job* out) override {
-      return Unary(c, out, [&](moex::v1::Job* o) -> absl::Status {
-        auto job = jobs->Submit(r->spec());
-        if (job.ok()) *o = *job;
-        return job.status();
-      });
+      return Answer(c, token, out, [&] { return jobs->Submit(r->spec()); });
     }
     grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* c, const moex::v1::GetJobRequest* r,
                                      moex::v1::Job* out) override {
-      return Unary(c, out, [&](moex::v1::Job* o) -> absl::Status {
-        auto job = jobs->Get(r->id());
-        if (job.ok()) *o = *job;
-        return job.status();
-      });
+      return Answer(c, token, out, [&] { return jobs->Get(r->id()); });
     }
     grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* c, const moex::v1::ListJobsRequest*,
                                        moex::v1::ListJobsResponse* out) override {
-      return Unary(c, out, [&](moex::v1::ListJobsResponse* o) -> absl::Status {
+      return Unary(c, token, out, [&](moex::v1::ListJobsResponse* o) {
         for (auto& job : jobs->List()) *o->add_jobs() = job;
         return absl::OkStatus();
       });
     }
     grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* c, const moex::v1::CancelJobRequest* r,
                                         moex::v1::Job* out) override {
-      return Unary(c, out, [&](moex::v1::Job* o) -> absl::Status {
-        auto job = jobs->Cancel(r->id());
-        if (job.ok()) *o = *job;
-        return job.status();
-      });
+      return Answer(c, token, out, [&] { return jobs->Cancel(r->id()); });
     }
 
     grpc::ServerWriteReactor<moex::v1::Job>* WatchJob(grpc::CallbackServerContext* c,
@@ -236,31 +234,15 @@ struct Controller::Services {
     std::string token;
     grpc::ServerUnaryReactor* RegisterRank(grpc::CallbackServerContext* c, const moex::v1::RegisterRankRequest* r,
                                            moex::v1::RegisterRankResponse* out) override {
-      auto* reactor = c->DefaultReactor();
-      grpc::Status auth = Authorise(c, token);
-      if (!auth.ok()) return reactor->Finish(auth), reactor;
-      auto response = jobs->RegisterRank(*r);
-      if (response.ok()) *out = *response;
-      reactor->Finish(ToGrpc(response.status()));
-      return reactor;
+      return Answer(c, token, out, [&] { return jobs->RegisterRank(*r); });
     }
     grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* c, const moex::v1::HeartbeatRequest* r,
                                         moex::v1::HeartbeatResponse* out) override {
-      auto* reactor = c->DefaultReactor();
-      grpc::Status auth = Authorise(c, token);
-      if (!auth.ok()) return reactor->Finish(auth), reactor;
-      auto response = jobs->Heartbeat(*r);
-      if (response.ok()) *out = *response;
-      reactor->Finish(ToGrpc(response.status()));
-      return reactor;
+      return Answer(c, token, out, [&] { return jobs->Heartbeat(*r); });
     }
     grpc::ServerUnaryReactor* ReportStep(grpc::CallbackServerContext* c, const moex::v1::ReportStepRequest* r,
-                                         moex::v1::ReportStepResponse*) override {
-      auto* reactor = c->DefaultReactor();
-      grpc::Status auth = Authorise(c, token);
-      if (!auth.ok()) return reactor->Finish(auth), reactor;
-      reactor->Finish(ToGrpc(jobs->ReportStep(*r)));
-      return reactor;
+                                         moex::v1::ReportStepResponse* out) override {
+      return Unary(c, token, out, [&](moex::v1::ReportStepResponse*) { return jobs->ReportStep(*r); });
     }
   };
 
@@ -269,22 +251,13 @@ struct Controller::Services {
     std::string token;
     grpc::ServerUnaryReactor* GetPlacement(grpc::CallbackServerContext* c, const moex::v1::GetPlacementRequest* r,
                                            moex::v1::Placement* out) override {
-      auto* reactor = c->DefaultReactor();
-      grpc::Status auth = Authorise(c, token);
-      if (!auth.ok()) return reactor->Finish(auth), reactor;
-      auto placement = jobs->GetPlacement(r->job_id());
-      if (placement.ok()) *out = *placement;
-      reactor->Finish(ToGrpc(placement.status()));
-      return reactor;
+      return Answer(c, token, out, [&] { return jobs->GetPlacement(r->job_id()); });
     }
     grpc::ServerUnaryReactor* Rebalance(grpc::CallbackServerContext* c, const moex::v1::RebalanceRequest*,
-                                        moex::v1::Placement*) override {
-      auto* reactor = c->DefaultReactor();
-      grpc::Status auth = Authorise(c, token);
-      if (!auth.ok()) return reactor->Finish(auth), reactor;
-      reactor->Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                                   "rebalancing policies arrive with the rebalancing issue"));
-      return reactor;
+                                        moex::v1::Placement* out) override {
+      return Unary(c, token, out, [](moex::v1::Placement*) {
+        return absl::UnimplementedError("rebalancing policies arrive with the rebalancing issue");
+      });
     }
   };
 
