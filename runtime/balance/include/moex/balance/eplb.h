@@ -1,0 +1,42 @@
+// DeepSeek's EPLB (deepseek-ai/EPLB, eplb.py), ported faithfully: the
+// baseline moex's own placement policy must beat.
+//
+//   rebalance_experts(weight[layers, logical], num_replicas, num_groups,
+//                     num_nodes, num_gpus) -> phy2log, log2phy, logcnt
+//
+// Hierarchical when the expert groups divide evenly over the nodes (groups
+// packed onto nodes, experts replicated within each node, replicas packed
+// onto the node's GPUs); otherwise the same with one group and one node
+// (global). Redundant replicas go, one at a time, to the expert with the
+// largest load per replica; packing puts the heaviest item first into the
+// lightest pack that still has room. Ties follow the reference: the lower
+// index first.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace moex::balance {
+
+using Matrix = std::vector<std::vector<double>>;      // [layers][experts]
+using IndexMatrix = std::vector<std::vector<int64_t>>;
+
+struct EplbPlacement {
+  IndexMatrix phy2log;  // [layers][num_replicas]: logical expert of each physical slot, GPU by GPU
+  IndexMatrix phyrank;  // [layers][num_replicas]: which replica of its expert the slot is
+  IndexMatrix logcnt;   // [layers][logical]: replicas of each expert
+  std::vector<IndexMatrix> log2phy;  // [layers][logical][max replicas]: slots, -1 padded
+};
+
+absl::StatusOr<EplbPlacement> RebalanceExperts(const Matrix& weight, int64_t num_replicas,
+                                               int64_t num_groups, int64_t num_nodes, int64_t num_gpus);
+
+// Load of each GPU: every slot carries its expert's load divided by the
+// expert's replica count. [layers][gpus]
+Matrix GpuLoads(const Matrix& weight, const EplbPlacement& placement, int64_t num_gpus);
+// max / mean of one layer's GPU loads (1 when all are zero).
+double Imbalance(const std::vector<double>& gpu_loads);
+
+}  // namespace moex::balance
