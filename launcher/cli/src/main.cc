@@ -3,6 +3,7 @@
 
 #include "CLI/CLI.hpp"
 #include "moex/cli/control_commands.h"
+#include "moex/cli/placement_command.h"
 #include "moex/cli/plan_command.h"
 #include "moex/cli/run_command.h"
 #include "moex/core/build_info.h"
@@ -20,10 +21,13 @@ int main(int argc, char** argv) {
   CLI::App* serve = moex::cli::AddServeCommand(app, serve_flags);
   moex::cli::JobFlags job_flags;
   CLI::App* job = moex::cli::AddJobCommand(app, job_flags);
+  moex::cli::PlacementFlags placement_flags;
+  CLI::App* placement = moex::cli::AddPlacementCommand(app, placement_flags);
   CLI11_PARSE(app, argc, argv);
   if (plan->parsed()) return moex::cli::RunPlan(plan_flags, std::cout, std::cerr);
   if (run->parsed() || worker->parsed()) return moex::cli::RunRun(run_flags, &argc, &argv);
   if (serve->parsed()) return moex::cli::RunServe(serve_flags);
   if (job->parsed()) return moex::cli::RunJob(*job, job_flags);
+  if (placement->parsed()) return moex::cli::RunPlacement(placement_flags, std::cout, std::cerr);
   return 0;
 }

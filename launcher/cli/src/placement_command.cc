@@ -1,0 +1,131 @@
+#include "moex/cli/placement_command.h"
+
+#include <set>
+
+#include "absl/strings/str_format.h"
+#include "moex/balance/eplb.h"
+#include "moex/core/str_cat.h"
+#include "moex/model/config_view.h"
+#include "nlohmann/json.hpp"
+
+namespace moex::cli {
+
+CLI::App* AddPlacementCommand(CLI::App& app, PlacementFlags& f) {
+  CLI::App* placement = app.add_subcommand("placement", "Expert placement");
+  placement->require_subcommand(1);
+  CLI::App* plan = placement->add_subcommand("plan", "Plan where each expert's replicas go, from measured load");
+  plan->add_option("--load", f.load, "JSON {\"load\": [[tokens per logical expert], ...one row per layer]}")->required();
+  plan->add_option("--replicas", f.replicas, "Physical expert slots in all (logical experts + redundant)")->required();
+  plan->add_option("--groups", f.groups, "Expert groups (group-limited routing)")->capture_default_str();
+  plan->add_option("--nodes", f.nodes, "Nodes")->capture_default_str();
+  plan->add_option("--gpus", f.gpus, "GPUs in all")->required();
+  plan->add_option("--policy", f.policy, "eplb (DeepSeek's algorithm); moex arrives with the rebalancing issue")
+      ->capture_default_str();
+  plan->add_option("--current", f.current, "The current placement (this command's --json output): count the moves");
+  plan->add_flag("--json", f.json, "Print JSON");
+  return placement;
+}
+
+namespace {
+
+absl::StatusOr<balance::Matrix> ReadLoad(const std::string& path) {
+  absl::StatusOr<nlohmann::json> json = model::ReadJsonFile(path);
+  if (!json.ok()) return json.status();
+  const nlohmann::json& rows = (*json)["load"];
+  if (!rows.is_array() || rows.empty()) {
+    return absl::InvalidArgumentError(StrCat(path, ": field 'load' must be a non-empty list of rows"));
+  }
+  balance::Matrix load;
+  for (size_t l = 0; l < rows.size(); ++l) {
+    if (!rows[l].is_array()) return absl::InvalidArgumentError(StrCat(path, ": load row ", l, " is not a list"));
+    load.emplace_back();
+    for (size_t e = 0; e < rows[l].size(); ++e) {
+      if (!rows[l][e].is_number()) {
+        return absl::InvalidArgumentError(StrCat(path, ": load[", l, "][", e, "] is not a number"));
+      }
+      load.back().push_back(rows[l][e].get<double>());
+    }
+  }
+  return load;
+}
+
+// (GPU, expert) pairs of the new placement that the current one lacks: the
+// expert weights that would have to travel.
+absl::StatusOr<int64_t> CountMoves(const std::string& path, const balance::EplbPlacement& next, int64_t gpus) {
+  absl::StatusOr<nlohmann::json> json = model::ReadJsonFile(path);
+  if (!json.ok()) return json.status();
+  const nlohmann::json& layers = (*json)["layers"];
+  if (!layers.is_array() || layers.size() != next.phy2log.size()) {
+    return absl::InvalidArgumentError(StrCat(path, ": field 'layers' must list ", next.phy2log.size(), " layers"));
+  }
+  int64_t moves = 0;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const nlohmann::json& old = layers[l]["phy2log"];
+    if (!old.is_array() || old.size() != next.phy2log[l].size()) {
+      return absl::InvalidArgumentError(StrCat(path, ": layers[", l, "].phy2log must have ", next.phy2log[l].size(), " slots"));
+    }
+    const size_t per_gpu = next.phy2log[l].size() / static_cast<size_t>(gpus);
+    std::set<std::pair<size_t, int64_t>> held;
+    for (size_t s = 0; s < old.size(); ++s) {
+      if (!old[s].is_number_integer()) return absl::InvalidArgumentError(StrCat(path, ": layers[", l, "].phy2log[", s, "] is not an integer"));
+      held.insert({s / per_gpu, old[s].get<int64_t>()});
+    }
+    for (size_t s = 0; s < next.phy2log[l].size(); ++s) moves += held.count({s / per_gpu, next.phy2log[l][s]}) ? 0 : 1;
+  }
+  return moves;
+}
+
+}  // namespace
+
+int RunPlacement(const PlacementFlags& f, std::ostream& out, std::ostream& err) {
+  auto fail = [&err](const absl::Status& status) {
+    err << "moex placement plan: error: " << status.message() << "\n";
+    return 1;
+  };
+  if (f.policy != "eplb") {
+    return fail(absl::UnimplementedError(StrCat("--policy '", f.policy, "' is not available yet; eplb is")));
+  }
+  absl::StatusOr<balance::Matrix> load = ReadLoad(f.load);
+  if (!load.ok()) return fail(load.status());
+  absl::StatusOr<balance::EplbPlacement> placement = balance::RebalanceExperts(*load, f.replicas, f.groups, f.nodes, f.gpus);
+  if (!placement.ok()) return fail(placement.status());
+  std::optional<int64_t> moves;
+  if (!f.current.empty()) {
+    absl::StatusOr<int64_t> counted = CountMoves(f.current, *placement, f.gpus);
+    if (!counted.ok()) return fail(counted.status());
+    moves = *counted;
+  }
+  balance::Matrix gpu_loads = balance::GpuLoads(*load, *placement, f.gpus);
+  nlohmann::json j;
+  j["policy"] = f.policy;
+  j["replicas"] = f.replicas;
+  j["groups"] = f.groups;
+  j["nodes"] = f.nodes;
+  j["gpus"] = f.gpus;
+  j["layers"] = nlohmann::json::array();
+  for (size_t l = 0; l < load->size(); ++l) {
+    j["layers"].push_back({{"phy2log", placement->phy2log[l]},
+                           {"log2phy", placement->log2phy[l]},
+                           {"logcnt", placement->logcnt[l]},
+                           {"gpu_load", gpu_loads[l]},
+                           {"imbalance", balance::Imbalance(gpu_loads[l])}});
+  }
+  if (moves) j["experts_moved"] = *moves;
+  if (f.json) {
+    out << j.dump(2) << "\n";
+    return 0;
+  }
+  for (size_t l = 0; l < load->size(); ++l) {
+    out << absl::StrFormat("layer %d: imbalance (max/mean GPU load) %.3f; slots GPU by GPU:", l,
+                           balance::Imbalance(gpu_loads[l]));
+    const size_t per_gpu = placement->phy2log[l].size() / static_cast<size_t>(f.gpus);
+    for (size_t s = 0; s < placement->phy2log[l].size(); ++s) {
+      out << (s % per_gpu == 0 ? " |" : "") << " " << placement->phy2log[l][s];
+    }
+    out << "\n";
+  }
+  if (moves) out << "experts moved from --current: " << *moves << "\n";
+  return 0;
+}
+
+}  // namespace moex::cli
