@@ -10,7 +10,13 @@
 
 namespace moex::kernels {
 
+// Route() keeps per-token scratch for this many experts or groups on the stack.
+constexpr int64_t kMaxRoutedExperts = 8192;
+
 absl::Status CheckRouterSupported(const model::RouterSpec& spec, int64_t num_experts, int64_t top_k) {
+  if (num_experts < 1 || num_experts > kMaxRoutedExperts) {
+    return absl::InvalidArgumentError(StrCat(num_experts, " routed experts: the router handles 1 to ", kMaxRoutedExperts));
+  }
   if (spec.scoring != "softmax" && spec.scoring != "sigmoid") {
     return absl::UnimplementedError(StrCat("router scoring '", spec.scoring,
                                            "' is not implemented (softmax and sigmoid are)"));
@@ -67,7 +73,7 @@ void Route(const RouteParams& p, const float* logits, int64_t num_tokens, int32_
   const int64_t groups = p.spec.num_groups, per_group = E / groups;
   float* score = scratch;       // [E] probabilities or sigmoid scores
   float* choice = scratch + E;  // [E] what selection ranks by
-  bool allowed[8192];
+  bool allowed[kMaxRoutedExperts];
   for (int64_t t = 0; t < num_tokens; ++t) {
     const float* row = logits + t * E;
     if (p.spec.scoring == "softmax") {
@@ -92,7 +98,7 @@ void Route(const RouteParams& p, const float* logits, int64_t num_tokens, int32_
     if (groups > 1) {
       // Rank groups: sigmoid routers by the sum of the two best choices in
       // the group (DeepSeek-V3), softmax routers by the best one (V2).
-      float group_score[8192];
+      float group_score[kMaxRoutedExperts];
       for (int64_t g = 0; g < groups; ++g) {
         const float* c = choice + g * per_group;
         if (p.spec.scoring == "sigmoid" && per_group >= 2) {
@@ -110,7 +116,7 @@ void Route(const RouteParams& p, const float* logits, int64_t num_tokens, int32_
           group_score[g] = *std::max_element(c, c + per_group);
         }
       }
-      int32_t kept[8192];
+      int32_t kept[kMaxRoutedExperts];
       TopK(group_score, nullptr, groups, p.spec.topk_groups, kept);
       std::fill(allowed, allowed + E, false);
       for (int64_t i = 0; i < p.spec.topk_groups; ++i) {
