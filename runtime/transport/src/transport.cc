@@ -19,7 +19,6 @@ absl::Status Transport::Fail(absl::Status status) {
 }
 
 absl::Status Transport::Start(std::string_view what) {
-  context_ = std::string(what);
   if (!failure_.ok()) {
     return absl::FailedPreconditionError(StrCat(name(), " transport, rank ", rank_, ": ", what,
                                                 " refused: the transport failed earlier: ",
@@ -160,14 +159,22 @@ absl::Status Transport::Barrier(Deadline deadline) {
 }
 
 template <typename T>
+absl::Status Transport::Gather(std::span<const T> mine, std::span<T> all, Deadline deadline) {
+  if (all.size() != mine.size() * world_size_) {
+    return absl::InvalidArgumentError(StrCat("AllGather of ", mine.size(), " values needs room for ",
+                                             mine.size() * world_size_, ", got ", all.size()));
+  }
+  std::vector<T> send(all.size());
+  for (int r = 0; r < world_size_; ++r) std::copy(mine.begin(), mine.end(), send.begin() + r * mine.size());
+  std::vector<int64_t> bytes(world_size_, static_cast<int64_t>(mine.size() * sizeof(T)));
+  return AllToAllV(reinterpret_cast<const std::byte*>(send.data()), bytes,
+                   reinterpret_cast<std::byte*>(all.data()), bytes, deadline);
+}
+
+template <typename T>
 absl::Status Transport::AllReduce(std::span<T> values, Deadline deadline) {
-  const int64_t bytes = static_cast<int64_t>(values.size() * sizeof(T));
-  std::vector<int64_t> counts(world_size_, bytes);
-  std::vector<T> send(values.size() * world_size_);
-  for (int r = 0; r < world_size_; ++r) std::copy(values.begin(), values.end(), send.begin() + r * values.size());
   std::vector<T> gathered(values.size() * world_size_);
-  MOEX_RETURN_IF_ERROR(AllToAllV(reinterpret_cast<const std::byte*>(send.data()), counts,
-                                 reinterpret_cast<std::byte*>(gathered.data()), counts, deadline));
+  MOEX_RETURN_IF_ERROR(Gather<T>(values, gathered, deadline));
   for (size_t i = 0; i < values.size(); ++i) {
     T sum = 0;
     for (int r = 0; r < world_size_; ++r) sum += gathered[r * values.size() + i];
@@ -176,17 +183,8 @@ absl::Status Transport::AllReduce(std::span<T> values, Deadline deadline) {
   return absl::OkStatus();
 }
 
-absl::Status Transport::AllGather(std::span<const double> mine, std::span<double> all,
-                                  Deadline deadline) {
-  if (all.size() != mine.size() * world_size_) {
-    return absl::InvalidArgumentError(StrCat("AllGather of ", mine.size(), " values needs room for ",
-                                             mine.size() * world_size_, ", got ", all.size()));
-  }
-  std::vector<double> send(all.size());
-  for (int r = 0; r < world_size_; ++r) std::copy(mine.begin(), mine.end(), send.begin() + r * mine.size());
-  std::vector<int64_t> bytes(world_size_, static_cast<int64_t>(mine.size() * sizeof(double)));
-  return AllToAllV(reinterpret_cast<const std::byte*>(send.data()), bytes,
-                   reinterpret_cast<std::byte*>(all.data()), bytes, deadline);
+absl::Status Transport::AllGather(std::span<const double> mine, std::span<double> all, Deadline deadline) {
+  return Gather<double>(mine, all, deadline);
 }
 
 absl::Status Transport::AllReduceSum(std::span<double> values, Deadline deadline) {

@@ -95,6 +95,9 @@ class Transport {
   absl::Status Start(std::string_view what);
   absl::Status WaitAll(std::vector<Pending>& pending, Deadline deadline, std::string_view what);
   absl::Status Fail(absl::Status status);
+  // Every rank's `mine`, rank by rank, into `all` (world_size() x mine).
+  template <typename T>
+  absl::Status Gather(std::span<const T> mine, std::span<T> all, Deadline deadline);
   template <typename T>
   absl::Status AllReduce(std::span<T> values, Deadline deadline);
   // Operation tags: collectives count up together on every rank; point-to-
@@ -106,7 +109,6 @@ class Transport {
   int world_size_;
   uint64_t collective_sequence_ = 0;
   absl::Status failure_;
-  std::string context_;  // names the operation in messages
 };
 
 }  // namespace moex::transport
