@@ -1,9 +1,9 @@
 #include "moex/cli/placement_command.h"
 
-#include <set>
+#include <optional>
 
 #include "absl/strings/str_format.h"
-#include "moex/balance/eplb.h"
+#include "moex/balance/moex_policy.h"
 #include "moex/core/str_cat.h"
 #include "moex/model/config_view.h"
 #include "nlohmann/json.hpp"
@@ -19,7 +19,7 @@ CLI::App* AddPlacementCommand(CLI::App& app, PlacementFlags& f) {
   plan->add_option("--groups", f.groups, "Expert groups (group-limited routing)")->capture_default_str();
   plan->add_option("--nodes", f.nodes, "Nodes")->capture_default_str();
   plan->add_option("--gpus", f.gpus, "GPUs in all")->required();
-  plan->add_option("--policy", f.policy, "eplb (DeepSeek's algorithm); moex arrives with the rebalancing issue")
+  plan->add_option("--policy", f.policy, "moex (default: lower max/mean than eplb, fewer moves with --current) or eplb (DeepSeek's algorithm)")
       ->capture_default_str();
   plan->add_option("--current", f.current, "The current placement (this command's --json output): count the moves");
   plan->add_flag("--json", f.json, "Print JSON");
@@ -49,30 +49,25 @@ absl::StatusOr<balance::Matrix> ReadLoad(const std::string& path) {
   return load;
 }
 
-// (GPU, expert) pairs of the new placement that the current one lacks: the
-// expert weights that would have to travel.
-absl::StatusOr<int64_t> CountMoves(const std::string& path, const balance::EplbPlacement& next, int64_t gpus) {
+// The current placement: this command's --json output (per layer phy2log).
+absl::StatusOr<balance::IndexMatrix> ReadCurrent(const std::string& path) {
   absl::StatusOr<nlohmann::json> json = model::ReadJsonFile(path);
   if (!json.ok()) return json.status();
   const nlohmann::json& layers = (*json)["layers"];
-  if (!layers.is_array() || layers.size() != next.phy2log.size()) {
-    return absl::InvalidArgumentError(StrCat(path, ": field 'layers' must list ", next.phy2log.size(), " layers"));
-  }
-  int64_t moves = 0;
+  if (!layers.is_array()) return absl::InvalidArgumentError(StrCat(path, ": field 'layers' must be a list"));
+  balance::IndexMatrix current;
   for (size_t l = 0; l < layers.size(); ++l) {
-    const nlohmann::json& old = layers[l]["phy2log"];
-    if (!old.is_array() || old.size() != next.phy2log[l].size()) {
-      return absl::InvalidArgumentError(StrCat(path, ": layers[", l, "].phy2log must have ", next.phy2log[l].size(), " slots"));
+    const nlohmann::json& slots = layers[l]["phy2log"];
+    if (!slots.is_array()) return absl::InvalidArgumentError(StrCat(path, ": layers[", l, "].phy2log must be a list"));
+    current.emplace_back();
+    for (size_t s = 0; s < slots.size(); ++s) {
+      if (!slots[s].is_number_integer()) {
+        return absl::InvalidArgumentError(StrCat(path, ": layers[", l, "].phy2log[", s, "] is not an integer"));
+      }
+      current.back().push_back(slots[s].get<int64_t>());
     }
-    const size_t per_gpu = next.phy2log[l].size() / static_cast<size_t>(gpus);
-    std::set<std::pair<size_t, int64_t>> held;
-    for (size_t s = 0; s < old.size(); ++s) {
-      if (!old[s].is_number_integer()) return absl::InvalidArgumentError(StrCat(path, ": layers[", l, "].phy2log[", s, "] is not an integer"));
-      held.insert({s / per_gpu, old[s].get<int64_t>()});
-    }
-    for (size_t s = 0; s < next.phy2log[l].size(); ++s) moves += held.count({s / per_gpu, next.phy2log[l][s]}) ? 0 : 1;
   }
-  return moves;
+  return current;
 }
 
 }  // namespace
@@ -82,20 +77,21 @@ int RunPlacement(const PlacementFlags& f, std::ostream& out, std::ostream& err) 
     err << "moex placement plan: error: " << status.message() << "\n";
     return 1;
   };
-  if (f.policy != "eplb") {
-    return fail(absl::UnimplementedError(StrCat("--policy '", f.policy, "' is not available yet; eplb is")));
-  }
+  balance::PlanInput input;
+  input.num_replicas = f.replicas, input.num_groups = f.groups, input.num_nodes = f.nodes, input.num_gpus = f.gpus;
   absl::StatusOr<balance::Matrix> load = ReadLoad(f.load);
   if (!load.ok()) return fail(load.status());
-  absl::StatusOr<balance::EplbPlacement> placement = balance::RebalanceExperts(*load, f.replicas, f.groups, f.nodes, f.gpus);
+  input.load = std::move(*load);
+  if (!f.current.empty()) {
+    absl::StatusOr<balance::IndexMatrix> current = ReadCurrent(f.current);
+    if (!current.ok()) return fail(current.status());
+    input.current = std::move(*current);
+  }
+  absl::StatusOr<balance::EplbPlacement> placement = balance::PlanPlacement(f.policy, input);
   if (!placement.ok()) return fail(placement.status());
   std::optional<int64_t> moves;
-  if (!f.current.empty()) {
-    absl::StatusOr<int64_t> counted = CountMoves(f.current, *placement, f.gpus);
-    if (!counted.ok()) return fail(counted.status());
-    moves = *counted;
-  }
-  balance::Matrix gpu_loads = balance::GpuLoads(*load, *placement, f.gpus);
+  if (!input.current.empty()) moves = balance::CountMoves(input.current, placement->phy2log, f.gpus);
+  balance::Matrix gpu_loads = balance::GpuLoads(input.load, *placement, f.gpus);
   nlohmann::json j;
   j["policy"] = f.policy;
   j["replicas"] = f.replicas;
@@ -103,7 +99,7 @@ int RunPlacement(const PlacementFlags& f, std::ostream& out, std::ostream& err) 
   j["nodes"] = f.nodes;
   j["gpus"] = f.gpus;
   j["layers"] = nlohmann::json::array();
-  for (size_t l = 0; l < load->size(); ++l) {
+  for (size_t l = 0; l < input.load.size(); ++l) {
     j["layers"].push_back({{"phy2log", placement->phy2log[l]},
                            {"log2phy", placement->log2phy[l]},
                            {"logcnt", placement->logcnt[l]},
@@ -115,7 +111,7 @@ int RunPlacement(const PlacementFlags& f, std::ostream& out, std::ostream& err) 
     out << j.dump(2) << "\n";
     return 0;
   }
-  for (size_t l = 0; l < load->size(); ++l) {
+  for (size_t l = 0; l < input.load.size(); ++l) {
     out << absl::StrFormat("layer %d: imbalance (max/mean GPU load) %.3f; slots GPU by GPU:", l,
                            balance::Imbalance(gpu_loads[l]));
     const size_t per_gpu = placement->phy2log[l].size() / static_cast<size_t>(f.gpus);

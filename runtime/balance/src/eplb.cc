@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 
 namespace moex::balance {
@@ -150,8 +151,9 @@ EplbPlacement Hierarchical(const Matrix& weight, int64_t num_physical, int64_t n
 
 }  // namespace
 
-absl::StatusOr<EplbPlacement> RebalanceExperts(const Matrix& weight, int64_t num_replicas, int64_t num_groups,
-                                               int64_t num_nodes, int64_t num_gpus) {
+
+absl::Status CheckBudget(const Matrix& weight, int64_t num_replicas, int64_t num_groups, int64_t num_nodes,
+                         int64_t num_gpus) {
   if (weight.empty() || weight[0].empty()) return absl::InvalidArgumentError("the load has no layer or no expert");
   const int64_t num_logical = static_cast<int64_t>(weight[0].size());
   for (size_t l = 0; l < weight.size(); ++l) {
@@ -173,13 +175,21 @@ absl::StatusOr<EplbPlacement> RebalanceExperts(const Matrix& weight, int64_t num
   if (num_logical % num_groups != 0) {
     return absl::InvalidArgumentError(StrCat("--groups ", num_groups, " must divide the ", num_logical, " experts"));
   }
-  // Global policy when groups do not divide over the nodes, as the reference.
-  bool hierarchical = num_groups % num_nodes == 0;
-  int64_t groups = hierarchical ? num_groups : 1, nodes = hierarchical ? num_nodes : 1;
+  const int64_t nodes = IsHierarchical(num_groups, num_nodes) ? num_nodes : 1;
   if (num_logical % nodes != 0 || num_replicas % nodes != 0) {
     return absl::InvalidArgumentError(StrCat("the experts (", num_logical, ") and replicas (", num_replicas,
                                              ") must divide over the ", nodes, " nodes"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<EplbPlacement> RebalanceExperts(const Matrix& weight, int64_t num_replicas, int64_t num_groups,
+                                               int64_t num_nodes, int64_t num_gpus) {
+  MOEX_RETURN_IF_ERROR(CheckBudget(weight, num_replicas, num_groups, num_nodes, num_gpus));
+  const int64_t num_logical = static_cast<int64_t>(weight[0].size());
+  // Global policy when groups do not divide over the nodes, as the reference.
+  const bool hierarchical = IsHierarchical(num_groups, num_nodes);
+  const int64_t groups = hierarchical ? num_groups : 1, nodes = hierarchical ? num_nodes : 1;
   EplbPlacement out = Hierarchical(weight, num_replicas, groups, nodes, num_gpus);
   const int64_t max_count = num_replicas - num_logical + 1;
   out.log2phy.assign(weight.size(), IndexMatrix(num_logical, std::vector<int64_t>(max_count, -1)));

@@ -30,6 +30,15 @@ struct EplbPlacement {
   std::vector<IndexMatrix> log2phy;  // [layers][logical][max replicas]: slots, -1 padded
 };
 
+// EPLB balances hierarchically when the groups divide over the nodes.
+inline bool IsHierarchical(int64_t num_groups, int64_t num_nodes) { return num_groups % num_nodes == 0; }
+
+// What any placement with this budget needs (loads finite and >= 0, slots a
+// multiple of GPUs, GPUs of nodes, experts of groups); the error names the
+// flag at fault.
+absl::Status CheckBudget(const Matrix& weight, int64_t num_replicas, int64_t num_groups, int64_t num_nodes,
+                         int64_t num_gpus);
+
 absl::StatusOr<EplbPlacement> RebalanceExperts(const Matrix& weight, int64_t num_replicas,
                                                int64_t num_groups, int64_t num_nodes, int64_t num_gpus);
 

@@ -1,0 +1,130 @@
+// eplb against moex on synthetic skewed loads of DeepSeek-V3 and Kimi K2
+// shape, many seeds: max/mean per-GPU load, the lower bound, and the experts
+// each plan moves from the placement made for the previous load.
+//
+//   moex_bench_placement [--seeds N] [--layers L] [--skew Z] [--drift D] [--json FILE]
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "moex/balance/moex_policy.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using moex::balance::EplbPlacement;
+using moex::balance::Matrix;
+
+struct Shape {
+  const char* name;
+  int64_t experts, replicas, groups, nodes, gpus;
+};
+
+double Mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / static_cast<double>(v.size());
+}
+double Max(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, x);
+  return m;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int seeds = 20, layers = 4;
+  double skew = 1.0, drift = 0.5;
+  std::string json_path;
+  for (int i = 1; i < argc; ++i) {
+    auto next = [&]() -> const char* {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "moex_bench_placement: %s needs a value\n", argv[i]);
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (!std::strcmp(argv[i], "--seeds")) seeds = std::atoi(next());
+    else if (!std::strcmp(argv[i], "--layers")) layers = std::atoi(next());
+    else if (!std::strcmp(argv[i], "--skew")) skew = std::atof(next());
+    else if (!std::strcmp(argv[i], "--drift")) drift = std::atof(next());
+    else if (!std::strcmp(argv[i], "--json")) json_path = next();
+    else {
+      std::fprintf(stderr, "moex_bench_placement: unknown argument '%s'\n", argv[i]);
+      return 2;
+    }
+  }
+  const Shape shapes[] = {{"DeepSeek-V3 (256 experts, 8 groups, +32 slots, 4 nodes x 8 GPUs)", 256, 288, 8, 4, 32},
+                          {"Kimi K2 (384 experts, 1 group, +64 slots, 8 nodes x 8 GPUs)", 384, 448, 1, 8, 64}};
+  nlohmann::json out;
+  out["seeds"] = seeds;
+  out["layers"] = layers;
+  out["skew"] = skew;
+  out["drift"] = drift;
+  std::printf("%d seeds x %d layers, Zipf skew %.2f; moves: from the moex placement of the load before a drift of +-%.0f%%\n",
+              seeds, layers, skew, 100 * drift);
+  std::printf("| shape | eplb max/mean (mean, worst) | moex max/mean (mean, worst) | lower bound (mean) | moex better on | "
+              "moved: eplb | moved: moex from scratch | moved: moex with --current | plan ms eplb / moex |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  for (const Shape& s : shapes) {
+    std::vector<double> eplb_imb, moex_imb, bound_imb, moves_eplb, moves_scratch, moves_aware, eplb_ms, moex_ms;
+    int better = 0, cases = 0;
+    for (int seed = 0; seed < seeds; ++seed) {
+      auto input = [&](Matrix load, moex::balance::IndexMatrix current = {}) {
+        return moex::balance::PlanInput{.load = std::move(load), .num_replicas = s.replicas, .num_groups = s.groups,
+                                        .num_nodes = s.nodes, .num_gpus = s.gpus, .current = std::move(current)};
+      };
+      Matrix before = moex::balance::ZipfLoad(layers, s.experts, skew, 1000 + seed);
+      Matrix load = moex::balance::Drift(before, drift, 5000 + seed);
+      auto t0 = std::chrono::steady_clock::now();
+      EplbPlacement eplb = *moex::balance::PlanPlacement("eplb", input(load));
+      auto t1 = std::chrono::steady_clock::now();
+      EplbPlacement moex = *moex::balance::PlanPlacement("moex", input(load));
+      auto t2 = std::chrono::steady_clock::now();
+      eplb_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+      moex_ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
+      moex::balance::IndexMatrix current = moex::balance::PlanPlacement("moex", input(before))->phy2log;
+      EplbPlacement aware = *moex::balance::PlanPlacement("moex", input(load, current));
+      Matrix ge = moex::balance::GpuLoads(load, eplb, s.gpus), gm = moex::balance::GpuLoads(load, moex, s.gpus);
+      std::vector<double> bound = moex::balance::LoadLowerBound(load, s.replicas, s.gpus);
+      for (int l = 0; l < layers; ++l) {
+        double total = 0;
+        for (double w : load[l]) total += w;
+        eplb_imb.push_back(moex::balance::Imbalance(ge[l]));
+        moex_imb.push_back(moex::balance::Imbalance(gm[l]));
+        bound_imb.push_back(bound[l] * static_cast<double>(s.gpus) / total);
+        better += moex_imb.back() < eplb_imb.back() - 1e-12;
+        ++cases;
+      }
+      moves_eplb.push_back(static_cast<double>(moex::balance::CountMoves(current, eplb.phy2log, s.gpus)) / layers);
+      moves_scratch.push_back(static_cast<double>(moex::balance::CountMoves(current, moex.phy2log, s.gpus)) / layers);
+      moves_aware.push_back(static_cast<double>(moex::balance::CountMoves(current, aware.phy2log, s.gpus)) / layers);
+    }
+    std::printf("| %s | %.4f, %.4f | %.4f, %.4f | %.4f | %d of %d | %.1f | %.1f | %.1f | %.2f / %.2f |\n", s.name,
+                Mean(eplb_imb), Max(eplb_imb), Mean(moex_imb), Max(moex_imb), Mean(bound_imb), better, cases,
+                Mean(moves_eplb), Mean(moves_scratch), Mean(moves_aware), Mean(eplb_ms), Mean(moex_ms));
+    out["shapes"].push_back({{"shape", s.name}, {"experts", s.experts}, {"replicas", s.replicas}, {"groups", s.groups},
+                             {"nodes", s.nodes}, {"gpus", s.gpus},
+                             {"eplb_imbalance", eplb_imb}, {"moex_imbalance", moex_imb}, {"lower_bound", bound_imb},
+                             {"moex_better_cases", better}, {"cases", cases},
+                             {"moves_per_layer_eplb", moves_eplb}, {"moves_per_layer_moex_scratch", moves_scratch},
+                             {"moves_per_layer_moex_current", moves_aware},
+                             {"plan_ms_eplb", eplb_ms}, {"plan_ms_moex", moex_ms}});
+  }
+  std::printf("(moves are per layer, out of %s slots; the lower bound is max(mean, hottest expert over its most replicas))\n",
+              "288 / 448");
+  if (!json_path.empty()) {
+    std::ofstream f(json_path);
+    f << out.dump(1) << "\n";
+    if (!f) {
+      std::fprintf(stderr, "moex_bench_placement: cannot write '%s'\n", json_path.c_str());
+      return 1;
+    }
+  }
+  return 0;
+}
