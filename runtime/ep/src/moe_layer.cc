@@ -61,6 +61,37 @@ absl::StatusOr<MoeLayer> MoeLayer::Create(MoeLayerSpec spec, Placement placement
   return MoeLayer(std::move(spec), std::move(placement), std::move(weights), rank);
 }
 
+absl::Status MoeLayer::SwitchPlacement(Placement next, std::map<int64_t, ExpertWeights> incoming) {
+  if (next.num_experts() != spec_.num_experts || next.world_size() != placement_.world_size()) {
+    return absl::InvalidArgumentError(StrCat("rank ", rank_, ": the new placement is for ", next.num_experts(),
+                                             " experts on ", next.world_size(), " ranks; the layer has ",
+                                             spec_.num_experts, " on ", placement_.world_size()));
+  }
+  std::map<int64_t, ExpertWeights> experts;
+  for (int64_t s = 0; s < next.num_local_slots(rank_); ++s) {
+    const int64_t e = next.slot_expert(next.first_slot(rank_) + s);
+    if (experts.count(e)) continue;
+    if (auto it = incoming.find(e); it != incoming.end()) {
+      experts[e] = std::move(it->second);
+    } else if (auto held = weights_.experts.find(e); held != weights_.experts.end()) {
+      experts[e] = held->second;
+    } else {
+      return absl::FailedPreconditionError(StrCat("rank ", rank_, " cannot switch placement: it neither holds nor received expert ", e));
+    }
+  }
+  weights_.experts = std::move(experts);
+  placement_ = std::move(next);
+  return absl::OkStatus();
+}
+
+std::vector<int64_t> MoeLayer::TokensPerExpert(const StepStats& stats) const {
+  std::vector<int64_t> out(spec_.num_experts, 0);
+  for (size_t i = 0; i < stats.tokens_per_local_slot.size(); ++i) {
+    out[placement_.slot_expert(placement_.first_slot(rank_) + static_cast<int64_t>(i))] += stats.tokens_per_local_slot[i];
+  }
+  return out;
+}
+
 void MoeLayer::RunExperts(const DispatchResult& received, Tensor* partial, StepStats* stats) {
   const int64_t R = received.num_recv(), H = spec_.hidden, k = spec_.top_k;
   const int64_t slots = placement_.num_local_slots(rank_);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -43,6 +44,15 @@ class MoeLayer {
   // is resized to [T, H] and overwritten (reuse it across steps).
   absl::Status Forward(transport::Transport& transport, const Tensor& x, int64_t first_token,
                        Deadline deadline, Tensor* y, StepStats* stats);
+
+  // Serves `next` from now on. This rank's experts in `next` come from the
+  // weights it holds or from `incoming` (migrated); the ones it no longer
+  // holds are dropped. Nothing changes when an expert is missing.
+  absl::Status SwitchPlacement(Placement next, std::map<int64_t, ExpertWeights> incoming);
+
+  // Routed pairs per logical expert that this rank served in the step
+  // `stats` describes (sum it over ranks for the layer's load).
+  std::vector<int64_t> TokensPerExpert(const StepStats& stats) const;
 
   const MoeLayerSpec& spec() const { return spec_; }
   const Placement& placement() const { return placement_; }
