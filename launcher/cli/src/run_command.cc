@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "absl/strings/str_format.h"
+#include "moex/balance/live_rebalancer.h"
 #include "moex/core/format.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
@@ -45,6 +46,14 @@ CLI::App* AddRunCommand(CLI::App& app, RunFlags& f) {
   run->add_option("--seed", f.seed, "Seed of random weights and synthetic tokens")->capture_default_str();
   run->add_option("--redundant-experts", f.redundant_experts, "Extra replicas of experts")->capture_default_str();
   run->add_flag("--check", f.check, "Compare the output of the last step with a single-process computation");
+  run->add_flag("--check-every-step", f.check_every_step, "Compare every step's output (slow on big layers)");
+  run->add_option("--rebalance-threshold", f.rebalance_threshold,
+                  "Move experts when the window's max/mean rank load exceeds this (0: off)")->capture_default_str();
+  run->add_option("--rebalance-interval", f.rebalance_interval, "At least this many steps between placement changes")->capture_default_str();
+  run->add_option("--rebalance-window", f.rebalance_window, "Steps of load a decision looks at")->capture_default_str();
+  run->add_option("--rebalance-policy", f.rebalance_policy, "moex or eplb")->capture_default_str();
+  run->add_option("--rebalance-at-step", f.rebalance_at_step, "Also rebalance before this step (0-based)");
+  run->add_option("--migration-chunk-mb", f.migration_chunk_mb, "Expert weights moved per step, all ranks together")->capture_default_str();
   run->add_option("--timeout", f.timeout_seconds, "Seconds any one exchange may wait for peers")->capture_default_str();
   run->add_option("--json", f.json, "Rank 0 writes the per-step figures and summary here");
   run->add_flag("--quiet", f.quiet, "Print only the summary");
@@ -79,6 +88,9 @@ struct StepSummary {
   std::vector<int64_t> load;  // routed pairs per rank
   double imbalance = 0;       // max / mean load
   std::vector<int64_t> tokens_per_expert;
+  int64_t placement_version = 1;
+  std::string migration;        // what the rebalancer did after this step, if anything
+  double check_error = -1;      // --check-every-step: relative error of this step
 };
 
 nlohmann::json ToJson(const StepSummary& s) {
@@ -87,7 +99,8 @@ nlohmann::json ToJson(const StepSummary& s) {
           {"combine_seconds", s.combine}, {"bytes_sent", s.bytes},
           {"tokens_per_second", s.seconds > 0 ? s.tokens / s.seconds : 0.0},
           {"load_per_rank", s.load}, {"imbalance", s.imbalance},
-          {"tokens_per_expert", s.tokens_per_expert}};
+          {"tokens_per_expert", s.tokens_per_expert}, {"placement_version", s.placement_version},
+          {"check_relative_error", s.check_error}};
 }
 
 double Median(std::vector<double> values) {
@@ -123,18 +136,32 @@ class Runner {
     if (rank_ == 0 && !flags_.quiet) PrintHeader(arch, placement);
     if (!flags_.save_weights.empty() && rank_ == 0) MOEX_RETURN_IF_ERROR(SaveAllWeights(checkpoint));
 
+    MOEX_RETURN_IF_ERROR(StartRebalancer(layer));
     Tensor x, y;
     int64_t first = 0;
     for (int64_t step = 0; step < flags_.steps; ++step) {
       MaybeStall(step);
       MakeTokens(step, &x, &first);
+      if (rebalancer_) {
+        MOEX_RETURN_IF_ERROR(rebalancer_->BeginStep(t_, layer, step, PublishedPlacement(), NextDeadline()));
+        ReportRebalance(step);
+      }
       MOEX_RETURN_IF_ERROR(t_.Barrier(NextDeadline()));
       ep::StepStats stats;
       auto start = Clock::now();
       MOEX_RETURN_IF_ERROR(layer.Forward(t_, x, first, NextDeadline(), &y, &stats));
       double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-      MOEX_ASSIGN_OR_RETURN(StepSummary summary, Summarise(stats, seconds, layer.placement()));
+      MOEX_ASSIGN_OR_RETURN(StepSummary summary, Summarise(stats, seconds, layer));
+      if (rebalancer_) {
+        summary.placement_version = rebalancer_->version();
+        if (const balance::Migration* m = rebalancer_->migration()) {
+          summary.migration = StrCat("migrating to v", m->version(), ": chunk ", m->chunks_done() + 1, "/", m->num_chunks());
+        }
+        MOEX_RETURN_IF_ERROR(rebalancer_->EndStep(t_, layer, step, summary.tokens_per_expert, NextDeadline()));
+      }
+      if (flags_.check_every_step) MOEX_RETURN_IF_ERROR(CheckStep(x, y, checkpoint, &summary));
       if (rank_ == 0 && !flags_.quiet) PrintStep(step, summary);
+      if (rebalancer_) ReportRebalance(step);
       steps_.push_back(std::move(summary));
       if (session_ != nullptr) ReportToController(step + 1);
     }
@@ -222,7 +249,7 @@ class Runner {
     *x = ep::SyntheticTokens(spec_, router_, flags_.seed, flags_.routing_skew, *first, count);
   }
 
-  absl::StatusOr<StepSummary> Summarise(const ep::StepStats& s, double seconds, const ep::Placement& placement) {
+  absl::StatusOr<StepSummary> Summarise(const ep::StepStats& s, double seconds, const ep::MoeLayer& layer) {
     std::vector<double> mine(kNumFields), all(kNumFields * world_);
     mine[kTokens] = s.tokens;
     mine[kReceived] = s.received_tokens;
@@ -236,10 +263,7 @@ class Runner {
     mine[kRemoteCopies] = s.remote_token_copies;
     mine[kStepSeconds] = seconds;
     MOEX_RETURN_IF_ERROR(t_.AllGather(mine, all, NextDeadline()));
-    std::vector<int64_t> per_expert(spec_.num_experts, 0);
-    for (size_t i = 0; i < s.tokens_per_local_slot.size(); ++i) {
-      per_expert[placement.slot_expert(placement.first_slot(rank_) + static_cast<int64_t>(i))] += s.tokens_per_local_slot[i];
-    }
+    std::vector<int64_t> per_expert = layer.TokensPerExpert(s);
     MOEX_RETURN_IF_ERROR(t_.AllReduceSum(std::span<int64_t>(per_expert), NextDeadline()));
     StepSummary out;
     out.tokens_per_expert = std::move(per_expert);
@@ -281,25 +305,121 @@ class Runner {
       std::cout << "wrote " << flags_.output << ": output " << ShapeString(all_y.shape) << " fp32\n";
     }
     if (flags_.check) {
-      std::vector<int64_t> every(spec_.num_experts), slices;
-      for (int64_t e = 0; e < spec_.num_experts; ++e) every[e] = e;
-      for (int r = 0; r < world_; ++r) slices.push_back(ep::TokenSlice(total_tokens_, world_, r).second);
-      MOEX_ASSIGN_OR_RETURN(ep::MoeWeights all, ep::LoadMoeWeights(spec_, checkpoint ? &*checkpoint : nullptr, flags_.seed, every));
-      Tensor expected = ep::ReferenceForward(spec_, all, all_x, slices);
-      double scale = 0, worst = 0;
-      for (int64_t i = 0; i < expected.size(); ++i) {
-        scale = std::max(scale, std::fabs(double{expected.values[i]}));
-        worst = std::max(worst, std::fabs(double{expected.values[i]} - all_y.values[i]));
-      }
-      check_error_ = scale > 0 ? worst / scale : worst;
-      std::cout << absl::StrFormat("check: max |error| %.3g against a single-process computation "
-                                   "(output scale %.3g, relative %.3g, bound 1e-4): %s\n",
-                                   worst, scale, check_error_, check_error_ <= 1e-4 ? "PASS" : "FAIL");
+      MOEX_ASSIGN_OR_RETURN(check_error_, CompareWithReference(all_x, all_y, checkpoint));
+      std::cout << absl::StrFormat("check: max |error| against a single-process computation, relative to the "
+                                   "output's scale: %.3g (bound 1e-4): %s\n",
+                                   check_error_, check_error_ <= 1e-4 ? "PASS" : "FAIL");
       if (check_error_ > 1e-4) {
         return absl::InternalError(StrCat("--check failed: relative error ", check_error_, " > 1e-4"));
       }
     }
     return absl::OkStatus();
+  }
+
+  // Rank 0: max |error| of `all_y` against the single-process computation
+  // of `all_x`, relative to the output's scale.
+  absl::StatusOr<double> CompareWithReference(const Tensor& all_x, const Tensor& all_y,
+                                              const std::optional<model::Checkpoint>& checkpoint) {
+    if (!reference_weights_) {
+      std::vector<int64_t> every(spec_.num_experts);
+      for (int64_t e = 0; e < spec_.num_experts; ++e) every[e] = e;
+      MOEX_ASSIGN_OR_RETURN(reference_weights_, ep::LoadMoeWeights(spec_, checkpoint ? &*checkpoint : nullptr, flags_.seed, every));
+    }
+    std::vector<int64_t> slices;
+    for (int r = 0; r < world_; ++r) slices.push_back(ep::TokenSlice(total_tokens_, world_, r).second);
+    Tensor expected = ep::ReferenceForward(spec_, *reference_weights_, all_x, slices);
+    double scale = 0, worst = 0;
+    for (int64_t i = 0; i < expected.size(); ++i) {
+      scale = std::max(scale, std::fabs(double{expected.values[i]}));
+      worst = std::max(worst, std::fabs(double{expected.values[i]} - all_y.values[i]));
+    }
+    return scale > 0 ? worst / scale : worst;
+  }
+
+  // --check-every-step: this step's every token against the reference.
+  absl::Status CheckStep(const Tensor& x, const Tensor& y, const std::optional<model::Checkpoint>& checkpoint,
+                         StepSummary* summary) {
+    MOEX_ASSIGN_OR_RETURN(Tensor all_y, ep::GatherRows(t_, y, spec_.hidden, NextDeadline()));
+    MOEX_ASSIGN_OR_RETURN(Tensor all_x, ep::GatherRows(t_, x, spec_.hidden, NextDeadline()));
+    if (rank_ != 0) return absl::OkStatus();
+    MOEX_ASSIGN_OR_RETURN(summary->check_error, CompareWithReference(all_x, all_y, checkpoint));
+    if (summary->check_error > 1e-4) {
+      return absl::InternalError(StrCat("--check-every-step failed at step ", steps_.size() + 1, " (placement v",
+                                        summary->placement_version, "): relative error ", summary->check_error, " > 1e-4"));
+    }
+    return absl::OkStatus();
+  }
+
+  // Live rebalancing runs when asked for (a threshold or a step) and in
+  // every controller-launched job (the controller may publish placements).
+  absl::Status StartRebalancer(const ep::MoeLayer& layer) {
+    const bool asked = flags_.rebalance_threshold > 0 || flags_.rebalance_at_step >= 0;
+    if (!asked && session_ == nullptr) return absl::OkStatus();
+    balance::RebalanceOptions options{
+        .policy = flags_.rebalance_policy,
+        .threshold = flags_.rebalance_threshold,
+        .interval = flags_.rebalance_interval,
+        .window = flags_.rebalance_window,
+        .at_step = flags_.rebalance_at_step,
+        .chunk_bytes = static_cast<int64_t>(std::max(1.0, flags_.migration_chunk_mb * (1 << 20))),
+        .before_chunk = [this](int64_t chunk) { MaybeStallMigration(chunk); }};
+    absl::StatusOr<balance::LiveRebalancer> rebalancer = balance::LiveRebalancer::Create(options, layer, world_);
+    if (!rebalancer.ok()) {
+      if (asked) return rebalancer.status();
+      // A job whose slots do not divide over its ranks keeps its placement.
+      if (rank_ == 0) std::cerr << "moex worker: live rebalancing is off: " << rebalancer.status().message() << "\n";
+      return absl::OkStatus();
+    }
+    rebalancer_.emplace(std::move(*rebalancer));
+    return absl::OkStatus();
+  }
+
+  // Rank 0 of a controller job: the controller's placement when it is newer
+  // than the one serving.
+  std::optional<balance::PublishedPlacement> PublishedPlacement() {
+    if (session_ == nullptr || rank_ != 0 || session_->placement_version() <= rebalancer_->version()) return std::nullopt;
+    absl::StatusOr<moex::v1::Placement> fetched = session_->FetchPlacement();
+    if (!fetched.ok()) {
+      std::cerr << "moex worker: rank 0: cannot fetch placement version " << session_->placement_version() << ": "
+                << fetched.status().message() << "\n";
+      return std::nullopt;
+    }
+    return balance::PublishedPlacement{
+        .version = fetched->version(),
+        .slot_expert = {fetched->slot_expert().begin(), fetched->slot_expert().end()},
+        .slots_per_rank = {fetched->slots_per_rank().begin(), fetched->slots_per_rank().end()}};
+  }
+
+  // Rank 0 says when a placement change starts and when it goes live (also
+  // with --quiet: these are rare and matter).
+  void ReportRebalance(int64_t step) {
+    if (rank_ != 0) return;
+    const std::vector<balance::RebalanceEvent>& events = rebalancer_->events();
+    if (events.size() > events_started_) {
+      const balance::RebalanceEvent& e = events.back();
+      std::cout << absl::StrFormat(
+          "rebalance before step %d: placement v%d (%s); window imbalance %.3f -> %.3f; moving %d expert%s "
+          "(%s) in %d chunk%s\n",
+          step + 1, e.version, e.reason, e.imbalance_before, e.imbalance_after, e.experts_moved,
+          e.experts_moved == 1 ? "" : "s",
+          FormatBytes(static_cast<double>(e.experts_moved * 3 * spec_.expert_width * spec_.hidden * 4)), e.chunks,
+          e.chunks == 1 ? "" : "s");
+      events_started_ = events.size();
+    }
+    if (!events.empty() && events.back().live_step >= 0 && events_live_ < events.size()) {
+      const balance::RebalanceEvent& e = events.back();
+      std::cout << absl::StrFormat("placement v%d live from step %d: %s migrated in %.2f ms\n", e.version,
+                                   e.live_step + 1, FormatBytes(static_cast<double>(e.bytes)), 1e3 * e.seconds);
+      events_live_ = events.size();
+    }
+  }
+
+  // Test hook: MOEX_FAULT_STALL_MIGRATION_RANK=r makes rank r go silent
+  // before the first migration chunk.
+  void MaybeStallMigration(int64_t chunk) const {
+    const char* stall_rank = std::getenv("MOEX_FAULT_STALL_MIGRATION_RANK");
+    if (stall_rank == nullptr || std::atoi(stall_rank) != rank_ || chunk != 0) return;
+    std::this_thread::sleep_for(std::chrono::duration<double>(flags_.timeout_seconds * 3 + 5));
   }
 
   void PrintHeader(const model::ModelArch& arch, const ep::Placement& placement) const {
@@ -320,10 +440,13 @@ class Runner {
   void PrintStep(int64_t step, const StepSummary& s) const {
     std::cout << absl::StrFormat(
         "step %d/%d: %d tokens in %.2f ms (route %.2f, dispatch %.2f, experts %.2f, combine %.2f), "
-        "%s sent, imbalance %.2f, %.0f tokens/s\n",
+        "%s sent, imbalance %.2f, %.0f tokens/s%s%s%s\n",
         step + 1, flags_.steps, s.tokens, 1e3 * s.seconds, 1e3 * s.route, 1e3 * s.dispatch,
         1e3 * s.experts, 1e3 * s.combine, FormatBytes(static_cast<double>(s.bytes)), s.imbalance,
-        s.seconds > 0 ? s.tokens / s.seconds : 0.0);
+        s.seconds > 0 ? s.tokens / s.seconds : 0.0,
+        rebalancer_ ? absl::StrFormat(", placement v%d", s.placement_version) : "",
+        s.migration.empty() ? "" : StrCat(", ", s.migration),
+        s.check_error >= 0 ? absl::StrFormat(", check %.2g", s.check_error) : "");
   }
 
   // Steps after the first (a warm-up) unless there is only one.
@@ -394,6 +517,15 @@ class Runner {
     j["summary"] = {{"tokens_per_second", m.rate}, {"dispatch_seconds", m.dispatch},
                     {"combine_seconds", m.combine}, {"imbalance", m.imbalance}};
     if (flags_.check) j["check_relative_error"] = check_error_;
+    j["rebalances"] = nlohmann::json::array();
+    if (rebalancer_) {
+      for (const balance::RebalanceEvent& e : rebalancer_->events()) {
+        j["rebalances"].push_back({{"version", e.version}, {"reason", e.reason}, {"decided_before_step", e.decided_step},
+                                   {"live_from_step", e.live_step}, {"window_imbalance_before", e.imbalance_before},
+                                   {"window_imbalance_after", e.imbalance_after}, {"experts_moved", e.experts_moved},
+                                   {"bytes", e.bytes}, {"chunks", e.chunks}, {"migration_seconds", e.seconds}});
+      }
+    }
     std::string temporary = StrCat(flags_.json, ".tmp");
     {
       std::ofstream out(temporary);
@@ -418,6 +550,9 @@ class Runner {
   std::vector<StepSummary> steps_;
   double check_error_ = 0;
   bool check_done_ = false;
+  std::optional<ep::MoeWeights> reference_weights_;
+  std::optional<balance::LiveRebalancer> rebalancer_;
+  size_t events_started_ = 0, events_live_ = 0;
   launcher::WorkerSession* session_;
 };
 

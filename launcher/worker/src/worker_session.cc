@@ -81,7 +81,10 @@ void WorkerSession::HeartbeatLoop() {
     moex::v1::HeartbeatResponse response;
     grpc::ClientContext context;
     Prepare(&context, token_, 2);
-    if (stub_->Heartbeat(&context, request, &response).ok() && response.cancel()) cancelled_.store(true);
+    if (stub_->Heartbeat(&context, request, &response).ok()) {
+      if (response.cancel()) cancelled_.store(true);
+      placement_version_.store(response.placement_version());
+    }
     for (int i = 0; i < 10 && !stop_.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_format.h"
 #include "moex/balance/moex_policy.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
@@ -60,7 +61,7 @@ absl::StatusOr<std::optional<PublishedPlacement>> LiveRebalancer::Decide(
     *reason = StrCat("requested at step ", step);
   } else if (options_.threshold > 0 && tracker_.window_steps() >= options_.window &&
              step - last_change_step_ >= options_.interval && WindowImbalance(now) > options_.threshold) {
-    *reason = StrCat("window imbalance ", WindowImbalance(now), " > threshold ", options_.threshold);
+    *reason = absl::StrFormat("window imbalance %.3f > threshold %.3f", WindowImbalance(now), options_.threshold);
   } else {
     return std::optional<PublishedPlacement>();
   }

@@ -4,7 +4,9 @@
 //     [--weights FILE|INDEX|DIR] [--input FILE] [--output FILE]
 //     [--tokens-per-rank T] [--steps S] [--transport mpi|ucx]
 //     [--routing-skew Z] [--seed S] [--redundant-experts R] [--check]
-//     [--timeout SECONDS] [--json FILE]
+//     [--timeout SECONDS] [--json FILE] [--check-every-step]
+//     [--rebalance-threshold X] [--rebalance-interval N] [--rebalance-window W]
+//     [--rebalance-policy moex|eplb] [--rebalance-at-step S] [--migration-chunk-mb M]
 #pragma once
 
 #include <cstdint>
@@ -29,6 +31,14 @@ struct RunFlags {
   uint64_t seed = 1;
   int64_t redundant_experts = 0;
   bool check = false;
+  bool check_every_step = false;
+  // Live rebalancing (off unless a threshold or a step is given).
+  std::string rebalance_policy = "moex";
+  double rebalance_threshold = 0;
+  int64_t rebalance_interval = 10;
+  int64_t rebalance_window = 4;
+  int64_t rebalance_at_step = -1;
+  double migration_chunk_mb = 64;
   double timeout_seconds = 60.0;
   std::string json;
   bool quiet = false;

@@ -33,6 +33,9 @@ class WorkerSession {
                           const std::vector<int64_t>& tokens_per_expert = {}, bool final = false);
   // The job's placement from the controller.
   absl::StatusOr<moex::v1::Placement> FetchPlacement();
+  // The newest placement version the controller has published (from the
+  // heartbeats).
+  int64_t placement_version() const { return placement_version_.load(); }
   // True once the controller has asked the job to stop.
   bool cancelled() const { return cancelled_.load(); }
 
@@ -49,6 +52,7 @@ class WorkerSession {
   std::atomic<int64_t> step_{0};
   std::atomic<bool> stop_{false};
   std::atomic<bool> cancelled_{false};
+  std::atomic<int64_t> placement_version_{1};
   std::thread heartbeat_;
 };
 
