@@ -242,7 +242,7 @@ struct Controller::Services {
     }
     grpc::ServerUnaryReactor* ReportStep(grpc::CallbackServerContext* c, const moex::v1::ReportStepRequest* r,
                                          moex::v1::ReportStepResponse* out) override {
-      return Unary(c, token, out, [&](moex::v1::ReportStepResponse*) { return jobs->ReportStep(*r); });
+      return Answer(c, token, out, [&] { return jobs->ReportStep(*r); });
     }
   };
 
@@ -253,11 +253,9 @@ struct Controller::Services {
                                            moex::v1::Placement* out) override {
       return Answer(c, token, out, [&] { return jobs->GetPlacement(r->job_id()); });
     }
-    grpc::ServerUnaryReactor* Rebalance(grpc::CallbackServerContext* c, const moex::v1::RebalanceRequest*,
+    grpc::ServerUnaryReactor* Rebalance(grpc::CallbackServerContext* c, const moex::v1::RebalanceRequest* r,
                                         moex::v1::Placement* out) override {
-      return Unary(c, token, out, [](moex::v1::Placement*) {
-        return absl::UnimplementedError("rebalancing policies arrive with the rebalancing issue");
-      });
+      return Answer(c, token, out, [&] { return jobs->Rebalance(r->job_id(), r->policy()); });
     }
   };
 

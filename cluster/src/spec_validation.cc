@@ -46,6 +46,19 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
       spec->exchange_timeout_seconds() > 3600) {
     return Bad("exchange_timeout_seconds", "must be in [0, 3600] (0: 60)");
   }
+  moex::v1::RebalanceSpec* rebalance = spec->mutable_rebalance();
+  if (rebalance->policy().empty()) rebalance->set_policy("moex");
+  if (rebalance->policy() != "moex" && rebalance->policy() != "eplb") {
+    return Bad("rebalance.policy", StrCat("is '", rebalance->policy(), "'; known: moex, eplb"));
+  }
+  if (!std::isfinite(rebalance->threshold()) || (rebalance->threshold() != 0 && rebalance->threshold() < 1) ||
+      rebalance->threshold() > 1000) {
+    return Bad("rebalance.threshold", "must be 0 (only on request) or in [1, 1000]");
+  }
+  if (rebalance->interval() == 0) rebalance->set_interval(10);
+  if (rebalance->window() == 0) rebalance->set_window(4);
+  if (rebalance->interval() < 1 || rebalance->interval() > 100000) return Bad("rebalance.interval", "must be in [1, 100000] (0: 10)");
+  if (rebalance->window() < 1 || rebalance->window() > 10000) return Bad("rebalance.window", "must be in [1, 10000] (0: 4)");
   if (spec->model().empty() || spec->model().size() > 4096 || spec->model().find('\0') != std::string::npos) {
     return Bad("model", "must name a preset or a config.json path");
   }
@@ -59,6 +72,11 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
     return Bad("world_size", StrCat("is ", spec->world_size(), " but the layer has only ",
                                     moe->num_experts + spec->redundant_experts(),
                                     " expert slots (experts + redundant_experts)"));
+  }
+  if (rebalance->threshold() > 0 && (moe->num_experts + spec->redundant_experts()) % spec->world_size() != 0) {
+    return Bad("rebalance.threshold", StrCat("needs the expert slots (", moe->num_experts + spec->redundant_experts(),
+                                             ") to divide evenly over world_size ", spec->world_size(),
+                                             "; change redundant_experts"));
   }
   return absl::OkStatus();
 }

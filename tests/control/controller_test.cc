@@ -166,6 +166,83 @@ TEST_F(ControllerTest, TwoRankJobSucceedsAndWatchSeesEveryState) {
   EXPECT_EQ(placement.slot_expert_size(), 8);
 }
 
+// The controller measures the load the ranks report, decides, publishes a
+// placement; the ranks migrate and switch at a step boundary, and the
+// output still equals the single-process computation.
+TEST_F(ControllerTest, ThresholdRebalancesWhileTheJobRuns) {
+  Start(Options());
+  moex::v1::JobSpec spec = Spec(4, 40);
+  spec.set_tokens_per_rank(64);
+  spec.set_redundant_experts(4);
+  spec.set_routing_skew(1.2);
+  spec.set_check(true);
+  spec.mutable_rebalance()->set_threshold(1.1);
+  spec.mutable_rebalance()->set_window(3);
+  Job job = Submit(spec);
+  Job done = Watch(job.id()).back();
+  ASSERT_EQ(done.state(), moex::v1::JOB_STATE_SUCCEEDED) << done.message();
+  ASSERT_GE(done.rebalances_size(), 1);
+  const moex::v1::RebalanceRecord& first = done.rebalances(0);
+  EXPECT_EQ(first.version(), 2);
+  EXPECT_EQ(first.policy(), "moex");
+  EXPECT_THAT(first.reason(), HasSubstr("window imbalance"));
+  EXPECT_LT(first.imbalance_after(), first.imbalance_before());
+  EXPECT_GT(first.experts_moved(), 0);
+  EXPECT_GT(first.live_at_step(), first.decided_at_step());
+  EXPECT_EQ(done.metrics().placement_version(), done.placement().version());
+  EXPECT_LE(done.metrics().check_relative_error(), 1e-4);
+  EXPECT_EQ(done.load().steps(), 40);
+  EXPECT_EQ(done.load().window_steps(), 3);
+  EXPECT_EQ(done.load().ema_tokens_per_expert_size(), 8);
+}
+
+TEST_F(ControllerTest, RebalanceOnRequest) {
+  Start(Options());
+  auto placements = moex::v1::PlacementService::NewStub(channel_);
+  moex::v1::RebalanceRequest request;
+  request.set_job_id("j-nope");
+  moex::v1::Placement placement;
+  EXPECT_EQ(placements->Rebalance(Context().get(), request, &placement).error_code(), grpc::StatusCode::NOT_FOUND);
+
+  moex::v1::JobSpec spec = Spec(2, 100000);
+  spec.set_redundant_experts(2);
+  spec.set_routing_skew(1.2);
+  Job job = Submit(spec);
+  request.set_job_id(job.id());
+  ASSERT_EQ(WaitFor(job.id(), moex::v1::JOB_STATE_RUNNING).state(), moex::v1::JOB_STATE_RUNNING);
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (controller_->jobs().Get(job.id())->load().window_steps() == 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  request.set_policy("greedy");
+  grpc::Status status = placements->Rebalance(Context().get(), request, &placement);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("'greedy' is not one of moex, eplb"));
+  request.set_policy("eplb");
+  status = placements->Rebalance(Context().get(), request, &placement);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(placement.version(), 2);
+  // The ranks take it at a step boundary and say so.
+  Job now;
+  until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    now = *controller_->jobs().Get(job.id());
+  } while (now.metrics().placement_version() < 2 && std::chrono::steady_clock::now() < until);
+  EXPECT_EQ(now.metrics().placement_version(), 2);
+  ASSERT_EQ(now.rebalances_size(), 1);
+  EXPECT_EQ(now.rebalances(0).reason(), "requested");
+  EXPECT_EQ(now.rebalances(0).policy(), "eplb");
+  EXPECT_GT(now.rebalances(0).live_at_step(), 0);
+  ASSERT_EQ(now.state(), moex::v1::JOB_STATE_RUNNING) << now.message();
+  Job cancelled = *controller_->jobs().Cancel(job.id());
+  Job ended = WaitFor(job.id(), moex::v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(ended.state(), moex::v1::JOB_STATE_CANCELLED);
+  ExpectGone(ended);
+  status = placements->Rebalance(Context().get(), request, &placement);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
 // Server reflection, spoken raw (Debian ships no reflection client): the
 // request {list_services: ""} is field 7, length 0: bytes 0x3a 0x00.
 TEST_F(ControllerTest, ReflectionListsEveryService) {

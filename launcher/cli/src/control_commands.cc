@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
@@ -16,6 +17,7 @@
 #include "moex/control/server.h"
 #include "moex/core/str_cat.h"
 #include "moex/v1/job.grpc.pb.h"
+#include "moex/v1/placement.grpc.pb.h"
 
 namespace moex::cli {
 namespace {
@@ -83,6 +85,36 @@ void PrintJob(const moex::v1::Job& job) {
     double mean = static_cast<double>(total) / job.tokens_per_expert_size();
     std::cout << absl::StrFormat("  expert load (last step): %d experts, %d routed tokens, hottest %d (%.2fx the mean)\n",
                                  job.tokens_per_expert_size(), total, most, mean > 0 ? most / mean : 0.0);
+  }
+  if (job.load().window_steps() > 0) {
+    const auto& load = job.load();
+    // The hottest experts by exponential average.
+    std::vector<std::pair<double, int>> hot;
+    for (int e = 0; e < load.ema_tokens_per_expert_size(); ++e) hot.push_back({load.ema_tokens_per_expert(e), e});
+    std::sort(hot.rbegin(), hot.rend());
+    double total = 0;
+    for (const auto& [n, e] : hot) total += n;
+    std::string top;
+    for (size_t i = 0; i < std::min<size_t>(3, hot.size()); ++i) {
+      StrAppend(&top, i ? ", " : "", hot[i].second, absl::StrFormat(" (%.1f%%)", total > 0 ? 100 * hot[i].first / total : 0.0));
+    }
+    std::cout << absl::StrFormat("  load: window of %d steps, rank imbalance (max/mean) %.3f; hottest experts (average): %s\n",
+                                 load.window_steps(), load.window_imbalance(), top);
+  }
+  if (job.placement().version() > 0) {
+    std::cout << absl::StrFormat("  placement: version %d published, version %d serving", job.placement().version(),
+                                 std::max<int64_t>(1, job.metrics().placement_version()));
+    if (spec.rebalance().threshold() > 0) {
+      std::cout << absl::StrFormat("; rebalances above %.2f (%s, every %d steps at most)", spec.rebalance().threshold(),
+                                   spec.rebalance().policy(), spec.rebalance().interval());
+    }
+    std::cout << "\n";
+  }
+  for (const auto& r : job.rebalances()) {
+    std::cout << absl::StrFormat("  rebalance v%d at step %d (%s, %s): imbalance %.3f -> %.3f, %d experts moved, %s\n",
+                                 r.version(), r.decided_at_step(), r.policy(), r.reason(), r.imbalance_before(),
+                                 r.imbalance_after(), r.experts_moved(),
+                                 r.live_at_step() > 0 ? StrCat("serving from step ", r.live_at_step()) : "migrating");
   }
   std::cout << "  log: " << job.log_path() << "\n";
 }
@@ -170,13 +202,21 @@ CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
   submit->add_flag("--check", f.check, "Check the output against a single-process computation");
   submit->add_option("--exchange-timeout", f.exchange_timeout, "Seconds an exchange may wait (0: 60)");
   submit->add_flag("--wait", f.wait, "Follow the job until it ends; exit non-zero unless it SUCCEEDED");
-  for (const char* name : {"status", "cancel", "logs", "watch"}) {
+  submit->add_option("--rebalance-threshold", f.rebalance_threshold,
+                     "The controller moves experts when the window's max/mean rank load exceeds this (0: only on request)");
+  submit->add_option("--rebalance-interval", f.rebalance_interval, "Steps between placement changes at least (0: 10)");
+  submit->add_option("--rebalance-window", f.rebalance_window, "Steps of load a decision looks at (0: 4)");
+  submit->add_option("--rebalance-policy", f.rebalance_policy, "moex (default) or eplb");
+  for (const char* name : {"status", "cancel", "logs", "watch", "rebalance"}) {
     CLI::App* sub = job->add_subcommand(name, std::string(name) == "status" ? "Show a job"
                                               : std::string(name) == "cancel" ? "Cancel a job"
                                               : std::string(name) == "logs"   ? "Print a job's log"
-                                                                              : "Follow a job's state until it ends");
+                                              : std::string(name) == "rebalance"
+                                                  ? "Plan a placement from the job's load and move its experts now"
+                                                  : "Follow a job's state until it ends");
     sub->add_option("id", f.id, "Job id")->required();
     if (std::string(name) == "logs") sub->add_flag("--follow,-f", f.follow, "Keep printing until the job ends");
+    if (std::string(name) == "rebalance") sub->add_option("--policy", f.rebalance_policy, "moex or eplb (default: the job's)");
   }
   job->add_subcommand("list", "List jobs");
   for (CLI::App* sub : job->get_subcommands({})) {
@@ -252,6 +292,10 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     spec->set_redundant_experts(f.redundant_experts);
     spec->set_check(f.check);
     spec->set_exchange_timeout_seconds(f.exchange_timeout);
+    spec->mutable_rebalance()->set_policy(f.rebalance_policy);
+    spec->mutable_rebalance()->set_threshold(f.rebalance_threshold);
+    spec->mutable_rebalance()->set_interval(f.rebalance_interval);
+    spec->mutable_rebalance()->set_window(f.rebalance_window);
     moex::v1::Job response;
     grpc::Status status = stub->SubmitJob(context(30).get(), request, &response);
     if (!status.ok()) return fail(status);
@@ -293,6 +337,22 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     return 0;
   }
   if (job.got_subcommand("watch")) return watch(f.id);
+  if (job.got_subcommand("rebalance")) {
+    auto placements = moex::v1::PlacementService::NewStub(grpc::CreateChannel(f.controller, *credentials));
+    moex::v1::RebalanceRequest request;
+    request.set_job_id(f.id);
+    request.set_policy(f.rebalance_policy);
+    moex::v1::Placement response;
+    grpc::Status status = placements->Rebalance(context(30).get(), request, &response);
+    if (!status.ok()) return fail(status);
+    if (f.json) {
+      std::cout << ToJson(response) << std::endl;
+    } else {
+      std::cout << absl::StrFormat("job %s: placement version %d published; the ranks move to it at a step boundary\n",
+                                   f.id, response.version());
+    }
+    return 0;
+  }
   if (job.got_subcommand("logs")) {
     moex::v1::GetJobLogsRequest request;
     request.set_id(f.id);

@@ -496,6 +496,7 @@ class Runner {
     metrics.set_imbalance(m.imbalance);
     metrics.set_steps_done(steps_done);
     metrics.set_check_relative_error(check_error_);
+    metrics.set_placement_version(rebalancer_ ? rebalancer_->version() : 1);
     const bool final = steps_done == flags_.steps && (!flags_.check || check_done_);
     absl::Status status = session_->ReportStep(steps_done, metrics, steps_.back().tokens_per_expert, final);
     if (!status.ok()) std::cerr << "moex worker: rank 0: " << status.message() << "\n";

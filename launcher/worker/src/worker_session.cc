@@ -118,6 +118,7 @@ absl::Status WorkerSession::ReportStep(int64_t step, const moex::v1::JobMetrics&
     grpc::ClientContext context;
     Prepare(&context, token_, 5);
     status = stub_->ReportStep(&context, request, &response);
+    if (status.ok()) placement_version_.store(response.placement_version());
     if (status.ok() || status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
   } while (std::chrono::steady_clock::now() < give_up);

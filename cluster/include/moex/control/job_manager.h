@@ -16,11 +16,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "moex/balance/load_stats.h"
 #include "moex/control/job_store.h"
 #include "moex/control/spec_validation.h"
 #include "moex/v1/cluster.pb.h"
@@ -70,9 +72,13 @@ class JobManager {
   std::vector<moex::v1::Job> List();
   absl::StatusOr<moex::v1::Job> Cancel(const std::string& id);
   absl::StatusOr<std::string> LogPath(const std::string& id);
-  // The job's expert placement and its version (contiguous, version 1, until
-  // the rebalancing issue publishes others).
+  // The job's newest published expert placement (version 1: contiguous).
   absl::StatusOr<moex::v1::Placement> GetPlacement(const std::string& id);
+  // Plans a placement from the job's load window with `policy` (empty:
+  // the job's) and publishes it as the next version. Refused while the
+  // previous one is still migrating, before any load was reported, and for
+  // a job that is not running.
+  absl::StatusOr<moex::v1::Placement> Rebalance(const std::string& id, const std::string& policy);
 
   // Calls `on_change` with the current job at once and after every change;
   // returns a handle for Unsubscribe. Callbacks run without the lock held.
@@ -81,7 +87,9 @@ class JobManager {
 
   absl::StatusOr<moex::v1::RegisterRankResponse> RegisterRank(const moex::v1::RegisterRankRequest& request);
   absl::StatusOr<moex::v1::HeartbeatResponse> Heartbeat(const moex::v1::HeartbeatRequest& request);
-  absl::Status ReportStep(const moex::v1::ReportStepRequest& request);
+  // Rank 0's figures and load; the answer carries the newest placement
+  // version. May publish a placement (the job's rebalance threshold).
+  absl::StatusOr<moex::v1::ReportStepResponse> ReportStep(const moex::v1::ReportStepRequest& request);
 
   // Stops every running job (FAILED, saying the controller shut down) and
   // the monitor.
@@ -99,6 +107,10 @@ class JobManager {
     bool cancel_requested = false;
     Clock::time_point term_sent;
     bool kill_sent = false;
+    // Load the job's rank 0 reports, and the step of the last placement
+    // change (published).
+    std::optional<balance::LoadTracker> load;
+    std::optional<int64_t> last_publish_step;
     // Adopted from an earlier controller: its mpirun is not our child.
     bool adopted = false;
     Clock::time_point adopted_at;
@@ -112,6 +124,13 @@ class JobManager {
   // persists, and notifies. Requires the lock; returns the notifications.
   void Finish(Entry& entry, moex::v1::JobState state, std::string message);
   void Persist(const Entry& entry);
+  // Requires the lock. Makes placement version 1 (contiguous) if the job has
+  // none yet.
+  absl::Status EnsurePlacement(Entry& entry);
+  void RecordLoad(Entry& entry, const moex::v1::ReportStepRequest& request);
+  void MaybeRebalance(Entry& entry);
+  // Requires the lock: plans from the load window and publishes.
+  absl::StatusOr<moex::v1::Placement> Publish(Entry& entry, const std::string& policy, const std::string& reason);
   void Notify(const std::string& id);
   void MonitorLoop();
   void OnExit(pid_t pid, int wait_status);

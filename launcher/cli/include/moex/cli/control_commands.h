@@ -43,6 +43,10 @@ struct JobFlags {
   int redundant_experts = 0;
   bool check = false;
   double exchange_timeout = 0;
+  std::string rebalance_policy;  // submit: the job's; rebalance: this once (default: the job's)
+  double rebalance_threshold = 0;
+  int rebalance_interval = 0;
+  int rebalance_window = 0;
 };
 
 CLI::App* AddServeCommand(CLI::App& app, ServeFlags& flags);
