@@ -92,6 +92,19 @@ int main(int argc, char** argv) {
       EplbPlacement aware = *moex::balance::PlanPlacement("moex", input(load, current));
       Matrix ge = moex::balance::GpuLoads(load, eplb, s.gpus), gm = moex::balance::GpuLoads(load, moex, s.gpus);
       std::vector<double> bound = moex::balance::LoadLowerBound(load, s.replicas, s.gpus);
+      // With EPLB's structure a node's GPUs share its groups' load: the
+      // heaviest node over its GPUs bounds the hottest GPU from below.
+      if (moex::balance::IsHierarchical(s.groups, s.nodes)) {
+        const int64_t per_node = s.replicas / s.nodes, gpn = s.gpus / s.nodes;
+        for (int l = 0; l < layers; ++l) {
+          std::vector<double> node(s.nodes, 0.0);
+          for (int64_t slot = 0; slot < s.replicas; ++slot) {
+            int64_t e = eplb.phy2log[l][slot];
+            node[slot / per_node] += load[l][e] / static_cast<double>(eplb.logcnt[l][e]);
+          }
+          bound[l] = std::max(bound[l], Max(node) / static_cast<double>(gpn));
+        }
+      }
       for (int l = 0; l < layers; ++l) {
         double total = 0;
         for (double w : load[l]) total += w;
@@ -116,8 +129,8 @@ int main(int argc, char** argv) {
                              {"moves_per_layer_moex_current", moves_aware},
                              {"plan_ms_eplb", eplb_ms}, {"plan_ms_moex", moex_ms}});
   }
-  std::printf("(moves are per layer, out of %s slots; the lower bound is max(mean, hottest expert over its most replicas))\n",
-              "288 / 448");
+  std::printf("(moves are per layer, out of 288 / 448 slots; lower bound: max of the mean GPU load, the hottest expert over\n"
+              " its most replicas, and with hierarchical balancing the heaviest node (EPLB's groups onto nodes) over its GPUs)\n");
   if (!json_path.empty()) {
     std::ofstream f(json_path);
     f << out.dump(1) << "\n";
