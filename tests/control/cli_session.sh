@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A user's session with the real binaries: moex serve, then moex job submit
-# --wait, list, status, logs, bad input; the controller stops cleanly.
+# --wait, list, status, logs, bad input, rebalance; the controller stops
+# cleanly.
 set -euo pipefail
 moex="$1"
 state="$(mktemp -d)"
@@ -22,6 +23,20 @@ id="$(awk '/^submitted/ {print $2}' <<<"$out")"
 if "$moex" job submit --name 'x;y' 2> "$state/err"; then echo "a bad name was accepted"; exit 1; fi
 grep -q "spec.name" "$state/err"
 if "$moex" job status j-missing 2> "$state/err"; then echo "a missing job was found"; exit 1; fi
+grep -q "no job 'j-missing'" "$state/err"
+
+# Rebalancing on request: a long job, its load reported, then moex job
+# rebalance; status shows the new version serving; the job is cancelled.
+out="$("$moex" job submit --name rb --world-size 2 --model tiny --steps 100000 --redundant-experts 2 --routing-skew 1.2)"
+id="$(awk '/^submitted/ {print $2}' <<<"$out")"
+for _ in $(seq 200); do "$moex" job status "$id" | grep -q "load: window" && break; sleep 0.1; done
+"$moex" job rebalance "$id" | grep -q "placement version 2 published"
+for _ in $(seq 200); do "$moex" job status "$id" | grep -q "version 2 serving" && break; sleep 0.1; done
+"$moex" job status "$id" | tee "$state/status"
+grep -q "version 2 serving" "$state/status"
+grep -q "rebalance v2 at step [0-9]* (moex, requested)" "$state/status"
+"$moex" job cancel "$id" > /dev/null
+if "$moex" job rebalance j-missing 2> "$state/err"; then echo "a missing job was rebalanced"; exit 1; fi
 grep -q "no job 'j-missing'" "$state/err"
 kill -TERM $serve
 wait $serve
