@@ -1,9 +1,11 @@
 // The conformance suite on in-process ranks (threads), world sizes 1 to 6.
+#include <filesystem>
 #include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "moex/transport/inprocess_transport.h"
+#include "moex/transport/shared_segments.h"
 #include "transport_conformance.h"
 
 namespace moex::transport {
@@ -46,6 +48,61 @@ TEST(InProcessTransportTest, SizeMismatchIsDataLoss) {
       EXPECT_NE(status.message().find("16 bytes where 8 were expected"), std::string::npos) << status;
     }
   });
+}
+
+}  // namespace
+}  // namespace moex::transport
+
+namespace moex::transport {
+namespace {
+
+// Shared segments: each rank writes its own, every rank reads every other
+// one after a barrier; growing remaps everywhere; nothing stays in /dev/shm.
+TEST(SharedSegmentsTest, EveryRankSeesEveryOthersWritesAcrossGrowth) {
+  const int world = 3;
+  InProcessHub hub(world);
+  std::vector<std::thread> threads;
+  std::vector<std::string> errors(world);
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      std::unique_ptr<Transport> t = hub.Connect(r);
+      Deadline deadline = Deadline::InSeconds(10);
+      auto shm = SharedSegments::Create(*t, deadline);
+      if (!shm.ok()) {
+        errors[r] = std::string(shm.status().message());
+        return;
+      }
+      for (int64_t bytes : {int64_t{4096}, int64_t{3} << 20}) {
+        std::vector<int64_t> need(world, bytes);
+        need[1] = bytes * 2;  // one rank needs more
+        absl::Status reserved = (*shm)->Reserve(*t, need, deadline);
+        if (!reserved.ok()) {
+          errors[r] = std::string(reserved.message());
+          return;
+        }
+        auto* own = reinterpret_cast<int64_t*>((*shm)->segment(r));
+        const int64_t n = need[r] / 8;
+        for (int64_t i = 0; i < n; ++i) own[i] = r * 1000003 + i + bytes;
+        SharedSegments::Fence();
+        if (!t->Barrier(deadline).ok()) return;
+        SharedSegments::Fence();
+        for (int p = 0; p < world; ++p) {
+          const auto* peer = reinterpret_cast<const int64_t*>((*shm)->segment(p));
+          if ((*shm)->size(p) < need[p]) errors[r] = "segment too small";
+          for (int64_t i = 0; i < need[p] / 8; i += 997) {
+            if (peer[i] != p * 1000003 + i + bytes) errors[r] = "rank " + std::to_string(p) + " mismatch";
+          }
+        }
+        if (!t->Barrier(deadline).ok()) return;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int r = 0; r < world; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
+  // Unlinked as soon as every rank mapped it.
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
+    EXPECT_EQ(entry.path().filename().string().rfind("moex-", 0), std::string::npos) << entry.path();
+  }
 }
 
 }  // namespace

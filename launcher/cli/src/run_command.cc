@@ -168,6 +168,7 @@ class Runner {
     if (!flags_.output.empty() || flags_.check) MOEX_RETURN_IF_ERROR(Finish(x, y, checkpoint));
     check_done_ = true;
     if (session_ != nullptr && flags_.check) ReportToController(flags_.steps);
+    dispatch_path_ = std::string(layer.dispatch_path());
     if (rank_ == 0) {
       PrintSummary();
       if (!flags_.json.empty()) MOEX_RETURN_IF_ERROR(WriteJson());
@@ -477,10 +478,10 @@ class Runner {
     double minimum = static_cast<double>(last.remote_copies) * spec_.hidden * 4;
     std::cout << absl::StrFormat(
         "summary (median of %d step%s): %.0f tokens/s, dispatch %.2f ms, combine %.2f ms, "
-        "imbalance %.2f; dispatch moved %s for a floor of %s (%.2fx: routing metadata)\n",
+        "imbalance %.2f; dispatch moved %s for a floor of %s (%.2fx: routing metadata) over %s\n",
         m.steps, m.steps == 1 ? "" : "s", m.rate, 1e3 * m.dispatch, 1e3 * m.combine, m.imbalance,
         FormatBytes(static_cast<double>(last.dispatch_bytes)),
-        FormatBytes(minimum), minimum > 0 ? last.dispatch_bytes / minimum : 1.0);
+        FormatBytes(minimum), minimum > 0 ? last.dispatch_bytes / minimum : 1.0, dispatch_path_);
   }
 
   // Rank 0 tells the controller how the job goes; every rank's heartbeat
@@ -508,6 +509,7 @@ class Runner {
     j["layer"] = spec_.layer;
     j["world_size"] = world_;
     j["transport"] = std::string(t_.name());
+    j["dispatch_path"] = dispatch_path_;
     j["tokens_per_step"] = total_tokens_;
     j["routing_skew"] = flags_.routing_skew;
     j["layer_total_params"] = spec_.total_params();
@@ -554,6 +556,7 @@ class Runner {
   std::optional<ep::MoeWeights> reference_weights_;
   std::optional<balance::LiveRebalancer> rebalancer_;
   size_t events_started_ = 0, events_live_ = 0;
+  std::string dispatch_path_;
   launcher::WorkerSession* session_;
 };
 

@@ -1,6 +1,9 @@
 #include "moex/ep/dispatch.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
@@ -50,11 +53,43 @@ void FillPairs(const Placement& placement, const DispatchLayout& layout, const f
 
 }  // namespace
 
+std::string_view Dispatcher::path() const {
+  return path_ == Path::kShared ? "shared memory" : path_ == Path::kCopy ? "all-to-all-v" : "";
+}
+
+absl::Status Dispatcher::ChoosePath(transport::Transport& transport, Deadline deadline) {
+  if (path_ != Path::kUnchosen) return absl::OkStatus();
+  const char* env = std::getenv("MOEX_INTRANODE");
+  if (transport.world_size() == 1 || (env != nullptr && std::string_view(env) == "0")) {
+    path_ = Path::kCopy;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::unique_ptr<transport::SharedSegments>> shm = transport::SharedSegments::Create(transport, deadline);
+  if (shm.ok()) {
+    shm_ = std::move(*shm);
+    path_ = Path::kShared;
+  } else if (absl::IsFailedPrecondition(shm.status())) {
+    path_ = Path::kCopy;  // ranks on several hosts
+  } else {
+    return shm.status();
+  }
+  return absl::OkStatus();
+}
+
+Dispatcher::Areas Dispatcher::AreasOf(const std::vector<int64_t>& counts, int world, int d, int64_t record_bytes,
+                                      int64_t hidden) {
+  Areas a;
+  for (int s = 0; s < world; ++s) a.rows += counts[s * world + d];
+  a.partial_offset = (a.rows * record_bytes + 4095) / 4096 * 4096;
+  a.bytes = a.partial_offset + a.rows * hidden * static_cast<int64_t>(sizeof(float));
+  return a;
+}
+
 absl::Status Dispatcher::Dispatch(transport::Transport& transport, const Placement& placement,
                                   const Tensor& x, const DispatchLayout& layout,
                                   const float* topk_weights, Deadline deadline, DispatchResult* out) {
   const int world = transport.world_size(), me = transport.rank();
-  const int64_t T = layout.num_tokens, k = layout.top_k;
+  const int64_t T = layout.num_tokens;
   if (placement.world_size() != world || layout.world_size != world) {
     return absl::InvalidArgumentError(StrCat("dispatch on rank ", me, ": placement for ",
                                              placement.world_size(), " ranks, transport has ", world));
@@ -63,7 +98,166 @@ absl::Status Dispatcher::Dispatch(transport::Transport& transport, const Placeme
     return absl::InvalidArgumentError(StrCat("dispatch on rank ", me, ": x has shape ",
                                              ShapeString(x.shape), ", the layout has ", T, " tokens"));
   }
+  rank_ = me;
+  MOEX_RETURN_IF_ERROR(ChoosePath(transport, deadline));
+  if (path_ == Path::kShared) return DispatchShared(transport, placement, x, layout, topk_weights, deadline, out);
+  return DispatchCopy(transport, placement, x, layout, topk_weights, deadline, out);
+}
+
+absl::Status Dispatcher::DispatchShared(transport::Transport& transport, const Placement& placement,
+                                        const Tensor& x, const DispatchLayout& layout, const float* topk_weights,
+                                        Deadline deadline, DispatchResult* out) {
+  const int world = transport.world_size(), me = transport.rank();
+  const int64_t T = layout.num_tokens, k = layout.top_k, H = x.dim(1), record = RecordFloats(H, k);
+  const int64_t record_bytes = record * static_cast<int64_t>(sizeof(float));
+  // Every rank learns every count: where its rows go in each receiver's area.
+  std::vector<double> mine(layout.num_tokens_per_rank.begin(), layout.num_tokens_per_rank.end()), all(world * world);
+  MOEX_RETURN_IF_ERROR(transport.AllGather(mine, all, deadline));
+  std::vector<int64_t> counts(all.begin(), all.end());
+  std::vector<int64_t> need(world);
+  for (int d = 0; d < world; ++d) need[d] = AreasOf(counts, world, d, record_bytes, H).bytes;
+  absl::Status reserved = shm_->Reserve(transport, need, deadline);
+  if (!reserved.ok()) {
+    if (!absl::IsResourceExhausted(reserved)) return reserved;
+    // Every rank saw the failure: all go back to the all-to-all-v path.
+    if (me == 0) std::fprintf(stderr, "moex: intra-node shared memory off: %s\n", std::string(reserved.message()).c_str());
+    shm_.reset();
+    path_ = Path::kCopy;
+    return DispatchCopy(transport, placement, x, layout, topk_weights, deadline, out);
+  }
+  out->shared = true;
+  out->counts = counts;
+  out->hidden = H;
+  out->top_k = k;
+  out->bytes_sent = 0;
+  out->send_tokens = layout.num_tokens_per_rank;
+  out->recv_tokens.assign(world, 0);
+  for (int s = 0; s < world; ++s) out->recv_tokens[s] = counts[s * world + me];
+
+  // Each record goes straight into its receiver's area, after the rows of
+  // the ranks before this one.
+  out->send_order.clear();
+  for (int d = 0; d < world; ++d) {
+    int64_t row = 0;
+    for (int s = 0; s < me; ++s) row += counts[s * world + d];
+    float* area = reinterpret_cast<float*>(shm_->segment(d));
+    for (int64_t t = 0; t < T; ++t) {
+      if (!layout.is_token_in_rank[t * world + d]) continue;
+      out->send_order.push_back(t);
+      if (d == me) continue;
+      float* dst = area + row * record;
+      std::memcpy(dst, x.row(t), H * sizeof(float));
+      FillPairs(placement, layout, topk_weights, t, d, reinterpret_cast<int32_t*>(dst + H), dst + H + k);
+      ++row;
+      out->bytes_sent += record_bytes;
+    }
+  }
+  transport::SharedSegments::Fence();
+  MOEX_RETURN_IF_ERROR(transport.Barrier(deadline));
+  transport::SharedSegments::Fence();
+
+  // Rows in source-rank order; the own block is read from x in place.
+  const int64_t local_slots = placement.num_local_slots(me);
+  const int64_t total_recv = AreasOf(counts, world, me, record_bytes, H).rows;
+  out->recv_rows.resize(total_recv);
+  out->recv_local_slot.resize(total_recv * k);
+  out->recv_weights.resize(total_recv * k);
+  out->num_recv_tokens_per_expert.assign(local_slots, 0);
+  int64_t own_begin = 0;
+  for (int d = 0; d < me; ++d) own_begin += out->send_tokens[d];
+  const float* area = reinterpret_cast<const float*>(shm_->segment(me));
+  int64_t i = 0;
+  for (int s = 0; s < world; ++s) {
+    for (int64_t n = 0; n < counts[s * world + me]; ++n, ++i) {
+      int32_t* slots = &out->recv_local_slot[i * k];
+      float* weights = &out->recv_weights[i * k];
+      if (s == me) {
+        int64_t t = out->send_order[own_begin + n];
+        out->recv_rows[i] = x.row(t);
+        FillPairs(placement, layout, topk_weights, t, me, slots, weights);
+      } else {
+        const float* in = area + i * record;
+        out->recv_rows[i] = in;
+        std::memcpy(slots, in + H, k * sizeof(int32_t));
+        std::memcpy(weights, in + H + k, k * sizeof(float));
+      }
+      for (int64_t j = 0; j < k; ++j) {
+        if (slots[j] < -1 || slots[j] >= local_slots) {
+          return absl::DataLossError(StrCat("dispatch on rank ", me, ": received slot ", slots[j], " from rank ", s,
+                                            ", outside this rank's ", local_slots, " slots"));
+        }
+        if (slots[j] >= 0) ++out->num_recv_tokens_per_expert[slots[j]];
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+float* Dispatcher::PartialBuffer(const DispatchResult& received) {
+  const int64_t n = received.num_recv() * received.hidden;
+  float* out;
+  if (received.shared && shm_ != nullptr) {
+    const int world = static_cast<int>(received.recv_tokens.size());
+    const int64_t record_bytes = RecordFloats(received.hidden, received.top_k) * static_cast<int64_t>(sizeof(float));
+    out = reinterpret_cast<float*>(shm_->segment(rank_) +
+                                   AreasOf(received.counts, world, rank_, record_bytes, received.hidden).partial_offset);
+  } else {
+    if (static_cast<int64_t>(partial_.size()) < n) partial_.resize(n);
+    out = partial_.data();
+  }
+  std::fill(out, out + n, 0.0f);
+  return out;
+}
+
+absl::Status Dispatcher::CombineShared(transport::Transport& transport, const DispatchResult& received,
+                                       const float* partial, Tensor* y, int64_t* bytes_sent, Deadline deadline) {
+  const int world = transport.world_size(), me = transport.rank();
+  const int64_t H = received.hidden, R = received.num_recv();
+  const int64_t record_bytes = RecordFloats(H, received.top_k) * static_cast<int64_t>(sizeof(float));
+  const std::vector<int64_t>& counts = received.counts;
+  float* own = reinterpret_cast<float*>(shm_->segment(me) + AreasOf(counts, world, me, record_bytes, H).partial_offset);
+  if (partial != own) std::memcpy(own, partial, R * H * sizeof(float));
+  *bytes_sent = 0;
+  for (int s = 0; s < world; ++s) {
+    if (s != me) *bytes_sent += counts[s * world + me] * H * static_cast<int64_t>(sizeof(float));
+  }
+  transport::SharedSegments::Fence();
+  MOEX_RETURN_IF_ERROR(transport.Barrier(deadline));
+  transport::SharedSegments::Fence();
+  // Each rank's partial sums for our tokens, read where that rank wrote
+  // them; token by token (the output row stays in cache), ranks in order.
+  const int64_t T = y->dim(0);
+  sources_.assign(T * world, nullptr);
+  int64_t order = 0;
+  for (int r = 0; r < world; ++r) {
+    int64_t first = 0;
+    for (int s = 0; s < me; ++s) first += counts[s * world + r];
+    const float* base = reinterpret_cast<const float*>(shm_->segment(r) +
+                                                       AreasOf(counts, world, r, record_bytes, H).partial_offset) +
+                        first * H;
+    for (int64_t n = 0; n < counts[me * world + r]; ++n, ++order) {
+      sources_[received.send_order[order] * world + r] = base + n * H;
+    }
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    float* out = y->row(t);
+    for (int r = 0; r < world; ++r) {
+      const float* add = sources_[t * world + r];
+      if (add == nullptr) continue;
+      for (int64_t h = 0; h < H; ++h) out[h] += add[h];
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Dispatcher::DispatchCopy(transport::Transport& transport, const Placement& placement,
+                                      const Tensor& x, const DispatchLayout& layout, const float* topk_weights,
+                                      Deadline deadline, DispatchResult* out) {
+  const int world = transport.world_size(), me = transport.rank();
+  const int64_t T = layout.num_tokens, k = layout.top_k;
   const int64_t H = x.dim(1), record = RecordFloats(H, k);
+  out->shared = false;
+  out->counts.clear();
   out->hidden = H;
   out->top_k = k;
   out->bytes_sent = 0;
@@ -147,12 +341,23 @@ absl::Status Dispatcher::Dispatch(transport::Transport& transport, const Placeme
 absl::Status Dispatcher::Combine(transport::Transport& transport, const DispatchResult& received,
                                  const Tensor& partial, Tensor* y, int64_t* bytes_sent,
                                  Deadline deadline) {
-  const int world = transport.world_size(), me = transport.rank();
   const int64_t H = received.hidden, R = received.num_recv();
   if (partial.shape.size() != 2 || partial.dim(0) < R || partial.dim(1) != H) {
-    return absl::InvalidArgumentError(StrCat("combine on rank ", me, ": partial sums have shape ",
+    return absl::InvalidArgumentError(StrCat("combine on rank ", transport.rank(), ": partial sums have shape ",
                                              ShapeString(partial.shape), ", expected ", ShapeString({R, H})));
   }
+  return Combine(transport, received, partial.data(), y, bytes_sent, deadline);
+}
+
+absl::Status Dispatcher::Combine(transport::Transport& transport, const DispatchResult& received,
+                                 const float* partial, Tensor* y, int64_t* bytes_sent, Deadline deadline) {
+  const int world = transport.world_size(), me = transport.rank();
+  const int64_t H = received.hidden, R = received.num_recv();
+  if (y->shape.size() != 2 || y->dim(1) != H) {
+    return absl::InvalidArgumentError(StrCat("combine on rank ", me, ": the output has shape ", ShapeString(y->shape),
+                                             ", expected [tokens, ", H, "]"));
+  }
+  if (received.shared) return CombineShared(transport, received, partial, y, bytes_sent, deadline);
   // Back the way they came: what came from r returns to r. The partial sums
   // of other ranks' tokens lead, in rank order; our own follow and do not
   // travel.
@@ -168,14 +373,14 @@ absl::Status Dispatcher::Combine(transport::Transport& transport, const Dispatch
   }
   const int64_t own_partial = R - received.recv_tokens[me];
   if (static_cast<int64_t>(back_.size()) < back_rows * H) back_.resize(back_rows * H);
-  MOEX_RETURN_IF_ERROR(transport.AllToAllV(reinterpret_cast<const std::byte*>(partial.data()), send_bytes,
+  MOEX_RETURN_IF_ERROR(transport.AllToAllV(reinterpret_cast<const std::byte*>(partial), send_bytes,
                                            reinterpret_cast<std::byte*>(back_.data()), recv_bytes, deadline));
   // Add each rank's rows to their tokens, in rank order.
   int64_t order = 0, back_row = 0;
   for (int r = 0; r < world; ++r) {
     for (int64_t n = 0; n < received.send_tokens[r]; ++n, ++order) {
       float* out = y->row(received.send_order[order]);
-      const float* add = r == me ? partial.row(own_partial + n) : back_.data() + (back_row++) * H;
+      const float* add = r == me ? partial + (own_partial + n) * H : back_.data() + (back_row++) * H;
       for (int64_t h = 0; h < H; ++h) out[h] += add[h];
     }
   }

@@ -92,7 +92,7 @@ std::vector<int64_t> MoeLayer::TokensPerExpert(const StepStats& stats) const {
   return out;
 }
 
-void MoeLayer::RunExperts(const DispatchResult& received, Tensor* partial, StepStats* stats) {
+void MoeLayer::RunExperts(const DispatchResult& received, float* partial, StepStats* stats) {
   const int64_t R = received.num_recv(), H = spec_.hidden, k = spec_.top_k;
   const int64_t slots = placement_.num_local_slots(rank_);
   stats->tokens_per_local_slot.assign(slots, 0);
@@ -122,7 +122,7 @@ void MoeLayer::RunExperts(const DispatchResult& received, Tensor* partial, StepS
     kernels::GatedFfn(View(w, H), gathered_.data(), n, workspace_.data(), expert_out_.data());
     // Weighted partial sums form here, on the expert's rank.
     for (int64_t i = 0; i < n; ++i) {
-      float* out = partial->row(rows[s][i].first);
+      float* out = partial + rows[s][i].first * H;
       const float weight = rows[s][i].second;
       const float* y = &expert_out_[i * H];
       for (int64_t h = 0; h < H; ++h) out[h] += weight * y[h];
@@ -176,17 +176,15 @@ absl::Status MoeLayer::Forward(transport::Transport& transport, const Tensor& x,
   stats->received_tokens = received_.num_recv();
 
   start = std::chrono::steady_clock::now();
-  const int64_t R = received_.num_recv();
-  partial_.shape = {R, H};
-  partial_.values.assign(R * H, 0.0f);
-  RunExperts(received_, &partial_, stats);
+  float* partial = dispatcher_.PartialBuffer(received_);  // zeroed
+  RunExperts(received_, partial, stats);
   y->shape = {T, H};
   y->values.assign(T * H, 0.0f);
   AddSharedExpert(x, y);
   stats->expert_seconds = Since(start);
 
   start = std::chrono::steady_clock::now();
-  MOEX_RETURN_IF_ERROR(dispatcher_.Combine(transport, received_, partial_, y, &stats->combine_bytes, deadline));
+  MOEX_RETURN_IF_ERROR(dispatcher_.Combine(transport, received_, partial, y, &stats->combine_bytes, deadline));
   stats->combine_seconds = Since(start);
   return absl::OkStatus();
 }

@@ -10,6 +10,17 @@
 // one partial-sum vector per (token, rank) comes back. Dropless: every routed
 // pair is served, there is no capacity factor.
 //
+// Two paths, chosen once, at the first Dispatch, the same on every rank:
+// - intra-node (every rank on this host; MOEX_INTRANODE=0 turns it off):
+//   each rank writes its tokens' records straight into the receiving rank's
+//   area of shared memory (transport/shared_segments.h), the experts write
+//   their partial sums into their own rank's shared area, and each token's
+//   home rank reads them from there as it adds them up: every byte crosses
+//   once, with no packing and no receive-side copy; two transport barriers
+//   order it.
+// - otherwise: records are packed per destination and exchanged with the
+//   transport's all-to-all-v, and so are the partial sums.
+//
 // The Dispatcher owns its send and receive buffers and reuses them, so a
 // step allocates nothing once the sizes have been seen. A token's visit to
 // its own rank is never copied: the received row points into `x`. Rows from
@@ -17,12 +28,15 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "moex/core/deadline.h"
 #include "moex/core/tensor.h"
 #include "moex/ep/placement.h"
+#include "moex/transport/shared_segments.h"
 #include "moex/transport/transport.h"
 
 namespace moex::ep {
@@ -54,6 +68,10 @@ struct DispatchResult {
   std::vector<int64_t> recv_tokens;                 // [W] rows received from each rank
   std::vector<int64_t> send_order;                  // local token of each sent row, destination-major
   int64_t bytes_sent = 0;                           // payload sent to other ranks
+  // Intra-node path: rows are source-rank-major, the own block in place;
+  // counts[s * W + d] tokens went from rank s to rank d.
+  bool shared = false;
+  std::vector<int64_t> counts;
   int64_t num_recv() const { return static_cast<int64_t>(recv_rows.size()); }
 };
 
@@ -65,14 +83,43 @@ class Dispatcher {
                         const DispatchLayout& layout, const float* topk_weights, Deadline deadline,
                         DispatchResult* out);
 
-  // partial [R, H] (rows in `received` order) goes back along `received`;
-  // `y` [T, H] gets the sum over ranks, added in rank order. `bytes_sent`
-  // gets what this rank sent to other ranks.
+  // Where the experts should write the partial sums [R, H] of `received`
+  // (zeroed here): in shared memory on the intra-node path, so that combine
+  // moves nothing twice. Valid until the next Dispatch.
+  float* PartialBuffer(const DispatchResult& received);
+  // The partial sums [R, H] (rows in `received` order) go back along
+  // `received`; `y` [T, H] gets the sum over ranks, added in rank order.
+  // `bytes_sent` gets what this rank sent to (or left for) other ranks.
+  // `partial` is best PartialBuffer(received); anything else is copied there.
+  absl::Status Combine(transport::Transport& transport, const DispatchResult& received,
+                       const float* partial, Tensor* y, int64_t* bytes_sent, Deadline deadline);
   absl::Status Combine(transport::Transport& transport, const DispatchResult& received,
                        const Tensor& partial, Tensor* y, int64_t* bytes_sent, Deadline deadline);
+  // "shared memory" or "all-to-all-v" once chosen, else "".
+  std::string_view path() const;
 
  private:
-  std::vector<float> send_, recv_, back_;
+  absl::Status ChoosePath(transport::Transport& transport, Deadline deadline);
+  absl::Status DispatchCopy(transport::Transport& transport, const Placement& placement, const Tensor& x,
+                            const DispatchLayout& layout, const float* topk_weights, Deadline deadline,
+                            DispatchResult* out);
+  absl::Status DispatchShared(transport::Transport& transport, const Placement& placement, const Tensor& x,
+                              const DispatchLayout& layout, const float* topk_weights, Deadline deadline,
+                              DispatchResult* out);
+  absl::Status CombineShared(transport::Transport& transport, const DispatchResult& received, const float* partial,
+                             Tensor* y, int64_t* bytes_sent, Deadline deadline);
+  // Rank d's receive area (rows x record) and partial-sum area, from the counts.
+  struct Areas {
+    int64_t rows = 0, partial_offset = 0, bytes = 0;
+  };
+  static Areas AreasOf(const std::vector<int64_t>& counts, int world, int d, int64_t record_bytes, int64_t hidden);
+
+  enum class Path { kUnchosen, kShared, kCopy };
+  Path path_ = Path::kUnchosen;
+  int rank_ = 0;
+  std::unique_ptr<transport::SharedSegments> shm_;
+  std::vector<float> send_, recv_, back_, partial_;
+  std::vector<const float*> sources_;  // [T, W] partial-sum row of each (token, rank), or null
 };
 
 }  // namespace moex::ep

@@ -54,6 +54,10 @@ class MoeLayer {
   // `stats` describes (sum it over ranks for the layer's load).
   std::vector<int64_t> TokensPerExpert(const StepStats& stats) const;
 
+  // How dispatch and combine move data: "shared memory" (every rank on one
+  // host) or "all-to-all-v"; "" before the first Forward.
+  std::string_view dispatch_path() const { return dispatcher_.path(); }
+
   const MoeLayerSpec& spec() const { return spec_; }
   const Placement& placement() const { return placement_; }
   const MoeWeights& weights() const { return weights_; }
@@ -63,7 +67,7 @@ class MoeLayer {
       : spec_(std::move(spec)), placement_(std::move(placement)), weights_(std::move(weights)), rank_(rank) {}
 
   // Routed experts of this rank over the received tokens: partial sums [R, H].
-  void RunExperts(const DispatchResult& received, Tensor* partial, StepStats* stats);
+  void RunExperts(const DispatchResult& received, float* partial, StepStats* stats);
   void AddSharedExpert(const Tensor& x, Tensor* y);
 
   MoeLayerSpec spec_;
@@ -73,7 +77,6 @@ class MoeLayer {
   // Buffers reused across steps; they only grow.
   Dispatcher dispatcher_;
   DispatchResult received_;
-  Tensor partial_;
   std::vector<float> gathered_, expert_out_, workspace_;
   std::vector<int32_t> topk_idx_;
   std::vector<float> topk_weights_;
