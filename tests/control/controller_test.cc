@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
@@ -39,7 +40,10 @@ class ControllerTest : public ::testing::Test {
     ControllerOptions options;
     options.state_dir = dir_.string();
     options.listen = "127.0.0.1:0";
-    options.moex_binary = MOEX_BINARY;
+    // The ThreadSanitizer build checks the controller (this process) and runs
+    // the ranks with a plain build's moex.
+    const char* worker = std::getenv("MOEX_TEST_WORKER_BINARY");
+    options.moex_binary = worker != nullptr ? worker : MOEX_BINARY;
     options.cancel_grace_seconds = 2;
     options.limits.max_world_size = 8;
     return options;

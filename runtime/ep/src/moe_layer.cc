@@ -217,7 +217,7 @@ Tensor ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, con
   std::vector<double> out, acc(H);
   for (int64_t count : slice_tokens) {
     Tensor slice({count, H});
-    std::memcpy(slice.data(), x.row(first), count * H * sizeof(float));
+    if (count > 0) std::memcpy(slice.data(), x.row(first), count * H * sizeof(float));
     std::vector<int32_t> idx;
     std::vector<float> w;
     RouteTokens(spec, weights, slice, &idx, &w);
