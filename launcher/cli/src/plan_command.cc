@@ -1,5 +1,7 @@
 #include "moex/cli/plan_command.h"
 
+#include <optional>
+
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "moex/core/format.h"
@@ -7,7 +9,14 @@
 #include "moex/model/param_count.h"
 #include "moex/model/presets.h"
 #include "moex/plan/plan_report.h"
+#include "moex/plan/perf_model.h"
 #include "moex/plan/planner.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "moex/core/status_macros.h"
+#include "moex/core/str_cat.h"
+#include "moex/model/config_view.h"
+#include "nlohmann/json.hpp"
 
 namespace moex::cli {
 
@@ -28,6 +37,14 @@ CLI::App* AddPlanCommand(CLI::App& app, PlanFlags& flags) {
       ->capture_default_str();
   plan->add_flag("--json", flags.json, "Print JSON instead of a table");
   plan->add_flag("--list", flags.list, "List the presets and the model types moex reads");
+  plan->add_flag("--perf", flags.perf, "Model one MoE layer's dispatch, experts and combine per EP size");
+  plan->add_option("--cluster", flags.cluster, "h100, h800, h200, b200, or a profile JSON file")->capture_default_str();
+  plan->add_option("--ep", flags.ep, "EP sizes, comma-separated")->capture_default_str();
+  plan->add_option("--tokens-per-rank", flags.tokens_per_rank, "Tokens each rank dispatches per layer")->capture_default_str();
+  plan->add_option("--dispatch-dtype", flags.dispatch_dtype, "fp8 or bf16")->capture_default_str();
+  plan->add_option("--combine-dtype", flags.combine_dtype, "bf16 or fp32")->capture_default_str();
+  plan->add_option("--routing-skew", flags.routing_skew, "Zipf exponent of expert popularity (0: uniform)")->capture_default_str();
+  plan->add_option("--load", flags.load, "Measured load {\"load\": [[tokens per expert]]} (first row) instead of a skew");
   return plan;
 }
 
@@ -51,6 +68,85 @@ int ListPresets(std::ostream& out, std::ostream& err) {
   return 0;
 }
 
+absl::StatusOr<std::vector<int64_t>> ParseList(const std::string& text) {
+  std::vector<int64_t> out;
+  for (absl::string_view part : absl::StrSplit(absl::string_view(text.data(), text.size()), ',')) {
+    int64_t value = 0;
+    if (!absl::SimpleAtoi(part, &value)) return absl::InvalidArgumentError(StrCat("--ep '", text, "' is not a list of integers"));
+    out.push_back(value);
+  }
+  if (out.empty()) return absl::InvalidArgumentError("--ep is empty");
+  return out;
+}
+
+absl::StatusOr<std::vector<double>> ReadLoadRow(const std::string& path) {
+  MOEX_ASSIGN_OR_RETURN(nlohmann::json j, model::ReadJsonFile(path));
+  if (!j.is_object() || !j.contains("load") || !j["load"].is_array() || j["load"].empty() || !j["load"][0].is_array()) {
+    return absl::InvalidArgumentError(StrCat(path, ": expected {\"load\": [[tokens per logical expert, ...], ...]}"));
+  }
+  std::vector<double> row;
+  for (size_t e = 0; e < j["load"][0].size(); ++e) {
+    const nlohmann::json& v = j["load"][0][e];
+    if (!v.is_number() || v.get<double>() < 0) return absl::InvalidArgumentError(StrCat(path, ": load[0][", e, "] is not a number >= 0"));
+    row.push_back(v.get<double>());
+  }
+  return row;
+}
+
+absl::StatusOr<plan::PerfReport> Perf(const PlanFlags& flags, const model::ModelArch& arch) {
+  plan::PerfOptions o;
+  MOEX_ASSIGN_OR_RETURN(o.cluster, plan::LoadProfile(flags.cluster));
+  if (flags.gpus_per_node != 8) o.cluster.gpus_per_node = flags.gpus_per_node;
+  MOEX_ASSIGN_OR_RETURN(o.ep_sizes, ParseList(flags.ep));
+  o.tokens_per_rank = flags.tokens_per_rank;
+  o.dispatch_dtype = flags.dispatch_dtype;
+  o.combine_dtype = flags.combine_dtype;
+  o.routing_skew = flags.routing_skew;
+  if (!flags.load.empty()) {
+    MOEX_ASSIGN_OR_RETURN(o.load, ReadLoadRow(flags.load));
+  }
+  return plan::ModelPerf(arch, o);
+}
+
+nlohmann::json PerfToJson(const plan::PerfReport& r) {
+  nlohmann::json j = {{"cluster", r.cluster}, {"tokens_per_rank", r.tokens_per_rank}, {"moe_layers", r.moe_layers},
+                      {"hidden", r.hidden}, {"experts", r.experts}, {"top_k", r.top_k},
+                      {"expert_width", r.expert_width}, {"shared_width", r.shared_width}, {"notes", r.notes}};
+  j["ep_sizes"] = nlohmann::json::array();
+  for (const plan::EpPerf& p : r.ep) {
+    j["ep_sizes"].push_back({{"ep", p.ep}, {"nodes", p.nodes}, {"experts_per_rank", p.experts_per_rank},
+                             {"ranks_per_token", p.ranks_per_token}, {"nodes_per_token", p.nodes_per_token},
+                             {"rank_imbalance", p.rank_imbalance},
+                             {"dispatch_bytes_per_rank", p.dispatch_bytes_per_rank},
+                             {"dispatch_network_bytes_per_rank", p.dispatch_network_bytes_per_rank},
+                             {"dispatch_nvlink_bytes_per_rank", p.dispatch_nvlink_bytes_per_rank},
+                             {"combine_bytes_per_rank", p.combine_bytes_per_rank},
+                             {"dispatch_us", p.dispatch_us}, {"combine_us", p.combine_us},
+                             {"expert_us", p.expert_us}, {"layer_us", p.layer_us},
+                             {"dispatch_gbps", p.dispatch_gbps}, {"combine_gbps", p.combine_gbps},
+                             {"expert_tflops", p.expert_tflops}, {"expert_bound", p.expert_bound},
+                             {"comm_fraction", p.comm_fraction}});
+  }
+  return j;
+}
+
+std::string PerfToTable(const plan::PerfReport& r) {
+  std::string out = absl::StrFormat(
+      "\nperformance of one MoE layer on %s (%d tokens per rank; hidden %d, %d experts, top-%d, width %d%s):\n",
+      r.cluster, r.tokens_per_rank, r.hidden, r.experts, r.top_k, r.expert_width,
+      r.shared_width > 0 ? absl::StrFormat(", shared %d", r.shared_width) : "");
+  out += absl::StrFormat("%6s %5s %8s %8s %9s %12s %11s %11s %11s %11s %7s\n", "EP", "nodes", "ranks/t", "nodes/t",
+                         "imbalance", "dispatch/rk", "dispatch", "experts", "combine", "layer", "comm");
+  for (const plan::EpPerf& p : r.ep) {
+    out += absl::StrFormat("%6d %5d %8.2f %8.2f %9.2f %12s %8.1f us %8.1f us %8.1f us %8.1f us %6.0f%%\n", p.ep,
+                           p.nodes, p.ranks_per_token, p.nodes_per_token, p.rank_imbalance,
+                           FormatBytes(p.dispatch_bytes_per_rank), p.dispatch_us, p.expert_us, p.combine_us,
+                           p.layer_us, 100 * p.comm_fraction);
+  }
+  for (const std::string& note : r.notes) out += "note: " + note + "\n";
+  return out;
+}
+
 }  // namespace
 
 int RunPlan(const PlanFlags& flags, std::ostream& out, std::ostream& err) {
@@ -72,10 +168,19 @@ int RunPlan(const PlanFlags& flags, std::ostream& out, std::ostream& err) {
   if (!arch.ok()) return fail(arch.status());
   absl::StatusOr<plan::Plan> plan = plan::MakePlan(*arch, options);
   if (!plan.ok()) return fail(plan.status());
+  std::optional<plan::PerfReport> perf;
+  if (flags.perf) {
+    absl::StatusOr<plan::PerfReport> made = Perf(flags, *arch);
+    if (!made.ok()) return fail(made.status());
+    perf = std::move(*made);
+  }
   if (flags.json) {
-    out << plan::PlanToJson(*plan).dump(2) << "\n";
+    nlohmann::json j = plan::PlanToJson(*plan);
+    if (perf) j["perf"] = PerfToJson(*perf);
+    out << j.dump(2) << "\n";
   } else {
     out << plan::PlanToTable(*plan);
+    if (perf) out << PerfToTable(*perf);
   }
   return 0;
 }

@@ -20,6 +20,15 @@ struct PlanFlags {
   double gpu_mem_gib = 80.0;
   bool json = false;
   bool list = false;
+  // --perf: the performance model of one MoE layer per EP size.
+  bool perf = false;
+  std::string cluster = "h100";
+  std::string ep = "8,16,32,64,128,256";
+  int64_t tokens_per_rank = 4096;
+  std::string dispatch_dtype = "fp8";
+  std::string combine_dtype = "bf16";
+  double routing_skew = 0;
+  std::string load;  // {"load": [[per logical expert, ...]]}: the first row
 };
 
 // Adds the `plan` subcommand to `app`, filling `flags` when parsed.

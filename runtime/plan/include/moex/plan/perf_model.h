@@ -1,0 +1,96 @@
+// `moex plan --perf`: a first-order performance model of one MoE layer
+// under expert parallelism, per EP size.
+//
+// Traffic follows how DeepEP-style dispatch moves tokens: a token goes once
+// to each distinct destination *node* over the network (to the GPU with the
+// same index there), then over NVLink to each distinct destination GPU on
+// that node; tokens for GPUs of its own node go over NVLink directly.
+// Combine retraces the path with the combine dtype. The fan-out (distinct
+// ranks and nodes per token) and the hottest rank's share of the routed
+// pairs come from sampling the router: top-k over the experts, within
+// top-k groups for group-limited routers, expert popularity uniform, Zipf
+// (--routing-skew) or measured (--load), experts placed contiguously.
+//
+//   dispatch = max(network bytes / NIC bandwidth, NVLink bytes / NVLink
+//              bandwidth), each at the link efficiency, for the busier of the
+//              average sender and the hottest receiver, + link latency
+//   experts  = max(FLOPs of the hottest rank's pairs and the shared expert /
+//              (peak x GEMM efficiency), local expert weights / HBM bandwidth)
+//   layer    = dispatch + experts + combine (no overlap assumed)
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "moex/model/architecture.h"
+
+namespace moex::plan {
+
+struct ClusterProfile {
+  std::string name;
+  std::string source;              // where the figures come from
+  int64_t gpus_per_node = 8;
+  double nvlink_gbps = 0;          // GB/s per GPU, one direction
+  double nvlink_latency_us = 0;
+  double nic_gbps = 0;             // GB/s per GPU, one direction
+  double nic_latency_us = 0;
+  double bf16_tflops = 0;          // dense
+  double fp8_tflops = 0;           // dense
+  double hbm_tbps = 0;
+  double gpu_mem_gib = 0;
+  double gemm_efficiency = 0.6;    // of peak, grouped expert GEMMs
+  double link_efficiency = 0.8;    // of link bandwidth, all-to-all
+};
+
+// h100, h800, h200, b200: published figures (see the .cc for each).
+absl::StatusOr<ClusterProfile> BuiltinProfile(const std::string& name);
+// A built-in name, or a JSON file with the fields above (missing ones keep
+// the H100 figures; unknown ones are an error).
+absl::StatusOr<ClusterProfile> LoadProfile(const std::string& name_or_file);
+
+struct PerfOptions {
+  ClusterProfile cluster;
+  std::vector<int64_t> ep_sizes = {8, 16, 32, 64, 128, 256};
+  int64_t tokens_per_rank = 4096;
+  std::string dispatch_dtype = "fp8";   // fp8 (with per-128 scales) or bf16
+  std::string combine_dtype = "bf16";   // bf16 or fp32
+  std::string expert_dtype = "fp8";     // weights and GEMM inputs: fp8 or bf16
+  double routing_skew = 0;              // Zipf exponent of expert popularity
+  std::vector<double> load;             // measured load per logical expert (overrides skew)
+  uint64_t seed = 1;
+  int64_t samples = 8192;               // tokens sampled for the fan-out
+};
+
+struct EpPerf {
+  int64_t ep = 0;
+  int64_t nodes = 0;
+  double experts_per_rank = 0;
+  double ranks_per_token = 0;        // distinct destination ranks (self included)
+  double nodes_per_token = 0;        // distinct destination nodes (own included)
+  double rank_imbalance = 0;         // hottest rank's routed pairs / mean
+  double dispatch_bytes_per_rank = 0;          // leaving a rank, NVLink + network
+  double dispatch_network_bytes_per_rank = 0;
+  double dispatch_nvlink_bytes_per_rank = 0;
+  double combine_bytes_per_rank = 0;
+  double dispatch_us = 0, combine_us = 0, expert_us = 0, layer_us = 0;
+  double dispatch_gbps = 0, combine_gbps = 0;  // bytes per rank / time
+  double expert_tflops = 0;          // achieved on the hottest rank
+  std::string expert_bound;          // "compute" or "memory"
+  double comm_fraction = 0;          // (dispatch + combine) / layer
+};
+
+struct PerfReport {
+  std::string cluster;
+  int64_t tokens_per_rank = 0;
+  int64_t moe_layers = 0;
+  int64_t hidden = 0, experts = 0, top_k = 0, expert_width = 0, shared_width = 0;
+  std::vector<EpPerf> ep;
+  std::vector<std::string> notes;
+};
+
+absl::StatusOr<PerfReport> ModelPerf(const model::ModelArch& arch, const PerfOptions& options);
+
+}  // namespace moex::plan
