@@ -42,6 +42,19 @@ TEST(PerfModelTest, DeepSeekV3TrafficFollowsTheTopology) {
   EXPECT_NEAR(r->ep[2].combine_bytes_per_rank / r->ep[2].dispatch_bytes_per_rank, 2.0 / (1.0 + 4.0 / 128), 1e-9);
 }
 
+// DeepEP's published intranode figures (docs/legacy.md of deepseek-ai/DeepEP:
+// H800, ~160 GB/s NVLink, 4096 tokens, hidden 7168, top-4 groups, top-8,
+// FP8 dispatch, BF16 combine, EP 8): dispatch 153 GB/s, combine 158 GB/s.
+// The model's bytes over its time, at EP 8, within 5% of both.
+TEST(PerfModelTest, AgreesWithDeepEpIntranodeFigures) {
+  model::ModelArch arch = *model::LoadModel("deepseek-v3");
+  PerfOptions o = Options({8});
+  o.samples = 8192;
+  PerfReport r = *ModelPerf(arch, o);
+  EXPECT_NEAR(r.ep[0].dispatch_gbps, 153, 153 * 0.05);
+  EXPECT_NEAR(r.ep[0].combine_gbps, 158, 158 * 0.05);
+}
+
 TEST(PerfModelTest, SkewRaisesTheHottestRankAndItsTime) {
   model::ModelArch arch = *model::LoadModel("qwen3-235b-a22b");
   PerfOptions uniform = Options({32});
