@@ -76,30 +76,39 @@ class QueuedWriter : public grpc::ServerWriteReactor<Message> {
     if (closed_) return;
     closed_ = true;
     final_ = std::move(status);
-    if (!writing_) this->Finish(final_);
+    if (!writing_) FinishOnce();
   }
   void OnWriteDone(bool ok) override {
     std::lock_guard<std::mutex> lock(mutex_);
     writing_ = false;
-    if (!ok) {
+    if (!ok) {  // the stream is broken: drop the rest
       queue_.clear();
       if (!closed_) {
         closed_ = true;
-        this->Finish(grpc::Status::CANCELLED);
+        final_ = grpc::Status::CANCELLED;
       }
+      FinishOnce();
       return;
     }
     queue_.pop_front();
     if (!queue_.empty()) {
       WriteNext();
     } else if (closed_) {
-      this->Finish(final_);
+      FinishOnce();
     }
   }
-  void OnCancel() override { alive->store(false); }
+  // The client went away: stop the feeders and finish now (a reactor that
+  // is never finished would hold its stream, and its slot, for good).
+  void OnCancel() override {
+    alive->store(false);
+    Close(grpc::Status::CANCELLED);
+  }
   void OnDone() override {
     alive->store(false);
     if (on_done) on_done();
+    // A Close or OnWriteDone on another thread may still hold the lock it
+    // called Finish under: let it go before the reactor does.
+    { std::lock_guard<std::mutex> lock(mutex_); }
     delete this;
   }
   std::function<void()> on_done;
@@ -109,10 +118,16 @@ class QueuedWriter : public grpc::ServerWriteReactor<Message> {
     writing_ = true;
     this->StartWrite(&queue_.front());
   }
+  void FinishOnce() {
+    if (finished_) return;
+    finished_ = true;
+    this->Finish(final_);
+  }
   std::mutex mutex_;
   std::deque<Message> queue_;
   bool writing_ = false;
   bool closed_ = false;
+  bool finished_ = false;
   grpc::Status final_;
 };
 
@@ -122,6 +137,24 @@ struct Controller::Services {
   struct Jobs final : moex::v1::JobService::CallbackService {
     JobManager* jobs;
     std::string token;
+    // Watch and log streams open at once: each holds a subscription or a
+    // reader thread, so a flood of them is refused, not served.
+    int max_streams = 256;
+    std::shared_ptr<std::atomic<int>> open_streams = std::make_shared<std::atomic<int>>(0);
+
+    // Counts a new stream in; false (and the writer closed with
+    // RESOURCE_EXHAUSTED) past the limit. The writer counts it out when done.
+    template <typename Message>
+    bool Admit(QueuedWriter<Message>* writer) {
+      if (open_streams->fetch_add(1) >= max_streams) {
+        open_streams->fetch_sub(1);
+        writer->Close(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                   StrCat(max_streams, " watch and log streams are open, the limit; close some")));
+        return false;
+      }
+      writer->on_done = [open = open_streams] { open->fetch_sub(1); };
+      return true;
+    }
 
     grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* c, const moex::v1::SubmitJobRequest* r,
                                         moex::v1::Job* out) override {
@@ -151,6 +184,7 @@ struct Controller::Services {
         writer->Close(auth);
         return writer;
       }
+      if (!Admit(writer)) return writer;
       // Every distinct snapshot goes out; the stream ends after a terminal one.
       auto last = std::make_shared<std::string>();
       auto guard = std::make_shared<std::mutex>();
@@ -170,7 +204,8 @@ struct Controller::Services {
       }
       JobManager* manager = jobs;
       int64_t handle = *subscribed;
-      writer->on_done = [manager, handle, guard, alive] {
+      writer->on_done = [manager, handle, guard, alive, open = open_streams] {
+        open->fetch_sub(1);
         std::lock_guard<std::mutex> lock(*guard);
         alive->store(false);
         manager->Unsubscribe(handle);
@@ -186,6 +221,7 @@ struct Controller::Services {
         writer->Close(auth);
         return writer;
       }
+      if (!Admit(writer)) return writer;
       auto path = jobs->LogPath(r->id());
       if (!path.ok()) {
         writer->Close(ToGrpc(path.status()));
@@ -274,6 +310,7 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions 
   controller->services_ = std::make_unique<Services>();
   controller->services_->jobs.jobs = controller->jobs_.get();
   controller->services_->jobs.token = token;
+  controller->services_->jobs.max_streams = controller->jobs_->options().max_streams;
   controller->services_->cluster.jobs = controller->jobs_.get();
   controller->services_->cluster.token = token;
   controller->services_->placements.jobs = controller->jobs_.get();

@@ -247,6 +247,93 @@ TEST_F(ControllerTest, RebalanceOnRequest) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
 }
 
+// Hostile clients: an oversized message, a flood of streams, submits and
+// cancels racing on the same jobs. The controller answers each with the
+// right status and stays up; nothing is left running.
+TEST_F(ControllerTest, OversizedMessageIsRefusedAndTheControllerStaysUp) {
+  Start(Options());
+  moex::v1::SubmitJobRequest request;
+  *request.mutable_spec() = Spec(1, 1);
+  request.mutable_spec()->set_model(std::string(5 << 20, 'x'));
+  Job job;
+  grpc::Status status = stub_->SubmitJob(Context().get(), request, &job);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  moex::v1::ListJobsResponse list;
+  EXPECT_TRUE(stub_->ListJobs(Context().get(), moex::v1::ListJobsRequest(), &list).ok());
+  EXPECT_EQ(list.jobs_size(), 0);
+}
+
+TEST_F(ControllerTest, StreamFloodIsRefusedPastTheLimit) {
+  ControllerOptions options = Options();
+  options.max_streams = 4;
+  Start(options);
+  Job job = Submit(Spec(1, 100000));
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<Job>>> readers;
+  moex::v1::WatchJobRequest request;
+  request.set_id(job.id());
+  for (int i = 0; i < 4; ++i) {
+    contexts.push_back(Context(60));
+    readers.push_back(stub_->WatchJob(contexts.back().get(), request));
+    Job first;
+    ASSERT_TRUE(readers.back()->Read(&first)) << "stream " << i;  // admitted and answering
+  }
+  auto context = Context(10);
+  auto refused = stub_->WatchJob(context.get(), request);
+  Job none;
+  EXPECT_FALSE(refused->Read(&none));
+  grpc::Status status = refused->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("4 watch and log streams are open"));
+  // Closing the others makes room again.
+  for (auto& c : contexts) c->TryCancel();
+  for (auto& r : readers) (void)r->Finish();
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  bool admitted = false;
+  while (!admitted && std::chrono::steady_clock::now() < until) {
+    auto again_context = Context(10);
+    auto again = stub_->WatchJob(again_context.get(), request);
+    Job first;
+    admitted = again->Read(&first);
+    again_context->TryCancel();
+    (void)again->Finish();
+    if (!admitted) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(admitted);
+  ASSERT_TRUE(controller_->jobs().Cancel(job.id()).ok());
+  ExpectGone(WaitFor(job.id(), moex::v1::JOB_STATE_CANCELLED));
+}
+
+TEST_F(ControllerTest, ConcurrentSubmitAndCancelLeaveEveryJobCancelled) {
+  Start(Options());
+  const int n = 6;
+  std::vector<std::string> ids(n);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      ids[i] = Submit(Spec(1, 100000)).id();
+      // Two cancels race each other and the launch.
+      std::thread other([&, i] {
+        moex::v1::CancelJobRequest cancel;
+        cancel.set_id(ids[i]);
+        Job out;
+        EXPECT_TRUE(stub_->CancelJob(Context().get(), cancel, &out).ok());
+      });
+      moex::v1::CancelJobRequest cancel;
+      cancel.set_id(ids[i]);
+      Job out;
+      EXPECT_TRUE(stub_->CancelJob(Context().get(), cancel, &out).ok());
+      other.join();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const std::string& id : ids) {
+    Job ended = WaitFor(id, moex::v1::JOB_STATE_CANCELLED);
+    EXPECT_EQ(ended.state(), moex::v1::JOB_STATE_CANCELLED) << id << ": " << ended.message();
+    ExpectGone(ended);
+  }
+}
+
 // Server reflection, spoken raw (Debian ships no reflection client): the
 // request {list_services: ""} is field 7, length 0: bytes 0x3a 0x00.
 TEST_F(ControllerTest, ReflectionListsEveryService) {

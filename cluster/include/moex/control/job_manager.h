@@ -38,6 +38,7 @@ struct ControllerOptions {
   std::string advertise;
   SpecLimits limits;
   int max_concurrent_jobs = 8;
+  int max_streams = 256;  // WatchJob and GetJobLogs streams open at once
   double start_timeout_seconds = 60;
   double heartbeat_timeout_seconds = 30;
   double cancel_grace_seconds = 5;
