@@ -51,6 +51,31 @@ void FillPairs(const Placement& placement, const DispatchLayout& layout, const f
   }
 }
 
+// Sizes the receive side for `rows` rows; returns where this rank's own
+// tokens start in the destination-major send order.
+int64_t SizeReceived(DispatchResult* out, int64_t rows, int64_t k, int64_t local_slots, int me) {
+  out->recv_rows.resize(rows);
+  out->recv_local_slot.resize(rows * k);
+  out->recv_weights.resize(rows * k);
+  out->num_recv_tokens_per_expert.assign(local_slots, 0);
+  int64_t own_begin = 0;
+  for (int d = 0; d < me; ++d) own_begin += out->send_tokens[d];
+  return own_begin;
+}
+
+// Checks a received row's slots (a peer's bug or corrupted memory must not
+// index past this rank's experts) and counts them per local expert.
+absl::Status CountSlots(const int32_t* slots, int64_t k, int64_t local_slots, int me, int source, DispatchResult* out) {
+  for (int64_t j = 0; j < k; ++j) {
+    if (slots[j] < -1 || slots[j] >= local_slots) {
+      return absl::DataLossError(StrCat("dispatch on rank ", me, ": received slot ", slots[j], " from rank ", source,
+                                        ", outside this rank's ", local_slots, " slots"));
+    }
+    if (slots[j] >= 0) ++out->num_recv_tokens_per_expert[slots[j]];
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string_view Dispatcher::path() const {
@@ -158,13 +183,8 @@ absl::Status Dispatcher::DispatchShared(transport::Transport& transport, const P
 
   // Rows in source-rank order; the own block is read from x in place.
   const int64_t local_slots = placement.num_local_slots(me);
-  const int64_t total_recv = AreasOf(counts, world, me, record_bytes, H).rows;
-  out->recv_rows.resize(total_recv);
-  out->recv_local_slot.resize(total_recv * k);
-  out->recv_weights.resize(total_recv * k);
-  out->num_recv_tokens_per_expert.assign(local_slots, 0);
-  int64_t own_begin = 0;
-  for (int d = 0; d < me; ++d) own_begin += out->send_tokens[d];
+  const int64_t own_begin =
+      SizeReceived(out, AreasOf(counts, world, me, record_bytes, H).rows, k, local_slots, me);
   const float* area = reinterpret_cast<const float*>(shm_->segment(me));
   int64_t i = 0;
   for (int s = 0; s < world; ++s) {
@@ -181,13 +201,7 @@ absl::Status Dispatcher::DispatchShared(transport::Transport& transport, const P
         std::memcpy(slots, in + H, k * sizeof(int32_t));
         std::memcpy(weights, in + H + k, k * sizeof(float));
       }
-      for (int64_t j = 0; j < k; ++j) {
-        if (slots[j] < -1 || slots[j] >= local_slots) {
-          return absl::DataLossError(StrCat("dispatch on rank ", me, ": received slot ", slots[j], " from rank ", s,
-                                            ", outside this rank's ", local_slots, " slots"));
-        }
-        if (slots[j] >= 0) ++out->num_recv_tokens_per_expert[slots[j]];
-      }
+      MOEX_RETURN_IF_ERROR(CountSlots(slots, k, local_slots, me, s, out));
     }
   }
   return absl::OkStatus();
@@ -308,32 +322,28 @@ absl::Status Dispatcher::DispatchCopy(transport::Transport& transport, const Pla
   const int64_t local_slots = placement.num_local_slots(me);
   const int64_t own = out->recv_tokens[me];
   const int64_t total_recv = remote_recv + own;
-  out->recv_rows.resize(total_recv);
-  out->recv_local_slot.resize(total_recv * k);
-  out->recv_weights.resize(total_recv * k);
-  out->num_recv_tokens_per_expert.assign(local_slots, 0);
-  int64_t own_begin = 0;
-  for (int r = 0; r < me; ++r) own_begin += out->send_tokens[r];
+  const int64_t own_begin = SizeReceived(out, total_recv, k, local_slots, me);
+  int source = -1;  // of row i: the other ranks in order, then this one
+  int64_t block_end = 0;
   for (int64_t i = 0; i < total_recv; ++i) {
     int32_t* slots = &out->recv_local_slot[i * k];
     float* weights = &out->recv_weights[i * k];
     if (i < remote_recv) {
+      while (i >= block_end) {
+        ++source;
+        if (source != me) block_end += out->recv_tokens[source];
+      }
       const float* in = recv_.data() + i * record;
       out->recv_rows[i] = in;
       std::memcpy(slots, in + H, k * sizeof(int32_t));
       std::memcpy(weights, in + H + k, k * sizeof(float));
     } else {
+      source = me;
       int64_t t = out->send_order[own_begin + (i - remote_recv)];
       out->recv_rows[i] = x.row(t);
       FillPairs(placement, layout, topk_weights, t, me, slots, weights);
     }
-    for (int64_t j = 0; j < k; ++j) {
-      if (slots[j] < -1 || slots[j] >= local_slots) {
-        return absl::DataLossError(StrCat("dispatch on rank ", me, ": received slot ", slots[j],
-                                          ", outside this rank's ", local_slots, " slots"));
-      }
-      if (slots[j] >= 0) ++out->num_recv_tokens_per_expert[slots[j]];
-    }
+    MOEX_RETURN_IF_ERROR(CountSlots(slots, k, local_slots, me, source, out));
   }
   return absl::OkStatus();
 }
