@@ -1,0 +1,162 @@
+// The controller's placements: each job's published expert placement, the
+// load its rank 0 reports, and the rebalancing decisions (on the job's
+// threshold or on request). JobManager's methods, kept apart from the job
+// lifecycle in job_manager.cc.
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+#include "moex/balance/eplb.h"
+#include "moex/balance/moex_policy.h"
+#include "moex/control/job_manager.h"
+#include "moex/core/status_macros.h"
+#include "moex/core/str_cat.h"
+#include "moex/ep/moe_weights.h"
+#include "moex/ep/placement.h"
+#include "moex/model/model_loader.h"
+
+namespace moex::control {
+
+using moex::v1::Job;
+
+namespace {
+
+absl::StatusOr<ep::Placement> ToPlacement(const moex::v1::Placement& p) {
+  return ep::Placement::FromSlots(p.num_experts(), {p.slot_expert().begin(), p.slot_expert().end()},
+                                  {p.slots_per_rank().begin(), p.slots_per_rank().end()});
+}
+
+}  // namespace
+
+absl::Status JobManager::EnsurePlacement(Entry& entry) {
+  if (entry.job.placement().version() > 0) return absl::OkStatus();
+  const moex::v1::JobSpec& spec = entry.job.spec();
+  MOEX_ASSIGN_OR_RETURN(model::ModelArch arch, model::LoadModel(spec.model()));
+  std::optional<int64_t> layer;
+  if (spec.has_layer()) layer = spec.layer();
+  MOEX_ASSIGN_OR_RETURN(ep::MoeLayerSpec layer_spec, ep::MoeLayerSpec::FromArch(arch, layer));
+  MOEX_ASSIGN_OR_RETURN(ep::Placement placement,
+                        ep::Placement::Contiguous(layer_spec.num_experts, spec.world_size(), spec.redundant_experts()));
+  moex::v1::Placement* out = entry.job.mutable_placement();
+  out->set_version(1);
+  out->set_num_experts(placement.num_experts());
+  for (int64_t s = 0; s < placement.num_slots(); ++s) out->add_slot_expert(placement.slot_expert(s));
+  for (int r = 0; r < placement.world_size(); ++r) out->add_slots_per_rank(placement.num_local_slots(r));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<moex::v1::Placement> JobManager::GetPlacement(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", id, "'"));
+  MOEX_RETURN_IF_ERROR(EnsurePlacement(it->second));
+  return it->second.job.placement();
+}
+
+absl::StatusOr<moex::v1::Placement> JobManager::Publish(Entry& entry, const std::string& policy,
+                                                       const std::string& reason) {
+  Job& job = entry.job;
+  MOEX_RETURN_IF_ERROR(EnsurePlacement(entry));
+  if (!entry.load || entry.load->window_steps() == 0) {
+    return absl::FailedPreconditionError(StrCat("job ", job.id(), " has reported no load yet: nothing to plan from"));
+  }
+  if (job.metrics().placement_version() < job.placement().version() && job.placement().version() > 1) {
+    return absl::FailedPreconditionError(StrCat("job ", job.id(), ": placement version ", job.placement().version(),
+                                                " is still migrating (the ranks serve version ",
+                                                job.metrics().placement_version(), ")"));
+  }
+  MOEX_ASSIGN_OR_RETURN(ep::Placement current, ToPlacement(job.placement()));
+  const int world = current.world_size();
+  if (current.num_slots() % world != 0) {
+    return absl::FailedPreconditionError(StrCat("job ", job.id(), ": rebalancing needs the expert slots (",
+                                                current.num_slots(), ") to divide evenly over its ", world, " ranks"));
+  }
+  balance::PlanInput input;
+  input.load = {entry.load->window_load()};
+  input.num_replicas = current.num_slots();
+  input.num_gpus = world;
+  input.current = {{job.placement().slot_expert().begin(), job.placement().slot_expert().end()}};
+  MOEX_ASSIGN_OR_RETURN(balance::EplbPlacement plan, balance::PlanPlacement(policy, input));
+  MOEX_ASSIGN_OR_RETURN(ep::Placement next, ep::Placement::FromSlots(current.num_experts(), plan.phy2log[0],
+                                                                     std::vector<int64_t>(world, current.num_slots() / world)));
+  moex::v1::RebalanceRecord* record = job.add_rebalances();
+  record->set_version(job.placement().version() + 1);
+  record->set_decided_at_step(entry.load->steps());
+  record->set_policy(policy);
+  record->set_reason(reason);
+  record->set_imbalance_before(balance::Imbalance(balance::RankLoads(current, entry.load->window_load())));
+  record->set_imbalance_after(balance::Imbalance(balance::RankLoads(next, entry.load->window_load())));
+  record->set_experts_moved(balance::CountMoves(input.current, plan.phy2log, world));
+  moex::v1::Placement* published = job.mutable_placement();
+  published->set_version(record->version());
+  published->clear_slot_expert();
+  for (int64_t e : plan.phy2log[0]) published->add_slot_expert(e);
+  entry.last_publish_step = entry.load->steps();
+  Persist(entry);
+  return *published;
+}
+
+absl::StatusOr<moex::v1::Placement> JobManager::Rebalance(const std::string& id, const std::string& policy) {
+  absl::StatusOr<moex::v1::Placement> out;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", id, "'"));
+    if (it->second.job.state() != moex::v1::JOB_STATE_RUNNING) {
+      return absl::FailedPreconditionError(StrCat("job ", id, " is ", JobState_Name(it->second.job.state()),
+                                                  "; only a running job can be rebalanced"));
+    }
+    const std::string& chosen = policy.empty() ? it->second.job.spec().rebalance().policy() : policy;
+    if (chosen != "moex" && chosen != "eplb") {
+      return absl::InvalidArgumentError(StrCat("policy '", chosen, "' is not one of moex, eplb"));
+    }
+    out = Publish(it->second, chosen, "requested");
+  }
+  if (out.ok()) Notify(id);
+  return out;
+}
+
+
+void JobManager::RecordLoad(Entry& entry, const moex::v1::ReportStepRequest& r) {
+  Job& job = entry.job;
+  if (r.tokens_per_expert().empty() || r.step() <= job.load().steps()) return;  // a repeated final report
+  if (!entry.load || static_cast<int>(entry.load->window_load().size()) != r.tokens_per_expert_size()) {
+    entry.load.emplace(r.tokens_per_expert_size(), std::max(1, job.spec().rebalance().window()));
+  }
+  // A new placement serving: the old window says nothing about its ranks.
+  if (r.metrics().placement_version() > job.metrics().placement_version() && job.metrics().placement_version() > 0) {
+    entry.load->ClearWindow();
+  }
+  entry.load->Add(std::vector<int64_t>(r.tokens_per_expert().begin(), r.tokens_per_expert().end()));
+  moex::v1::LoadStats* stats = job.mutable_load();
+  stats->set_steps(r.step());
+  stats->set_window_steps(static_cast<int32_t>(entry.load->window_steps()));
+  stats->clear_window_tokens_per_expert();
+  for (double v : entry.load->window_load()) stats->add_window_tokens_per_expert(v);
+  stats->clear_ema_tokens_per_expert();
+  for (double v : entry.load->ema()) stats->add_ema_tokens_per_expert(v);
+  if (EnsurePlacement(entry).ok()) {
+    absl::StatusOr<ep::Placement> placement = ToPlacement(job.placement());
+    if (placement.ok() && placement->num_experts() == r.tokens_per_expert_size()) {
+      stats->set_window_imbalance(balance::Imbalance(balance::RankLoads(*placement, entry.load->window_load())));
+    }
+  }
+}
+
+void JobManager::MaybeRebalance(Entry& entry) {
+  const Job& job = entry.job;
+  const moex::v1::RebalanceSpec& spec = job.spec().rebalance();
+  if (spec.threshold() <= 0 || !entry.load || entry.load->window_steps() < spec.window()) return;
+  if (job.metrics().placement_version() < job.placement().version()) return;  // still migrating
+  if (entry.last_publish_step && job.load().steps() - *entry.last_publish_step < spec.interval()) return;
+  if (job.load().window_imbalance() <= spec.threshold()) return;
+  std::string reason = absl::StrFormat("window imbalance %.3f > threshold %.3f", job.load().window_imbalance(),
+                                       spec.threshold());
+  absl::StatusOr<moex::v1::Placement> published = Publish(entry, spec.policy(), reason);
+  if (!published.ok()) {
+    // Not fatal to the job: it keeps its placement; the reason is kept.
+    entry.job.set_message(StrCat("running; rebalancing skipped: ", published.status().message()));
+    entry.last_publish_step = job.load().steps();
+  }
+}
+
+}  // namespace moex::control
