@@ -7,7 +7,9 @@
 #include <atomic>
 #include <deque>
 #include <fstream>
+#include <functional>
 #include <thread>
+#include <vector>
 
 #include "moex/control/credentials.h"
 #include "moex/core/str_cat.h"
@@ -228,17 +230,36 @@ struct Controller::Services {
         return writer;
       }
       // A reader thread per stream: it ends with the job (follow), at the end
-      // of the file (no follow), or when the client goes away.
-      std::thread([writer, alive = writer->alive, manager = jobs, id = r->id(), file = *path, follow = r->follow()] {
+      // of the file (no follow), when the client goes away, or when the
+      // controller stops (which joins it). It touches the writer only under
+      // `guard` while the stream is alive: OnDone takes the same lock first.
+      auto guard = std::make_shared<std::mutex>();
+      auto alive = writer->alive;
+      writer->on_done = [open = open_streams, guard, alive] {
+        open->fetch_sub(1);
+        std::lock_guard<std::mutex> lock(*guard);
+        alive->store(false);
+      };
+      auto send = [writer, guard, alive](moex::v1::LogChunk* chunk) {
+        std::lock_guard<std::mutex> lock(*guard);
+        if (!alive->load()) return;
+        if (chunk != nullptr) {
+          writer->Push(std::move(*chunk));
+        } else {
+          writer->Close(grpc::Status::OK);
+        }
+      };
+      StartReader([send, alive, stopping = stopping, manager = jobs, id = r->id(), file = *path,
+                   follow = r->follow()] {
         std::ifstream in(file, std::ios::binary);
         std::string buffer(64 * 1024, '\0');
-        while (alive->load()) {
+        while (alive->load() && !stopping->load()) {
           in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
           std::streamsize got = in.gcount();
           if (got > 0) {
             moex::v1::LogChunk chunk;
             chunk.set_data(buffer.data(), static_cast<size_t>(got));
-            writer->Push(std::move(chunk));
+            send(&chunk);
             continue;
           }
           in.clear();
@@ -253,16 +274,52 @@ struct Controller::Services {
             if (in.gcount() > 0) {
               moex::v1::LogChunk chunk;
               chunk.set_data(buffer.data(), static_cast<size_t>(in.gcount()));
-              writer->Push(std::move(chunk));
+              send(&chunk);
             }
             break;
           }
           std::this_thread::sleep_for(std::chrono::milliseconds(100));
         }
-        writer->Close(grpc::Status::OK);
-      }).detach();
+        send(nullptr);
+      });
       return writer;
     }
+
+    // Log reader threads: started here, reaped when done, joined when the
+    // controller stops (they use the job manager).
+    void StartReader(std::function<void()> body) {
+      std::lock_guard<std::mutex> lock(readers_mutex);
+      for (auto it = readers.begin(); it != readers.end();) {
+        if (it->done->load()) {
+          it->thread.join();
+          it = readers.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      auto done = std::make_shared<std::atomic<bool>>(false);
+      readers.push_back({std::thread([body = std::move(body), done] {
+                           body();
+                           done->store(true);
+                         }),
+                         done});
+    }
+    void JoinReaders() {
+      stopping->store(true);
+      std::vector<Reader> all;
+      {
+        std::lock_guard<std::mutex> lock(readers_mutex);
+        all.swap(readers);
+      }
+      for (Reader& reader : all) reader.thread.join();
+    }
+    struct Reader {
+      std::thread thread;
+      std::shared_ptr<std::atomic<bool>> done;
+    };
+    std::mutex readers_mutex;
+    std::vector<Reader> readers;
+    std::shared_ptr<std::atomic<bool>> stopping = std::make_shared<std::atomic<bool>>(false);
   };
 
   struct Cluster final : moex::v1::ClusterService::CallbackService {
@@ -344,6 +401,7 @@ Controller::~Controller() { Shutdown(); }
 void Controller::Shutdown() {
   if (jobs_) jobs_->Shutdown();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (services_) services_->jobs.JoinReaders();
 }
 
 void Controller::Wait() {
