@@ -331,6 +331,7 @@ absl::StatusOr<moex::v1::ReportStepResponse> JobManager::ReportStep(const moex::
     const int64_t live_before = job.metrics().placement_version();
     *job.mutable_metrics() = r.metrics();
     *job.mutable_tokens_per_expert() = r.tokens_per_expert();
+    if (!r.bench().empty()) *job.mutable_bench() = r.bench();
     RecordLoad(entry, r);
     if (r.metrics().placement_version() > live_before) {
       for (auto& record : *job.mutable_rebalances()) {

@@ -30,6 +30,7 @@ absl::StatusOr<ep::Placement> ToPlacement(const moex::v1::Placement& p) {
 absl::Status JobManager::EnsurePlacement(Entry& entry) {
   if (entry.job.placement().version() > 0) return absl::OkStatus();
   const moex::v1::JobSpec& spec = entry.job.spec();
+  if (spec.has_bench()) return absl::FailedPreconditionError(StrCat("job ", entry.job.id(), " is a bench job: it has no placement"));
   MOEX_ASSIGN_OR_RETURN(model::ModelArch arch, model::LoadModel(spec.model()));
   std::optional<int64_t> layer;
   if (spec.has_layer()) layer = spec.layer();

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "moex/bench/report.h"
 #include "moex/core/str_cat.h"
 #include "moex/ep/moe_weights.h"
 #include "moex/model/model_loader.h"
@@ -21,6 +22,47 @@ bool SafeName(const std::string& name) {
   return true;
 }
 
+// A bench job: its lists, each point's fields, and steps = its points.
+absl::Status ValidateBench(moex::v1::JobSpec* spec) {
+  moex::v1::BenchSpec* b = spec->mutable_bench();
+  auto list = [](const auto& field, std::vector<int64_t> fallback) {
+    return field.empty() ? fallback : std::vector<int64_t>(field.begin(), field.end());
+  };
+  bench::SweepSpec sweep;
+  sweep.scaling = "grid";
+  sweep.tokens_per_rank = list(b->tokens_per_rank(), sweep.tokens_per_rank);
+  sweep.hidden = list(b->hidden(), sweep.hidden);
+  sweep.top_k = list(b->top_k(), sweep.top_k);
+  sweep.experts = list(b->experts(), sweep.experts);
+  sweep.expert_width = list(b->expert_width(), sweep.expert_width);
+  if (!b->skew().empty()) sweep.skew.assign(b->skew().begin(), b->skew().end());
+  for (double skew : sweep.skew) {
+    if (!std::isfinite(skew)) return Bad("bench.skew", "must be finite");
+  }
+  if (b->warmup() < 0 || b->warmup() > 100) return Bad("bench.warmup", "must be in [0, 100] (0: 2)");
+  if (b->reps() < 0 || b->reps() > 10000) return Bad("bench.reps", "must be in [0, 10000] (0: 10)");
+  if (b->warmup() == 0) b->set_warmup(2);
+  if (b->reps() == 0) b->set_reps(10);
+  absl::StatusOr<std::vector<bench::BenchPoint>> points = bench::ExpandSweep(sweep, spec->world_size(), spec->transport());
+  if (!points.ok()) return Bad("bench", std::string(points.status().message()));
+  if (points->size() > 256) return Bad("bench", StrCat("has ", points->size(), " points; at most 256 per job"));
+  // Write the defaults back, so that the ranks and `moex job status` see
+  // exactly what runs.
+  auto store = [](auto* field, const auto& values) {
+    field->Clear();
+    for (auto v : values) field->Add(v);
+  };
+  store(b->mutable_tokens_per_rank(), sweep.tokens_per_rank);
+  store(b->mutable_hidden(), sweep.hidden);
+  store(b->mutable_top_k(), sweep.top_k);
+  store(b->mutable_experts(), sweep.experts);
+  store(b->mutable_expert_width(), sweep.expert_width);
+  store(b->mutable_skew(), sweep.skew);
+  spec->set_steps(static_cast<int32_t>(points->size()));
+  if (spec->model().empty()) spec->set_model("bench");
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& limits) {
@@ -28,7 +70,7 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
   if (spec->world_size() < 1 || spec->world_size() > limits.max_world_size) {
     return Bad("world_size", StrCat("is ", spec->world_size(), "; this controller allows 1 to ", limits.max_world_size));
   }
-  if (spec->steps() < 1 || spec->steps() > 100000) return Bad("steps", StrCat("is ", spec->steps(), "; allowed 1 to 100000"));
+  if (!spec->has_bench() && (spec->steps() < 1 || spec->steps() > 100000)) return Bad("steps", StrCat("is ", spec->steps(), "; allowed 1 to 100000"));
   if (spec->tokens_per_rank() < 0 || spec->tokens_per_rank() > (1 << 20)) {
     return Bad("tokens_per_rank", StrCat("is ", spec->tokens_per_rank(), "; allowed 0 to 1048576"));
   }
@@ -45,6 +87,10 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
   if (!std::isfinite(spec->exchange_timeout_seconds()) || spec->exchange_timeout_seconds() < 0 ||
       spec->exchange_timeout_seconds() > 3600) {
     return Bad("exchange_timeout_seconds", "must be in [0, 3600] (0: 60)");
+  }
+  if (spec->has_bench()) {
+    if (spec->rebalance().threshold() != 0) return Bad("rebalance.threshold", "applies to layer jobs, not bench jobs");
+    return ValidateBench(spec);
   }
   moex::v1::RebalanceSpec* rebalance = spec->mutable_rebalance();
   if (rebalance->policy().empty()) rebalance->set_policy("moex");

@@ -4,7 +4,7 @@
 # holds it; it may include moex/<other>/ only when <other> is not above it.
 set(layer_dirs
   "runtime/core:core" "runtime/model:model" "runtime/plan:plan" "kernels:kernels"
-  "runtime/transport:transport" "runtime/ep:ep" "runtime/balance:balance"
+  "runtime/transport:transport" "runtime/ep:ep" "runtime/balance:balance" "runtime/bench:bench"
   "cluster:control" "launcher/worker:launcher" "launcher/cli:cli")
 file(GLOB_RECURSE sources
   "${MOEX_SOURCE_DIR}/runtime/*.h" "${MOEX_SOURCE_DIR}/runtime/*.cc"

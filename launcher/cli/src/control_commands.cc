@@ -12,8 +12,11 @@
 #include <iostream>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "moex/control/credentials.h"
+#include "moex/core/status_macros.h"
 #include "moex/control/server.h"
 #include "moex/core/str_cat.h"
 #include "moex/v1/job.grpc.pb.h"
@@ -59,9 +62,15 @@ std::string ToJson(const google::protobuf::Message& message) {
 void PrintJob(const moex::v1::Job& job) {
   const auto& spec = job.spec();
   std::cout << absl::StrFormat("job %s  %s\n", job.id(), StateName(job.state()));
-  std::cout << absl::StrFormat("  name %s, %d ranks, model %s, %d steps of %d tokens per rank over %s\n",
-                               spec.name(), spec.world_size(), spec.model(), spec.steps(), spec.tokens_per_rank(),
-                               spec.transport());
+  if (spec.has_bench()) {
+    std::cout << absl::StrFormat("  name %s, %d ranks, bench of %d points over %s (%d reps after %d warm-up)\n",
+                                 spec.name(), spec.world_size(), spec.steps(), spec.transport(), spec.bench().reps(),
+                                 spec.bench().warmup());
+  } else {
+    std::cout << absl::StrFormat("  name %s, %d ranks, model %s, %d steps of %d tokens per rank over %s\n",
+                                 spec.name(), spec.world_size(), spec.model(), spec.steps(), spec.tokens_per_rank(),
+                                 spec.transport());
+  }
   std::cout << "  message: " << job.message() << "\n";
   std::cout << absl::StrFormat("  submitted %s, started %s, ended %s\n", Time(job.submit_time_unix_ms()),
                                Time(job.start_time_unix_ms()), Time(job.end_time_unix_ms()));
@@ -115,6 +124,19 @@ void PrintJob(const moex::v1::Job& job) {
                                  r.version(), r.decided_at_step(), r.policy(), r.reason(), r.imbalance_before(),
                                  r.imbalance_after(), r.experts_moved(),
                                  r.live_at_step() > 0 ? StrCat("serving from step ", r.live_at_step()) : "migrating");
+  }
+  if (job.bench_size() > 0) {
+    std::cout << absl::StrFormat("  bench (medians, slowest rank; baseline: MPI_Alltoallv of the same bytes):\n"
+                                 "  %8s %6s %5s %4s %5s %6s %10s %12s %6s %8s %10s %7s\n",
+                                 "tok/rank", "hidden", "top-k", "E", "F", "skew", "moex us", "alltoallv us", "ratio",
+                                 "GB/s", "layer us", "ratio");
+    for (const auto& b : job.bench()) {
+      std::cout << absl::StrFormat("  %8d %6d %5d %4d %5d %6g %10.0f %12.0f %6.2f %8.2f %10s %7s\n", b.tokens_per_rank(),
+                                   b.hidden(), b.top_k(), b.experts(), b.expert_width(), b.skew(), b.ours_us(),
+                                   b.baseline_us(), b.ratio(), b.dispatch_gbps(),
+                                   b.layer_us() > 0 ? absl::StrFormat("%.0f", b.layer_us()) : "-",
+                                   b.layer_us() > 0 ? absl::StrFormat("%.2f", b.layer_ratio()) : "-");
+    }
   }
   std::cout << "  log: " << job.log_path() << "\n";
 }
@@ -180,6 +202,36 @@ int RunServe(const ServeFlags& f) {
   return 0;
 }
 
+namespace {
+
+// The --bench-* lists into the spec; the controller checks the values.
+absl::Status FillBenchSpec(const JobFlags& f, moex::v1::BenchSpec* b) {
+  auto ints = [](const std::string& flag, const std::string& text, auto* field) -> absl::Status {
+    for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+      int64_t v = 0;
+      if (!absl::SimpleAtoi(part, &v)) return absl::InvalidArgumentError(StrCat("--", flag, ": '", part, "' is not an integer"));
+      field->Add(v);
+    }
+    return absl::OkStatus();
+  };
+  MOEX_RETURN_IF_ERROR(ints("bench-tokens", f.bench_tokens, b->mutable_tokens_per_rank()));
+  MOEX_RETURN_IF_ERROR(ints("bench-hidden", f.bench_hidden, b->mutable_hidden()));
+  MOEX_RETURN_IF_ERROR(ints("bench-top-k", f.bench_top_k, b->mutable_top_k()));
+  MOEX_RETURN_IF_ERROR(ints("bench-experts", f.bench_experts, b->mutable_experts()));
+  MOEX_RETURN_IF_ERROR(ints("bench-expert-width", f.bench_expert_width, b->mutable_expert_width()));
+  for (absl::string_view part : absl::StrSplit(f.bench_skew, ',', absl::SkipEmpty())) {
+    double v = 0;
+    if (!absl::SimpleAtod(part, &v)) return absl::InvalidArgumentError(StrCat("--bench-skew: '", part, "' is not a number"));
+    b->add_skew(v);
+  }
+  b->set_no_layer(f.bench_no_layer);
+  b->set_reps(f.bench_reps);
+  b->set_warmup(f.bench_warmup);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
   CLI::App* job = app.add_subcommand("job", "Submit, inspect, cancel and follow jobs on a controller");
   job->require_subcommand(1);
@@ -209,6 +261,16 @@ CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
   submit->add_option("--rebalance-interval", f.rebalance_interval, "Steps between placement changes at least (0: 10)");
   submit->add_option("--rebalance-window", f.rebalance_window, "Steps of load a decision looks at (0: 4)");
   submit->add_option("--rebalance-policy", f.rebalance_policy, "moex (default) or eplb");
+  submit->add_flag("--bench", f.bench, "Run `moex bench` points at this world size instead of the layer's steps");
+  submit->add_option("--bench-tokens", f.bench_tokens, "Bench: tokens per rank, comma-separated (default 1024)");
+  submit->add_option("--bench-hidden", f.bench_hidden, "Bench: hidden sizes (default 1024)");
+  submit->add_option("--bench-top-k", f.bench_top_k, "Bench: experts per token (default 4)");
+  submit->add_option("--bench-experts", f.bench_experts, "Bench: routed experts (default 32)");
+  submit->add_option("--bench-expert-width", f.bench_expert_width, "Bench: expert intermediate sizes (default 256)");
+  submit->add_option("--bench-skew", f.bench_skew, "Bench: Zipf exponents (default 0)");
+  submit->add_flag("--bench-no-layer", f.bench_no_layer, "Bench: dispatch + combine only");
+  submit->add_option("--bench-reps", f.bench_reps, "Bench: repetitions (0: 10)");
+  submit->add_option("--bench-warmup", f.bench_warmup, "Bench: warm-up repetitions (0: 2)");
   for (const char* name : {"status", "cancel", "logs", "watch", "rebalance"}) {
     CLI::App* sub = job->add_subcommand(name, std::string(name) == "status" ? "Show a job"
                                               : std::string(name) == "cancel" ? "Cancel a job"
@@ -298,6 +360,13 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     spec->mutable_rebalance()->set_threshold(f.rebalance_threshold);
     spec->mutable_rebalance()->set_interval(f.rebalance_interval);
     spec->mutable_rebalance()->set_window(f.rebalance_window);
+    if (f.bench) {
+      absl::Status filled = FillBenchSpec(f, spec->mutable_bench());
+      if (!filled.ok()) {
+        std::cerr << "moex job: error: " << filled.message() << "\n";
+        return 2;
+      }
+    }
     moex::v1::Job response;
     grpc::Status status = stub->SubmitJob(context(30).get(), request, &response);
     if (!status.ok()) return fail(status);

@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "CLI/CLI.hpp"
+#include "moex/cli/bench_command.h"
 #include "moex/cli/control_commands.h"
 #include "moex/cli/placement_command.h"
 #include "moex/cli/plan_command.h"
@@ -23,11 +24,14 @@ int main(int argc, char** argv) {
   CLI::App* job = moex::cli::AddJobCommand(app, job_flags);
   moex::cli::PlacementFlags placement_flags;
   CLI::App* placement = moex::cli::AddPlacementCommand(app, placement_flags);
+  moex::cli::BenchFlags bench_flags;
+  CLI::App* bench = moex::cli::AddBenchCommand(app, bench_flags);
   CLI11_PARSE(app, argc, argv);
   if (plan->parsed()) return moex::cli::RunPlan(plan_flags, std::cout, std::cerr);
   if (run->parsed() || worker->parsed()) return moex::cli::RunRun(run_flags, &argc, &argv);
   if (serve->parsed()) return moex::cli::RunServe(serve_flags);
   if (job->parsed()) return moex::cli::RunJob(*job, job_flags);
+  if (bench->parsed()) return moex::cli::RunBench(*bench, bench_flags, &argc, &argv);
   if (placement->parsed()) return moex::cli::RunPlacement(placement_flags, std::cout, std::cerr);
   return 0;
 }

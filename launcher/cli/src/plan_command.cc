@@ -41,8 +41,9 @@ CLI::App* AddPlanCommand(CLI::App& app, PlanFlags& flags) {
   plan->add_option("--cluster", flags.cluster, "h100, h800, h200, b200, or a profile JSON file")->capture_default_str();
   plan->add_option("--ep", flags.ep, "EP sizes, comma-separated")->capture_default_str();
   plan->add_option("--tokens-per-rank", flags.tokens_per_rank, "Tokens each rank dispatches per layer")->capture_default_str();
-  plan->add_option("--dispatch-dtype", flags.dispatch_dtype, "fp8 or bf16")->capture_default_str();
+  plan->add_option("--dispatch-dtype", flags.dispatch_dtype, "fp8, bf16 or fp32")->capture_default_str();
   plan->add_option("--combine-dtype", flags.combine_dtype, "bf16 or fp32")->capture_default_str();
+  plan->add_option("--expert-dtype", flags.expert_dtype, "Expert weights and GEMM inputs: fp8, bf16 or fp32")->capture_default_str();
   plan->add_option("--routing-skew", flags.routing_skew, "Zipf exponent of expert popularity (0: uniform)")->capture_default_str();
   plan->add_option("--load", flags.load, "Measured load {\"load\": [[tokens per expert]]} (first row) instead of a skew");
   return plan;
@@ -101,6 +102,7 @@ absl::StatusOr<plan::PerfReport> Perf(const PlanFlags& flags, const model::Model
   o.tokens_per_rank = flags.tokens_per_rank;
   o.dispatch_dtype = flags.dispatch_dtype;
   o.combine_dtype = flags.combine_dtype;
+  o.expert_dtype = flags.expert_dtype;
   o.routing_skew = flags.routing_skew;
   if (!flags.load.empty()) {
     MOEX_ASSIGN_OR_RETURN(o.load, ReadLoadRow(flags.load));

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_format.h"
 #include "moex/balance/live_rebalancer.h"
+#include "moex/cli/bench_command.h"
 #include "moex/core/format.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
@@ -562,6 +563,20 @@ class Runner {
 
 }  // namespace
 
+absl::StatusOr<std::unique_ptr<transport::Transport>> CreateRankTransport(const std::string& name) {
+  absl::StatusOr<std::unique_ptr<transport::Transport>> made = transport::CreateMpiTransport();
+  if (made.ok() && name == "ucx") {
+#ifdef MOEX_HAVE_UCX
+    made = transport::CreateUcxTransport(std::move(*made));
+#else
+    made = absl::UnimplementedError("this moex was built without UCX (libucx-dev was not found)");
+#endif
+  } else if (made.ok() && name != "mpi") {
+    made = absl::InvalidArgumentError(StrCat("--transport '", name, "' is not one of mpi, ucx"));
+  }
+  return made;
+}
+
 int RunRun(const RunFlags& given, int* argc, char*** argv) {
   RunFlags flags = given;
   absl::StatusOr<std::unique_ptr<transport::MpiSession>> mpi = transport::MpiSession::Start(argc, argv);
@@ -600,17 +615,14 @@ int RunRun(const RunFlags& given, int* argc, char*** argv) {
     flags.timeout_seconds = spec.exchange_timeout_seconds() > 0 ? spec.exchange_timeout_seconds() : 60.0;
   }
 
-  absl::StatusOr<std::unique_ptr<transport::Transport>> transport = transport::CreateMpiTransport();
-  if (transport.ok() && flags.transport == "ucx") {
-#ifdef MOEX_HAVE_UCX
-    transport = transport::CreateUcxTransport(std::move(*transport));
-#else
-    transport = absl::UnimplementedError("this moex was built without UCX (libucx-dev was not found)");
-#endif
-  } else if (transport.ok() && flags.transport != "mpi") {
-    transport = absl::InvalidArgumentError(StrCat("--transport '", flags.transport, "' is not one of mpi, ucx"));
-  }
+  absl::StatusOr<std::unique_ptr<transport::Transport>> transport = CreateRankTransport(flags.transport);
   if (!transport.ok()) return fail(transport.status());
+  if (worker && worker->spec().has_bench()) {
+    absl::Status benched = RunBenchJob(*worker, **transport);
+    if (!benched.ok()) return fail(benched);
+    transport->reset();
+    return 0;
+  }
   Runner runner(flags, **transport, worker.get());
   absl::Status status = runner.Run();
   if (!status.ok()) return fail(status);

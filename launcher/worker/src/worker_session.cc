@@ -104,13 +104,15 @@ absl::StatusOr<moex::v1::Placement> WorkerSession::FetchPlacement() {
 }
 
 absl::Status WorkerSession::ReportStep(int64_t step, const moex::v1::JobMetrics& metrics,
-                                       const std::vector<int64_t>& tokens_per_expert, bool final) {
+                                       const std::vector<int64_t>& tokens_per_expert, bool final,
+                                       const std::vector<moex::v1::BenchPointResult>& bench) {
   moex::v1::ReportStepRequest request;
   request.set_job_id(job_id_);
   request.set_rank(rank_);
   request.set_step(step);
   *request.mutable_metrics() = metrics;
   for (int64_t n : tokens_per_expert) request.add_tokens_per_expert(n);
+  for (const moex::v1::BenchPointResult& point : bench) *request.add_bench() = point;
   auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(final ? 60 : 0);
   grpc::Status status;
   do {

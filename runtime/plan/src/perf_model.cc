@@ -76,6 +76,7 @@ absl::StatusOr<ClusterProfile> LoadProfile(const std::string& name_or_file) {
                           {"nic_latency_us", &p.nic_latency_us, 0, 1e6},
                           {"bf16_tflops", &p.bf16_tflops, 0.001, 1e6},
                           {"fp8_tflops", &p.fp8_tflops, 0.001, 1e6},
+                          {"fp32_tflops", &p.fp32_tflops, 0.001, 1e6},
                           {"hbm_tbps", &p.hbm_tbps, 0.001, 1e4},
                           {"gpu_mem_gib", &p.gpu_mem_gib, 0.001, 1e6},
                           {"gemm_efficiency", &p.gemm_efficiency, 0.001, 1},
@@ -109,7 +110,8 @@ double DtypeBytes(const std::string& dtype, int64_t hidden) {
 }
 
 struct FanOut {
-  double ranks = 0, nodes = 0, local_ranks = 0;  // per token, self/own node included
+  double ranks = 0, nodes = 0, local_ranks = 0;  // per token, self/own node included when chosen
+  double self = 0, own_node = 0;                 // how often the own rank / node is among them
   double imbalance = 1;                           // hottest rank's pairs / mean
 };
 
@@ -152,11 +154,15 @@ FanOut SampleFanOut(const std::vector<double>& popularity, int64_t k, int64_t gr
     }
     f.ranks += static_cast<double>(ranks.size());
     f.nodes += static_cast<double>(nodes.size());
+    f.self += ranks.count(sampler_rank) ? 1.0 : 0.0;
+    f.own_node += nodes.count(sampler_rank / gpn) ? 1.0 : 0.0;
     f.local_ranks += static_cast<double>(local);
   }
   f.ranks /= static_cast<double>(samples);
   f.nodes /= static_cast<double>(samples);
   f.local_ranks /= static_cast<double>(samples);
+  f.self /= static_cast<double>(samples);
+  f.own_node /= static_cast<double>(samples);
   double total = 0, most = 0;
   for (double p : pairs) total += p, most = std::max(most, p);
   f.imbalance = total > 0 ? most * static_cast<double>(ep) / total : 1.0;
@@ -181,10 +187,15 @@ absl::StatusOr<PerfReport> ModelPerf(const model::ModelArch& arch, const PerfOpt
     return absl::InvalidArgumentError(StrCat("--tokens-per-rank ", o.tokens_per_rank, " is outside [1, 2^24]"));
   }
   const double db = DtypeBytes(o.dispatch_dtype, H), cb = DtypeBytes(o.combine_dtype, H);
-  if (db == 0 || o.dispatch_dtype == "fp32") return absl::InvalidArgumentError(StrCat("--dispatch-dtype '", o.dispatch_dtype, "' is not one of fp8, bf16"));
+  if (db == 0) return absl::InvalidArgumentError(StrCat("--dispatch-dtype '", o.dispatch_dtype, "' is not one of fp8, bf16, fp32"));
   if (cb == 0 || o.combine_dtype == "fp8") return absl::InvalidArgumentError(StrCat("--combine-dtype '", o.combine_dtype, "' is not one of bf16, fp32"));
-  if (o.expert_dtype != "fp8" && o.expert_dtype != "bf16") {
-    return absl::InvalidArgumentError(StrCat("expert dtype '", o.expert_dtype, "' is not one of fp8, bf16"));
+  if (DtypeBytes(o.expert_dtype, H) == 0) {
+    return absl::InvalidArgumentError(StrCat("--expert-dtype '", o.expert_dtype, "' is not one of fp8, bf16, fp32"));
+  }
+  if (o.expert_dtype == "fp32" && !(c.fp32_tflops > 0)) {
+    return absl::InvalidArgumentError(StrCat("cluster profile '", c.name, "' has no fp32_tflops (the built-in profiles "
+                                             "give tensor-core rates only): give one in a profile file, e.g. from "
+                                             "`moex bench calibrate`"));
   }
   if (!(o.routing_skew >= 0 && o.routing_skew <= 10)) return absl::InvalidArgumentError("--routing-skew must be in [0, 10]");
   std::vector<double> popularity(E);
@@ -212,8 +223,9 @@ absl::StatusOr<PerfReport> ModelPerf(const model::ModelArch& arch, const PerfOpt
   const int64_t groups = arch.router.num_groups > 1 && E % arch.router.num_groups == 0 ? arch.router.num_groups : 1;
   const int64_t topk_groups = groups > 1 ? arch.router.topk_groups : 1;
   const double T = static_cast<double>(o.tokens_per_rank);
-  const double peak = (o.expert_dtype == "fp8" ? c.fp8_tflops : c.bf16_tflops) * 1e12 * c.gemm_efficiency;
-  const double wbytes = o.expert_dtype == "fp8" ? 1.0 : 2.0;
+  const double tflops = o.expert_dtype == "fp8" ? c.fp8_tflops : o.expert_dtype == "bf16" ? c.bf16_tflops : c.fp32_tflops;
+  const double peak = tflops * 1e12 * c.gemm_efficiency;
+  const double wbytes = o.expert_dtype == "fp8" ? 1.0 : o.expert_dtype == "bf16" ? 2.0 : 4.0;
   for (int64_t ep : o.ep_sizes) {
     if (ep < 1 || ep > 65536) return absl::InvalidArgumentError(StrCat("--ep size ", ep, " is outside [1, 65536]"));
     if (ep > E) {
@@ -232,8 +244,11 @@ absl::StatusOr<PerfReport> ModelPerf(const model::ModelArch& arch, const PerfOpt
     // Leaving one rank: once per remote node over the network, then NVLink
     // forwarding there (counted where it happens: symmetric, so as much as
     // this rank forwards for others); NVLink directly to own-node ranks.
-    const double remote_nodes = std::max(0.0, f.nodes - 1.0);
-    const double local_remote_ranks = std::max(0.0, f.local_ranks - 1.0);  // own rank excluded
+    // A token's visit to its own rank or node moves nothing: only the
+    // destinations other than its own count (the own one is among them only
+    // when one of its experts lives there).
+    const double remote_nodes = std::max(0.0, f.nodes - f.own_node);
+    const double local_remote_ranks = std::max(0.0, f.local_ranks - f.self);
     const double remote_node_ranks = std::max(0.0, f.ranks - f.local_ranks);
     const double forwarded = std::max(0.0, remote_node_ranks - remote_nodes);
     auto traffic = [&](double bytes_per_value, double* network, double* nvlink) {

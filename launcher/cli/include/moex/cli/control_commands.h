@@ -48,6 +48,11 @@ struct JobFlags {
   double rebalance_threshold = 0;
   int rebalance_interval = 0;
   int rebalance_window = 0;
+  // submit --bench: a bench job (lists comma-separated; empty: the defaults)
+  bool bench = false;
+  std::string bench_tokens, bench_hidden, bench_top_k, bench_experts, bench_expert_width, bench_skew;
+  bool bench_no_layer = false;
+  int bench_reps = 0, bench_warmup = 0;
 };
 
 CLI::App* AddServeCommand(CLI::App& app, ServeFlags& flags);

@@ -27,6 +27,7 @@ struct PlanFlags {
   int64_t tokens_per_rank = 4096;
   std::string dispatch_dtype = "fp8";
   std::string combine_dtype = "bf16";
+  std::string expert_dtype = "fp8";
   double routing_skew = 0;
   std::string load;  // {"load": [[per logical expert, ...]]}: the first row
 };

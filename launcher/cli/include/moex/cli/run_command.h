@@ -10,10 +10,13 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
+#include "moex/transport/transport.h"
 
 namespace moex::cli {
 
@@ -55,5 +58,8 @@ CLI::App* AddWorkerCommand(CLI::App& app, RunFlags& flags);
 // Runs on this rank (MPI is started inside). Returns the exit code; on an
 // error every rank prints its diagnosis and the whole job ends non-zero.
 int RunRun(const RunFlags& flags, int* argc, char*** argv);
+
+// The transport a rank runs on ("mpi" or "ucx"); MPI must be started.
+absl::StatusOr<std::unique_ptr<transport::Transport>> CreateRankTransport(const std::string& name);
 
 }  // namespace moex::cli

@@ -27,10 +27,12 @@ class WorkerSession {
 
   const moex::v1::JobSpec& spec() const { return spec_; }
   void SetStep(int64_t step) { step_.store(step); }
+  // `bench`: a bench job's points so far (the whole list each time).
   // `final`: the job's last report; it is retried for up to a minute, so
   // that a controller restarting as the job ends still learns how it ended.
   absl::Status ReportStep(int64_t step, const moex::v1::JobMetrics& metrics,
-                          const std::vector<int64_t>& tokens_per_expert = {}, bool final = false);
+                          const std::vector<int64_t>& tokens_per_expert = {}, bool final = false,
+                          const std::vector<moex::v1::BenchPointResult>& bench = {});
   // The job's placement from the controller.
   absl::StatusOr<moex::v1::Placement> FetchPlacement();
   // The newest placement version the controller has published (from the

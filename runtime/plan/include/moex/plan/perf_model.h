@@ -39,6 +39,7 @@ struct ClusterProfile {
   double nic_latency_us = 0;
   double bf16_tflops = 0;          // dense
   double fp8_tflops = 0;           // dense
+  double fp32_tflops = 0;          // dense, no tensor cores; 0: unknown (calibrated profiles give it)
   double hbm_tbps = 0;
   double gpu_mem_gib = 0;
   double gemm_efficiency = 0.6;    // of peak, grouped expert GEMMs
@@ -55,9 +56,9 @@ struct PerfOptions {
   ClusterProfile cluster;
   std::vector<int64_t> ep_sizes = {8, 16, 32, 64, 128, 256};
   int64_t tokens_per_rank = 4096;
-  std::string dispatch_dtype = "fp8";   // fp8 (with per-128 scales) or bf16
+  std::string dispatch_dtype = "fp8";   // fp8 (with per-128 scales), bf16 or fp32
   std::string combine_dtype = "bf16";   // bf16 or fp32
-  std::string expert_dtype = "fp8";     // weights and GEMM inputs: fp8 or bf16
+  std::string expert_dtype = "fp8";     // weights and GEMM inputs: fp8, bf16 or fp32
   double routing_skew = 0;              // Zipf exponent of expert popularity
   std::vector<double> load;             // measured load per logical expert (overrides skew)
   uint64_t seed = 1;
@@ -68,8 +69,8 @@ struct EpPerf {
   int64_t ep = 0;
   int64_t nodes = 0;
   double experts_per_rank = 0;
-  double ranks_per_token = 0;        // distinct destination ranks (self included)
-  double nodes_per_token = 0;        // distinct destination nodes (own included)
+  double ranks_per_token = 0;        // distinct destination ranks (self included when chosen)
+  double nodes_per_token = 0;        // distinct destination nodes (own included when chosen)
   double rank_imbalance = 0;         // hottest rank's routed pairs / mean
   double dispatch_bytes_per_rank = 0;          // leaving a rank, NVLink + network
   double dispatch_network_bytes_per_rank = 0;

@@ -1,0 +1,87 @@
+// One benchmark point of `moex bench`, measured on every rank of a transport
+// and reported by all of them alike.
+//
+// For each repetition, after a barrier:
+//   ours     = Dispatch + Combine (counts, packing, transfer, the per-token
+//              sum), the received rows copied back as the experts' output
+//              (not timed);
+//   baseline = two plain all-to-all-v calls (MPI_Alltoallv under mpirun)
+//              moving exactly the bytes ours moved between ranks.
+// With `layer`, the whole MoE layer (route, dispatch, SwiGLU experts,
+// combine) runs too, beside route + experts as the layer measured them +
+// the plain all-to-all-v of the layer's own bytes.
+//
+// Every time is the slowest rank's; figures are the median and spread over
+// the repetitions after the warm-up.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "moex/core/deadline.h"
+#include "moex/transport/transport.h"
+
+namespace moex::bench {
+
+struct BenchPoint {
+  int64_t ranks = 0;            // filled from the transport
+  int64_t tokens_per_rank = 1024;
+  int64_t hidden = 1024;
+  int64_t top_k = 4;
+  int64_t experts = 32;
+  int64_t expert_width = 256;   // the layer's experts (with `layer`)
+  double skew = 0;              // Zipf exponent of expert popularity; 0: uniform
+  bool layer = true;            // also time the whole layer
+  std::string transport;        // filled from the transport
+  std::string scaling;          // "weak", "strong" or "" (a label of the sweep)
+};
+
+// Median and spread of one figure over the repetitions, microseconds (or a
+// plain number for ratios).
+struct Stat {
+  double median = 0, min = 0, max = 0, p10 = 0, p90 = 0;
+};
+Stat Summarize(std::vector<double> values);
+
+struct BenchResult {
+  BenchPoint point;
+  std::string path;             // "shared memory" or "all-to-all-v"
+  int64_t reps = 0, warmup = 0;
+  Stat dispatch_us, combine_us, ours_us, baseline_us, ratio;  // ratio: ours / baseline per rep
+  double dispatch_bytes_per_rank = 0;  // sent to other ranks, mean over ranks
+  double combine_bytes_per_rank = 0;
+  double floor_bytes_per_rank = 0;     // distinct remote ranks per token x hidden x 4
+  double dispatch_gbps = 0, combine_gbps = 0, baseline_gbps = 0;  // bytes per rank / median time
+  double rank_imbalance = 0;           // hottest rank's received tokens / mean
+  // With `layer`:
+  Stat layer_us, layer_baseline_us, layer_ratio;
+  double route_us = 0, expert_us = 0;  // medians, slowest rank
+};
+
+// The plain exchange a figure is set beside. `send_bytes`/`recv_bytes` have
+// one entry per rank (the own rank's are 0).
+using AllToAllVFn = std::function<absl::Status(const std::byte* send, std::span<const int64_t> send_bytes,
+                                               std::byte* recv, std::span<const int64_t> recv_bytes)>;
+
+// MPI_Alltoallv over MPI_COMM_WORLD (MPI must be initialised).
+AllToAllVFn MpiAlltoallv();
+
+// A point's bad field is named (tokens_per_rank, hidden, ...).
+absl::Status ValidatePoint(const BenchPoint& point);
+
+struct RunOptions {
+  int warmup = 2;
+  int reps = 10;
+  uint64_t seed = 1;
+  double rep_timeout_seconds = 120;  // each exchange's deadline
+};
+
+// Collective: every rank calls it with the same point and options.
+absl::StatusOr<BenchResult> RunPoint(transport::Transport& transport, const AllToAllVFn& baseline,
+                                     BenchPoint point, const RunOptions& options);
+
+}  // namespace moex::bench

@@ -1,0 +1,55 @@
+// Calibrating the performance model (`moex plan --perf`) on what `moex bench`
+// measured, and checking it: fit the link and compute figures on some
+// points, predict the others with the model itself, report the error.
+//
+//   link:    dispatch_us and combine_us = latency + bytes x imbalance / bandwidth
+//            (least squares over the fit points with more than one rank)
+//   experts: expert_us = routed FLOPs of the hottest rank / rate
+//            (least squares through the origin over the fit points with the layer)
+//   memory:  a timed copy of 256 MiB on this machine (MeasureCopyGbps)
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "moex/bench/bench.h"
+#include "moex/plan/perf_model.h"
+#include "nlohmann/json.hpp"
+
+namespace moex::bench {
+
+struct CalibrationOptions {
+  // A result calibrates when its rank count is in fit_ranks (empty: any) and
+  // its tokens per rank in fit_tokens (empty: any); the rest are predicted.
+  std::vector<int64_t> fit_ranks;
+  std::vector<int64_t> fit_tokens;
+  double copy_gbps = 0;  // this machine's memory bandwidth; 0: not known
+  std::string name = "calibrated";
+};
+
+struct Prediction {
+  BenchPoint point;
+  double dispatch_us = 0, combine_us = 0, expert_us = 0, layer_us = 0;              // measured
+  double dispatch_model_us = 0, combine_model_us = 0, expert_model_us = 0, layer_model_us = 0;
+};
+
+struct Calibration {
+  plan::ClusterProfile profile;
+  int64_t fit_points = 0;
+  std::vector<Prediction> held_out;
+  // Mean absolute relative error over the held-out points (0..1); -1 where
+  // no held-out point has the figure.
+  double dispatch_error = -1, combine_error = -1, expert_error = -1, layer_error = -1;
+};
+
+absl::StatusOr<Calibration> Calibrate(const std::vector<BenchResult>& results, const CalibrationOptions& options);
+
+// The profile as a file `moex plan --perf --cluster FILE.json` reads.
+nlohmann::json ProfileJson(const plan::ClusterProfile& profile);
+nlohmann::json CalibrationJson(const Calibration& calibration);
+
+// GB/s of a memcpy of 256 MiB, best of 5.
+double MeasureCopyGbps();
+
+}  // namespace moex::bench

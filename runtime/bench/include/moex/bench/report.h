@@ -1,0 +1,61 @@
+// What `moex bench` writes: results as JSON and CSV, plots as SVG, and the
+// sweeps that produce them.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "moex/bench/bench.h"
+#include "nlohmann/json.hpp"
+
+namespace moex::bench {
+
+nlohmann::json ToJson(const BenchResult& result);
+// The error names the missing or mistyped field.
+absl::StatusOr<BenchResult> FromJson(const nlohmann::json& j);
+
+// One header line and one line per result (medians and spreads, bytes,
+// bandwidths, layer figures, scaling efficiency).
+std::string ToCsv(const std::vector<BenchResult>& results);
+
+// A sweep: the cartesian product of the lists, over the rank counts.
+// "weak" keeps tokens per rank; "strong" keeps total_tokens and gives each
+// of R ranks total_tokens / R; "grid" takes tokens_per_rank as given.
+struct SweepSpec {
+  std::string scaling = "weak";
+  std::vector<int64_t> ranks = {1, 2, 4};
+  std::vector<std::string> transports = {"mpi"};
+  std::vector<int64_t> tokens_per_rank = {1024};
+  std::vector<int64_t> total_tokens = {4096};  // strong scaling
+  std::vector<int64_t> hidden = {1024};
+  std::vector<int64_t> top_k = {4};
+  std::vector<int64_t> experts = {32};
+  std::vector<int64_t> expert_width = {256};
+  std::vector<double> skew = {0};
+  bool layer = true;
+};
+
+// The points one world size and transport runs, in order; an error names a
+// bad list or a point that cannot run (and which).
+absl::StatusOr<std::vector<BenchPoint>> ExpandSweep(const SweepSpec& spec, int64_t ranks,
+                                                    const std::string& transport);
+// How many points the whole sweep runs.
+absl::StatusOr<int64_t> CountSweep(const SweepSpec& spec);
+
+// Scaling efficiency of each result against the smallest rank count of the
+// same series (same transport and every other parameter but the tokens that
+// the scaling rule sets), from the whole layer's median time where measured,
+// else dispatch + combine: weak T(r0) / T(r); strong T(r0) r0 / (T(r) r);
+// 0 where no series base exists.
+std::vector<double> ScalingEfficiency(const std::vector<BenchResult>& results);
+
+// results.json, results.csv, and latency.svg, bandwidth.svg,
+// efficiency.svg (when there are several rank counts) under `dir`.
+// Returns the paths written.
+absl::StatusOr<std::vector<std::string>> WriteReport(const std::vector<BenchResult>& results, const std::string& dir);
+
+// Reads results.json (as WriteReport writes it) or JSON lines.
+absl::StatusOr<std::vector<BenchResult>> ReadResults(const std::string& path);
+
+}  // namespace moex::bench

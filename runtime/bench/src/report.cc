@@ -1,0 +1,363 @@
+#include "moex/bench/report.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_format.h"
+#include "moex/bench/svg_chart.h"
+#include "moex/core/status_macros.h"
+#include "moex/core/str_cat.h"
+
+namespace moex::bench {
+namespace {
+
+nlohmann::json StatJson(const Stat& s) {
+  return {{"median", s.median}, {"min", s.min}, {"max", s.max}, {"p10", s.p10}, {"p90", s.p90}};
+}
+
+// Reads `j[key]` as T; the error names the field.
+template <typename T>
+absl::Status Get(const nlohmann::json& j, const char* key, T* out) {
+  if (!j.contains(key)) return absl::InvalidArgumentError(StrCat("bench result: missing field '", key, "'"));
+  try {
+    *out = j.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    return absl::InvalidArgumentError(StrCat("bench result: field '", key, "' has the wrong type"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GetStat(const nlohmann::json& j, const char* key, Stat* s) {
+  nlohmann::json o;
+  MOEX_RETURN_IF_ERROR(Get(j, key, &o));
+  if (!o.is_object()) return absl::InvalidArgumentError(StrCat("bench result: field '", key, "' is not an object"));
+  for (auto [name, value] : std::initializer_list<std::pair<const char*, double*>>{
+           {"median", &s->median}, {"min", &s->min}, {"max", &s->max}, {"p10", &s->p10}, {"p90", &s->p90}}) {
+    absl::Status got = Get(o, name, value);
+    if (!got.ok()) return absl::InvalidArgumentError(StrCat(got.message(), " of '", key, "'"));
+  }
+  return absl::OkStatus();
+}
+
+// Everything that makes two results the same series but the rank count
+// (and the tokens per rank the scaling rule derives from it).
+std::string SeriesKey(const BenchResult& r) {
+  const BenchPoint& p = r.point;
+  std::string tokens = p.scaling == "strong" ? StrCat("total tokens ", p.tokens_per_rank * p.ranks)
+                                             : StrCat(p.tokens_per_rank, " tok/rank");
+  return absl::StrFormat("%s %s, H %d, top-%d/%d, F %d, skew %g", p.transport, tokens, p.hidden, p.top_k, p.experts,
+                         p.expert_width, p.skew);
+}
+
+double ScalingTime(const BenchResult& r) { return r.point.layer ? r.layer_us.median : r.ours_us.median; }
+
+std::vector<int64_t> Checked(const std::vector<int64_t>& list, const char* name, absl::Status* status) {
+  if (list.empty() && status->ok()) *status = absl::InvalidArgumentError(StrCat("bench sweep: --", name, " is empty"));
+  if (list.size() > 32 && status->ok()) {
+    *status = absl::InvalidArgumentError(StrCat("bench sweep: --", name, " has ", list.size(), " values (at most 32)"));
+  }
+  return list;
+}
+
+}  // namespace
+
+nlohmann::json ToJson(const BenchResult& r) {
+  const BenchPoint& p = r.point;
+  nlohmann::json j = {
+      {"ranks", p.ranks}, {"tokens_per_rank", p.tokens_per_rank}, {"hidden", p.hidden}, {"top_k", p.top_k},
+      {"experts", p.experts}, {"expert_width", p.expert_width}, {"skew", p.skew}, {"layer", p.layer},
+      {"transport", p.transport}, {"scaling", p.scaling}, {"path", r.path}, {"reps", r.reps}, {"warmup", r.warmup},
+      {"dispatch_us", StatJson(r.dispatch_us)}, {"combine_us", StatJson(r.combine_us)},
+      {"ours_us", StatJson(r.ours_us)}, {"baseline_us", StatJson(r.baseline_us)}, {"ratio", StatJson(r.ratio)},
+      {"dispatch_bytes_per_rank", r.dispatch_bytes_per_rank}, {"combine_bytes_per_rank", r.combine_bytes_per_rank},
+      {"floor_bytes_per_rank", r.floor_bytes_per_rank}, {"dispatch_gbps", r.dispatch_gbps},
+      {"combine_gbps", r.combine_gbps}, {"baseline_gbps", r.baseline_gbps}, {"rank_imbalance", r.rank_imbalance}};
+  if (p.layer) {
+    j["layer_us"] = StatJson(r.layer_us);
+    j["layer_baseline_us"] = StatJson(r.layer_baseline_us);
+    j["layer_ratio"] = StatJson(r.layer_ratio);
+    j["route_us"] = r.route_us;
+    j["expert_us"] = r.expert_us;
+  }
+  return j;
+}
+
+absl::StatusOr<BenchResult> FromJson(const nlohmann::json& j) {
+  if (!j.is_object()) return absl::InvalidArgumentError("bench result: not a JSON object");
+  BenchResult r;
+  BenchPoint& p = r.point;
+  MOEX_RETURN_IF_ERROR(Get(j, "ranks", &p.ranks));
+  MOEX_RETURN_IF_ERROR(Get(j, "tokens_per_rank", &p.tokens_per_rank));
+  MOEX_RETURN_IF_ERROR(Get(j, "hidden", &p.hidden));
+  MOEX_RETURN_IF_ERROR(Get(j, "top_k", &p.top_k));
+  MOEX_RETURN_IF_ERROR(Get(j, "experts", &p.experts));
+  MOEX_RETURN_IF_ERROR(Get(j, "expert_width", &p.expert_width));
+  MOEX_RETURN_IF_ERROR(Get(j, "skew", &p.skew));
+  MOEX_RETURN_IF_ERROR(Get(j, "layer", &p.layer));
+  MOEX_RETURN_IF_ERROR(Get(j, "transport", &p.transport));
+  MOEX_RETURN_IF_ERROR(Get(j, "scaling", &p.scaling));
+  MOEX_RETURN_IF_ERROR(Get(j, "path", &r.path));
+  MOEX_RETURN_IF_ERROR(Get(j, "reps", &r.reps));
+  MOEX_RETURN_IF_ERROR(Get(j, "warmup", &r.warmup));
+  MOEX_RETURN_IF_ERROR(GetStat(j, "dispatch_us", &r.dispatch_us));
+  MOEX_RETURN_IF_ERROR(GetStat(j, "combine_us", &r.combine_us));
+  MOEX_RETURN_IF_ERROR(GetStat(j, "ours_us", &r.ours_us));
+  MOEX_RETURN_IF_ERROR(GetStat(j, "baseline_us", &r.baseline_us));
+  MOEX_RETURN_IF_ERROR(GetStat(j, "ratio", &r.ratio));
+  MOEX_RETURN_IF_ERROR(Get(j, "dispatch_bytes_per_rank", &r.dispatch_bytes_per_rank));
+  MOEX_RETURN_IF_ERROR(Get(j, "combine_bytes_per_rank", &r.combine_bytes_per_rank));
+  MOEX_RETURN_IF_ERROR(Get(j, "floor_bytes_per_rank", &r.floor_bytes_per_rank));
+  MOEX_RETURN_IF_ERROR(Get(j, "dispatch_gbps", &r.dispatch_gbps));
+  MOEX_RETURN_IF_ERROR(Get(j, "combine_gbps", &r.combine_gbps));
+  MOEX_RETURN_IF_ERROR(Get(j, "baseline_gbps", &r.baseline_gbps));
+  MOEX_RETURN_IF_ERROR(Get(j, "rank_imbalance", &r.rank_imbalance));
+  if (p.layer) {
+    MOEX_RETURN_IF_ERROR(GetStat(j, "layer_us", &r.layer_us));
+    MOEX_RETURN_IF_ERROR(GetStat(j, "layer_baseline_us", &r.layer_baseline_us));
+    MOEX_RETURN_IF_ERROR(GetStat(j, "layer_ratio", &r.layer_ratio));
+    MOEX_RETURN_IF_ERROR(Get(j, "route_us", &r.route_us));
+    MOEX_RETURN_IF_ERROR(Get(j, "expert_us", &r.expert_us));
+  }
+  return r;
+}
+
+std::string ToCsv(const std::vector<BenchResult>& results) {
+  std::vector<double> efficiency = ScalingEfficiency(results);
+  std::ostringstream csv;
+  csv << "scaling,transport,path,ranks,tokens_per_rank,hidden,top_k,experts,expert_width,skew,reps,"
+         "dispatch_us,combine_us,ours_us,ours_us_p10,ours_us_p90,baseline_us,baseline_us_p10,baseline_us_p90,"
+         "ratio,ratio_min,ratio_max,dispatch_bytes_per_rank,combine_bytes_per_rank,floor_bytes_per_rank,"
+         "dispatch_gbps,combine_gbps,baseline_gbps,rank_imbalance,route_us,expert_us,layer_us,layer_us_p10,"
+         "layer_us_p90,layer_baseline_us,layer_ratio,scaling_efficiency\n";
+  for (size_t i = 0; i < results.size(); ++i) {
+    const BenchResult& r = results[i];
+    const BenchPoint& p = r.point;
+    csv << absl::StrFormat("%s,%s,%s,%d,%d,%d,%d,%d,%d,%g,%d,", p.scaling, p.transport, r.path, p.ranks,
+                           p.tokens_per_rank, p.hidden, p.top_k, p.experts, p.expert_width, p.skew, r.reps);
+    csv << absl::StrFormat("%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.4f,%.4f,%.4f,%.0f,%.0f,%.0f,%.4f,%.4f,%.4f,%.4f,",
+                           r.dispatch_us.median, r.combine_us.median, r.ours_us.median, r.ours_us.p10, r.ours_us.p90,
+                           r.baseline_us.median, r.baseline_us.p10, r.baseline_us.p90, r.ratio.median, r.ratio.min,
+                           r.ratio.max, r.dispatch_bytes_per_rank, r.combine_bytes_per_rank, r.floor_bytes_per_rank,
+                           r.dispatch_gbps, r.combine_gbps, r.baseline_gbps, r.rank_imbalance);
+    if (p.layer) {
+      csv << absl::StrFormat("%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.4f,", r.route_us, r.expert_us, r.layer_us.median,
+                             r.layer_us.p10, r.layer_us.p90, r.layer_baseline_us.median, r.layer_ratio.median);
+    } else {
+      csv << ",,,,,,,";
+    }
+    csv << (efficiency[i] > 0 ? absl::StrFormat("%.4f", efficiency[i]) : "") << "\n";
+  }
+  return csv.str();
+}
+
+absl::StatusOr<std::vector<BenchPoint>> ExpandSweep(const SweepSpec& spec, int64_t ranks,
+                                                    const std::string& transport) {
+  if (spec.scaling != "weak" && spec.scaling != "strong" && spec.scaling != "grid") {
+    return absl::InvalidArgumentError(StrCat("bench sweep: --scaling '", spec.scaling, "' is not one of weak, strong, grid"));
+  }
+  if (ranks < 1 || ranks > 4096) return absl::InvalidArgumentError(StrCat("bench sweep: ranks ", ranks, " is outside [1, 4096]"));
+  absl::Status status;
+  std::vector<int64_t> tokens = Checked(spec.scaling == "strong" ? spec.total_tokens : spec.tokens_per_rank,
+                                        spec.scaling == "strong" ? "total-tokens" : "tokens", &status);
+  std::vector<int64_t> hidden = Checked(spec.hidden, "hidden", &status), top_k = Checked(spec.top_k, "top-k", &status);
+  std::vector<int64_t> experts = Checked(spec.experts, "experts", &status);
+  std::vector<int64_t> width = Checked(spec.expert_width, "expert-width", &status);
+  if (spec.skew.empty() || spec.skew.size() > 32) {
+    return absl::InvalidArgumentError("bench sweep: --skew needs 1 to 32 values");
+  }
+  MOEX_RETURN_IF_ERROR(status);
+  std::vector<BenchPoint> points;
+  for (int64_t t : tokens) {
+    for (int64_t h : hidden) {
+      for (int64_t k : top_k) {
+        for (int64_t e : experts) {
+          for (int64_t f : width) {
+            for (double s : spec.skew) {
+              BenchPoint p;
+              p.ranks = ranks;
+              p.transport = transport;
+              p.scaling = spec.scaling;
+              if (spec.scaling == "strong") {
+                if (t % ranks != 0) {
+                  return absl::InvalidArgumentError(StrCat("bench sweep: strong scaling splits --total-tokens ", t,
+                                                           " over ", ranks, " ranks unevenly"));
+                }
+                p.tokens_per_rank = t / ranks;
+              } else {
+                p.tokens_per_rank = t;
+              }
+              p.hidden = h, p.top_k = k, p.experts = e, p.expert_width = f, p.skew = s, p.layer = spec.layer;
+              absl::Status valid = ValidatePoint(p);
+              if (!valid.ok()) return absl::InvalidArgumentError(StrCat(valid.message(), " (at ", ranks, " ranks)"));
+              if (e < ranks) {
+                return absl::InvalidArgumentError(StrCat("bench sweep: ", e, " experts cannot be spread over ", ranks, " ranks"));
+              }
+              points.push_back(p);
+            }
+          }
+        }
+      }
+    }
+  }
+  return points;
+}
+
+absl::StatusOr<int64_t> CountSweep(const SweepSpec& spec) {
+  if (spec.ranks.empty() || spec.transports.empty()) return absl::InvalidArgumentError("bench sweep: no ranks or no transports");
+  int64_t n = 0;
+  for (int64_t r : spec.ranks) {
+    for (const std::string& t : spec.transports) {
+      if (t != "mpi" && t != "ucx") return absl::InvalidArgumentError(StrCat("bench sweep: transport '", t, "' is not one of mpi, ucx"));
+      MOEX_ASSIGN_OR_RETURN(std::vector<BenchPoint> points, ExpandSweep(spec, r, t));
+      n += static_cast<int64_t>(points.size());
+    }
+  }
+  if (n > 4096) return absl::InvalidArgumentError(StrCat("bench sweep: ", n, " points is over the limit of 4096"));
+  return n;
+}
+
+std::vector<double> ScalingEfficiency(const std::vector<BenchResult>& results) {
+  std::map<std::string, const BenchResult*> base;  // series -> its smallest rank count
+  for (const BenchResult& r : results) {
+    const BenchResult*& b = base[SeriesKey(r)];
+    if (b == nullptr || r.point.ranks < b->point.ranks) b = &r;
+  }
+  std::vector<double> out;
+  for (const BenchResult& r : results) {
+    const BenchResult* b = base[SeriesKey(r)];
+    double t = ScalingTime(r), t0 = ScalingTime(*b);
+    if (r.point.scaling == "grid" || !(t > 0) || !(t0 > 0)) {
+      out.push_back(0);
+    } else if (r.point.scaling == "strong") {
+      out.push_back(t0 * static_cast<double>(b->point.ranks) / (t * static_cast<double>(r.point.ranks)));
+    } else {
+      out.push_back(t0 / t);
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<std::string>> WriteReport(const std::vector<BenchResult>& results, const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::PermissionDeniedError(StrCat("cannot create ", dir, ": ", ec.message()));
+  std::vector<std::string> written;
+  auto write = [&](const std::string& name, const std::string& text) -> absl::Status {
+    std::string path = (std::filesystem::path(dir) / name).string();
+    std::string tmp = path + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << text;
+      out.close();
+      if (!out) return absl::DataLossError(StrCat("cannot write ", tmp));
+    }
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) return absl::DataLossError(StrCat("cannot rename ", tmp, " to ", path, ": ", ec.message()));
+    written.push_back(path);
+    return absl::OkStatus();
+  };
+  nlohmann::json all = nlohmann::json::array();
+  std::vector<double> efficiency = ScalingEfficiency(results);
+  for (size_t i = 0; i < results.size(); ++i) {
+    nlohmann::json j = ToJson(results[i]);
+    if (efficiency[i] > 0) j["scaling_efficiency"] = efficiency[i];
+    all.push_back(j);
+  }
+  MOEX_RETURN_IF_ERROR(write("results.json", nlohmann::json{{"results", all}}.dump(2) + "\n"));
+  MOEX_RETURN_IF_ERROR(write("results.csv", ToCsv(results)));
+
+  // Plots: against the rank count when there are several, else against the
+  // tokens per rank.
+  std::set<int64_t> rank_counts;
+  for (const BenchResult& r : results) rank_counts.insert(r.point.ranks);
+  const bool by_ranks = rank_counts.size() > 1;
+  auto x_of = [&](const BenchResult& r) { return static_cast<double>(by_ranks ? r.point.ranks : r.point.tokens_per_rank); };
+  auto key_of = [&](const BenchResult& r) {
+    if (by_ranks) return SeriesKey(r);
+    BenchResult copy = r;
+    copy.point.tokens_per_rank = 0;
+    copy.point.scaling = "grid";
+    return SeriesKey(copy);
+  };
+  std::map<std::string, std::vector<size_t>> series;
+  for (size_t i = 0; i < results.size(); ++i) series[key_of(results[i])].push_back(i);
+  auto chart = [&](const std::string& title, const std::string& y_label) {
+    Chart c;
+    c.title = title;
+    c.x_label = by_ranks ? "ranks" : "tokens per rank";
+    c.y_label = y_label;
+    c.log2_x = true;
+    return c;
+  };
+  auto add = [&](Chart* c, const std::string& prefix, auto value) {
+    for (auto& [key, indices] : series) {
+      Series s;
+      s.label = prefix + key;
+      for (size_t i : indices) s.points.push_back({x_of(results[i]), value(i)});
+      std::sort(s.points.begin(), s.points.end());
+      c->series.push_back(std::move(s));
+    }
+  };
+  Chart latency = chart("dispatch + combine, median (slowest rank)", "microseconds");
+  add(&latency, "moex: ", [&](size_t i) { return results[i].ours_us.median; });
+  add(&latency, "MPI_Alltoallv: ", [&](size_t i) { return results[i].baseline_us.median; });
+  MOEX_RETURN_IF_ERROR(write("latency.svg", RenderSvg(latency)));
+  Chart bandwidth = chart("dispatch bandwidth per rank (bytes sent / median time)", "GB/s");
+  add(&bandwidth, "moex dispatch: ", [&](size_t i) { return results[i].dispatch_gbps; });
+  add(&bandwidth, "MPI_Alltoallv: ", [&](size_t i) { return results[i].baseline_gbps; });
+  MOEX_RETURN_IF_ERROR(write("bandwidth.svg", RenderSvg(bandwidth)));
+  if (by_ranks) {
+    Chart eff = chart("scaling efficiency (whole layer where measured)", "efficiency");
+    add(&eff, "", [&](size_t i) { return efficiency[i]; });
+    MOEX_RETURN_IF_ERROR(write("efficiency.svg", RenderSvg(eff)));
+  }
+  return written;
+}
+
+absl::StatusOr<std::vector<BenchResult>> ReadResults(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(StrCat("cannot read ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  std::vector<BenchResult> results;
+  nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  std::vector<nlohmann::json> items;
+  if (!j.is_discarded() && j.is_object() && j.contains("results") && j["results"].is_array()) {
+    for (const auto& item : j["results"]) items.push_back(item);
+  } else if (!j.is_discarded() && j.is_object() && j.contains("bench") && j["bench"].is_array()) {
+    // A bench job's status (`moex job status ID --json`): each point carries
+    // its whole record as a JSON string.
+    for (const auto& point : j["bench"]) {
+      if (!point.is_object() || !point.contains("json") || !point["json"].is_string()) {
+        return absl::InvalidArgumentError(StrCat(path, ": a bench point without its 'json' record"));
+      }
+      nlohmann::json item = nlohmann::json::parse(point["json"].get<std::string>(), nullptr, false);
+      if (item.is_discarded()) return absl::InvalidArgumentError(StrCat(path, ": a bench point's record is not JSON"));
+      items.push_back(item);
+    }
+  } else {
+    // JSON lines.
+    std::istringstream lines(text.str());
+    std::string line;
+    int number = 0;
+    while (std::getline(lines, line)) {
+      ++number;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      nlohmann::json item = nlohmann::json::parse(line, nullptr, false);
+      if (item.is_discarded()) return absl::InvalidArgumentError(StrCat(path, ":", number, ": not JSON"));
+      items.push_back(item);
+    }
+  }
+  for (size_t i = 0; i < items.size(); ++i) {
+    absl::StatusOr<BenchResult> r = FromJson(items[i]);
+    if (!r.ok()) return absl::InvalidArgumentError(StrCat(path, ": result ", i + 1, ": ", r.status().message()));
+    results.push_back(*r);
+  }
+  return results;
+}
+
+}  // namespace moex::bench
