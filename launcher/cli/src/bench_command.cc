@@ -318,15 +318,22 @@ int RunCalibrate(const BenchFlags& f) {
   bench::CalibrationOptions o;
   absl::StatusOr<std::vector<int64_t>> fit_ranks = ParseList<int64_t>("fit-ranks", f.fit_ranks);
   absl::StatusOr<std::vector<int64_t>> fit_tokens = ParseList<int64_t>("fit-tokens", f.fit_tokens);
-  absl::Status status = !results.ok() ? results.status() : !fit_ranks.ok() ? fit_ranks.status() : fit_tokens.status();
+  absl::StatusOr<std::vector<int64_t>> only_ranks = ParseList<int64_t>("ranks", f.only_ranks);
+  absl::Status status = !results.ok()      ? results.status()
+                        : !fit_ranks.ok()  ? fit_ranks.status()
+                        : !fit_tokens.ok() ? fit_tokens.status()
+                                           : only_ranks.status();
   if (!status.ok()) {
     std::cerr << "moex bench: error: " << status.message() << "\n";
     return 2;
   }
   o.fit_ranks = *fit_ranks;
   o.fit_tokens = *fit_tokens;
+  o.only_ranks = *only_ranks;
   o.copy_gbps = bench::MeasureCopyGbps();
-  o.name = "calibrated-" + std::string(f.results);
+  char host[256] = "host";
+  gethostname(host, sizeof(host) - 1);
+  o.name = StrCat("calibrated-", host);
   absl::StatusOr<bench::Calibration> c = bench::Calibrate(*results, o);
   if (!c.ok()) {
     std::cerr << "moex bench: error: " << c.status().message() << "\n";
@@ -410,6 +417,7 @@ CLI::App* AddBenchCommand(CLI::App& app, BenchFlags& f) {
   calibrate->add_option("--results", f.results, "results.json from a sweep")->required();
   calibrate->add_option("--fit-ranks", f.fit_ranks, "Rank counts to fit on (default: all)");
   calibrate->add_option("--fit-tokens", f.fit_tokens, "Tokens per rank to fit on (default: all)");
+  calibrate->add_option("--ranks", f.only_ranks, "Only results at these rank counts (ranks sharing one host's cores: one at a time)");
   calibrate->add_option("--out", f.out, "Write the fitted cluster profile here (for moex plan --perf --cluster)");
   calibrate->add_flag("--json", f.json, "Print JSON");
   return bench;

@@ -53,6 +53,7 @@ double MeanError(const std::vector<std::pair<double, double>>& pairs) {
 absl::StatusOr<Calibration> Calibrate(const std::vector<BenchResult>& results, const CalibrationOptions& o) {
   std::vector<const BenchResult*> fit, rest;
   for (const BenchResult& r : results) {
+    if (!In(o.only_ranks, r.point.ranks)) continue;
     (In(o.fit_ranks, r.point.ranks) && In(o.fit_tokens, r.point.tokens_per_rank) ? fit : rest).push_back(&r);
   }
   // Link: y = a + b x over dispatch and combine of multi-rank points.

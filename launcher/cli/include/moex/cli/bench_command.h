@@ -49,6 +49,7 @@ struct BenchFlags {
   std::string results;
   std::string fit_ranks;
   std::string fit_tokens;
+  std::string only_ranks;
   std::string mpirun = "mpirun";
   std::string mpirun_args = "--oversubscribe --mca btl self,vader,tcp";
   bool json = false;

@@ -24,6 +24,11 @@ struct CalibrationOptions {
   // its tokens per rank in fit_tokens (empty: any); the rest are predicted.
   std::vector<int64_t> fit_ranks;
   std::vector<int64_t> fit_tokens;
+  // Only results at these rank counts take part (empty: all). Ranks that
+  // share one host's cores do not each get a GPU's worth of compute and
+  // copy bandwidth, as the model assumes: calibrate one rank count at a
+  // time there.
+  std::vector<int64_t> only_ranks;
   double copy_gbps = 0;  // this machine's memory bandwidth; 0: not known
   std::string name = "calibrated";
 };
