@@ -93,14 +93,24 @@ void JobManager::SetAdvertisedAddress(std::string address) {
   options_.advertise = std::move(address);
 }
 
-void JobManager::Persist(const Entry& entry) {
+void JobManager::Persist(Entry& entry) {
   absl::Status status = store_->Put(entry.job, entry.process_group);
   if (!status.ok()) {
-    // The API keeps answering from memory; the operator sees why the disk
-    // copy lags.
-    fprintf(stderr, "moex serve: cannot persist job %s: %s\n", entry.job.id().c_str(),
-            std::string(status.message()).c_str());
+    // The API keeps answering from memory, the record is retried every
+    // second (monitor loop), and the operator sees once why the disk copy
+    // lags.
+    if (!entry.write_failed) {
+      fprintf(stderr, "moex serve: cannot persist job %s (retrying every second): %s\n", entry.job.id().c_str(),
+              std::string(status.message()).c_str());
+    }
+    entry.write_failed = true;
+    entry.unsaved = true;
+    return;
   }
+  if (entry.write_failed) fprintf(stderr, "moex serve: job %s persisted again\n", entry.job.id().c_str());
+  entry.write_failed = false;
+  entry.unsaved = false;
+  entry.saved_at = Clock::now();
 }
 
 void JobManager::Notify(const std::string& id) {
@@ -154,6 +164,15 @@ absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
     entry.job.set_submit_time_unix_ms(NowMs());
     entry.job.set_log_path((std::filesystem::path(options_.state_dir) / "logs" / (id + ".log")).string());
     entry.job.set_message("launching");
+    // A job nobody could find after a restart is lost work: the record is
+    // on disk before anything is launched, or the job is refused.
+    absl::Status recorded = store_->Put(entry.job, 0);
+    if (!recorded.ok()) {
+      jobs_.erase(id);
+      return absl::ResourceExhaustedError(StrCat("cannot record the job in the state dir ", options_.state_dir, " (",
+                                           recorded.message(), "); nothing was launched: free space or fix the "
+                                           "state dir, then submit again"));
+    }
     absl::Status launched = Launch(entry);
     if (!launched.ok()) {
       Finish(entry, moex::v1::JOB_STATE_FAILED, StrCat("could not start the job: ", launched.message()));
@@ -340,7 +359,9 @@ absl::StatusOr<moex::v1::ReportStepResponse> JobManager::ReportStep(const moex::
     }
     MaybeRebalance(entry);
     response.set_placement_version(std::max<int64_t>(1, job.placement().version()));
-    Persist(entry);
+    // Running figures reach the disk within a second (the monitor loop), not
+    // with an fsync on every step's report: that would pace the job.
+    entry.unsaved = true;
   }
   Notify(r.job_id());
   return response;
@@ -402,6 +423,12 @@ void JobManager::MonitorLoop() {
     int status = 0;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) OnExit(pid, status);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto& [id, entry] : jobs_) {
+        if (entry.unsaved && Clock::now() - entry.saved_at >= std::chrono::seconds(1)) Persist(entry);
+      }
+    }
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto now = Clock::now();

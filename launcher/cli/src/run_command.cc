@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -418,7 +419,10 @@ class Runner {
 
   // Test hook: MOEX_FAULT_STALL_MIGRATION_RANK=r makes rank r go silent
   // before the first migration chunk.
+  // MOEX_FAULT_KILL_MIGRATION_RANK=r makes rank r die (SIGKILL) there.
   void MaybeStallMigration(int64_t chunk) const {
+    const char* kill_rank = std::getenv("MOEX_FAULT_KILL_MIGRATION_RANK");
+    if (kill_rank != nullptr && std::atoi(kill_rank) == rank_ && chunk == 0) raise(SIGKILL);
     const char* stall_rank = std::getenv("MOEX_FAULT_STALL_MIGRATION_RANK");
     if (stall_rank == nullptr || std::atoi(stall_rank) != rank_ || chunk != 0) return;
     std::this_thread::sleep_for(std::chrono::duration<double>(flags_.timeout_seconds * 3 + 5));
@@ -599,6 +603,10 @@ int RunRun(const RunFlags& given, int* argc, char*** argv) {
   // A worker takes its spec from the controller.
   std::unique_ptr<launcher::WorkerSession> worker;
   if (!flags.job_id.empty()) {
+    // Test hook: MOEX_FAULT_UNREACHABLE_RANK=r gives rank r an address where
+    // no controller listens.
+    const char* unreachable = std::getenv("MOEX_FAULT_UNREACHABLE_RANK");
+    if (unreachable != nullptr && std::atoi(unreachable) == rank) flags.controller = "127.0.0.1:1";
     auto registered = launcher::WorkerSession::Register(flags.controller, flags.job_id, rank, (*mpi)->world_size());
     if (!registered.ok()) return fail(registered.status());
     worker = std::move(*registered);

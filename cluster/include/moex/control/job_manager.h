@@ -115,6 +115,9 @@ class JobManager {
     // Adopted from an earlier controller: its mpirun is not our child.
     bool adopted = false;
     Clock::time_point adopted_at;
+    bool unsaved = false;       // the record on disk is behind: written by the monitor loop
+    bool write_failed = false;  // the last write failed (said once, retried every second)
+    Clock::time_point saved_at;
   };
 
   explicit JobManager(ControllerOptions options, std::unique_ptr<JobStore> store)
@@ -124,7 +127,7 @@ class JobManager {
   // Moves a job to a terminal state, kills what is left of its group,
   // persists, and notifies. Requires the lock; returns the notifications.
   void Finish(Entry& entry, moex::v1::JobState state, std::string message);
-  void Persist(const Entry& entry);
+  void Persist(Entry& entry);
   // Requires the lock. Makes placement version 1 (contiguous) if the job has
   // none yet.
   absl::Status EnsurePlacement(Entry& entry);
