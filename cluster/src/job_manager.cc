@@ -26,6 +26,8 @@ bool IsTerminal(JobState state) {
          state == moex::v1::JOB_STATE_CANCELLED;
 }
 
+int World(const moex::v1::Job& job) { return job.world_size() > 0 ? job.world_size() : job.spec().world_size(); }
+
 namespace {
 
 int64_t NowMs() {
@@ -74,7 +76,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
       // Its processes are gone and nobody saw how they ended.
       entry.job.set_state(moex::v1::JOB_STATE_FAILED);
       entry.job.set_message(StrCat("the controller stopped while this job was ",
-                                   entry.job.ranks_registered() == entry.job.spec().world_size() ? "running" : "starting",
+                                   entry.job.ranks_registered() == World(entry.job) ? "running" : "starting",
                                    "; its processes had ended when the controller restarted, and how they ended "
                                    "was not observed"));
       entry.job.set_end_time_unix_ms(NowMs());
@@ -128,19 +130,100 @@ void JobManager::Notify(const std::string& id) {
   for (auto& callback : callbacks) callback(snapshot);
 }
 
+void JobManager::KillProcesses(Entry& entry) {
+  // No process is left behind: mpirun's group, and each rank (Open MPI
+  // gives ranks process groups of their own).
+  if (entry.process_group > 0) (void)SignalGroup(entry.process_group, SIGKILL);
+  for (const auto& rank : entry.job.ranks()) {
+    SignalIfCommandLineHas(rank.pid(), StrCat("--job-id ", entry.job.id()), SIGKILL);
+  }
+}
+
 void JobManager::Finish(Entry& entry, JobState state, std::string message) {
   if (IsTerminal(entry.job.state())) return;
   entry.job.set_state(state);
   entry.job.set_message(std::move(message));
   entry.job.set_end_time_unix_ms(NowMs());
-  // No process of a finished job is left behind: mpirun's group, and each
-  // rank (Open MPI gives ranks process groups of their own).
-  if (entry.process_group > 0) (void)SignalGroup(entry.process_group, SIGKILL);
-  for (const auto& rank : entry.job.ranks()) {
-    SignalIfCommandLineHas(rank.pid(), StrCat("--job-id ", entry.job.id()), SIGKILL);
+  KillProcesses(entry);
+  if (entry.job.attempts_size() > 0) {
+    moex::v1::Attempt* attempt = entry.job.mutable_attempts(entry.job.attempts_size() - 1);
+    if (attempt->end_time_unix_ms() == 0) {
+      attempt->set_end_time_unix_ms(entry.job.end_time_unix_ms());
+      attempt->set_steps_done(entry.job.metrics().steps_done());
+      attempt->set_ended(entry.job.message());
+    }
   }
   Persist(entry);
   pending_notifications_.push_back(entry.job.id());
+}
+
+void JobManager::RankFailed(Entry& entry, std::string why, std::vector<int> lost) {
+  if (IsTerminal(entry.job.state())) return;
+  Job& job = entry.job;
+  const moex::v1::JobSpec& spec = job.spec();
+  const int restarts = std::max(0, job.attempts_size() - 1);
+  if (entry.cancel_requested || spec.has_bench() || restarts >= spec.max_restarts()) {
+    if (spec.max_restarts() > 0 && !entry.cancel_requested) {
+      why = StrCat(why, " (attempt ", restarts + 1, " of ", spec.max_restarts() + 1, ": no restart left)");
+    }
+    Finish(entry, moex::v1::JOB_STATE_FAILED, std::move(why));
+    return;
+  }
+  // Close this attempt, and leave nothing of it running.
+  const int64_t now = NowMs();
+  if (job.attempts_size() == 0) {  // a record from before attempts were kept
+    moex::v1::Attempt* first = job.add_attempts();
+    first->set_number(1);
+    first->set_world_size(World(job));
+    first->set_start_time_unix_ms(job.submit_time_unix_ms());
+  }
+  moex::v1::Attempt* ended = job.mutable_attempts(job.attempts_size() - 1);
+  ended->set_end_time_unix_ms(now);
+  ended->set_steps_done(job.metrics().steps_done());
+  ended->set_ended(why);
+  KillProcesses(entry);
+  job_by_group_.erase(entry.process_group);  // its exit, reaped later, is no news
+  entry.process_group = 0;
+  entry.adopted = false;
+
+  const int world = World(job);
+  int next_world = world;
+  std::string how = StrCat("on the same ", world, " ranks");
+  std::sort(lost.begin(), lost.end());
+  lost.erase(std::unique(lost.begin(), lost.end()), lost.end());
+  if (spec.allow_shrink() && !lost.empty() && static_cast<int>(lost.size()) < world) {
+    const int survivors = world - static_cast<int>(lost.size());
+    absl::Status placed = PublishForWorld(entry, survivors, StrCat("elastic: ", survivors, " ranks after rank(s) ",
+                                                                   absl::StrJoin(lost, ", "), " failed"));
+    if (placed.ok()) {
+      // The new ranks start on it: it serves from the attempt's first step.
+      job.mutable_rebalances(job.rebalances_size() - 1)->set_live_at_step(job.metrics().steps_done() + 1);
+      next_world = survivors;
+      how = StrCat("on the ", survivors, " surviving ranks (placement version ", job.placement().version(), ")");
+    } else {
+      how = StrCat("on ", world, " ranks: it cannot shrink (", placed.message(), ")");
+    }
+  }
+  job.set_world_size(next_world);
+  job.clear_ranks();
+  job.set_ranks_registered(0);
+  entry.last_heartbeat.clear();
+  job.set_state(moex::v1::JOB_STATE_PENDING);
+  const int64_t resume = job.metrics().steps_done();
+  moex::v1::Attempt* attempt = job.add_attempts();
+  attempt->set_number(job.attempts_size());
+  attempt->set_world_size(next_world);
+  attempt->set_start_time_unix_ms(now);
+  attempt->set_first_step(resume);
+  job.set_message(StrCat("restarting ", how, ", resuming after step ", resume, " (attempt ", attempt->number(), " of ",
+                         spec.max_restarts() + 1, "); attempt ", attempt->number() - 1, " ended: ", why));
+  absl::Status launched = Launch(entry);
+  if (!launched.ok()) {
+    Finish(entry, moex::v1::JOB_STATE_FAILED, StrCat("could not restart the job: ", launched.message(), "; before: ", why));
+    return;
+  }
+  Persist(entry);
+  pending_notifications_.push_back(job.id());
 }
 
 absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
@@ -164,6 +247,11 @@ absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
     entry.job.set_submit_time_unix_ms(NowMs());
     entry.job.set_log_path((std::filesystem::path(options_.state_dir) / "logs" / (id + ".log")).string());
     entry.job.set_message("launching");
+    entry.job.set_world_size(spec.world_size());
+    moex::v1::Attempt* attempt = entry.job.add_attempts();
+    attempt->set_number(1);
+    attempt->set_world_size(spec.world_size());
+    attempt->set_start_time_unix_ms(entry.job.submit_time_unix_ms());
     // A job nobody could find after a restart is lost work: the record is
     // on disk before anything is launched, or the job is refused.
     absl::Status recorded = store_->Put(entry.job, 0);
@@ -190,7 +278,7 @@ absl::Status JobManager::Launch(Entry& entry) {
   std::string controller = options_.advertise.empty() ? options_.listen : options_.advertise;
   SpawnOptions spawn;
   spawn.log_path = entry.job.log_path();
-  spawn.argv = {options_.mpirun, "-np", std::to_string(spec.world_size())};
+  spawn.argv = {options_.mpirun, "-np", std::to_string(World(entry.job))};
   spawn.argv.insert(spawn.argv.end(), options_.mpirun_args.begin(), options_.mpirun_args.end());
   // The job id on every rank's command line: `ps` finds every process of it.
   spawn.argv.insert(spawn.argv.end(), {options_.moex_binary, "worker", "--job-id", entry.job.id(),
@@ -207,6 +295,9 @@ absl::Status JobManager::Launch(Entry& entry) {
     }
   }
   {
+    std::error_code size_error;
+    const auto size = std::filesystem::file_size(spawn.log_path, size_error);
+    entry.log_offset = size_error ? 0 : static_cast<int64_t>(size);
     std::ofstream log(spawn.log_path, std::ios::app);
     log << "moex serve: launching job " << entry.job.id() << ": " << absl::StrJoin(spawn.argv, " ") << "\n";
   }
@@ -290,9 +381,9 @@ absl::StatusOr<moex::v1::RegisterRankResponse> JobManager::RegisterRank(const mo
     if (IsTerminal(entry.job.state())) {
       return absl::FailedPreconditionError(StrCat("job ", r.job_id(), " has ended (", JobState_Name(entry.job.state()), ")"));
     }
-    if (r.world_size() != entry.job.spec().world_size() || r.rank() < 0 || r.rank() >= r.world_size()) {
+    if (r.world_size() != World(entry.job) || r.rank() < 0 || r.rank() >= r.world_size()) {
       return absl::InvalidArgumentError(StrCat("rank ", r.rank(), " of ", r.world_size(), " does not fit job ",
-                                               r.job_id(), " of ", entry.job.spec().world_size(), " ranks"));
+                                               r.job_id(), " of ", World(entry.job), " ranks"));
     }
     bool known = false;
     for (const auto& rank : entry.job.ranks()) known |= rank.rank() == r.rank();
@@ -305,7 +396,7 @@ absl::StatusOr<moex::v1::RegisterRankResponse> JobManager::RegisterRank(const mo
       entry.job.set_ranks_registered(entry.job.ranks_size());
     }
     entry.last_heartbeat[r.rank()] = Clock::now();
-    if (entry.job.state() == moex::v1::JOB_STATE_PENDING && entry.job.ranks_registered() == entry.job.spec().world_size()) {
+    if (entry.job.state() == moex::v1::JOB_STATE_PENDING && entry.job.ranks_registered() == World(entry.job)) {
       entry.job.set_state(moex::v1::JOB_STATE_RUNNING);
       entry.job.set_start_time_unix_ms(NowMs());
       entry.job.set_message("running");
@@ -313,6 +404,7 @@ absl::StatusOr<moex::v1::RegisterRankResponse> JobManager::RegisterRank(const mo
     Persist(entry);
     *response.mutable_spec() = entry.job.spec();
     response.set_placement_version(std::max<int64_t>(1, entry.job.placement().version()));
+    if (entry.job.attempts_size() > 0) response.set_first_step(entry.job.attempts(entry.job.attempts_size() - 1).first_step());
   }
   Notify(r.job_id());
   return response;
@@ -325,7 +417,7 @@ absl::StatusOr<moex::v1::HeartbeatResponse> JobManager::Heartbeat(const moex::v1
   Entry& entry = it->second;
   entry.last_heartbeat[r.rank()] = Clock::now();
   if (entry.adopted && !IsTerminal(entry.job.state()) &&
-      static_cast<int>(entry.last_heartbeat.size()) == entry.job.spec().world_size() &&
+      static_cast<int>(entry.last_heartbeat.size()) == World(entry.job) &&
       entry.job.message().rfind("the controller restarted", 0) == 0) {
     entry.job.set_message("re-adopted after a controller restart: every rank reported back in");
     Persist(entry);
@@ -371,6 +463,7 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status) {
   // The most specific line of the log wins: a rank's own error, then what
   // mpirun saw happen to a rank, then mpirun's exit status.
   std::ifstream log(entry.job.log_path());
+  log.seekg(static_cast<std::streamoff>(entry.log_offset));  // this attempt's part of the log only
   std::string line, rank_error, rank_death;
   static const std::regex kDeath(R"(process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+) \(([^)]*)\))");
   std::smatch match;
@@ -406,10 +499,16 @@ void JobManager::OnExit(pid_t pid, int wait_status) {
   if (entry.cancel_requested) {
     Finish(entry, moex::v1::JOB_STATE_CANCELLED, "cancelled by request; every process of the job has ended");
   } else if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0 &&
-             entry.job.ranks_registered() == entry.job.spec().world_size()) {
+             entry.job.ranks_registered() == World(entry.job)) {
     Finish(entry, moex::v1::JOB_STATE_SUCCEEDED, "succeeded");
   } else {
-    Finish(entry, moex::v1::JOB_STATE_FAILED, DiagnoseFailure(entry, wait_status));
+    std::string why = DiagnoseFailure(entry, wait_status);
+    // "rank N (pid ...) was killed", "rank N: error ...": the rank it names.
+    static const std::regex kRank(R"(^rank (\d+)\b)");
+    std::smatch match;
+    std::vector<int> lost;
+    if (std::regex_search(why, match, kRank)) lost.push_back(std::stoi(match[1].str()));
+    RankFailed(entry, std::move(why), std::move(lost));
   }
 }
 
@@ -450,10 +549,10 @@ void JobManager::MonitorLoop() {
           }
           continue;
         }
-        if (entry.adopted && static_cast<int>(entry.last_heartbeat.size()) < entry.job.spec().world_size() &&
+        if (entry.adopted && static_cast<int>(entry.last_heartbeat.size()) < World(entry.job) &&
             seconds(entry.adopted_at) > options_.heartbeat_timeout_seconds) {
           std::vector<int> silent;
-          for (int r = 0; r < entry.job.spec().world_size(); ++r) {
+          for (int r = 0; r < World(entry.job); ++r) {
             if (!entry.last_heartbeat.count(r)) silent.push_back(r);
           }
           Finish(entry, moex::v1::JOB_STATE_FAILED,
@@ -470,14 +569,15 @@ void JobManager::MonitorLoop() {
         }
         if (entry.job.state() == moex::v1::JOB_STATE_PENDING && seconds(entry.launched) > options_.start_timeout_seconds) {
           std::vector<int> missing;
-          for (int r = 0; r < entry.job.spec().world_size(); ++r) {
+          for (int r = 0; r < World(entry.job); ++r) {
             bool seen = false;
             for (const auto& rank : entry.job.ranks()) seen |= rank.rank() == r;
             if (!seen) missing.push_back(r);
           }
-          Finish(entry, moex::v1::JOB_STATE_FAILED,
-                 StrCat("rank(s) ", absl::StrJoin(missing, ", "), " never registered within the start timeout of ",
-                        options_.start_timeout_seconds, " s; log: ", entry.job.log_path()));
+          RankFailed(entry,
+                     StrCat("rank(s) ", absl::StrJoin(missing, ", "), " never registered within the start timeout of ",
+                            options_.start_timeout_seconds, " s; log: ", entry.job.log_path()),
+                     missing);
           continue;
         }
         if (entry.job.state() == moex::v1::JOB_STATE_RUNNING) {
@@ -487,9 +587,10 @@ void JobManager::MonitorLoop() {
               for (const auto& info : entry.job.ranks()) {
                 if (info.rank() == rank) where = StrCat(" (pid ", info.pid(), " on ", info.host(), ")");
               }
-              Finish(entry, moex::v1::JOB_STATE_FAILED,
-                     StrCat("rank ", rank, where, " stopped sending heartbeats: none for ",
-                            static_cast<int>(seconds(last)), " s (timeout ", options_.heartbeat_timeout_seconds, " s)"));
+              RankFailed(entry,
+                         StrCat("rank ", rank, where, " stopped sending heartbeats: none for ",
+                                static_cast<int>(seconds(last)), " s (timeout ", options_.heartbeat_timeout_seconds, " s)"),
+                         {rank});
               break;
             }
           }

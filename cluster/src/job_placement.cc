@@ -3,6 +3,7 @@
 // threshold or on request). JobManager's methods, kept apart from the job
 // lifecycle in job_manager.cc.
 #include <algorithm>
+#include <optional>
 
 #include "absl/strings/str_format.h"
 #include "moex/balance/eplb.h"
@@ -36,7 +37,7 @@ absl::Status JobManager::EnsurePlacement(Entry& entry) {
   if (spec.has_layer()) layer = spec.layer();
   MOEX_ASSIGN_OR_RETURN(ep::MoeLayerSpec layer_spec, ep::MoeLayerSpec::FromArch(arch, layer));
   MOEX_ASSIGN_OR_RETURN(ep::Placement placement,
-                        ep::Placement::Contiguous(layer_spec.num_experts, spec.world_size(), spec.redundant_experts()));
+                        ep::Placement::Contiguous(layer_spec.num_experts, World(entry.job), spec.redundant_experts()));
   moex::v1::Placement* out = entry.job.mutable_placement();
   out->set_version(1);
   out->set_num_experts(placement.num_experts());
@@ -94,6 +95,57 @@ absl::StatusOr<moex::v1::Placement> JobManager::Publish(Entry& entry, const std:
   entry.last_publish_step = entry.load->steps();
   Persist(entry);
   return *published;
+}
+
+absl::Status JobManager::PublishForWorld(Entry& entry, int world, const std::string& reason) {
+  Job& job = entry.job;
+  MOEX_RETURN_IF_ERROR(EnsurePlacement(entry));
+  MOEX_ASSIGN_OR_RETURN(ep::Placement current, ToPlacement(job.placement()));
+  const int64_t experts = current.num_experts();
+  int64_t per_rank = 0;
+  for (int r = 0; r < current.world_size(); ++r) per_rank = std::max(per_rank, current.num_local_slots(r));
+  const int64_t capacity = per_rank * world;
+  if (capacity < experts) {
+    return absl::FailedPreconditionError(StrCat(world, " ranks of ", per_rank, " expert slots hold ", capacity,
+                                                " slots; the layer has ", experts, " experts, so it needs at least ",
+                                                (experts + per_rank - 1) / per_rank, " ranks"));
+  }
+  // Every logical expert stays held; the redundant replicas go first.
+  const int64_t slots = std::min<int64_t>(capacity, current.num_slots());
+  std::optional<ep::Placement> next;
+  if (entry.load && entry.load->window_steps() > 0 && slots % world == 0) {
+    balance::PlanInput input;
+    input.load = {entry.load->window_load()};
+    input.num_replicas = slots;
+    input.num_gpus = world;
+    absl::StatusOr<balance::EplbPlacement> plan = balance::PlanPlacement(job.spec().rebalance().policy(), input);
+    if (plan.ok()) {
+      MOEX_ASSIGN_OR_RETURN(next, ep::Placement::FromSlots(experts, plan->phy2log[0],
+                                                           std::vector<int64_t>(world, slots / world)));
+    }
+  }
+  if (!next) {
+    MOEX_ASSIGN_OR_RETURN(next, ep::Placement::Contiguous(experts, world, slots - experts));
+  }
+  moex::v1::RebalanceRecord* record = job.add_rebalances();
+  record->set_version(job.placement().version() + 1);
+  record->set_decided_at_step(job.metrics().steps_done());
+  record->set_policy(entry.load && entry.load->window_steps() > 0 ? job.spec().rebalance().policy() : "contiguous");
+  record->set_reason(reason);
+  if (entry.load && entry.load->window_steps() > 0) {
+    record->set_imbalance_before(balance::Imbalance(balance::RankLoads(current, entry.load->window_load())));
+    record->set_imbalance_after(balance::Imbalance(balance::RankLoads(*next, entry.load->window_load())));
+  }
+  moex::v1::Placement* published = job.mutable_placement();
+  published->set_version(record->version());
+  published->clear_slot_expert();
+  published->clear_slots_per_rank();
+  for (int64_t s = 0; s < next->num_slots(); ++s) published->add_slot_expert(next->slot_expert(s));
+  for (int r = 0; r < world; ++r) published->add_slots_per_rank(next->num_local_slots(r));
+  // The new ranks start on it: the old window described other ranks.
+  if (entry.load) entry.load->ClearWindow();
+  entry.last_publish_step.reset();
+  return absl::OkStatus();
 }
 
 absl::StatusOr<moex::v1::Placement> JobManager::Rebalance(const std::string& id, const std::string& policy) {

@@ -88,6 +88,9 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
       spec->exchange_timeout_seconds() > 3600) {
     return Bad("exchange_timeout_seconds", "must be in [0, 3600] (0: 60)");
   }
+  if (spec->max_restarts() < 0 || spec->max_restarts() > 10) return Bad("max_restarts", "must be in [0, 10]");
+  if (spec->allow_shrink() && spec->max_restarts() == 0) return Bad("allow_shrink", "needs max_restarts >= 1");
+  if (spec->has_bench() && spec->max_restarts() > 0) return Bad("max_restarts", "applies to layer jobs, not bench jobs");
   if (spec->has_bench()) {
     if (spec->rebalance().threshold() != 0) return Bad("rebalance.threshold", "applies to layer jobs, not bench jobs");
     return ValidateBench(spec);

@@ -1,5 +1,7 @@
 #include "moex/control/spec_validation.h"
 
+#include <cmath>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -55,6 +57,47 @@ TEST(SpecValidationTest, WorldLargerThanTheExpertSlots) {
   spec.set_world_size(16);
   absl::Status status = ValidateAndNormalise(&spec, SpecLimits{.max_world_size = 64});
   EXPECT_THAT(std::string(status.message()), HasSubstr("only 8 expert slots"));
+}
+
+TEST(SpecValidationTest, ElasticRecoveryFields) {
+  auto with = [](auto change) {
+    moex::v1::JobSpec spec = Good();
+    change(spec);
+    return ErrorOf(spec);
+  };
+  EXPECT_EQ(with([](auto& s) { s.set_max_restarts(3); s.set_allow_shrink(true); }), "");
+  EXPECT_THAT(with([](auto& s) { s.set_max_restarts(11); }), HasSubstr("spec.max_restarts must be in [0, 10]"));
+  EXPECT_THAT(with([](auto& s) { s.set_max_restarts(-1); }), HasSubstr("spec.max_restarts"));
+  EXPECT_THAT(with([](auto& s) { s.set_allow_shrink(true); }), HasSubstr("spec.allow_shrink needs max_restarts"));
+}
+
+TEST(SpecValidationTest, BenchJobsGetTheirPointsAsSteps) {
+  moex::v1::JobSpec spec = Good();
+  spec.set_steps(0);
+  spec.set_model("");
+  spec.mutable_bench()->add_tokens_per_rank(64);
+  spec.mutable_bench()->add_tokens_per_rank(128);
+  spec.mutable_bench()->add_skew(0);
+  spec.mutable_bench()->add_skew(1.2);
+  ASSERT_TRUE(ValidateAndNormalise(&spec, SpecLimits{}).ok());
+  EXPECT_EQ(spec.steps(), 4);  // 2 token counts x 2 skews
+  EXPECT_EQ(spec.bench().hidden_size(), 1);  // the defaults are written back
+  EXPECT_EQ(spec.bench().reps(), 10);
+  auto with = [](auto change) {
+    moex::v1::JobSpec s = Good();
+    s.mutable_bench();
+    change(s);
+    return ErrorOf(s);
+  };
+  EXPECT_THAT(with([](auto& s) { s.mutable_bench()->add_experts(1); }), HasSubstr("spec.bench"));
+  EXPECT_THAT(with([](auto& s) { s.mutable_bench()->add_skew(std::nan("")); }), HasSubstr("spec.bench.skew"));
+  EXPECT_THAT(with([](auto& s) { s.mutable_bench()->set_reps(-1); }), HasSubstr("spec.bench.reps"));
+  EXPECT_THAT(with([](auto& s) { s.set_max_restarts(1); }), HasSubstr("not bench jobs"));
+  EXPECT_THAT(with([](auto& s) {
+                for (int i = 0; i < 20; ++i) s.mutable_bench()->add_tokens_per_rank(16 + i);
+                for (int i = 0; i < 20; ++i) s.mutable_bench()->add_hidden(16 + i);
+              }),
+              HasSubstr("at most 256 per job"));
 }
 
 }  // namespace

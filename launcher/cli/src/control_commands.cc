@@ -125,6 +125,16 @@ void PrintJob(const moex::v1::Job& job) {
                                  r.imbalance_after(), r.experts_moved(),
                                  r.live_at_step() > 0 ? StrCat("serving from step ", r.live_at_step()) : "migrating");
   }
+  if (job.attempts_size() > 1 || job.spec().max_restarts() > 0) {
+    std::cout << absl::StrFormat("  attempts (%d restarts allowed%s):\n", job.spec().max_restarts(),
+                                 job.spec().allow_shrink() ? ", may shrink" : "");
+    for (const auto& a : job.attempts()) {
+      std::cout << absl::StrFormat("    %d: %d ranks, steps %d-%d, %s -> %s%s\n", a.number(), a.world_size(),
+                                   a.first_step(), a.end_time_unix_ms() > 0 ? a.steps_done() : job.metrics().steps_done(),
+                                   Time(a.start_time_unix_ms()), a.end_time_unix_ms() > 0 ? Time(a.end_time_unix_ms()) : "now",
+                                   a.ended().empty() ? "" : StrCat(": ", a.ended()));
+    }
+  }
   if (job.bench_size() > 0) {
     std::cout << absl::StrFormat("  bench (medians, slowest rank; baseline: MPI_Alltoallv of the same bytes):\n"
                                  "  %8s %6s %5s %4s %5s %6s %10s %12s %6s %8s %10s %7s\n",
@@ -261,6 +271,10 @@ CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
   submit->add_option("--rebalance-interval", f.rebalance_interval, "Steps between placement changes at least (0: 10)");
   submit->add_option("--rebalance-window", f.rebalance_window, "Steps of load a decision looks at (0: 4)");
   submit->add_option("--rebalance-policy", f.rebalance_policy, "moex (default) or eplb");
+  submit->add_option("--max-restarts", f.max_restarts,
+                     "Relaunch up to this many times when a rank dies or goes silent, resuming after the last step (0-10)")
+      ->capture_default_str();
+  submit->add_flag("--allow-shrink", f.allow_shrink, "Relaunch on the surviving ranks (same expert slots per rank)");
   submit->add_flag("--bench", f.bench, "Run `moex bench` points at this world size instead of the layer's steps");
   submit->add_option("--bench-tokens", f.bench_tokens, "Bench: tokens per rank, comma-separated (default 1024)");
   submit->add_option("--bench-hidden", f.bench_hidden, "Bench: hidden sizes (default 1024)");
@@ -360,6 +374,8 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     spec->mutable_rebalance()->set_threshold(f.rebalance_threshold);
     spec->mutable_rebalance()->set_interval(f.rebalance_interval);
     spec->mutable_rebalance()->set_window(f.rebalance_window);
+    spec->set_max_restarts(f.max_restarts);
+    spec->set_allow_shrink(f.allow_shrink);
     if (f.bench) {
       absl::Status filled = FillBenchSpec(f, spec->mutable_bench());
       if (!filled.ok()) {

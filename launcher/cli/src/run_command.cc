@@ -141,7 +141,13 @@ class Runner {
     MOEX_RETURN_IF_ERROR(StartRebalancer(layer));
     Tensor x, y;
     int64_t first = 0;
-    for (int64_t step = 0; step < flags_.steps; ++step) {
+    // A restarted attempt resumes after the steps done before it (at least
+    // its last step runs, so that the output and the check have one).
+    const int64_t first_step = std::clamp<int64_t>(flags_.first_step, 0, flags_.steps - 1);
+    if (rank_ == 0 && first_step > 0 && !flags_.quiet) {
+      std::cout << "moex run: resuming after step " << first_step << " (done by an earlier attempt)\n";
+    }
+    for (int64_t step = first_step; step < flags_.steps; ++step) {
       MaybeStall(step);
       MakeTokens(step, &x, &first);
       if (rebalancer_) {
@@ -181,7 +187,7 @@ class Runner {
  private:
   // A worker runs the placement the controller publishes; `moex run` makes
   // the contiguous one.
-  absl::StatusOr<ep::Placement> MakePlacement() const {
+  absl::StatusOr<ep::Placement> MakePlacement() {
     if (session_ == nullptr) return ep::Placement::Contiguous(spec_.num_experts, world_, flags_.redundant_experts);
     MOEX_ASSIGN_OR_RETURN(moex::v1::Placement published, session_->FetchPlacement());
     if (published.num_experts() != spec_.num_experts ||
@@ -190,6 +196,7 @@ class Runner {
                                                   published.num_experts(), " experts on ", published.slots_per_rank_size(),
                                                   " ranks; this job has ", spec_.num_experts, " on ", world_));
     }
+    start_version_ = std::max<int64_t>(1, published.version());
     return ep::Placement::FromSlots(published.num_experts(),
                                     {published.slot_expert().begin(), published.slot_expert().end()},
                                     {published.slots_per_rank().begin(), published.slots_per_rank().end()});
@@ -365,7 +372,8 @@ class Runner {
         .window = flags_.rebalance_window,
         .at_step = flags_.rebalance_at_step,
         .chunk_bytes = static_cast<int64_t>(std::max(1.0, flags_.migration_chunk_mb * (1 << 20))),
-        .before_chunk = [this](int64_t chunk) { MaybeStallMigration(chunk); }};
+        .before_chunk = [this](int64_t chunk) { MaybeStallMigration(chunk); },
+        .initial_version = start_version_};
     absl::StatusOr<balance::LiveRebalancer> rebalancer = balance::LiveRebalancer::Create(options, layer, world_);
     if (!rebalancer.ok()) {
       if (asked) return rebalancer.status();
@@ -435,7 +443,9 @@ class Runner {
         arch.source, spec_.layer, world_, world_ == 1 ? "" : "s", t_.name(), spec_.num_experts, spec_.top_k,
         spec_.expert_width, spec_.shared_width > 0 ? StrCat(", shared ", spec_.shared_width) : "", spec_.hidden,
         placement.num_slots(), placement.num_local_slots(0),
-        flags_.redundant_experts > 0 ? StrCat(", ", flags_.redundant_experts, " replicas") : "");
+        placement.num_slots() > placement.num_experts()
+            ? StrCat(", ", placement.num_slots() - placement.num_experts(), " replicas")
+            : "");
     std::cout << absl::StrFormat("layer parameters: %s total, %s active per token; %d tokens per step%s\n",
                                  FormatCount(static_cast<double>(spec_.total_params())),
                                  FormatCount(static_cast<double>(spec_.active_params())), total_tokens_,
@@ -563,6 +573,7 @@ class Runner {
   size_t events_started_ = 0, events_live_ = 0;
   std::string dispatch_path_;
   launcher::WorkerSession* session_;
+  int64_t start_version_ = 1;  // the placement version served from the start
 };
 
 }  // namespace
@@ -621,6 +632,7 @@ int RunRun(const RunFlags& given, int* argc, char*** argv) {
     flags.redundant_experts = spec.redundant_experts();
     flags.check = spec.check();
     flags.timeout_seconds = spec.exchange_timeout_seconds() > 0 ? spec.exchange_timeout_seconds() : 60.0;
+    flags.first_step = worker->first_step();
   }
 
   absl::StatusOr<std::unique_ptr<transport::Transport>> transport = CreateRankTransport(flags.transport);

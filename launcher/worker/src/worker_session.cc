@@ -63,6 +63,7 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std
                                          ": ", status.error_message()));
   }
   session->spec_ = response.spec();
+  session->first_step_ = response.first_step();
   session->heartbeat_ = std::thread([s = session.get()] { s->HeartbeatLoop(); });
   return session;
 }

@@ -34,7 +34,10 @@ absl::StatusOr<LiveRebalancer> LiveRebalancer::Create(RebalanceOptions options, 
   if (options.threshold < 0 || options.interval < 1 || options.window < 1 || options.chunk_bytes < 1) {
     return absl::InvalidArgumentError("rebalancing needs threshold >= 0, interval >= 1, window >= 1, chunk bytes >= 1");
   }
-  return LiveRebalancer(std::move(options), p.num_experts());
+  const int64_t initial = std::max<int64_t>(1, options.initial_version);
+  LiveRebalancer made(std::move(options), p.num_experts());
+  made.version_ = initial;
+  return made;
 }
 
 double LiveRebalancer::WindowImbalance(const ep::Placement& placement) const {

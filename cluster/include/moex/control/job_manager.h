@@ -53,6 +53,8 @@ struct ControllerOptions {
 };
 
 bool IsTerminal(moex::v1::JobState state);
+// Ranks of the job's current attempt: spec.world_size until it shrank.
+int World(const moex::v1::Job& job);
 
 class JobManager {
  public:
@@ -118,6 +120,7 @@ class JobManager {
     bool unsaved = false;       // the record on disk is behind: written by the monitor loop
     bool write_failed = false;  // the last write failed (said once, retried every second)
     Clock::time_point saved_at;
+    int64_t log_offset = 0;  // where the current attempt's output starts in the log
   };
 
   explicit JobManager(ControllerOptions options, std::unique_ptr<JobStore> store)
@@ -127,6 +130,16 @@ class JobManager {
   // Moves a job to a terminal state, kills what is left of its group,
   // persists, and notifies. Requires the lock; returns the notifications.
   void Finish(Entry& entry, moex::v1::JobState state, std::string message);
+  // A rank died, went silent or never started (`lost`: which, when known).
+  // Relaunches the job when its spec allows another attempt (on the
+  // survivors with allow_shrink), else Finish(FAILED). Requires the lock.
+  void RankFailed(Entry& entry, std::string why, std::vector<int> lost);
+  // SIGKILL to the job's process group and to each registered rank.
+  void KillProcesses(Entry& entry);
+  // Requires the lock: publishes a placement for `world` ranks of as many
+  // slots each as now (replicas given up first); an error says why the
+  // experts do not fit.
+  absl::Status PublishForWorld(Entry& entry, int world, const std::string& reason);
   void Persist(Entry& entry);
   // Requires the lock. Makes placement version 1 (contiguous) if the job has
   // none yet.

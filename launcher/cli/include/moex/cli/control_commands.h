@@ -48,6 +48,8 @@ struct JobFlags {
   double rebalance_threshold = 0;
   int rebalance_interval = 0;
   int rebalance_window = 0;
+  int max_restarts = 0;
+  bool allow_shrink = false;
   // submit --bench: a bench job (lists comma-separated; empty: the defaults)
   bool bench = false;
   std::string bench_tokens, bench_hidden, bench_top_k, bench_experts, bench_expert_width, bench_skew;

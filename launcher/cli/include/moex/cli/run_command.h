@@ -49,6 +49,7 @@ struct RunFlags {
   // the controller.
   std::string job_id;
   std::string controller;
+  int64_t first_step = 0;  // a restarted job resumes after the steps done before
 };
 
 CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags);

@@ -26,6 +26,8 @@ class WorkerSession {
   ~WorkerSession();
 
   const moex::v1::JobSpec& spec() const { return spec_; }
+  // Steps an earlier attempt of the job completed: resume after them.
+  int64_t first_step() const { return first_step_; }
   void SetStep(int64_t step) { step_.store(step); }
   // `bench`: a bench job's points so far (the whole list each time).
   // `final`: the job's last report; it is retried for up to a minute, so
@@ -51,6 +53,7 @@ class WorkerSession {
   std::string token_;
   int rank_ = 0;
   moex::v1::JobSpec spec_;
+  int64_t first_step_ = 0;
   std::atomic<int64_t> step_{0};
   std::atomic<bool> stop_{false};
   std::atomic<bool> cancelled_{false};

@@ -35,6 +35,7 @@ struct RebalanceOptions {
   int64_t at_step = -1;              // also plan one at this step (tests, benchmarks)
   int64_t chunk_bytes = 64 << 20;    // migration bytes per step, all ranks together
   std::function<void(int64_t chunk)> before_chunk;  // test hook: runs before each chunk
+  int64_t initial_version = 1;       // the version the layer serves at the start
 };
 
 // A placement published by the controller, known to rank 0.
