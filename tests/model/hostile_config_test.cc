@@ -5,6 +5,7 @@
 #include "moex/model/config_view.h"
 #include "moex/model/model_loader.h"
 #include "moex/model/param_count.h"
+#include "moex/model/safetensors.h"
 
 namespace moex::model {
 namespace {
@@ -119,6 +120,26 @@ TEST(HostileConfigTest, LargestAcceptedConfigDoesNotOverflow) {
   EXPECT_GE(count.total, count.active);
   // 2048 layers * 8192 experts * 3 * 131072 * 524288 alone is ~3.5e18.
   EXPECT_GT(static_cast<double>(count.total), 3.4e18);
+}
+
+// Found by tests/fuzz: each of these used to throw through the reader (and
+// end `moex serve` when a job named such a config) or to overflow.
+TEST(HostileConfigTest, FuzzFindingsAreErrors) {
+  EXPECT_THAT(std::string(ParseJsonText(R"({"hidden_size": 1e400})", "c.json").status().message()),
+              HasSubstr("c.json: malformed JSON: number overflow"));
+  std::string deep(100000, '[');
+  EXPECT_THAT(std::string(ParseJsonText("{\"a\": " + deep, "deep.json").status().message()),
+              HasSubstr("nested 100001 deep (at most 256)"));
+  EXPECT_TRUE(ParseJsonText(R"({"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["})", "s").ok());
+  EXPECT_THAT(std::string(ReadJsonFile("/dev/zero").status().message()), HasSubstr("'/dev/zero' is not a regular file"));
+  EXPECT_THAT(std::string(LoadModel("/dev/zero").status().message()), HasSubstr("not a regular file"));
+  std::map<std::string, TensorInfo> tensors;
+  absl::Status huge = ParseSafetensorsHeader(
+      R"({"x": {"dtype": "F32", "shape": [1099511627776, 1099511627776], "data_offsets": [0, 4]}})", 4, "h.safetensors",
+      &tensors);
+  EXPECT_THAT(std::string(huge.message()), HasSubstr("too many elements"));
+  EXPECT_THAT(std::string(ParseSafetensorsHeader("[1, 2]", 0, "a.safetensors", &tensors).message()),
+              HasSubstr("JSON object"));
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "moex/balance/moex_policy.h"
+#include "moex/balance/placement_file.h"
 #include "moex/core/str_cat.h"
 #include "moex/model/config_view.h"
 #include "nlohmann/json.hpp"
@@ -31,7 +32,10 @@ namespace {
 absl::StatusOr<balance::Matrix> ReadLoad(const std::string& path) {
   absl::StatusOr<nlohmann::json> json = model::ReadJsonFile(path);
   if (!json.ok()) return json.status();
-  const nlohmann::json& rows = (*json)["load"];
+  if (!json->is_object() || !json->contains("load")) {
+    return absl::InvalidArgumentError(StrCat(path, ": field 'load' must be a non-empty list of rows"));
+  }
+  const nlohmann::json& rows = json->at("load");
   if (!rows.is_array() || rows.empty()) {
     return absl::InvalidArgumentError(StrCat(path, ": field 'load' must be a non-empty list of rows"));
   }
@@ -53,21 +57,7 @@ absl::StatusOr<balance::Matrix> ReadLoad(const std::string& path) {
 absl::StatusOr<balance::IndexMatrix> ReadCurrent(const std::string& path) {
   absl::StatusOr<nlohmann::json> json = model::ReadJsonFile(path);
   if (!json.ok()) return json.status();
-  const nlohmann::json& layers = (*json)["layers"];
-  if (!layers.is_array()) return absl::InvalidArgumentError(StrCat(path, ": field 'layers' must be a list"));
-  balance::IndexMatrix current;
-  for (size_t l = 0; l < layers.size(); ++l) {
-    const nlohmann::json& slots = layers[l]["phy2log"];
-    if (!slots.is_array()) return absl::InvalidArgumentError(StrCat(path, ": layers[", l, "].phy2log must be a list"));
-    current.emplace_back();
-    for (size_t s = 0; s < slots.size(); ++s) {
-      if (!slots[s].is_number_integer()) {
-        return absl::InvalidArgumentError(StrCat(path, ": layers[", l, "].phy2log[", s, "] is not an integer"));
-      }
-      current.back().push_back(slots[s].get<int64_t>());
-    }
-  }
-  return current;
+  return balance::ParsePlacementFile(*json, path);
 }
 
 }  // namespace

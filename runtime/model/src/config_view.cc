@@ -1,8 +1,10 @@
 #include "moex/model/config_view.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -36,7 +38,33 @@ std::pair<int64_t, int64_t> LineAndColumn(std::string_view text, size_t offset) 
 
 }  // namespace
 
+// The deepest nesting of arrays and objects in `text` (strings skipped).
+int MaxDepth(std::string_view text) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
 absl::StatusOr<nlohmann::json> ParseJsonText(std::string_view text, std::string_view source) {
+  // Untrusted text: nesting deep enough to exhaust the stack is refused
+  // before parsing; every exception of the parser becomes an error.
+  constexpr int kMaxDepth = 256;
+  if (const int depth = MaxDepth(text); depth > kMaxDepth) {
+    return absl::InvalidArgumentError(StrCat(source, ": JSON nested ", depth, " deep (at most ", kMaxDepth, ")"));
+  }
   try {
     nlohmann::json parsed = nlohmann::json::parse(text.begin(), text.end());
     if (!parsed.is_object()) {
@@ -55,20 +83,40 @@ absl::StatusOr<nlohmann::json> ParseJsonText(std::string_view text, std::string_
     }
     return absl::InvalidArgumentError(
         absl::StrFormat("%s:%d:%d: malformed JSON: %s", source, line, column, detail));
+  } catch (const nlohmann::json::exception& error) {
+    // Out of range (a number too large for a double), and the like.
+    std::string detail = error.what();
+    if (size_t bracket = detail.find("] "); bracket != std::string::npos) detail = detail.substr(bracket + 2);
+    return absl::InvalidArgumentError(StrCat(source, ": malformed JSON: ", detail));
   }
 }
 
 absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
+  // Only a regular file of bounded size: a path such as /dev/zero or a FIFO
+  // in a hostile job spec must not make the reader wait or fill memory.
+  constexpr int64_t kMaxJsonBytes = int64_t{64} << 20;
+  std::error_code error;
+  const std::filesystem::file_status status = std::filesystem::status(path, error);
+  if (error) return absl::NotFoundError(StrCat("cannot open '", path, "': ", error.message()));
+  if (!std::filesystem::is_regular_file(status)) {
+    return absl::InvalidArgumentError(StrCat("'", path, "' is not a regular file"));
+  }
+  const auto size = std::filesystem::file_size(path, error);
+  if (error) return absl::NotFoundError(StrCat("cannot open '", path, "': ", error.message()));
+  if (static_cast<int64_t>(size) > kMaxJsonBytes) {
+    return absl::InvalidArgumentError(StrCat("'", path, "' is ", size, " bytes; a JSON file moex reads is at most ",
+                                             kMaxJsonBytes, " bytes"));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return absl::NotFoundError(StrCat("cannot open '", path, "': ", std::strerror(errno)));
   }
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  if (in.bad()) {
+  std::string text(static_cast<size_t>(size), '\0');
+  in.read(text.data(), static_cast<std::streamsize>(size));
+  if (in.bad() || in.gcount() != static_cast<std::streamsize>(size)) {
     return absl::DataLossError(StrCat("error while reading '", path, "'"));
   }
-  return ParseJsonText(buffer.str(), path);
+  return ParseJsonText(text, path);
 }
 
 ConfigView::ConfigView(const nlohmann::json& object, std::string source, std::string prefix)

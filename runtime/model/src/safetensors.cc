@@ -63,9 +63,20 @@ absl::Status ParseHeader(const std::string& file, std::map<std::string, TensorIn
   }
   std::string text(header_bytes, '\0');
   MOEX_RETURN_IF_ERROR(ReadRange(file, 8, static_cast<int64_t>(header_bytes), text.data()));
+  return ParseSafetensorsHeader(text, file_size - 8 - static_cast<int64_t>(header_bytes), file, tensors);
+}
+
+}  // namespace
+
+absl::Status ParseSafetensorsHeader(std::string_view text, int64_t data_bytes, const std::string& file,
+                                    std::map<std::string, TensorInfo>* tensors) {
   MOEX_ASSIGN_OR_RETURN(nlohmann::json header, ParseJsonText(text, StrCat(file, " (header)")));
-  const int64_t data_start = 8 + static_cast<int64_t>(header_bytes);
-  for (auto& [name, entry] : header.items()) {
+  if (!header.is_object()) return absl::DataLossError(StrCat("'", file, "': the header is not a JSON object"));
+  const int64_t data_start = 8 + static_cast<int64_t>(text.size());
+  const int64_t file_size = data_start + data_bytes;
+  for (auto& item : header.items()) {
+    const std::string name = item.key();
+    nlohmann::json& entry = item.value();
     if (name == "__metadata__") continue;
     auto bad = [&](std::string_view why) {
       return absl::DataLossError(StrCat("'", file, "': tensor '", name, "': ", why));
@@ -82,8 +93,9 @@ absl::Status ParseHeader(const std::string& file, std::map<std::string, TensorIn
     for (const nlohmann::json& d : entry["shape"]) {
       if (!d.is_number_unsigned() || d.get<uint64_t>() > (uint64_t{1} << 40)) return bad("bad dimension");
       info.shape.push_back(d.get<int64_t>());
+      // Checked before multiplying: 2^42 x 2^40 would overflow.
+      if (info.shape.back() > 0 && elements > (int64_t{1} << 42) / info.shape.back()) return bad("too many elements");
       elements *= info.shape.back();
-      if (elements > (int64_t{1} << 42)) return bad("too many elements");
     }
     const nlohmann::json& offsets = entry["data_offsets"];
     if (!offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned()) return bad("bad data_offsets");
@@ -104,8 +116,6 @@ absl::Status ParseHeader(const std::string& file, std::map<std::string, TensorIn
   }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 absl::StatusOr<Checkpoint> Checkpoint::Open(const std::string& path) {
   namespace fs = std::filesystem;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -27,6 +28,12 @@ struct TensorInfo {
   int64_t end = 0;
   std::string file;
 };
+
+// Parses a safetensors header (the JSON after the 8-byte length) of a file
+// whose tensor bytes are `data_bytes` long into `tensors`; `file` names it in
+// errors and in each TensorInfo. Untrusted input: every error is a status.
+absl::Status ParseSafetensorsHeader(std::string_view text, int64_t data_bytes, const std::string& file,
+                                    std::map<std::string, TensorInfo>* tensors);
 
 class Checkpoint {
  public:
