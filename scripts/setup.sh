@@ -19,6 +19,7 @@ PACKAGES=(
   libsqlite3-dev
   python3
   openssl
+  procps
 )
 
 missing=()
