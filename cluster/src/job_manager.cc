@@ -9,6 +9,7 @@
 #include <fstream>
 #include <random>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/str_join.h"
@@ -239,7 +240,7 @@ absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
                                                  options_.max_concurrent_jobs, "; retry when one ends"));
     }
     id = NewJobId();
-    while (jobs_.count(id)) id = NewJobId();
+    while (jobs_.count(id) || store_->Get(id).ok()) id = NewJobId();
     Entry& entry = jobs_[id];
     entry.job.set_id(id);
     entry.job.set_state(moex::v1::JOB_STATE_PENDING);
@@ -309,15 +310,51 @@ absl::Status JobManager::Launch(Entry& entry) {
 }
 
 absl::StatusOr<Job> JobManager::Get(const std::string& id) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = jobs_.find(id);
+    if (it != jobs_.end()) return it->second.job;
+  }
+  // An ended job no longer held in memory.
+  return store_->Get(id);
+}
+
+size_t JobManager::JobsInMemory() {
   std::lock_guard<std::mutex> lock(mutex_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", id, "'"));
-  return it->second.job;
+  return jobs_.size();
+}
+
+void JobManager::EvictEnded() {
+  std::vector<std::pair<int64_t, std::string>> ended;
+  for (auto& [id, entry] : jobs_) {
+    if (IsTerminal(entry.job.state())) ended.push_back({entry.job.end_time_unix_ms(), id});
+  }
+  if (static_cast<int>(ended.size()) <= options_.max_ended_in_memory) return;
+  std::set<std::string> watched;
+  for (auto& [handle, subscription] : subscriptions_) watched.insert(subscription.job_id);
+  std::sort(ended.begin(), ended.end());
+  size_t excess = ended.size() - static_cast<size_t>(std::max(0, options_.max_ended_in_memory));
+  for (size_t i = 0; i < ended.size() && excess > 0; ++i) {
+    auto it = jobs_.find(ended[i].second);
+    if (it->second.unsaved || watched.count(it->first)) continue;  // not on disk yet, or watched: later
+    for (auto group = job_by_group_.begin(); group != job_by_group_.end();) {
+      group = group->second == it->first ? job_by_group_.erase(group) : std::next(group);
+    }
+    jobs_.erase(it);
+    --excess;
+  }
 }
 
 std::vector<Job> JobManager::List() {
+  // The store has every job; memory has the newest state of those it holds.
+  absl::StatusOr<std::vector<StoredJob>> stored = store_->LoadAll();
   std::lock_guard<std::mutex> lock(mutex_);
   std::vector<Job> jobs;
+  if (stored.ok()) {
+    for (StoredJob& s : *stored) {
+      if (!jobs_.count(s.job.id())) jobs.push_back(std::move(s.job));
+    }
+  }
   for (auto& [id, entry] : jobs_) jobs.push_back(entry.job);
   std::sort(jobs.begin(), jobs.end(), [](const Job& a, const Job& b) {
     return a.submit_time_unix_ms() != b.submit_time_unix_ms() ? a.submit_time_unix_ms() < b.submit_time_unix_ms()
@@ -330,7 +367,7 @@ absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = jobs_.find(id);
-    if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", id, "'"));
+    if (it == jobs_.end()) return store_->Get(id);  // ended long ago: nothing to cancel
     Entry& entry = it->second;
     if (IsTerminal(entry.job.state())) return entry.job;  // cancelling an ended job changes nothing
     if (!entry.cancel_requested) {
@@ -356,13 +393,20 @@ absl::StatusOr<std::string> JobManager::LogPath(const std::string& id) {
 absl::StatusOr<int64_t> JobManager::Subscribe(const std::string& id,
                                               std::function<void(const Job&)> on_change) {
   int64_t handle;
+  bool held;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!jobs_.count(id)) return absl::NotFoundError(StrCat("no job '", id, "'"));
     handle = next_subscription_++;
-    subscriptions_[handle] = {id, on_change};
+    held = jobs_.count(id) > 0;
+    if (held) subscriptions_[handle] = {id, on_change};
   }
-  Notify(id);
+  if (held) {
+    Notify(id);
+    return handle;
+  }
+  // Ended and no longer in memory: its final state, once.
+  MOEX_ASSIGN_OR_RETURN(Job job, store_->Get(id));
+  on_change(job);
   return handle;
 }
 
@@ -494,8 +538,10 @@ void JobManager::OnExit(pid_t pid, int wait_status) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto found = job_by_group_.find(pid);
   if (found == job_by_group_.end()) return;
-  Entry& entry = jobs_[found->second];
+  auto job = jobs_.find(found->second);
   job_by_group_.erase(found);
+  if (job == jobs_.end()) return;
+  Entry& entry = job->second;
   if (entry.cancel_requested) {
     Finish(entry, moex::v1::JOB_STATE_CANCELLED, "cancelled by request; every process of the job has ended");
   } else if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0 &&
@@ -527,6 +573,7 @@ void JobManager::MonitorLoop() {
       for (auto& [id, entry] : jobs_) {
         if (entry.unsaved && Clock::now() - entry.saved_at >= std::chrono::seconds(1)) Persist(entry);
       }
+      EvictEnded();
     }
     {
       std::lock_guard<std::mutex> lock(mutex_);

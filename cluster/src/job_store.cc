@@ -95,4 +95,27 @@ absl::StatusOr<std::vector<StoredJob>> JobStore::LoadAll() {
   return jobs;
 }
 
+absl::StatusOr<moex::v1::Job> JobStore::Get(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  sqlite3_stmt* statement = nullptr;
+  int code = sqlite3_prepare_v2(db_, "SELECT record FROM jobs WHERE id = ?", -1, &statement, nullptr);
+  if (code != SQLITE_OK) return SqliteStatus(db_, code, StrCat("load job ", id), path_);
+  sqlite3_bind_text(statement, 1, id.c_str(), -1, SQLITE_TRANSIENT);
+  code = sqlite3_step(statement);
+  if (code == SQLITE_DONE) {
+    sqlite3_finalize(statement);
+    return absl::NotFoundError(StrCat("no job '", id, "'"));
+  }
+  if (code != SQLITE_ROW) {
+    absl::Status status = SqliteStatus(db_, code, StrCat("load job ", id), path_);
+    sqlite3_finalize(statement);
+    return status;
+  }
+  moex::v1::Job job;
+  const bool parsed = job.ParseFromArray(sqlite3_column_blob(statement, 0), sqlite3_column_bytes(statement, 0));
+  sqlite3_finalize(statement);
+  if (!parsed) return absl::DataLossError(StrCat(path_, ": the record of job ", id, " is corrupt"));
+  return job;
+}
+
 }  // namespace moex::control

@@ -336,6 +336,47 @@ TEST_F(ControllerTest, ConcurrentSubmitAndCancelLeaveEveryJobCancelled) {
 
 // Server reflection, spoken raw (Debian ships no reflection client): the
 // request {list_services: ""} is field 7, length 0: bytes 0x3a 0x00.
+// The soak found memory growing with every job run: only the newest ended
+// jobs stay in memory; older ones are answered from the store, alike.
+TEST_F(ControllerTest, OldEndedJobsLeaveMemoryAndAreStillAnswered) {
+  ControllerOptions options = Options();
+  options.max_ended_in_memory = 1;
+  Start(options);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    Job job = Submit(Spec(1, 1));
+    ASSERT_EQ(WaitFor(job.id(), moex::v1::JOB_STATE_SUCCEEDED).state(), moex::v1::JOB_STATE_SUCCEEDED);
+    ids.push_back(job.id());
+  }
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (controller_->jobs().JobsInMemory() > 1 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(controller_->jobs().JobsInMemory(), 1u);
+  for (const std::string& id : ids) {
+    moex::v1::GetJobRequest get;
+    get.set_id(id);
+    Job job;
+    ASSERT_TRUE(stub_->GetJob(Context().get(), get, &job).ok()) << id;
+    EXPECT_EQ(job.state(), moex::v1::JOB_STATE_SUCCEEDED);
+    std::vector<Job> seen = Watch(id, 10);  // the final state, then the stream ends
+    ASSERT_EQ(seen.size(), 1u) << id;
+    EXPECT_EQ(seen[0].state(), moex::v1::JOB_STATE_SUCCEEDED);
+    moex::v1::CancelJobRequest cancel;
+    cancel.set_id(id);
+    ASSERT_TRUE(stub_->CancelJob(Context().get(), cancel, &job).ok());
+    EXPECT_EQ(job.state(), moex::v1::JOB_STATE_SUCCEEDED);
+  }
+  moex::v1::ListJobsResponse list;
+  ASSERT_TRUE(stub_->ListJobs(Context().get(), moex::v1::ListJobsRequest(), &list).ok());
+  ASSERT_EQ(list.jobs_size(), 3);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(list.jobs(i).id(), ids[i]);  // oldest first, as before
+  moex::v1::GetJobRequest missing;
+  missing.set_id("j-000000000000");
+  Job job;
+  EXPECT_EQ(stub_->GetJob(Context().get(), missing, &job).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
 TEST_F(ControllerTest, ReflectionListsEveryService) {
   Start(Options());
   grpc::GenericStub generic(channel_);

@@ -162,6 +162,8 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
   serve->add_option("--max-world-size", f.max_world_size, "Largest world size a job may ask for")->capture_default_str();
   serve->add_option("--max-jobs", f.max_jobs, "Jobs that may be active at once")->capture_default_str();
   serve->add_option("--max-streams", f.max_streams, "Watch and log streams that may be open at once")->capture_default_str();
+  serve->add_option("--jobs-in-memory", f.jobs_in_memory, "Ended jobs kept in memory (older ones are read from the store)")
+      ->capture_default_str();
   serve->add_option("--start-timeout", f.start_timeout, "Seconds for every rank of a job to register")->capture_default_str();
   serve->add_option("--heartbeat-timeout", f.heartbeat_timeout, "Seconds of silence after which a rank is dead")->capture_default_str();
   serve->add_option("--cancel-grace", f.cancel_grace, "Seconds between SIGTERM and SIGKILL on cancel")->capture_default_str();
@@ -184,6 +186,7 @@ int RunServe(const ServeFlags& f) {
   options.limits.max_world_size = f.max_world_size;
   options.max_concurrent_jobs = f.max_jobs;
   options.max_streams = f.max_streams;
+  options.max_ended_in_memory = std::max(0, f.jobs_in_memory);
   options.start_timeout_seconds = f.start_timeout;
   options.heartbeat_timeout_seconds = f.heartbeat_timeout;
   options.cancel_grace_seconds = f.cancel_grace;

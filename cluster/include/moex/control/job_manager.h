@@ -42,6 +42,9 @@ struct ControllerOptions {
   double start_timeout_seconds = 60;
   double heartbeat_timeout_seconds = 30;
   double cancel_grace_seconds = 5;
+  // Ended jobs kept in memory (the newest); older ones are answered from the
+  // store, so the controller's memory does not grow with every job it ran.
+  int max_ended_in_memory = 256;
   std::string moex_binary;  // the `moex` that ranks run; defaults to this executable
   std::string mpirun = "mpirun";
   std::vector<std::string> mpirun_args = {"--oversubscribe", "--mca", "btl", "self,vader,tcp"};
@@ -73,6 +76,8 @@ class JobManager {
   absl::StatusOr<moex::v1::Job> Submit(moex::v1::JobSpec spec);
   absl::StatusOr<moex::v1::Job> Get(const std::string& id);
   std::vector<moex::v1::Job> List();
+  // Jobs held in memory (the rest are in the store only).
+  size_t JobsInMemory();
   absl::StatusOr<moex::v1::Job> Cancel(const std::string& id);
   absl::StatusOr<std::string> LogPath(const std::string& id);
   // The job's newest published expert placement (version 1: contiguous).
@@ -149,6 +154,9 @@ class JobManager {
   // Requires the lock: plans from the load window and publishes.
   absl::StatusOr<moex::v1::Placement> Publish(Entry& entry, const std::string& policy, const std::string& reason);
   void Notify(const std::string& id);
+  // Requires the lock: drops the oldest ended jobs past max_ended_in_memory
+  // (written to the store, watched by nobody) from memory.
+  void EvictEnded();
   void MonitorLoop();
   void OnExit(pid_t pid, int wait_status);
   std::string DiagnoseFailure(const Entry& entry, int wait_status);

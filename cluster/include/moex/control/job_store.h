@@ -33,6 +33,8 @@ class JobStore {
   // for is on disk.
   absl::Status Put(const moex::v1::Job& job, pid_t process_group);
   absl::StatusOr<std::vector<StoredJob>> LoadAll();
+  // One job's record; NOT_FOUND when there is none.
+  absl::StatusOr<moex::v1::Job> Get(const std::string& id);
   const std::string& path() const { return path_; }
 
  private:

@@ -15,6 +15,7 @@ struct ServeFlags {
   int max_world_size = 64;
   int max_jobs = 8;
   int max_streams = 256;
+  int jobs_in_memory = 256;
   double start_timeout = 60;
   double heartbeat_timeout = 30;
   double cancel_grace = 5;
