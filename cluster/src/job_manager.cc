@@ -275,7 +275,6 @@ absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
 }
 
 absl::Status JobManager::Launch(Entry& entry) {
-  const moex::v1::JobSpec& spec = entry.job.spec();
   std::string controller = options_.advertise.empty() ? options_.listen : options_.advertise;
   SpawnOptions spawn;
   spawn.log_path = entry.job.log_path();

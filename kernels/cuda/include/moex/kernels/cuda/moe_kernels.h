@@ -1,0 +1,112 @@
+// CUDA kernels of one MoE layer on one GPU: routing, permutation into
+// expert-major rows, SwiGLU, un-permutation with the weighted combine, and
+// every local expert's projection in one grouped GEMM (cuBLAS).
+//
+// They compute what the CPU kernels (kernels/cpu) compute, with the same
+// tie rules, so a GPU rank routes exactly as a CPU rank: ties to the lower
+// expert index, groups ranked as model::RouterSpec says. Inputs and
+// outputs are device pointers; nothing is allocated on the hot path (the
+// caller sizes workspaces once with the *Bytes functions); every call
+// enqueues on `stream` and returns the launch error, if any.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace moex::kernels::cuda {
+
+// Elements of activations: fp32 or bf16 (stored as uint16 bits).
+enum class Dtype { kF32, kBF16 };
+
+// Routing of `num_tokens` tokens over `num_experts` (<= 1024) experts,
+// top-k <= 8. logits [T, E] fp32. scoring: "softmax" or "sigmoid" (with
+// `bias` [E] or null); groups > 1: group-limited (softmax: a group's best
+// choice; sigmoid: the sum of its best two). Writes topk_idx [T, k] and
+// topk_weights [T, k] (renormalised when `renormalize`, times `scale`).
+struct RouteArgs {
+  const float* logits = nullptr;
+  int num_tokens = 0, num_experts = 0, top_k = 0;
+  bool sigmoid = false;
+  const float* bias = nullptr;
+  int groups = 1, topk_groups = 1;
+  bool renormalize = false;
+  float scale = 1.0f;
+  int32_t* topk_idx = nullptr;
+  float* topk_weights = nullptr;
+};
+absl::Status Route(const RouteArgs& args, cudaStream_t stream);
+
+// Permutation of the (token, choice) pairs into expert-major rows, stable:
+// within an expert, rows follow token order, so results are bitwise
+// reproducible. PermuteWorkspaceBytes sizes `workspace` for at most
+// `max_pairs` pairs over `num_experts` experts.
+size_t PermuteWorkspaceBytes(int max_pairs, int num_experts);
+struct PermuteArgs {
+  const void* x = nullptr;            // [T, H] of `dtype`
+  const int32_t* topk_idx = nullptr;  // [T, k]
+  int num_tokens = 0, top_k = 0, hidden = 0, num_experts = 0;
+  Dtype dtype = Dtype::kF32;
+  void* permuted = nullptr;           // [T * k, H] of `dtype`, expert-major
+  int32_t* row_of_pair = nullptr;     // [T * k]: the permuted row of pair t * k + j
+  int32_t* expert_offsets = nullptr;  // [E + 1]: expert e's rows are [offsets[e], offsets[e + 1])
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+absl::Status Permute(const PermuteArgs& args, cudaStream_t stream);
+
+// y[t] = sum over j of topk_weights[t, j] * rows[row_of_pair[t * k + j]],
+// summed in j order in fp32; y [T, H] of `out_dtype`.
+struct UnpermuteArgs {
+  const void* rows = nullptr;  // [T * k, H] of `dtype`
+  const int32_t* row_of_pair = nullptr;
+  const float* topk_weights = nullptr;
+  int num_tokens = 0, top_k = 0, hidden = 0;
+  Dtype dtype = Dtype::kF32, out_dtype = Dtype::kF32;
+  void* y = nullptr;
+};
+absl::Status Unpermute(const UnpermuteArgs& args, cudaStream_t stream);
+
+// out [R, F] = silu(gate_up[:, :F]) * gate_up[:, F:], gate_up [R, 2F].
+absl::Status SwiGlu(const void* gate_up, int rows, int width, Dtype dtype, void* out, cudaStream_t stream);
+
+// All local experts' projections in one cublasGemmGroupedBatchedEx call:
+// out_e [n_e, N] = in_e [n_e, K] . W_e^T for each expert e with n_e rows
+// (from `expert_offsets`, copied to the host once per call), W_e [N, K]
+// row-major; inputs and weights bf16 or fp32, fp32 accumulation, out of the
+// input dtype.
+class GroupedGemm {
+ public:
+  static absl::StatusOr<GroupedGemm> Create(int max_experts);
+  GroupedGemm(GroupedGemm&& other) noexcept;
+  GroupedGemm& operator=(GroupedGemm&&) = delete;
+  ~GroupedGemm();
+
+  absl::Status Run(const void* in, const void* const* weights_host, const int32_t* expert_offsets_device,
+                   int num_experts, int n, int k, Dtype dtype, void* out, cudaStream_t stream);
+  // The row counts of the last Run (host).
+  const std::vector<int32_t>& rows_per_expert() const { return rows_; }
+
+ private:
+  GroupedGemm() = default;
+  cublasHandle_t handle_ = nullptr;
+  int max_experts_ = 0;
+  const void** a_device_ = nullptr;  // pointer arrays cuBLAS reads from the device
+  const void** b_device_ = nullptr;
+  void** c_device_ = nullptr;
+  std::vector<int32_t> offsets_, rows_;
+  std::vector<const void*> a_, b_;
+  std::vector<void*> c_;
+};
+
+// "no CUDA device: <why>" when this process sees none.
+absl::Status DeviceAvailable();
+
+}  // namespace moex::kernels::cuda
