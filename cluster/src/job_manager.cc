@@ -209,6 +209,7 @@ void JobManager::RankFailed(Entry& entry, std::string why, std::vector<int> lost
   job.clear_ranks();
   job.set_ranks_registered(0);
   entry.last_heartbeat.clear();
+  entry.done_ranks.clear();
   job.set_state(moex::v1::JOB_STATE_PENDING);
   const int64_t resume = job.metrics().steps_done();
   moex::v1::Attempt* attempt = job.add_attempts();
@@ -459,6 +460,7 @@ absl::StatusOr<moex::v1::HeartbeatResponse> JobManager::Heartbeat(const moex::v1
   if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", r.job_id(), "'"));
   Entry& entry = it->second;
   entry.last_heartbeat[r.rank()] = Clock::now();
+  if (r.done()) entry.done_ranks.insert(r.rank());
   if (entry.adopted && !IsTerminal(entry.job.state()) &&
       static_cast<int>(entry.last_heartbeat.size()) == World(entry.job) &&
       entry.job.message().rfind("the controller restarted", 0) == 0) {
@@ -628,7 +630,7 @@ void JobManager::MonitorLoop() {
         }
         if (entry.job.state() == moex::v1::JOB_STATE_RUNNING) {
           for (auto& [rank, last] : entry.last_heartbeat) {
-            if (seconds(last) > options_.heartbeat_timeout_seconds) {
+            if (seconds(last) > options_.heartbeat_timeout_seconds && !entry.done_ranks.count(rank)) {
               std::string where;
               for (const auto& info : entry.job.ranks()) {
                 if (info.rank() == rank) where = StrCat(" (pid ", info.pid(), " on ", info.host(), ")");

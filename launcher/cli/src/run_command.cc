@@ -641,12 +641,14 @@ int RunRun(const RunFlags& given, int* argc, char*** argv) {
     absl::Status benched = RunBenchJob(*worker, **transport);
     if (!benched.ok()) return fail(benched);
     transport->reset();
+    worker->Finished();
     return 0;
   }
   Runner runner(flags, **transport, worker.get());
   absl::Status status = runner.Run();
   if (!status.ok()) return fail(status);
   transport->reset();
+  if (worker) worker->Finished();
   return 0;
 }
 

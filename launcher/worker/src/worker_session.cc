@@ -73,6 +73,20 @@ WorkerSession::~WorkerSession() {
   if (heartbeat_.joinable()) heartbeat_.join();
 }
 
+void WorkerSession::Finished() {
+  stop_.store(true);
+  if (heartbeat_.joinable()) heartbeat_.join();
+  moex::v1::HeartbeatRequest request;
+  request.set_job_id(job_id_);
+  request.set_rank(rank_);
+  request.set_step(step_.load());
+  request.set_done(true);
+  moex::v1::HeartbeatResponse response;
+  grpc::ClientContext context;
+  Prepare(&context, token_, 5);
+  (void)stub_->Heartbeat(&context, request, &response);  // best effort: mpirun's exit decides anyway
+}
+
 void WorkerSession::HeartbeatLoop() {
   while (!stop_.load()) {
     moex::v1::HeartbeatRequest request;

@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -112,6 +113,7 @@ class JobManager {
     pid_t process_group = 0;
     Clock::time_point launched;
     std::map<int, Clock::time_point> last_heartbeat;  // by rank
+    std::set<int> done_ranks;  // ranks that said they finished: silent by right
     bool cancel_requested = false;
     Clock::time_point term_sent;
     bool kill_sent = false;

@@ -24,6 +24,10 @@ class WorkerSession {
                                                                 const std::string& job_id, int rank,
                                                                 int world_size, double connect_seconds = 30);
   ~WorkerSession();
+  // This rank finished its part cleanly: heartbeats stop, and the controller
+  // is told that the silence is an exit, not a hang (the other ranks may
+  // still be finishing, e.g. rank 0's check).
+  void Finished();
 
   const moex::v1::JobSpec& spec() const { return spec_; }
   // Steps an earlier attempt of the job completed: resume after them.
