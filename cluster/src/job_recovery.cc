@@ -1,0 +1,87 @@
+// Elastic recovery: when a rank of a job that may restart dies, goes
+// silent or never starts, the job is relaunched (on the surviving ranks when
+// it may shrink) and resumes after the last step reported. JobManager's
+// methods, kept apart from the job lifecycle in job_manager.cc.
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_join.h"
+#include "moex/control/job_manager.h"
+#include "moex/core/str_cat.h"
+
+namespace moex::control {
+
+using moex::v1::Job;
+
+void JobManager::RankFailed(Entry& entry, std::string why, std::vector<int> lost) {
+  if (IsTerminal(entry.job.state())) return;
+  Job& job = entry.job;
+  const moex::v1::JobSpec& spec = job.spec();
+  const int restarts = std::max(0, job.attempts_size() - 1);
+  if (entry.cancel_requested || spec.has_bench() || restarts >= spec.max_restarts()) {
+    if (spec.max_restarts() > 0 && !entry.cancel_requested) {
+      why = StrCat(why, " (attempt ", restarts + 1, " of ", spec.max_restarts() + 1, ": no restart left)");
+    }
+    Finish(entry, moex::v1::JOB_STATE_FAILED, std::move(why));
+    return;
+  }
+  // Close this attempt, and leave nothing of it running.
+  const int64_t now =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  if (job.attempts_size() == 0) {  // a record from before attempts were kept
+    moex::v1::Attempt* first = job.add_attempts();
+    first->set_number(1);
+    first->set_world_size(World(job));
+    first->set_start_time_unix_ms(job.submit_time_unix_ms());
+  }
+  moex::v1::Attempt* ended = job.mutable_attempts(job.attempts_size() - 1);
+  ended->set_end_time_unix_ms(now);
+  ended->set_steps_done(job.metrics().steps_done());
+  ended->set_ended(why);
+  KillProcesses(entry);
+  job_by_group_.erase(entry.process_group);  // its exit, reaped later, is no news
+  entry.process_group = 0;
+  entry.adopted = false;
+
+  const int world = World(job);
+  int next_world = world;
+  std::string how = StrCat("on the same ", world, " ranks");
+  std::sort(lost.begin(), lost.end());
+  lost.erase(std::unique(lost.begin(), lost.end()), lost.end());
+  if (spec.allow_shrink() && !lost.empty() && static_cast<int>(lost.size()) < world) {
+    const int survivors = world - static_cast<int>(lost.size());
+    absl::Status placed = PublishForWorld(entry, survivors, StrCat("elastic: ", survivors, " ranks after rank(s) ",
+                                                                   absl::StrJoin(lost, ", "), " failed"));
+    if (placed.ok()) {
+      // The new ranks start on it: it serves from the attempt's first step.
+      job.mutable_rebalances(job.rebalances_size() - 1)->set_live_at_step(job.metrics().steps_done() + 1);
+      next_world = survivors;
+      how = StrCat("on the ", survivors, " surviving ranks (placement version ", job.placement().version(), ")");
+    } else {
+      how = StrCat("on ", world, " ranks: it cannot shrink (", placed.message(), ")");
+    }
+  }
+  job.set_world_size(next_world);
+  job.clear_ranks();
+  job.set_ranks_registered(0);
+  entry.last_heartbeat.clear();
+  entry.done_ranks.clear();
+  job.set_state(moex::v1::JOB_STATE_PENDING);
+  const int64_t resume = job.metrics().steps_done();
+  moex::v1::Attempt* attempt = job.add_attempts();
+  attempt->set_number(job.attempts_size());
+  attempt->set_world_size(next_world);
+  attempt->set_start_time_unix_ms(now);
+  attempt->set_first_step(resume);
+  job.set_message(StrCat("restarting ", how, ", resuming after step ", resume, " (attempt ", attempt->number(), " of ",
+                         spec.max_restarts() + 1, "); attempt ", attempt->number() - 1, " ended: ", why));
+  absl::Status launched = Launch(entry);
+  if (!launched.ok()) {
+    Finish(entry, moex::v1::JOB_STATE_FAILED, StrCat("could not restart the job: ", launched.message(), "; before: ", why));
+    return;
+  }
+  Persist(entry);
+  pending_notifications_.push_back(job.id());
+}
+
+}  // namespace moex::control
