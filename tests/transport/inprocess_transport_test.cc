@@ -107,7 +107,9 @@ TEST(SharedSegmentsTest, EveryRankSeesEveryOthersWritesAcrossGrowth) {
   // this test's business).
   for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
     const std::string name = entry.path().filename().string();
-    if (name.rfind("moex-", 0) == 0) EXPECT_TRUE(before.count(name)) << entry.path() << " was left behind";
+    if (name.rfind("moex-", 0) == 0) {
+      EXPECT_TRUE(before.count(name)) << entry.path() << " was left behind";
+    }
   }
 }
 
