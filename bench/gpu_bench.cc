@@ -3,7 +3,11 @@
 //   permute and un-permute: bandwidth against cudaMemcpyAsync (device to
 //     device) of the same bytes (target >= 0.8);
 //   grouped expert GEMM (the gate/up projection of 32 local experts):
-//     TFLOP/s against one dense cublasGemmEx with the same FLOPs (target >= 0.8).
+//     TFLOP/s against one dense cublasGemmEx with the same FLOPs (target >= 0.8);
+//   the whole single-GPU layer forward (router GEMM, routing, permute,
+//     gate/up grouped GEMM, SwiGLU, down grouped GEMM, weighted un-permute):
+//     its time, for bench/gpu_layer_torch.py to set beside PyTorch's.
+// Inputs and weights are uniform random bf16 made on the device.
 //
 //   moex_bench_gpu [--tokens 4096] [--top-k 8] [--hidden 7168] [--width 2048]
 //       [--experts 32] [--reps 20] [--json FILE]
@@ -13,6 +17,8 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -73,6 +79,13 @@ void* Alloc(size_t bytes) {
   return p;
 }
 
+// `count` bf16 values uniform in [-scale, scale).
+void* Random(size_t count, float scale, uint64_t seed) {
+  void* p = Alloc(count * 2);
+  Check(moex::kernels::cuda::FillUniform(p, count, Dtype::kBF16, -scale, scale, seed, nullptr), "FillUniform");
+  return p;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -112,7 +125,7 @@ int main(int argc, char** argv) {
   }
   std::vector<float> w(static_cast<size_t>(pairs), 1.0f / static_cast<float>(top_k));
   const size_t row = static_cast<size_t>(hidden) * 2;  // bf16
-  void* x = Alloc(static_cast<size_t>(tokens) * row);
+  void* x = Random(static_cast<size_t>(tokens) * hidden, 1.0f, 1);
   void* permuted = Alloc(static_cast<size_t>(pairs) * row);
   void* y = Alloc(static_cast<size_t>(tokens) * row);
   void* copy = Alloc(static_cast<size_t>(pairs) * row);
@@ -147,7 +160,8 @@ int main(int argc, char** argv) {
   // Gate/up projection: [n_e, H] x [H, 2F] per expert, bf16 in, fp32 accumulate.
   const int n = 2 * width;
   std::vector<void*> weights;
-  for (int e = 0; e < experts; ++e) weights.push_back(Alloc(static_cast<size_t>(n) * hidden * 2));
+  const float w1_scale = 1.0f / std::sqrt(static_cast<float>(hidden));
+  for (int e = 0; e < experts; ++e) weights.push_back(Random(static_cast<size_t>(n) * hidden, w1_scale, 100 + e));
   std::vector<const void*> weight_ptrs(weights.begin(), weights.end());
   void* gemm_out = Alloc(static_cast<size_t>(pairs) * n * 2);
   absl::StatusOr<moex::kernels::cuda::GroupedGemm> grouped = moex::kernels::cuda::GroupedGemm::Create(experts);
@@ -169,6 +183,54 @@ int main(int argc, char** argv) {
     cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, pairs, hidden, &alpha, weights[0], CUDA_R_16BF, hidden, permuted,
                  CUDA_R_16BF, hidden, &beta, gemm_out, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   });
+
+  // The whole layer: router GEMM [T, H] x [H, E] in fp32, softmax top-k
+  // (renormalised), permute, gate/up, SwiGLU, down, weighted un-permute.
+  void* router = Random(static_cast<size_t>(experts) * hidden, w1_scale, 7);
+  auto* logits = static_cast<float*>(Alloc(sizeof(float) * static_cast<size_t>(tokens) * experts));
+  void* act = Alloc(static_cast<size_t>(pairs) * width * 2);
+  void* down_out = Alloc(static_cast<size_t>(pairs) * row);
+  std::vector<void*> down_weights;
+  const float w2_scale = 1.0f / std::sqrt(static_cast<float>(width));
+  for (int e = 0; e < experts; ++e) down_weights.push_back(Random(static_cast<size_t>(hidden) * width, w2_scale, 200 + e));
+  std::vector<const void*> down_ptrs(down_weights.begin(), down_weights.end());
+  moex::kernels::cuda::RouteArgs r;
+  r.logits = logits, r.num_tokens = tokens, r.num_experts = experts, r.top_k = top_k, r.renormalize = true;
+  r.topk_idx = d_idx, r.topk_weights = d_w;
+  auto layer = [&] {
+    if (cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, experts, tokens, hidden, &alpha, router, CUDA_R_16BF, hidden, x,
+                     CUDA_R_16BF, hidden, &beta, logits, CUDA_R_32F, experts, CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
+      std::fprintf(stderr, "moex_bench_gpu: router cublasGemmEx failed\n");
+      std::exit(1);
+    }
+    Check(moex::kernels::cuda::Route(r, nullptr), "Route");
+    Check(moex::kernels::cuda::Permute(p, nullptr), "Permute");
+    Check(grouped->Run(permuted, weight_ptrs.data(), d_off, experts, n, hidden, Dtype::kBF16, gemm_out, nullptr),
+          "GroupedGemm::Run gate/up");
+    Check(moex::kernels::cuda::SwiGlu(gemm_out, pairs, width, Dtype::kBF16, act, nullptr), "SwiGlu");
+    Check(grouped->Run(act, down_ptrs.data(), d_off, experts, hidden, width, Dtype::kBF16, down_out, nullptr),
+          "GroupedGemm::Run down");
+    moex::kernels::cuda::UnpermuteArgs back = u;
+    back.rows = down_out;
+    Check(moex::kernels::cuda::Unpermute(back, nullptr), "Unpermute");
+  };
+  const double layer_ms = Time(reps, layer);
+  const double layer_flops = 2.0 * tokens * static_cast<double>(hidden) * experts +
+                             2.0 * pairs * static_cast<double>(hidden) * n + 2.0 * pairs * static_cast<double>(width) * hidden;
+  // A checksum of the layer's output, so that a run on zeros or NaNs shows.
+  std::vector<uint16_t> y_host(static_cast<size_t>(tokens) * hidden);
+  CHECK_CUDA(cudaMemcpy(y_host.data(), y, y_host.size() * 2, cudaMemcpyDeviceToHost));
+  double y_abs = 0;
+  size_t y_bad = 0;
+  for (uint16_t bits : y_host) {
+    uint32_t word = static_cast<uint32_t>(bits) << 16;
+    float v;
+    std::memcpy(&v, &word, 4);
+    if (!std::isfinite(v)) ++y_bad;
+    else y_abs += std::fabs(v);
+  }
+  const double y_mean_abs = y_abs / static_cast<double>(y_host.size());
   cublasDestroy(handle);
 
   const double permute_gbps = permute_bytes / (permute_ms * 1e6), copy_gbps = permute_bytes / (copy_ms * 1e6);
@@ -184,6 +246,8 @@ int main(int argc, char** argv) {
               unpermute_gbps, unpermute_copy_gbps, unpermute_gbps / unpermute_copy_gbps);
   std::printf("grouped GEMM: %.1f TFLOP/s; one dense GEMM of the same FLOPs %.1f TFLOP/s; ratio %.2f (target >= 0.8)\n",
               grouped_tflops, dense_tflops, grouped_tflops / dense_tflops);
+  std::printf("layer forward: %.3f ms (%.1f TFLOP/s); output mean |y| %.4g, %zu non-finite\n", layer_ms,
+              layer_flops / (layer_ms * 1e9), y_mean_abs, y_bad);
   if (!json.empty()) {
     nlohmann::json j = {{"device", prop.name},
                         {"tokens", tokens}, {"top_k", top_k}, {"experts", experts}, {"hidden", hidden}, {"width", width},
@@ -192,7 +256,10 @@ int main(int argc, char** argv) {
                         {"unpermute_copy_gbps", unpermute_copy_gbps},
                         {"unpermute_ratio", unpermute_gbps / unpermute_copy_gbps},
                         {"grouped_tflops", grouped_tflops}, {"dense_tflops", dense_tflops},
-                        {"gemm_ratio", grouped_tflops / dense_tflops}};
+                        {"gemm_ratio", grouped_tflops / dense_tflops},
+                        {"permute_ms", permute_ms}, {"unpermute_ms", unpermute_ms}, {"grouped_ms", grouped_ms},
+                        {"dense_ms", dense_ms}, {"layer_ms", layer_ms}, {"layer_tflops", layer_flops / (layer_ms * 1e9)},
+                        {"layer_mean_abs_y", y_mean_abs}, {"layer_nonfinite", y_bad}, {"reps", reps}};
     std::ofstream(json) << j.dump(2) << "\n";
   }
   return 0;

@@ -159,20 +159,42 @@ __global__ void InvertKernel(const int32_t* sorted_pairs, int pairs, int32_t* ro
   }
 }
 
-// One block per permuted row: a copy of its token's row, 16 bytes at a time
-// when the row allows it.
-__global__ void GatherKernel(const char* x, const int32_t* sorted_pairs, int pairs, int top_k, size_t row_bytes,
-                             char* permuted) {
-  for (int r = blockIdx.x; r < pairs; r += gridDim.x) {
-    const int token = sorted_pairs[r] / top_k;
-    const char* from = x + static_cast<size_t>(token) * row_bytes;
-    char* to = permuted + static_cast<size_t>(r) * row_bytes;
-    if (row_bytes % 16 == 0) {
+// One block per token: its row is read once and written to each of its k
+// permuted rows, 16 bytes at a time when the row allows it (several loads
+// in flight per thread before the first store).
+__global__ void ScatterKernel(const char* __restrict__ x, const int32_t* __restrict__ row_of_pair, int tokens,
+                              int top_k, size_t row_bytes, bool vector16, char* __restrict__ permuted) {
+  __shared__ int32_t rows[kMaxTopK];
+  for (int t = blockIdx.x; t < tokens; t += gridDim.x) {
+    __syncthreads();
+    if (threadIdx.x < top_k) rows[threadIdx.x] = row_of_pair[static_cast<size_t>(t) * top_k + threadIdx.x];
+    __syncthreads();
+    const char* from = x + static_cast<size_t>(t) * row_bytes;
+    if (vector16) {
+      constexpr int kUnroll = 4;
       const int4* f = reinterpret_cast<const int4*>(from);
-      int4* d = reinterpret_cast<int4*>(to);
-      for (size_t i = threadIdx.x; i < row_bytes / 16; i += blockDim.x) d[i] = f[i];
+      const size_t n = row_bytes / 16;
+      for (size_t base = threadIdx.x; base < n; base += static_cast<size_t>(blockDim.x) * kUnroll) {
+        int4 v[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const size_t i = base + static_cast<size_t>(u) * blockDim.x;
+          if (i < n) v[u] = f[i];
+        }
+        for (int j = 0; j < top_k; ++j) {
+          int4* d = reinterpret_cast<int4*>(permuted + static_cast<size_t>(rows[j]) * row_bytes);
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            const size_t i = base + static_cast<size_t>(u) * blockDim.x;
+            if (i < n) d[i] = v[u];
+          }
+        }
+      }
     } else {
-      for (size_t i = threadIdx.x; i < row_bytes; i += blockDim.x) to[i] = from[i];
+      for (size_t i = threadIdx.x; i < row_bytes; i += blockDim.x) {
+        const char v = from[i];
+        for (int j = 0; j < top_k; ++j) permuted[static_cast<size_t>(rows[j]) * row_bytes + i] = v;
+      }
     }
   }
 }
@@ -190,18 +212,81 @@ __device__ void Store<float>(float* p, size_t i, float v) { p[i] = v; }
 template <>
 __device__ void Store<__nv_bfloat16>(__nv_bfloat16* p, size_t i, float v) { p[i] = __float2bfloat16(v); }
 
-// One block per token: the weighted sum of its k rows, in j order.
+// Eight consecutive elements as fp32, and back.
+struct Vec8 {
+  float v[8];
+};
+__device__ Vec8 Load8(const float* p) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  return Vec8{{a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w}};
+}
+__device__ Vec8 Load8(const __nv_bfloat16* p) {
+  const int4 raw = *reinterpret_cast<const int4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  Vec8 out;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    out.v[2 * i] = f.x;
+    out.v[2 * i + 1] = f.y;
+  }
+  return out;
+}
+__device__ void Store8(float* p, const Vec8& x) {
+  reinterpret_cast<float4*>(p)[0] = make_float4(x.v[0], x.v[1], x.v[2], x.v[3]);
+  reinterpret_cast<float4*>(p)[1] = make_float4(x.v[4], x.v[5], x.v[6], x.v[7]);
+}
+__device__ void Store8(__nv_bfloat16* p, const Vec8& x) {
+  int4 raw;
+  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(x.v[2 * i], x.v[2 * i + 1]);
+  *reinterpret_cast<int4*>(p) = raw;
+}
+
+// One block per token: the weighted sum of its k rows, in j order, in fp32.
+// `vector8`: hidden is a multiple of 8 and the buffers 16-byte aligned, so
+// each thread takes 8 elements at a time with every row's load in flight
+// before the sum.
 template <typename In, typename Out>
-__global__ void UnpermuteKernel(const In* rows, const int32_t* row_of_pair, const float* weights, int tokens, int top_k,
-                                int hidden, Out* y) {
+__global__ void UnpermuteKernel(const In* __restrict__ rows, const int32_t* __restrict__ row_of_pair,
+                                const float* __restrict__ weights, int tokens, int top_k, int hidden, bool vector8,
+                                Out* __restrict__ y) {
+  __shared__ int32_t source[kMaxTopK];
+  __shared__ float weight[kMaxTopK];
   for (int t = blockIdx.x; t < tokens; t += gridDim.x) {
-    for (int h = threadIdx.x; h < hidden; h += blockDim.x) {
-      float sum = 0;
-      for (int j = 0; j < top_k; ++j) {
-        const size_t pair = static_cast<size_t>(t) * top_k + j;
-        sum += weights[pair] * Load(rows, static_cast<size_t>(row_of_pair[pair]) * hidden + h);
+    __syncthreads();
+    if (threadIdx.x < top_k) {
+      const size_t pair = static_cast<size_t>(t) * top_k + threadIdx.x;
+      source[threadIdx.x] = row_of_pair[pair];
+      weight[threadIdx.x] = weights[pair];
+    }
+    __syncthreads();
+    if (vector8) {
+      for (int h = threadIdx.x * 8; h < hidden; h += blockDim.x * 8) {
+        Vec8 in[kMaxTopK];
+#pragma unroll
+        for (int j = 0; j < kMaxTopK; ++j) {
+          if (j < top_k) in[j] = Load8(rows + static_cast<size_t>(source[j]) * hidden + h);
+        }
+        Vec8 sum{};
+#pragma unroll
+        for (int j = 0; j < kMaxTopK; ++j) {
+          if (j < top_k) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) sum.v[i] += weight[j] * in[j].v[i];
+          }
+        }
+        Store8(y + static_cast<size_t>(t) * hidden + h, sum);
       }
-      Store(y, static_cast<size_t>(t) * hidden + h, sum);
+    } else {
+      for (int h = threadIdx.x; h < hidden; h += blockDim.x) {
+        float sum = 0;
+        for (int j = 0; j < top_k; ++j) {
+          sum += weight[j] * Load(rows, static_cast<size_t>(source[j]) * hidden + h);
+        }
+        Store(y, static_cast<size_t>(t) * hidden + h, sum);
+      }
     }
   }
 }
@@ -214,6 +299,21 @@ __global__ void SwiGluKernel(const T* gate_up, int rows, int width, T* out) {
     const size_t r = i / width, f = i % width;
     const float g = Load(gate_up, r * 2 * width + f), u = Load(gate_up, r * 2 * width + width + f);
     Store(out, i, g / (1.0f + __expf(-g)) * u);
+  }
+}
+
+// A counter-based hash (splitmix64) to [lo, hi): the same values for the
+// same seed on any GPU.
+template <typename T>
+__global__ void FillUniformKernel(T* out, size_t n, float lo, float hi, uint64_t seed) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
+    Store(out, i, lo + (hi - lo) * u);
   }
 }
 
@@ -277,8 +377,10 @@ size_t PermuteWorkspaceBytes(int max_pairs, int num_experts) {
 
 absl::Status Permute(const PermuteArgs& a, cudaStream_t stream) {
   const int pairs = a.num_tokens * a.top_k;
-  if (a.num_experts < 1 || a.top_k < 1 || a.hidden < 1 || a.num_tokens < 0) {
-    return absl::InvalidArgumentError("cuda Permute: bad shape");
+  if (a.num_experts < 1 || a.top_k < 1 || a.top_k > kMaxTopK || a.hidden < 1 || a.num_tokens < 0) {
+    return absl::InvalidArgumentError("cuda Permute: bad shape (" + std::to_string(a.num_tokens) + " tokens, top-" +
+                                      std::to_string(a.top_k) + ", hidden " + std::to_string(a.hidden) + ", " +
+                                      std::to_string(a.num_experts) + " experts)");
   }
   if (a.workspace_bytes < PermuteWorkspaceBytes(pairs, a.num_experts)) {
     return absl::InvalidArgumentError("cuda Permute: the workspace holds " + std::to_string(a.workspace_bytes) +
@@ -305,8 +407,11 @@ absl::Status Permute(const PermuteArgs& a, cudaStream_t stream) {
     if (sorted != cudaSuccess) return CudaError(sorted, "cuda Permute: sort");
     InvertKernel<<<Blocks(pairs, 256), 256, 0, stream>>>(sorted_pairs, pairs, a.row_of_pair);
     const size_t row_bytes = static_cast<size_t>(a.hidden) * (a.dtype == Dtype::kF32 ? 4 : 2);
-    GatherKernel<<<std::min(pairs, 65535), 128, 0, stream>>>(static_cast<const char*>(a.x), sorted_pairs, pairs,
-                                                             a.top_k, row_bytes, static_cast<char*>(a.permuted));
+    auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+    const bool vector16 = row_bytes % 16 == 0 && aligned(a.x) && aligned(a.permuted);
+    ScatterKernel<<<std::min(a.num_tokens, 65535), 256, 0, stream>>>(static_cast<const char*>(a.x), a.row_of_pair,
+                                                                     a.num_tokens, a.top_k, row_bytes, vector16,
+                                                                     static_cast<char*>(a.permuted));
   }
   cub_bytes = p.cub_bytes;
   cudaError_t scanned =
@@ -318,24 +423,40 @@ absl::Status Permute(const PermuteArgs& a, cudaStream_t stream) {
 absl::Status Unpermute(const UnpermuteArgs& a, cudaStream_t stream) {
   if (a.num_tokens == 0) return absl::OkStatus();
   if (a.top_k < 1 || a.hidden < 1 || a.num_tokens < 0) return absl::InvalidArgumentError("cuda Unpermute: bad shape");
-  const int blocks = std::min(a.num_tokens, 65535), threads = 256;
+  if (a.top_k > kMaxTopK) return absl::InvalidArgumentError("cuda Unpermute: top-k above 8");
+  const int blocks = std::min(a.num_tokens, 65535), threads = 128;
   const bool in32 = a.dtype == Dtype::kF32, out32 = a.out_dtype == Dtype::kF32;
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool vector8 = a.hidden % 8 == 0 && aligned(a.rows) && aligned(a.y);
   if (in32 && out32) {
     UnpermuteKernel<<<blocks, threads, 0, stream>>>(static_cast<const float*>(a.rows), a.row_of_pair, a.topk_weights,
-                                                    a.num_tokens, a.top_k, a.hidden, static_cast<float*>(a.y));
+                                                    a.num_tokens, a.top_k, a.hidden, vector8, static_cast<float*>(a.y));
   } else if (in32) {
     UnpermuteKernel<<<blocks, threads, 0, stream>>>(static_cast<const float*>(a.rows), a.row_of_pair, a.topk_weights,
-                                                    a.num_tokens, a.top_k, a.hidden, static_cast<__nv_bfloat16*>(a.y));
+                                                    a.num_tokens, a.top_k, a.hidden, vector8,
+                                                    static_cast<__nv_bfloat16*>(a.y));
   } else if (out32) {
     UnpermuteKernel<<<blocks, threads, 0, stream>>>(static_cast<const __nv_bfloat16*>(a.rows), a.row_of_pair,
-                                                    a.topk_weights, a.num_tokens, a.top_k, a.hidden,
+                                                    a.topk_weights, a.num_tokens, a.top_k, a.hidden, vector8,
                                                     static_cast<float*>(a.y));
   } else {
     UnpermuteKernel<<<blocks, threads, 0, stream>>>(static_cast<const __nv_bfloat16*>(a.rows), a.row_of_pair,
-                                                    a.topk_weights, a.num_tokens, a.top_k, a.hidden,
+                                                    a.topk_weights, a.num_tokens, a.top_k, a.hidden, vector8,
                                                     static_cast<__nv_bfloat16*>(a.y));
   }
   return CudaError(cudaGetLastError(), "cuda Unpermute launch");
+}
+
+absl::Status FillUniform(void* data, size_t count, Dtype dtype, float lo, float hi, uint64_t seed,
+                         cudaStream_t stream) {
+  if (count == 0) return absl::OkStatus();
+  const int blocks = Blocks(count, 256);
+  if (dtype == Dtype::kF32) {
+    FillUniformKernel<<<blocks, 256, 0, stream>>>(static_cast<float*>(data), count, lo, hi, seed);
+  } else {
+    FillUniformKernel<<<blocks, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(data), count, lo, hi, seed);
+  }
+  return CudaError(cudaGetLastError(), "cuda FillUniform launch");
 }
 
 absl::Status SwiGlu(const void* gate_up, int rows, int width, Dtype dtype, void* out, cudaStream_t stream) {

@@ -1,8 +1,12 @@
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <ostream>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -60,6 +64,9 @@ struct RouteCase {
   bool renormalize;
   float scale;
 };
+
+// gtest prints a parameter by its name, not as a byte dump.
+void PrintTo(const RouteCase& c, std::ostream* os) { *os << c.name; }
 
 class RouteTest : public ::testing::TestWithParam<RouteCase> {};
 
@@ -217,6 +224,157 @@ TEST(GroupedGemmTest, EveryExpertAgainstAPlainProduct) {
     }
   }
   EXPECT_EQ(gemm->rows_per_expert(), (std::vector<int32_t>{7, 0, 12, 1, 13}));
+}
+
+uint16_t ToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest even
+  return static_cast<uint16_t>(u >> 16);
+}
+
+float FromBf16(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+struct LayerCase {
+  const char* name;
+  Dtype dtype;
+  int hidden;  // 100: rows not a multiple of 16 bytes, the scalar paths
+};
+
+void PrintTo(const LayerCase& c, std::ostream* os) { *os << c.name; }
+
+class LayerTest : public ::testing::TestWithParam<LayerCase> {};
+
+// Route, permute, gate/up, SwiGLU, down and the weighted un-permute chained
+// as moex_bench_gpu chains them, against the same layer on the host in
+// double precision (bf16 rounding of the inputs and weights included).
+TEST_P(LayerTest, ChainMatchesAHostReference) {
+  SKIP_WITHOUT_GPU();
+  const LayerCase c = GetParam();
+  const int T = 70, E = 6, K = 2, F = 24, H = c.hidden, pairs = T * K;
+  const bool bf16 = c.dtype == Dtype::kBF16;
+  std::vector<float> x = Random(static_cast<size_t>(T) * H, 21), logits = Random(static_cast<size_t>(T) * E, 22, 2.0f);
+  std::vector<std::vector<float>> w1, w2;
+  for (int e = 0; e < E; ++e) {
+    w1.push_back(Random(static_cast<size_t>(2 * F) * H, 300 + e, 0.2f));
+    w2.push_back(Random(static_cast<size_t>(H) * F, 400 + e, 0.3f));
+  }
+  // What the device holds: bf16 bits or fp32, and the host's view of it.
+  auto upload = [&](std::vector<float>& v) {
+    if (bf16) {
+      std::vector<uint16_t> bits(v.size());
+      for (size_t i = 0; i < v.size(); ++i) {
+        bits[i] = ToBf16(v[i]);
+        v[i] = FromBf16(bits[i]);
+      }
+      return std::make_unique<Device<uint16_t>>(bits);
+    }
+    std::vector<uint16_t> raw(v.size() * 2);
+    std::memcpy(raw.data(), v.data(), v.size() * 4);
+    return std::make_unique<Device<uint16_t>>(raw);
+  };
+  auto d_x = upload(x);
+  std::vector<std::unique_ptr<Device<uint16_t>>> d_w1, d_w2;
+  std::vector<const void*> p_w1, p_w2;
+  for (int e = 0; e < E; ++e) {
+    d_w1.push_back(upload(w1[e]));
+    d_w2.push_back(upload(w2[e]));
+    p_w1.push_back(d_w1.back()->p);
+    p_w2.push_back(d_w2.back()->p);
+  }
+  const size_t elem = bf16 ? 2 : 4;
+  Device<float> d_logits(logits), d_w(static_cast<size_t>(pairs));
+  Device<int32_t> d_idx(static_cast<size_t>(pairs)), d_row(static_cast<size_t>(pairs)), d_off(E + 1);
+  Device<char> d_perm(pairs * H * elem), d_gu(pairs * 2 * F * elem), d_act(pairs * F * elem), d_down(pairs * H * elem),
+      d_y(static_cast<size_t>(T) * H * elem);
+  const size_t ws = PermuteWorkspaceBytes(pairs, E);
+  Device<char> d_ws(ws);
+
+  RouteArgs r;
+  r.logits = d_logits.p, r.num_tokens = T, r.num_experts = E, r.top_k = K, r.renormalize = true;
+  r.topk_idx = d_idx.p, r.topk_weights = d_w.p;
+  ASSERT_TRUE(Route(r, nullptr).ok());
+  PermuteArgs p;
+  p.x = d_x->p, p.topk_idx = d_idx.p, p.num_tokens = T, p.top_k = K, p.hidden = H, p.num_experts = E;
+  p.dtype = c.dtype, p.permuted = d_perm.p, p.row_of_pair = d_row.p, p.expert_offsets = d_off.p;
+  p.workspace = d_ws.p, p.workspace_bytes = ws;
+  ASSERT_TRUE(Permute(p, nullptr).ok());
+  absl::StatusOr<GroupedGemm> gemm = GroupedGemm::Create(E);
+  ASSERT_TRUE(gemm.ok()) << gemm.status();
+  absl::Status ran = gemm->Run(d_perm.p, p_w1.data(), d_off.p, E, 2 * F, H, c.dtype, d_gu.p, nullptr);
+  ASSERT_TRUE(ran.ok()) << ran;
+  ASSERT_TRUE(SwiGlu(d_gu.p, pairs, F, c.dtype, d_act.p, nullptr).ok());
+  ran = gemm->Run(d_act.p, p_w2.data(), d_off.p, E, H, F, c.dtype, d_down.p, nullptr);
+  ASSERT_TRUE(ran.ok()) << ran;
+  UnpermuteArgs u;
+  u.rows = d_down.p, u.row_of_pair = d_row.p, u.topk_weights = d_w.p, u.num_tokens = T, u.top_k = K, u.hidden = H;
+  u.dtype = c.dtype, u.out_dtype = Dtype::kF32, u.y = d_y.p;
+  ASSERT_TRUE(Unpermute(u, nullptr).ok());
+
+  std::vector<int32_t> idx = d_idx.Get();
+  std::vector<float> weights = d_w.Get();
+  std::vector<char> y_raw = d_y.Get();
+  std::vector<float> y(static_cast<size_t>(T) * H);
+  std::memcpy(y.data(), y_raw.data(), y.size() * 4);
+  double max_abs = 0, max_err = 0;
+  for (int t = 0; t < T; ++t) {
+    std::vector<double> want(H, 0.0);
+    for (int j = 0; j < K; ++j) {
+      const int e = idx[static_cast<size_t>(t) * K + j];
+      ASSERT_GE(e, 0);
+      ASSERT_LT(e, E);
+      std::vector<double> act(F);
+      for (int f = 0; f < F; ++f) {
+        double g = 0, up = 0;
+        for (int h = 0; h < H; ++h) {
+          g += double(x[static_cast<size_t>(t) * H + h]) * w1[e][static_cast<size_t>(f) * H + h];
+          up += double(x[static_cast<size_t>(t) * H + h]) * w1[e][static_cast<size_t>(F + f) * H + h];
+        }
+        act[f] = g / (1 + std::exp(-g)) * up;
+      }
+      for (int h = 0; h < H; ++h) {
+        double o = 0;
+        for (int f = 0; f < F; ++f) o += act[f] * w2[e][static_cast<size_t>(h) * F + f];
+        want[h] += weights[static_cast<size_t>(t) * K + j] * o;
+      }
+    }
+    for (int h = 0; h < H; ++h) {
+      max_abs = std::max(max_abs, std::fabs(want[h]));
+      max_err = std::max(max_err, std::fabs(want[h] - y[static_cast<size_t>(t) * H + h]));
+    }
+  }
+  // bf16 keeps 8 significant bits in the intermediates: 2^-8 relative each.
+  const double tolerance = (bf16 ? 3e-2 : 1e-4) * std::max(max_abs, 1e-3);
+  EXPECT_LT(max_err, tolerance) << "largest |y| " << max_abs;
+  EXPECT_GT(max_abs, 1e-3) << "the layer computed (almost) nothing";
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, LayerTest,
+                         ::testing::Values(LayerCase{"bf16_vectorised", Dtype::kBF16, 128},
+                                           LayerCase{"bf16_scalar", Dtype::kBF16, 100},
+                                           LayerCase{"fp32_scalar", Dtype::kF32, 100},
+                                           LayerCase{"fp32_vectorised", Dtype::kF32, 64}),
+                         [](const ::testing::TestParamInfo<LayerCase>& param_info) { return std::string(param_info.param.name); });
+
+TEST(FillUniformTest, SameSeedSameValuesInRange) {
+  SKIP_WITHOUT_GPU();
+  Device<float> a(size_t{4096}), b(size_t{4096});
+  ASSERT_TRUE(FillUniform(a.p, a.n, Dtype::kF32, -2.0f, 3.0f, 42, nullptr).ok());
+  ASSERT_TRUE(FillUniform(b.p, b.n, Dtype::kF32, -2.0f, 3.0f, 42, nullptr).ok());
+  std::vector<float> va = a.Get(), vb = b.Get();
+  EXPECT_EQ(va, vb);
+  double mean = 0;
+  for (float v : va) {
+    ASSERT_GE(v, -2.0f);
+    ASSERT_LT(v, 3.0f);
+    mean += v / va.size();
+  }
+  EXPECT_NEAR(mean, 0.5, 0.1);
 }
 
 TEST(RouteArgsTest, RefusesShapesItCannotRoute) {

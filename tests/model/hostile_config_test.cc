@@ -1,5 +1,7 @@
 // Bad configs get an error that names the field; never a silently wrong
 // number, never an overflow.
+#include <limits>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "moex/model/config_view.h"
@@ -140,6 +142,9 @@ TEST(HostileConfigTest, FuzzFindingsAreErrors) {
   EXPECT_THAT(std::string(huge.message()), HasSubstr("too many elements"));
   EXPECT_THAT(std::string(ParseSafetensorsHeader("[1, 2]", 0, "a.safetensors", &tensors).message()),
               HasSubstr("JSON object"));
+  EXPECT_THAT(std::string(ParseSafetensorsHeader("{}", std::numeric_limits<int64_t>::max() - 3, "b.safetensors", &tensors)
+                              .message()),
+              HasSubstr("out of range"));
 }
 
 }  // namespace

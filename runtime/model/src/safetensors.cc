@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
@@ -73,7 +74,11 @@ absl::Status ParseSafetensorsHeader(std::string_view text, int64_t data_bytes, c
   MOEX_ASSIGN_OR_RETURN(nlohmann::json header, ParseJsonText(text, StrCat(file, " (header)")));
   if (!header.is_object()) return absl::DataLossError(StrCat("'", file, "': the header is not a JSON object"));
   const int64_t data_start = 8 + static_cast<int64_t>(text.size());
-  const int64_t file_size = data_start + data_bytes;
+  // Found by tests/fuzz under UBSan: data_start + data_bytes must not overflow.
+  if (data_bytes < 0 || data_bytes > std::numeric_limits<int64_t>::max() - data_start) {
+    return absl::DataLossError(StrCat("'", file, "': ", data_bytes, " data bytes after a header of ", text.size(),
+                                      " bytes is out of range"));
+  }
   for (auto& item : header.items()) {
     const std::string name = item.key();
     nlohmann::json& entry = item.value();
@@ -100,9 +105,9 @@ absl::Status ParseSafetensorsHeader(std::string_view text, int64_t data_bytes, c
     const nlohmann::json& offsets = entry["data_offsets"];
     if (!offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned()) return bad("bad data_offsets");
     uint64_t begin = offsets[0].get<uint64_t>(), end = offsets[1].get<uint64_t>();
-    if (begin > end || end > static_cast<uint64_t>(file_size - data_start)) {
+    if (begin > end || end > static_cast<uint64_t>(data_bytes)) {
       return bad(StrCat("data_offsets [", begin, ", ", end, "] fall outside the file's ",
-                        file_size - data_start, " data bytes (truncated file?)"));
+                        data_bytes, " data bytes (truncated file?)"));
     }
     int64_t width = DtypeBytes(info.dtype);
     if (width == 0) return bad(StrCat("unknown dtype '", info.dtype, "'"));

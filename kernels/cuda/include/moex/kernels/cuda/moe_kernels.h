@@ -106,6 +106,11 @@ class GroupedGemm {
   std::vector<void*> c_;
 };
 
+// `count` values uniform in [lo, hi) from a hash of (seed, index): test and
+// benchmark data made on the device, the same on any GPU.
+absl::Status FillUniform(void* data, size_t count, Dtype dtype, float lo, float hi, uint64_t seed,
+                         cudaStream_t stream);
+
 // "no CUDA device: <why>" when this process sees none.
 absl::Status DeviceAvailable();
 
