@@ -172,17 +172,48 @@ int main(int argc, char** argv) {
     Check(grouped->Run(permuted, weight_ptrs.data(), d_off, experts, n, hidden, Dtype::kBF16, gemm_out, nullptr),
           "GroupedGemm::Run");
   });
+  const moex::kernels::cuda::GemmMode auto_mode = grouped->last_mode();
   cublasHandle_t handle;
   if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
     std::fprintf(stderr, "moex_bench_gpu: cublasCreate failed\n");
     return 1;
   }
   const float alpha = 1, beta = 0;
-  const double dense_ms = Time(reps, [&] {
-    // One [pairs, H] x [H, 2F] product: the same FLOPs in one call.
-    cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, pairs, hidden, &alpha, weights[0], CUDA_R_16BF, hidden, permuted,
+  // One [rows, H] x [H, 2F] product: the same FLOPs in one call.
+  auto dense = [&](int rows) {
+    cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, hidden, &alpha, weights[0], CUDA_R_16BF, hidden, permuted,
                  CUDA_R_16BF, hidden, &beta, gemm_out, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-  });
+  };
+  const double dense_ms = Time(reps, [&] { dense(pairs); });
+
+  // Both ways of running the experts, over rows per expert: where each wins.
+  nlohmann::json modes = nlohmann::json::array();
+  auto* d_off_sweep = static_cast<int32_t*>(Alloc(sizeof(int32_t) * (experts + 1)));
+  std::printf("gate/up GEMM by rows per expert (%d experts): TFLOP/s of the grouped call, of per-expert calls, of one dense GEMM\n",
+              experts);
+  for (int rows_each : {16, 64, 128, 256, 1024}) {
+    if (rows_each * experts > pairs) continue;
+    std::vector<int32_t> off(static_cast<size_t>(experts) + 1);
+    for (int e = 0; e <= experts; ++e) off[e] = e * rows_each;
+    CHECK_CUDA(cudaMemcpy(d_off_sweep, off.data(), sizeof(int32_t) * off.size(), cudaMemcpyHostToDevice));
+    const double f = 2.0 * rows_each * experts * static_cast<double>(hidden) * n;
+    nlohmann::json m = {{"rows_per_expert", rows_each}};
+    for (auto mode : {moex::kernels::cuda::GemmMode::kGroupedCall, moex::kernels::cuda::GemmMode::kPerExpert}) {
+      grouped->set_mode(mode);
+      const double ms = Time(reps, [&] {
+        Check(grouped->Run(permuted, weight_ptrs.data(), d_off_sweep, experts, n, hidden, Dtype::kBF16, gemm_out,
+                           nullptr),
+              "GroupedGemm::Run");
+      });
+      m[std::string(moex::kernels::cuda::GemmModeName(mode)) + "_tflops"] = f / (ms * 1e9);
+    }
+    const double ms = Time(reps, [&] { dense(rows_each * experts); });
+    m["dense_tflops"] = f / (ms * 1e9);
+    std::printf("  %5d rows: %7.1f  %7.1f  %7.1f\n", rows_each, m["grouped-call_tflops"].get<double>(),
+                m["per-expert_tflops"].get<double>(), m["dense_tflops"].get<double>());
+    modes.push_back(m);
+  }
+  grouped->set_mode(moex::kernels::cuda::GemmMode::kAuto);
 
   // The whole layer: router GEMM [T, H] x [H, E] in fp32, softmax top-k
   // (renormalised), permute, gate/up, SwiGLU, down, weighted un-permute.
@@ -244,8 +275,8 @@ int main(int argc, char** argv) {
               permute_gbps, copy_gbps, permute_gbps / copy_gbps);
   std::printf("un-permute: %.1f GB/s; device copy of the same bytes %.1f GB/s; ratio %.2f (target >= 0.8)\n",
               unpermute_gbps, unpermute_copy_gbps, unpermute_gbps / unpermute_copy_gbps);
-  std::printf("grouped GEMM: %.1f TFLOP/s; one dense GEMM of the same FLOPs %.1f TFLOP/s; ratio %.2f (target >= 0.8)\n",
-              grouped_tflops, dense_tflops, grouped_tflops / dense_tflops);
+  std::printf("grouped GEMM (%s): %.1f TFLOP/s; one dense GEMM of the same FLOPs %.1f TFLOP/s; ratio %.2f (target >= 0.8)\n",
+              moex::kernels::cuda::GemmModeName(auto_mode), grouped_tflops, dense_tflops, grouped_tflops / dense_tflops);
   std::printf("layer forward: %.3f ms (%.1f TFLOP/s); output mean |y| %.4g, %zu non-finite\n", layer_ms,
               layer_flops / (layer_ms * 1e9), y_mean_abs, y_bad);
   if (!json.empty()) {
@@ -257,6 +288,7 @@ int main(int argc, char** argv) {
                         {"unpermute_ratio", unpermute_gbps / unpermute_copy_gbps},
                         {"grouped_tflops", grouped_tflops}, {"dense_tflops", dense_tflops},
                         {"gemm_ratio", grouped_tflops / dense_tflops},
+                        {"gemm_mode", moex::kernels::cuda::GemmModeName(auto_mode)}, {"gemm_modes", modes},
                         {"permute_ms", permute_ms}, {"unpermute_ms", unpermute_ms}, {"grouped_ms", grouped_ms},
                         {"dense_ms", dense_ms}, {"layer_ms", layer_ms}, {"layer_tflops", layer_flops / (layer_ms * 1e9)},
                         {"layer_mean_abs_y", y_mean_abs}, {"layer_nonfinite", y_bad}, {"reps", reps}};

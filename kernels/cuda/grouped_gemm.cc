@@ -23,10 +23,20 @@ absl::Status Cublas(cublasStatus_t code, const char* what) {
 
 }  // namespace
 
-absl::StatusOr<GroupedGemm> GroupedGemm::Create(int max_experts) {
+const char* GemmModeName(GemmMode mode) {
+  switch (mode) {
+    case GemmMode::kAuto: return "auto";
+    case GemmMode::kGroupedCall: return "grouped-call";
+    case GemmMode::kPerExpert: return "per-expert";
+  }
+  return "?";
+}
+
+absl::StatusOr<GroupedGemm> GroupedGemm::Create(int max_experts, GemmMode mode) {
   if (max_experts < 1) return absl::InvalidArgumentError("GroupedGemm: max_experts must be >= 1");
   GroupedGemm g;
   g.max_experts_ = max_experts;
+  g.mode_ = mode;
   if (absl::Status s = Cublas(cublasCreate(&g.handle_), "cublasCreate"); !s.ok()) return s;
   const size_t bytes = sizeof(void*) * static_cast<size_t>(max_experts);
   if (absl::Status s = Cuda(cudaMalloc(reinterpret_cast<void**>(&g.a_device_), bytes), "cudaMalloc"); !s.ok()) return s;
@@ -42,6 +52,8 @@ absl::StatusOr<GroupedGemm> GroupedGemm::Create(int max_experts) {
 GroupedGemm::GroupedGemm(GroupedGemm&& o) noexcept
     : handle_(std::exchange(o.handle_, nullptr)),
       max_experts_(o.max_experts_),
+      mode_(o.mode_),
+      last_mode_(o.last_mode_),
       a_device_(std::exchange(o.a_device_, nullptr)),
       b_device_(std::exchange(o.b_device_, nullptr)),
       c_device_(std::exchange(o.c_device_, nullptr)),
@@ -95,6 +107,24 @@ absl::Status GroupedGemm::Run(const void* in, const void* const* weights_host, c
   }
   const int groups = static_cast<int>(a_.size());
   if (groups == 0) return absl::OkStatus();
+  if (absl::Status s = Cublas(cublasSetStream(handle_, stream), "cublasSetStream"); !s.ok()) return s;
+  const int64_t total_rows = offsets_[num_experts] - offsets_[0];
+  last_mode_ = mode_;
+  if (mode_ == GemmMode::kAuto) {
+    last_mode_ = total_rows >= int64_t{kPerExpertMinRows} * groups ? GemmMode::kPerExpert : GemmMode::kGroupedCall;
+  }
+  if (last_mode_ == GemmMode::kPerExpert) {
+    for (int g = 0; g < groups; ++g) {
+      if (absl::Status s = Cublas(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, n, n_array[g], k, &alpha[g], a_[g],
+                                               type, k, b_[g], type, k, &beta[g], c_[g], type, n, CUBLAS_COMPUTE_32F,
+                                               CUBLAS_GEMM_DEFAULT),
+                                  "cublasGemmEx");
+          !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
   const size_t bytes = sizeof(void*) * static_cast<size_t>(groups);
   for (auto [device, host] : {std::pair<void*, const void*>{a_device_, a_.data()}, {b_device_, b_.data()},
                               {c_device_, c_.data()}}) {
@@ -104,7 +134,6 @@ absl::Status GroupedGemm::Run(const void* in, const void* const* weights_host, c
       return s;
     }
   }
-  if (absl::Status s = Cublas(cublasSetStream(handle_, stream), "cublasSetStream"); !s.ok()) return s;
   absl::Status s = Cublas(
       cublasGemmGroupedBatchedEx(handle_, trans_a.data(), trans_b.data(), m_array.data(), n_array.data(),
                                  k_array.data(), alpha.data(), a_device_, type, lda.data(), b_device_, type,

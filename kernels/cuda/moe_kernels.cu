@@ -212,46 +212,56 @@ __device__ void Store<float>(float* p, size_t i, float v) { p[i] = v; }
 template <>
 __device__ void Store<__nv_bfloat16>(__nv_bfloat16* p, size_t i, float v) { p[i] = __float2bfloat16(v); }
 
-// Eight consecutive elements as fp32, and back.
-struct Vec8 {
-  float v[8];
-};
-__device__ Vec8 Load8(const float* p) {
-  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
-  return Vec8{{a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w}};
+// 16 bytes of one row per thread: 8 bf16 or 4 fp32 elements, kept raw
+// until summed so that all k rows' loads are in flight in few registers.
+template <typename T>
+constexpr int kChunk = 16 / static_cast<int>(sizeof(T));
+
+template <typename T>
+__device__ void AddChunk(const int4& raw, float w, float* sum);
+template <>
+__device__ void AddChunk<float>(const int4& raw, float w, float* sum) {
+  const float* f = reinterpret_cast<const float*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) sum[i] += w * f[i];
 }
-__device__ Vec8 Load8(const __nv_bfloat16* p) {
-  const int4 raw = *reinterpret_cast<const int4*>(p);
+template <>
+__device__ void AddChunk<__nv_bfloat16>(const int4& raw, float w, float* sum) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-  Vec8 out;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const float2 f = __bfloat1622float2(h[i]);
-    out.v[2 * i] = f.x;
-    out.v[2 * i + 1] = f.y;
+    sum[2 * i] += w * f.x;
+    sum[2 * i + 1] += w * f.y;
   }
-  return out;
 }
-__device__ void Store8(float* p, const Vec8& x) {
-  reinterpret_cast<float4*>(p)[0] = make_float4(x.v[0], x.v[1], x.v[2], x.v[3]);
-  reinterpret_cast<float4*>(p)[1] = make_float4(x.v[4], x.v[5], x.v[6], x.v[7]);
-}
-__device__ void Store8(__nv_bfloat16* p, const Vec8& x) {
-  int4 raw;
-  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+
+template <int N>
+__device__ void StoreChunk(float* p, const float* v) {
 #pragma unroll
-  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(x.v[2 * i], x.v[2 * i + 1]);
-  *reinterpret_cast<int4*>(p) = raw;
+  for (int i = 0; i < N; i += 4) reinterpret_cast<float4*>(p)[i / 4] = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
+}
+template <int N>
+__device__ void StoreChunk(__nv_bfloat16* p, const float* v) {
+  __nv_bfloat162 h[N / 2];
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+  if constexpr (N == 8) {
+    *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(h);
+  } else {
+    *reinterpret_cast<int2*>(p) = *reinterpret_cast<const int2*>(h);
+  }
 }
 
 // One block per token: the weighted sum of its k rows, in j order, in fp32.
-// `vector8`: hidden is a multiple of 8 and the buffers 16-byte aligned, so
-// each thread takes 8 elements at a time with every row's load in flight
-// before the sum.
+// `vectorised`: rows are whole 16-byte chunks and the buffers aligned, so
+// each thread loads 16 bytes of every row (all k in flight) before summing.
 template <typename In, typename Out>
-__global__ void UnpermuteKernel(const In* __restrict__ rows, const int32_t* __restrict__ row_of_pair,
-                                const float* __restrict__ weights, int tokens, int top_k, int hidden, bool vector8,
-                                Out* __restrict__ y) {
+__global__ void __launch_bounds__(128) UnpermuteKernel(const In* __restrict__ rows,
+                                                       const int32_t* __restrict__ row_of_pair,
+                                                       const float* __restrict__ weights, int tokens, int top_k,
+                                                       int hidden, bool vectorised, Out* __restrict__ y) {
+  constexpr int N = kChunk<In>;
   __shared__ int32_t source[kMaxTopK];
   __shared__ float weight[kMaxTopK];
   for (int t = blockIdx.x; t < tokens; t += gridDim.x) {
@@ -262,22 +272,19 @@ __global__ void UnpermuteKernel(const In* __restrict__ rows, const int32_t* __re
       weight[threadIdx.x] = weights[pair];
     }
     __syncthreads();
-    if (vector8) {
-      for (int h = threadIdx.x * 8; h < hidden; h += blockDim.x * 8) {
-        Vec8 in[kMaxTopK];
+    if (vectorised) {
+      for (int h = threadIdx.x * N; h < hidden; h += blockDim.x * N) {
+        int4 raw[kMaxTopK];
 #pragma unroll
         for (int j = 0; j < kMaxTopK; ++j) {
-          if (j < top_k) in[j] = Load8(rows + static_cast<size_t>(source[j]) * hidden + h);
+          if (j < top_k) raw[j] = *reinterpret_cast<const int4*>(rows + static_cast<size_t>(source[j]) * hidden + h);
         }
-        Vec8 sum{};
+        float sum[N] = {};
 #pragma unroll
         for (int j = 0; j < kMaxTopK; ++j) {
-          if (j < top_k) {
-#pragma unroll
-            for (int i = 0; i < 8; ++i) sum.v[i] += weight[j] * in[j].v[i];
-          }
+          if (j < top_k) AddChunk<In>(raw[j], weight[j], sum);
         }
-        Store8(y + static_cast<size_t>(t) * hidden + h, sum);
+        StoreChunk<N>(y + static_cast<size_t>(t) * hidden + h, sum);
       }
     } else {
       for (int h = threadIdx.x; h < hidden; h += blockDim.x) {
@@ -427,7 +434,9 @@ absl::Status Unpermute(const UnpermuteArgs& a, cudaStream_t stream) {
   const int blocks = std::min(a.num_tokens, 65535), threads = 128;
   const bool in32 = a.dtype == Dtype::kF32, out32 = a.out_dtype == Dtype::kF32;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  const bool vector8 = a.hidden % 8 == 0 && aligned(a.rows) && aligned(a.y);
+  // Whole 16-byte chunks of input.
+  const int chunk = in32 ? 4 : 8;
+  const bool vector8 = a.hidden % chunk == 0 && aligned(a.rows) && aligned(a.y);
   if (in32 && out32) {
     UnpermuteKernel<<<blocks, threads, 0, stream>>>(static_cast<const float*>(a.rows), a.row_of_pair, a.topk_weights,
                                                     a.num_tokens, a.top_k, a.hidden, vector8, static_cast<float*>(a.y));

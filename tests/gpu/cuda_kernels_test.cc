@@ -209,21 +209,34 @@ TEST(GroupedGemmTest, EveryExpertAgainstAPlainProduct) {
   }
   Device<float> d_in(in), d_out(static_cast<size_t>(rows) * N);
   Device<int32_t> d_off(offsets);
-  absl::StatusOr<GroupedGemm> gemm = GroupedGemm::Create(E);
-  ASSERT_TRUE(gemm.ok()) << gemm.status();
-  absl::Status ran = gemm->Run(d_in.p, w_ptrs.data(), d_off.p, E, N, Kd, Dtype::kF32, d_out.p, nullptr);
-  ASSERT_TRUE(ran.ok()) << ran;
-  std::vector<float> out = d_out.Get();
-  for (int e = 0; e < E; ++e) {
-    for (int r = offsets[e]; r < offsets[e + 1]; ++r) {
-      for (int n = 0; n < N; ++n) {
-        double want = 0;
-        for (int k = 0; k < Kd; ++k) want += double(in[static_cast<size_t>(r) * Kd + k]) * w[e][static_cast<size_t>(n) * Kd + k];
-        EXPECT_NEAR(out[static_cast<size_t>(r) * N + n], want, 1e-3) << "expert " << e << " row " << r;
+  // Both ways of running the experts give the same products.
+  for (GemmMode mode : {GemmMode::kGroupedCall, GemmMode::kPerExpert}) {
+    SCOPED_TRACE(GemmModeName(mode));
+    absl::StatusOr<GroupedGemm> gemm = GroupedGemm::Create(E, mode);
+    ASSERT_TRUE(gemm.ok()) << gemm.status();
+    ASSERT_EQ(cudaMemset(d_out.p, 0, d_out.n * sizeof(float)), cudaSuccess);
+    absl::Status ran = gemm->Run(d_in.p, w_ptrs.data(), d_off.p, E, N, Kd, Dtype::kF32, d_out.p, nullptr);
+    ASSERT_TRUE(ran.ok()) << ran;
+    EXPECT_EQ(gemm->last_mode(), mode);
+    std::vector<float> out = d_out.Get();
+    for (int e = 0; e < E; ++e) {
+      for (int r = offsets[e]; r < offsets[e + 1]; ++r) {
+        for (int n = 0; n < N; ++n) {
+          double want = 0;
+          for (int k = 0; k < Kd; ++k) {
+            want += double(in[static_cast<size_t>(r) * Kd + k]) * w[e][static_cast<size_t>(n) * Kd + k];
+          }
+          EXPECT_NEAR(out[static_cast<size_t>(r) * N + n], want, 1e-3) << "expert " << e << " row " << r;
+        }
       }
     }
+    EXPECT_EQ(gemm->rows_per_expert(), (std::vector<int32_t>{7, 0, 12, 1, 13}));
   }
-  EXPECT_EQ(gemm->rows_per_expert(), (std::vector<int32_t>{7, 0, 12, 1, 13}));
+  // kAuto: 33 rows over 4 active experts is below kPerExpertMinRows each.
+  absl::StatusOr<GroupedGemm> automatic = GroupedGemm::Create(E);
+  ASSERT_TRUE(automatic.ok()) << automatic.status();
+  ASSERT_TRUE(automatic->Run(d_in.p, w_ptrs.data(), d_off.p, E, N, Kd, Dtype::kF32, d_out.p, nullptr).ok());
+  EXPECT_EQ(automatic->last_mode(), GemmMode::kGroupedCall);
 }
 
 uint16_t ToBf16(float f) {
@@ -291,7 +304,7 @@ TEST_P(LayerTest, ChainMatchesAHostReference) {
   Device<float> d_logits(logits), d_w(static_cast<size_t>(pairs));
   Device<int32_t> d_idx(static_cast<size_t>(pairs)), d_row(static_cast<size_t>(pairs)), d_off(E + 1);
   Device<char> d_perm(pairs * H * elem), d_gu(pairs * 2 * F * elem), d_act(pairs * F * elem), d_down(pairs * H * elem),
-      d_y(static_cast<size_t>(T) * H * elem);
+      d_y(static_cast<size_t>(T) * H * 4);  // fp32 out
   const size_t ws = PermuteWorkspaceBytes(pairs, E);
   Device<char> d_ws(ws);
 

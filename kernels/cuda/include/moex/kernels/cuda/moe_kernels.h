@@ -77,14 +77,26 @@ absl::Status Unpermute(const UnpermuteArgs& args, cudaStream_t stream);
 // out [R, F] = silu(gate_up[:, :F]) * gate_up[:, F:], gate_up [R, 2F].
 absl::Status SwiGlu(const void* gate_up, int rows, int width, Dtype dtype, void* out, cudaStream_t stream);
 
-// All local experts' projections in one cublasGemmGroupedBatchedEx call:
-// out_e [n_e, N] = in_e [n_e, K] . W_e^T for each expert e with n_e rows
-// (from `expert_offsets`, copied to the host once per call), W_e [N, K]
-// row-major; inputs and weights bf16 or fp32, fp32 accumulation, out of the
-// input dtype.
+// All local experts' projections: out_e [n_e, N] = in_e [n_e, K] . W_e^T
+// for each expert e with n_e rows (from `expert_offsets`, copied to the
+// host once per call), W_e [N, K] row-major; inputs and weights bf16 or
+// fp32, fp32 accumulation, out of the input dtype.
+//
+// Two ways to run them. kGroupedCall: one cublasGemmGroupedBatchedEx call
+// for all experts, which pays one launch however many experts there are.
+// kPerExpert: one cublasGemmEx per active expert on the same stream, which
+// picks cuBLAS's best kernel for each shape. Measured on an H200 with cuBLAS
+// 13.0 (docs/results/2026-11-29-H200): at 1024 rows per expert the grouped
+// call ran at 0.35 of a dense GEMM of the same FLOPs; per-expert calls win
+// there, the grouped call where experts hold few rows. kAuto takes the
+// grouped call below `kPerExpertMinRows` mean rows per active expert.
+enum class GemmMode { kAuto, kGroupedCall, kPerExpert };
+const char* GemmModeName(GemmMode mode);
+
 class GroupedGemm {
  public:
-  static absl::StatusOr<GroupedGemm> Create(int max_experts);
+  static constexpr int kPerExpertMinRows = 128;
+  static absl::StatusOr<GroupedGemm> Create(int max_experts, GemmMode mode = GemmMode::kAuto);
   GroupedGemm(GroupedGemm&& other) noexcept;
   GroupedGemm& operator=(GroupedGemm&&) = delete;
   ~GroupedGemm();
@@ -93,11 +105,15 @@ class GroupedGemm {
                    int num_experts, int n, int k, Dtype dtype, void* out, cudaStream_t stream);
   // The row counts of the last Run (host).
   const std::vector<int32_t>& rows_per_expert() const { return rows_; }
+  // How the last Run ran (kGroupedCall or kPerExpert).
+  GemmMode last_mode() const { return last_mode_; }
+  void set_mode(GemmMode mode) { mode_ = mode; }
 
  private:
   GroupedGemm() = default;
   cublasHandle_t handle_ = nullptr;
   int max_experts_ = 0;
+  GemmMode mode_ = GemmMode::kAuto, last_mode_ = GemmMode::kAuto;
   const void** a_device_ = nullptr;  // pointer arrays cuBLAS reads from the device
   const void** b_device_ = nullptr;
   void** c_device_ = nullptr;
