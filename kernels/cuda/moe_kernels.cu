@@ -12,6 +12,7 @@ namespace {
 constexpr int kWarp = 32;
 constexpr int kMaxExperts = 1024;
 constexpr int kMaxTopK = 8;
+constexpr int kMaxCombine = 16;  // rows one Unpermute output may sum
 constexpr int kMaxGroups = 64;
 constexpr int kWarpsPerBlock = 4;
 
@@ -199,6 +200,22 @@ __global__ void ScatterKernel(const char* __restrict__ x, const int32_t* __restr
   }
 }
 
+// dst row r = src row index[r], 16 bytes at a time when rows allow it.
+__global__ void GatherRowsKernel(const char* __restrict__ src, const int32_t* __restrict__ index, int rows,
+                                 size_t row_bytes, bool vector16, char* __restrict__ dst) {
+  for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+    const char* from = src + static_cast<size_t>(index[r]) * row_bytes;
+    char* to = dst + static_cast<size_t>(r) * row_bytes;
+    if (vector16) {
+      for (size_t i = threadIdx.x; i < row_bytes / 16; i += blockDim.x) {
+        reinterpret_cast<int4*>(to)[i] = reinterpret_cast<const int4*>(from)[i];
+      }
+    } else {
+      for (size_t i = threadIdx.x; i < row_bytes; i += blockDim.x) to[i] = from[i];
+    }
+  }
+}
+
 template <typename T>
 __device__ float Load(const T* p, size_t i);
 template <>
@@ -262,8 +279,8 @@ __global__ void __launch_bounds__(128) UnpermuteKernel(const In* __restrict__ ro
                                                        const float* __restrict__ weights, int tokens, int top_k,
                                                        int hidden, bool vectorised, Out* __restrict__ y) {
   constexpr int N = kChunk<In>;
-  __shared__ int32_t source[kMaxTopK];
-  __shared__ float weight[kMaxTopK];
+  __shared__ int32_t source[kMaxCombine];
+  __shared__ float weight[kMaxCombine];
   for (int t = blockIdx.x; t < tokens; t += gridDim.x) {
     __syncthreads();
     if (threadIdx.x < top_k) {
@@ -430,13 +447,13 @@ absl::Status Permute(const PermuteArgs& a, cudaStream_t stream) {
 absl::Status Unpermute(const UnpermuteArgs& a, cudaStream_t stream) {
   if (a.num_tokens == 0) return absl::OkStatus();
   if (a.top_k < 1 || a.hidden < 1 || a.num_tokens < 0) return absl::InvalidArgumentError("cuda Unpermute: bad shape");
-  if (a.top_k > kMaxTopK) return absl::InvalidArgumentError("cuda Unpermute: top-k above 8");
+  if (a.top_k > kMaxCombine) return absl::InvalidArgumentError("cuda Unpermute: more than 16 rows a token");
   const int blocks = std::min(a.num_tokens, 65535), threads = 128;
   const bool in32 = a.dtype == Dtype::kF32, out32 = a.out_dtype == Dtype::kF32;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   // Whole 16-byte chunks of input.
   const int chunk = in32 ? 4 : 8;
-  const bool vector8 = a.hidden % chunk == 0 && aligned(a.rows) && aligned(a.y);
+  const bool vector8 = a.hidden % chunk == 0 && aligned(a.rows) && aligned(a.y) && a.top_k <= kMaxTopK;
   if (in32 && out32) {
     UnpermuteKernel<<<blocks, threads, 0, stream>>>(static_cast<const float*>(a.rows), a.row_of_pair, a.topk_weights,
                                                     a.num_tokens, a.top_k, a.hidden, vector8, static_cast<float*>(a.y));
@@ -454,6 +471,39 @@ absl::Status Unpermute(const UnpermuteArgs& a, cudaStream_t stream) {
                                                     static_cast<__nv_bfloat16*>(a.y));
   }
   return CudaError(cudaGetLastError(), "cuda Unpermute launch");
+}
+
+template <typename In, typename Out>
+__global__ void ConvertKernel(const In* in, size_t n, Out* out) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    Store(out, i, Load(in, i));
+  }
+}
+
+absl::Status GatherRows(const void* src, const int32_t* index, int rows, size_t row_bytes, void* dst,
+                        cudaStream_t stream) {
+  if (rows == 0) return absl::OkStatus();
+  if (rows < 0 || row_bytes == 0) return absl::InvalidArgumentError("cuda GatherRows: bad shape");
+  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  const bool vector16 = row_bytes % 16 == 0 && aligned(src) && aligned(dst);
+  GatherRowsKernel<<<std::min(rows, 65535), 128, 0, stream>>>(static_cast<const char*>(src), index, rows, row_bytes,
+                                                              vector16, static_cast<char*>(dst));
+  return CudaError(cudaGetLastError(), "cuda GatherRows launch");
+}
+
+absl::Status Convert(const void* in, Dtype in_dtype, size_t count, void* out, Dtype out_dtype, cudaStream_t stream) {
+  if (count == 0) return absl::OkStatus();
+  const int blocks = Blocks(count, 256);
+  if (in_dtype == Dtype::kF32 && out_dtype == Dtype::kBF16) {
+    ConvertKernel<<<blocks, 256, 0, stream>>>(static_cast<const float*>(in), count, static_cast<__nv_bfloat16*>(out));
+  } else if (in_dtype == Dtype::kBF16 && out_dtype == Dtype::kF32) {
+    ConvertKernel<<<blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(in), count, static_cast<float*>(out));
+  } else {
+    const size_t bytes = count * (in_dtype == Dtype::kF32 ? 4 : 2);
+    return CudaError(cudaMemcpyAsync(out, in, bytes, cudaMemcpyDeviceToDevice, stream), "cuda Convert copy");
+  }
+  return CudaError(cudaGetLastError(), "cuda Convert launch");
 }
 
 absl::Status FillUniform(void* data, size_t count, Dtype dtype, float lo, float hi, uint64_t seed,

@@ -2,7 +2,7 @@
 //
 //   mpirun -np N moex run --model <preset|config.json> [--layer L]
 //     [--weights FILE|INDEX|DIR] [--input FILE] [--output FILE]
-//     [--tokens-per-rank T] [--steps S] [--transport mpi|ucx]
+//     [--tokens-per-rank T] [--steps S] [--transport mpi|ucx|nccl] [--device cpu|cuda]
 //     [--routing-skew Z] [--seed S] [--redundant-experts R] [--check]
 //     [--timeout SECONDS] [--json FILE] [--check-every-step]
 //     [--rebalance-threshold X] [--rebalance-interval N] [--rebalance-window W]
@@ -30,6 +30,7 @@ struct RunFlags {
   int64_t tokens_per_rank = 512;
   int64_t steps = 5;
   std::string transport = "mpi";
+  std::string device = "cpu";  // "cuda": the layer on GPUs, tokens over NCCL
   double routing_skew = 0.0;
   uint64_t seed = 1;
   int64_t redundant_experts = 0;

@@ -63,7 +63,9 @@ struct PermuteArgs {
 absl::Status Permute(const PermuteArgs& args, cudaStream_t stream);
 
 // y[t] = sum over j of topk_weights[t, j] * rows[row_of_pair[t * k + j]],
-// summed in j order in fp32; y [T, H] of `out_dtype`.
+// summed in j order in fp32; y [T, H] of `out_dtype`. Up to 16 rows a token
+// (the combine sums a token's partial rows from every rank that served it,
+// and its shared expert's row); up to 8 take the vectorised path.
 struct UnpermuteArgs {
   const void* rows = nullptr;  // [T * k, H] of `dtype`
   const int32_t* row_of_pair = nullptr;
@@ -121,6 +123,14 @@ class GroupedGemm {
   std::vector<const void*> a_, b_;
   std::vector<void*> c_;
 };
+
+// dst row r = src row index[r], rows of `row_bytes`: the dispatch's send
+// buffer, destination-major, from the local tokens.
+absl::Status GatherRows(const void* src, const int32_t* index, int rows, size_t row_bytes, void* dst,
+                        cudaStream_t stream);
+
+// `count` elements from `in_dtype` to `out_dtype` (rounded to nearest even).
+absl::Status Convert(const void* in, Dtype in_dtype, size_t count, void* out, Dtype out_dtype, cudaStream_t stream);
 
 // `count` values uniform in [lo, hi) from a hash of (seed, index): test and
 // benchmark data made on the device, the same on any GPU.
