@@ -118,6 +118,23 @@ double Median(std::vector<double> values) {
   return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
+// --device and --transport go together; checked before any transport or
+// GPU is touched, so the message is the same on every build and machine.
+absl::Status ValidateDevice(const RunFlags& flags) {
+  if (flags.device != "cpu" && flags.device != "cuda") {
+    return absl::InvalidArgumentError(StrCat("--device '", flags.device, "' is not one of cpu, cuda"));
+  }
+  if ((flags.device == "cuda") != (flags.transport == "nccl")) {
+    return absl::InvalidArgumentError(flags.device == "cuda"
+                                          ? "--device cuda moves tokens over NCCL: add --transport nccl"
+                                          : "--transport nccl carries device buffers: add --device cuda");
+  }
+  if (flags.device == "cuda" && (flags.rebalance_threshold > 0 || flags.rebalance_at_step >= 0)) {
+    return absl::UnimplementedError("live rebalancing is not on the GPU path yet: drop --rebalance-* or use --device cpu");
+  }
+  return absl::OkStatus();
+}
+
 class Runner {
  public:
   Runner(const RunFlags& flags, transport::Transport& transport, launcher::WorkerSession* session)
@@ -246,17 +263,7 @@ class Runner {
     if (!(flags_.timeout_seconds > 0)) return absl::InvalidArgumentError("--timeout must be positive");
     if (flags_.routing_skew < 0 || flags_.routing_skew > 10) return absl::InvalidArgumentError("--routing-skew must be in [0, 10]");
     if (flags_.redundant_experts < 0) return absl::InvalidArgumentError("--redundant-experts must be >= 0");
-    if (flags_.device != "cpu" && flags_.device != "cuda") {
-      return absl::InvalidArgumentError(StrCat("--device '", flags_.device, "' is not one of cpu, cuda"));
-    }
-    if ((flags_.device == "cuda") != (flags_.transport == "nccl")) {
-      return absl::InvalidArgumentError(flags_.device == "cuda"
-                                            ? "--device cuda moves tokens over NCCL: add --transport nccl"
-                                            : "--transport nccl carries device buffers: add --device cuda");
-    }
-    if (flags_.device == "cuda" && (flags_.rebalance_threshold > 0 || flags_.rebalance_at_step >= 0)) {
-      return absl::UnimplementedError("live rebalancing is not on the GPU path yet: drop --rebalance-* or use --device cpu");
-    }
+    MOEX_RETURN_IF_ERROR(ValidateDevice(flags_));
     return absl::OkStatus();
   }
 
@@ -690,6 +697,7 @@ int RunRun(const RunFlags& given, int* argc, char*** argv) {
     flags.first_step = worker->first_step();
   }
 
+  if (absl::Status device = ValidateDevice(flags); !device.ok()) return fail(device);
   absl::StatusOr<std::unique_ptr<transport::Transport>> transport = CreateRankTransport(flags.transport);
   if (!transport.ok()) return fail(transport.status());
   if (worker && worker->spec().has_bench()) {
@@ -702,7 +710,7 @@ int RunRun(const RunFlags& given, int* argc, char*** argv) {
   Runner runner(flags, **transport, worker.get());
 #ifdef MOEX_HAVE_CUDA_LAYER
   std::unique_ptr<transport::NcclTransport> nccl;
-  if (flags.transport == "nccl" && flags.device == "cuda") {  // else Run() says what is missing
+  if (flags.transport == "nccl") {
     absl::StatusOr<std::unique_ptr<transport::NcclTransport>> made =
         transport::NcclTransport::Create(**transport, Deadline::InSeconds(flags.timeout_seconds));
     if (!made.ok()) return fail(made.status());
