@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <random>
@@ -40,6 +41,24 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Every job the controller lists, page by page (100 a page): each call's
+// answer stays small however many jobs it has run. `calls` counts the pages.
+grpc::Status ListAll(moex::v1::JobService::Stub& stub, const std::function<std::unique_ptr<grpc::ClientContext>()>& context,
+                     std::vector<moex::v1::Job>* jobs, int64_t* calls) {
+  jobs->clear();
+  moex::v1::ListJobsRequest request;
+  request.set_page_size(100);
+  do {
+    moex::v1::ListJobsResponse page;
+    grpc::Status status = stub.ListJobs(context().get(), request, &page);
+    if (calls != nullptr) ++*calls;
+    if (!status.ok()) return status;
+    for (auto& job : *page.mutable_jobs()) jobs->push_back(std::move(job));
+    request.set_page_token(page.next_page_token());
+  } while (!request.page_token().empty());
+  return grpc::Status::OK;
+}
 
 struct Options {
   std::string moex = "moex", out = "soak-results";
@@ -204,8 +223,10 @@ int main(int argc, char** argv) {
       while (!stop) {
         grpc::Status status;
         if (rng() % 5 == 0) {
-          moex::v1::ListJobsResponse list;
-          status = stub->ListJobs(Context(10).get(), moex::v1::ListJobsRequest(), &list);
+          std::vector<moex::v1::Job> listed;
+          int64_t pages = 0;
+          status = ListAll(*stub, [] { return Context(10); }, &listed, &pages);
+          status_calls += pages - 1;
         } else {
           std::string id = random_id(rng);
           if (id.empty()) {
@@ -274,11 +295,11 @@ int main(int argc, char** argv) {
   auto check_all = [&](const char* when) {
     std::map<std::string, moex::v1::JobState> seen;
     for (int i = 0; i < 1200; ++i) {
-      moex::v1::ListJobsResponse list;
-      grpc::Status status = stub->ListJobs(Context(10).get(), moex::v1::ListJobsRequest(), &list);
+      std::vector<moex::v1::Job> listed;
+      grpc::Status status = ListAll(*stub, [] { return Context(10); }, &listed, nullptr);
       seen.clear();
       bool all_ended = status.ok();
-      for (const auto& job : list.jobs()) {
+      for (const auto& job : listed) {
         seen[job.id()] = job.state();
         all_ended &= job.state() >= moex::v1::JOB_STATE_SUCCEEDED;
       }

@@ -294,6 +294,20 @@ std::vector<Job> JobManager::List() {
   return jobs;
 }
 
+absl::StatusOr<std::vector<Job>> JobManager::ListPage(int64_t after_ms, const std::string& after_id, int limit) {
+  // Every job has its row from submission on; memory may hold a newer state.
+  absl::StatusOr<std::vector<StoredJob>> stored = store_->LoadPage(after_ms, after_id, limit);
+  if (!stored.ok()) return stored.status();
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<Job> jobs;
+  jobs.reserve(stored->size());
+  for (StoredJob& s : *stored) {
+    auto it = jobs_.find(s.job.id());
+    jobs.push_back(it != jobs_.end() ? it->second.job : std::move(s.job));
+  }
+  return jobs;
+}
+
 absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
   {
     std::lock_guard<std::mutex> lock(mutex_);

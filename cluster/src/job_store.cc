@@ -1,5 +1,7 @@
 #include "moex/control/job_store.h"
 
+#include <limits>
+
 #include <sqlite3.h>
 
 #include <filesystem>
@@ -45,7 +47,8 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& stat
       "  id TEXT PRIMARY KEY,"
       "  submit_ms INTEGER NOT NULL,"
       "  process_group INTEGER NOT NULL DEFAULT 0,"
-      "  record BLOB NOT NULL);";
+      "  record BLOB NOT NULL);"
+      "CREATE INDEX IF NOT EXISTS jobs_by_submit ON jobs (submit_ms, id);";
   code = sqlite3_exec(db, setup, nullptr, nullptr, nullptr);
   if (code != SQLITE_OK) return SqliteStatus(db, code, "initialise", path);
   return store;
@@ -72,11 +75,20 @@ absl::Status JobStore::Put(const moex::v1::Job& job, pid_t process_group) {
 }
 
 absl::StatusOr<std::vector<StoredJob>> JobStore::LoadAll() {
+  return LoadPage(std::numeric_limits<int64_t>::min(), "", -1);
+}
+
+absl::StatusOr<std::vector<StoredJob>> JobStore::LoadPage(int64_t after_ms, const std::string& after_id, int limit) {
   std::lock_guard<std::mutex> lock(mutex_);
   sqlite3_stmt* statement = nullptr;
-  int code = sqlite3_prepare_v2(db_, "SELECT id, process_group, record FROM jobs ORDER BY submit_ms, id", -1,
-                                &statement, nullptr);
+  int code = sqlite3_prepare_v2(db_,
+                                "SELECT id, process_group, record FROM jobs WHERE submit_ms > ?1 OR (submit_ms = ?1 "
+                                "AND id > ?2) ORDER BY submit_ms, id LIMIT ?3",
+                                -1, &statement, nullptr);
   if (code != SQLITE_OK) return SqliteStatus(db_, code, "load jobs", path_);
+  sqlite3_bind_int64(statement, 1, after_ms);
+  sqlite3_bind_text(statement, 2, after_id.c_str(), -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int64(statement, 3, limit);
   std::vector<StoredJob> jobs;
   while ((code = sqlite3_step(statement)) == SQLITE_ROW) {
     StoredJob stored;

@@ -371,6 +371,28 @@ TEST_F(ControllerTest, OldEndedJobsLeaveMemoryAndAreStillAnswered) {
   ASSERT_TRUE(stub_->ListJobs(Context().get(), moex::v1::ListJobsRequest(), &list).ok());
   ASSERT_EQ(list.jobs_size(), 3);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(list.jobs(i).id(), ids[i]);  // oldest first, as before
+  EXPECT_EQ(list.next_page_token(), "");
+  // Pages of two: the same jobs, in the same order, then no token.
+  moex::v1::ListJobsRequest paged;
+  paged.set_page_size(2);
+  ASSERT_TRUE(stub_->ListJobs(Context().get(), paged, &list).ok());
+  ASSERT_EQ(list.jobs_size(), 2);
+  EXPECT_EQ(list.jobs(0).id(), ids[0]);
+  EXPECT_EQ(list.jobs(1).id(), ids[1]);
+  ASSERT_NE(list.next_page_token(), "");
+  paged.set_page_token(list.next_page_token());
+  ASSERT_TRUE(stub_->ListJobs(Context().get(), paged, &list).ok());
+  ASSERT_EQ(list.jobs_size(), 1);
+  EXPECT_EQ(list.jobs(0).id(), ids[2]);
+  EXPECT_EQ(list.next_page_token(), "");
+  // A token it did not give, or a negative size: INVALID_ARGUMENT, named.
+  paged.set_page_token("not-a-token");
+  grpc::Status bad = stub_->ListJobs(Context().get(), paged, &list);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(bad.error_message(), ::testing::HasSubstr("page_token"));
+  paged.set_page_token("");
+  paged.set_page_size(-1);
+  EXPECT_EQ(stub_->ListJobs(Context().get(), paged, &list).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   moex::v1::GetJobRequest missing;
   missing.set_id("j-000000000000");
   Job job;

@@ -411,9 +411,17 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     return 0;
   }
   if (job.got_subcommand("list")) {
+    // Every page, oldest first.
     moex::v1::ListJobsResponse response;
-    grpc::Status status = stub->ListJobs(context(10).get(), moex::v1::ListJobsRequest(), &response);
-    if (!status.ok()) return fail(status);
+    moex::v1::ListJobsRequest request;
+    request.set_page_size(1000);
+    do {
+      moex::v1::ListJobsResponse page;
+      grpc::Status status = stub->ListJobs(context(10).get(), request, &page);
+      if (!status.ok()) return fail(status);
+      for (auto& j : *page.mutable_jobs()) *response.add_jobs() = std::move(j);
+      request.set_page_token(page.next_page_token());
+    } while (!request.page_token().empty());
     if (f.json) {
       std::cout << ToJson(response) << std::endl;
       return 0;

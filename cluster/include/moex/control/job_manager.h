@@ -77,6 +77,9 @@ class JobManager {
   absl::StatusOr<moex::v1::Job> Submit(moex::v1::JobSpec spec);
   absl::StatusOr<moex::v1::Job> Get(const std::string& id);
   std::vector<moex::v1::Job> List();
+  // One page of List(): up to `limit` jobs after (after_ms, after_id) in
+  // (submit time, id) order, each in its newest state.
+  absl::StatusOr<std::vector<moex::v1::Job>> ListPage(int64_t after_ms, const std::string& after_id, int limit);
   // Jobs held in memory (the rest are in the store only).
   size_t JobsInMemory();
   absl::StatusOr<moex::v1::Job> Cancel(const std::string& id);

@@ -33,6 +33,9 @@ class JobStore {
   // for is on disk.
   absl::Status Put(const moex::v1::Job& job, pid_t process_group);
   absl::StatusOr<std::vector<StoredJob>> LoadAll();
+  // In (submit time, id) order, the `limit` jobs after (after_ms, after_id);
+  // limit < 0: all of them.
+  absl::StatusOr<std::vector<StoredJob>> LoadPage(int64_t after_ms, const std::string& after_id, int limit);
   // One job's record; NOT_FOUND when there is none.
   absl::StatusOr<moex::v1::Job> Get(const std::string& id);
   const std::string& path() const { return path_; }
