@@ -19,6 +19,7 @@
 #include "moex/core/format.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
+#include "moex/ep/gpu_layer.h"
 #include "moex/ep/moe_layer.h"
 #include "moex/ep/tokens.h"
 #include "moex/kernels/expert_ffn.h"
@@ -28,10 +29,6 @@
 #include "moex/transport/mpi_transport.h"
 #include "moex/transport/ucx_transport.h"
 #include "nlohmann/json.hpp"
-#ifdef MOEX_HAVE_CUDA_LAYER
-#include "moex/ep/cuda_moe_layer.h"
-#include "moex/transport/nccl_transport.h"
-#endif
 
 namespace moex::cli {
 
@@ -139,10 +136,7 @@ class Runner {
  public:
   Runner(const RunFlags& flags, transport::Transport& transport, launcher::WorkerSession* session)
       : flags_(flags), t_(transport), rank_(transport.rank()), world_(transport.world_size()), session_(session) {}
-#ifdef MOEX_HAVE_CUDA_LAYER
-  // --device cuda: the layer runs on this transport's GPU.
-  void UseGpu(transport::NcclTransport* nccl) { nccl_ = nccl; }
-#endif
+
 
   absl::Status Run() {
     MOEX_RETURN_IF_ERROR(Validate());
@@ -160,11 +154,12 @@ class Runner {
     MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights,
                           ep::LoadMoeWeights(spec_, checkpoint ? &*checkpoint : nullptr, flags_.seed, mine));
     router_ = weights.router;
-#ifdef MOEX_HAVE_CUDA_LAYER
-    if (nccl_ != nullptr) {
-      MOEX_ASSIGN_OR_RETURN(gpu_layer_, ep::CudaMoeLayer::Create(spec_, placement, weights, rank_, *nccl_));
+    if (flags_.device == "cuda") {
+      // Collective: NCCL's unique id goes from rank 0 to every rank.
+      MOEX_ASSIGN_OR_RETURN(gpu_layer_, ep::LoadGpuLayer({.spec = &spec_, .placement = &placement, .weights = &weights,
+                                                          .rank = rank_, .host = &t_, .deadline = NextDeadline()}));
+      if (rank_ == 0 && !flags_.quiet) std::cout << "moex run: device buffers over " << gpu_layer_->Describe() << "\n";
     }
-#endif
     MOEX_ASSIGN_OR_RETURN(ep::MoeLayer layer, ep::MoeLayer::Create(spec_, placement, std::move(weights), rank_));
     MOEX_RETURN_IF_ERROR(LoadInput());
     if (rank_ == 0 && !flags_.quiet) PrintHeader(arch, placement);
@@ -217,18 +212,10 @@ class Runner {
   }
 
  private:
-  bool gpu() const {
-#ifdef MOEX_HAVE_CUDA_LAYER
-    return gpu_layer_ != nullptr;
-#else
-    return false;
-#endif
-  }
+  bool gpu() const { return gpu_layer_ != nullptr; }
 
   absl::Status Forward(ep::MoeLayer& layer, const Tensor& x, int64_t first, Tensor* y, ep::StepStats* stats) {
-#ifdef MOEX_HAVE_CUDA_LAYER
     if (gpu_layer_) return gpu_layer_->Forward(t_, x, first, NextDeadline(), y, stats);
-#endif
     return layer.Forward(t_, x, first, NextDeadline(), y, stats);
   }
 
@@ -627,10 +614,7 @@ class Runner {
   std::string dispatch_path_;
   launcher::WorkerSession* session_;
   int64_t start_version_ = 1;  // the placement version served from the start
-#ifdef MOEX_HAVE_CUDA_LAYER
-  transport::NcclTransport* nccl_ = nullptr;
-  std::unique_ptr<ep::CudaMoeLayer> gpu_layer_;
-#endif
+  std::unique_ptr<ep::GpuLayer> gpu_layer_;  // --device cuda
 };
 
 }  // namespace
@@ -638,10 +622,8 @@ class Runner {
 absl::StatusOr<std::unique_ptr<transport::Transport>> CreateRankTransport(const std::string& name) {
   absl::StatusOr<std::unique_ptr<transport::Transport>> made = transport::CreateMpiTransport();
   if (made.ok() && name == "nccl") {
-    // NCCL carries the token rows; MPI carries counts and the bootstrap.
-#ifndef MOEX_HAVE_CUDA_LAYER
-    made = absl::UnimplementedError("this moex was built without CUDA and NCCL (nvcc or nccl.h was not found)");
-#endif
+    // NCCL (in the GPU plugin) carries the token rows; MPI carries counts
+    // and the bootstrap.
   } else if (made.ok() && name == "ucx") {
 #ifdef MOEX_HAVE_UCX
     made = transport::CreateUcxTransport(std::move(*made));
@@ -708,22 +690,8 @@ int RunRun(const RunFlags& given, int* argc, char*** argv) {
     return 0;
   }
   Runner runner(flags, **transport, worker.get());
-#ifdef MOEX_HAVE_CUDA_LAYER
-  std::unique_ptr<transport::NcclTransport> nccl;
-  if (flags.transport == "nccl") {
-    absl::StatusOr<std::unique_ptr<transport::NcclTransport>> made =
-        transport::NcclTransport::Create(**transport, Deadline::InSeconds(flags.timeout_seconds));
-    if (!made.ok()) return fail(made.status());
-    nccl = std::move(*made);
-    if (rank == 0 && !flags.quiet) std::cout << "moex run: device buffers over " << nccl->Describe() << "\n";
-    runner.UseGpu(nccl.get());
-  }
-#endif
   absl::Status status = runner.Run();
   if (!status.ok()) return fail(status);
-#ifdef MOEX_HAVE_CUDA_LAYER
-  nccl.reset();
-#endif
   transport->reset();
   if (worker) worker->Finished();
   return 0;

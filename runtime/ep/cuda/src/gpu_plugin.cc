@@ -1,0 +1,49 @@
+// libmoex_gpu.so's one entry point: NcclTransport + CudaMoeLayer behind
+// ep::GpuLayer. Everything else in the plugin is hidden (its copies of the
+// moex libraries neither interpose on nor are interposed by the
+// executable's).
+#include "moex/ep/cuda_moe_layer.h"
+#include "moex/ep/gpu_layer.h"
+#include "moex/transport/nccl_transport.h"
+
+namespace moex::ep {
+namespace {
+
+class PluginLayer final : public GpuLayer {
+ public:
+  PluginLayer(std::unique_ptr<transport::NcclTransport> nccl, std::unique_ptr<CudaMoeLayer> layer)
+      : nccl_(std::move(nccl)), layer_(std::move(layer)) {}
+  ~PluginLayer() override {
+    layer_.reset();  // its buffers before the communicator and stream
+    nccl_.reset();
+  }
+  absl::Status Forward(transport::Transport& host, const Tensor& x, int64_t first_token, Deadline deadline, Tensor* y,
+                       StepStats* stats) override {
+    return layer_->Forward(host, x, first_token, deadline, y, stats);
+  }
+  std::string Describe() const override { return nccl_->Describe(); }
+
+ private:
+  std::unique_ptr<transport::NcclTransport> nccl_;
+  std::unique_ptr<CudaMoeLayer> layer_;
+};
+
+}  // namespace
+}  // namespace moex::ep
+
+extern "C" __attribute__((visibility("default"))) moex::ep::GpuLayer* moex_gpu_layer_create(
+    const moex::ep::GpuLayerArgs* args, absl::Status* error) {
+  absl::StatusOr<std::unique_ptr<moex::transport::NcclTransport>> nccl =
+      moex::transport::NcclTransport::Create(*args->host, args->deadline);
+  if (!nccl.ok()) {
+    *error = nccl.status();
+    return nullptr;
+  }
+  absl::StatusOr<std::unique_ptr<moex::ep::CudaMoeLayer>> layer =
+      moex::ep::CudaMoeLayer::Create(*args->spec, *args->placement, *args->weights, args->rank, **nccl);
+  if (!layer.ok()) {
+    *error = layer.status();
+    return nullptr;
+  }
+  return new moex::ep::PluginLayer(std::move(*nccl), std::move(*layer));
+}
