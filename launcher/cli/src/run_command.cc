@@ -250,7 +250,6 @@ class Runner {
     if (!(flags_.timeout_seconds > 0)) return absl::InvalidArgumentError("--timeout must be positive");
     if (flags_.routing_skew < 0 || flags_.routing_skew > 10) return absl::InvalidArgumentError("--routing-skew must be in [0, 10]");
     if (flags_.redundant_experts < 0) return absl::InvalidArgumentError("--redundant-experts must be >= 0");
-    MOEX_RETURN_IF_ERROR(ValidateDevice(flags_));
     return absl::OkStatus();
   }
 
