@@ -138,6 +138,10 @@ void JobManager::KillProcesses(Entry& entry) {
   for (const auto& rank : entry.job.ranks()) {
     SignalIfCommandLineHas(rank.pid(), StrCat("--job-id ", entry.job.id()), SIGKILL);
   }
+  // Ranks that never registered have no pid on record (the chaos case of an
+  // unreachable controller left one running under load): every process of
+  // this job on this host, by its command line.
+  (void)SignalEveryCommandLineWith(StrCat("worker --job-id ", entry.job.id(), " "), SIGKILL);
 }
 
 void JobManager::Finish(Entry& entry, JobState state, std::string message) {

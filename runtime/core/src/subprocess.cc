@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 
@@ -87,6 +88,21 @@ bool SignalIfCommandLineHas(pid_t pid, const std::string& marker, int signal) {
   }
   if (cmdline.find(marker) == std::string::npos) return false;
   return kill(pid, signal) == 0;
+}
+
+int SignalEveryCommandLineWith(const std::string& marker, int signal) {
+  if (marker.empty()) return 0;
+  int signalled = 0;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(name));
+    if (pid == getpid()) continue;
+    // kill() itself refuses other users' processes.
+    if (SignalIfCommandLineHas(pid, marker, signal)) ++signalled;
+  }
+  return signalled;
 }
 
 std::string DescribeWaitStatus(int status) {

@@ -32,6 +32,12 @@ bool ProcessRunning(pid_t pid);
 // recycled pid is never hit). Returns whether it sent it.
 bool SignalIfCommandLineHas(pid_t pid, const std::string& marker, int signal);
 
+// Sends `signal` to every process of this user on this host, other than
+// this one, whose command line contains `marker`; returns how many. For
+// processes whose pids were never reported (a rank that died before it
+// registered, in a process group of its own).
+int SignalEveryCommandLineWith(const std::string& marker, int signal);
+
 // "exited with code 3", "killed by signal 9 (Killed)".
 std::string DescribeWaitStatus(int status);
 
