@@ -6,6 +6,8 @@ find_package(absl CONFIG REQUIRED)
 find_package(nlohmann_json 3.10 CONFIG REQUIRED)
 find_package(CLI11 CONFIG REQUIRED)
 find_package(Threads REQUIRED)
+# Checksums of the host weight cache (runtime/ep/src/weight_cache.cc).
+find_package(ZLIB REQUIRED)
 find_package(PkgConfig REQUIRED)
 
 # MPI launches and carries moex's multi-rank runs: required.

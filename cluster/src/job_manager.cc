@@ -150,6 +150,10 @@ void JobManager::Finish(Entry& entry, JobState state, std::string message) {
   entry.job.set_message(std::move(message));
   entry.job.set_end_time_unix_ms(NowMs());
   KillProcesses(entry);
+  if (const std::string cache = WeightCacheDir(entry.job); !cache.empty()) {
+    std::error_code ignored;  // nothing there (no rank got to load) is fine
+    std::filesystem::remove_all(cache, ignored);
+  }
   if (entry.job.attempts_size() > 0) {
     moex::v1::Attempt* attempt = entry.job.mutable_attempts(entry.job.attempts_size() - 1);
     if (attempt->end_time_unix_ms() == 0) {
@@ -208,6 +212,11 @@ absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
   }
   Notify(id);
   return Get(id);
+}
+
+std::string JobManager::WeightCacheDir(const Job& job) const {
+  if (options_.weight_cache_root.empty() || job.spec().max_restarts() == 0) return "";
+  return (std::filesystem::path(options_.weight_cache_root) / StrCat("moex-weights-", geteuid(), "-", job.id())).string();
 }
 
 absl::Status JobManager::Launch(Entry& entry) {
@@ -398,6 +407,7 @@ absl::StatusOr<moex::v1::RegisterRankResponse> JobManager::RegisterRank(const mo
     *response.mutable_spec() = entry.job.spec();
     response.set_placement_version(std::max<int64_t>(1, entry.job.placement().version()));
     if (entry.job.attempts_size() > 0) response.set_first_step(entry.job.attempts(entry.job.attempts_size() - 1).first_step());
+    response.set_weight_cache_dir(WeightCacheDir(entry.job));
   }
   Notify(r.job_id());
   return response;

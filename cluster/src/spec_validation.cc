@@ -122,6 +122,17 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
                                     moe->num_experts + spec->redundant_experts(),
                                     " expert slots (experts + redundant_experts)"));
   }
+  if (!spec->weights().empty()) {
+    if (spec->weights().size() > 4096 || spec->weights().find('\0') != std::string::npos) {
+      return Bad("weights", "must be a path of at most 4096 bytes");
+    }
+    absl::StatusOr<model::Checkpoint> checkpoint = model::Checkpoint::Open(spec->weights());
+    if (!checkpoint.ok()) return Bad("weights", StrCat("cannot be read: ", checkpoint.status().message()));
+    const std::string router = ep::WeightNamesFor(*moe).router;
+    if (!checkpoint->Has(router)) {
+      return Bad("weights", StrCat("'", spec->weights(), "' has no '", router, "': not this model's layer"));
+    }
+  }
   if (rebalance->threshold() > 0 && (moe->num_experts + spec->redundant_experts()) % spec->world_size() != 0) {
     return Bad("rebalance.threshold", StrCat("needs the expert slots (", moe->num_experts + spec->redundant_experts(),
                                              ") to divide evenly over world_size ", spec->world_size(),

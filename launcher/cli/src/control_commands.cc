@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <thread>
@@ -164,6 +165,10 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
   serve->add_option("--max-streams", f.max_streams, "Watch and log streams that may be open at once")->capture_default_str();
   serve->add_option("--jobs-in-memory", f.jobs_in_memory, "Ended jobs kept in memory (older ones are read from the store)")
       ->capture_default_str();
+  serve->add_option("--weight-cache-root", f.weight_cache_root,
+                    "Jobs that may restart keep loaded weights under here on each host, so that a relaunch loads only "
+                    "what is missing (\"\": off)")
+      ->capture_default_str();
   serve->add_option("--start-timeout", f.start_timeout, "Seconds for every rank of a job to register")->capture_default_str();
   serve->add_option("--heartbeat-timeout", f.heartbeat_timeout, "Seconds of silence after which a rank is dead")->capture_default_str();
   serve->add_option("--cancel-grace", f.cancel_grace, "Seconds between SIGTERM and SIGKILL on cancel")->capture_default_str();
@@ -187,6 +192,7 @@ int RunServe(const ServeFlags& f) {
   options.max_concurrent_jobs = f.max_jobs;
   options.max_streams = f.max_streams;
   options.max_ended_in_memory = std::max(0, f.jobs_in_memory);
+  options.weight_cache_root = f.weight_cache_root;
   options.start_timeout_seconds = f.start_timeout;
   options.heartbeat_timeout_seconds = f.heartbeat_timeout;
   options.cancel_grace_seconds = f.cancel_grace;
@@ -259,6 +265,9 @@ CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
   submit->add_option("--name", f.name, "Name, [A-Za-z0-9._-]")->capture_default_str();
   submit->add_option("--world-size,-n", f.world_size, "Ranks")->capture_default_str();
   submit->add_option("--model,-m", f.model, "Preset or a config.json readable by the controller")->capture_default_str();
+  submit->add_option("--weights", f.weights,
+                     "A .safetensors file, index or folder readable by the controller and the ranks (default: random "
+                     "from --seed); a relative path that exists here is sent as an absolute one");
   submit->add_option("--steps", f.steps, "Forward passes")->capture_default_str();
   submit->add_option("--tokens-per-rank", f.tokens_per_rank, "Tokens per rank per step")->capture_default_str();
   submit->add_option("--transport", f.transport, "mpi or ucx")->capture_default_str();
@@ -364,6 +373,12 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     spec->set_name(f.name);
     spec->set_world_size(f.world_size);
     spec->set_model(f.model);
+    if (!f.weights.empty()) {
+      std::error_code error;
+      const bool here = std::filesystem::exists(f.weights, error);
+      const std::filesystem::path absolute = std::filesystem::absolute(f.weights, error);
+      spec->set_weights(here && !error ? absolute.string() : f.weights);
+    }
     spec->set_steps(f.steps);
     spec->set_tokens_per_rank(f.tokens_per_rank);
     spec->set_transport(f.transport);

@@ -22,6 +22,7 @@
 #include "moex/ep/gpu_layer.h"
 #include "moex/ep/moe_layer.h"
 #include "moex/ep/tokens.h"
+#include "moex/ep/weight_cache.h"
 #include "moex/kernels/expert_ffn.h"
 #include "moex/launcher/worker_session.h"
 #include "moex/model/model_loader.h"
@@ -40,6 +41,9 @@ CLI::App* AddRunCommand(CLI::App& app, RunFlags& f) {
   run->add_option("--weights", f.weights,
                   "A .safetensors file, a model.safetensors.index.json, or a folder (default: random from --seed)");
   run->add_option("--save-weights", f.save_weights, "Rank 0 writes the whole layer's weights here (safetensors)");
+  run->add_option("--weight-cache", f.weight_cache,
+                  "A directory on each host (e.g. under /dev/shm) where ranks keep the weights they load; a relaunch "
+                  "reads them back and loads only what is missing");
   run->add_option("--input", f.input, "safetensors file with `hidden_states` [tokens, hidden] (fp32 or bf16)");
   run->add_option("--output", f.output, "Rank 0 writes `output` [tokens, hidden] fp32 here");
   run->add_option("--tokens-per-rank", f.tokens_per_rank, "Synthetic tokens per rank per step")->capture_default_str();
@@ -151,8 +155,7 @@ class Runner {
     for (int64_t s = 0; s < placement.num_local_slots(rank_); ++s) {
       mine.push_back(placement.slot_expert(placement.first_slot(rank_) + s));
     }
-    MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights,
-                          ep::LoadMoeWeights(spec_, checkpoint ? &*checkpoint : nullptr, flags_.seed, mine));
+    MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights, LoadWeights(checkpoint, mine));
     router_ = weights.router;
     if (flags_.device == "cuda") {
       // Collective: NCCL's unique id goes from rank 0 to every rank.
@@ -213,6 +216,52 @@ class Runner {
 
  private:
   bool gpu() const { return gpu_layer_ != nullptr; }
+
+  // One line on this rank's stderr, written at once (ranks do not interleave).
+  void Warn(const std::string& what) const {
+    std::string line = StrCat("moex run: rank ", rank_, ": warning: ", what, "\n");
+    (void)!write(STDERR_FILENO, line.data(), line.size());
+  }
+
+  // This rank's experts; with --weight-cache, those the host's cache holds
+  // are read from it and the rest loaded and put there. Rank 0 says what
+  // came from where, summed over the ranks. A cache that cannot be used is a
+  // warning: the weights are loaded as without one.
+  absl::StatusOr<ep::MoeWeights> LoadWeights(const std::optional<model::Checkpoint>& checkpoint,
+                                             const std::vector<int64_t>& mine) {
+    const model::Checkpoint* source = checkpoint ? &*checkpoint : nullptr;
+    if (flags_.weight_cache.empty()) return ep::LoadMoeWeights(spec_, source, flags_.seed, mine);
+    std::optional<ep::WeightCache> cache;
+    if (absl::StatusOr<ep::WeightCache> opened = ep::WeightCache::Open(flags_.weight_cache); opened.ok()) {
+      cache = std::move(*opened);
+    } else {
+      Warn(StrCat("weight cache off: ", opened.status().message()));
+    }
+    ep::WeightLoadReport report;
+    const auto start = Clock::now();
+    MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights,
+                          ep::LoadMoeWeights(spec_, source, flags_.seed, mine, cache ? &*cache : nullptr, &report));
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    for (size_t i = 0; i < report.rejected.size() && i < 3; ++i) Warn(StrCat("weight cache entry not used: ", report.rejected[i]));
+    if (report.rejected.size() > 3) Warn(StrCat("... and ", report.rejected.size() - 3, " more weight cache entries not used"));
+    if (!report.put_error.empty()) Warn(StrCat("weights not cached from here on: ", report.put_error));
+    std::vector<int64_t> sums = {report.experts_from_cache, report.experts_loaded, report.bytes_from_cache,
+                                 report.bytes_loaded, static_cast<int64_t>(report.rejected.size())};
+    MOEX_RETURN_IF_ERROR(t_.AllReduceSum(std::span<int64_t>(sums), NextDeadline()));
+    std::vector<double> times(world_);
+    const double mine_seconds[] = {seconds};
+    MOEX_RETURN_IF_ERROR(t_.AllGather(std::span<const double>(mine_seconds), std::span<double>(times), NextDeadline()));
+    if (rank_ == 0 && !flags_.quiet) {
+      std::cout << absl::StrFormat(
+          "moex run: weights: %d of %d experts (over all ranks) read from the host cache %s, %d loaded from %s "
+          "(%s read, %s loaded, %d entries unusable); slowest rank %.3f s\n",
+          sums[0], sums[0] + sums[1], flags_.weight_cache, sums[1],
+          source != nullptr ? StrCat("the checkpoint ", source->path()) : StrCat("seed ", flags_.seed),
+          FormatBytes(static_cast<double>(sums[2])), FormatBytes(static_cast<double>(sums[3])), sums[4],
+          *std::max_element(times.begin(), times.end()));
+    }
+    return weights;
+  }
 
   absl::Status Forward(ep::MoeLayer& layer, const Tensor& x, int64_t first, Tensor* y, ep::StepStats* stats) {
     if (gpu_layer_) return gpu_layer_->Forward(t_, x, first, NextDeadline(), y, stats);
@@ -676,6 +725,8 @@ int RunRun(const RunFlags& given, int* argc, char*** argv) {
     flags.check = spec.check();
     flags.timeout_seconds = spec.exchange_timeout_seconds() > 0 ? spec.exchange_timeout_seconds() : 60.0;
     flags.first_step = worker->first_step();
+    flags.weights = spec.weights();
+    flags.weight_cache = worker->weight_cache_dir();
   }
 
   if (absl::Status device = ValidateDevice(flags); !device.ok()) return fail(device);

@@ -64,6 +64,7 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std
   }
   session->spec_ = response.spec();
   session->first_step_ = response.first_step();
+  session->weight_cache_dir_ = response.weight_cache_dir();
   session->heartbeat_ = std::thread([s = session.get()] { s->HeartbeatLoop(); });
   return session;
 }

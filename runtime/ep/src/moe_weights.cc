@@ -1,9 +1,14 @@
 #include "moex/ep/moe_weights.h"
 
+#include <sys/stat.h>
+
 #include <cmath>
+#include <cstring>
+#include <optional>
 
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
+#include "moex/ep/weight_cache.h"
 
 namespace moex::ep {
 namespace {
@@ -129,12 +134,61 @@ MoeWeightNames WeightNamesFor(const MoeLayerSpec& spec) {
 absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
                                           const model::Checkpoint* checkpoint, uint64_t seed,
                                           const std::vector<int64_t>& experts) {
+  return LoadMoeWeights(spec, checkpoint, seed, experts, nullptr, nullptr);
+}
+
+namespace {
+
+// Where a tensor's values come from, as the weight cache keys its entries:
+// the checkpoint file's bytes (path, range, dtype, size, modification time)
+// or the seed and scale. Empty when it cannot be told (nothing is cached).
+std::string SourceOf(const model::Checkpoint* checkpoint, uint64_t seed, const std::string& name, float scale) {
+  if (checkpoint == nullptr) {
+    uint32_t scale_bits;
+    std::memcpy(&scale_bits, &scale, sizeof(scale_bits));
+    return StrCat("seed ", seed, " scale ", scale_bits);
+  }
+  absl::StatusOr<model::TensorInfo> info = checkpoint->Info(name);
+  struct stat st {};
+  if (!info.ok() || stat(info->file.c_str(), &st) != 0) return "";
+  const int64_t mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  return StrCat("file ", info->file, " bytes ", info->begin, "-", info->end, " ", info->dtype, " size ",
+                static_cast<int64_t>(st.st_size), " mtime_ns ", mtime_ns, " inode ", static_cast<int64_t>(st.st_ino));
+}
+
+}  // namespace
+
+absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
+                                          const model::Checkpoint* checkpoint, uint64_t seed,
+                                          const std::vector<int64_t>& experts, const WeightCache* cache,
+                                          WeightLoadReport* report) {
   const MoeWeightNames names = WeightNamesFor(spec);
   const int64_t H = spec.hidden, F = spec.expert_width, E = spec.num_experts;
+  WeightLoadReport unused;
+  WeightLoadReport& r = report != nullptr ? *report : unused;
   auto get = [&](const std::string& name, std::vector<int64_t> shape,
                  float scale) -> absl::StatusOr<Tensor> {
-    if (checkpoint != nullptr) return checkpoint->Read(name, shape);
-    return RandomTensor(seed, name, std::move(shape), scale);
+    const std::string source = cache != nullptr ? SourceOf(checkpoint, seed, name, scale) : "";
+    if (!source.empty()) {
+      std::string rejected;
+      std::optional<Tensor> hit = cache->Get(name, source, shape, &rejected);
+      if (!rejected.empty()) r.rejected.push_back(std::move(rejected));
+      if (hit) {
+        ++r.tensors_from_cache;
+        r.bytes_from_cache += hit->size() * static_cast<int64_t>(sizeof(float));
+        return std::move(*hit);
+      }
+    }
+    absl::StatusOr<Tensor> loaded =
+        checkpoint != nullptr ? checkpoint->Read(name, shape) : RandomTensor(seed, name, std::move(shape), scale);
+    if (!loaded.ok()) return loaded;
+    ++r.tensors_loaded;
+    r.bytes_loaded += loaded->size() * static_cast<int64_t>(sizeof(float));
+    if (!source.empty() && r.put_error.empty()) {
+      absl::Status put = cache->Put(name, source, *loaded);
+      if (!put.ok()) r.put_error = std::string(put.message());
+    }
+    return loaded;
   };
   auto expert = [&](auto name_of, int64_t width) -> absl::StatusOr<ExpertWeights> {
     ExpertWeights w;
@@ -153,8 +207,10 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
   for (int64_t e : experts) {
     if (e < 0 || e >= E) return absl::InvalidArgumentError(StrCat("expert ", e, " outside [0, ", E, ")"));
     if (weights.experts.count(e)) continue;
+    const int64_t hits_before = r.tensors_from_cache;
     MOEX_ASSIGN_OR_RETURN(weights.experts[e],
                           expert([&](std::string_view p) { return names.Expert(e, p); }, F));
+    ++(r.tensors_from_cache - hits_before == 3 ? r.experts_from_cache : r.experts_loaded);
   }
   if (spec.shared_width > 0) {
     MOEX_ASSIGN_OR_RETURN(weights.shared,

@@ -46,6 +46,10 @@ struct ControllerOptions {
   // Ended jobs kept in memory (the newest); older ones are answered from the
   // store, so the controller's memory does not grow with every job it ran.
   int max_ended_in_memory = 256;
+  // Jobs that may restart keep their ranks' loaded weights in
+  // <root>/moex-weights-<uid>-<job id> (in memory under /dev/shm), read back
+  // by a relaunch; removed when the job ends. Empty: no such cache.
+  std::string weight_cache_root = "/dev/shm";
   std::string moex_binary;  // the `moex` that ranks run; defaults to this executable
   std::string mpirun = "mpirun";
   std::vector<std::string> mpirun_args = {"--oversubscribe", "--mca", "btl", "self,vader,tcp"};
@@ -151,6 +155,8 @@ class JobManager {
   // experts do not fit.
   absl::Status PublishForWorld(Entry& entry, int world, const std::string& reason);
   void Persist(Entry& entry);
+  // The job's host weight cache directory, "" when it has none.
+  std::string WeightCacheDir(const moex::v1::Job& job) const;
   // Requires the lock. Makes placement version 1 (contiguous) if the job has
   // none yet.
   absl::Status EnsurePlacement(Entry& entry);

@@ -16,6 +16,7 @@ struct ServeFlags {
   int max_jobs = 8;
   int max_streams = 256;
   int jobs_in_memory = 256;
+  std::string weight_cache_root = "/dev/shm";
   double start_timeout = 60;
   double heartbeat_timeout = 30;
   double cancel_grace = 5;
@@ -36,6 +37,7 @@ struct JobFlags {
   std::string name = "job";
   int world_size = 2;
   std::string model = "tiny";
+  std::string weights;
   int steps = 5;
   int tokens_per_rank = 256;
   std::string transport = "mpi";

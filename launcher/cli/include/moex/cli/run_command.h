@@ -25,6 +25,7 @@ struct RunFlags {
   std::optional<int64_t> layer;
   std::string weights;
   std::string save_weights;
+  std::string weight_cache;  // a host directory (e.g. in /dev/shm) keeping loaded weights for a relaunch
   std::string input;
   std::string output;
   int64_t tokens_per_rank = 512;

@@ -32,6 +32,8 @@ class WorkerSession {
   const moex::v1::JobSpec& spec() const { return spec_; }
   // Steps an earlier attempt of the job completed: resume after them.
   int64_t first_step() const { return first_step_; }
+  // Where this host keeps loaded weights for a relaunch ("": nowhere).
+  const std::string& weight_cache_dir() const { return weight_cache_dir_; }
   void SetStep(int64_t step) { step_.store(step); }
   // `bench`: a bench job's points so far (the whole list each time).
   // `final`: the job's last report; it is retried for up to a minute, so
@@ -58,6 +60,7 @@ class WorkerSession {
   int rank_ = 0;
   moex::v1::JobSpec spec_;
   int64_t first_step_ = 0;
+  std::string weight_cache_dir_;
   std::atomic<int64_t> step_{0};
   std::atomic<bool> stop_{false};
   std::atomic<bool> cancelled_{false};

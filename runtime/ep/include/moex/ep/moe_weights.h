@@ -72,6 +72,24 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
                                           const model::Checkpoint* checkpoint, uint64_t seed,
                                           const std::vector<int64_t>& experts);
 
+class WeightCache;
+// What a load took from the host's weight cache and what it had to load.
+struct WeightLoadReport {
+  int64_t experts_from_cache = 0;  // every tensor of the expert came from the cache
+  int64_t experts_loaded = 0;
+  int64_t tensors_from_cache = 0, tensors_loaded = 0;
+  int64_t bytes_from_cache = 0, bytes_loaded = 0;  // fp32 bytes
+  std::vector<std::string> rejected;  // entries that were there but unusable, and why
+  std::string put_error;  // the first entry that could not be written (no more are tried)
+};
+
+// As above, reading each tensor from `cache` when it holds it (made from the
+// same checkpoint bytes or seed), and putting there what it had to load.
+absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
+                                          const model::Checkpoint* checkpoint, uint64_t seed,
+                                          const std::vector<int64_t>& experts, const WeightCache* cache,
+                                          WeightLoadReport* report);
+
 // Writes the whole layer (every expert) to a safetensors file, with the
 // family's names: test fixtures and `moex run --save-weights`.
 absl::Status SaveMoeWeights(const MoeLayerSpec& spec, const MoeWeights& weights,

@@ -1,0 +1,171 @@
+#include "moex/ep/weight_cache.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "moex/core/str_cat.h"
+
+namespace moex::ep {
+namespace {
+
+// Layout of an entry, little-endian as the host (the cache never leaves it):
+//   "MOEXWC01" | u64 key bytes | key (name '\n' source) | u64 rank |
+//   rank x i64 dims | u32 CRC-32 of the values | u32 0 | fp32 values
+constexpr char kMagic[8] = {'M', 'O', 'E', 'X', 'W', 'C', '0', '1'};
+constexpr uint64_t kMaxKeyBytes = 1 << 16;
+constexpr uint64_t kMaxRank = 8;
+
+uint32_t Checksum(const Tensor& t) {
+  return static_cast<uint32_t>(crc32_z(0, reinterpret_cast<const Bytef*>(t.data()), t.values.size() * sizeof(float)));
+}
+
+std::string Key(const std::string& name, const std::string& source) { return StrCat(name, "\n", source); }
+
+std::string Errno() { return std::strerror(errno); }
+
+// Reads exactly `bytes` at the file's current offset; false on a short read.
+bool ReadExactly(int fd, void* out, size_t bytes) {
+  auto* p = static_cast<char*>(out);
+  while (bytes > 0) {
+    ssize_t n = read(fd, p, bytes);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    bytes -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+bool WriteExactly(int fd, const void* data, size_t bytes) {
+  const auto* p = static_cast<const char*>(data);
+  while (bytes > 0) {
+    ssize_t n = write(fd, p, bytes);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    bytes -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_;
+};
+
+}  // namespace
+
+absl::StatusOr<WeightCache> WeightCache::Open(const std::string& dir) {
+  if (dir.empty()) return absl::InvalidArgumentError("the weight cache needs a directory");
+  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return absl::UnavailableError(StrCat("cannot create the weight cache directory '", dir, "': ", Errno()));
+  }
+  struct stat st {};
+  if (lstat(dir.c_str(), &st) != 0) {
+    return absl::UnavailableError(StrCat("cannot read the weight cache directory '", dir, "': ", Errno()));
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(StrCat("the weight cache '", dir, "' is not a directory (or is a symbolic link)"));
+  }
+  if (st.st_uid != geteuid()) {
+    return absl::PermissionDeniedError(StrCat("the weight cache directory '", dir, "' belongs to uid ", st.st_uid,
+                                              ", not to this user (uid ", geteuid(), ")"));
+  }
+  return WeightCache(dir);
+}
+
+std::string WeightCache::PathFor(const std::string& name) const {
+  std::string file = name;
+  for (char& c : file) {
+    const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                       c == '_' || c == '-';
+    if (!plain) c = '_';
+  }
+  if (file.empty() || file[0] == '.') file = StrCat("_", file);
+  return StrCat(dir_, "/", file, ".moexw");
+}
+
+std::optional<Tensor> WeightCache::Get(const std::string& name, const std::string& source,
+                                       const std::vector<int64_t>& shape, std::string* rejected) const {
+  const std::string path = PathFor(name);
+  Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (fd.get() < 0) {
+    if (errno != ENOENT && rejected != nullptr) *rejected = StrCat("cannot open '", path, "': ", Errno());
+    return std::nullopt;
+  }
+  auto reject = [&](std::string why) -> std::optional<Tensor> {
+    if (rejected != nullptr) *rejected = StrCat("'", path, "': ", why);
+    return std::nullopt;
+  };
+  struct stat st {};
+  if (fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return reject("not a regular file");
+  char magic[sizeof(kMagic)];
+  uint64_t key_bytes = 0;
+  if (!ReadExactly(fd.get(), magic, sizeof(magic)) || std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) {
+    return reject("not a moex weight cache entry");
+  }
+  if (!ReadExactly(fd.get(), &key_bytes, sizeof(key_bytes)) || key_bytes > kMaxKeyBytes) return reject("bad key length");
+  std::string key(key_bytes, '\0');
+  if (!ReadExactly(fd.get(), key.data(), key.size())) return reject("cut short in its key");
+  if (key != Key(name, source)) return reject("made from another source (the weights changed)");
+  uint64_t rank = 0;
+  if (!ReadExactly(fd.get(), &rank, sizeof(rank)) || rank > kMaxRank) return reject("bad shape");
+  std::vector<int64_t> dims(rank);
+  if (!ReadExactly(fd.get(), dims.data(), rank * sizeof(int64_t))) return reject("cut short in its shape");
+  if (dims != shape) return reject(StrCat("shape ", ShapeString(dims), ", not ", ShapeString(shape)));
+  uint32_t crc_and_pad[2] = {0, 0};
+  if (!ReadExactly(fd.get(), crc_and_pad, sizeof(crc_and_pad))) return reject("cut short before its values");
+  const int64_t header = static_cast<int64_t>(sizeof(kMagic) + sizeof(key_bytes) + key_bytes + sizeof(rank) +
+                                              rank * sizeof(int64_t) + sizeof(crc_and_pad));
+  Tensor tensor(shape);
+  const int64_t expected = header + tensor.size() * static_cast<int64_t>(sizeof(float));
+  if (st.st_size != expected) return reject(StrCat(st.st_size, " bytes, not ", expected));
+  if (!ReadExactly(fd.get(), tensor.data(), tensor.values.size() * sizeof(float))) return reject("cut short in its values");
+  if (Checksum(tensor) != crc_and_pad[0]) return reject("checksum mismatch (corrupt)");
+  return tensor;
+}
+
+absl::Status WeightCache::Put(const std::string& name, const std::string& source, const Tensor& tensor) const {
+  const std::string path = PathFor(name);
+  const std::string temporary = StrCat(path, ".tmp-", getpid());
+  Fd fd(open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (fd.get() < 0) return absl::UnavailableError(StrCat("cannot write the weight cache entry '", temporary, "': ", Errno()));
+  const std::string key = Key(name, source);
+  const uint64_t key_bytes = key.size();
+  const uint64_t rank = tensor.shape.size();
+  const uint32_t crc_and_pad[2] = {Checksum(tensor), 0};
+  bool ok = WriteExactly(fd.get(), kMagic, sizeof(kMagic)) && WriteExactly(fd.get(), &key_bytes, sizeof(key_bytes)) &&
+            WriteExactly(fd.get(), key.data(), key.size()) && WriteExactly(fd.get(), &rank, sizeof(rank)) &&
+            WriteExactly(fd.get(), tensor.shape.data(), rank * sizeof(int64_t)) &&
+            WriteExactly(fd.get(), crc_and_pad, sizeof(crc_and_pad)) &&
+            WriteExactly(fd.get(), tensor.data(), tensor.values.size() * sizeof(float));
+  const std::string write_error = ok ? "" : Errno();
+  ok = close(fd.release()) == 0 && ok;
+  if (!ok || rename(temporary.c_str(), path.c_str()) != 0) {
+    const std::string why = write_error.empty() ? Errno() : write_error;
+    unlink(temporary.c_str());
+    return absl::UnavailableError(StrCat("cannot write the weight cache entry '", path, "': ", why));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moex::ep
