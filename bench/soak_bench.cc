@@ -31,9 +31,11 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "moex/bench/svg_chart.h"
+#include "moex/core/str_cat.h"
 #include "moex/core/subprocess.h"
 #include "moex/v1/job.grpc.pb.h"
 #include "nlohmann/json.hpp"
@@ -271,7 +273,15 @@ int main(int argc, char** argv) {
 
   std::vector<Sample> samples;
   int64_t last_report = -1;
+  std::string died;  // how the controller ended, when it did mid-soak
   while (elapsed() < duration) {
+    int serve_status = 0;
+    if (waitpid(serve, &serve_status, WNOHANG) == serve) {
+      died = moex::StrCat("the controller (pid ", serve, ") died at ", static_cast<int64_t>(elapsed()), " s: ",
+                          moex::DescribeWaitStatus(serve_status), "; see ", log);
+      std::fprintf(stderr, "moex_bench_soak: %s\n", died.c_str());
+      break;
+    }
     Sample s;
     s.seconds = elapsed();
     s.rss_mib = RssMib(serve);
@@ -316,12 +326,18 @@ int main(int argc, char** argv) {
                  ids.size(), seen.size(), static_cast<long>(lost), static_cast<long>(not_succeeded));
     return std::make_pair(lost, not_succeeded);
   };
-  auto [lost, not_succeeded] = check_all("after the soak");
-  const double final_rss = RssMib(serve);
-  const int final_fds = OpenFds(serve);
-  kill(serve, SIGTERM);
+  int64_t lost = 0, not_succeeded = 0;
+  double final_rss = 0;
+  int final_fds = 0;
   int wait_status = 0;
-  waitpid(serve, &wait_status, 0);
+  if (died.empty()) {
+    std::tie(lost, not_succeeded) = check_all("after the soak");
+    final_rss = RssMib(serve);
+    final_fds = OpenFds(serve);
+    kill(serve, SIGTERM);
+    waitpid(serve, &wait_status, 0);
+  }
+  // After a crash too: a restarted controller must still hold every job.
   auto [serve2, address2] = StartController(o, state, log);
   channel = grpc::CreateChannel(address2, grpc::InsecureChannelCredentials());
   stub = moex::v1::JobService::NewStub(channel);
@@ -331,6 +347,7 @@ int main(int argc, char** argv) {
 
   // Flat: growth from the first sample after a fifth of the run (warm-up:
   // gRPC threads, SQLite cache) to the last.
+  if (samples.empty()) samples.push_back(Sample{});
   const Sample& warm = samples[samples.size() / 5];
   const Sample& last = samples.back();
   nlohmann::json series = nlohmann::json::array();
@@ -348,6 +365,7 @@ int main(int argc, char** argv) {
                       {"watch_streams", static_cast<int64_t>(watch_streams)},
                       {"call_failures", static_cast<int64_t>(failures)},
                       {"failure_examples", failure_examples},
+                      {"controller_died", died},
                       {"jobs_lost", lost},
                       {"jobs_not_succeeded", not_succeeded},
                       {"jobs_lost_after_restart", lost_after},
@@ -371,5 +389,6 @@ int main(int argc, char** argv) {
               static_cast<long>(failures.load()), static_cast<long>(lost), static_cast<long>(not_succeeded),
               static_cast<long>(lost_after), warm.rss_mib, last.rss_mib, final_rss, warm.fds, last.fds, final_fds);
   for (const std::string& f : failure_examples) std::printf("  failure: %s\n", f.c_str());
-  return lost == 0 && not_succeeded == 0 && lost_after == 0 && failures == 0 ? 0 : 1;
+  if (!died.empty()) std::printf("  FAILED: %s\n", died.c_str());
+  return died.empty() && lost == 0 && not_succeeded == 0 && lost_after == 0 && failures == 0 ? 0 : 1;
 }

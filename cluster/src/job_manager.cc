@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
@@ -513,7 +514,8 @@ void JobManager::OnExit(pid_t pid, int wait_status) {
     static const std::regex kRank(R"(^rank (\d+)\b)");
     std::smatch match;
     std::vector<int> lost;
-    if (std::regex_search(why, match, kRank)) lost.push_back(std::stoi(match[1].str()));
+    int lost_rank = 0;
+    if (std::regex_search(why, match, kRank) && absl::SimpleAtoi(match[1].str(), &lost_rank)) lost.push_back(lost_rank);
     RankFailed(entry, std::move(why), std::move(lost));
   }
 }

@@ -9,8 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
+#include <optional>
 
 #include "moex/core/str_cat.h"
 
@@ -70,23 +69,48 @@ absl::Status SignalGroup(pid_t group, int signal) {
 
 bool GroupAlive(pid_t group) { return group > 0 && kill(-group, 0) == 0; }
 
+namespace {
+
+// A /proc file's whole text, read with read(2): the process may end while it
+// is read (ESRCH), and a stream would throw from its buffer then (found by
+// the soak: the controller died of it).
+std::optional<std::string> ReadProcFile(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  std::string text;
+  char buffer[4096];
+  for (;;) {
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      close(fd);
+      return std::nullopt;
+    }
+    if (n == 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  close(fd);
+  return text;
+}
+
+}  // namespace
+
 bool ProcessRunning(pid_t pid) {
   if (pid <= 0) return false;
-  std::ifstream stat(StrCat("/proc/", pid, "/stat"));
-  std::string line;
-  if (!std::getline(stat, line)) return false;
-  size_t close = line.rfind(')');
-  return close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
+  const std::optional<std::string> line = ReadProcFile(StrCat("/proc/", pid, "/stat"));
+  if (!line) return false;
+  size_t close_paren = line->rfind(')');
+  return close_paren != std::string::npos && close_paren + 2 < line->size() && (*line)[close_paren + 2] != 'Z';
 }
 
 bool SignalIfCommandLineHas(pid_t pid, const std::string& marker, int signal) {
   if (pid <= 0) return false;
-  std::ifstream in(StrCat("/proc/", pid, "/cmdline"), std::ios::binary);
-  std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  for (char& c : cmdline) {
+  std::optional<std::string> cmdline = ReadProcFile(StrCat("/proc/", pid, "/cmdline"));
+  if (!cmdline) return false;
+  for (char& c : *cmdline) {
     if (c == '\0') c = ' ';
   }
-  if (cmdline.find(marker) == std::string::npos) return false;
+  if (cmdline->find(marker) == std::string::npos) return false;
   return kill(pid, signal) == 0;
 }
 
@@ -94,9 +118,10 @@ int SignalEveryCommandLineWith(const std::string& marker, int signal) {
   if (marker.empty()) return 0;
   int signalled = 0;
   std::error_code error;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc", error)) {
-    const std::string name = entry.path().filename().string();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+  // Advanced with increment(error): entries come and go while it is read.
+  for (std::filesystem::directory_iterator it("/proc", error), end; !error && it != end; it.increment(error)) {
+    const std::string name = it->path().filename().string();
+    if (name.empty() || name.size() > 9 || name.find_first_not_of("0123456789") != std::string::npos) continue;
     const pid_t pid = static_cast<pid_t>(std::stol(name));
     if (pid == getpid()) continue;
     // kill() itself refuses other users' processes.
