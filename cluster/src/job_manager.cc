@@ -446,6 +446,11 @@ absl::StatusOr<moex::v1::ReportStepResponse> JobManager::ReportStep(const moex::
     if (r.rank() != 0 || IsTerminal(job.state())) return response;
     const int64_t live_before = job.metrics().placement_version();
     *job.mutable_metrics() = r.metrics();
+    if (job.attempts_size() > 0 && r.metrics().experts_from_cache() + r.metrics().experts_loaded() > 0) {
+      moex::v1::Attempt* current = job.mutable_attempts(job.attempts_size() - 1);
+      current->set_experts_from_cache(r.metrics().experts_from_cache());
+      current->set_experts_loaded(r.metrics().experts_loaded());
+    }
     *job.mutable_tokens_per_expert() = r.tokens_per_expert();
     if (!r.bench().empty()) *job.mutable_bench() = r.bench();
     RecordLoad(entry, r);

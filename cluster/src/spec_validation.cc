@@ -129,8 +129,12 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
     absl::StatusOr<model::Checkpoint> checkpoint = model::Checkpoint::Open(spec->weights());
     if (!checkpoint.ok()) return Bad("weights", StrCat("cannot be read: ", checkpoint.status().message()));
     const std::string router = ep::WeightNamesFor(*moe).router;
-    if (!checkpoint->Has(router)) {
-      return Bad("weights", StrCat("'", spec->weights(), "' has no '", router, "': not this model's layer"));
+    absl::StatusOr<model::TensorInfo> info = checkpoint->Info(router);
+    if (!info.ok()) return Bad("weights", StrCat("'", spec->weights(), "' has no '", router, "': not this model's layer"));
+    const std::vector<int64_t> expected = {moe->num_experts, moe->hidden};
+    if (info->shape != expected) {
+      return Bad("weights", StrCat("'", spec->weights(), "' holds '", router, "' of shape ", ShapeString(info->shape),
+                                   ", not ", ShapeString(expected), ": not this model's layer"));
     }
   }
   if (rebalance->threshold() > 0 && (moe->num_experts + spec->redundant_experts()) % spec->world_size() != 0) {

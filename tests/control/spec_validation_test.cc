@@ -1,9 +1,15 @@
 #include "moex/control/spec_validation.h"
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "moex/ep/moe_weights.h"
+#include "moex/model/model_loader.h"
 
 namespace moex::control {
 namespace {
@@ -50,6 +56,36 @@ TEST(SpecValidationTest, EveryBadFieldIsNamed) {
   EXPECT_THAT(with([](auto& s) { s.set_model("mini-dsv3"); s.set_layer(0); }), HasSubstr("spec.layer"));
   EXPECT_THAT(with([](auto& s) { s.set_world_size(8); s.set_model("tiny-dsv3"); s.set_redundant_experts(-1); }),
               HasSubstr("spec.redundant_experts"));
+}
+
+TEST(SpecValidationTest, WeightsMustBeThisLayersCheckpoint) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / ("moex-spec-weights-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  absl::StatusOr<model::ModelArch> tiny = model::LoadModel("tiny");
+  ASSERT_TRUE(tiny.ok());
+  absl::StatusOr<ep::MoeLayerSpec> layer = ep::MoeLayerSpec::FromArch(*tiny, std::nullopt);
+  ASSERT_TRUE(layer.ok());
+  std::vector<int64_t> all;
+  for (int64_t e = 0; e < layer->num_experts; ++e) all.push_back(e);
+  const std::string good = (dir / "tiny.safetensors").string();
+  ASSERT_TRUE(ep::SaveMoeWeights(*layer, *ep::LoadMoeWeights(*layer, nullptr, 1, all), good, model::StorageDtype::kBF16).ok());
+  const std::string junk = (dir / "junk.safetensors").string();
+  std::ofstream(junk) << "not a checkpoint";
+
+  moex::v1::JobSpec spec = Good();
+  spec.set_weights(good);
+  EXPECT_EQ(ErrorOf(spec), "");
+  spec.set_weights(junk);
+  EXPECT_THAT(ErrorOf(spec), HasSubstr("spec.weights cannot be read"));
+  spec.set_weights((dir / "missing.safetensors").string());
+  EXPECT_THAT(ErrorOf(spec), HasSubstr("spec.weights cannot be read"));
+  spec.set_weights(std::string("a\0b", 3));
+  EXPECT_THAT(ErrorOf(spec), HasSubstr("spec.weights must be a path"));
+  // A checkpoint of another model: no router of this layer's shape.
+  spec.set_weights(good);
+  spec.set_model("mini-dsv3");
+  EXPECT_THAT(ErrorOf(spec), HasSubstr("not this model's layer"));
+  std::filesystem::remove_all(dir);
 }
 
 TEST(SpecValidationTest, WorldLargerThanTheExpertSlots) {

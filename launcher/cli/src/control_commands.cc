@@ -130,9 +130,13 @@ void PrintJob(const moex::v1::Job& job) {
     std::cout << absl::StrFormat("  attempts (%d restarts allowed%s):\n", job.spec().max_restarts(),
                                  job.spec().allow_shrink() ? ", may shrink" : "");
     for (const auto& a : job.attempts()) {
-      std::cout << absl::StrFormat("    %d: %d ranks, steps %d-%d, %s -> %s%s\n", a.number(), a.world_size(),
+      const int64_t held = a.experts_from_cache() + a.experts_loaded();
+      std::cout << absl::StrFormat("    %d: %d ranks, steps %d-%d, %s -> %s%s%s\n", a.number(), a.world_size(),
                                    a.first_step(), a.end_time_unix_ms() > 0 ? a.steps_done() : job.metrics().steps_done(),
                                    Time(a.start_time_unix_ms()), a.end_time_unix_ms() > 0 ? Time(a.end_time_unix_ms()) : "now",
+                                   held > 0 ? absl::StrFormat(", experts: %d of %d read back from the host cache",
+                                                              a.experts_from_cache(), held)
+                                            : "",
                                    a.ended().empty() ? "" : StrCat(": ", a.ended()));
     }
   }

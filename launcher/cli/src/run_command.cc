@@ -251,6 +251,8 @@ class Runner {
     std::vector<double> times(world_);
     const double mine_seconds[] = {seconds};
     MOEX_RETURN_IF_ERROR(t_.AllGather(std::span<const double>(mine_seconds), std::span<double>(times), NextDeadline()));
+    experts_from_cache_ = sums[0];
+    experts_loaded_ = sums[1];
     if (rank_ == 0 && !flags_.quiet) {
       std::cout << absl::StrFormat(
           "moex run: weights: %d of %d experts (over all ranks) read from the host cache %s, %d loaded from %s "
@@ -601,6 +603,8 @@ class Runner {
     metrics.set_steps_done(steps_done);
     metrics.set_check_relative_error(check_error_);
     metrics.set_placement_version(rebalancer_ ? rebalancer_->version() : 1);
+    metrics.set_experts_from_cache(experts_from_cache_);
+    metrics.set_experts_loaded(experts_loaded_);
     const bool final = steps_done == flags_.steps && (!flags_.check || check_done_);
     absl::Status status = session_->ReportStep(steps_done, metrics, steps_.back().tokens_per_expert, final);
     if (!status.ok()) std::cerr << "moex worker: rank 0: " << status.message() << "\n";
@@ -656,6 +660,7 @@ class Runner {
   std::vector<StepSummary> steps_;
   double check_error_ = 0;
   bool check_done_ = false;
+  int64_t experts_from_cache_ = 0, experts_loaded_ = 0;  // --weight-cache: this run's load, over all ranks
   std::optional<ep::MoeWeights> reference_weights_;
   std::optional<balance::LiveRebalancer> rebalancer_;
   size_t events_started_ = 0, events_live_ = 0;
