@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -206,6 +207,7 @@ class Runner {
     if (!flags_.output.empty() || flags_.check) MOEX_RETURN_IF_ERROR(Finish(x, y, checkpoint));
     check_done_ = true;
     if (session_ != nullptr && flags_.check) ReportToController(flags_.steps);
+    DropHostWeightCache();
     dispatch_path_ = gpu() ? "NCCL all-to-all-v" : std::string(layer.dispatch_path());
     if (rank_ == 0) {
       PrintSummary();
@@ -216,6 +218,24 @@ class Runner {
 
  private:
   bool gpu() const { return gpu_layer_ != nullptr; }
+
+  // A controller job's weight cache is for a relaunch: once every step ran
+  // here, the host's first rank removes it (the controller removes the one
+  // on its own host whatever happens). Ranks read it only at start, so the
+  // others on this host are past it.
+  void DropHostWeightCache() const {
+    if (session_ == nullptr || flags_.weight_cache.empty()) return;
+    for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) {
+      const char* local = std::getenv(name);
+      if (local == nullptr) continue;
+      if (std::string(local) == "0") {
+        std::error_code error;
+        std::filesystem::remove_all(flags_.weight_cache, error);
+        if (error) Warn(StrCat("cannot remove the weight cache '", flags_.weight_cache, "': ", error.message()));
+      }
+      return;
+    }
+  }
 
   // One line on this rank's stderr, written at once (ranks do not interleave).
   void Warn(const std::string& what) const {
