@@ -166,7 +166,10 @@ class Runner {
     }
     MOEX_ASSIGN_OR_RETURN(ep::MoeLayer layer, ep::MoeLayer::Create(spec_, placement, std::move(weights), rank_));
     MOEX_RETURN_IF_ERROR(LoadInput());
-    if (rank_ == 0 && !flags_.quiet) PrintHeader(arch, placement);
+    if (rank_ == 0 && !flags_.quiet) {
+      PrintHeader(arch, placement);
+      std::cout << weights_line_;
+    }
     if (!flags_.save_weights.empty() && rank_ == 0) MOEX_RETURN_IF_ERROR(SaveAllWeights(checkpoint));
 
     MOEX_RETURN_IF_ERROR(StartRebalancer(layer));
@@ -245,14 +248,15 @@ class Runner {
 
   // This rank's experts; with --weight-cache, those the host's cache holds
   // are read from it and the rest loaded and put there. Rank 0 says what
-  // came from where, summed over the ranks. A cache that cannot be used is a
+  // came from where, summed over the ranks, and the slowest rank's time. A cache that cannot be used is a
   // warning: the weights are loaded as without one.
   absl::StatusOr<ep::MoeWeights> LoadWeights(const std::optional<model::Checkpoint>& checkpoint,
                                              const std::vector<int64_t>& mine) {
     const model::Checkpoint* source = checkpoint ? &*checkpoint : nullptr;
-    if (flags_.weight_cache.empty()) return ep::LoadMoeWeights(spec_, source, flags_.seed, mine);
     std::optional<ep::WeightCache> cache;
-    if (absl::StatusOr<ep::WeightCache> opened = ep::WeightCache::Open(flags_.weight_cache); opened.ok()) {
+    if (flags_.weight_cache.empty()) {
+      // none asked for
+    } else if (absl::StatusOr<ep::WeightCache> opened = ep::WeightCache::Open(flags_.weight_cache); opened.ok()) {
       cache = std::move(*opened);
     } else {
       Warn(StrCat("weight cache off: ", opened.status().message()));
@@ -273,14 +277,17 @@ class Runner {
     MOEX_RETURN_IF_ERROR(t_.AllGather(std::span<const double>(mine_seconds), std::span<double>(times), NextDeadline()));
     experts_from_cache_ = sums[0];
     experts_loaded_ = sums[1];
-    if (rank_ == 0 && !flags_.quiet) {
-      std::cout << absl::StrFormat(
+    const std::string from = source != nullptr ? StrCat("the checkpoint ", source->path()) : StrCat("seed ", flags_.seed);
+    const double slowest = *std::max_element(times.begin(), times.end());
+    if (rank_ == 0 && !flags_.quiet && flags_.weight_cache.empty()) {
+      weights_line_ = absl::StrFormat("moex run: weights: %d experts (over all ranks) loaded from %s (%s); slowest rank %.3f s\n",
+                                   sums[1], from, FormatBytes(static_cast<double>(sums[3])), slowest);
+    } else if (rank_ == 0 && !flags_.quiet) {
+      weights_line_ = absl::StrFormat(
           "moex run: weights: %d of %d experts (over all ranks) read from the host cache %s, %d loaded from %s "
           "(%s read, %s loaded, %d entries unusable); slowest rank %.3f s\n",
-          sums[0], sums[0] + sums[1], flags_.weight_cache, sums[1],
-          source != nullptr ? StrCat("the checkpoint ", source->path()) : StrCat("seed ", flags_.seed),
-          FormatBytes(static_cast<double>(sums[2])), FormatBytes(static_cast<double>(sums[3])), sums[4],
-          *std::max_element(times.begin(), times.end()));
+          sums[0], sums[0] + sums[1], flags_.weight_cache, sums[1], from, FormatBytes(static_cast<double>(sums[2])),
+          FormatBytes(static_cast<double>(sums[3])), sums[4], slowest);
     }
     return weights;
   }
@@ -680,7 +687,8 @@ class Runner {
   std::vector<StepSummary> steps_;
   double check_error_ = 0;
   bool check_done_ = false;
-  int64_t experts_from_cache_ = 0, experts_loaded_ = 0;  // --weight-cache: this run's load, over all ranks
+  int64_t experts_from_cache_ = 0, experts_loaded_ = 0;  // this run's weight load, over all ranks
+  std::string weights_line_;  // rank 0 says where the weights came from, after the header
   std::optional<ep::MoeWeights> reference_weights_;
   std::optional<balance::LiveRebalancer> rebalancer_;
   size_t events_started_ = 0, events_live_ = 0;
