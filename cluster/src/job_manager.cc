@@ -83,6 +83,10 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
                                    "was not observed"));
       entry.job.set_end_time_unix_ms(NowMs());
       MOEX_RETURN_IF_ERROR(manager->store_->Put(entry.job, entry.process_group));
+      if (const std::string cache = manager->WeightCacheDir(entry.job); !cache.empty()) {
+        std::error_code ignored;
+        std::filesystem::remove_all(cache, ignored);
+      }
     }
     manager->jobs_[entry.job.id()] = std::move(entry);
   }

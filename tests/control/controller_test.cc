@@ -434,6 +434,42 @@ TEST_F(ControllerTest, ReflectionListsEveryService) {
   }
 }
 
+TEST_F(ControllerTest, AJobThatMayRestartKeepsItsWeightsOnTheHostUntilItEnds) {
+  ControllerOptions options = Options();
+  const std::filesystem::path root = dir_ / "shm";
+  std::filesystem::create_directories(root);
+  options.weight_cache_root = root.string();
+  Start(options);
+  moex::v1::JobSpec spec = Spec(2, 100000);
+  spec.set_max_restarts(1);
+  Job job = Submit(spec);
+  Job plain = Submit(Spec(2, 3));  // no restarts: no cache
+  const std::filesystem::path cache = root / ("moex-weights-" + std::to_string(geteuid()) + "-" + job.id());
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  Job running;
+  while (std::chrono::steady_clock::now() < until) {
+    running = *controller_->jobs().Get(job.id());
+    if (running.metrics().steps_done() > 0 || IsTerminal(running.state())) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_GT(running.metrics().steps_done(), 0) << running.message();
+  // tiny: 8 experts, 4 on each rank, each loaded once and put in the cache.
+  ASSERT_EQ(running.attempts_size(), 1);
+  EXPECT_EQ(running.attempts(0).experts_loaded(), 8);
+  EXPECT_EQ(running.attempts(0).experts_from_cache(), 0);
+  int entries = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(cache)) entries += entry.path().extension() == ".moexw";
+  EXPECT_EQ(entries, 8 * 3 + 1);  // the experts' three projections and the router
+  EXPECT_EQ(WaitFor(plain.id(), moex::v1::JOB_STATE_SUCCEEDED).state(), moex::v1::JOB_STATE_SUCCEEDED);
+  int caches = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(root)) caches += entry.is_directory() ? 1 : 0;
+  EXPECT_EQ(caches, 1) << "only the job that may restart has a weight cache";
+
+  ASSERT_TRUE(controller_->jobs().Cancel(job.id()).ok());
+  EXPECT_EQ(WaitFor(job.id(), moex::v1::JOB_STATE_CANCELLED, 30).state(), moex::v1::JOB_STATE_CANCELLED);
+  EXPECT_FALSE(std::filesystem::exists(cache)) << "the weight cache outlived the job";
+}
+
 TEST_F(ControllerTest, CancelLeavesNoProcess) {
   Start(Options());
   Job job = Submit(Spec(2, 100000, "mini-dsv3"));
