@@ -195,6 +195,28 @@ TEST_F(WeightCacheTest, ALayerLoadsOnlyWhatTheCacheLacks) {
   ExpectSame(*LoadMoeWeights(spec, nullptr, 8, mine), *reseeded);
 }
 
+TEST_F(WeightCacheTest, AMigratedExpertIsCachedAsALoadedOneWouldBe) {
+  const MoeLayerSpec spec = Spec();
+  WeightCache cache = *WeightCache::Open(Dir());
+  // Expert 5 reached this host by migration: no rank here loaded it.
+  MoeWeights moved = *LoadMoeWeights(spec, nullptr, 3, {5});
+  const MoeWeightNames names = WeightNamesFor(spec);
+  EXPECT_FALSE(std::filesystem::exists(cache.PathFor(names.Expert(5, "up"))));
+  ASSERT_TRUE(CacheExpert(spec, nullptr, 3, 5, moved.experts.at(5), cache).ok());
+  const auto written = std::filesystem::last_write_time(cache.PathFor(names.Expert(5, "up")));
+  // Held already: not written again.
+  ASSERT_TRUE(CacheExpert(spec, nullptr, 3, 5, moved.experts.at(5), cache).ok());
+  EXPECT_EQ(std::filesystem::last_write_time(cache.PathFor(names.Expert(5, "up"))), written);
+  WeightLoadReport report;
+  absl::StatusOr<MoeWeights> relaunched = LoadMoeWeights(spec, nullptr, 3, {5}, &cache, &report);
+  ASSERT_TRUE(relaunched.ok());
+  EXPECT_EQ(report.experts_from_cache, 1);
+  EXPECT_EQ(report.rejected.size(), 0u);
+  EXPECT_EQ(relaunched->experts.at(5).down.values, moved.experts.at(5).down.values);
+  // Another seed's expert 5 is not taken for it.
+  EXPECT_FALSE(cache.Holds(names.Expert(5, "up"), "seed 4", {spec.expert_width, spec.hidden}));
+}
+
 TEST_F(WeightCacheTest, ARewrittenCheckpointIsReadAgain) {
   const MoeLayerSpec spec = Spec();
   const std::vector<int64_t> all = {0, 1, 2, 3, 4, 5, 6, 7};

@@ -240,6 +240,18 @@ class Runner {
     }
   }
 
+  // An expert that migrated here goes into this host's weight cache (once
+  // per host: one already there is not written again), so that a relaunch
+  // on this host finds it. A failure is a warning, said once.
+  void CacheReceived(int64_t expert, const ep::ExpertWeights& weights) {
+    if (!cache_ || cache_failed_) return;
+    absl::Status cached = ep::CacheExpert(spec_, checkpoint_, flags_.seed, expert, weights, *cache_);
+    if (!cached.ok()) {
+      cache_failed_ = true;
+      Warn(StrCat("migrated experts not cached from here on: ", cached.message()));
+    }
+  }
+
   // One line on this rank's stderr, written at once (ranks do not interleave).
   void Warn(const std::string& what) const {
     std::string line = StrCat("moex run: rank ", rank_, ": warning: ", what, "\n");
@@ -265,6 +277,9 @@ class Runner {
     const auto start = Clock::now();
     MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights,
                           ep::LoadMoeWeights(spec_, source, flags_.seed, mine, cache ? &*cache : nullptr, &report));
+    checkpoint_ = source;
+    cache_ = std::move(cache);
+    cache_failed_ = !report.put_error.empty();
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     for (size_t i = 0; i < report.rejected.size() && i < 3; ++i) Warn(StrCat("weight cache entry not used: ", report.rejected[i]));
     if (report.rejected.size() > 3) Warn(StrCat("... and ", report.rejected.size() - 3, " more weight cache entries not used"));
@@ -490,6 +505,7 @@ class Runner {
         .at_step = flags_.rebalance_at_step,
         .chunk_bytes = static_cast<int64_t>(std::max(1.0, flags_.migration_chunk_mb * (1 << 20))),
         .before_chunk = [this](int64_t chunk) { MaybeStallMigration(chunk); },
+        .on_received = [this](int64_t expert, const ep::ExpertWeights& weights) { CacheReceived(expert, weights); },
         .initial_version = start_version_};
     absl::StatusOr<balance::LiveRebalancer> rebalancer = balance::LiveRebalancer::Create(options, layer, world_);
     if (!rebalancer.ok()) {
@@ -689,6 +705,11 @@ class Runner {
   bool check_done_ = false;
   int64_t experts_from_cache_ = 0, experts_loaded_ = 0;  // this run's weight load, over all ranks
   std::string weights_line_;  // rank 0 says where the weights came from, after the header
+  // --weight-cache, kept for the experts live migration brings here; the
+  // checkpoint is Run()'s and outlives the steps.
+  std::optional<ep::WeightCache> cache_;
+  const model::Checkpoint* checkpoint_ = nullptr;
+  bool cache_failed_ = false;
   std::optional<ep::MoeWeights> reference_weights_;
   std::optional<balance::LiveRebalancer> rebalancer_;
   size_t events_started_ = 0, events_live_ = 0;

@@ -172,6 +172,9 @@ absl::Status LiveRebalancer::EndStep(transport::Transport& t, ep::MoeLayer& laye
     return absl::InternalError(StrCat("placement version ", migration_->version(), " cannot go live: rank(s) ", missing,
                                       " lack experts after the migration; the old placement was kept"));
   }
+  if (options_.on_received) {
+    for (const auto& [expert, weights] : received) options_.on_received(expert, weights);
+  }
   MOEX_RETURN_IF_ERROR(layer.SwitchPlacement(next, std::move(received)));
   event.live_step = step + 1;
   version_ = migration_->version();

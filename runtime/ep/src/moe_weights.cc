@@ -156,7 +156,29 @@ std::string SourceOf(const model::Checkpoint* checkpoint, uint64_t seed, const s
                 static_cast<int64_t>(st.st_size), " mtime_ns ", mtime_ns, " inode ", static_cast<int64_t>(st.st_ino));
 }
 
+// Random weights' scales: 1/sqrt(fan-in).
+struct ExpertScales {
+  float in, out;
+};
+ExpertScales ScalesFor(int64_t hidden, int64_t width) {
+  return {1.0f / std::sqrt(static_cast<float>(hidden)), 1.0f / std::sqrt(static_cast<float>(width))};
+}
+
 }  // namespace
+
+absl::Status CacheExpert(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint, uint64_t seed,
+                         int64_t expert, const ExpertWeights& weights, const WeightCache& cache) {
+  const MoeWeightNames names = WeightNamesFor(spec);
+  const ExpertScales scale = ScalesFor(spec.hidden, spec.expert_width);
+  const std::pair<const char*, const Tensor*> projections[] = {{"gate", &weights.gate}, {"up", &weights.up}, {"down", &weights.down}};
+  for (const auto& [projection, tensor] : projections) {
+    const std::string name = names.Expert(expert, projection);
+    const std::string source = SourceOf(checkpoint, seed, name, std::string_view(projection) == "down" ? scale.out : scale.in);
+    if (source.empty() || cache.Holds(name, source, tensor->shape)) continue;
+    MOEX_RETURN_IF_ERROR(cache.Put(name, source, *tensor));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
                                           const model::Checkpoint* checkpoint, uint64_t seed,
@@ -192,11 +214,10 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
   };
   auto expert = [&](auto name_of, int64_t width) -> absl::StatusOr<ExpertWeights> {
     ExpertWeights w;
-    float in_scale = 1.0f / std::sqrt(static_cast<float>(H));
-    float out_scale = 1.0f / std::sqrt(static_cast<float>(width));
-    MOEX_ASSIGN_OR_RETURN(w.gate, get(name_of("gate"), {width, H}, in_scale));
-    MOEX_ASSIGN_OR_RETURN(w.up, get(name_of("up"), {width, H}, in_scale));
-    MOEX_ASSIGN_OR_RETURN(w.down, get(name_of("down"), {H, width}, out_scale));
+    const ExpertScales scale = ScalesFor(H, width);
+    MOEX_ASSIGN_OR_RETURN(w.gate, get(name_of("gate"), {width, H}, scale.in));
+    MOEX_ASSIGN_OR_RETURN(w.up, get(name_of("up"), {width, H}, scale.in));
+    MOEX_ASSIGN_OR_RETURN(w.down, get(name_of("down"), {H, width}, scale.out));
     return w;
   };
   MoeWeights weights;

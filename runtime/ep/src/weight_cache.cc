@@ -61,6 +61,14 @@ class Fd {
   }
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
+  Fd(Fd&& other) noexcept : fd_(other.release()) {}
+  Fd& operator=(Fd&& other) noexcept {
+    if (this != &other) {
+      if (fd_ >= 0) close(fd_);
+      fd_ = other.release();
+    }
+    return *this;
+  }
   int get() const { return fd_; }
   int release() {
     int fd = fd_;
@@ -104,18 +112,19 @@ std::string WeightCache::PathFor(const std::string& name) const {
   return StrCat(dir_, "/", file, ".moexw");
 }
 
-std::optional<Tensor> WeightCache::Get(const std::string& name, const std::string& source,
-                                       const std::vector<int64_t>& shape, std::string* rejected) const {
-  const std::string path = PathFor(name);
+namespace {
+
+// Opens the entry at `path` and checks its header against (key, shape) and
+// its size; on success the file offset is at the values and *crc holds their
+// checksum. An error says what is wrong; kNotFound: there is no entry.
+absl::StatusOr<Fd> OpenEntry(const std::string& path, const std::string& key, const std::vector<int64_t>& shape,
+                             uint32_t* crc) {
   Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (fd.get() < 0) {
-    if (errno != ENOENT && rejected != nullptr) *rejected = StrCat("cannot open '", path, "': ", Errno());
-    return std::nullopt;
+    if (errno == ENOENT) return absl::NotFoundError(path);
+    return absl::UnavailableError(StrCat("cannot open '", path, "': ", Errno()));
   }
-  auto reject = [&](std::string why) -> std::optional<Tensor> {
-    if (rejected != nullptr) *rejected = StrCat("'", path, "': ", why);
-    return std::nullopt;
-  };
+  auto reject = [&](std::string why) { return absl::DataLossError(StrCat("'", path, "': ", why)); };
   struct stat st {};
   if (fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return reject("not a regular file");
   char magic[sizeof(kMagic)];
@@ -124,9 +133,9 @@ std::optional<Tensor> WeightCache::Get(const std::string& name, const std::strin
     return reject("not a moex weight cache entry");
   }
   if (!ReadExactly(fd.get(), &key_bytes, sizeof(key_bytes)) || key_bytes > kMaxKeyBytes) return reject("bad key length");
-  std::string key(key_bytes, '\0');
-  if (!ReadExactly(fd.get(), key.data(), key.size())) return reject("cut short in its key");
-  if (key != Key(name, source)) return reject("made from another source (the weights changed)");
+  std::string stored_key(key_bytes, '\0');
+  if (!ReadExactly(fd.get(), stored_key.data(), stored_key.size())) return reject("cut short in its key");
+  if (stored_key != key) return reject("made from another source (the weights changed)");
   uint64_t rank = 0;
   if (!ReadExactly(fd.get(), &rank, sizeof(rank)) || rank > kMaxRank) return reject("bad shape");
   std::vector<int64_t> dims(rank);
@@ -136,11 +145,37 @@ std::optional<Tensor> WeightCache::Get(const std::string& name, const std::strin
   if (!ReadExactly(fd.get(), crc_and_pad, sizeof(crc_and_pad))) return reject("cut short before its values");
   const int64_t header = static_cast<int64_t>(sizeof(kMagic) + sizeof(key_bytes) + key_bytes + sizeof(rank) +
                                               rank * sizeof(int64_t) + sizeof(crc_and_pad));
-  Tensor tensor(shape);
-  const int64_t expected = header + tensor.size() * static_cast<int64_t>(sizeof(float));
+  const int64_t expected = header + Tensor::NumElements(shape) * static_cast<int64_t>(sizeof(float));
   if (st.st_size != expected) return reject(StrCat(st.st_size, " bytes, not ", expected));
-  if (!ReadExactly(fd.get(), tensor.data(), tensor.values.size() * sizeof(float))) return reject("cut short in its values");
-  if (Checksum(tensor) != crc_and_pad[0]) return reject("checksum mismatch (corrupt)");
+  *crc = crc_and_pad[0];
+  return fd;
+}
+
+}  // namespace
+
+bool WeightCache::Holds(const std::string& name, const std::string& source, const std::vector<int64_t>& shape) const {
+  uint32_t crc = 0;
+  return OpenEntry(PathFor(name), Key(name, source), shape, &crc).ok();
+}
+
+std::optional<Tensor> WeightCache::Get(const std::string& name, const std::string& source,
+                                       const std::vector<int64_t>& shape, std::string* rejected) const {
+  const std::string path = PathFor(name);
+  uint32_t crc = 0;
+  absl::StatusOr<Fd> fd = OpenEntry(path, Key(name, source), shape, &crc);
+  if (!fd.ok()) {
+    if (!absl::IsNotFound(fd.status()) && rejected != nullptr) *rejected = std::string(fd.status().message());
+    return std::nullopt;
+  }
+  Tensor tensor(shape);
+  if (!ReadExactly(fd->get(), tensor.data(), tensor.values.size() * sizeof(float))) {
+    if (rejected != nullptr) *rejected = StrCat("'", path, "': cut short in its values");
+    return std::nullopt;
+  }
+  if (Checksum(tensor) != crc) {
+    if (rejected != nullptr) *rejected = StrCat("'", path, "': checksum mismatch (corrupt)");
+    return std::nullopt;
+  }
   return tensor;
 }
 

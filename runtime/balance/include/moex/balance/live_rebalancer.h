@@ -35,6 +35,10 @@ struct RebalanceOptions {
   int64_t at_step = -1;              // also plan one at this step (tests, benchmarks)
   int64_t chunk_bytes = 64 << 20;    // migration bytes per step, all ranks together
   std::function<void(int64_t chunk)> before_chunk;  // test hook: runs before each chunk
+  // Runs for each expert this rank received, once the migration landed and
+  // before the new placement serves (the runner puts them in the host's
+  // weight cache, so that a relaunch finds them on this host).
+  std::function<void(int64_t expert, const ep::ExpertWeights& weights)> on_received;
   int64_t initial_version = 1;       // the version the layer serves at the start
 };
 

@@ -90,6 +90,12 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
                                           const std::vector<int64_t>& experts, const WeightCache* cache,
                                           WeightLoadReport* report);
 
+// Puts one expert's tensors in `cache` (unless it holds them already), keyed
+// as LoadMoeWeights keys them: for experts that reached a rank otherwise
+// than by loading (live migration).
+absl::Status CacheExpert(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint, uint64_t seed,
+                         int64_t expert, const ExpertWeights& weights, const WeightCache& cache);
+
 // Writes the whole layer (every expert) to a safetensors file, with the
 // family's names: test fixtures and `moex run --save-weights`.
 absl::Status SaveMoeWeights(const MoeLayerSpec& spec, const MoeWeights& weights,

@@ -35,6 +35,9 @@ class WeightCache {
   // used sets `*rejected` to why (nothing is set for a plain miss).
   std::optional<Tensor> Get(const std::string& name, const std::string& source, const std::vector<int64_t>& shape,
                             std::string* rejected) const;
+  // True when an entry for `name` from `source` with `shape` and of the
+  // right size is there (its checksum is not read: Get checks it).
+  bool Holds(const std::string& name, const std::string& source, const std::vector<int64_t>& shape) const;
   // Stores `tensor` as the entry for `name`, replacing any older one. An
   // error (no space left, ...) names the file; nothing partial is left.
   absl::Status Put(const std::string& name, const std::string& source, const Tensor& tensor) const;
