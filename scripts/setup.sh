@@ -17,7 +17,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc
   libopenblas-dev
   libsqlite3-dev
-  zlib1g-dev
+  libxxhash-dev
   clang libclang-rt-14-dev
   python3
   openssl

@@ -3,7 +3,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
+#include <xxhash.h>
 
 #include <cerrno>
 #include <cstring>
@@ -14,15 +14,15 @@ namespace moex::ep {
 namespace {
 
 // Layout of an entry, little-endian as the host (the cache never leaves it):
-//   "MOEXWC01" | u64 key bytes | key (name '\n' source) | u64 rank |
-//   rank x i64 dims | u32 CRC-32 of the values | u32 0 | fp32 values
-constexpr char kMagic[8] = {'M', 'O', 'E', 'X', 'W', 'C', '0', '1'};
+//   "MOEXWC02" | u64 key bytes | key (name '\n' source) | u64 rank |
+//   rank x i64 dims | u64 XXH3-64 of the values | fp32 values
+// (version 01 held a CRC-32; its entries are refused as not ours, and
+// replaced.)
+constexpr char kMagic[8] = {'M', 'O', 'E', 'X', 'W', 'C', '0', '2'};
 constexpr uint64_t kMaxKeyBytes = 1 << 16;
 constexpr uint64_t kMaxRank = 8;
 
-uint32_t Checksum(const Tensor& t) {
-  return static_cast<uint32_t>(crc32_z(0, reinterpret_cast<const Bytef*>(t.data()), t.values.size() * sizeof(float)));
-}
+uint64_t Checksum(const Tensor& t) { return XXH3_64bits(t.data(), t.values.size() * sizeof(float)); }
 
 std::string Key(const std::string& name, const std::string& source) { return StrCat(name, "\n", source); }
 
@@ -115,10 +115,10 @@ std::string WeightCache::PathFor(const std::string& name) const {
 namespace {
 
 // Opens the entry at `path` and checks its header against (key, shape) and
-// its size; on success the file offset is at the values and *crc holds their
+// its size; on success the file offset is at the values and *checksum holds their
 // checksum. An error says what is wrong; kNotFound: there is no entry.
 absl::StatusOr<Fd> OpenEntry(const std::string& path, const std::string& key, const std::vector<int64_t>& shape,
-                             uint32_t* crc) {
+                             uint64_t* checksum) {
   Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (fd.get() < 0) {
     if (errno == ENOENT) return absl::NotFoundError(path);
@@ -141,28 +141,28 @@ absl::StatusOr<Fd> OpenEntry(const std::string& path, const std::string& key, co
   std::vector<int64_t> dims(rank);
   if (!ReadExactly(fd.get(), dims.data(), rank * sizeof(int64_t))) return reject("cut short in its shape");
   if (dims != shape) return reject(StrCat("shape ", ShapeString(dims), ", not ", ShapeString(shape)));
-  uint32_t crc_and_pad[2] = {0, 0};
-  if (!ReadExactly(fd.get(), crc_and_pad, sizeof(crc_and_pad))) return reject("cut short before its values");
+  uint64_t stored_checksum = 0;
+  if (!ReadExactly(fd.get(), &stored_checksum, sizeof(stored_checksum))) return reject("cut short before its values");
   const int64_t header = static_cast<int64_t>(sizeof(kMagic) + sizeof(key_bytes) + key_bytes + sizeof(rank) +
-                                              rank * sizeof(int64_t) + sizeof(crc_and_pad));
+                                              rank * sizeof(int64_t) + sizeof(stored_checksum));
   const int64_t expected = header + Tensor::NumElements(shape) * static_cast<int64_t>(sizeof(float));
   if (st.st_size != expected) return reject(StrCat(st.st_size, " bytes, not ", expected));
-  *crc = crc_and_pad[0];
+  *checksum = stored_checksum;
   return fd;
 }
 
 }  // namespace
 
 bool WeightCache::Holds(const std::string& name, const std::string& source, const std::vector<int64_t>& shape) const {
-  uint32_t crc = 0;
-  return OpenEntry(PathFor(name), Key(name, source), shape, &crc).ok();
+  uint64_t checksum = 0;
+  return OpenEntry(PathFor(name), Key(name, source), shape, &checksum).ok();
 }
 
 std::optional<Tensor> WeightCache::Get(const std::string& name, const std::string& source,
                                        const std::vector<int64_t>& shape, std::string* rejected) const {
   const std::string path = PathFor(name);
-  uint32_t crc = 0;
-  absl::StatusOr<Fd> fd = OpenEntry(path, Key(name, source), shape, &crc);
+  uint64_t checksum = 0;
+  absl::StatusOr<Fd> fd = OpenEntry(path, Key(name, source), shape, &checksum);
   if (!fd.ok()) {
     if (!absl::IsNotFound(fd.status()) && rejected != nullptr) *rejected = std::string(fd.status().message());
     return std::nullopt;
@@ -172,7 +172,7 @@ std::optional<Tensor> WeightCache::Get(const std::string& name, const std::strin
     if (rejected != nullptr) *rejected = StrCat("'", path, "': cut short in its values");
     return std::nullopt;
   }
-  if (Checksum(tensor) != crc) {
+  if (Checksum(tensor) != checksum) {
     if (rejected != nullptr) *rejected = StrCat("'", path, "': checksum mismatch (corrupt)");
     return std::nullopt;
   }
@@ -187,11 +187,11 @@ absl::Status WeightCache::Put(const std::string& name, const std::string& source
   const std::string key = Key(name, source);
   const uint64_t key_bytes = key.size();
   const uint64_t rank = tensor.shape.size();
-  const uint32_t crc_and_pad[2] = {Checksum(tensor), 0};
+  const uint64_t checksum = Checksum(tensor);
   bool ok = WriteExactly(fd.get(), kMagic, sizeof(kMagic)) && WriteExactly(fd.get(), &key_bytes, sizeof(key_bytes)) &&
             WriteExactly(fd.get(), key.data(), key.size()) && WriteExactly(fd.get(), &rank, sizeof(rank)) &&
             WriteExactly(fd.get(), tensor.shape.data(), rank * sizeof(int64_t)) &&
-            WriteExactly(fd.get(), crc_and_pad, sizeof(crc_and_pad)) &&
+            WriteExactly(fd.get(), &checksum, sizeof(checksum)) &&
             WriteExactly(fd.get(), tensor.data(), tensor.values.size() * sizeof(float));
   const std::string write_error = ok ? "" : Errno();
   ok = close(fd.release()) == 0 && ok;

@@ -7,7 +7,7 @@
 //
 // One file per tensor, named after it. Each entry records its source (the
 // checkpoint file, byte range, size and modification time, or the seed), its
-// shape and a CRC-32 of its values; an entry that does not match what is
+// shape and an XXH3-64 hash of its values; an entry that does not match what is
 // asked for, is cut short or fails its checksum is a miss, never a wrong
 // tensor. Entries are written to a temporary file and renamed into place, so
 // a rank killed mid-write leaves no half entry.
