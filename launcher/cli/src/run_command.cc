@@ -260,18 +260,19 @@ class Runner {
 
   // This rank's experts; with --weight-cache, those the host's cache holds
   // are read from it and the rest loaded and put there. Rank 0 says what
-  // came from where, summed over the ranks, and the slowest rank's time. A cache that cannot be used is a
-  // warning: the weights are loaded as without one.
+  // came from where, summed over the ranks, and the slowest rank's time. A
+  // cache that cannot be used is a warning: the weights load as without one.
   absl::StatusOr<ep::MoeWeights> LoadWeights(const std::optional<model::Checkpoint>& checkpoint,
                                              const std::vector<int64_t>& mine) {
     const model::Checkpoint* source = checkpoint ? &*checkpoint : nullptr;
     std::optional<ep::WeightCache> cache;
-    if (flags_.weight_cache.empty()) {
-      // none asked for
-    } else if (absl::StatusOr<ep::WeightCache> opened = ep::WeightCache::Open(flags_.weight_cache); opened.ok()) {
-      cache = std::move(*opened);
-    } else {
-      Warn(StrCat("weight cache off: ", opened.status().message()));
+    if (!flags_.weight_cache.empty()) {
+      absl::StatusOr<ep::WeightCache> opened = ep::WeightCache::Open(flags_.weight_cache);
+      if (opened.ok()) {
+        cache = std::move(*opened);
+      } else {
+        Warn(StrCat("weight cache off: ", opened.status().message()));
+      }
     }
     ep::WeightLoadReport report;
     const auto start = Clock::now();
@@ -296,7 +297,7 @@ class Runner {
     const double slowest = *std::max_element(times.begin(), times.end());
     if (rank_ == 0 && !flags_.quiet && flags_.weight_cache.empty()) {
       weights_line_ = absl::StrFormat("moex run: weights: %d experts (over all ranks) loaded from %s (%s); slowest rank %.3f s\n",
-                                   sums[1], from, FormatBytes(static_cast<double>(sums[3])), slowest);
+                                      sums[1], from, FormatBytes(static_cast<double>(sums[3])), slowest);
     } else if (rank_ == 0 && !flags_.quiet) {
       weights_line_ = absl::StrFormat(
           "moex run: weights: %d of %d experts (over all ranks) read from the host cache %s, %d loaded from %s "
