@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -23,7 +22,6 @@
 #include "moex/ep/gpu_layer.h"
 #include "moex/ep/moe_layer.h"
 #include "moex/ep/tokens.h"
-#include "moex/ep/weight_cache.h"
 #include "moex/kernels/expert_ffn.h"
 #include "moex/launcher/worker_session.h"
 #include "moex/model/model_loader.h"
@@ -31,6 +29,7 @@
 #include "moex/transport/mpi_transport.h"
 #include "moex/transport/ucx_transport.h"
 #include "nlohmann/json.hpp"
+#include "run_weights.h"
 
 namespace moex::cli {
 
@@ -156,7 +155,8 @@ class Runner {
     for (int64_t s = 0; s < placement.num_local_slots(rank_); ++s) {
       mine.push_back(placement.slot_expert(placement.first_slot(rank_) + s));
     }
-    MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights, LoadWeights(checkpoint, mine));
+    run_weights_.emplace(spec_, checkpoint ? &*checkpoint : nullptr, flags_.seed, flags_.weight_cache, rank_);
+    MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights, run_weights_->Load(mine, t_, NextDeadline()));
     router_ = weights.router;
     if (flags_.device == "cuda") {
       // Collective: NCCL's unique id goes from rank 0 to every rank.
@@ -168,7 +168,7 @@ class Runner {
     MOEX_RETURN_IF_ERROR(LoadInput());
     if (rank_ == 0 && !flags_.quiet) {
       PrintHeader(arch, placement);
-      std::cout << weights_line_;
+      std::cout << run_weights_->line();
     }
     if (!flags_.save_weights.empty() && rank_ == 0) MOEX_RETURN_IF_ERROR(SaveAllWeights(checkpoint));
 
@@ -210,7 +210,8 @@ class Runner {
     if (!flags_.output.empty() || flags_.check) MOEX_RETURN_IF_ERROR(Finish(x, y, checkpoint));
     check_done_ = true;
     if (session_ != nullptr && flags_.check) ReportToController(flags_.steps);
-    DropHostWeightCache();
+    // A controller job's cache is for a relaunch: every step ran.
+    if (session_ != nullptr) run_weights_->DropHostCache();
     dispatch_path_ = gpu() ? "NCCL all-to-all-v" : std::string(layer.dispatch_path());
     if (rank_ == 0) {
       PrintSummary();
@@ -221,92 +222,6 @@ class Runner {
 
  private:
   bool gpu() const { return gpu_layer_ != nullptr; }
-
-  // A controller job's weight cache is for a relaunch: once every step ran
-  // here, the host's first rank removes it (the controller removes the one
-  // on its own host whatever happens). Ranks read it only at start, so the
-  // others on this host are past it.
-  void DropHostWeightCache() const {
-    if (session_ == nullptr || flags_.weight_cache.empty()) return;
-    for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) {
-      const char* local = std::getenv(name);
-      if (local == nullptr) continue;
-      if (std::string(local) == "0") {
-        std::error_code error;
-        std::filesystem::remove_all(flags_.weight_cache, error);
-        if (error) Warn(StrCat("cannot remove the weight cache '", flags_.weight_cache, "': ", error.message()));
-      }
-      return;
-    }
-  }
-
-  // An expert that migrated here goes into this host's weight cache (once
-  // per host: one already there is not written again), so that a relaunch
-  // on this host finds it. A failure is a warning, said once.
-  void CacheReceived(int64_t expert, const ep::ExpertWeights& weights) {
-    if (!cache_ || cache_failed_) return;
-    absl::Status cached = ep::CacheExpert(spec_, checkpoint_, flags_.seed, expert, weights, *cache_);
-    if (!cached.ok()) {
-      cache_failed_ = true;
-      Warn(StrCat("migrated experts not cached from here on: ", cached.message()));
-    }
-  }
-
-  // One line on this rank's stderr, written at once (ranks do not interleave).
-  void Warn(const std::string& what) const {
-    std::string line = StrCat("moex run: rank ", rank_, ": warning: ", what, "\n");
-    (void)!write(STDERR_FILENO, line.data(), line.size());
-  }
-
-  // This rank's experts; with --weight-cache, those the host's cache holds
-  // are read from it and the rest loaded and put there. Rank 0 says what
-  // came from where, summed over the ranks, and the slowest rank's time. A
-  // cache that cannot be used is a warning: the weights load as without one.
-  absl::StatusOr<ep::MoeWeights> LoadWeights(const std::optional<model::Checkpoint>& checkpoint,
-                                             const std::vector<int64_t>& mine) {
-    const model::Checkpoint* source = checkpoint ? &*checkpoint : nullptr;
-    std::optional<ep::WeightCache> cache;
-    if (!flags_.weight_cache.empty()) {
-      absl::StatusOr<ep::WeightCache> opened = ep::WeightCache::Open(flags_.weight_cache);
-      if (opened.ok()) {
-        cache = std::move(*opened);
-      } else {
-        Warn(StrCat("weight cache off: ", opened.status().message()));
-      }
-    }
-    ep::WeightLoadReport report;
-    const auto start = Clock::now();
-    MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights,
-                          ep::LoadMoeWeights(spec_, source, flags_.seed, mine, cache ? &*cache : nullptr, &report));
-    checkpoint_ = source;
-    cache_ = std::move(cache);
-    cache_failed_ = !report.put_error.empty();
-    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    for (size_t i = 0; i < report.rejected.size() && i < 3; ++i) Warn(StrCat("weight cache entry not used: ", report.rejected[i]));
-    if (report.rejected.size() > 3) Warn(StrCat("... and ", report.rejected.size() - 3, " more weight cache entries not used"));
-    if (!report.put_error.empty()) Warn(StrCat("weights not cached from here on: ", report.put_error));
-    std::vector<int64_t> sums = {report.experts_from_cache, report.experts_loaded, report.bytes_from_cache,
-                                 report.bytes_loaded, static_cast<int64_t>(report.rejected.size())};
-    MOEX_RETURN_IF_ERROR(t_.AllReduceSum(std::span<int64_t>(sums), NextDeadline()));
-    std::vector<double> times(world_);
-    const double mine_seconds[] = {seconds};
-    MOEX_RETURN_IF_ERROR(t_.AllGather(std::span<const double>(mine_seconds), std::span<double>(times), NextDeadline()));
-    experts_from_cache_ = sums[0];
-    experts_loaded_ = sums[1];
-    const std::string from = source != nullptr ? StrCat("the checkpoint ", source->path()) : StrCat("seed ", flags_.seed);
-    const double slowest = *std::max_element(times.begin(), times.end());
-    if (rank_ == 0 && !flags_.quiet && flags_.weight_cache.empty()) {
-      weights_line_ = absl::StrFormat("moex run: weights: %d experts (over all ranks) loaded from %s (%s); slowest rank %.3f s\n",
-                                      sums[1], from, FormatBytes(static_cast<double>(sums[3])), slowest);
-    } else if (rank_ == 0 && !flags_.quiet) {
-      weights_line_ = absl::StrFormat(
-          "moex run: weights: %d of %d experts (over all ranks) read from the host cache %s, %d loaded from %s "
-          "(%s read, %s loaded, %d entries unusable); slowest rank %.3f s\n",
-          sums[0], sums[0] + sums[1], flags_.weight_cache, sums[1], from, FormatBytes(static_cast<double>(sums[2])),
-          FormatBytes(static_cast<double>(sums[3])), sums[4], slowest);
-    }
-    return weights;
-  }
 
   absl::Status Forward(ep::MoeLayer& layer, const Tensor& x, int64_t first, Tensor* y, ep::StepStats* stats) {
     if (gpu_layer_) return gpu_layer_->Forward(t_, x, first, NextDeadline(), y, stats);
@@ -506,7 +421,7 @@ class Runner {
         .at_step = flags_.rebalance_at_step,
         .chunk_bytes = static_cast<int64_t>(std::max(1.0, flags_.migration_chunk_mb * (1 << 20))),
         .before_chunk = [this](int64_t chunk) { MaybeStallMigration(chunk); },
-        .on_received = [this](int64_t expert, const ep::ExpertWeights& weights) { CacheReceived(expert, weights); },
+        .on_received = [this](int64_t expert, const ep::ExpertWeights& weights) { run_weights_->CacheReceived(expert, weights); },
         .initial_version = start_version_};
     absl::StatusOr<balance::LiveRebalancer> rebalancer = balance::LiveRebalancer::Create(options, layer, world_);
     if (!rebalancer.ok()) {
@@ -647,8 +562,8 @@ class Runner {
     metrics.set_steps_done(steps_done);
     metrics.set_check_relative_error(check_error_);
     metrics.set_placement_version(rebalancer_ ? rebalancer_->version() : 1);
-    metrics.set_experts_from_cache(experts_from_cache_);
-    metrics.set_experts_loaded(experts_loaded_);
+    metrics.set_experts_from_cache(run_weights_->experts_from_cache());
+    metrics.set_experts_loaded(run_weights_->experts_loaded());
     const bool final = steps_done == flags_.steps && (!flags_.check || check_done_);
     absl::Status status = session_->ReportStep(steps_done, metrics, steps_.back().tokens_per_expert, final);
     if (!status.ok()) std::cerr << "moex worker: rank 0: " << status.message() << "\n";
@@ -704,13 +619,9 @@ class Runner {
   std::vector<StepSummary> steps_;
   double check_error_ = 0;
   bool check_done_ = false;
-  int64_t experts_from_cache_ = 0, experts_loaded_ = 0;  // this run's weight load, over all ranks
-  std::string weights_line_;  // rank 0 says where the weights came from, after the header
-  // --weight-cache, kept for the experts live migration brings here; the
-  // checkpoint is Run()'s and outlives the steps.
-  std::optional<ep::WeightCache> cache_;
-  const model::Checkpoint* checkpoint_ = nullptr;
-  bool cache_failed_ = false;
+  // Where the weights came from; set before the steps (its checkpoint is
+  // Run()'s and outlives them).
+  std::optional<RunWeights> run_weights_;
   std::optional<ep::MoeWeights> reference_weights_;
   std::optional<balance::LiveRebalancer> rebalancer_;
   size_t events_started_ = 0, events_live_ = 0;

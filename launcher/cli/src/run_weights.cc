@@ -1,0 +1,93 @@
+#include "run_weights.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <span>
+
+#include "absl/strings/str_format.h"
+#include "moex/core/format.h"
+#include "moex/core/status_macros.h"
+#include "moex/core/str_cat.h"
+
+namespace moex::cli {
+
+void WarnOnRank(int rank, std::string_view what) {
+  std::string line = StrCat("moex run: rank ", rank, ": warning: ", what, "\n");
+  (void)!write(STDERR_FILENO, line.data(), line.size());
+}
+
+absl::StatusOr<ep::MoeWeights> RunWeights::Load(const std::vector<int64_t>& mine, transport::Transport& t,
+                                               Deadline deadline) {
+  if (!cache_dir_.empty()) {
+    absl::StatusOr<ep::WeightCache> opened = ep::WeightCache::Open(cache_dir_);
+    if (opened.ok()) {
+      cache_ = std::move(*opened);
+    } else {
+      WarnOnRank(rank_, StrCat("weight cache off: ", opened.status().message()));
+    }
+  }
+  ep::WeightLoadReport report;
+  const auto start = std::chrono::steady_clock::now();
+  MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights,
+                        ep::LoadMoeWeights(spec_, checkpoint_, seed_, mine, cache_ ? &*cache_ : nullptr, &report));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  cache_failed_ = !report.put_error.empty();
+  for (size_t i = 0; i < report.rejected.size() && i < 3; ++i) {
+    WarnOnRank(rank_, StrCat("weight cache entry not used: ", report.rejected[i]));
+  }
+  if (report.rejected.size() > 3) {
+    WarnOnRank(rank_, StrCat("... and ", report.rejected.size() - 3, " more weight cache entries not used"));
+  }
+  if (!report.put_error.empty()) WarnOnRank(rank_, StrCat("weights not cached from here on: ", report.put_error));
+
+  std::vector<int64_t> sums = {report.experts_from_cache, report.experts_loaded, report.bytes_from_cache,
+                               report.bytes_loaded, static_cast<int64_t>(report.rejected.size())};
+  MOEX_RETURN_IF_ERROR(t.AllReduceSum(std::span<int64_t>(sums), deadline));
+  std::vector<double> times(t.world_size());
+  const double mine_seconds[] = {seconds};
+  MOEX_RETURN_IF_ERROR(t.AllGather(std::span<const double>(mine_seconds), std::span<double>(times), deadline));
+  experts_from_cache_ = sums[0];
+  experts_loaded_ = sums[1];
+  const std::string from = checkpoint_ != nullptr ? StrCat("the checkpoint ", checkpoint_->path()) : StrCat("seed ", seed_);
+  const double slowest = *std::max_element(times.begin(), times.end());
+  if (cache_dir_.empty()) {
+    line_ = absl::StrFormat("moex run: weights: %d experts (over all ranks) loaded from %s (%s); slowest rank %.3f s\n",
+                            sums[1], from, FormatBytes(static_cast<double>(sums[3])), slowest);
+  } else {
+    line_ = absl::StrFormat(
+        "moex run: weights: %d of %d experts (over all ranks) read from the host cache %s, %d loaded from %s "
+        "(%s read, %s loaded, %d entries unusable); slowest rank %.3f s\n",
+        sums[0], sums[0] + sums[1], cache_dir_, sums[1], from, FormatBytes(static_cast<double>(sums[2])),
+        FormatBytes(static_cast<double>(sums[3])), sums[4], slowest);
+  }
+  return weights;
+}
+
+void RunWeights::CacheReceived(int64_t expert, const ep::ExpertWeights& weights) {
+  if (!cache_ || cache_failed_) return;
+  absl::Status cached = ep::CacheExpert(spec_, checkpoint_, seed_, expert, weights, *cache_);
+  if (!cached.ok()) {
+    cache_failed_ = true;
+    WarnOnRank(rank_, StrCat("migrated experts not cached from here on: ", cached.message()));
+  }
+}
+
+void RunWeights::DropHostCache() const {
+  if (cache_dir_.empty()) return;
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) {
+    const char* local = std::getenv(name);
+    if (local == nullptr) continue;
+    if (std::string(local) == "0") {
+      std::error_code error;
+      std::filesystem::remove_all(cache_dir_, error);
+      if (error) WarnOnRank(rank_, StrCat("cannot remove the weight cache '", cache_dir_, "': ", error.message()));
+    }
+    return;
+  }
+}
+
+}  // namespace moex::cli
