@@ -83,10 +83,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
                                    "was not observed"));
       entry.job.set_end_time_unix_ms(NowMs());
       MOEX_RETURN_IF_ERROR(manager->store_->Put(entry.job, entry.process_group));
-      if (const std::string cache = manager->WeightCacheDir(entry.job); !cache.empty()) {
-        std::error_code ignored;
-        std::filesystem::remove_all(cache, ignored);
-      }
+      manager->DropWeightCache(entry.job);
     }
     manager->jobs_[entry.job.id()] = std::move(entry);
   }
@@ -155,10 +152,7 @@ void JobManager::Finish(Entry& entry, JobState state, std::string message) {
   entry.job.set_message(std::move(message));
   entry.job.set_end_time_unix_ms(NowMs());
   KillProcesses(entry);
-  if (const std::string cache = WeightCacheDir(entry.job); !cache.empty()) {
-    std::error_code ignored;  // nothing there (no rank got to load) is fine
-    std::filesystem::remove_all(cache, ignored);
-  }
+  DropWeightCache(entry.job);
   if (entry.job.attempts_size() > 0) {
     moex::v1::Attempt* attempt = entry.job.mutable_attempts(entry.job.attempts_size() - 1);
     if (attempt->end_time_unix_ms() == 0) {
@@ -222,6 +216,13 @@ absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
 std::string JobManager::WeightCacheDir(const Job& job) const {
   if (options_.weight_cache_root.empty() || job.spec().max_restarts() == 0) return "";
   return (std::filesystem::path(options_.weight_cache_root) / StrCat("moex-weights-", geteuid(), "-", job.id())).string();
+}
+
+void JobManager::DropWeightCache(const Job& job) const {
+  const std::string cache = WeightCacheDir(job);
+  if (cache.empty()) return;
+  std::error_code ignored;  // nothing there (no rank got to load) is fine
+  std::filesystem::remove_all(cache, ignored);
 }
 
 absl::Status JobManager::Launch(Entry& entry) {

@@ -157,6 +157,8 @@ class JobManager {
   void Persist(Entry& entry);
   // The job's host weight cache directory, "" when it has none.
   std::string WeightCacheDir(const moex::v1::Job& job) const;
+  // Removes it on this host (the job ended).
+  void DropWeightCache(const moex::v1::Job& job) const;
   // Requires the lock. Makes placement version 1 (contiguous) if the job has
   // none yet.
   absl::Status EnsurePlacement(Entry& entry);
