@@ -11,13 +11,13 @@
 #include <string>
 #include <vector>
 
-#include "moex/balance/moex_policy.h"
+#include "moex/placement/moex_policy.h"
 #include "nlohmann/json.hpp"
 
 namespace {
 
-using moex::balance::EplbPlacement;
-using moex::balance::Matrix;
+using moex::placement::EplbPlacement;
+using moex::placement::Matrix;
 
 struct Shape {
   const char* name;
@@ -75,26 +75,26 @@ int main(int argc, char** argv) {
     std::vector<double> eplb_imb, moex_imb, bound_imb, moves_eplb, moves_scratch, moves_aware, eplb_ms, moex_ms;
     int better = 0, cases = 0;
     for (int seed = 0; seed < seeds; ++seed) {
-      auto input = [&](Matrix load, moex::balance::IndexMatrix current = {}) {
-        return moex::balance::PlanInput{.load = std::move(load), .num_replicas = s.replicas, .num_groups = s.groups,
+      auto input = [&](Matrix load, moex::placement::IndexMatrix current = {}) {
+        return moex::placement::PlanInput{.load = std::move(load), .num_replicas = s.replicas, .num_groups = s.groups,
                                         .num_nodes = s.nodes, .num_gpus = s.gpus, .current = std::move(current)};
       };
-      Matrix before = moex::balance::ZipfLoad(layers, s.experts, skew, 1000 + seed);
-      Matrix load = moex::balance::Drift(before, drift, 5000 + seed);
+      Matrix before = moex::placement::ZipfLoad(layers, s.experts, skew, 1000 + seed);
+      Matrix load = moex::placement::Drift(before, drift, 5000 + seed);
       auto t0 = std::chrono::steady_clock::now();
-      EplbPlacement eplb = *moex::balance::PlanPlacement("eplb", input(load));
+      EplbPlacement eplb = *moex::placement::PlanPlacement("eplb", input(load));
       auto t1 = std::chrono::steady_clock::now();
-      EplbPlacement moex = *moex::balance::PlanPlacement("moex", input(load));
+      EplbPlacement moex = *moex::placement::PlanPlacement("moex", input(load));
       auto t2 = std::chrono::steady_clock::now();
       eplb_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
       moex_ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
-      moex::balance::IndexMatrix current = moex::balance::PlanPlacement("moex", input(before))->phy2log;
-      EplbPlacement aware = *moex::balance::PlanPlacement("moex", input(load, current));
-      Matrix ge = moex::balance::GpuLoads(load, eplb, s.gpus), gm = moex::balance::GpuLoads(load, moex, s.gpus);
-      std::vector<double> bound = moex::balance::LoadLowerBound(load, s.replicas, s.gpus);
+      moex::placement::IndexMatrix current = moex::placement::PlanPlacement("moex", input(before))->phy2log;
+      EplbPlacement aware = *moex::placement::PlanPlacement("moex", input(load, current));
+      Matrix ge = moex::placement::GpuLoads(load, eplb, s.gpus), gm = moex::placement::GpuLoads(load, moex, s.gpus);
+      std::vector<double> bound = moex::placement::LoadLowerBound(load, s.replicas, s.gpus);
       // With EPLB's structure a node's GPUs share its groups' load: the
       // heaviest node over its GPUs bounds the hottest GPU from below.
-      if (moex::balance::IsHierarchical(s.groups, s.nodes)) {
+      if (moex::placement::IsHierarchical(s.groups, s.nodes)) {
         const int64_t per_node = s.replicas / s.nodes, gpn = s.gpus / s.nodes;
         for (int l = 0; l < layers; ++l) {
           std::vector<double> node(s.nodes, 0.0);
@@ -108,15 +108,15 @@ int main(int argc, char** argv) {
       for (int l = 0; l < layers; ++l) {
         double total = 0;
         for (double w : load[l]) total += w;
-        eplb_imb.push_back(moex::balance::Imbalance(ge[l]));
-        moex_imb.push_back(moex::balance::Imbalance(gm[l]));
+        eplb_imb.push_back(moex::placement::Imbalance(ge[l]));
+        moex_imb.push_back(moex::placement::Imbalance(gm[l]));
         bound_imb.push_back(bound[l] * static_cast<double>(s.gpus) / total);
         better += moex_imb.back() < eplb_imb.back() - 1e-12;
         ++cases;
       }
-      moves_eplb.push_back(static_cast<double>(moex::balance::CountMoves(current, eplb.phy2log, s.gpus)) / layers);
-      moves_scratch.push_back(static_cast<double>(moex::balance::CountMoves(current, moex.phy2log, s.gpus)) / layers);
-      moves_aware.push_back(static_cast<double>(moex::balance::CountMoves(current, aware.phy2log, s.gpus)) / layers);
+      moves_eplb.push_back(static_cast<double>(moex::placement::CountMoves(current, eplb.phy2log, s.gpus)) / layers);
+      moves_scratch.push_back(static_cast<double>(moex::placement::CountMoves(current, moex.phy2log, s.gpus)) / layers);
+      moves_aware.push_back(static_cast<double>(moex::placement::CountMoves(current, aware.phy2log, s.gpus)) / layers);
     }
     std::printf("| %s | %.4f, %.4f | %.4f, %.4f | %.4f | %d of %d | %.1f | %.1f | %.1f | %.2f / %.2f |\n", s.name,
                 Mean(eplb_imb), Max(eplb_imb), Mean(moex_imb), Max(moex_imb), Mean(bound_imb), better, cases,

@@ -11,7 +11,7 @@
 # tests/layering additionally scans every source file's #include lines.
 
 set(MOEX_LAYER_ORDER
-  core model plan kernels transport ep balance bench control launcher cli
+  core model plan placement kernels transport ep balance bench control launcher cli
   CACHE INTERNAL "moex layers, lowest first")
 
 function(_moex_layer_index layer out_var)
@@ -59,4 +59,7 @@ function(moex_add_layer layer)
     target_link_libraries(${target} PUBLIC ${ARG_LIBS})
   endif()
   set_property(GLOBAL APPEND PROPERTY MOEX_LAYER_TARGETS ${target})
+  # Where the layer's files live, for tests/layering's scan of #include lines.
+  file(RELATIVE_PATH layer_dir "${PROJECT_SOURCE_DIR}" "${CMAKE_CURRENT_SOURCE_DIR}")
+  set_property(GLOBAL APPEND PROPERTY MOEX_LAYER_DIRS "${layer_dir}:${layer}")
 endfunction()

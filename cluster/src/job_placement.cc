@@ -6,27 +6,19 @@
 #include <optional>
 
 #include "absl/strings/str_format.h"
-#include "moex/balance/eplb.h"
-#include "moex/balance/moex_policy.h"
 #include "moex/control/job_manager.h"
+#include "moex/control/placement_proto.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/ep/moe_weights.h"
-#include "moex/ep/placement.h"
 #include "moex/model/model_loader.h"
+#include "moex/placement/eplb.h"
+#include "moex/placement/moex_policy.h"
+#include "moex/placement/placement.h"
 
 namespace moex::control {
 
 using moex::v1::Job;
-
-namespace {
-
-absl::StatusOr<ep::Placement> ToPlacement(const moex::v1::Placement& p) {
-  return ep::Placement::FromSlots(p.num_experts(), {p.slot_expert().begin(), p.slot_expert().end()},
-                                  {p.slots_per_rank().begin(), p.slots_per_rank().end()});
-}
-
-}  // namespace
 
 absl::Status JobManager::EnsurePlacement(Entry& entry) {
   if (entry.job.placement().version() > 0) return absl::OkStatus();
@@ -36,13 +28,9 @@ absl::Status JobManager::EnsurePlacement(Entry& entry) {
   std::optional<int64_t> layer;
   if (spec.has_layer()) layer = spec.layer();
   MOEX_ASSIGN_OR_RETURN(ep::MoeLayerSpec layer_spec, ep::MoeLayerSpec::FromArch(arch, layer));
-  MOEX_ASSIGN_OR_RETURN(ep::Placement placement,
-                        ep::Placement::Contiguous(layer_spec.num_experts, World(entry.job), spec.redundant_experts()));
-  moex::v1::Placement* out = entry.job.mutable_placement();
-  out->set_version(1);
-  out->set_num_experts(placement.num_experts());
-  for (int64_t s = 0; s < placement.num_slots(); ++s) out->add_slot_expert(placement.slot_expert(s));
-  for (int r = 0; r < placement.world_size(); ++r) out->add_slots_per_rank(placement.num_local_slots(r));
+  MOEX_ASSIGN_OR_RETURN(placement::Placement initial,
+                        placement::Placement::Contiguous(layer_spec.num_experts, World(entry.job), spec.redundant_experts()));
+  *entry.job.mutable_placement() = ToProto(initial);
   return absl::OkStatus();
 }
 
@@ -66,41 +54,40 @@ absl::StatusOr<moex::v1::Placement> JobManager::Publish(Entry& entry, const std:
                                                 " is still migrating (the ranks serve version ",
                                                 job.metrics().placement_version(), ")"));
   }
-  MOEX_ASSIGN_OR_RETURN(ep::Placement current, ToPlacement(job.placement()));
+  MOEX_ASSIGN_OR_RETURN(placement::Placement current, FromProto(job.placement()));
   const int world = current.world_size();
   if (current.num_slots() % world != 0) {
     return absl::FailedPreconditionError(StrCat("job ", job.id(), ": rebalancing needs the expert slots (",
                                                 current.num_slots(), ") to divide evenly over its ", world, " ranks"));
   }
-  balance::PlanInput input;
+  placement::PlanInput input;
   input.load = {entry.load->window_load()};
   input.num_replicas = current.num_slots();
   input.num_gpus = world;
-  input.current = {{job.placement().slot_expert().begin(), job.placement().slot_expert().end()}};
-  MOEX_ASSIGN_OR_RETURN(balance::EplbPlacement plan, balance::PlanPlacement(policy, input));
-  MOEX_ASSIGN_OR_RETURN(ep::Placement next, ep::Placement::FromSlots(current.num_experts(), plan.phy2log[0],
-                                                                     std::vector<int64_t>(world, current.num_slots() / world)));
+  input.current = {current.slot_experts()};
+  MOEX_ASSIGN_OR_RETURN(placement::EplbPlacement plan, placement::PlanPlacement(policy, input));
+  MOEX_ASSIGN_OR_RETURN(placement::Placement next,
+                        placement::Placement::FromSlots(current.num_experts(), plan.phy2log[0],
+                                                        std::vector<int64_t>(world, current.num_slots() / world),
+                                                        current.version() + 1));
   moex::v1::RebalanceRecord* record = job.add_rebalances();
-  record->set_version(job.placement().version() + 1);
+  record->set_version(next.version());
   record->set_decided_at_step(entry.load->steps());
   record->set_policy(policy);
   record->set_reason(reason);
-  record->set_imbalance_before(balance::Imbalance(balance::RankLoads(current, entry.load->window_load())));
-  record->set_imbalance_after(balance::Imbalance(balance::RankLoads(next, entry.load->window_load())));
-  record->set_experts_moved(balance::CountMoves(input.current, plan.phy2log, world));
-  moex::v1::Placement* published = job.mutable_placement();
-  published->set_version(record->version());
-  published->clear_slot_expert();
-  for (int64_t e : plan.phy2log[0]) published->add_slot_expert(e);
+  record->set_imbalance_before(placement::Imbalance(placement::RankLoads(current, entry.load->window_load())));
+  record->set_imbalance_after(placement::Imbalance(placement::RankLoads(next, entry.load->window_load())));
+  record->set_experts_moved(placement::CountMoves(input.current, plan.phy2log, world));
+  *job.mutable_placement() = ToProto(next);
   entry.last_publish_step = entry.load->steps();
   Persist(entry);
-  return *published;
+  return job.placement();
 }
 
 absl::Status JobManager::PublishForWorld(Entry& entry, int world, const std::string& reason) {
   Job& job = entry.job;
   MOEX_RETURN_IF_ERROR(EnsurePlacement(entry));
-  MOEX_ASSIGN_OR_RETURN(ep::Placement current, ToPlacement(job.placement()));
+  MOEX_ASSIGN_OR_RETURN(placement::Placement current, FromProto(job.placement()));
   const int64_t experts = current.num_experts();
   int64_t per_rank = 0;
   for (int r = 0; r < current.world_size(); ++r) per_rank = std::max(per_rank, current.num_local_slots(r));
@@ -112,20 +99,20 @@ absl::Status JobManager::PublishForWorld(Entry& entry, int world, const std::str
   }
   // Every logical expert stays held; the redundant replicas go first.
   const int64_t slots = std::min<int64_t>(capacity, current.num_slots());
-  std::optional<ep::Placement> next;
+  std::optional<placement::Placement> next;
   if (entry.load && entry.load->window_steps() > 0 && slots % world == 0) {
-    balance::PlanInput input;
+    placement::PlanInput input;
     input.load = {entry.load->window_load()};
     input.num_replicas = slots;
     input.num_gpus = world;
-    absl::StatusOr<balance::EplbPlacement> plan = balance::PlanPlacement(job.spec().rebalance().policy(), input);
+    absl::StatusOr<placement::EplbPlacement> plan = placement::PlanPlacement(job.spec().rebalance().policy(), input);
     if (plan.ok()) {
-      MOEX_ASSIGN_OR_RETURN(next, ep::Placement::FromSlots(experts, plan->phy2log[0],
-                                                           std::vector<int64_t>(world, slots / world)));
+      MOEX_ASSIGN_OR_RETURN(next, placement::Placement::FromSlots(experts, plan->phy2log[0],
+                                                                  std::vector<int64_t>(world, slots / world)));
     }
   }
   if (!next) {
-    MOEX_ASSIGN_OR_RETURN(next, ep::Placement::Contiguous(experts, world, slots - experts));
+    MOEX_ASSIGN_OR_RETURN(next, placement::Placement::Contiguous(experts, world, slots - experts));
   }
   moex::v1::RebalanceRecord* record = job.add_rebalances();
   record->set_version(job.placement().version() + 1);
@@ -133,15 +120,10 @@ absl::Status JobManager::PublishForWorld(Entry& entry, int world, const std::str
   record->set_policy(entry.load && entry.load->window_steps() > 0 ? job.spec().rebalance().policy() : "contiguous");
   record->set_reason(reason);
   if (entry.load && entry.load->window_steps() > 0) {
-    record->set_imbalance_before(balance::Imbalance(balance::RankLoads(current, entry.load->window_load())));
-    record->set_imbalance_after(balance::Imbalance(balance::RankLoads(*next, entry.load->window_load())));
+    record->set_imbalance_before(placement::Imbalance(placement::RankLoads(current, entry.load->window_load())));
+    record->set_imbalance_after(placement::Imbalance(placement::RankLoads(*next, entry.load->window_load())));
   }
-  moex::v1::Placement* published = job.mutable_placement();
-  published->set_version(record->version());
-  published->clear_slot_expert();
-  published->clear_slots_per_rank();
-  for (int64_t s = 0; s < next->num_slots(); ++s) published->add_slot_expert(next->slot_expert(s));
-  for (int r = 0; r < world; ++r) published->add_slots_per_rank(next->num_local_slots(r));
+  *job.mutable_placement() = ToProto(next->WithVersion(record->version()));
   // The new ranks start on it: the old window described other ranks.
   if (entry.load) entry.load->ClearWindow();
   entry.last_publish_step.reset();
@@ -188,9 +170,9 @@ void JobManager::RecordLoad(Entry& entry, const moex::v1::ReportStepRequest& r) 
   stats->clear_ema_tokens_per_expert();
   for (double v : entry.load->ema()) stats->add_ema_tokens_per_expert(v);
   if (EnsurePlacement(entry).ok()) {
-    absl::StatusOr<ep::Placement> placement = ToPlacement(job.placement());
-    if (placement.ok() && placement->num_experts() == r.tokens_per_expert_size()) {
-      stats->set_window_imbalance(balance::Imbalance(balance::RankLoads(*placement, entry.load->window_load())));
+    absl::StatusOr<placement::Placement> serving = FromProto(job.placement());
+    if (serving.ok() && serving->num_experts() == r.tokens_per_expert_size()) {
+      stats->set_window_imbalance(placement::Imbalance(placement::RankLoads(*serving, entry.load->window_load())));
     }
   }
 }

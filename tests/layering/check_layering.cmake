@@ -1,11 +1,12 @@
-# cmake -DMOEX_SOURCE_DIR=... -DMOEX_LAYER_ORDER="core;model;..." -P check_layering.cmake
+# cmake -DMOEX_SOURCE_DIR=... -DMOEX_LAYER_ORDER="core;model;..."
+#       -DMOEX_LAYER_DIRS="runtime/core:core;..." -P check_layering.cmake
 #
-# A file belongs to the layer whose include/moex/<layer> or whose target folder
+# A file belongs to the layer whose folder (as moex_add_layer() recorded it)
 # holds it; it may include moex/<other>/ only when <other> is not above it.
-set(layer_dirs
-  "runtime/core:core" "runtime/model:model" "runtime/plan:plan" "kernels:kernels"
-  "runtime/transport:transport" "runtime/ep:ep" "runtime/balance:balance" "runtime/bench:bench"
-  "cluster:control" "launcher/worker:launcher" "launcher/cli:cli")
+set(layer_dirs ${MOEX_LAYER_DIRS})
+if(NOT layer_dirs)
+  message(FATAL_ERROR "check_layering: MOEX_LAYER_DIRS is empty")
+endif()
 file(GLOB_RECURSE sources
   "${MOEX_SOURCE_DIR}/runtime/*.h" "${MOEX_SOURCE_DIR}/runtime/*.cc"
   "${MOEX_SOURCE_DIR}/kernels/*.h" "${MOEX_SOURCE_DIR}/kernels/*.cc" "${MOEX_SOURCE_DIR}/kernels/*.cu"

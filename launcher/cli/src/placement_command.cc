@@ -3,8 +3,8 @@
 #include <optional>
 
 #include "absl/strings/str_format.h"
-#include "moex/balance/moex_policy.h"
-#include "moex/balance/placement_file.h"
+#include "moex/placement/moex_policy.h"
+#include "moex/placement/placement_file.h"
 #include "moex/core/str_cat.h"
 #include "moex/model/config_view.h"
 #include "nlohmann/json.hpp"
@@ -29,7 +29,7 @@ CLI::App* AddPlacementCommand(CLI::App& app, PlacementFlags& f) {
 
 namespace {
 
-absl::StatusOr<balance::Matrix> ReadLoad(const std::string& path) {
+absl::StatusOr<placement::Matrix> ReadLoad(const std::string& path) {
   absl::StatusOr<nlohmann::json> json = model::ReadJsonFile(path);
   if (!json.ok()) return json.status();
   if (!json->is_object() || !json->contains("load")) {
@@ -39,7 +39,7 @@ absl::StatusOr<balance::Matrix> ReadLoad(const std::string& path) {
   if (!rows.is_array() || rows.empty()) {
     return absl::InvalidArgumentError(StrCat(path, ": field 'load' must be a non-empty list of rows"));
   }
-  balance::Matrix load;
+  placement::Matrix load;
   for (size_t l = 0; l < rows.size(); ++l) {
     if (!rows[l].is_array()) return absl::InvalidArgumentError(StrCat(path, ": load row ", l, " is not a list"));
     load.emplace_back();
@@ -54,10 +54,10 @@ absl::StatusOr<balance::Matrix> ReadLoad(const std::string& path) {
 }
 
 // The current placement: this command's --json output (per layer phy2log).
-absl::StatusOr<balance::IndexMatrix> ReadCurrent(const std::string& path) {
+absl::StatusOr<placement::IndexMatrix> ReadCurrent(const std::string& path) {
   absl::StatusOr<nlohmann::json> json = model::ReadJsonFile(path);
   if (!json.ok()) return json.status();
-  return balance::ParsePlacementFile(*json, path);
+  return placement::ParsePlacementFile(*json, path);
 }
 
 }  // namespace
@@ -67,21 +67,21 @@ int RunPlacement(const PlacementFlags& f, std::ostream& out, std::ostream& err) 
     err << "moex placement plan: error: " << status.message() << "\n";
     return 1;
   };
-  balance::PlanInput input;
+  placement::PlanInput input;
   input.num_replicas = f.replicas, input.num_groups = f.groups, input.num_nodes = f.nodes, input.num_gpus = f.gpus;
-  absl::StatusOr<balance::Matrix> load = ReadLoad(f.load);
+  absl::StatusOr<placement::Matrix> load = ReadLoad(f.load);
   if (!load.ok()) return fail(load.status());
   input.load = std::move(*load);
   if (!f.current.empty()) {
-    absl::StatusOr<balance::IndexMatrix> current = ReadCurrent(f.current);
+    absl::StatusOr<placement::IndexMatrix> current = ReadCurrent(f.current);
     if (!current.ok()) return fail(current.status());
     input.current = std::move(*current);
   }
-  absl::StatusOr<balance::EplbPlacement> placement = balance::PlanPlacement(f.policy, input);
+  absl::StatusOr<placement::EplbPlacement> placement = placement::PlanPlacement(f.policy, input);
   if (!placement.ok()) return fail(placement.status());
   std::optional<int64_t> moves;
-  if (!input.current.empty()) moves = balance::CountMoves(input.current, placement->phy2log, f.gpus);
-  balance::Matrix gpu_loads = balance::GpuLoads(input.load, *placement, f.gpus);
+  if (!input.current.empty()) moves = placement::CountMoves(input.current, placement->phy2log, f.gpus);
+  placement::Matrix gpu_loads = placement::GpuLoads(input.load, *placement, f.gpus);
   nlohmann::json j;
   j["policy"] = f.policy;
   j["replicas"] = f.replicas;
@@ -94,7 +94,7 @@ int RunPlacement(const PlacementFlags& f, std::ostream& out, std::ostream& err) 
                            {"log2phy", placement->log2phy[l]},
                            {"logcnt", placement->logcnt[l]},
                            {"gpu_load", gpu_loads[l]},
-                           {"imbalance", balance::Imbalance(gpu_loads[l])}});
+                           {"imbalance", placement::Imbalance(gpu_loads[l])}});
   }
   if (moves) j["experts_moved"] = *moves;
   if (f.json) {
@@ -103,7 +103,7 @@ int RunPlacement(const PlacementFlags& f, std::ostream& out, std::ostream& err) 
   }
   for (size_t l = 0; l < input.load.size(); ++l) {
     out << absl::StrFormat("layer %d: imbalance (max/mean GPU load) %.3f; slots GPU by GPU:", l,
-                           balance::Imbalance(gpu_loads[l]));
+                           placement::Imbalance(gpu_loads[l]));
     const size_t per_gpu = placement->phy2log[l].size() / static_cast<size_t>(f.gpus);
     for (size_t s = 0; s < placement->phy2log[l].size(); ++s) {
       out << (s % per_gpu == 0 ? " |" : "") << " " << placement->phy2log[l][s];

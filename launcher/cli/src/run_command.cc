@@ -236,17 +236,14 @@ class Runner {
   // the contiguous one.
   absl::StatusOr<ep::Placement> MakePlacement() {
     if (session_ == nullptr) return ep::Placement::Contiguous(spec_.num_experts, world_, flags_.redundant_experts);
-    MOEX_ASSIGN_OR_RETURN(moex::v1::Placement published, session_->FetchPlacement());
-    if (published.num_experts() != spec_.num_experts ||
-        published.slots_per_rank_size() != world_) {
+    MOEX_ASSIGN_OR_RETURN(ep::Placement published, session_->FetchPlacement());
+    if (published.num_experts() != spec_.num_experts || published.world_size() != world_) {
       return absl::FailedPreconditionError(StrCat("the controller's placement (version ", published.version(), ") is for ",
-                                                  published.num_experts(), " experts on ", published.slots_per_rank_size(),
+                                                  published.num_experts(), " experts on ", published.world_size(),
                                                   " ranks; this job has ", spec_.num_experts, " on ", world_));
     }
-    start_version_ = std::max<int64_t>(1, published.version());
-    return ep::Placement::FromSlots(published.num_experts(),
-                                    {published.slot_expert().begin(), published.slot_expert().end()},
-                                    {published.slots_per_rank().begin(), published.slots_per_rank().end()});
+    start_version_ = published.version();
+    return published;
   }
 
   Deadline NextDeadline() const { return Deadline::InSeconds(flags_.timeout_seconds); }
@@ -436,18 +433,15 @@ class Runner {
 
   // Rank 0 of a controller job: the controller's placement when it is newer
   // than the one serving.
-  std::optional<balance::PublishedPlacement> PublishedPlacement() {
+  std::optional<ep::Placement> PublishedPlacement() {
     if (session_ == nullptr || rank_ != 0 || session_->placement_version() <= rebalancer_->version()) return std::nullopt;
-    absl::StatusOr<moex::v1::Placement> fetched = session_->FetchPlacement();
+    absl::StatusOr<ep::Placement> fetched = session_->FetchPlacement();
     if (!fetched.ok()) {
       std::cerr << "moex worker: rank 0: cannot fetch placement version " << session_->placement_version() << ": "
                 << fetched.status().message() << "\n";
       return std::nullopt;
     }
-    return balance::PublishedPlacement{
-        .version = fetched->version(),
-        .slot_expert = {fetched->slot_expert().begin(), fetched->slot_expert().end()},
-        .slots_per_rank = {fetched->slots_per_rank().begin(), fetched->slots_per_rank().end()}};
+    return std::move(*fetched);
   }
 
   // Rank 0 says when a placement change starts and when it goes live (also

@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "moex/control/credentials.h"
+#include "moex/control/placement_proto.h"
 #include "moex/core/str_cat.h"
 
 namespace moex::launcher {
@@ -105,7 +106,7 @@ void WorkerSession::HeartbeatLoop() {
   }
 }
 
-absl::StatusOr<moex::v1::Placement> WorkerSession::FetchPlacement() {
+absl::StatusOr<placement::Placement> WorkerSession::FetchPlacement() {
   moex::v1::GetPlacementRequest request;
   request.set_job_id(job_id_);
   moex::v1::Placement placement;
@@ -116,7 +117,12 @@ absl::StatusOr<moex::v1::Placement> WorkerSession::FetchPlacement() {
     return absl::UnavailableError(StrCat("rank ", rank_, " cannot fetch the placement of job ", job_id_, ": ",
                                          status.error_message()));
   }
-  return placement;
+  absl::StatusOr<placement::Placement> made = control::FromProto(placement);
+  if (!made.ok()) {
+    return absl::DataLossError(StrCat("rank ", rank_, ": the controller's placement of job ", job_id_, " is unusable: ",
+                                      made.status().message()));
+  }
+  return made;
 }
 
 absl::Status WorkerSession::ReportStep(int64_t step, const moex::v1::JobMetrics& metrics,

@@ -3,25 +3,19 @@
 #include <algorithm>
 
 #include "absl/strings/str_format.h"
-#include "moex/balance/moex_policy.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
+#include "moex/placement/moex_policy.h"
 
 namespace moex::balance {
 namespace {
 
 enum Reason : int64_t { kNone = 0, kThreshold = 1, kRequested = 2, kController = 3 };
 
-std::vector<int64_t> SlotExperts(const ep::Placement& p) {
-  std::vector<int64_t> out(p.num_slots());
-  for (int64_t s = 0; s < p.num_slots(); ++s) out[s] = p.slot_expert(s);
-  return out;
-}
-
 }  // namespace
 
 absl::StatusOr<LiveRebalancer> LiveRebalancer::Create(RebalanceOptions options, const ep::MoeLayer& layer, int world) {
-  const ep::Placement& p = layer.placement();
+  const placement::Placement& p = layer.placement();
   if (p.num_slots() % world != 0) {
     return absl::InvalidArgumentError(StrCat("rebalancing needs the expert slots to divide evenly over the ranks: ",
                                              p.num_experts(), " experts + ", p.num_slots() - p.num_experts(),
@@ -40,22 +34,22 @@ absl::StatusOr<LiveRebalancer> LiveRebalancer::Create(RebalanceOptions options, 
   return made;
 }
 
-double LiveRebalancer::WindowImbalance(const ep::Placement& placement) const {
+double LiveRebalancer::WindowImbalance(const placement::Placement& placement) const {
   if (tracker_.window_steps() == 0) return 1.0;
-  return Imbalance(RankLoads(placement, tracker_.window_load()));
+  return placement::Imbalance(placement::RankLoads(placement, tracker_.window_load()));
 }
 
-absl::StatusOr<std::optional<PublishedPlacement>> LiveRebalancer::Decide(
-    const ep::MoeLayer& layer, int64_t step, const std::optional<PublishedPlacement>& published, std::string* reason,
-    int world) {
-  const ep::Placement& now = layer.placement();
-  if (published && published->version > version_) {
-    if (static_cast<int64_t>(published->slot_expert.size()) != now.num_slots() ||
-        static_cast<int>(published->slots_per_rank.size()) != world) {
-      return absl::InvalidArgumentError(StrCat("the controller's placement version ", published->version, " has ",
-                                               published->slot_expert.size(), " slots on ",
-                                               published->slots_per_rank.size(), " ranks; the job runs ",
-                                               now.num_slots(), " on ", world));
+absl::StatusOr<std::optional<placement::Placement>> LiveRebalancer::Decide(
+    const ep::MoeLayer& layer, int64_t step, const std::optional<placement::Placement>& published,
+    std::string* reason, int world) {
+  const placement::Placement& now = layer.placement();
+  if (published && published->version() > version_) {
+    if (published->num_slots() != now.num_slots() || published->world_size() != world ||
+        published->num_experts() != now.num_experts()) {
+      return absl::InvalidArgumentError(StrCat("the controller's placement version ", published->version(), " has ",
+                                               published->num_slots(), " slots of ", published->num_experts(),
+                                               " experts on ", published->world_size(), " ranks; the job runs ",
+                                               now.num_slots(), " of ", now.num_experts(), " on ", world));
     }
     *reason = "published by the controller";
     return published;
@@ -66,49 +60,54 @@ absl::StatusOr<std::optional<PublishedPlacement>> LiveRebalancer::Decide(
              step - last_change_step_ >= options_.interval && WindowImbalance(now) > options_.threshold) {
     *reason = absl::StrFormat("window imbalance %.3f > threshold %.3f", WindowImbalance(now), options_.threshold);
   } else {
-    return std::optional<PublishedPlacement>();
+    return std::optional<placement::Placement>();
   }
-  PlanInput input;
+  placement::PlanInput input;
   input.load = {tracker_.window_steps() > 0 ? tracker_.window_load() : tracker_.ema()};
   input.num_replicas = now.num_slots();
   input.num_gpus = world;
-  input.current = {SlotExperts(now)};
-  MOEX_ASSIGN_OR_RETURN(EplbPlacement plan, PlanPlacement(options_.policy, input));
-  return PublishedPlacement{.version = version_ + 1, .slot_expert = plan.phy2log[0],
-                            .slots_per_rank = std::vector<int64_t>(world, now.num_slots() / world)};
+  input.current = {now.slot_experts()};
+  MOEX_ASSIGN_OR_RETURN(placement::EplbPlacement plan, placement::PlanPlacement(options_.policy, input));
+  MOEX_ASSIGN_OR_RETURN(placement::Placement planned,
+                        placement::Placement::FromSlots(now.num_experts(), plan.phy2log[0],
+                                                        std::vector<int64_t>(world, now.num_slots() / world),
+                                                        version_ + 1));
+  return std::optional<placement::Placement>(std::move(planned));
 }
 
 absl::Status LiveRebalancer::BeginStep(transport::Transport& t, ep::MoeLayer& layer, int64_t step,
-                                       const std::optional<PublishedPlacement>& published, Deadline deadline) {
+                                       const std::optional<placement::Placement>& published, Deadline deadline) {
   if (migration_) return absl::OkStatus();  // every rank knows: no new decision mid-migration
   const int world = t.world_size();
   const int64_t slots = layer.placement().num_slots();
   // The leader's decision: {version, reason}, then the placement itself.
   std::vector<int64_t> header(2, 0);
   std::string reason;
-  std::optional<PublishedPlacement> next;
+  std::optional<placement::Placement> next;
   if (t.rank() == 0) {
-    absl::StatusOr<std::optional<PublishedPlacement>> decided = Decide(layer, step, published, &reason, world);
+    absl::StatusOr<std::optional<placement::Placement>> decided = Decide(layer, step, published, &reason, world);
     if (decided.ok()) {
       next = std::move(*decided);
     } else {
       // A placement the job cannot take does not end the job: it keeps serving.
       reason = StrCat("ignored: ", decided.status().message());
     }
-    if (next) header = {next->version, published && next->version == published->version ? kController : kThreshold};
+    if (next) {
+      header = {next->version(), published && next->version() == published->version() ? kController : kThreshold};
+    }
   }
   MOEX_RETURN_IF_ERROR(t.AllReduceSum(std::span<int64_t>(header), deadline));
   if (header[0] == 0) return absl::OkStatus();
   std::vector<int64_t> body(world + slots, 0);
   if (t.rank() == 0) {
-    std::copy(next->slots_per_rank.begin(), next->slots_per_rank.end(), body.begin());
-    std::copy(next->slot_expert.begin(), next->slot_expert.end(), body.begin() + world);
+    std::copy(next->slots_per_rank().begin(), next->slots_per_rank().end(), body.begin());
+    std::copy(next->slot_experts().begin(), next->slot_experts().end(), body.begin() + world);
   }
   MOEX_RETURN_IF_ERROR(t.AllReduceSum(std::span<int64_t>(body), deadline));
-  MOEX_ASSIGN_OR_RETURN(ep::Placement placement,
-                        ep::Placement::FromSlots(layer.placement().num_experts(),
+  MOEX_ASSIGN_OR_RETURN(placement::Placement planned,
+                        placement::Placement::FromSlots(layer.placement().num_experts(),
                                                  std::vector<int64_t>(body.begin() + world, body.end()),
-                                                 std::vector<int64_t>(body.begin(), body.begin() + world)));
+                                                 std::vector<int64_t>(body.begin(), body.begin() + world), header[0]));
   const ep::MoeLayerSpec& spec = layer.spec();
   const int64_t expert_bytes = 3 * spec.expert_width * spec.hidden * static_cast<int64_t>(sizeof(float));
   RebalanceEvent event{.version = header[0],
@@ -117,9 +116,9 @@ absl::Status LiveRebalancer::BeginStep(transport::Transport& t, ep::MoeLayer& la
                                                           : "planned by rank 0",
                        .decided_step = step,
                        .imbalance_before = WindowImbalance(layer.placement()),
-                       .imbalance_after = WindowImbalance(placement)};
+                       .imbalance_after = WindowImbalance(planned)};
   MOEX_ASSIGN_OR_RETURN(Migration migration,
-                        Migration::Plan(layer.placement(), std::move(placement), header[0], expert_bytes,
+                        Migration::Plan(layer.placement(), std::move(planned), header[0], expert_bytes,
                                         options_.chunk_bytes));
   event.experts_moved = static_cast<int64_t>(migration.transfers().size());
   event.chunks = migration.num_chunks();
@@ -150,7 +149,7 @@ absl::Status LiveRebalancer::EndStep(transport::Transport& t, ep::MoeLayer& laye
   if (!migration_->done()) return absl::OkStatus();
 
   // The last chunk landed: every rank confirms it holds all it will serve.
-  const ep::Placement& next = migration_->next();
+  const placement::Placement& next = migration_->next();
   std::map<int64_t, ep::ExpertWeights> received = migration_->TakeReceived();
   double ready = 1;
   for (int64_t s = 0; s < next.num_local_slots(t.rank()); ++s) {

@@ -9,7 +9,7 @@
 
 namespace moex::balance {
 
-absl::StatusOr<Migration> Migration::Plan(const ep::Placement& from, ep::Placement to, int64_t version,
+absl::StatusOr<Migration> Migration::Plan(const placement::Placement& from, placement::Placement to, int64_t version,
                                           int64_t expert_bytes, int64_t chunk_bytes) {
   if (from.num_experts() != to.num_experts() || from.world_size() != to.world_size()) {
     return absl::InvalidArgumentError(StrCat("placement version ", version, " is for ", to.num_experts(), " experts on ",
@@ -18,7 +18,7 @@ absl::StatusOr<Migration> Migration::Plan(const ep::Placement& from, ep::Placeme
   }
   Migration m(std::move(to), version);
   m.expert_bytes_ = expert_bytes;
-  const ep::Placement& next = m.next_;
+  const placement::Placement& next = m.next_;
   for (int rank = 0; rank < next.world_size(); ++rank) {
     std::set<int64_t> held, needed;
     for (int64_t s = 0; s < from.num_local_slots(rank); ++s) held.insert(from.slot_expert(from.first_slot(rank) + s));

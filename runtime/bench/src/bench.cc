@@ -11,13 +11,13 @@
 #include <optional>
 #include <random>
 
-#include "moex/balance/moex_policy.h"
+#include "moex/placement/moex_policy.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/ep/dispatch.h"
 #include "moex/ep/moe_layer.h"
 #include "moex/ep/moe_weights.h"
-#include "moex/ep/placement.h"
+#include "moex/placement/placement.h"
 
 namespace moex::bench {
 namespace {
@@ -102,7 +102,7 @@ std::vector<double> Column(const std::vector<double>& table, size_t figures, siz
 std::vector<int32_t> SkewedRouting(int64_t tokens, int64_t experts, int64_t top_k, double skew, uint64_t seed,
                                    int rank) {
   std::vector<double> popularity(static_cast<size_t>(experts), 1.0);
-  if (skew > 0) popularity = balance::ZipfLoad(1, experts, skew, seed, 1.0)[0];
+  if (skew > 0) popularity = placement::ZipfLoad(1, experts, skew, seed, 1.0)[0];
   std::mt19937_64 rng(seed * 1000003 + static_cast<uint64_t>(rank));
   std::uniform_real_distribution<double> uniform(1e-12, 1.0);
   std::vector<int32_t> topk(static_cast<size_t>(tokens * top_k));

@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "moex/balance/load_stats.h"
+#include "moex/placement/load_stats.h"
 #include "moex/control/job_store.h"
 #include "moex/control/spec_validation.h"
 #include "moex/v1/cluster.pb.h"
@@ -126,7 +126,7 @@ class JobManager {
     bool kill_sent = false;
     // Load the job's rank 0 reports, and the step of the last placement
     // change (published).
-    std::optional<balance::LoadTracker> load;
+    std::optional<placement::LoadTracker> load;
     std::optional<int64_t> last_publish_step;
     // Adopted from an earlier controller: its mpirun is not our child.
     bool adopted = false;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "moex/placement/placement.h"
 #include "moex/v1/cluster.grpc.pb.h"
 #include "moex/v1/job.pb.h"
 #include "moex/v1/placement.grpc.pb.h"
@@ -42,7 +43,7 @@ class WorkerSession {
                           const std::vector<int64_t>& tokens_per_expert = {}, bool final = false,
                           const std::vector<moex::v1::BenchPointResult>& bench = {});
   // The job's placement from the controller.
-  absl::StatusOr<moex::v1::Placement> FetchPlacement();
+  absl::StatusOr<placement::Placement> FetchPlacement();
   // The newest placement version the controller has published (from the
   // heartbeats).
   int64_t placement_version() const { return placement_version_.load(); }

@@ -19,10 +19,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "moex/balance/load_stats.h"
 #include "moex/balance/migration.h"
 #include "moex/core/deadline.h"
 #include "moex/ep/moe_layer.h"
+#include "moex/placement/load_stats.h"
+#include "moex/placement/placement.h"
 #include "moex/transport/transport.h"
 
 namespace moex::balance {
@@ -40,13 +41,6 @@ struct RebalanceOptions {
   // weight cache, so that a relaunch finds them on this host).
   std::function<void(int64_t expert, const ep::ExpertWeights& weights)> on_received;
   int64_t initial_version = 1;       // the version the layer serves at the start
-};
-
-// A placement published by the controller, known to rank 0.
-struct PublishedPlacement {
-  int64_t version = 0;
-  std::vector<int64_t> slot_expert;
-  std::vector<int64_t> slots_per_rank;
 };
 
 struct RebalanceEvent {
@@ -68,9 +62,10 @@ class LiveRebalancer {
   static absl::StatusOr<LiveRebalancer> Create(RebalanceOptions options, const ep::MoeLayer& layer, int world_size);
 
   // Collective, before step `step`'s forward pass. `published` matters on
-  // rank 0 only: a controller placement newer than the one serving.
+  // rank 0 only: a controller placement newer (by version) than the one
+  // serving.
   absl::Status BeginStep(transport::Transport& t, ep::MoeLayer& layer, int64_t step,
-                         const std::optional<PublishedPlacement>& published, Deadline deadline);
+                         const std::optional<placement::Placement>& published, Deadline deadline);
   // Collective, after step `step`: records its load (tokens per logical
   // expert, summed over ranks), runs a migration chunk, switches when done.
   absl::Status EndStep(transport::Transport& t, ep::MoeLayer& layer, int64_t step,
@@ -79,22 +74,22 @@ class LiveRebalancer {
   int64_t version() const { return version_; }
   bool migrating() const { return migration_.has_value(); }
   const Migration* migration() const { return migration_ ? &*migration_ : nullptr; }
-  const LoadTracker& load() const { return tracker_; }
+  const placement::LoadTracker& load() const { return tracker_; }
   const std::vector<RebalanceEvent>& events() const { return events_; }
   // The window's imbalance on the serving placement (1 with no load yet).
-  double WindowImbalance(const ep::Placement& placement) const;
+  double WindowImbalance(const placement::Placement& placement) const;
 
  private:
   LiveRebalancer(RebalanceOptions options, int64_t num_experts)
       : options_(std::move(options)), tracker_(num_experts, options_.window), last_change_step_(-options_.interval) {}
 
   // Rank 0: a placement to move to before `step`, if any.
-  absl::StatusOr<std::optional<PublishedPlacement>> Decide(const ep::MoeLayer& layer, int64_t step,
-                                                           const std::optional<PublishedPlacement>& published,
+  absl::StatusOr<std::optional<placement::Placement>> Decide(const ep::MoeLayer& layer, int64_t step,
+                                                             const std::optional<placement::Placement>& published,
                                                            std::string* reason, int world);
 
   RebalanceOptions options_;
-  LoadTracker tracker_;
+  placement::LoadTracker tracker_;
   int64_t version_ = 1;
   int64_t last_change_step_;  // the first may come at once
   std::optional<Migration> migration_;

@@ -19,7 +19,7 @@
 #include "absl/status/statusor.h"
 #include "moex/core/deadline.h"
 #include "moex/ep/moe_weights.h"
-#include "moex/ep/placement.h"
+#include "moex/placement/placement.h"
 #include "moex/transport/transport.h"
 
 namespace moex::balance {
@@ -41,11 +41,11 @@ class Migration {
   // `expert_bytes`: the size of one expert's weights as they travel (fp32
   // gate, up, down); `chunk_bytes`: budget of one chunk, over all ranks (a
   // chunk holds at least one transfer).
-  static absl::StatusOr<Migration> Plan(const ep::Placement& from, ep::Placement to, int64_t version,
+  static absl::StatusOr<Migration> Plan(const placement::Placement& from, placement::Placement to, int64_t version,
                                         int64_t expert_bytes, int64_t chunk_bytes);
 
   int64_t version() const { return version_; }
-  const ep::Placement& next() const { return next_; }
+  const placement::Placement& next() const { return next_; }
   const std::vector<ExpertTransfer>& transfers() const { return transfers_; }
   int64_t num_chunks() const { return static_cast<int64_t>(chunks_.size()); }
   int64_t chunks_done() const { return next_chunk_; }
@@ -61,9 +61,9 @@ class Migration {
   std::map<int64_t, ep::ExpertWeights> TakeReceived() { return std::move(received_); }
 
  private:
-  Migration(ep::Placement next, int64_t version) : next_(std::move(next)), version_(version) {}
+  Migration(placement::Placement next, int64_t version) : next_(std::move(next)), version_(version) {}
 
-  ep::Placement next_;
+  placement::Placement next_;
   int64_t version_;
   int64_t expert_bytes_ = 0;
   std::vector<ExpertTransfer> transfers_;

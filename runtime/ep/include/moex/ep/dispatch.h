@@ -35,11 +35,14 @@
 #include "absl/status/statusor.h"
 #include "moex/core/deadline.h"
 #include "moex/core/tensor.h"
-#include "moex/ep/placement.h"
+#include "moex/placement/placement.h"
 #include "moex/transport/shared_segments.h"
 #include "moex/transport/transport.h"
 
 namespace moex::ep {
+
+// The placement layer's type, by its short name in this layer.
+using Placement = ::moex::placement::Placement;
 
 struct DispatchLayout {
   int world_size = 0;

@@ -29,7 +29,7 @@
 #include "moex/core/tensor.h"
 #include "moex/ep/moe_layer.h"
 #include "moex/ep/moe_weights.h"
-#include "moex/ep/placement.h"
+#include "moex/placement/placement.h"
 #include "moex/transport/nccl_transport.h"
 #include "moex/transport/transport.h"
 

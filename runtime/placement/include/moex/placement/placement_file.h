@@ -5,12 +5,12 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
-#include "moex/balance/eplb.h"
+#include "moex/placement/eplb.h"
 #include "nlohmann/json.hpp"
 
-namespace moex::balance {
+namespace moex::placement {
 
 // Untrusted input: every problem is an error naming `source` and the field.
 absl::StatusOr<IndexMatrix> ParsePlacementFile(const nlohmann::json& j, std::string_view source);
 
-}  // namespace moex::balance
+}  // namespace moex::placement

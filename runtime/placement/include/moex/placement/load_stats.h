@@ -8,9 +8,9 @@
 #include <span>
 #include <vector>
 
-#include "moex/ep/placement.h"
+#include "moex/placement/placement.h"
 
-namespace moex::balance {
+namespace moex::placement {
 
 class LoadTracker {
  public:
@@ -38,6 +38,6 @@ class LoadTracker {
 
 // Load of each rank when `load` (per logical expert) is served by
 // `placement`: each slot carries its expert's load over its replica count.
-std::vector<double> RankLoads(const ep::Placement& placement, std::span<const double> load);
+std::vector<double> RankLoads(const Placement& placement, std::span<const double> load);
 
-}  // namespace moex::balance
+}  // namespace moex::placement

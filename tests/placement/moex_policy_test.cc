@@ -1,11 +1,11 @@
-#include "moex/balance/moex_policy.h"
+#include "moex/placement/moex_policy.h"
 
 #include <set>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
-namespace moex::balance {
+namespace moex::placement {
 namespace {
 
 struct Shape {
@@ -114,4 +114,4 @@ TEST(MoexPolicy, BadCurrentPlacementIsNamed) {
 }
 
 }  // namespace
-}  // namespace moex::balance
+}  // namespace moex::placement

@@ -24,9 +24,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "moex/balance/eplb.h"
+#include "moex/placement/eplb.h"
 
-namespace moex::balance {
+namespace moex::placement {
 
 struct PlanInput {
   Matrix load;  // [layers][logical experts]
@@ -56,9 +56,9 @@ EplbPlacement FromPhy2Log(IndexMatrix phy2log, int64_t num_logical);
 // expert split over as many replicas as a GPU can take.
 std::vector<double> LoadLowerBound(const Matrix& load, int64_t num_replicas, int64_t num_gpus);
 
-}  // namespace moex::balance
+}  // namespace moex::placement
 
-namespace moex::balance {
+namespace moex::placement {
 
 // A skewed synthetic load: `tokens` routed pairs per layer spread over the
 // experts by a Zipf law of exponent `skew`, the ranks of the experts shuffled
@@ -69,4 +69,4 @@ Matrix ZipfLoad(int64_t layers, int64_t experts, double skew, uint64_t seed, dou
 // in [1 - drift, 1 + drift].
 Matrix Drift(const Matrix& load, double drift, uint64_t seed);
 
-}  // namespace moex::balance
+}  // namespace moex::placement

@@ -1,4 +1,4 @@
-#include "moex/balance/moex_policy.h"
+#include "moex/placement/moex_policy.h"
 
 #include <algorithm>
 #include <cmath>
@@ -10,7 +10,7 @@
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 
-namespace moex::balance {
+namespace moex::placement {
 namespace {
 
 // One layer's placement while it is being improved.
@@ -339,9 +339,9 @@ std::vector<double> LoadLowerBound(const Matrix& load, int64_t num_replicas, int
   return bound;
 }
 
-}  // namespace moex::balance
+}  // namespace moex::placement
 
-namespace moex::balance {
+namespace moex::placement {
 
 Matrix ZipfLoad(int64_t layers, int64_t experts, double skew, uint64_t seed, double tokens) {
   std::mt19937_64 rng(seed);
@@ -369,4 +369,4 @@ Matrix Drift(const Matrix& load, double drift, uint64_t seed) {
   return out;
 }
 
-}  // namespace moex::balance
+}  // namespace moex::placement

@@ -1,8 +1,8 @@
-#include "moex/balance/load_stats.h"
+#include "moex/placement/load_stats.h"
 
 #include <algorithm>
 
-namespace moex::balance {
+namespace moex::placement {
 
 LoadTracker::LoadTracker(int64_t num_experts, int64_t window, double ema_alpha)
     : window_(std::max<int64_t>(1, window)), alpha_(std::clamp(ema_alpha, 1e-6, 1.0)),
@@ -27,7 +27,7 @@ void LoadTracker::ClearWindow() {
   std::fill(window_sum_.begin(), window_sum_.end(), 0.0);
 }
 
-std::vector<double> RankLoads(const ep::Placement& placement, std::span<const double> load) {
+std::vector<double> RankLoads(const Placement& placement, std::span<const double> load) {
   std::vector<double> out(placement.world_size(), 0.0);
   for (int64_t s = 0; s < placement.num_slots(); ++s) {
     const int64_t e = placement.slot_expert(s);
@@ -36,4 +36,4 @@ std::vector<double> RankLoads(const ep::Placement& placement, std::span<const do
   return out;
 }
 
-}  // namespace moex::balance
+}  // namespace moex::placement

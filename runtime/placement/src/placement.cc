@@ -1,8 +1,8 @@
-#include "moex/ep/placement.h"
+#include "moex/placement/placement.h"
 
 #include "moex/core/str_cat.h"
 
-namespace moex::ep {
+namespace moex::placement {
 
 absl::StatusOr<Placement> Placement::Contiguous(int64_t num_experts, int world_size,
                                                 int64_t num_redundant) {
@@ -28,9 +28,12 @@ absl::StatusOr<Placement> Placement::Contiguous(int64_t num_experts, int world_s
 }
 
 absl::StatusOr<Placement> Placement::FromSlots(int64_t num_experts, std::vector<int64_t> slot_expert,
-                                               std::vector<int64_t> slots_per_rank) {
+                                               std::vector<int64_t> slots_per_rank, int64_t version) {
   Placement p;
+  if (version < 1) return absl::InvalidArgumentError(StrCat("placement version ", version, " is not >= 1"));
   p.num_experts_ = num_experts;
+  p.version_ = version;
+  if (num_experts < 1) return absl::InvalidArgumentError(StrCat("placement of ", num_experts, " experts"));
   int64_t total = 0;
   for (size_t r = 0; r < slots_per_rank.size(); ++r) {
     if (slots_per_rank[r] < 1) {
@@ -62,4 +65,4 @@ absl::StatusOr<Placement> Placement::FromSlots(int64_t num_experts, std::vector<
   return p;
 }
 
-}  // namespace moex::ep
+}  // namespace moex::placement

@@ -1,4 +1,4 @@
-#include "moex/balance/eplb.h"
+#include "moex/placement/eplb.h"
 
 #include <algorithm>
 #include <numeric>
@@ -6,7 +6,7 @@
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 
-namespace moex::balance {
+namespace moex::placement {
 namespace {
 
 // Items of each row, heaviest first; equal weights keep their order.
@@ -220,4 +220,4 @@ double Imbalance(const std::vector<double>& gpu_loads) {
   return total > 0 ? most * static_cast<double>(gpu_loads.size()) / total : 1.0;
 }
 
-}  // namespace moex::balance
+}  // namespace moex::placement

@@ -1,8 +1,8 @@
-#include "moex/balance/placement_file.h"
+#include "moex/placement/placement_file.h"
 
 #include "moex/core/str_cat.h"
 
-namespace moex::balance {
+namespace moex::placement {
 
 absl::StatusOr<IndexMatrix> ParsePlacementFile(const nlohmann::json& j, std::string_view source) {
   if (!j.is_object() || !j.contains("layers") || !j.at("layers").is_array()) {
@@ -28,4 +28,4 @@ absl::StatusOr<IndexMatrix> ParsePlacementFile(const nlohmann::json& j, std::str
   return current;
 }
 
-}  // namespace moex::balance
+}  // namespace moex::placement

@@ -1,9 +1,9 @@
-#include "moex/balance/placement_file.h"
+#include "moex/placement/placement_file.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
-namespace moex::balance {
+namespace moex::placement {
 namespace {
 
 using ::testing::HasSubstr;
@@ -24,4 +24,4 @@ TEST(PlacementFileTest, ReadsLayersAndNamesEveryBadField) {
 }
 
 }  // namespace
-}  // namespace moex::balance
+}  // namespace moex::placement

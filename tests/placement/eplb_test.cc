@@ -1,11 +1,11 @@
-#include "moex/balance/eplb.h"
+#include "moex/placement/eplb.h"
 
 #include <random>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
-namespace moex::balance {
+namespace moex::placement {
 namespace {
 
 // The example published with deepseek-ai/EPLB (example.py and its README),
@@ -57,4 +57,4 @@ TEST(EplbTest, BadArgumentsAreNamed) {
 }
 
 }  // namespace
-}  // namespace moex::balance
+}  // namespace moex::placement

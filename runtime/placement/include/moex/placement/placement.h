@@ -5,6 +5,12 @@
 // several slots (redundant replicas); a token routed to it goes to exactly
 // one, chosen from the token's global index, so replicas share the load and
 // every rank makes the same choice.
+//
+// A placement carries a version: 1 for the one a job starts with, and one
+// more for each placement that replaces it (live rebalancing, the
+// controller's Rebalance). This one type is what the policies' results, the
+// controller's records (moex.v1.Placement, through cluster/placement_proto.h)
+// and the ranks all use.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +18,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace moex::ep {
+namespace moex::placement {
 
 class Placement {
  public:
@@ -23,7 +29,22 @@ class Placement {
   // Any layout: slot_expert[s] is the logical expert of slot s, and rank r
   // holds slots_per_rank[r] consecutive slots.
   static absl::StatusOr<Placement> FromSlots(int64_t num_experts, std::vector<int64_t> slot_expert,
-                                             std::vector<int64_t> slots_per_rank);
+                                             std::vector<int64_t> slots_per_rank, int64_t version = 1);
+
+  int64_t version() const { return version_; }
+  // The same slots as a later version (versions only grow).
+  Placement WithVersion(int64_t version) const {
+    Placement next = *this;
+    next.version_ = version;
+    return next;
+  }
+  // Slot s holds logical expert slot_experts()[s] (EPLB's phy2log).
+  const std::vector<int64_t>& slot_experts() const { return slot_expert_; }
+  const std::vector<int64_t>& slots_per_rank() const { return slots_per_rank_; }
+  bool SameSlots(const Placement& other) const {
+    return num_experts_ == other.num_experts_ && slot_expert_ == other.slot_expert_ &&
+           slots_per_rank_ == other.slots_per_rank_;
+  }
 
   int64_t num_experts() const { return num_experts_; }
   int64_t num_slots() const { return static_cast<int64_t>(slot_expert_.size()); }
@@ -41,6 +62,7 @@ class Placement {
 
  private:
   int64_t num_experts_ = 0;
+  int64_t version_ = 1;
   std::vector<int64_t> slot_expert_;
   std::vector<int> slot_rank_;
   std::vector<int64_t> slots_per_rank_;
@@ -48,4 +70,4 @@ class Placement {
   std::vector<std::vector<int64_t>> expert_slots_;
 };
 
-}  // namespace moex::ep
+}  // namespace moex::placement

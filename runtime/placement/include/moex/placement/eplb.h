@@ -18,7 +18,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace moex::balance {
+namespace moex::placement {
 
 using Matrix = std::vector<std::vector<double>>;      // [layers][experts]
 using IndexMatrix = std::vector<std::vector<int64_t>>;
@@ -48,4 +48,4 @@ Matrix GpuLoads(const Matrix& weight, const EplbPlacement& placement, int64_t nu
 // max / mean of one layer's GPU loads (1 when all are zero).
 double Imbalance(const std::vector<double>& gpu_loads);
 
-}  // namespace moex::balance
+}  // namespace moex::placement
