@@ -41,10 +41,12 @@ class DeviceBuffer {
   absl::Status Reserve(size_t bytes, int rank, std::string_view what) {
     bytes = std::max<size_t>(bytes, 256);
     if (bytes <= capacity_) return absl::OkStatus();
+    // Geometric growth: a run of small increases reallocates O(log n) times,
+    // not once per increase.
+    const size_t grown = std::max(bytes, capacity_ + capacity_ / 2);
     if (p_ != nullptr) cudaFree(p_);
     p_ = nullptr;
     capacity_ = 0;
-    const size_t grown = std::max(bytes, capacity_ + capacity_ / 4);
     MOEX_RETURN_IF_ERROR(Cuda(cudaMalloc(&p_, grown), rank, StrCat("cudaMalloc(", grown, " bytes) for ", what)));
     capacity_ = grown;
     return Cuda(cudaMemset(p_, 0, grown), rank, "cudaMemset");
