@@ -11,6 +11,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "moex/core/tensor.h"
 #include "moex/kernels/cuda/moe_kernels.h"
 #include "moex/kernels/router.h"
 
@@ -239,20 +240,6 @@ TEST(GroupedGemmTest, EveryExpertAgainstAPlainProduct) {
   EXPECT_EQ(automatic->last_mode(), GemmMode::kGroupedCall);
 }
 
-uint16_t ToBf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest even
-  return static_cast<uint16_t>(u >> 16);
-}
-
-float FromBf16(uint16_t b) {
-  uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 struct LayerCase {
   const char* name;
   Dtype dtype;
@@ -282,8 +269,8 @@ TEST_P(LayerTest, ChainMatchesAHostReference) {
     if (bf16) {
       std::vector<uint16_t> bits(v.size());
       for (size_t i = 0; i < v.size(); ++i) {
-        bits[i] = ToBf16(v[i]);
-        v[i] = FromBf16(bits[i]);
+        bits[i] = FloatToBf16(v[i]);
+        v[i] = Bf16ToFloat(bits[i]);
       }
       return std::make_unique<Device<uint16_t>>(bits);
     }

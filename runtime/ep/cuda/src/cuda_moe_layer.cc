@@ -10,6 +10,7 @@
 
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
+#include "moex/core/tensor.h"
 #include "moex/ep/dispatch.h"
 #include "moex/kernels/cuda/moe_kernels.h"
 
@@ -40,10 +41,12 @@ class DeviceBuffer {
   absl::Status Reserve(size_t bytes, int rank, std::string_view what) {
     bytes = std::max<size_t>(bytes, 256);
     if (bytes <= capacity_) return absl::OkStatus();
+    // Geometric growth: a run of small increases reallocates O(log n) times,
+    // not once per increase.
+    const size_t grown = std::max(bytes, capacity_ + capacity_ / 2);
     if (p_ != nullptr) cudaFree(p_);
     p_ = nullptr;
     capacity_ = 0;
-    const size_t grown = std::max(bytes, capacity_ + capacity_ / 4);
     MOEX_RETURN_IF_ERROR(Cuda(cudaMalloc(&p_, grown), rank, StrCat("cudaMalloc(", grown, " bytes) for ", what)));
     capacity_ = grown;
     return Cuda(cudaMemset(p_, 0, grown), rank, "cudaMemset");
@@ -59,14 +62,6 @@ class DeviceBuffer {
   size_t capacity_ = 0;
 };
 
-uint16_t ToBf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7f800000u) == 0x7f800000u) return static_cast<uint16_t>(u >> 16);  // inf, nan
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
 // Host fp32 rows, back to back, as one bf16 device matrix.
 absl::Status UploadBf16(const std::vector<const Tensor*>& parts, DeviceBuffer* out, int rank, std::string_view what) {
   size_t n = 0;
@@ -74,7 +69,7 @@ absl::Status UploadBf16(const std::vector<const Tensor*>& parts, DeviceBuffer* o
   std::vector<uint16_t> bits;
   bits.reserve(n);
   for (const Tensor* t : parts) {
-    for (float v : t->values) bits.push_back(ToBf16(v));
+    for (float v : t->values) bits.push_back(FloatToBf16(v));
   }
   MOEX_RETURN_IF_ERROR(out->Reserve(n * 2, rank, what));
   return Cuda(cudaMemcpy(out->get(), bits.data(), n * 2, cudaMemcpyHostToDevice), rank, StrCat("upload ", what));

@@ -18,7 +18,6 @@ class Deadline {
 
   bool Expired() const { return Clock::now() >= at_; }
   Clock::time_point at() const { return at_; }
-  double SecondsLeft() const { return std::chrono::duration<double>(at_ - Clock::now()).count(); }
 
  private:
   explicit Deadline(Clock::time_point at) : at_(at) {}
