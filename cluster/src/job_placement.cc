@@ -10,7 +10,7 @@
 #include "moex/control/placement_proto.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
-#include "moex/ep/moe_weights.h"
+#include "moex/model/moe_layer_spec.h"
 #include "moex/model/model_loader.h"
 #include "moex/placement/eplb.h"
 #include "moex/placement/moex_policy.h"
@@ -27,7 +27,7 @@ absl::Status JobManager::EnsurePlacement(Entry& entry) {
   MOEX_ASSIGN_OR_RETURN(model::ModelArch arch, model::LoadModel(spec.model()));
   std::optional<int64_t> layer;
   if (spec.has_layer()) layer = spec.layer();
-  MOEX_ASSIGN_OR_RETURN(ep::MoeLayerSpec layer_spec, ep::MoeLayerSpec::FromArch(arch, layer));
+  MOEX_ASSIGN_OR_RETURN(model::MoeLayerSpec layer_spec, model::MoeLayerSpec::FromArch(arch, layer));
   MOEX_ASSIGN_OR_RETURN(placement::Placement initial,
                         placement::Placement::Contiguous(layer_spec.num_experts, World(entry.job), spec.redundant_experts()));
   *entry.job.mutable_placement() = ToProto(initial);

@@ -3,9 +3,9 @@
 #include <cmath>
 
 #include "moex/bench/report.h"
+#include "moex/control/job_spec.h"
 #include "moex/core/str_cat.h"
-#include "moex/ep/moe_weights.h"
-#include "moex/model/model_loader.h"
+#include "moex/job/run_config.h"
 
 namespace moex::control {
 namespace {
@@ -70,78 +70,29 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
   if (spec->world_size() < 1 || spec->world_size() > limits.max_world_size) {
     return Bad("world_size", StrCat("is ", spec->world_size(), "; this controller allows 1 to ", limits.max_world_size));
   }
-  if (!spec->has_bench() && (spec->steps() < 1 || spec->steps() > 100000)) return Bad("steps", StrCat("is ", spec->steps(), "; allowed 1 to 100000"));
-  if (spec->tokens_per_rank() < 0 || spec->tokens_per_rank() > (1 << 20)) {
-    return Bad("tokens_per_rank", StrCat("is ", spec->tokens_per_rank(), "; allowed 0 to 1048576"));
-  }
-  if (spec->transport().empty()) spec->set_transport("mpi");
-  if (spec->transport() != "mpi" && spec->transport() != "ucx") {
-    return Bad("transport", StrCat("is '", spec->transport(), "'; known: mpi, ucx"));
-  }
-  if (!std::isfinite(spec->routing_skew()) || spec->routing_skew() < 0 || spec->routing_skew() > 10) {
-    return Bad("routing_skew", "must be in [0, 10]");
-  }
-  if (spec->redundant_experts() < 0 || spec->redundant_experts() > 4096) {
-    return Bad("redundant_experts", "must be in [0, 4096]");
-  }
-  if (!std::isfinite(spec->exchange_timeout_seconds()) || spec->exchange_timeout_seconds() < 0 ||
-      spec->exchange_timeout_seconds() > 3600) {
-    return Bad("exchange_timeout_seconds", "must be in [0, 3600] (0: 60)");
-  }
   if (spec->max_restarts() < 0 || spec->max_restarts() > 10) return Bad("max_restarts", "must be in [0, 10]");
   if (spec->allow_shrink() && spec->max_restarts() == 0) return Bad("allow_shrink", "needs max_restarts >= 1");
   if (spec->has_bench() && spec->max_restarts() > 0) return Bad("max_restarts", "applies to layer jobs, not bench jobs");
   if (spec->has_bench()) {
     if (spec->rebalance().threshold() != 0) return Bad("rebalance.threshold", "applies to layer jobs, not bench jobs");
+    if (spec->transport().empty()) spec->set_transport("mpi");
+    if (spec->transport() != "mpi" && spec->transport() != "ucx") {
+      return Bad("transport", StrCat("is '", spec->transport(), "'; a bench job runs over mpi or ucx"));
+    }
     return ValidateBench(spec);
   }
+  // Defaults written back, so that the ranks and `moex job status` see
+  // exactly what runs; the bounds are RunConfig's, the same as `moex run`'s.
+  const job::RunConfig defaults;
+  if (spec->transport().empty()) spec->set_transport(defaults.transport);
   moex::v1::RebalanceSpec* rebalance = spec->mutable_rebalance();
-  if (rebalance->policy().empty()) rebalance->set_policy("moex");
-  if (rebalance->policy() != "moex" && rebalance->policy() != "eplb") {
-    return Bad("rebalance.policy", StrCat("is '", rebalance->policy(), "'; known: moex, eplb"));
-  }
-  if (!std::isfinite(rebalance->threshold()) || (rebalance->threshold() != 0 && rebalance->threshold() < 1) ||
-      rebalance->threshold() > 1000) {
-    return Bad("rebalance.threshold", "must be 0 (only on request) or in [1, 1000]");
-  }
-  if (rebalance->interval() == 0) rebalance->set_interval(10);
-  if (rebalance->window() == 0) rebalance->set_window(4);
-  if (rebalance->interval() < 1 || rebalance->interval() > 100000) return Bad("rebalance.interval", "must be in [1, 100000] (0: 10)");
-  if (rebalance->window() < 1 || rebalance->window() > 10000) return Bad("rebalance.window", "must be in [1, 10000] (0: 4)");
-  if (spec->model().empty() || spec->model().size() > 4096 || spec->model().find('\0') != std::string::npos) {
-    return Bad("model", "must name a preset or a config.json path");
-  }
-  absl::StatusOr<model::ModelArch> arch = model::LoadModel(spec->model());
-  if (!arch.ok()) return Bad("model", StrCat("cannot be read: ", arch.status().message()));
-  std::optional<int64_t> layer;
-  if (spec->has_layer()) layer = spec->layer();
-  absl::StatusOr<ep::MoeLayerSpec> moe = ep::MoeLayerSpec::FromArch(*arch, layer);
-  if (!moe.ok()) return Bad(spec->has_layer() ? "layer" : "model", std::string(moe.status().message()));
-  if (moe->num_experts + spec->redundant_experts() < spec->world_size()) {
-    return Bad("world_size", StrCat("is ", spec->world_size(), " but the layer has only ",
-                                    moe->num_experts + spec->redundant_experts(),
-                                    " expert slots (experts + redundant_experts)"));
-  }
-  if (!spec->weights().empty()) {
-    if (spec->weights().size() > 4096 || spec->weights().find('\0') != std::string::npos) {
-      return Bad("weights", "must be a path of at most 4096 bytes");
-    }
-    absl::StatusOr<model::Checkpoint> checkpoint = model::Checkpoint::Open(spec->weights());
-    if (!checkpoint.ok()) return Bad("weights", StrCat("cannot be read: ", checkpoint.status().message()));
-    const std::string router = ep::WeightNamesFor(*moe).router;
-    absl::StatusOr<model::TensorInfo> info = checkpoint->Info(router);
-    if (!info.ok()) return Bad("weights", StrCat("'", spec->weights(), "' has no '", router, "': not this model's layer"));
-    const std::vector<int64_t> expected = {moe->num_experts, moe->hidden};
-    if (info->shape != expected) {
-      return Bad("weights", StrCat("'", spec->weights(), "' holds '", router, "' of shape ", ShapeString(info->shape),
-                                   ", not ", ShapeString(expected), ": not this model's layer"));
-    }
-  }
-  if (rebalance->threshold() > 0 && (moe->num_experts + spec->redundant_experts()) % spec->world_size() != 0) {
-    return Bad("rebalance.threshold", StrCat("needs the expert slots (", moe->num_experts + spec->redundant_experts(),
-                                             ") to divide evenly over world_size ", spec->world_size(),
-                                             "; change redundant_experts"));
-  }
+  if (rebalance->policy().empty()) rebalance->set_policy(defaults.rebalance.policy);
+  if (rebalance->interval() == 0) rebalance->set_interval(static_cast<int32_t>(defaults.rebalance.interval));
+  if (rebalance->window() == 0) rebalance->set_window(static_cast<int32_t>(defaults.rebalance.window));
+  if (spec->exchange_timeout_seconds() < 0) return Bad("exchange_timeout_seconds", "must be in [0, 3600] (0: 60)");
+  absl::StatusOr<model::MoeLayerSpec> layer =
+      RunConfigFromSpec(*spec).ValidateLayer(spec->world_size(), job::FieldNames::kJobSpec);
+  if (!layer.ok()) return layer.status();
   return absl::OkStatus();
 }
 

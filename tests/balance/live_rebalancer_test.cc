@@ -9,6 +9,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "moex/ep/moe_layer.h"
 #include "moex/transport/inprocess_transport.h"
 
 namespace moex::balance {
@@ -64,10 +65,10 @@ Steps RunSteps(int world, int64_t steps, RebalanceOptions options, int silent_ra
   for (int r = 0; r < world; ++r) {
     threads.emplace_back([&, r, options]() mutable {
       std::unique_ptr<transport::Transport> t = hub.Connect(r);
-      ep::Placement placement = *ep::Placement::Contiguous(spec.num_experts, world, 4);
+      placement::Placement initial = *placement::Placement::Contiguous(spec.num_experts, world, 4);
       std::vector<int64_t> mine;
-      for (int64_t s = 0; s < placement.num_local_slots(r); ++s) mine.push_back(placement.slot_expert(placement.first_slot(r) + s));
-      ep::MoeLayer layer = *ep::MoeLayer::Create(spec, placement, *ep::LoadMoeWeights(spec, nullptr, 5, mine), r);
+      for (int64_t s = 0; s < initial.num_local_slots(r); ++s) mine.push_back(initial.slot_expert(initial.first_slot(r) + s));
+      ep::MoeLayer layer = *ep::MoeLayer::Create(spec, initial, *ep::LoadMoeWeights(spec, nullptr, 5, mine), r);
       struct Silent {};
       if (r == silent_rank) options.before_chunk = [](int64_t) { throw Silent{}; };
       absl::StatusOr<LiveRebalancer> rebalancer = LiveRebalancer::Create(options, layer, world);

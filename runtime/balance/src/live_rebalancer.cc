@@ -14,7 +14,7 @@ enum Reason : int64_t { kNone = 0, kThreshold = 1, kRequested = 2, kController =
 
 }  // namespace
 
-absl::StatusOr<LiveRebalancer> LiveRebalancer::Create(RebalanceOptions options, const ep::MoeLayer& layer, int world) {
+absl::StatusOr<LiveRebalancer> LiveRebalancer::Create(RebalanceOptions options, const ep::Layer& layer, int world) {
   const placement::Placement& p = layer.placement();
   if (p.num_slots() % world != 0) {
     return absl::InvalidArgumentError(StrCat("rebalancing needs the expert slots to divide evenly over the ranks: ",
@@ -40,7 +40,7 @@ double LiveRebalancer::WindowImbalance(const placement::Placement& placement) co
 }
 
 absl::StatusOr<std::optional<placement::Placement>> LiveRebalancer::Decide(
-    const ep::MoeLayer& layer, int64_t step, const std::optional<placement::Placement>& published,
+    const ep::Layer& layer, int64_t step, const std::optional<placement::Placement>& published,
     std::string* reason, int world) {
   const placement::Placement& now = layer.placement();
   if (published && published->version() > version_) {
@@ -75,7 +75,7 @@ absl::StatusOr<std::optional<placement::Placement>> LiveRebalancer::Decide(
   return std::optional<placement::Placement>(std::move(planned));
 }
 
-absl::Status LiveRebalancer::BeginStep(transport::Transport& t, ep::MoeLayer& layer, int64_t step,
+absl::Status LiveRebalancer::BeginStep(transport::Transport& t, ep::Layer& layer, int64_t step,
                                        const std::optional<placement::Placement>& published, Deadline deadline) {
   if (migration_) return absl::OkStatus();  // every rank knows: no new decision mid-migration
   const int world = t.world_size();
@@ -109,7 +109,7 @@ absl::Status LiveRebalancer::BeginStep(transport::Transport& t, ep::MoeLayer& la
                                                  std::vector<int64_t>(body.begin() + world, body.end()),
                                                  std::vector<int64_t>(body.begin(), body.begin() + world), header[0]));
   const ep::MoeLayerSpec& spec = layer.spec();
-  const int64_t expert_bytes = 3 * spec.expert_width * spec.hidden * static_cast<int64_t>(sizeof(float));
+  const int64_t expert_bytes = ep::ExpertBytes(spec);
   RebalanceEvent event{.version = header[0],
                        .reason = header[1] == kController ? "published by the controller"
                                  : t.rank() == 0          ? reason
@@ -121,6 +121,7 @@ absl::Status LiveRebalancer::BeginStep(transport::Transport& t, ep::MoeLayer& la
                         Migration::Plan(layer.placement(), std::move(planned), header[0], expert_bytes,
                                         options_.chunk_bytes));
   event.experts_moved = static_cast<int64_t>(migration.transfers().size());
+  event.planned_bytes = migration.total_bytes();
   event.chunks = migration.num_chunks();
   events_.push_back(std::move(event));
   if (migration.done()) {  // nothing travels: switch now, on every rank
@@ -135,14 +136,13 @@ absl::Status LiveRebalancer::BeginStep(transport::Transport& t, ep::MoeLayer& la
   return absl::OkStatus();
 }
 
-absl::Status LiveRebalancer::EndStep(transport::Transport& t, ep::MoeLayer& layer, int64_t step,
+absl::Status LiveRebalancer::EndStep(transport::Transport& t, ep::Layer& layer, int64_t step,
                                      std::span<const int64_t> tokens_per_expert, Deadline deadline) {
   tracker_.Add(tokens_per_expert);
   if (!migration_) return absl::OkStatus();
   if (options_.before_chunk) options_.before_chunk(migration_->chunks_done());
   MigrationStats stats;
-  const ep::MoeLayerSpec& spec = layer.spec();
-  MOEX_RETURN_IF_ERROR(migration_->RunChunk(t, layer.weights(), spec.hidden, spec.expert_width, deadline, &stats));
+  MOEX_RETURN_IF_ERROR(migration_->RunChunk(t, layer, deadline, &stats));
   RebalanceEvent& event = events_.back();
   event.bytes += stats.bytes_sent;  // this rank's, summed over ranks below
   event.seconds += stats.seconds;
@@ -154,7 +154,7 @@ absl::Status LiveRebalancer::EndStep(transport::Transport& t, ep::MoeLayer& laye
   double ready = 1;
   for (int64_t s = 0; s < next.num_local_slots(t.rank()); ++s) {
     int64_t e = next.slot_expert(next.first_slot(t.rank()) + s);
-    if (!received.count(e) && !layer.weights().experts.count(e)) ready = 0;
+    if (!received.count(e) && layer.HeldExpert(e) == nullptr) ready = 0;
   }
   std::vector<double> mine = {ready, static_cast<double>(event.bytes), event.seconds};
   std::vector<double> all(3 * t.world_size());

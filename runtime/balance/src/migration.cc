@@ -43,8 +43,9 @@ absl::StatusOr<Migration> Migration::Plan(const placement::Placement& from, plac
   return m;
 }
 
-absl::Status Migration::RunChunk(transport::Transport& t, const ep::MoeWeights& current, int64_t hidden,
-                                 int64_t width, Deadline deadline, MigrationStats* stats) {
+absl::Status Migration::RunChunk(transport::Transport& t, const ep::Layer& current, Deadline deadline,
+                                 MigrationStats* stats) {
+  const int64_t hidden = current.spec().hidden, width = current.spec().expert_width;
   if (done()) return absl::FailedPreconditionError("the migration has no chunk left");
   const auto start = std::chrono::steady_clock::now();
   const int rank = t.rank(), world = t.world_size();
@@ -70,15 +71,15 @@ absl::Status Migration::RunChunk(transport::Transport& t, const ep::MoeWeights& 
   for (size_t i : chunk) {
     const ExpertTransfer& x = transfers_[i];
     if (x.from != rank) continue;
-    auto it = current.experts.find(x.expert);
-    if (it == current.experts.end()) {
+    const ep::ExpertWeights* held = current.HeldExpert(x.expert);
+    if (held == nullptr) {
       return absl::InternalError(StrCat("rank ", rank, " must send expert ", x.expert, " to rank ", x.to,
                                         " for placement version ", version_, " but does not hold it"));
     }
     float* out = &send_[send_offset[x.to]];
-    std::memcpy(out, it->second.gate.data(), matrix * sizeof(float));
-    std::memcpy(out + matrix, it->second.up.data(), matrix * sizeof(float));
-    std::memcpy(out + 2 * matrix, it->second.down.data(), matrix * sizeof(float));
+    std::memcpy(out, held->gate.data(), matrix * sizeof(float));
+    std::memcpy(out + matrix, held->up.data(), matrix * sizeof(float));
+    std::memcpy(out + 2 * matrix, held->down.data(), matrix * sizeof(float));
     send_offset[x.to] += floats;
   }
   absl::Status sent = t.AllToAllV(reinterpret_cast<const std::byte*>(send_.data()), send_bytes,

@@ -21,7 +21,7 @@ std::string PluginPath() {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<GpuLayer>> LoadGpuLayer(const GpuLayerArgs& args) {
+absl::StatusOr<std::unique_ptr<Layer>> LoadGpuLayer(const GpuLayerArgs& args) {
   const std::string path = PluginPath();
   // Kept loaded for the life of the process: the layer's code lives there.
   void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -38,11 +38,11 @@ absl::StatusOr<std::unique_ptr<GpuLayer>> LoadGpuLayer(const GpuLayerArgs& args)
         StrCat("rank ", args.rank, ": ", path, " has no ", kGpuLayerFactorySymbol, ": not a moex GPU plugin"));
   }
   absl::Status error;
-  GpuLayer* layer = factory(&args, &error);
+  Layer* layer = factory(&args, &error);
   if (layer == nullptr) {
     return error.ok() ? absl::InternalError(StrCat("rank ", args.rank, ": the GPU plugin made no layer")) : error;
   }
-  return std::unique_ptr<GpuLayer>(layer);
+  return std::unique_ptr<Layer>(layer);
 }
 
 }  // namespace moex::ep

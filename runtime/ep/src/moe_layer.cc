@@ -84,14 +84,6 @@ absl::Status MoeLayer::SwitchPlacement(Placement next, std::map<int64_t, ExpertW
   return absl::OkStatus();
 }
 
-std::vector<int64_t> MoeLayer::TokensPerExpert(const StepStats& stats) const {
-  std::vector<int64_t> out(spec_.num_experts, 0);
-  for (size_t i = 0; i < stats.tokens_per_local_slot.size(); ++i) {
-    out[placement_.slot_expert(placement_.first_slot(rank_) + static_cast<int64_t>(i))] += stats.tokens_per_local_slot[i];
-  }
-  return out;
-}
-
 void MoeLayer::RunExperts(const DispatchResult& received, float* partial, StepStats* stats) {
   const int64_t R = received.num_recv(), H = spec_.hidden, k = spec_.top_k;
   const int64_t slots = placement_.num_local_slots(rank_);

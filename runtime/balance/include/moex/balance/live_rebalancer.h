@@ -21,7 +21,7 @@
 #include "absl/status/statusor.h"
 #include "moex/balance/migration.h"
 #include "moex/core/deadline.h"
-#include "moex/ep/moe_layer.h"
+#include "moex/ep/layer.h"
 #include "moex/placement/load_stats.h"
 #include "moex/placement/placement.h"
 #include "moex/transport/transport.h"
@@ -51,7 +51,8 @@ struct RebalanceEvent {
   double imbalance_before = 0;  // the window's load on the old and the new placement
   double imbalance_after = 0;
   int64_t experts_moved = 0;
-  int64_t bytes = 0;         // all ranks
+  int64_t planned_bytes = 0; // what the migration will move (experts_moved x ep::ExpertBytes)
+  int64_t bytes = 0;         // moved so far, all ranks
   int64_t chunks = 0;
   double seconds = 0;        // slowest rank, summed over chunks
 };
@@ -59,16 +60,16 @@ struct RebalanceEvent {
 class LiveRebalancer {
  public:
   // Checks that the layer's slots divide over the ranks, as the policies need.
-  static absl::StatusOr<LiveRebalancer> Create(RebalanceOptions options, const ep::MoeLayer& layer, int world_size);
+  static absl::StatusOr<LiveRebalancer> Create(RebalanceOptions options, const ep::Layer& layer, int world_size);
 
   // Collective, before step `step`'s forward pass. `published` matters on
   // rank 0 only: a controller placement newer (by version) than the one
   // serving.
-  absl::Status BeginStep(transport::Transport& t, ep::MoeLayer& layer, int64_t step,
+  absl::Status BeginStep(transport::Transport& t, ep::Layer& layer, int64_t step,
                          const std::optional<placement::Placement>& published, Deadline deadline);
   // Collective, after step `step`: records its load (tokens per logical
   // expert, summed over ranks), runs a migration chunk, switches when done.
-  absl::Status EndStep(transport::Transport& t, ep::MoeLayer& layer, int64_t step,
+  absl::Status EndStep(transport::Transport& t, ep::Layer& layer, int64_t step,
                        std::span<const int64_t> tokens_per_expert, Deadline deadline);
 
   int64_t version() const { return version_; }
@@ -84,7 +85,7 @@ class LiveRebalancer {
       : options_(std::move(options)), tracker_(num_experts, options_.window), last_change_step_(-options_.interval) {}
 
   // Rank 0: a placement to move to before `step`, if any.
-  absl::StatusOr<std::optional<placement::Placement>> Decide(const ep::MoeLayer& layer, int64_t step,
+  absl::StatusOr<std::optional<placement::Placement>> Decide(const ep::Layer& layer, int64_t step,
                                                              const std::optional<placement::Placement>& published,
                                                            std::string* reason, int world);
 

@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "moex/core/deadline.h"
+#include "moex/ep/layer.h"
 #include "moex/ep/moe_weights.h"
 #include "moex/placement/placement.h"
 #include "moex/transport/transport.h"
@@ -38,8 +39,8 @@ struct MigrationStats {
 
 class Migration {
  public:
-  // `expert_bytes`: the size of one expert's weights as they travel (fp32
-  // gate, up, down); `chunk_bytes`: budget of one chunk, over all ranks (a
+  // `expert_bytes`: the size of one expert's weights as they travel
+  // (ep::ExpertBytes); `chunk_bytes`: budget of one chunk, over all ranks (a
   // chunk holds at least one transfer).
   static absl::StatusOr<Migration> Plan(const placement::Placement& from, placement::Placement to, int64_t version,
                                         int64_t expert_bytes, int64_t chunk_bytes);
@@ -53,10 +54,10 @@ class Migration {
   int64_t total_bytes() const { return static_cast<int64_t>(transfers_.size()) * expert_bytes_; }
 
   // Runs the next chunk on this rank: sends what it serves from `current`
-  // (the weights it holds now) and keeps what it receives. Every rank calls
+  // (the layer serving now, its held weights) and keeps what it receives. Every rank calls
   // it the same number of times.
-  absl::Status RunChunk(transport::Transport& transport, const ep::MoeWeights& current, int64_t hidden,
-                        int64_t width, Deadline deadline, MigrationStats* stats);
+  absl::Status RunChunk(transport::Transport& transport, const ep::Layer& current, Deadline deadline,
+                        MigrationStats* stats);
   // The experts this rank received, for MoeLayer::SwitchPlacement.
   std::map<int64_t, ep::ExpertWeights> TakeReceived() { return std::move(received_); }
 

@@ -14,40 +14,33 @@
 #include "absl/status/statusor.h"
 #include "moex/core/deadline.h"
 #include "moex/core/tensor.h"
-#include "moex/ep/moe_layer.h"
+#include "moex/ep/layer.h"
 #include "moex/ep/moe_weights.h"
 #include "moex/placement/placement.h"
 #include "moex/transport/transport.h"
 
 namespace moex::ep {
 
-class GpuLayer {
- public:
-  virtual ~GpuLayer() = default;
-  // As MoeLayer::Forward; `host` carries counts and routing pairs.
-  virtual absl::Status Forward(transport::Transport& host, const Tensor& x, int64_t first_token, Deadline deadline,
-                               Tensor* y, StepStats* stats) = 0;
-  // "NCCL 2.28.3 on NVIDIA H200 (device 0)".
-  virtual std::string Describe() const = 0;
-};
-
 // What the plugin's one entry point takes.
 struct GpuLayerArgs {
   const MoeLayerSpec* spec = nullptr;
-  const Placement* placement = nullptr;
+  const placement::Placement* placement = nullptr;
   const MoeWeights* weights = nullptr;
   int rank = 0;
   transport::Transport* host = nullptr;
   Deadline deadline = Deadline::InSeconds(60);
 };
 
-// extern "C" entry point of libmoex_gpu.so: the layer, or null and `error`.
-using GpuLayerFactory = GpuLayer* (*)(const GpuLayerArgs* args, absl::Status* error);
+// extern "C" entry point of libmoex_gpu.so: the layer (an ep::Layer whose
+// experts live on the device only: it holds no host copy of them, and live
+// migration is refused), or null and `error`. The args' weights are uploaded
+// during the call; the caller may drop them after it.
+using GpuLayerFactory = Layer* (*)(const GpuLayerArgs* args, absl::Status* error);
 inline constexpr char kGpuLayerFactorySymbol[] = "moex_gpu_layer_create";
 
 // Loads the plugin (MOEX_GPU_PLUGIN, else libmoex_gpu.so beside the running
 // executable) and makes the layer: collective over `host` (NCCL's bootstrap).
 // The error names the file and what dlopen said.
-absl::StatusOr<std::unique_ptr<GpuLayer>> LoadGpuLayer(const GpuLayerArgs& args);
+absl::StatusOr<std::unique_ptr<Layer>> LoadGpuLayer(const GpuLayerArgs& args);
 
 }  // namespace moex::ep

@@ -11,30 +11,15 @@
 #include "moex/core/deadline.h"
 #include "moex/core/tensor.h"
 #include "moex/ep/dispatch.h"
+#include "moex/ep/layer.h"
 #include "moex/ep/moe_weights.h"
 #include "moex/placement/placement.h"
 #include "moex/transport/transport.h"
 
 namespace moex::ep {
 
-// What one rank saw in one forward pass.
-struct StepStats {
-  int64_t tokens = 0;           // local tokens in
-  int64_t received_tokens = 0;  // tokens dispatched to this rank (its load)
-  int64_t routed_pairs = 0;     // (token, expert) pairs this rank's experts served
-  double route_seconds = 0;
-  double dispatch_seconds = 0;
-  double expert_seconds = 0;    // routed and shared experts
-  double combine_seconds = 0;
-  int64_t dispatch_bytes = 0;   // sent to other ranks
-  int64_t combine_bytes = 0;
-  // Distinct destination ranks over local tokens, other than this one: the
-  // floor of what dispatch must move (times hidden x 4 bytes).
-  int64_t remote_token_copies = 0;
-  std::vector<int64_t> tokens_per_local_slot;  // routed pairs per local slot
-};
-
-class MoeLayer {
+// The layer on this rank's CPU: experts in fp32 on OpenBLAS.
+class MoeLayer final : public Layer {
  public:
   // `weights` must hold every logical expert of this rank's slots.
   static absl::StatusOr<MoeLayer> Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
@@ -43,24 +28,25 @@ class MoeLayer {
   // x [T, H] local tokens whose first has global index `first_token`; `y`
   // is resized to [T, H] and overwritten (reuse it across steps).
   absl::Status Forward(transport::Transport& transport, const Tensor& x, int64_t first_token,
-                       Deadline deadline, Tensor* y, StepStats* stats);
+                       Deadline deadline, Tensor* y, StepStats* stats) override;
 
   // Serves `next` from now on. This rank's experts in `next` come from the
   // weights it holds or from `incoming` (migrated); the ones it no longer
   // holds are dropped. Nothing changes when an expert is missing.
-  absl::Status SwitchPlacement(Placement next, std::map<int64_t, ExpertWeights> incoming);
-
-  // Routed pairs per logical expert that this rank served in the step
-  // `stats` describes (sum it over ranks for the layer's load).
-  std::vector<int64_t> TokensPerExpert(const StepStats& stats) const;
+  absl::Status SwitchPlacement(Placement next, std::map<int64_t, ExpertWeights> incoming) override;
 
   // How dispatch and combine move data: "shared memory" (every rank on one
   // host) or "all-to-all-v"; "" before the first Forward.
-  std::string_view dispatch_path() const { return dispatcher_.path(); }
+  std::string DataPath() const override { return std::string(dispatcher_.path()); }
 
-  const MoeLayerSpec& spec() const { return spec_; }
-  const Placement& placement() const { return placement_; }
+  const MoeLayerSpec& spec() const override { return spec_; }
+  const Placement& placement() const override { return placement_; }
+  int rank() const override { return rank_; }
   const MoeWeights& weights() const { return weights_; }
+  const ExpertWeights* HeldExpert(int64_t expert) const override {
+    auto it = weights_.experts.find(expert);
+    return it == weights_.experts.end() ? nullptr : &it->second;
+  }
 
  private:
   MoeLayer(MoeLayerSpec spec, Placement placement, MoeWeights weights, int rank)

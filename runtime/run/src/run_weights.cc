@@ -1,4 +1,4 @@
-#include "run_weights.h"
+#include "moex/run/run_weights.h"
 
 #include <unistd.h>
 
@@ -13,7 +13,7 @@
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 
-namespace moex::cli {
+namespace moex::run {
 
 void WarnOnRank(int rank, std::string_view what) {
   std::string line = StrCat("moex run: rank ", rank, ": warning: ", what, "\n");
@@ -90,4 +90,4 @@ void RunWeights::DropHostCache() const {
   }
 }
 
-}  // namespace moex::cli
+}  // namespace moex::run

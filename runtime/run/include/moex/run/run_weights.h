@@ -1,7 +1,7 @@
 // Where a `moex run` rank's weights come from: the checkpoint or the seed,
 // and with --weight-cache the host's weight cache, which it reads back and
 // fills (also with experts that live migration brings). Private to
-// run_command.cc.
+// the run loop (runner.cc).
 #pragma once
 
 #include <cstdint>
@@ -17,7 +17,7 @@
 #include "moex/model/safetensors.h"
 #include "moex/transport/transport.h"
 
-namespace moex::cli {
+namespace moex::run {
 
 // One line on this rank's stderr, written at once (ranks do not interleave).
 void WarnOnRank(int rank, std::string_view what);
@@ -63,4 +63,4 @@ class RunWeights {
   int64_t experts_from_cache_ = 0, experts_loaded_ = 0;
 };
 
-}  // namespace moex::cli
+}  // namespace moex::run
