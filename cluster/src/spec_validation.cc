@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "moex/bench/report.h"
+#include "moex/job/bench_sweep.h"
 #include "moex/control/job_spec.h"
 #include "moex/core/str_cat.h"
 #include "moex/job/run_config.h"
@@ -28,7 +28,7 @@ absl::Status ValidateBench(moex::v1::JobSpec* spec) {
   auto list = [](const auto& field, std::vector<int64_t> fallback) {
     return field.empty() ? fallback : std::vector<int64_t>(field.begin(), field.end());
   };
-  bench::SweepSpec sweep;
+  job::SweepSpec sweep;
   sweep.scaling = "grid";
   sweep.tokens_per_rank = list(b->tokens_per_rank(), sweep.tokens_per_rank);
   sweep.hidden = list(b->hidden(), sweep.hidden);
@@ -43,7 +43,7 @@ absl::Status ValidateBench(moex::v1::JobSpec* spec) {
   if (b->reps() < 0 || b->reps() > 10000) return Bad("bench.reps", "must be in [0, 10000] (0: 10)");
   if (b->warmup() == 0) b->set_warmup(2);
   if (b->reps() == 0) b->set_reps(10);
-  absl::StatusOr<std::vector<bench::BenchPoint>> points = bench::ExpandSweep(sweep, spec->world_size(), spec->transport());
+  absl::StatusOr<std::vector<job::BenchPoint>> points = job::ExpandSweep(sweep, spec->world_size(), spec->transport());
   if (!points.ok()) return Bad("bench", std::string(points.status().message()));
   if (points->size() > 256) return Bad("bench", StrCat("has ", points->size(), " points; at most 256 per job"));
   // Write the defaults back, so that the ranks and `moex job status` see

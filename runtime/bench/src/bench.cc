@@ -225,25 +225,6 @@ AllToAllVFn MpiAlltoallv() {
   };
 }
 
-absl::Status ValidatePoint(const BenchPoint& p) {
-  auto bad = [](std::string_view field, auto value, std::string_view want) {
-    return absl::InvalidArgumentError(StrCat("bench point: ", field, " ", value, " is outside ", want));
-  };
-  if (p.tokens_per_rank < 1 || p.tokens_per_rank > (1 << 20)) return bad("tokens_per_rank", p.tokens_per_rank, "[1, 1048576]");
-  if (p.hidden < 1 || p.hidden > 65536) return bad("hidden", p.hidden, "[1, 65536]");
-  if (p.experts < 1 || p.experts > 4096) return bad("experts", p.experts, "[1, 4096]");
-  if (p.top_k < 1 || p.top_k > std::min<int64_t>(p.experts, 64)) {
-    return bad("top_k", p.top_k, StrCat("[1, min(experts, 64) = ", std::min<int64_t>(p.experts, 64), "]"));
-  }
-  if (p.expert_width < 1 || p.expert_width > 65536) return bad("expert_width", p.expert_width, "[1, 65536]");
-  if (!(p.skew >= 0 && p.skew <= 10)) return bad("skew", p.skew, "[0, 10]");
-  if (p.tokens_per_rank * p.hidden > (int64_t{1} << 30)) {
-    return absl::InvalidArgumentError(StrCat("bench point: tokens_per_rank x hidden = ", p.tokens_per_rank * p.hidden,
-                                             " floats per rank is over the 2^30 (4 GiB) limit"));
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<BenchResult> RunPoint(transport::Transport& t, const AllToAllVFn& fn, BenchPoint point,
                                      const RunOptions& options) {
   MOEX_RETURN_IF_ERROR(ValidatePoint(point));

@@ -23,22 +23,15 @@
 
 #include "absl/status/statusor.h"
 #include "moex/core/deadline.h"
+#include "moex/job/bench_sweep.h"
 #include "moex/transport/transport.h"
 
 namespace moex::bench {
 
-struct BenchPoint {
-  int64_t ranks = 0;            // filled from the transport
-  int64_t tokens_per_rank = 1024;
-  int64_t hidden = 1024;
-  int64_t top_k = 4;
-  int64_t experts = 32;
-  int64_t expert_width = 256;   // the layer's experts (with `layer`)
-  double skew = 0;              // Zipf exponent of expert popularity; 0: uniform
-  bool layer = true;            // also time the whole layer
-  std::string transport;        // filled from the transport
-  std::string scaling;          // "weak", "strong" or "" (a label of the sweep)
-};
+// What a point and a sweep are lives in the job layer (the controller
+// validates bench jobs without this one).
+using job::BenchPoint;
+
 
 // Median and spread of one figure over the repetitions, microseconds (or a
 // plain number for ratios).
@@ -70,8 +63,6 @@ using AllToAllVFn = std::function<absl::Status(const std::byte* send, std::span<
 // MPI_Alltoallv over MPI_COMM_WORLD (MPI must be initialised).
 AllToAllVFn MpiAlltoallv();
 
-// A point's bad field is named (tokens_per_rank, hidden, ...).
-absl::Status ValidatePoint(const BenchPoint& point);
 
 struct RunOptions {
   int warmup = 2;

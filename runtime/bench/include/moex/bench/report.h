@@ -19,29 +19,9 @@ absl::StatusOr<BenchResult> FromJson(const nlohmann::json& j);
 // bandwidths, layer figures, scaling efficiency).
 std::string ToCsv(const std::vector<BenchResult>& results);
 
-// A sweep: the cartesian product of the lists, over the rank counts.
-// "weak" keeps tokens per rank; "strong" keeps total_tokens and gives each
-// of R ranks total_tokens / R; "grid" takes tokens_per_rank as given.
-struct SweepSpec {
-  std::string scaling = "weak";
-  std::vector<int64_t> ranks = {1, 2, 4};
-  std::vector<std::string> transports = {"mpi"};
-  std::vector<int64_t> tokens_per_rank = {1024};
-  std::vector<int64_t> total_tokens = {4096};  // strong scaling
-  std::vector<int64_t> hidden = {1024};
-  std::vector<int64_t> top_k = {4};
-  std::vector<int64_t> experts = {32};
-  std::vector<int64_t> expert_width = {256};
-  std::vector<double> skew = {0};
-  bool layer = true;
-};
-
-// The points one world size and transport runs, in order; an error names a
-// bad list or a point that cannot run (and which).
-absl::StatusOr<std::vector<BenchPoint>> ExpandSweep(const SweepSpec& spec, int64_t ranks,
-                                                    const std::string& transport);
-// How many points the whole sweep runs.
-absl::StatusOr<int64_t> CountSweep(const SweepSpec& spec);
+using job::CountSweep;
+using job::ExpandSweep;
+using job::SweepSpec;
 
 // Scaling efficiency of each result against the smallest rank count of the
 // same series (same transport and every other parameter but the tokens that
