@@ -21,7 +21,7 @@
 #include <thread>
 #include <vector>
 
-#include "moex/control/server.h"
+#include "moex/cluster/server.h"
 #include "moex/v1/job.grpc.pb.h"
 #include "nlohmann/json.hpp"
 
@@ -53,14 +53,14 @@ int main(int argc, char** argv) {
     else if (flag == "--json") json = argv[i + 1];
   }
   std::string dir = std::filesystem::temp_directory_path() / ("moex_load_" + std::to_string(getpid()));
-  moex::control::ControllerOptions options;
+  moex::cluster::ControllerOptions options;
   options.state_dir = dir;
   options.listen = "127.0.0.1:0";
   options.max_concurrent_jobs = submissions + 1;
   options.start_timeout_seconds = 600;
   std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe");
   options.moex_binary = (self.parent_path() / "moex").string();
-  auto controller = moex::control::Controller::Start(options);
+  auto controller = moex::cluster::Controller::Start(options);
   if (!controller.ok()) {
     std::fprintf(stderr, "%s\n", std::string(controller.status().message()).c_str());
     return 1;
@@ -130,7 +130,7 @@ int main(int argc, char** argv) {
     bool all_ended = true;
     for (const std::string& id : ids) {
       auto job = (*controller)->jobs().Get(id);
-      all_ended &= job.ok() && moex::control::IsTerminal(job->state());
+      all_ended &= job.ok() && moex::cluster::IsTerminal(job->state());
     }
     if (all_ended) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(200));

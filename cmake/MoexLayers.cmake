@@ -11,7 +11,7 @@
 # tests/layering additionally scans every source file's #include lines.
 
 set(MOEX_LAYER_ORDER
-  core model plan placement job kernels transport ep balance run bench control launcher cli
+  core model plan placement job launcher kernels transport ep balance run bench cluster worker cli
   CACHE INTERNAL "moex layers, lowest first")
 
 function(_moex_layer_index layer out_var)

@@ -1,4 +1,4 @@
-#include "moex/control/credentials.h"
+#include "moex/cluster/credentials.h"
 
 #include <cstdlib>
 #include <fstream>
@@ -6,7 +6,7 @@
 
 #include "moex/core/str_cat.h"
 
-namespace moex::control {
+namespace moex::cluster {
 namespace {
 
 absl::StatusOr<std::string> ReadPem(const std::string& path, std::string_view what) {
@@ -68,4 +68,4 @@ TlsFiles ClientTlsFromEnvironment() {
   return {get("MOEX_TLS_CA"), get("MOEX_TLS_CERT"), get("MOEX_TLS_KEY")};
 }
 
-}  // namespace moex::control
+}  // namespace moex::cluster

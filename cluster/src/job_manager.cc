@@ -1,4 +1,4 @@
-#include "moex/control/job_manager.h"
+#include "moex/cluster/job_manager.h"
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -18,7 +18,7 @@
 #include "moex/core/str_cat.h"
 #include "moex/core/subprocess.h"
 
-namespace moex::control {
+namespace moex::cluster {
 
 using moex::v1::Job;
 using moex::v1::JobState;
@@ -30,12 +30,12 @@ bool IsTerminal(JobState state) {
 
 int World(const moex::v1::Job& job) { return job.world_size() > 0 ? job.world_size() : job.spec().world_size(); }
 
-namespace {
-
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch()).count();
 }
+
+namespace {
 
 std::string NewJobId() {
   static std::mt19937_64 rng(std::random_device{}());
@@ -227,35 +227,37 @@ void JobManager::DropWeightCache(const Job& job) const {
 
 absl::Status JobManager::Launch(Entry& entry) {
   std::string controller = options_.advertise.empty() ? options_.listen : options_.advertise;
-  SpawnOptions spawn;
-  spawn.log_path = entry.job.log_path();
-  spawn.argv = {options_.mpirun, "-np", std::to_string(World(entry.job))};
-  spawn.argv.insert(spawn.argv.end(), options_.mpirun_args.begin(), options_.mpirun_args.end());
+  launcher::LaunchRequest request;
+  request.job_id = entry.job.id();
+  request.world_size = World(entry.job);
+  request.log_path = entry.job.log_path();
   // The job id on every rank's command line: `ps` finds every process of it.
-  spawn.argv.insert(spawn.argv.end(), {options_.moex_binary, "worker", "--job-id", entry.job.id(),
-                                       "--controller", controller});
-  if (geteuid() == 0) spawn.extra_env = {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"};
-  if (!options_.token.empty()) spawn.extra_env.push_back(StrCat("MOEX_TOKEN=", options_.token));
+  request.rank_argv = {options_.moex_binary, "worker", "--job-id", entry.job.id(), "--controller", controller};
+  if (!options_.token.empty()) request.extra_env.push_back(StrCat("MOEX_TOKEN=", options_.token));
   if (!options_.tls_cert.empty()) {
     // Ranks trust the controller's certificate: it is its own CA or is signed
     // by the client CA; with mTLS they present it back as their identity.
-    spawn.extra_env.push_back(StrCat("MOEX_TLS_CA=", options_.tls_client_ca.empty() ? options_.tls_cert : options_.tls_client_ca));
+    request.extra_env.push_back(StrCat("MOEX_TLS_CA=", options_.tls_client_ca.empty() ? options_.tls_cert : options_.tls_client_ca));
     if (!options_.tls_client_ca.empty()) {
-      spawn.extra_env.push_back(StrCat("MOEX_TLS_CERT=", options_.tls_cert));
-      spawn.extra_env.push_back(StrCat("MOEX_TLS_KEY=", options_.tls_key));
+      request.extra_env.push_back(StrCat("MOEX_TLS_CERT=", options_.tls_cert));
+      request.extra_env.push_back(StrCat("MOEX_TLS_KEY=", options_.tls_key));
     }
   }
   {
     std::error_code size_error;
-    const auto size = std::filesystem::file_size(spawn.log_path, size_error);
+    const auto size = std::filesystem::file_size(request.log_path, size_error);
     entry.log_offset = size_error ? 0 : static_cast<int64_t>(size);
-    std::ofstream log(spawn.log_path, std::ios::app);
-    log << "moex serve: launching job " << entry.job.id() << ": " << absl::StrJoin(spawn.argv, " ") << "\n";
   }
-  MOEX_ASSIGN_OR_RETURN(pid_t pid, SpawnInNewGroup(spawn));
-  entry.process_group = pid;
+  absl::StatusOr<launcher::Launched> launched = launcher_->Launch(request);
+  if (!launched.ok()) return launched.status();
+  {
+    std::ofstream log(request.log_path, std::ios::app);
+    log << "moex serve: launched job " << entry.job.id() << " through " << launcher_->name() << ": "
+        << absl::StrJoin(launched->argv, " ") << "\n";
+  }
+  entry.process_group = launched->process_group;
   entry.launched = Clock::now();
-  job_by_group_[pid] = entry.job.id();
+  job_by_group_[launched->process_group] = entry.job.id();
   return absl::OkStatus();
 }
 
@@ -377,101 +379,6 @@ absl::StatusOr<int64_t> JobManager::Subscribe(const std::string& id,
 void JobManager::Unsubscribe(int64_t handle) {
   std::lock_guard<std::mutex> lock(mutex_);
   subscriptions_.erase(handle);
-}
-
-absl::StatusOr<moex::v1::RegisterRankResponse> JobManager::RegisterRank(const moex::v1::RegisterRankRequest& r) {
-  moex::v1::RegisterRankResponse response;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = jobs_.find(r.job_id());
-    if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", r.job_id(), "'"));
-    Entry& entry = it->second;
-    if (IsTerminal(entry.job.state())) {
-      return absl::FailedPreconditionError(StrCat("job ", r.job_id(), " has ended (", JobState_Name(entry.job.state()), ")"));
-    }
-    if (r.world_size() != World(entry.job) || r.rank() < 0 || r.rank() >= r.world_size()) {
-      return absl::InvalidArgumentError(StrCat("rank ", r.rank(), " of ", r.world_size(), " does not fit job ",
-                                               r.job_id(), " of ", World(entry.job), " ranks"));
-    }
-    bool known = false;
-    for (const auto& rank : entry.job.ranks()) known |= rank.rank() == r.rank();
-    if (!known) {
-      auto* info = entry.job.add_ranks();
-      info->set_rank(r.rank());
-      info->set_host(r.host());
-      info->set_pid(r.pid());
-      info->set_device(r.device());
-      entry.job.set_ranks_registered(entry.job.ranks_size());
-    }
-    entry.last_heartbeat[r.rank()] = Clock::now();
-    if (entry.job.state() == moex::v1::JOB_STATE_PENDING && entry.job.ranks_registered() == World(entry.job)) {
-      entry.job.set_state(moex::v1::JOB_STATE_RUNNING);
-      entry.job.set_start_time_unix_ms(NowMs());
-      entry.job.set_message("running");
-    }
-    Persist(entry);
-    *response.mutable_spec() = entry.job.spec();
-    response.set_placement_version(std::max<int64_t>(1, entry.job.placement().version()));
-    if (entry.job.attempts_size() > 0) response.set_first_step(entry.job.attempts(entry.job.attempts_size() - 1).first_step());
-    response.set_weight_cache_dir(WeightCacheDir(entry.job));
-  }
-  Notify(r.job_id());
-  return response;
-}
-
-absl::StatusOr<moex::v1::HeartbeatResponse> JobManager::Heartbeat(const moex::v1::HeartbeatRequest& r) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  auto it = jobs_.find(r.job_id());
-  if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", r.job_id(), "'"));
-  Entry& entry = it->second;
-  entry.last_heartbeat[r.rank()] = Clock::now();
-  if (r.done()) entry.done_ranks.insert(r.rank());
-  if (entry.adopted && !IsTerminal(entry.job.state()) &&
-      static_cast<int>(entry.last_heartbeat.size()) == World(entry.job) &&
-      entry.job.message().rfind("the controller restarted", 0) == 0) {
-    entry.job.set_message("re-adopted after a controller restart: every rank reported back in");
-    Persist(entry);
-  }
-  moex::v1::HeartbeatResponse response;
-  response.set_cancel(it->second.cancel_requested || IsTerminal(it->second.job.state()));
-  response.set_placement_version(std::max<int64_t>(1, it->second.job.placement().version()));
-  return response;
-}
-
-absl::StatusOr<moex::v1::ReportStepResponse> JobManager::ReportStep(const moex::v1::ReportStepRequest& r) {
-  moex::v1::ReportStepResponse response;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = jobs_.find(r.job_id());
-    if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", r.job_id(), "'"));
-    Entry& entry = it->second;
-    Job& job = entry.job;
-    entry.last_heartbeat[r.rank()] = Clock::now();
-    response.set_placement_version(std::max<int64_t>(1, job.placement().version()));
-    if (r.rank() != 0 || IsTerminal(job.state())) return response;
-    const int64_t live_before = job.metrics().placement_version();
-    *job.mutable_metrics() = r.metrics();
-    if (job.attempts_size() > 0 && r.metrics().experts_from_cache() + r.metrics().experts_loaded() > 0) {
-      moex::v1::Attempt* current = job.mutable_attempts(job.attempts_size() - 1);
-      current->set_experts_from_cache(r.metrics().experts_from_cache());
-      current->set_experts_loaded(r.metrics().experts_loaded());
-    }
-    *job.mutable_tokens_per_expert() = r.tokens_per_expert();
-    if (!r.bench().empty()) *job.mutable_bench() = r.bench();
-    RecordLoad(entry, r);
-    if (r.metrics().placement_version() > live_before) {
-      for (auto& record : *job.mutable_rebalances()) {
-        if (record.version() <= r.metrics().placement_version() && record.live_at_step() == 0) record.set_live_at_step(r.step() + 1);
-      }
-    }
-    MaybeRebalance(entry);
-    response.set_placement_version(std::max<int64_t>(1, job.placement().version()));
-    // Running figures reach the disk within a second (the monitor loop), not
-    // with an fsync on every step's report: that would pace the job.
-    entry.unsaved = true;
-  }
-  Notify(r.job_id());
-  return response;
 }
 
 std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status) {
@@ -643,4 +550,4 @@ void JobManager::Shutdown() {
   for (const std::string& id : notify) Notify(id);
 }
 
-}  // namespace moex::control
+}  // namespace moex::cluster

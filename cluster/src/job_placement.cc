@@ -6,8 +6,8 @@
 #include <optional>
 
 #include "absl/strings/str_format.h"
-#include "moex/control/job_manager.h"
-#include "moex/control/placement_proto.h"
+#include "moex/cluster/job_manager.h"
+#include "moex/cluster/placement_proto.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/model/moe_layer_spec.h"
@@ -16,7 +16,7 @@
 #include "moex/placement/moex_policy.h"
 #include "moex/placement/placement.h"
 
-namespace moex::control {
+namespace moex::cluster {
 
 using moex::v1::Job;
 
@@ -194,4 +194,4 @@ void JobManager::MaybeRebalance(Entry& entry) {
   }
 }
 
-}  // namespace moex::control
+}  // namespace moex::cluster

@@ -6,10 +6,10 @@
 #include <chrono>
 
 #include "absl/strings/str_join.h"
-#include "moex/control/job_manager.h"
+#include "moex/cluster/job_manager.h"
 #include "moex/core/str_cat.h"
 
-namespace moex::control {
+namespace moex::cluster {
 
 using moex::v1::Job;
 
@@ -84,4 +84,4 @@ void JobManager::RankFailed(Entry& entry, std::string why, std::vector<int> lost
   pending_notifications_.push_back(job.id());
 }
 
-}  // namespace moex::control
+}  // namespace moex::cluster

@@ -1,6 +1,6 @@
-#include "moex/control/job_spec.h"
+#include "moex/cluster/job_spec.h"
 
-namespace moex::control {
+namespace moex::cluster {
 
 job::RunConfig RunConfigFromSpec(const moex::v1::JobSpec& spec) {
   job::RunConfig config;
@@ -23,4 +23,4 @@ job::RunConfig RunConfigFromSpec(const moex::v1::JobSpec& spec) {
   return config;
 }
 
-}  // namespace moex::control
+}  // namespace moex::cluster

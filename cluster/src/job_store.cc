@@ -1,4 +1,4 @@
-#include "moex/control/job_store.h"
+#include "moex/cluster/job_store.h"
 
 #include <limits>
 
@@ -8,7 +8,7 @@
 
 #include "moex/core/str_cat.h"
 
-namespace moex::control {
+namespace moex::cluster {
 namespace {
 
 // SQLite result codes become Status here and nowhere else.
@@ -130,4 +130,4 @@ absl::StatusOr<moex::v1::Job> JobStore::Get(const std::string& id) {
   return job;
 }
 
-}  // namespace moex::control
+}  // namespace moex::cluster

@@ -1,8 +1,8 @@
-#include "moex/control/placement_proto.h"
+#include "moex/cluster/placement_proto.h"
 
 #include "moex/core/str_cat.h"
 
-namespace moex::control {
+namespace moex::cluster {
 
 moex::v1::Placement ToProto(const placement::Placement& placement) {
   moex::v1::Placement out;
@@ -24,4 +24,4 @@ absl::StatusOr<placement::Placement> FromProto(const moex::v1::Placement& proto)
   return made;
 }
 
-}  // namespace moex::control
+}  // namespace moex::cluster

@@ -1,4 +1,4 @@
-#include "moex/control/server.h"
+#include "moex/cluster/server.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -12,13 +12,13 @@
 #include <thread>
 #include <vector>
 
-#include "moex/control/credentials.h"
+#include "moex/cluster/credentials.h"
 #include "moex/core/str_cat.h"
 #include "moex/v1/cluster.grpc.pb.h"
 #include "moex/v1/job.grpc.pb.h"
 #include "moex/v1/placement.grpc.pb.h"
 
-namespace moex::control {
+namespace moex::cluster {
 namespace {
 
 // absl::Status becomes grpc::Status here and nowhere else.
@@ -438,4 +438,4 @@ void Controller::Wait() {
   if (server_) server_->Wait();
 }
 
-}  // namespace moex::control
+}  // namespace moex::cluster

@@ -1,13 +1,13 @@
-#include "moex/control/spec_validation.h"
+#include "moex/cluster/spec_validation.h"
 
 #include <cmath>
 
 #include "moex/job/bench_sweep.h"
-#include "moex/control/job_spec.h"
+#include "moex/cluster/job_spec.h"
 #include "moex/core/str_cat.h"
 #include "moex/job/run_config.h"
 
-namespace moex::control {
+namespace moex::cluster {
 namespace {
 
 absl::Status Bad(std::string_view field, std::string_view why) {
@@ -96,4 +96,4 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
   return absl::OkStatus();
 }
 
-}  // namespace moex::control
+}  // namespace moex::cluster

@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <string>
 
-#include "moex/control/spec_validation.h"
+#include "moex/cluster/spec_validation.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string bytes(reinterpret_cast<const char*>(data), size);
@@ -20,6 +20,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } quiet;
   parser.RecordErrorsTo(&quiet);
   if (!parser.ParseFromString(bytes, &spec) && !spec.ParseFromString(bytes)) return 0;
-  (void)moex::control::ValidateAndNormalise(&spec, moex::control::SpecLimits{.max_world_size = 64});
+  (void)moex::cluster::ValidateAndNormalise(&spec, moex::cluster::SpecLimits{.max_world_size = 64});
   return 0;
 }

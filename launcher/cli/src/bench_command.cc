@@ -20,7 +20,7 @@
 #include "moex/core/str_cat.h"
 #include "moex/core/subprocess.h"
 #include "moex/kernels/expert_ffn.h"
-#include "moex/launcher/worker_session.h"
+#include "moex/worker/worker_session.h"
 #include "moex/transport/mpi_transport.h"
 
 namespace moex::cli {
@@ -431,7 +431,7 @@ int RunBench(CLI::App& bench, const BenchFlags& f, int* argc, char*** argv) {
   return 2;
 }
 
-absl::Status RunBenchJob(launcher::WorkerSession& session, transport::Transport& t) {
+absl::Status RunBenchJob(worker::WorkerSession& session, transport::Transport& t) {
   const moex::v1::JobSpec& spec = session.spec();
   const moex::v1::BenchSpec& b = spec.bench();
   bench::SweepSpec sweep;

@@ -16,9 +16,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "moex/control/credentials.h"
+#include "moex/cluster/credentials.h"
 #include "moex/core/status_macros.h"
-#include "moex/control/server.h"
+#include "moex/cluster/server.h"
 #include "moex/core/str_cat.h"
 #include "moex/v1/job.grpc.pb.h"
 #include "moex/v1/placement.grpc.pb.h"
@@ -189,7 +189,7 @@ int RunServe(const ServeFlags& f) {
     std::cerr << "moex serve: error: " << token.status().message() << "\n";
     return 1;
   }
-  control::ControllerOptions options;
+  cluster::ControllerOptions options;
   options.listen = f.listen;
   options.state_dir = f.state_dir;
   options.limits.max_world_size = f.max_world_size;
@@ -211,7 +211,7 @@ int RunServe(const ServeFlags& f) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  auto controller = control::Controller::Start(options);
+  auto controller = cluster::Controller::Start(options);
   if (!controller.ok()) {
     std::cerr << "moex serve: error: " << controller.status().message() << "\n";
     return 1;
@@ -328,11 +328,11 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     std::cerr << "moex job: error: " << token.status().message() << "\n";
     return 1;
   }
-  control::TlsFiles tls = control::ClientTlsFromEnvironment();
+  cluster::TlsFiles tls = cluster::ClientTlsFromEnvironment();
   if (!f.tls_ca.empty()) tls.ca = f.tls_ca;
   if (!f.tls_cert.empty()) tls.cert = f.tls_cert;
   if (!f.tls_key.empty()) tls.key = f.tls_key;
-  auto credentials = control::ClientCredentials(tls);
+  auto credentials = cluster::ClientCredentials(tls);
   if (!credentials.ok()) {
     std::cerr << "moex job: error: " << credentials.status().message() << "\n";
     return 1;
@@ -361,7 +361,7 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     while (reader->Read(&job_state)) {
       if (f.json) {
         std::cout << ToJson(job_state) << std::endl;
-      } else if (job_state.state() != last || control::IsTerminal(job_state.state())) {
+      } else if (job_state.state() != last || cluster::IsTerminal(job_state.state())) {
         std::cout << absl::StrFormat("%s  %s: %s", job_state.id(), StateName(job_state.state()), job_state.message()) << std::endl;
       }
       last = job_state.state();

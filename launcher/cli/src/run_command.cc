@@ -10,11 +10,11 @@
 #include <vector>
 
 #include "moex/cli/bench_command.h"
-#include "moex/control/job_spec.h"
+#include "moex/cluster/job_spec.h"
 #include "moex/core/str_cat.h"
 #include "moex/kernels/expert_ffn.h"
-#include "moex/launcher/worker_run_link.h"
-#include "moex/launcher/worker_session.h"
+#include "moex/worker/worker_run_link.h"
+#include "moex/worker/worker_session.h"
 #include "moex/run/runner.h"
 #include "moex/run/sink.h"
 #include "moex/transport/mpi_transport.h"
@@ -103,24 +103,24 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
   kernels::SetBlasThreads(threads != nullptr ? std::max(1, std::atoi(threads)) : 1);
 
   // A worker takes its config from the controller's JobSpec.
-  std::unique_ptr<launcher::WorkerSession> worker;
-  std::unique_ptr<launcher::WorkerRunLink> link;
+  std::unique_ptr<worker::WorkerSession> worker;
+  std::unique_ptr<worker::WorkerRunLink> link;
   if (!flags.job_id.empty()) {
     // Test hook: MOEX_FAULT_UNREACHABLE_RANK=r gives rank r an address where
     // no controller listens.
     const char* unreachable = std::getenv("MOEX_FAULT_UNREACHABLE_RANK");
     std::string controller = flags.controller;
     if (unreachable != nullptr && std::atoi(unreachable) == rank) controller = "127.0.0.1:1";
-    auto registered = launcher::WorkerSession::Register(controller, flags.job_id, rank, (*mpi)->world_size());
+    auto registered = worker::WorkerSession::Register(controller, flags.job_id, rank, (*mpi)->world_size());
     if (!registered.ok()) return fail(registered.status());
     worker = std::move(*registered);
-    config = control::RunConfigFromSpec(worker->spec());
+    config = cluster::RunConfigFromSpec(worker->spec());
     // The controller decides placements from the reported load; the ranks
     // take the ones it publishes.
     config.rebalance.threshold = 0;
     config.first_step = worker->first_step();
     config.weight_cache = worker->weight_cache_dir();
-    link = std::make_unique<launcher::WorkerRunLink>(*worker, rank);
+    link = std::make_unique<worker::WorkerRunLink>(*worker, rank);
   }
 
   // Checked before any transport or GPU is touched, so the message is the

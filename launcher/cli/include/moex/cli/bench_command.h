@@ -18,7 +18,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 
-namespace moex::launcher {
+namespace moex::worker {
 class WorkerSession;
 }
 namespace moex::transport {
@@ -60,6 +60,6 @@ int RunBench(CLI::App& bench, const BenchFlags& flags, int* argc, char*** argv);
 
 // A rank of a bench job the controller launched: runs the job's points on
 // `transport` and reports each (rank 0) as a step.
-absl::Status RunBenchJob(launcher::WorkerSession& session, transport::Transport& transport);
+absl::Status RunBenchJob(worker::WorkerSession& session, transport::Transport& transport);
 
 }  // namespace moex::cli

@@ -1,4 +1,4 @@
-#include "moex/control/job_store.h"
+#include "moex/cluster/job_store.h"
 
 #include <unistd.h>
 
@@ -10,7 +10,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
-namespace moex::control {
+namespace moex::cluster {
 namespace {
 
 TEST(JobStoreTest, RoundTripsAndReplaces) {
@@ -72,4 +72,4 @@ TEST(JobStoreTest, UnusableStateDirIsNamed) {
 }
 
 }  // namespace
-}  // namespace moex::control
+}  // namespace moex::cluster

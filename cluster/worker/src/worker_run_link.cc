@@ -1,10 +1,10 @@
-#include "moex/launcher/worker_run_link.h"
+#include "moex/worker/worker_run_link.h"
 
 #include <unistd.h>
 
 #include "moex/core/str_cat.h"
 
-namespace moex::launcher {
+namespace moex::worker {
 namespace {
 
 void Warn(int rank, std::string_view what) {
@@ -53,4 +53,4 @@ void WorkerRunLink::Report(const run::RunProgress& progress) {
   if (!status.ok()) Warn(rank_, std::string(status.message()));
 }
 
-}  // namespace moex::launcher
+}  // namespace moex::worker

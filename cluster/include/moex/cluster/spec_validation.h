@@ -6,7 +6,7 @@
 #include "absl/status/status.h"
 #include "moex/v1/job.pb.h"
 
-namespace moex::control {
+namespace moex::cluster {
 
 struct SpecLimits {
   int max_world_size = 64;
@@ -16,4 +16,4 @@ struct SpecLimits {
 // including that the model is runnable and its experts fill the world.
 absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& limits);
 
-}  // namespace moex::control
+}  // namespace moex::cluster

@@ -1,4 +1,4 @@
-#include "moex/launcher/worker_session.h"
+#include "moex/worker/worker_session.h"
 
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
@@ -6,11 +6,11 @@
 #include <chrono>
 #include <cstdlib>
 
-#include "moex/control/credentials.h"
-#include "moex/control/placement_proto.h"
+#include "moex/cluster/credentials.h"
+#include "moex/cluster/placement_proto.h"
 #include "moex/core/str_cat.h"
 
-namespace moex::launcher {
+namespace moex::worker {
 namespace {
 
 void Prepare(grpc::ClientContext* context, const std::string& token, double seconds) {
@@ -25,7 +25,7 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std
                                                                       const std::string& job_id, int rank,
                                                                       int world_size, double connect_seconds) {
   auto session = std::unique_ptr<WorkerSession>(new WorkerSession());
-  auto credentials = control::ClientCredentials(control::ClientTlsFromEnvironment());
+  auto credentials = cluster::ClientCredentials(cluster::ClientTlsFromEnvironment());
   if (!credentials.ok()) return credentials.status();
   // Reconnect within seconds when the controller restarts (gRPC's default
   // backoff grows to minutes), so heartbeats resume before the adoption
@@ -117,7 +117,7 @@ absl::StatusOr<placement::Placement> WorkerSession::FetchPlacement() {
     return absl::UnavailableError(StrCat("rank ", rank_, " cannot fetch the placement of job ", job_id_, ": ",
                                          status.error_message()));
   }
-  absl::StatusOr<placement::Placement> made = control::FromProto(placement);
+  absl::StatusOr<placement::Placement> made = cluster::FromProto(placement);
   if (!made.ok()) {
     return absl::DataLossError(StrCat("rank ", rank_, ": the controller's placement of job ", job_id_, " is unusable: ",
                                       made.status().message()));
@@ -150,4 +150,4 @@ absl::Status WorkerSession::ReportStep(int64_t step, const moex::v1::JobMetrics&
   return absl::OkStatus();
 }
 
-}  // namespace moex::launcher
+}  // namespace moex::worker

@@ -7,11 +7,11 @@
 #include "moex/placement/placement.h"
 #include "moex/v1/placement.pb.h"
 
-namespace moex::control {
+namespace moex::cluster {
 
 moex::v1::Placement ToProto(const placement::Placement& placement);
 // Untrusted input (a record, a reply): every inconsistency is an error that
 // names the version.
 absl::StatusOr<placement::Placement> FromProto(const moex::v1::Placement& proto);
 
-}  // namespace moex::control
+}  // namespace moex::cluster

@@ -24,13 +24,14 @@
 
 #include "absl/status/statusor.h"
 #include "moex/placement/load_stats.h"
-#include "moex/control/job_store.h"
-#include "moex/control/spec_validation.h"
+#include "moex/cluster/job_store.h"
+#include "moex/launcher/launcher.h"
+#include "moex/cluster/spec_validation.h"
 #include "moex/v1/cluster.pb.h"
 #include "moex/v1/job.pb.h"
 #include "moex/v1/placement.pb.h"
 
-namespace moex::control {
+namespace moex::cluster {
 
 struct ControllerOptions {
   std::string state_dir;
@@ -61,6 +62,8 @@ struct ControllerOptions {
 };
 
 bool IsTerminal(moex::v1::JobState state);
+// Wall-clock milliseconds since the epoch, as the records keep times.
+int64_t NowMs();
 // Ranks of the job's current attempt: spec.world_size until it shrank.
 int World(const moex::v1::Job& job);
 
@@ -138,7 +141,8 @@ class JobManager {
   };
 
   explicit JobManager(ControllerOptions options, std::unique_ptr<JobStore> store)
-      : options_(std::move(options)), store_(std::move(store)) {}
+      : options_(std::move(options)), store_(std::move(store)),
+        launcher_(launcher::MakeMpirunLauncher(options_.mpirun, options_.mpirun_args)) {}
 
   absl::Status Launch(Entry& entry);
   // Moves a job to a terminal state, kills what is left of its group,
@@ -176,6 +180,7 @@ class JobManager {
 
   ControllerOptions options_;
   std::unique_ptr<JobStore> store_;
+  std::unique_ptr<launcher::Launcher> launcher_;  // starts each attempt's ranks
   std::mutex mutex_;
   std::map<std::string, Entry> jobs_;
   std::map<pid_t, std::string> job_by_group_;
@@ -190,4 +195,4 @@ class JobManager {
   std::thread monitor_;
 };
 
-}  // namespace moex::control
+}  // namespace moex::cluster

@@ -10,7 +10,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace moex::control {
+namespace moex::cluster {
 
 struct TlsFiles {
   std::string ca;    // client: the CA that signed the controller; server: the CA of client certificates (mTLS)
@@ -27,4 +27,4 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ClientCredentials(cons
 // controller gives its ranks).
 TlsFiles ClientTlsFromEnvironment();
 
-}  // namespace moex::control
+}  // namespace moex::cluster

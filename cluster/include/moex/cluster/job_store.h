@@ -15,7 +15,7 @@
 
 struct sqlite3;
 
-namespace moex::control {
+namespace moex::cluster {
 
 struct StoredJob {
   moex::v1::Job job;
@@ -47,4 +47,4 @@ class JobStore {
   std::string path_;
 };
 
-}  // namespace moex::control
+}  // namespace moex::cluster

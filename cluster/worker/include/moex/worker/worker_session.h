@@ -16,7 +16,7 @@
 #include "moex/v1/job.pb.h"
 #include "moex/v1/placement.grpc.pb.h"
 
-namespace moex::launcher {
+namespace moex::worker {
 
 class WorkerSession {
  public:
@@ -69,4 +69,4 @@ class WorkerSession {
   std::thread heartbeat_;
 };
 
-}  // namespace moex::launcher
+}  // namespace moex::worker

@@ -1,5 +1,5 @@
 // End to end: a controller in this process, real mpirun jobs of `moex worker`.
-#include "moex/control/server.h"
+#include "moex/cluster/server.h"
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -17,7 +17,7 @@
 #include "moex/v1/job.grpc.pb.h"
 #include "moex/v1/placement.grpc.pb.h"
 
-namespace moex::control {
+namespace moex::cluster {
 namespace {
 
 using ::testing::HasSubstr;
@@ -594,4 +594,4 @@ TEST_F(ControllerTest, BadInputGetsTheRightStatus) {
 }
 
 }  // namespace
-}  // namespace moex::control
+}  // namespace moex::cluster

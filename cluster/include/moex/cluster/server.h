@@ -7,13 +7,13 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "moex/control/job_manager.h"
+#include "moex/cluster/job_manager.h"
 
 namespace grpc {
 class Server;
 }
 
-namespace moex::control {
+namespace moex::cluster {
 
 class Controller {
  public:
@@ -35,4 +35,4 @@ class Controller {
   int port_ = 0;
 };
 
-}  // namespace moex::control
+}  // namespace moex::cluster

@@ -7,8 +7,8 @@
 #include "moex/job/run_config.h"
 #include "moex/v1/job.pb.h"
 
-namespace moex::control {
+namespace moex::cluster {
 
 job::RunConfig RunConfigFromSpec(const moex::v1::JobSpec& spec);
 
-}  // namespace moex::control
+}  // namespace moex::cluster

@@ -1,4 +1,4 @@
-#include "moex/control/spec_validation.h"
+#include "moex/cluster/spec_validation.h"
 
 #include <unistd.h>
 
@@ -11,7 +11,7 @@
 #include "moex/ep/moe_weights.h"
 #include "moex/model/model_loader.h"
 
-namespace moex::control {
+namespace moex::cluster {
 namespace {
 
 using ::testing::HasSubstr;
@@ -137,4 +137,4 @@ TEST(SpecValidationTest, BenchJobsGetTheirPointsAsSteps) {
 }
 
 }  // namespace
-}  // namespace moex::control
+}  // namespace moex::cluster

@@ -4,11 +4,11 @@
 // over the rank's WorkerSession.
 #pragma once
 
-#include "moex/launcher/worker_session.h"
+#include "moex/worker/worker_session.h"
 #include "moex/run/runner.h"
 #include "moex/run/sink.h"
 
-namespace moex::launcher {
+namespace moex::worker {
 
 class WorkerRunLink final : public run::ControllerLink, public run::RunSink {
  public:
@@ -28,4 +28,4 @@ class WorkerRunLink final : public run::ControllerLink, public run::RunSink {
   int rank_;
 };
 
-}  // namespace moex::launcher
+}  // namespace moex::worker
