@@ -105,10 +105,10 @@ int main(int argc, char** argv) {
   std::printf("%d seeds x %d layers, Zipf skew %.2f; moves: from the moex placement of the load before a drift of +-%.0f%%\n",
               seeds, layers, skew, 100 * drift);
   std::printf("| shape | eplb max/mean (mean, median, worst) | moex max/mean (mean, median, worst) | lower bound (mean) | moex better on | "
-              "moved: eplb | moved: moex from scratch | moved: moex with --current | plan ms eplb / moex |\n");
+              "moved: eplb | moved: moex from scratch | moved: moex with --current | plan ms eplb / moex / moex with --current |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|\n");
   for (const Shape& s : shapes) {
-    std::vector<double> eplb_imb, moex_imb, bound_imb, moves_eplb, moves_scratch, moves_aware, eplb_ms, moex_ms;
+    std::vector<double> eplb_imb, moex_imb, bound_imb, moves_eplb, moves_scratch, moves_aware, eplb_ms, moex_ms, aware_ms;
     int better = 0, cases = 0;
     for (int seed = 0; seed < seeds; ++seed) {
       auto input = [&](Matrix load, moex::balance::IndexMatrix current = {}) {
@@ -125,7 +125,9 @@ int main(int argc, char** argv) {
       eplb_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
       moex_ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
       moex::balance::IndexMatrix current = moex::balance::PlanPlacement("moex", input(before))->phy2log;
+      auto t3 = std::chrono::steady_clock::now();
       EplbPlacement aware = *moex::balance::PlanPlacement("moex", input(load, current));
+      aware_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t3).count());
       Matrix ge = moex::balance::GpuLoads(load, eplb, s.gpus), gm = moex::balance::GpuLoads(load, moex, s.gpus);
       std::vector<double> bound = moex::balance::LoadLowerBound(load, s.replicas, s.gpus);
       // With EPLB's structure a node's GPUs share its groups' load: the
@@ -154,17 +156,18 @@ int main(int argc, char** argv) {
       moves_scratch.push_back(static_cast<double>(moex::balance::CountMoves(current, moex.phy2log, s.gpus)) / layers);
       moves_aware.push_back(static_cast<double>(moex::balance::CountMoves(current, aware.phy2log, s.gpus)) / layers);
     }
-    std::printf("| %s | %.4f, %.4f, %.4f | %.4f, %.4f, %.4f | %.4f | %d of %d | %.1f | %.1f | %.1f | %.2f / %.2f |\n",
+    std::printf("| %s | %.4f, %.4f, %.4f | %.4f, %.4f, %.4f | %.4f | %d of %d | %.1f | %.1f | %.1f | %.2f / %.2f / %.2f |\n",
                 s.name.c_str(), Mean(eplb_imb), Median(eplb_imb), Max(eplb_imb), Mean(moex_imb), Median(moex_imb),
                 Max(moex_imb), Mean(bound_imb), better, cases,
-                Mean(moves_eplb), Mean(moves_scratch), Mean(moves_aware), Mean(eplb_ms), Mean(moex_ms));
+                Mean(moves_eplb), Mean(moves_scratch), Mean(moves_aware), Mean(eplb_ms), Mean(moex_ms), Mean(aware_ms));
     out["shapes"].push_back({{"shape", s.name}, {"experts", s.experts}, {"replicas", s.replicas}, {"groups", s.groups},
                              {"nodes", s.nodes}, {"gpus", s.gpus},
                              {"eplb_imbalance", eplb_imb}, {"moex_imbalance", moex_imb}, {"lower_bound", bound_imb},
                              {"moex_better_cases", better}, {"cases", cases},
                              {"moves_per_layer_eplb", moves_eplb}, {"moves_per_layer_moex_scratch", moves_scratch},
                              {"moves_per_layer_moex_current", moves_aware},
-                             {"plan_ms_eplb", eplb_ms}, {"plan_ms_moex", moex_ms}});
+                             {"plan_ms_eplb", eplb_ms}, {"plan_ms_moex", moex_ms},
+                             {"plan_ms_moex_current", aware_ms}});
   }
   std::printf("(moves are per layer, out of the shape's slots; lower bound: max of the mean GPU load, the hottest expert over\n"
               " its most replicas, and with hierarchical balancing the heaviest node (EPLB's groups onto nodes) over its GPUs)\n");

@@ -138,16 +138,27 @@ void SearchExchanges(const Layout& L, int64_t hot, int64_t g, const Subsets& hot
   const double top = L.gpu_load[hot], other = L.gpu_load[g];
   if (other >= top) return;
   const int64_t k = hot_subsets.k;
-  std::vector<int64_t> hot_experts(L.slot.begin() + hot * L.per_gpu, L.slot.begin() + (hot + 1) * L.per_gpu);
-  std::vector<int64_t> g_experts(L.slot.begin() + g * L.per_gpu, L.slot.begin() + (g + 1) * L.per_gpu);
-  const int64_t duplicates = Duplicates(hot_experts) + Duplicates(g_experts);
-  auto valid = [&](int64_t a, int64_t b) {  // subset a of the hot GPU against subset b of g
-    std::vector<int64_t> h = hot_experts, o = g_experts;
+  // Two GPUs with no expert in common and none twice can trade anything.
+  std::vector<int64_t> both(L.slot.begin() + hot * L.per_gpu, L.slot.begin() + (hot + 1) * L.per_gpu);
+  both.insert(both.end(), L.slot.begin() + g * L.per_gpu, L.slot.begin() + (g + 1) * L.per_gpu);
+  const bool any_trade = Duplicates(std::move(both)) == 0;
+  std::vector<int64_t> traded(2 * k);
+  auto valid = [&](int64_t a, int64_t b) {  // subset a of the hot GPU against subset b of g: no more pairs
+    if (any_trade) return true;
     for (int64_t i = 0; i < k; ++i) {
-      const int64_t sa = hot_subsets.slots[a * k + i], sb = g_subsets.slots[b * k + i];
-      std::swap(h[sa - hot * L.per_gpu], o[sb - g * L.per_gpu]);
+      traded[i] = L.slot[hot_subsets.slots[a * k + i]];
+      traded[k + i] = L.slot[g_subsets.slots[b * k + i]];
     }
-    return Duplicates(std::move(h)) + Duplicates(std::move(o)) <= duplicates;
+    auto extra = [](int64_t n) { return std::max<int64_t>(n - 1, 0); };
+    int64_t change = 0;
+    for (int64_t i = 0; i < 2 * k; ++i) {
+      const int64_t x = traded[i];
+      if (std::find(traded.begin(), traded.begin() + i, x) != traded.begin() + i) continue;
+      const int64_t out = std::count(traded.begin(), traded.begin() + k, x), in = std::count(traded.begin() + k, traded.end(), x);
+      const int64_t on_hot = L.On(hot, x), on_g = L.On(g, x);
+      change += extra(on_hot - out + in) + extra(on_g - in + out) - extra(on_hot) - extra(on_g);
+    }
+    return change <= 0;
   };
   const auto& candidates = g_subsets.by_load;
   const double even = (top - other) / 2;  // the load to shift for an even split
@@ -233,7 +244,7 @@ void SearchTransfers(const Layout& L, int64_t hot, Move* best, Kicks* kicks) {
   std::vector<char> marked(L.gpus, 0);
   std::vector<int64_t> touched;
   auto cutoff = [&] { return kicks ? std::max(best->value, kicks->Threshold()) : best->value; };
-  auto consider = [&](int64_t c, int64_t y) {
+  auto consider = [&](int64_t c, int64_t y, bool y_on_gc) {
     const int64_t x = L.slot[c], gc = L.Gpu(c);
     if (x == y || L.count[x] < 2 || !L.Allowed(y, L.Node(gc))) return;
     if (shares_gpu[x] && L.On(gc, x) < 2) return;
@@ -243,8 +254,6 @@ void SearchTransfers(const Layout& L, int64_t hot, Move* best, Kicks* kicks) {
     // which only an expert with more replicas than GPUs may.
     const bool forced = L.DuplicateForced(L.count[y] + 1);
     const bool too_high = L.gpu_load[gc] - x_share + y_share >= cutoff();
-    if (too_high && !forced) return;
-    const bool y_on_gc = L.Holds(gc, y);
     if (y_on_gc ? !forced : too_high) return;
     const double y_drop = L.weight[y] / cy - y_share;
     const double x_rise = L.weight[x] / (cx - 1) - x_share;
@@ -282,16 +291,42 @@ void SearchTransfers(const Layout& L, int64_t hot, Move* best, Kicks* kicks) {
   std::sort(hot_experts.begin(), hot_experts.end());
   hot_experts.erase(std::unique(hot_experts.begin(), hot_experts.end()), hot_experts.end());
   const double top = L.gpu_load[hot];
+  // The largest load per replica among each GPU's redundant replicas: no
+  // transfer from GPU g leaves it below its load less that.
+  std::vector<double> most_given(L.gpus, -1.0);
+  for (int64_t s = 0; s < slots; ++s) {
+    if (L.count[L.slot[s]] > 1) most_given[L.Gpu(s)] = std::max(most_given[L.Gpu(s)], L.Replica(L.slot[s]));
+  }
+  std::vector<char> y_on(L.gpus);
   for (int64_t y : hot_experts) {
     // The hot GPU's load afterwards is at least this.
-    const double cy = static_cast<double>(L.count[y]);
-    if (top - static_cast<double>(L.On(hot, y)) * (L.weight[y] / cy - L.weight[y] / (cy + 1)) >= cutoff()) continue;
-    for (int64_t c = 0; c < slots; ++c) {
-      if (L.Gpu(c) != hot) consider(c, y);
+    const double cy = static_cast<double>(L.count[y]), y_share = L.weight[y] / (cy + 1);
+    if (top - static_cast<double>(L.On(hot, y)) * (L.weight[y] / cy - y_share) >= cutoff()) continue;
+    std::fill(y_on.begin(), y_on.end(), 0);
+    for (int64_t i = first[y]; i < first[y + 1]; ++i) y_on[holders[i]] = 1;
+    for (int64_t gc = 0; gc < L.gpus; ++gc) {
+      if (gc == hot || most_given[gc] < 0) continue;
+      if (!y_on[gc] && L.gpu_load[gc] - most_given[gc] + y_share >= cutoff()) continue;
+      for (int64_t c = gc * L.per_gpu; c < (gc + 1) * L.per_gpu; ++c) consider(c, y, y_on[gc]);
     }
   }
+  // Slot c on the hot GPU to an expert y it lacks: the hot GPU ends at least
+  // at top - (c's load) + (y's load per replica afterwards), so the lightest
+  // such y first, until that alone is too high.
+  std::vector<char> on_hot(experts, 0);
+  for (int64_t y : hot_experts) on_hot[y] = 1;
+  std::vector<std::pair<double, int64_t>> lightest_next;  // (load per replica with one more, expert)
+  for (int64_t y = 0; y < experts; ++y) {
+    if (!on_hot[y]) lightest_next.push_back({L.weight[y] / static_cast<double>(L.count[y] + 1), y});
+  }
+  std::sort(lightest_next.begin(), lightest_next.end());
   for (int64_t c = hot * L.per_gpu; c < (hot + 1) * L.per_gpu; ++c) {
-    for (int64_t y = 0; y < experts; ++y) consider(c, y);
+    if (L.count[L.slot[c]] < 2) continue;
+    for (int64_t y : hot_experts) consider(c, y, true);
+    for (const auto& [y_share, y] : lightest_next) {
+      if (top - L.Replica(L.slot[c]) + y_share >= cutoff()) break;
+      consider(c, y, false);
+    }
   }
 }
 
@@ -390,9 +425,9 @@ void Search(Layout& L, double stop_at, bool few_moves) {
   // placement, the search must reach the balance planned from scratch.
   if (!few_moves) stop_at = std::max(stop_at, bound * (1 + kBalanced));
   const int64_t max_k = MaxExchange(L.per_gpu);
-  // From the current placement: single swaps and transfers first, which
-  // move fewest experts.
-  if (few_moves) Improve(L, stop_at, nullptr, std::min<int64_t>(max_k, 1));
+  // From the current placement: exchanges of fewer replicas first, which
+  // move fewer experts.
+  for (int64_t k = 1; few_moves && k < max_k; ++k) Improve(L, stop_at, nullptr, k);
   Kicks kicks{.capacity = kKicksPerOptimum, .best = {}};
   Improve(L, stop_at, &kicks, max_k);
   int tried = 0;
@@ -543,6 +578,40 @@ int64_t CountLayerMoves(const std::vector<int64_t>& current, const std::vector<i
 
 bool Hierarchical(const PlanInput& in) { return IsHierarchical(in.num_groups, in.num_nodes); }
 
+// Swaps that take an expert back to a GPU of the same node that holds it in
+// `current` (and move no more experts elsewhere), while every GPU stays at
+// or below `cap`; the swap that saves most first.
+void PullTowardCurrent(Layout& L, const std::vector<int64_t>& current, double cap) {
+  std::vector<std::vector<int64_t>> held(L.gpus), holders(L.weight.size());
+  for (int64_t s = 0; s < static_cast<int64_t>(current.size()); ++s) {
+    held[L.Gpu(s)].push_back(current[s]);
+    holders[current[s]].push_back(L.Gpu(s));
+  }
+  for (auto& h : held) std::sort(h.begin(), h.end());
+  auto moved = [&](int64_t g, int64_t e) { return std::binary_search(held[g].begin(), held[g].end(), e) ? 0 : 1; };
+  for (;;) {
+    int64_t best_saving = 0, best_a = -1, best_b = -1;
+    for (int64_t a = 0; a < static_cast<int64_t>(L.slot.size()); ++a) {
+      const int64_t g = L.Gpu(a), e = L.slot[a];
+      if (!moved(g, e)) continue;
+      for (int64_t h : holders[e]) {
+        if (h == g || L.Node(h) != L.Node(g) || L.Holds(h, e)) continue;
+        for (int64_t b = h * L.per_gpu; b < (h + 1) * L.per_gpu; ++b) {
+          const int64_t f = L.slot[b];
+          if (f == e || L.Holds(g, f)) continue;
+          const int64_t saving = 1 + moved(h, f) - moved(g, f);
+          const double shift = L.Replica(e) - L.Replica(f);
+          if (saving <= best_saving || L.gpu_load[g] - shift > cap || L.gpu_load[h] + shift > cap) continue;
+          best_saving = saving, best_a = a, best_b = b;
+        }
+      }
+    }
+    if (best_a < 0) return;
+    std::swap(L.slot[best_a], L.slot[best_b]);
+    L.Recompute();
+  }
+}
+
 std::vector<int64_t> PlanLayer(const PlanInput& in, size_t layer, const std::vector<int64_t>& eplb) {
   const bool hierarchical = Hierarchical(in);
   const int64_t nodes = hierarchical ? in.num_nodes : 1;
@@ -555,12 +624,15 @@ std::vector<int64_t> PlanLayer(const PlanInput& in, size_t layer, const std::vec
 
   const double target = scratch.Max() * (1 + 1e-9);
   const std::vector<int64_t>& current = in.current[layer];
-  std::vector<int64_t> best = Relabel(scratch.slot, current, in.num_gpus, nodes);
+  Layout relabelled(Relabel(scratch.slot, current, in.num_gpus, nodes), w, in.num_gpus, nodes);
+  PullTowardCurrent(relabelled, current, target);
+  std::vector<int64_t> best = relabelled.slot;
   int64_t best_moves = CountLayerMoves(current, best, in.num_gpus);
   // From the current placement itself, when it has the structure EPLB keeps.
   Layout from_current(current, w, in.num_gpus, nodes);
   if (!hierarchical || PinGroupsToNodes(from_current, in.num_groups)) {
     Search(from_current, target, true);
+    PullTowardCurrent(from_current, current, target);
     int64_t moves = CountLayerMoves(current, from_current.slot, in.num_gpus);
     if (from_current.Max() <= target && moves < best_moves) best = from_current.slot;
   }

@@ -29,9 +29,11 @@
 //   5. With a current placement: GPUs (and nodes) are relabelled to keep as
 //      many current (GPU, expert) pairs as possible (an optimal assignment),
 //      and the same search is also run from the current placement itself,
-//      single swaps and transfers first, until it reaches the from-scratch
-//      balance; the plan that moves fewer experts wins. Balance is never
-//      traded for fewer moves.
+//      exchanges of fewer replicas first, until it reaches the from-scratch
+//      balance. In both, swaps then take experts back to a GPU of the node
+//      that holds them now while no GPU passes the from-scratch maximum.
+//      The plan that moves fewer experts wins. Balance is never traded for
+//      fewer moves.
 // Deterministic: the same input gives the same plan.
 #pragma once
 
