@@ -169,8 +169,9 @@ int main(int argc, char** argv) {
                              {"plan_ms_eplb", eplb_ms}, {"plan_ms_moex", moex_ms},
                              {"plan_ms_moex_current", aware_ms}});
   }
-  std::printf("(moves are per layer, out of the shape's slots; lower bound: max of the mean GPU load, the hottest expert over\n"
-              " its most replicas, and with hierarchical balancing the heaviest node (EPLB's groups onto nodes) over its GPUs)\n");
+  std::printf("(moves are per layer, out of the shape's slots; lower bound: LoadLowerBound (the mean GPU load, the hottest\n"
+              " expert over its most replicas, what the slots per GPU force) and with hierarchical balancing the heaviest\n"
+              " node (EPLB's groups onto nodes) over its GPUs)\n");
   if (!json_path.empty()) {
     std::ofstream f(json_path);
     f << out.dump(1) << "\n";
