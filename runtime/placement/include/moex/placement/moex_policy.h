@@ -1,22 +1,40 @@
 // moex's placement policy: the same budget as EPLB (slots, nodes, GPUs, and
 // EPLB's structure: with hierarchical balancing, an expert group's replicas
-// stay on one node), a lower max/mean per-GPU load, and, told the current
-// placement, far fewer expert weights moved.
+// stay on the node EPLB gives the group), a lower max/mean per-GPU load, and,
+// told the current placement, far fewer expert weights moved.
 //
 // How, per layer:
 //   1. Start from EPLB's placement (groups onto nodes, replicas, packing).
-//   2. Local search, always on the hottest GPU: swap one of
-//      its replicas with a lighter one on another GPU of the node, or move a
-//      redundant replica from a cold expert to one of the hot GPU's experts
-//      (its load per replica drops on every GPU holding it). A move is taken
-//      only when every GPU it touches ends below the old maximum, so the
-//      maximum never grows: never worse than EPLB, and lower wherever any
-//      such move exists.
-//   3. With a current placement: GPUs (and nodes) are relabelled to keep as
+//   2. Local search, always on the hottest GPU, over two kinds of move:
+//      - exchanges: k of its replicas for k of another GPU of the node, every
+//        k up to half a GPU's slots (while a GPU has at most 1000 such
+//        subsets), so any split of the two GPUs' replicas where they are
+//        few; the exchange that leaves the pair closest to even;
+//      - transfers: a redundant replica of expert x becomes one more replica
+//        of expert y, where x's replica is on the hot GPU or y is on it (y's
+//        load per replica then drops on every GPU holding it): replica counts
+//        change, not only where replicas sit.
+//      A move is taken only when every GPU it touches ends below the old
+//      maximum, so the maximum never grows: never worse than EPLB.
+//   3. Stuck more than 0.1% above a simple bound (the mean GPU load, a
+//      node's load over its GPUs, the hottest expert over the most replicas
+//      it can have), kicks: one of the best transfers of the hot GPU that the
+//      search refused (some GPU ends too high), then the local search again,
+//      kept only if it ends lower (at most 16 per local optimum, 128 in all). From scratch
+//      the search stops within 0.01% of that bound.
+//   4. Two replicas of one expert on one GPU (EPLB's packing makes some) are
+//      split by a swap that raises no GPU above the maximum, unless the
+//      expert has more replicas than GPUs to put them on. No move of moex
+//      puts two replicas of an expert on a GPU otherwise.
+//   5. With a current placement: GPUs (and nodes) are relabelled to keep as
 //      many current (GPU, expert) pairs as possible (an optimal assignment),
-//      and the same local search is also run from the current placement
-//      itself until it reaches the from-scratch balance; the plan that moves
-//      fewer experts wins. Balance is never traded for fewer moves.
+//      and the same search is also run from the current placement itself,
+//      exchanges of fewer replicas first, until it reaches the from-scratch
+//      balance. In both, swaps then take experts back to a GPU of the node
+//      that holds them now while no GPU passes the from-scratch maximum.
+//      The plan that moves fewer experts wins. Balance is never traded for
+//      fewer moves.
+// Deterministic: the same input gives the same plan.
 #pragma once
 
 #include <cstdint>
@@ -51,9 +69,14 @@ int64_t CountMoves(const IndexMatrix& current, const IndexMatrix& next, int64_t 
 // phy2log -> the full placement (phyrank, logcnt, log2phy).
 EplbPlacement FromPhy2Log(IndexMatrix phy2log, int64_t num_logical);
 
-// A lower bound on the max per-GPU load of any placement with this budget
-// and EPLB's structure (per layer): the mean GPU load, and the largest
-// expert split over as many replicas as a GPU can take.
+// A lower bound on the max per-GPU load of any placement with this budget,
+// num_replicas / num_gpus slots on every GPU (per layer): at least the mean
+// GPU load and the hottest expert over the most replicas it can spread over,
+// raised by what the slot count adds: each expert needs replicas enough that
+// the GPUs holding one, with their other slots filled by the lightest loads
+// any slot can carry, average at most the bound, and all experts' needs must
+// fit in the slots. Valid for hierarchical placements too (they are
+// placements), which can be held further up by a node's load.
 std::vector<double> LoadLowerBound(const Matrix& load, int64_t num_replicas, int64_t num_gpus);
 
 }  // namespace moex::placement
