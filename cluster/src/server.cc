@@ -434,8 +434,4 @@ void Controller::Shutdown() {
   if (services_) services_->jobs.JoinReaders();
 }
 
-void Controller::Wait() {
-  if (server_) server_->Wait();
-}
-
 }  // namespace moex::cluster

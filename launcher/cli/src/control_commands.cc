@@ -156,8 +156,6 @@ void PrintJob(const moex::v1::Job& job) {
   std::cout << "  log: " << job.log_path() << "\n";
 }
 
-std::atomic<bool> g_stop{false};
-
 }  // namespace
 
 CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {

@@ -23,7 +23,6 @@ class Controller {
   JobManager& jobs() { return *jobs_; }
   // Stops accepting calls, ends running jobs (FAILED, saying why), returns.
   void Shutdown();
-  void Wait();
 
   struct Services;
 
