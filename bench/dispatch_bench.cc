@@ -24,7 +24,7 @@
 
 #include "moex/ep/dispatch.h"
 #include "moex/transport/mpi_transport.h"
-#include "moex/transport/ucx_transport.h"
+#include "moex/transport/transport_registry.h"
 #include "nlohmann/json.hpp"
 
 namespace {
@@ -78,8 +78,7 @@ int main(int argc, char** argv) {
   auto session = transport::MpiSession::Start(&argc, &argv);
   if (!session.ok()) return 1;
   Options o = Parse(argc, argv);
-  auto made = transport::CreateMpiTransport();
-  if (made.ok() && o.transport == "ucx") made = transport::CreateUcxTransport(std::move(*made));
+  auto made = transport::CreateTransport(o.transport);
   if (!made.ok()) Die(made.status());
   transport::Transport& t = **made;
   const int rank = t.rank(), world = t.world_size();

@@ -27,7 +27,7 @@
 #include "moex/model/model_loader.h"
 #include "moex/model/safetensors.h"
 #include "moex/transport/mpi_transport.h"
-#include "moex/transport/ucx_transport.h"
+#include "moex/transport/transport_registry.h"
 #include "nlohmann/json.hpp"
 #include "run_weights.h"
 
@@ -634,20 +634,7 @@ class Runner {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<transport::Transport>> CreateRankTransport(const std::string& name) {
-  absl::StatusOr<std::unique_ptr<transport::Transport>> made = transport::CreateMpiTransport();
-  if (made.ok() && name == "nccl") {
-    // NCCL (in the GPU plugin) carries the token rows; MPI carries counts
-    // and the bootstrap.
-  } else if (made.ok() && name == "ucx") {
-#ifdef MOEX_HAVE_UCX
-    made = transport::CreateUcxTransport(std::move(*made));
-#else
-    made = absl::UnimplementedError("this moex was built without UCX (libucx-dev was not found)");
-#endif
-  } else if (made.ok() && name != "mpi") {
-    made = absl::InvalidArgumentError(StrCat("--transport '", name, "' is not one of mpi, ucx, nccl"));
-  }
-  return made;
+  return transport::CreateTransport(name);
 }
 
 int RunRun(const RunFlags& given, int* argc, char*** argv) {
