@@ -164,7 +164,7 @@ class Runner {
                                                           .rank = rank_, .host = &t_, .deadline = NextDeadline()}));
       if (rank_ == 0 && !flags_.quiet) std::cout << "moex run: device buffers over " << gpu_layer_->Describe() << "\n";
     }
-    MOEX_ASSIGN_OR_RETURN(ep::MoeLayer layer, ep::MoeLayer::Create(spec_, placement, std::move(weights), rank_));
+    MOEX_ASSIGN_OR_RETURN(ep::MoeLayer layer, ep::MoeLayer::Create(spec_, placement, std::move(weights), t_, NextDeadline()));
     MOEX_RETURN_IF_ERROR(LoadInput());
     if (rank_ == 0 && !flags_.quiet) {
       PrintHeader(arch, placement);
