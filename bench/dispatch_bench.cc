@@ -24,7 +24,7 @@
 
 #include "moex/ep/dispatch.h"
 #include "moex/transport/mpi_transport.h"
-#include "moex/transport/ucx_transport.h"
+#include "moex/transport/transport_registry.h"
 #include "nlohmann/json.hpp"
 
 namespace {
@@ -78,8 +78,7 @@ int main(int argc, char** argv) {
   auto session = transport::MpiSession::Start(&argc, &argv);
   if (!session.ok()) return 1;
   Options o = Parse(argc, argv);
-  auto made = transport::CreateMpiTransport();
-  if (made.ok() && o.transport == "ucx") made = transport::CreateUcxTransport(std::move(*made));
+  auto made = transport::CreateTransport(o.transport);
   if (!made.ok()) Die(made.status());
   transport::Transport& t = **made;
   const int rank = t.rank(), world = t.world_size();
@@ -106,7 +105,13 @@ int main(int argc, char** argv) {
   for (int r = 0; r < world; ++r) remote_copies += r == rank ? 0 : layout.num_tokens_per_rank[r];
   std::vector<int> send_a, recv_a, send_b, recv_b, sdispl_a, rdispl_a, sdispl_b, rdispl_b;
   std::vector<char> sbuf, rbuf;
-  ep::Dispatcher dispatcher;
+  // The path as `moex run` picks it (MOEX_INTRANODE=0 forces all-to-all-v).
+  absl::StatusOr<ep::DispatchOptions> dispatch_options = ep::DispatchOptions::FromEnvironment();
+  if (!dispatch_options.ok()) Die(dispatch_options.status());
+  absl::StatusOr<ep::Dispatcher> created = ep::Dispatcher::Create(t, *dispatch_options, Deadline::InSeconds(120));
+  if (!created.ok()) Die(created.status());
+  ep::Dispatcher& dispatcher = *created;
+  if (rank == 0) std::fprintf(stderr, "dispatch path: %s\n", dispatcher.path_reason().c_str());
   ep::DispatchResult received;
   Tensor y({o.tokens, o.hidden});
 

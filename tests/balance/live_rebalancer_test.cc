@@ -68,7 +68,8 @@ Steps RunSteps(int world, int64_t steps, RebalanceOptions options, int silent_ra
       placement::Placement initial = *placement::Placement::Contiguous(spec.num_experts, world, 4);
       std::vector<int64_t> mine;
       for (int64_t s = 0; s < initial.num_local_slots(r); ++s) mine.push_back(initial.slot_expert(initial.first_slot(r) + s));
-      ep::MoeLayer layer = *ep::MoeLayer::Create(spec, initial, *ep::LoadMoeWeights(spec, nullptr, 5, mine), r);
+      ep::MoeLayer layer =
+          *ep::MoeLayer::Create(spec, initial, *ep::LoadMoeWeights(spec, nullptr, 5, mine), *t, Deadline::InSeconds(10));
       struct Silent {};
       if (r == silent_rank) options.before_chunk = [](int64_t) { throw Silent{}; };
       absl::StatusOr<LiveRebalancer> rebalancer = LiveRebalancer::Create(options, layer, world);

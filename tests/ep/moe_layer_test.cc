@@ -4,6 +4,7 @@
 #include "moex/ep/moe_layer.h"
 
 #include <cmath>
+#include <cstring>
 #include <thread>
 
 #include "gtest/gtest.h"
@@ -56,19 +57,10 @@ Tensor RandomTokens(int64_t tokens, int64_t hidden, uint64_t seed) {
 
 class MoeLayerTest : public ::testing::TestWithParam<Case> {};
 
-TEST_P(MoeLayerTest, MatchesTheReference) {
-  const Case& c = GetParam();
-  MoeLayerSpec spec = SpecFor(c);
-  Placement placement = *Placement::Contiguous(c.experts, c.world, c.redundant);
-  Tensor x = RandomTokens(c.tokens, spec.hidden, 7);
-
-  std::vector<int64_t> all_experts;
-  for (int64_t e = 0; e < c.experts; ++e) all_experts.push_back(e);
-  MoeWeights all = *LoadMoeWeights(spec, nullptr, 42, all_experts);
-  std::vector<int64_t> slices;
-  for (int r = 0; r < c.world; ++r) slices.push_back(TokenSlice(c.tokens, c.world, r).second);
-  Tensor expected = ReferenceForward(spec, all, x, slices);
-
+// The layer's output on every rank of `c`, with dispatch on `path`; the
+// dropless count of served pairs in `pairs`.
+Tensor RunLayer(const Case& c, const MoeLayerSpec& spec, const Placement& placement, const Tensor& x,
+                DispatchPath path, int64_t* pairs) {
   Tensor got({c.tokens, spec.hidden});
   std::vector<int64_t> served(c.world, 0);
   transport::InProcessHub hub(c.world);
@@ -82,8 +74,11 @@ TEST_P(MoeLayerTest, MatchesTheReference) {
       }
       absl::StatusOr<MoeWeights> weights = LoadMoeWeights(spec, nullptr, 42, mine);
       ASSERT_TRUE(weights.ok()) << weights.status();
-      absl::StatusOr<MoeLayer> layer = MoeLayer::Create(spec, placement, *weights, r);
+      absl::StatusOr<Dispatcher> dispatcher = Dispatcher::Create(*t, {.path = path}, Deadline::InSeconds(30));
+      ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
+      absl::StatusOr<MoeLayer> layer = MoeLayer::Create(spec, placement, *weights, std::move(*dispatcher));
       ASSERT_TRUE(layer.ok()) << layer.status();
+      EXPECT_EQ(layer->DataPath(), DispatchPathName(path)) << layer->DataPathReason();
       auto [first, count] = TokenSlice(c.tokens, c.world, r);
       Tensor local({count, spec.hidden});
       for (int64_t i = 0; i < count * spec.hidden; ++i) local.values[i] = x.values[first * spec.hidden + i];
@@ -99,16 +94,42 @@ TEST_P(MoeLayerTest, MatchesTheReference) {
     });
   }
   for (std::thread& rank : ranks) rank.join();
+  *pairs = 0;
+  for (int64_t n : served) *pairs += n;
+  return got;
+}
 
-  double scale = 0, worst = 0;
+TEST_P(MoeLayerTest, MatchesTheReferenceOnEveryPath) {
+  const Case& c = GetParam();
+  MoeLayerSpec spec = SpecFor(c);
+  Placement placement = *Placement::Contiguous(c.experts, c.world, c.redundant);
+  Tensor x = RandomTokens(c.tokens, spec.hidden, 7);
+
+  std::vector<int64_t> all_experts;
+  for (int64_t e = 0; e < c.experts; ++e) all_experts.push_back(e);
+  MoeWeights all = *LoadMoeWeights(spec, nullptr, 42, all_experts);
+  std::vector<int64_t> slices;
+  for (int r = 0; r < c.world; ++r) slices.push_back(TokenSlice(c.tokens, c.world, r).second);
+  Tensor expected = ReferenceForward(spec, all, x, slices);
+  double scale = 0;
   for (int64_t i = 0; i < expected.size(); ++i) scale = std::max(scale, std::fabs(double{expected.values[i]}));
-  for (int64_t i = 0; i < expected.size(); ++i) {
-    worst = std::max(worst, std::fabs(double{expected.values[i]} - got.values[i]));
+
+  std::vector<Tensor> outputs;
+  for (DispatchPath path : {DispatchPath::kSharedMemory, DispatchPath::kAllToAllV}) {
+    SCOPED_TRACE(std::string(DispatchPathName(path)));
+    int64_t pairs = 0;
+    outputs.push_back(RunLayer(c, spec, placement, x, path, &pairs));
+    const Tensor& got = outputs.back();
+    double worst = 0;
+    for (int64_t i = 0; i < expected.size(); ++i) {
+      worst = std::max(worst, std::fabs(double{expected.values[i]} - got.values[i]));
+    }
+    EXPECT_LE(worst, 1e-4 * std::max(scale, 1e-30)) << "max |error| " << worst << ", output scale " << scale;
+    EXPECT_EQ(pairs, c.tokens * c.top_k) << "dropless: every routed pair is served once";
   }
-  EXPECT_LE(worst, 1e-4 * std::max(scale, 1e-30)) << "max |error| " << worst << ", output scale " << scale;
-  int64_t pairs = 0;
-  for (int64_t n : served) pairs += n;
-  EXPECT_EQ(pairs, c.tokens * c.top_k) << "dropless: every routed pair is served once";
+  // One row order on both paths, sums added in the same order: the same bits.
+  EXPECT_EQ(0, std::memcmp(outputs[0].data(), outputs[1].data(), outputs[0].values.size() * sizeof(float)))
+      << "shared memory and all-to-all-v disagree";
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -1,4 +1,6 @@
 // The conformance suite on in-process ranks (threads), world sizes 1 to 6.
+#include <unistd.h>
+
 #include <filesystem>
 #include <set>
 #include <thread>
@@ -70,7 +72,7 @@ TEST(SharedSegmentsTest, EveryRankSeesEveryOthersWritesAcrossGrowth) {
     threads.emplace_back([&, r] {
       std::unique_ptr<Transport> t = hub.Connect(r);
       Deadline deadline = Deadline::InSeconds(10);
-      auto shm = SharedSegments::Create(*t, deadline);
+      auto shm = SharedSegments::Create(*t, {}, deadline);
       if (!shm.ok()) {
         errors[r] = std::string(shm.status().message());
         return;
@@ -111,6 +113,37 @@ TEST(SharedSegmentsTest, EveryRankSeesEveryOthersWritesAcrossGrowth) {
       EXPECT_TRUE(before.count(name)) << entry.path() << " was left behind";
     }
   }
+}
+
+// A rank that cannot grow its segment (here: over its limit): every rank
+// gets the same error naming it, and no file is left in the directory.
+TEST(SharedSegmentsTest, AFailedReserveIsTheSameErrorOnEveryRankAndLeavesNothing) {
+  char directory[] = "/dev/shm/moex-segments-test-XXXXXX";
+  ASSERT_NE(mkdtemp(directory), nullptr);
+  const int world = 3;
+  InProcessHub hub(world);
+  std::vector<std::thread> threads;
+  std::vector<absl::Status> reserved(world);
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      std::unique_ptr<Transport> t = hub.Connect(r);
+      SharedSegmentsOptions options{.directory = directory, .max_bytes = r == 1 ? int64_t{1} << 20 : 0};
+      auto shm = SharedSegments::Create(*t, options, Deadline::InSeconds(10));
+      ASSERT_TRUE(shm.ok()) << shm.status();
+      std::vector<int64_t> need(world, int64_t{2} << 20);
+      reserved[r] = (*shm)->Reserve(*t, need, Deadline::InSeconds(10));
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int r = 0; r < world; ++r) {
+    EXPECT_EQ(reserved[r].code(), absl::StatusCode::kResourceExhausted) << reserved[r];
+    EXPECT_EQ(reserved[r].message(), reserved[0].message()) << "rank " << r;
+  }
+  EXPECT_EQ(std::string(reserved[0].message()),
+            std::string(directory) + " on rank 1: a 2.00 MiB segment is over the 1.00 MiB limit "
+                                     "(SharedSegmentsOptions.max_bytes)");
+  EXPECT_TRUE(std::filesystem::is_empty(directory)) << "segments were left in " << directory;
+  std::filesystem::remove_all(directory);
 }
 
 }  // namespace

@@ -52,6 +52,42 @@ void CheckAllToAllV(Transport& t) {
   }
 }
 
+void CheckAllToAllVOffsets(Transport& t) {
+  const int world = t.world_size(), me = t.rank();
+  // Blocks in reverse rank order with a 3-byte gap before each, on both
+  // sides: where each block is read and lands is the offsets' business only.
+  std::vector<int64_t> send_bytes(world), recv_bytes(world), send_offsets(world), recv_offsets(world);
+  int64_t send_end = 0, recv_end = 0;
+  for (int r = world - 1; r >= 0; --r) {
+    send_bytes[r] = BlockBytes(me, r);
+    recv_bytes[r] = BlockBytes(r, me);
+    send_offsets[r] = send_end + 3;
+    recv_offsets[r] = recv_end + 3;
+    send_end = send_offsets[r] + send_bytes[r];
+    recv_end = recv_offsets[r] + recv_bytes[r];
+  }
+  const std::byte gap{0xee};
+  std::vector<std::byte> send(send_end, gap), recv(recv_end, gap);
+  for (int r = 0; r < world; ++r) {
+    for (int64_t i = 0; i < send_bytes[r]; ++i) send[send_offsets[r] + i] = Pattern(me, r, i);
+  }
+  absl::Status status =
+      t.AllToAllV(send.data(), send_bytes, send_offsets, recv.data(), recv_bytes, recv_offsets, Soon());
+  ASSERT_TRUE(status.ok()) << status;
+  std::vector<bool> written(recv_end, false);
+  for (int r = 0; r < world; ++r) {
+    for (int64_t i = 0; i < recv_bytes[r]; ++i) {
+      ASSERT_EQ(recv[recv_offsets[r] + i], Pattern(r, me, i)) << "from rank " << r << " byte " << i;
+      written[recv_offsets[r] + i] = true;
+    }
+  }
+  for (int64_t i = 0; i < recv_end; ++i) {
+    if (!written[i]) {
+      ASSERT_EQ(recv[i], gap) << "byte " << i << " between blocks was written";
+    }
+  }
+}
+
 void CheckPointToPoint(Transport& t) {
   const int world = t.world_size(), me = t.rank();
   if (world < 2) return;
@@ -122,6 +158,7 @@ void CheckBadArguments(Transport& t) {
 
 void RunConformance(Transport& t) {
   CheckAllToAllV(t);
+  CheckAllToAllVOffsets(t);
   CheckPointToPoint(t);
   CheckAllReduce(t);
   CheckManyOperations(t);

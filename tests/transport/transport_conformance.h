@@ -11,6 +11,7 @@ namespace moex::transport::testing {
 void RunConformance(Transport& transport);
 
 void CheckAllToAllV(Transport& transport);      // uneven and empty blocks, self block
+void CheckAllToAllVOffsets(Transport& transport);  // blocks placed by offsets, gaps untouched
 void CheckPointToPoint(Transport& transport);   // ring of sends, tags kept apart
 void CheckAllReduce(Transport& transport);      // same bits on every rank
 void CheckManyOperations(Transport& transport); // sequence numbers stay aligned

@@ -22,6 +22,7 @@
 #include "moex/kernels/expert_ffn.h"
 #include "moex/worker/worker_session.h"
 #include "moex/transport/mpi_transport.h"
+#include "moex/transport/transport_registry.h"
 
 namespace moex::cli {
 namespace {
@@ -131,7 +132,7 @@ int RunRanks(const BenchFlags& f, int* argc, char*** argv) {
   if (!sweep.ok()) return fail(sweep.status());
   absl::StatusOr<std::vector<bench::BenchPoint>> points = bench::ExpandSweep(*sweep, (*mpi)->world_size(), f.transport);
   if (!points.ok()) return fail(points.status());
-  absl::StatusOr<std::unique_ptr<transport::Transport>> t = CreateRankTransport(f.transport);
+  absl::StatusOr<std::unique_ptr<transport::Transport>> t = transport::CreateTransport(f.transport);
   if (!t.ok()) return fail(t.status());
   std::ofstream out;
   if (rank == 0 && !f.out.empty()) {

@@ -13,12 +13,12 @@
 #include "moex/cluster/job_spec.h"
 #include "moex/core/str_cat.h"
 #include "moex/kernels/expert_ffn.h"
-#include "moex/worker/worker_run_link.h"
-#include "moex/worker/worker_session.h"
 #include "moex/run/runner.h"
 #include "moex/run/sink.h"
 #include "moex/transport/mpi_transport.h"
-#include "moex/transport/ucx_transport.h"
+#include "moex/transport/transport_registry.h"
+#include "moex/worker/worker_run_link.h"
+#include "moex/worker/worker_session.h"
 
 namespace moex::cli {
 
@@ -68,19 +68,7 @@ CLI::App* AddWorkerCommand(CLI::App& app, RunFlags& f) {
 }
 
 absl::StatusOr<std::unique_ptr<transport::Transport>> CreateRankTransport(const std::string& name) {
-  absl::StatusOr<std::unique_ptr<transport::Transport>> made = transport::CreateMpiTransport();
-  // "nccl": MPI carries counts and NCCL's bootstrap; the GPU plugin carries
-  // the token rows.
-  if (made.ok() && name == "ucx") {
-#ifdef MOEX_HAVE_UCX
-    made = transport::CreateUcxTransport(std::move(*made));
-#else
-    made = absl::UnimplementedError("this moex was built without UCX (libucx-dev was not found)");
-#endif
-  } else if (made.ok() && name != "mpi" && name != "nccl") {
-    made = absl::InvalidArgumentError(StrCat("--transport '", name, "' is not one of mpi, ucx, nccl"));
-  }
-  return made;
+  return transport::CreateTransport(name);
 }
 
 int RunRun(const RunFlags& flags, int* argc, char*** argv) {

@@ -143,7 +143,8 @@ absl::Status RunLayer(transport::Transport& t, const AllToAllVFn& fn, const ep::
     local.push_back(placement.slot_expert(placement.first_slot(rank) + s));
   }
   MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights, ep::LoadMoeWeights(spec, nullptr, options.seed, local));
-  MOEX_ASSIGN_OR_RETURN(ep::MoeLayer layer, ep::MoeLayer::Create(spec, placement, std::move(weights), rank));
+  MOEX_ASSIGN_OR_RETURN(ep::MoeLayer layer, ep::MoeLayer::Create(spec, placement, std::move(weights), t,
+                                                                 Deadline::InSeconds(options.rep_timeout_seconds)));
 
   // The layer routes by its own router: the baseline moves what it moves.
   std::vector<int32_t> topk;
@@ -256,14 +257,15 @@ absl::StatusOr<BenchResult> RunPoint(transport::Transport& t, const AllToAllVFn&
   result.point = point;
   result.reps = options.reps;
   result.warmup = options.warmup;
-  ep::Dispatcher dispatcher;
+  auto deadline = [&] { return Deadline::InSeconds(options.rep_timeout_seconds); };
+  MOEX_ASSIGN_OR_RETURN(ep::DispatchOptions dispatch_options, ep::DispatchOptions::FromEnvironment());
+  MOEX_ASSIGN_OR_RETURN(ep::Dispatcher dispatcher, ep::Dispatcher::Create(t, dispatch_options, deadline()));
   ep::DispatchResult received;
   Tensor y({T, H});
   std::optional<Baseline> baseline;
   constexpr size_t kFigures = 4;  // dispatch, combine, dispatch + combine, plain exchanges
   std::vector<double> mine;
   int64_t dispatch_bytes = 0, combine_bytes = 0;
-  auto deadline = [&] { return Deadline::InSeconds(options.rep_timeout_seconds); };
   for (int rep = 0; rep < options.warmup + options.reps; ++rep) {
     MOEX_RETURN_IF_ERROR(t.Barrier(deadline()));
     auto start = Clock::now();

@@ -44,12 +44,16 @@ void RouteTokens(const MoeLayerSpec& spec, const MoeWeights& weights, const Tens
   kernels::Route(params, logits.data(), T, topk_idx->data(), topk_weights->data(), scratch.data());
 }
 
-absl::StatusOr<MoeLayer> MoeLayer::Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
-                                          int rank) {
+absl::Status MoeLayer::Check(const MoeLayerSpec& spec, const Placement& placement, const MoeWeights& weights,
+                             int rank, int world_size) {
   MOEX_RETURN_IF_ERROR(kernels::CheckRouterSupported(spec.router, spec.num_experts, spec.top_k));
   if (placement.num_experts() != spec.num_experts) {
     return absl::InvalidArgumentError(StrCat("placement has ", placement.num_experts(),
                                              " experts, the layer ", spec.num_experts));
+  }
+  if (placement.world_size() != world_size) {
+    return absl::InvalidArgumentError(StrCat("rank ", rank, ": the placement is for ", placement.world_size(),
+                                             " ranks, the transport has ", world_size));
   }
   for (int64_t s = 0; s < placement.num_local_slots(rank); ++s) {
     int64_t expert = placement.slot_expert(placement.first_slot(rank) + s);
@@ -58,7 +62,21 @@ absl::StatusOr<MoeLayer> MoeLayer::Create(MoeLayerSpec spec, Placement placement
                                                   " but has no weights for it"));
     }
   }
-  return MoeLayer(std::move(spec), std::move(placement), std::move(weights), rank);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<MoeLayer> MoeLayer::Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
+                                          Dispatcher dispatcher) {
+  MOEX_RETURN_IF_ERROR(Check(spec, placement, weights, dispatcher.rank(), dispatcher.world_size()));
+  return MoeLayer(std::move(spec), std::move(placement), std::move(weights), std::move(dispatcher));
+}
+
+absl::StatusOr<MoeLayer> MoeLayer::Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
+                                          transport::Transport& transport, Deadline deadline) {
+  MOEX_RETURN_IF_ERROR(Check(spec, placement, weights, transport.rank(), transport.world_size()));
+  MOEX_ASSIGN_OR_RETURN(DispatchOptions options, DispatchOptions::FromEnvironment());
+  MOEX_ASSIGN_OR_RETURN(Dispatcher dispatcher, Dispatcher::Create(transport, std::move(options), deadline));
+  return MoeLayer(std::move(spec), std::move(placement), std::move(weights), std::move(dispatcher));
 }
 
 absl::Status MoeLayer::SwitchPlacement(Placement next, std::map<int64_t, ExpertWeights> incoming) {

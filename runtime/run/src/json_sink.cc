@@ -16,6 +16,7 @@ void JsonSink::OnStart(const RunHeader& h) {
   head_["routing_skew"] = h.config->routing_skew;
   head_["layer_total_params"] = h.spec->total_params();
   head_["layer_active_params"] = h.spec->active_params();
+  head_["dispatch_path_reason"] = h.data_path_reason;
   check_ = h.config->check;
 }
 

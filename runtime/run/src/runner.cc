@@ -112,7 +112,8 @@ class Runner {
     const int64_t first_step = std::clamp<int64_t>(config_.first_step, 0, config_.steps - 1);
     RunHeader header{.config = &config_, .spec = &spec_, .placement = &start, .model_source = arch.source,
                      .transport = std::string(t_.name()), .device_path = gpu() ? layer_->DataPath() : "",
-                     .weights_line = weights_->line(), .world_size = world_,
+                     .weights_line = weights_->line(), .data_path_reason = layer_->DataPathReason(),
+                     .world_size = world_,
                      .tokens_per_step = tokens_.tokens_per_step(), .first_step = first_step,
                      .rebalancing = rebalancer_.has_value()};
     for (RunSink* sink : sinks_) sink->OnStart(header);
@@ -185,7 +186,7 @@ class Runner {
                                                       .rank = rank_, .host = &t_, .deadline = NextDeadline()}));
       return absl::OkStatus();
     }
-    MOEX_ASSIGN_OR_RETURN(ep::MoeLayer layer, ep::MoeLayer::Create(spec_, start, std::move(weights), rank_));
+    MOEX_ASSIGN_OR_RETURN(ep::MoeLayer layer, ep::MoeLayer::Create(spec_, start, std::move(weights), t_, NextDeadline()));
     layer_ = std::make_unique<ep::MoeLayer>(std::move(layer));
     return absl::OkStatus();
   }

@@ -31,6 +31,7 @@ void TerminalSink::OnStart(const RunHeader& h) {
       h.config->input.empty() ? absl::StrFormat(" (synthetic, routing skew %.2f)", h.config->routing_skew)
                               : StrCat(" from ", h.config->input));
   std::cout << h.weights_line;
+  if (!h.data_path_reason.empty()) std::cout << "moex run: tokens move over " << h.data_path_reason << "\n";
   if (h.first_step > 0) {
     std::cout << "moex run: resuming after step " << h.first_step << " (done by an earlier attempt)\n";
   }

@@ -4,52 +4,77 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
-#include <functional>
 #include <random>
 
+#include "absl/strings/str_join.h"
+#include "moex/core/format.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
+#include "moex/transport/gather_strings.h"
 
 namespace moex::transport {
 namespace {
 
-std::string HostName() {
-  char name[256] = {};
-  if (gethostname(name, sizeof(name) - 1) != 0) return "?";
-  return name;
+std::string Bytes(int64_t bytes) { return FormatBytes(static_cast<double>(bytes)); }
+
+// A rank's failure: where, then why, one line each (no rank in either, so
+// that ranks failing alike read as one).
+std::string Failure(const std::string& where, const std::string& why) { return StrCat(where, "\n", why); }
+
+// Every rank's failure (most are ""), grouped into the message every rank
+// returns: "/dev/shm on ranks 0, 2: No space left on device (...)".
+absl::Status Failed(Transport& t, const std::string& mine, Deadline deadline) {
+  MOEX_ASSIGN_OR_RETURN(std::vector<std::string> all, AllGatherStrings(t, mine, deadline));
+  std::vector<std::pair<std::string, std::vector<int>>> groups;  // in order of their first rank
+  for (int r = 0; r < static_cast<int>(all.size()); ++r) {
+    if (all[r].empty()) continue;
+    auto same = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == all[r]; });
+    if (same == groups.end()) groups.push_back({all[r], {r}});
+    else same->second.push_back(r);
+  }
+  std::vector<std::string> lines;
+  for (const auto& [failure, ranks] : groups) {
+    const size_t split = failure.find('\n');
+    lines.push_back(StrCat(failure.substr(0, split), ranks.size() == 1 ? " on rank " : " on ranks ",
+                           absl::StrJoin(ranks, ", "), ": ", failure.substr(split + 1)));
+  }
+  return absl::ResourceExhaustedError(absl::StrJoin(lines, "; "));
 }
 
 }  // namespace
 
-void SharedSegments::Fence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-
-std::string SharedSegments::Name(int rank, int generation) const {
-  char name[96];
-  std::snprintf(name, sizeof(name), "/moex-%016llx-%d-%d", static_cast<unsigned long long>(job_), rank, generation);
-  return name;
+absl::Status SharedSegmentsOptions::Validate() const {
+  if (directory.empty() || directory[0] != '/') {
+    return absl::InvalidArgumentError(StrCat("shared segments: directory '", directory, "' is not an absolute path"));
+  }
+  if (max_bytes < 0) {
+    return absl::InvalidArgumentError(StrCat("shared segments: max_bytes ", max_bytes, " is negative"));
+  }
+  return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<SharedSegments>> SharedSegments::Create(Transport& t, Deadline deadline) {
-  const int world = t.world_size();
-  // Same host: a 48-bit hash of the host name (exact in a double), gathered
-  // from every rank.
-  std::string host = HostName();
-  std::vector<double> mine = {static_cast<double>(std::hash<std::string>()(host) & ((uint64_t{1} << 48) - 1))};
-  std::vector<double> all(world);
-  MOEX_RETURN_IF_ERROR(t.AllGather(mine, all, deadline));
-  for (int r = 0; r < world; ++r) {
-    if (all[r] != all[0]) {
-      return absl::FailedPreconditionError(StrCat("ranks 0 and ", r, " run on different hosts"));
-    }
-  }
+void SharedSegments::Fence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+
+std::string SharedSegments::Path(int rank, int generation) const {
+  char name[96];
+  std::snprintf(name, sizeof(name), "/moex-%016llx-%d-%d", static_cast<unsigned long long>(job_), rank, generation);
+  return options_.directory + name;
+}
+
+absl::StatusOr<std::unique_ptr<SharedSegments>> SharedSegments::Create(Transport& t, SharedSegmentsOptions options,
+                                                                       Deadline deadline) {
+  MOEX_RETURN_IF_ERROR(options.Validate());
   // One name space per job: rank 0's random number.
   std::vector<int64_t> job(1, 0);
   if (t.rank() == 0) job[0] = static_cast<int64_t>(std::random_device()() >> 1) << 20 | (getpid() & 0xfffff);
   MOEX_RETURN_IF_ERROR(t.AllReduceSum(std::span<int64_t>(job), deadline));
-  return std::unique_ptr<SharedSegments>(new SharedSegments(static_cast<uint64_t>(job[0]), t.rank(), world));
+  return std::unique_ptr<SharedSegments>(
+      new SharedSegments(std::move(options), static_cast<uint64_t>(job[0]), t.rank(), t.world_size()));
 }
 
 SharedSegments::~SharedSegments() {
@@ -58,68 +83,82 @@ SharedSegments::~SharedSegments() {
   }
 }
 
+std::string SharedSegments::Grow(int64_t bytes) {
+  Map& own = maps_[rank_];
+  if (own.data != nullptr) munmap(own.data, static_cast<size_t>(own.bytes));
+  own = Map{.data = nullptr, .bytes = 0, .generation = own.generation + 1};
+  const std::string path = Path(rank_, own.generation);
+  if (options_.max_bytes > 0 && bytes > options_.max_bytes) {
+    return Failure(options_.directory, StrCat("a ", Bytes(bytes), " segment is over the ", Bytes(options_.max_bytes),
+                                              " limit (SharedSegmentsOptions.max_bytes)"));
+  }
+  int fd = open(path.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+  int error = fd < 0 ? errno : posix_fallocate(fd, 0, bytes);
+  void* data = error == 0 ? mmap(nullptr, static_cast<size_t>(bytes), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                          : MAP_FAILED;
+  if (error == 0 && data == MAP_FAILED) error = errno;
+  if (fd >= 0) close(fd);
+  if (error != 0) {
+    if (fd >= 0) unlink(path.c_str());
+    return Failure(options_.directory, StrCat(std::strerror(error), " (making a ", Bytes(bytes), " segment)"));
+  }
+  own.data = static_cast<std::byte*>(data);
+  own.bytes = bytes;
+  return "";
+}
+
+std::string SharedSegments::MapPeer(int r, int64_t bytes) {
+  Map& m = maps_[r];
+  if (m.data != nullptr) munmap(m.data, static_cast<size_t>(m.bytes));
+  m = Map{.data = nullptr, .bytes = 0, .generation = m.generation + 1};
+  const std::string path = Path(r, m.generation);
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  void* data = fd >= 0 ? mmap(nullptr, static_cast<size_t>(bytes), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                       : MAP_FAILED;
+  const int error = errno;
+  if (fd >= 0) close(fd);
+  if (data == MAP_FAILED) {
+    return Failure(options_.directory, StrCat("cannot map rank ", r, "'s segment (", path, "): ", std::strerror(error)));
+  }
+  m.data = static_cast<std::byte*>(data);
+  m.bytes = bytes;
+  return "";
+}
+
 absl::Status SharedSegments::Reserve(Transport& t, std::span<const int64_t> bytes, Deadline deadline) {
   const int world = static_cast<int>(maps_.size());
-  std::vector<int64_t> grow(world, 0);
   bool any = false;
-  const int64_t page = sysconf(_SC_PAGESIZE);
-  for (int r = 0; r < world; ++r) {
-    if (bytes[r] > maps_[r].bytes) {
-      // A quarter more than asked, so that growing is rare.
-      grow[r] = ((std::max<int64_t>(bytes[r] + bytes[r] / 4, 1 << 20) + page - 1) / page) * page;
-      any = true;
-    }
-  }
+  for (int r = 0; r < world; ++r) any |= bytes[r] > maps_[r].bytes;
   if (!any) return absl::OkStatus();  // every rank saw the same sizes: nobody calls below
 
-  // 1. Each growing rank makes its new segment.
+  // 1. A growing rank makes its new segment: a quarter more than asked, so
+  // that growing is rare, within the limit. The sizes made (or -1: failed)
+  // go to every rank, which maps them as made: ranks need not agree on
+  // the limit.
   std::string failure;
-  if (grow[rank_] > 0) {
-    Map& own = maps_[rank_];
-    if (own.data != nullptr) munmap(own.data, static_cast<size_t>(own.bytes));
-    own = Map{.data = nullptr, .bytes = 0, .generation = own.generation + 1};
-    const std::string name = Name(rank_, own.generation);
-    int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
-    int error = fd < 0 ? errno : posix_fallocate(fd, 0, grow[rank_]);
-    void* data = error == 0 ? mmap(nullptr, static_cast<size_t>(grow[rank_]), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-                            : MAP_FAILED;
-    if (error == 0 && data == MAP_FAILED) error = errno;
-    if (fd >= 0) close(fd);
-    if (error != 0) {
-      if (fd >= 0) shm_unlink(name.c_str());
-      failure = StrCat("rank ", rank_, " cannot make ", grow[rank_] >> 20, " MiB of shared memory (", name, "): ",
-                       std::strerror(error));
-    } else {
-      own.data = static_cast<std::byte*>(data);
-      own.bytes = grow[rank_];
-    }
+  std::vector<double> made(1, 0.0), all_made(world, 0.0);
+  if (bytes[rank_] > maps_[rank_].bytes) {
+    const int64_t page = sysconf(_SC_PAGESIZE);
+    int64_t size = (std::max<int64_t>(bytes[rank_] + bytes[rank_] / 4, 1 << 20) + page - 1) / page * page;
+    if (options_.max_bytes > 0) size = std::max(std::min(size, options_.max_bytes), bytes[rank_]);
+    failure = Grow(size);
+    made[0] = failure.empty() ? static_cast<double>(size) : -1.0;
   }
-  std::vector<int64_t> failed = {failure.empty() ? 0 : 1};
-  MOEX_RETURN_IF_ERROR(t.AllReduceSum(std::span<int64_t>(failed), deadline));
-  if (failed[0] > 0) {
-    return absl::ResourceExhaustedError(failure.empty() ? StrCat(failed[0], " rank(s) could not make shared memory") : failure);
+  MOEX_RETURN_IF_ERROR(t.AllGather(made, all_made, deadline));
+  if (std::count(all_made.begin(), all_made.end(), -1.0) > 0) {
+    if (all_made[rank_] > 0) unlink(Path(rank_, maps_[rank_].generation).c_str());  // nobody will map it
+    return Failed(t, failure, deadline);
   }
+
   // 2. Everyone maps the peers' new segments.
   for (int r = 0; r < world && failure.empty(); ++r) {
-    if (r == rank_ || grow[r] == 0) continue;
-    Map& m = maps_[r];
-    if (m.data != nullptr) munmap(m.data, static_cast<size_t>(m.bytes));
-    m = Map{.data = nullptr, .bytes = 0, .generation = m.generation + 1};
-    const std::string name = Name(r, m.generation);
-    int fd = shm_open(name.c_str(), O_RDWR, 0600);
-    void* data = fd >= 0 ? mmap(nullptr, static_cast<size_t>(grow[r]), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-                         : MAP_FAILED;
-    if (data == MAP_FAILED) failure = StrCat("rank ", rank_, " cannot map rank ", r, "'s shared memory (", name, "): ", std::strerror(errno));
-    if (fd >= 0) close(fd);
-    if (data != MAP_FAILED) m = Map{.data = static_cast<std::byte*>(data), .bytes = grow[r], .generation = m.generation};
+    if (r != rank_ && all_made[r] > 0) failure = MapPeer(r, static_cast<int64_t>(all_made[r]));
   }
-  failed = {failure.empty() ? 0 : 1};
-  MOEX_RETURN_IF_ERROR(t.AllReduceSum(std::span<int64_t>(failed), deadline));
+  std::vector<int64_t> failures = {failure.empty() ? 0 : 1};
+  MOEX_RETURN_IF_ERROR(t.AllReduceSum(std::span<int64_t>(failures), deadline));
   // 3. Mapped everywhere (or given up): the names can go.
-  if (grow[rank_] > 0) shm_unlink(Name(rank_, maps_[rank_].generation).c_str());
-  if (failed[0] > 0) {
-    return absl::ResourceExhaustedError(failure.empty() ? StrCat(failed[0], " rank(s) could not map shared memory") : failure);
-  }
+  if (all_made[rank_] > 0) unlink(Path(rank_, maps_[rank_].generation).c_str());
+  if (failures[0] > 0) return Failed(t, failure, deadline);
   return absl::OkStatus();
 }
 

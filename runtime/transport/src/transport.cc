@@ -71,22 +71,37 @@ absl::Status Transport::WaitAll(std::vector<Pending>& pending, Deadline deadline
 absl::Status Transport::AllToAllV(const std::byte* send, std::span<const int64_t> send_bytes,
                                   std::byte* recv, std::span<const int64_t> recv_bytes,
                                   Deadline deadline) {
+  // Blocks back to back: each one's offset is the sum of those before it.
+  // (Sizes are checked below, where the offsets are used.)
+  const size_t sends = send_bytes.size(), recvs = recv_bytes.size();
+  std::vector<int64_t> send_offsets(sends, 0), recv_offsets(recvs, 0);
+  for (size_t r = 1; r < sends; ++r) send_offsets[r] = send_offsets[r - 1] + std::max<int64_t>(send_bytes[r - 1], 0);
+  for (size_t r = 1; r < recvs; ++r) recv_offsets[r] = recv_offsets[r - 1] + std::max<int64_t>(recv_bytes[r - 1], 0);
+  return AllToAllV(send, send_bytes, send_offsets, recv, recv_bytes, recv_offsets, deadline);
+}
+
+absl::Status Transport::AllToAllV(const std::byte* send, std::span<const int64_t> send_bytes,
+                                  std::span<const int64_t> send_offsets, std::byte* recv,
+                                  std::span<const int64_t> recv_bytes, std::span<const int64_t> recv_offsets,
+                                  Deadline deadline) {
   uint64_t tag = NextCollectiveTag();
   std::string what = StrCat("all-to-all #", tag & 0xffffffffff);
   MOEX_RETURN_IF_ERROR(Start(what));
   const int world = world_size_;
-  if (static_cast<int>(send_bytes.size()) != world || static_cast<int>(recv_bytes.size()) != world) {
+  if (static_cast<int>(send_bytes.size()) != world || static_cast<int>(recv_bytes.size()) != world ||
+      static_cast<int>(send_offsets.size()) != world || static_cast<int>(recv_offsets.size()) != world) {
     return absl::InvalidArgumentError(StrCat(name(), " transport, rank ", rank_, ": ", what,
-                                             " needs ", world, " counts, got ", send_bytes.size(),
-                                             " to send and ", recv_bytes.size(), " to receive"));
+                                             " needs ", world, " counts and offsets, got ", send_bytes.size(), " and ",
+                                             send_offsets.size(), " to send and ", recv_bytes.size(), " and ",
+                                             recv_offsets.size(), " to receive"));
   }
-  std::vector<int64_t> send_offset(world + 1, 0), recv_offset(world + 1, 0);
   for (int r = 0; r < world; ++r) {
     if (send_bytes[r] < 0 || recv_bytes[r] < 0) {
       return absl::InvalidArgumentError(StrCat(what, ": negative count for rank ", r));
     }
-    send_offset[r + 1] = send_offset[r] + send_bytes[r];
-    recv_offset[r + 1] = recv_offset[r] + recv_bytes[r];
+    if (send_offsets[r] < 0 || recv_offsets[r] < 0) {
+      return absl::InvalidArgumentError(StrCat(what, ": negative offset for rank ", r));
+    }
   }
   std::vector<Pending> pending;
   pending.reserve(2 * world);
@@ -95,13 +110,13 @@ absl::Status Transport::AllToAllV(const std::byte* send, std::span<const int64_t
   for (int step = 1; step < world; ++step) {
     int peer = (rank_ + step) % world;
     MOEX_ASSIGN_OR_RETURN(RequestId id,
-                          PostRecv(peer, recv + recv_offset[peer], recv_bytes[peer], tag));
+                          PostRecv(peer, recv + recv_offsets[peer], recv_bytes[peer], tag));
     pending.push_back({id, peer});
   }
   for (int step = 1; step < world; ++step) {
     int peer = (rank_ + world - step) % world;
     MOEX_ASSIGN_OR_RETURN(RequestId id,
-                          PostSend(peer, send + send_offset[peer], send_bytes[peer], tag));
+                          PostSend(peer, send + send_offsets[peer], send_bytes[peer], tag));
     pending.push_back({id, peer});
   }
   if (send_bytes[rank_] != recv_bytes[rank_]) {
@@ -110,7 +125,7 @@ absl::Status Transport::AllToAllV(const std::byte* send, std::span<const int64_t
                                                   recv_bytes[rank_])));
   }
   if (send_bytes[rank_] > 0) {
-    std::memcpy(recv + recv_offset[rank_], send + send_offset[rank_], send_bytes[rank_]);
+    std::memcpy(recv + recv_offsets[rank_], send + send_offsets[rank_], send_bytes[rank_]);
   }
   return WaitAll(pending, deadline, what);
 }

@@ -1,34 +1,40 @@
 // Dispatch and combine, DeepEP-shaped.
 //
-//   layout = GetDispatchLayout(placement, topk_idx, ...)        who goes where
+//   dispatcher = Dispatcher::Create(transport, options, deadline)   the path, once
+//   layout = GetDispatchLayout(placement, topk_idx, ...)            who goes where
 //   dispatcher.Dispatch(transport, placement, x, layout, w, &received)
-//   ...experts form per-token partial sums on their rank...
-//   dispatcher.Combine(transport, received, partial, &y)        sums back home
+//   ...experts write per-token partial sums into PartialBuffer(received)...
+//   dispatcher.Combine(transport, received, partial, &y)            sums back home
 //
 // A token crosses to a rank once, however many of that rank's experts it
 // chose; it travels with its (local slot, weight) pairs for that rank, and
 // one partial-sum vector per (token, rank) comes back. Dropless: every routed
 // pair is served, there is no capacity factor.
 //
-// Two paths, chosen once, at the first Dispatch, the same on every rank:
-// - intra-node (every rank on this host; MOEX_INTRANODE=0 turns it off):
-//   each rank writes its tokens' records straight into the receiving rank's
-//   area of shared memory (transport/shared_segments.h), the experts write
-//   their partial sums into their own rank's shared area, and each token's
-//   home rank reads them from there as it adds them up: every byte crosses
-//   once, with no packing and no receive-side copy; two transport barriers
-//   order it.
-// - otherwise: records are packed per destination and exchanged with the
+// Two paths, chosen by Create, the same on every rank, with one contract:
+// - shared memory (every rank shares this host's /dev/shm): each rank
+//   writes its tokens' records straight into the receiving rank's area of
+//   shared memory (transport/shared_segments.h), the experts write their
+//   partial sums into their own rank's shared area, and each token's home
+//   rank reads them from there as it adds them up: every byte crosses once,
+//   with no packing and no receive-side copy; two transport barriers order
+//   it.
+// - all-to-all-v: records are packed per destination and exchanged with the
 //   transport's all-to-all-v, and so are the partial sums.
 //
+// On both, the received rows are source-rank-major: rank 0's tokens first,
+// then rank 1's, ..., each rank's in its local token order, and this rank's
+// own tokens at its own position. A token's visit to its own rank is never
+// copied: its received row points into `x`. Rows from other ranks are used
+// where they landed.
+//
 // The Dispatcher owns its send and receive buffers and reuses them, so a
-// step allocates nothing once the sizes have been seen. A token's visit to
-// its own rank is never copied: the received row points into `x`. Rows from
-// other ranks are used where they landed in the receive buffer.
+// step allocates nothing once the sizes have been seen.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -59,8 +65,31 @@ struct DispatchLayout {
 DispatchLayout GetDispatchLayout(const Placement& placement, const int32_t* topk_idx,
                                  int64_t num_tokens, int64_t top_k, int64_t first_token);
 
+enum class DispatchPath {
+  kAuto,          // shared memory when every rank shares this host's /dev/shm, else all-to-all-v
+  kSharedMemory,  // shared memory, or an error saying which rank cannot and why
+  kAllToAllV,     // the transport's all-to-all-v, wherever the ranks are
+};
+// "auto", "shared memory", "all-to-all-v".
+std::string_view DispatchPathName(DispatchPath path);
+
+struct DispatchOptions {
+  DispatchPath path = DispatchPath::kAuto;
+  // Where the shared-memory path keeps its segments and how large one may
+  // grow (a test points this at a directory that fails or a small limit).
+  transport::SharedSegmentsOptions shared_memory = {};
+
+  // The defaults above, with the environment's say: MOEX_INTRANODE=0 asks
+  // for all-to-all-v, =1 for shared memory, unset (or "auto") for kAuto.
+  // The one place moex reads MOEX_INTRANODE.
+  static absl::StatusOr<DispatchOptions> FromEnvironment();
+  absl::Status Validate() const;
+};
+
 // What a rank received, and what combine needs to send the sums back.
 struct DispatchResult {
+  DispatchPath path = DispatchPath::kAuto;          // the path that filled it (never kAuto once filled)
+  int64_t num_tokens = 0;                           // T of the dispatch: the rows of y in Combine
   int64_t hidden = 0;
   int64_t top_k = 0;
   std::vector<const float*> recv_rows;              // [R] each a row of H floats, source-rank-major
@@ -68,27 +97,43 @@ struct DispatchResult {
   std::vector<float> recv_weights;                  // [R, k]
   std::vector<int64_t> num_recv_tokens_per_expert;  // [local slots]
   std::vector<int64_t> send_tokens;                 // [W] rows sent to each rank (self included)
-  std::vector<int64_t> recv_tokens;                 // [W] rows received from each rank
+  std::vector<int64_t> recv_tokens;                 // [W] rows received from each rank (self included)
   std::vector<int64_t> send_order;                  // local token of each sent row, destination-major
   int64_t bytes_sent = 0;                           // payload sent to other ranks
-  // Intra-node path: rows are source-rank-major, the own block in place;
-  // counts[s * W + d] tokens went from rank s to rank d.
-  bool shared = false;
+  // Shared-memory path: counts[s * W + d] tokens went from rank s to rank d.
   std::vector<int64_t> counts;
   int64_t num_recv() const { return static_cast<int64_t>(recv_rows.size()); }
+  // First row from rank `source` in recv_rows.
+  int64_t first_row_from(int source) const;
 };
 
 class Dispatcher {
  public:
+  // Collective over every rank of `transport`, with the same options'
+  // path on every rank (else an error on every rank). Under kAuto the path
+  // is decided together: every rank gets the same path() and
+  // path_reason(), e.g.
+  //   "shared memory: 4 ranks on one host (node1), segments in /dev/shm"
+  //   "all-to-all-v: /dev/shm on rank 2: No space left on device (making a 1.00 MiB
+  //    segment), fell back"
+  // A fall-back (not a choice made because the ranks are on several hosts)
+  // is also printed once, by rank 0, to stderr. Under kSharedMemory, what
+  // stops shared memory is the error, naming the rank and the reason.
+  static absl::StatusOr<Dispatcher> Create(transport::Transport& transport, DispatchOptions options,
+                                           Deadline deadline);
+
   // `out` is reused across calls; its rows stay valid until the next
-  // Dispatch and while `x` lives.
+  // Dispatch and while `x` lives. `transport` is the one Create had.
+  // Under kAuto, shared memory that cannot grow for this step's counts
+  // (every rank sees it together) moves every rank to all-to-all-v, for
+  // good: path() and path_reason() say so, and rank 0 prints it once.
   absl::Status Dispatch(transport::Transport& transport, const Placement& placement, const Tensor& x,
                         const DispatchLayout& layout, const float* topk_weights, Deadline deadline,
                         DispatchResult* out);
 
   // Where the experts should write the partial sums [R, H] of `received`
-  // (zeroed here): in shared memory on the intra-node path, so that combine
-  // moves nothing twice. Valid until the next Dispatch.
+  // (zeroed here): in shared memory on that path, so that combine moves
+  // nothing twice. Valid until the next Dispatch.
   float* PartialBuffer(const DispatchResult& received);
   // The partial sums [R, H] (rows in `received` order) go back along
   // `received`; `y` [T, H] gets the sum over ranks, added in rank order.
@@ -98,30 +143,54 @@ class Dispatcher {
                        const float* partial, Tensor* y, int64_t* bytes_sent, Deadline deadline);
   absl::Status Combine(transport::Transport& transport, const DispatchResult& received,
                        const Tensor& partial, Tensor* y, int64_t* bytes_sent, Deadline deadline);
-  // "shared memory" or "all-to-all-v" once chosen, else "".
-  std::string_view path() const;
+
+  // "shared memory" or "all-to-all-v": never "auto".
+  std::string_view path() const { return DispatchPathName(path_); }
+  // Why this path, the same words on every rank.
+  const std::string& path_reason() const { return path_reason_; }
+  const DispatchOptions& options() const { return options_; }
+  int rank() const { return rank_; }
+  int world_size() const { return world_size_; }
 
  private:
-  absl::Status ChoosePath(transport::Transport& transport, Deadline deadline);
-  absl::Status DispatchCopy(transport::Transport& transport, const Placement& placement, const Tensor& x,
-                            const DispatchLayout& layout, const float* topk_weights, Deadline deadline,
-                            DispatchResult* out);
+  Dispatcher(DispatchOptions options, int rank, int world_size)
+      : options_(std::move(options)), rank_(rank), world_size_(world_size) {}
+  // Every rank asked for the same path (checked together).
+  static absl::Status AgreeOnPath(transport::Transport& transport, const DispatchOptions& options, Deadline deadline);
+  // Sets up shared memory, or says why not (`why_not`) and whether that is
+  // a failure to fall back from (`failed`: a directory that cannot hold the
+  // segments) or just where the ranks are (several hosts). An error only
+  // when the transport fails.
+  absl::Status TrySharedMemory(transport::Transport& transport, Deadline deadline, std::string* why_not,
+                               bool* failed);
+  // Shared memory cannot grow (`cannot_grow`, the same on every rank):
+  // under kAuto every rank moves to all-to-all-v (OK), else the error.
+  absl::Status LeaveSharedMemory(const absl::Status& cannot_grow, int64_t dispatch);
+  absl::Status CheckTransport(const transport::Transport& transport, std::string_view what) const;
+
+  // dispatch_shared.cc
   absl::Status DispatchShared(transport::Transport& transport, const Placement& placement, const Tensor& x,
                               const DispatchLayout& layout, const float* topk_weights, Deadline deadline,
                               DispatchResult* out);
   absl::Status CombineShared(transport::Transport& transport, const DispatchResult& received, const float* partial,
                              Tensor* y, int64_t* bytes_sent, Deadline deadline);
-  // Rank d's receive area (rows x record) and partial-sum area, from the counts.
-  struct Areas {
-    int64_t rows = 0, partial_offset = 0, bytes = 0;
-  };
-  static Areas AreasOf(const std::vector<int64_t>& counts, int world, int d, int64_t record_bytes, int64_t hidden);
+  float* SharedPartialArea(const DispatchResult& received) const;
+  // dispatch_alltoallv.cc
+  absl::Status DispatchAllToAllV(transport::Transport& transport, const Placement& placement, const Tensor& x,
+                                 const DispatchLayout& layout, const float* topk_weights, Deadline deadline,
+                                 DispatchResult* out);
+  absl::Status CombineAllToAllV(transport::Transport& transport, const DispatchResult& received,
+                                const float* partial, Tensor* y, int64_t* bytes_sent, Deadline deadline);
 
-  enum class Path { kUnchosen, kShared, kCopy };
-  Path path_ = Path::kUnchosen;
+  DispatchOptions options_;
   int rank_ = 0;
+  int world_size_ = 0;
+  DispatchPath path_ = DispatchPath::kAllToAllV;
+  std::string path_reason_;
+  int64_t dispatches_ = 0;  // numbers them in messages
   std::unique_ptr<transport::SharedSegments> shm_;
   std::vector<float> send_, recv_, back_, partial_;
+  std::vector<int64_t> send_offsets_, recv_offsets_;  // bytes, per rank
   std::vector<const float*> sources_;  // [T, W] partial-sum row of each (token, rank), or null
 };
 

@@ -53,6 +53,9 @@ class Layer {
   // NVIDIA H200 (device 0)"; "" before the first Forward where it is chosen
   // lazily.
   virtual std::string DataPath() const = 0;
+  // Why that path: "shared memory: 4 ranks on one host (vm), segments in
+  // /dev/shm", or a fall-back and its cause; "" where there is no choice.
+  virtual std::string DataPathReason() const { return ""; }
 
   // Weights out, for live migration: this rank's copy of `expert` on the
   // host, or null when it holds none there.

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <map>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -21,9 +23,15 @@ namespace moex::ep {
 // The layer on this rank's CPU: experts in fp32 on OpenBLAS.
 class MoeLayer final : public Layer {
  public:
-  // `weights` must hold every logical expert of this rank's slots.
+  // `weights` must hold every logical expert of this rank's slots; the
+  // layer is for the dispatcher's rank and moves tokens along its path.
   static absl::StatusOr<MoeLayer> Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
-                                         int rank);
+                                         Dispatcher dispatcher);
+  // The same with a dispatcher made here, on `transport`, from
+  // DispatchOptions::FromEnvironment(). Collective: every rank of
+  // `transport` calls it (after checking its own arguments).
+  static absl::StatusOr<MoeLayer> Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
+                                         transport::Transport& transport, Deadline deadline);
 
   // x [T, H] local tokens whose first has global index `first_token`; `y`
   // is resized to [T, H] and overwritten (reuse it across steps).
@@ -36,8 +44,9 @@ class MoeLayer final : public Layer {
   absl::Status SwitchPlacement(Placement next, std::map<int64_t, ExpertWeights> incoming) override;
 
   // How dispatch and combine move data: "shared memory" (every rank on one
-  // host) or "all-to-all-v"; "" before the first Forward.
+  // host) or "all-to-all-v", and why (Dispatcher::path_reason()).
   std::string DataPath() const override { return std::string(dispatcher_.path()); }
+  std::string DataPathReason() const override { return dispatcher_.path_reason(); }
 
   const MoeLayerSpec& spec() const override { return spec_; }
   const Placement& placement() const override { return placement_; }
@@ -49,8 +58,15 @@ class MoeLayer final : public Layer {
   }
 
  private:
-  MoeLayer(MoeLayerSpec spec, Placement placement, MoeWeights weights, int rank)
-      : spec_(std::move(spec)), placement_(std::move(placement)), weights_(std::move(weights)), rank_(rank) {}
+  MoeLayer(MoeLayerSpec spec, Placement placement, MoeWeights weights, Dispatcher dispatcher)
+      : spec_(std::move(spec)),
+        placement_(std::move(placement)),
+        weights_(std::move(weights)),
+        rank_(dispatcher.rank()),
+        dispatcher_(std::move(dispatcher)) {}
+  // What Create checks before any collective.
+  static absl::Status Check(const MoeLayerSpec& spec, const Placement& placement, const MoeWeights& weights,
+                            int rank, int world_size);
 
   // Routed experts of this rank over the received tokens: partial sums [R, H].
   void RunExperts(const DispatchResult& received, float* partial, StepStats* stats);
@@ -60,8 +76,8 @@ class MoeLayer final : public Layer {
   Placement placement_;
   MoeWeights weights_;
   int rank_;
-  // Buffers reused across steps; they only grow.
   Dispatcher dispatcher_;
+  // Buffers reused across steps; they only grow.
   DispatchResult received_;
   std::vector<float> gathered_, expert_out_, workspace_;
   std::vector<int32_t> topk_idx_;

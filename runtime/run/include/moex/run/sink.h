@@ -27,6 +27,7 @@ struct RunHeader {
   std::string transport;       // the host transport's name
   std::string device_path;     // "NCCL 2.28.3 on NVIDIA H200 (device 0)" on the GPU path, else ""
   std::string weights_line;    // where the weights came from, ending in a newline
+  std::string data_path_reason;  // how tokens move and why ("shared memory: 4 ranks on one host …")
   int world_size = 0;
   int64_t tokens_per_step = 0;
   int64_t first_step = 0;      // > 0: a relaunch resuming

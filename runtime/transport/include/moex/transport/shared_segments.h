@@ -1,8 +1,9 @@
-// Shared memory between the ranks of a transport that all run on one host:
-// each rank owns one segment (POSIX shared memory) and maps every peer's, so
-// that a rank can write straight into a peer's receive area and read a
-// peer's results in place. The intra-node fast path of dispatch and combine
-// uses it; nothing else moves data through it.
+// Shared memory between the ranks of a transport that all share one
+// shared-memory directory (one host: check with transport/host_map.h
+// first): each rank owns one segment, a file in that directory, and maps
+// every peer's, so that a rank can write straight into a peer's receive
+// area and read a peer's results in place. The intra-node fast path of
+// dispatch and combine uses it; nothing else moves data through it.
 //
 // Segments are unlinked as soon as every rank has mapped them: a crash
 // leaves nothing behind in /dev/shm. Space is reserved with
@@ -24,21 +25,38 @@
 
 namespace moex::transport {
 
+struct SharedSegmentsOptions {
+  // Where the segments live: a tmpfs that every rank of the host sees.
+  std::string directory = "/dev/shm";
+  // The most one rank's segment may take, in bytes (0: as much as the
+  // directory has). Growing past it fails as a full directory does.
+  int64_t max_bytes = 0;
+
+  // An absolute directory, a limit >= 0.
+  absl::Status Validate() const;
+};
+
 class SharedSegments {
  public:
-  // Collective. FailedPrecondition when the ranks are not all on this host.
-  static absl::StatusOr<std::unique_ptr<SharedSegments>> Create(Transport& t, Deadline deadline);
+  // Collective: agrees on the segments' names. Maps nothing yet.
+  static absl::StatusOr<std::unique_ptr<SharedSegments>> Create(Transport& t, SharedSegmentsOptions options,
+                                                                Deadline deadline);
   ~SharedSegments();
   SharedSegments(const SharedSegments&) = delete;
   SharedSegments& operator=(const SharedSegments&) = delete;
 
   // Collective, with the same `bytes` (one entry per rank) on every rank:
-  // grows the segments that are smaller (every rank remaps them). An error
-  // (e.g. /dev/shm full) is returned on every rank.
+  // grows the segments that are smaller (every rank remaps them). When a
+  // rank cannot (its directory is full, missing, or the limit is reached),
+  // every rank returns ResourceExhausted with the same message, naming the
+  // rank(s), the directory and the reason:
+  //   "/dev/shm on rank 2: No space left on device (making a 64.00 MiB segment)"
+  // After a failure the segments are in no state to use: drop them.
   absl::Status Reserve(Transport& t, std::span<const int64_t> bytes, Deadline deadline);
 
   std::byte* segment(int rank) const { return maps_[rank].data; }
   int64_t size(int rank) const { return maps_[rank].bytes; }
+  const SharedSegmentsOptions& options() const { return options_; }
 
   // Orders this rank's stores before a barrier and its loads after one.
   static void Fence();
@@ -49,9 +67,15 @@ class SharedSegments {
     int64_t bytes = 0;
     int generation = 0;
   };
-  SharedSegments(uint64_t job, int rank, int world) : job_(job), rank_(rank), maps_(world) {}
-  std::string Name(int rank, int generation) const;
+  SharedSegments(SharedSegmentsOptions options, uint64_t job, int rank, int world)
+      : options_(std::move(options)), job_(job), rank_(rank), maps_(world) {}
+  std::string Path(int rank, int generation) const;
+  // This rank's new segment of `bytes`; "" or why not.
+  std::string Grow(int64_t bytes);
+  // Maps rank r's new segment of `bytes`; "" or why not.
+  std::string MapPeer(int r, int64_t bytes);
 
+  SharedSegmentsOptions options_;
   uint64_t job_;
   int rank_;
   std::vector<Map> maps_;

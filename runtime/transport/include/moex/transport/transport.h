@@ -46,6 +46,14 @@ class Transport {
   // ExchangeCounts).
   absl::Status AllToAllV(const std::byte* send, std::span<const int64_t> send_bytes,
                          std::byte* recv, std::span<const int64_t> recv_bytes, Deadline deadline);
+  // The same with each block's place given, as MPI_Alltoallv's
+  // displacements: rank r's block is read from `send + send_offsets[r]` and
+  // lands at `recv + recv_offsets[r]`; blocks may leave gaps between them
+  // (e.g. a block a rank keeps for itself and does not send).
+  absl::Status AllToAllV(const std::byte* send, std::span<const int64_t> send_bytes,
+                         std::span<const int64_t> send_offsets, std::byte* recv,
+                         std::span<const int64_t> recv_bytes, std::span<const int64_t> recv_offsets,
+                         Deadline deadline);
 
   // Each rank sends counts[r] to rank r and receives one count from each.
   absl::Status ExchangeCounts(std::span<const int64_t> send_counts,

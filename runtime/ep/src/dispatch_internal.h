@@ -1,0 +1,35 @@
+// What both dispatch paths share: the record a token travels as, and how a
+// received row's (slot, weight) pairs are filled and checked.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "moex/ep/dispatch.h"
+#include "moex/placement/placement.h"
+
+namespace moex::ep::dispatch_internal {
+
+// One dispatched token on the wire: H floats, then k (int32 local slot or
+// -1, float weight) pairs.
+inline int64_t RecordFloats(int64_t hidden, int64_t top_k) { return hidden + 2 * top_k; }
+inline int64_t RecordBytes(int64_t hidden, int64_t top_k) {
+  return RecordFloats(hidden, top_k) * static_cast<int64_t>(sizeof(float));
+}
+
+// The (slot, weight) pairs of token t for rank r: slots local to r, -1 (and
+// weight 0) where another rank serves the pair.
+void FillPairs(const Placement& placement, const DispatchLayout& layout, const float* topk_weights, int64_t t,
+               int r, int32_t* slots, float* weights);
+
+// Sizes the receive side of `out` for `rows` rows (its send_tokens are
+// set); returns where this rank's own tokens start in the destination-major
+// send order.
+int64_t SizeReceived(DispatchResult* out, int64_t rows, int64_t k, int64_t local_slots, int me);
+
+// Checks a received row's slots (a peer's bug or corrupted memory must not
+// index past this rank's experts) and counts them per local expert.
+absl::Status CountSlots(const int32_t* slots, int64_t k, int64_t local_slots, int me, int source,
+                        DispatchResult* out);
+
+}  // namespace moex::ep::dispatch_internal

@@ -1,0 +1,340 @@
+// Dispatch and combine on in-process ranks (threads), on every path: the
+// order and content of the rows each rank receives and of the sums that
+// come back (dispatch_checks.h), over uneven counts, ranks without tokens,
+// a rank nobody sends to, replicas, and buffers reused as sizes change.
+// Then how the path is chosen: kAuto takes shared memory on one host and
+// falls back, every rank alike and saying why, when the segment directory
+// fails or is full or a segment cannot grow; kSharedMemory makes each of
+// those an error naming the rank; ranks that ask for different paths are
+// told so.
+#include "moex/ep/dispatch.h"
+
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <thread>
+
+#include "dispatch_checks.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "moex/core/str_cat.h"
+#include "moex/transport/inprocess_transport.h"
+
+namespace moex::ep {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+using testing::CheckDispatchAndCombine;
+using testing::DispatchCase;
+
+// Runs `body(rank, transport)` on every rank of a fresh hub, one thread each.
+void OnEveryRank(int world, const std::function<void(int, transport::Transport&)>& body) {
+  transport::InProcessHub hub(world);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&hub, &body, r] {
+      std::unique_ptr<transport::Transport> t = hub.Connect(r);
+      body(r, *t);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+}
+
+// What Create gave each rank: the path and reason, or the error.
+struct Created {
+  absl::Status status;
+  std::string path, reason;
+};
+
+// Creates a dispatcher on every rank (options per rank) and, where that
+// worked, runs `rounds` dispatches of `c` with it, round r on `cases[r]`.
+std::vector<Created> CreateAndRun(int world, const std::function<DispatchOptions(int)>& options_of,
+                                  const std::vector<DispatchCase>& rounds = {}) {
+  std::vector<Created> created(world);
+  OnEveryRank(world, [&](int r, transport::Transport& t) {
+    absl::StatusOr<Dispatcher> dispatcher = Dispatcher::Create(t, options_of(r), Deadline::InSeconds(30));
+    created[r].status = dispatcher.status();
+    if (!dispatcher.ok()) return;
+    for (size_t round = 0; round < rounds.size(); ++round) {
+      SCOPED_TRACE(::testing::Message() << "rank " << r << ", round " << round);
+      if (!CheckDispatchAndCombine(t, *dispatcher, rounds[round], static_cast<int>(round))) break;
+    }
+    created[r].path = std::string(dispatcher->path());
+    created[r].reason = dispatcher->path_reason();
+  });
+  return created;
+}
+
+// Every rank got the same path and the same reason.
+void ExpectAgreement(const std::vector<Created>& created) {
+  for (size_t r = 1; r < created.size(); ++r) {
+    EXPECT_EQ(created[r].path, created[0].path) << "rank " << r;
+    EXPECT_EQ(created[r].reason, created[0].reason) << "rank " << r;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// One contract on every path.
+
+class DispatchPathTest : public ::testing::TestWithParam<std::tuple<DispatchCase, DispatchPath>> {};
+
+TEST_P(DispatchPathTest, DeliversInSourceRankOrderAndCombinesBack) {
+  const auto& [c, path] = GetParam();
+  const int world = static_cast<int>(c.tokens.size());
+  // Three rounds: the case, twice as many tokens (buffers grow), the case
+  // again with the partial sums in a Tensor of their own.
+  DispatchCase bigger = c;
+  for (int64_t& n : bigger.tokens) n *= 2;
+  OnEveryRank(world, [&](int r, transport::Transport& t) {
+    absl::StatusOr<Dispatcher> dispatcher = Dispatcher::Create(t, {.path = path}, Deadline::InSeconds(30));
+    ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
+    EXPECT_EQ(dispatcher->path(), DispatchPathName(path));
+    EXPECT_THAT(dispatcher->path_reason(), StartsWith(StrCat(DispatchPathName(path), ": ")));
+    SCOPED_TRACE(::testing::Message() << "rank " << r);
+    if (!CheckDispatchAndCombine(t, *dispatcher, c, 0)) return;
+    if (!CheckDispatchAndCombine(t, *dispatcher, bigger, 1)) return;
+    CheckDispatchAndCombine(t, *dispatcher, c, 2, /*tensor_partial=*/true);
+  });
+}
+
+std::vector<std::tuple<DispatchCase, DispatchPath>> PathCases() {
+  std::vector<std::tuple<DispatchCase, DispatchPath>> out;
+  for (const DispatchCase& c : testing::DispatchCases()) {
+    for (DispatchPath path : {DispatchPath::kSharedMemory, DispatchPath::kAllToAllV}) out.emplace_back(c, path);
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, DispatchPathTest, ::testing::ValuesIn(PathCases()),
+                         [](const ::testing::TestParamInfo<std::tuple<DispatchCase, DispatchPath>>& param_info) {
+                           return std::get<0>(param_info.param).name +
+                                  (std::get<1>(param_info.param) == DispatchPath::kSharedMemory ? "_shared" : "_alltoallv");
+                         });
+
+// ---------------------------------------------------------------------------
+// Choosing the path.
+
+DispatchCase FourRanks() { return testing::DispatchCases(4).front(); }
+
+TEST(DispatchChoiceTest, AutoTakesSharedMemoryWhenEveryRankSharesTheDirectory) {
+  std::vector<Created> created = CreateAndRun(4, [](int) { return DispatchOptions{}; }, {FourRanks()});
+  for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(created[0].path, "shared memory");
+  EXPECT_THAT(created[0].reason, AllOf(StartsWith("shared memory: 4 ranks on one host ("), HasSubstr("/dev/shm")));
+  ExpectAgreement(created);
+}
+
+TEST(DispatchChoiceTest, AutoOnOneRankIsAllToAllV) {
+  std::vector<Created> created = CreateAndRun(1, [](int) { return DispatchOptions{}; });
+  ASSERT_TRUE(created[0].status.ok()) << created[0].status;
+  EXPECT_EQ(created[0].path, "all-to-all-v");
+  EXPECT_EQ(created[0].reason, "all-to-all-v: one rank, nothing crosses between ranks");
+}
+
+TEST(DispatchChoiceTest, AllToAllVWhenAskedFor) {
+  std::vector<Created> created =
+      CreateAndRun(3, [](int) { return DispatchOptions{.path = DispatchPath::kAllToAllV}; });
+  for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(created[0].reason, "all-to-all-v: asked for");
+  ExpectAgreement(created);
+}
+
+// Rank 2's segment directory does not exist: it can share nothing.
+DispatchOptions MissingDirectoryOnRank2(int rank, DispatchPath path) {
+  DispatchOptions options{.path = path};
+  if (rank == 2) options.shared_memory.directory = "/nonexistent-moex-dispatch-test";
+  return options;
+}
+
+TEST(DispatchChoiceTest, AutoFallsBackWhenARankCannotMakeItsSegmentFile) {
+  std::vector<Created> created = CreateAndRun(
+      4, [](int r) { return MissingDirectoryOnRank2(r, DispatchPath::kAuto); }, {FourRanks()});
+  for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(created[0].path, "all-to-all-v");
+  EXPECT_THAT(created[0].reason,
+              AllOf(StartsWith("all-to-all-v: rank 2 cannot make /nonexistent-moex-dispatch-test/"),
+                    HasSubstr("No such file or directory"), HasSubstr("fell back")));
+  ExpectAgreement(created);
+}
+
+TEST(DispatchChoiceTest, SharedMemoryThatCannotBeSetUpIsAnErrorOnEveryRank) {
+  std::vector<Created> created =
+      CreateAndRun(4, [](int r) { return MissingDirectoryOnRank2(r, DispatchPath::kSharedMemory); });
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(created[r].status.code(), absl::StatusCode::kFailedPrecondition) << created[r].status;
+    EXPECT_THAT(std::string(created[r].status.message()),
+                AllOf(StartsWith(StrCat("dispatch on rank ", r, ": the shared-memory path was asked for")),
+                      HasSubstr("rank 2 cannot make"), HasSubstr("No such file or directory")));
+  }
+}
+
+// A small tmpfs (what a full /dev/shm looks like), where this process may
+// mount one; the test skips where it may not.
+class TinyTmpfs {
+ public:
+  TinyTmpfs() {
+    char path[] = "/tmp/moex-tiny-shm-XXXXXX";
+    if (mkdtemp(path) == nullptr) return;
+    path_ = path;
+    mounted_ = mount("tmpfs", path, "tmpfs", 0, "size=64k") == 0;
+  }
+  ~TinyTmpfs() {
+    if (mounted_) umount(path_.c_str());
+    if (!path_.empty()) rmdir(path_.c_str());
+  }
+  bool mounted() const { return mounted_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  bool mounted_ = false;
+};
+
+TEST(DispatchChoiceTest, AutoFallsBackFromAFullSegmentDirectory) {
+  TinyTmpfs tmpfs;
+  if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (needs CAP_SYS_ADMIN)";
+  auto options = [&](DispatchPath path) {
+    return [&tmpfs, path](int) { return DispatchOptions{.path = path, .shared_memory = {.directory = tmpfs.path()}}; };
+  };
+  std::vector<Created> created = CreateAndRun(3, options(DispatchPath::kAuto), {testing::DispatchCases(3).front()});
+  for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(created[0].path, "all-to-all-v");
+  // Every rank failed alike: one line names them all.
+  EXPECT_EQ(created[0].reason, StrCat("all-to-all-v: ", tmpfs.path(), " on ranks 0, 1, 2: No space left on device "
+                                      "(making a 1.00 MiB segment), fell back"));
+  ExpectAgreement(created);
+
+  created = CreateAndRun(3, options(DispatchPath::kSharedMemory));
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(created[r].status.code(), absl::StatusCode::kFailedPrecondition) << created[r].status;
+    EXPECT_THAT(std::string(created[r].status.message()), HasSubstr("No space left on device"));
+  }
+  // Nothing of either attempt is left in the directory.
+  EXPECT_TRUE(std::filesystem::is_empty(tmpfs.path()));
+}
+
+// Rank 1's segment may not pass 64 KiB: the first round fits, the second
+// (more tokens, a wider row) does not.
+DispatchOptions SmallLimitOnRank1(int rank, DispatchPath path) {
+  DispatchOptions options{.path = path};
+  if (rank == 1) options.shared_memory.max_bytes = 64 << 10;
+  return options;
+}
+DispatchCase Small() { return {.name = "small", .tokens = {6, 5, 4}, .experts = 6, .top_k = 2, .hidden = 16}; }
+DispatchCase Large() { return {.name = "large", .tokens = {40, 50, 60}, .experts = 6, .top_k = 2, .hidden = 512}; }
+
+TEST(DispatchChoiceTest, AutoFallsBackWhenSharedMemoryCannotGrowMidRun) {
+  std::vector<Created> created =
+      CreateAndRun(3, [](int r) { return SmallLimitOnRank1(r, DispatchPath::kAuto); }, {Small(), Large(), Small()});
+  for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(created[0].path, "all-to-all-v");
+  EXPECT_THAT(created[0].reason, AllOf(StartsWith("all-to-all-v: /dev/shm on rank 1: a "),
+                                       HasSubstr("over the 64.00 KiB limit"), HasSubstr("fell back at dispatch #2")));
+  ExpectAgreement(created);
+}
+
+TEST(DispatchChoiceTest, SharedMemoryThatCannotGrowIsAnErrorOnEveryRank) {
+  std::vector<absl::Status> second(3);
+  OnEveryRank(3, [&](int r, transport::Transport& t) {
+    absl::StatusOr<Dispatcher> dispatcher =
+        Dispatcher::Create(t, SmallLimitOnRank1(r, DispatchPath::kSharedMemory), Deadline::InSeconds(30));
+    ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
+    ASSERT_TRUE(CheckDispatchAndCombine(t, *dispatcher, Small(), 0));
+    // The second round's dispatch fails; see that it does, then stop.
+    const DispatchCase large = Large();
+    const Placement placement = *Placement::Contiguous(large.experts, 3);
+    Tensor x({large.tokens[r], large.hidden});
+    std::vector<int32_t> topk(large.tokens[r] * 2, 0);
+    std::vector<float> weights(topk.size(), 0.5f);
+    for (int64_t i = 0; i < large.tokens[r]; ++i) topk[2 * i + 1] = 3 + static_cast<int32_t>(i % 3);
+    DispatchLayout layout = GetDispatchLayout(placement, topk.data(), large.tokens[r], 2, 0);
+    DispatchResult received;
+    second[r] = dispatcher->Dispatch(t, placement, x, layout, weights.data(), Deadline::InSeconds(30), &received);
+    EXPECT_EQ(dispatcher->path(), "shared memory");
+  });
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(second[r].code(), absl::StatusCode::kResourceExhausted) << second[r];
+    EXPECT_THAT(std::string(second[r].message()),
+                AllOf(StartsWith(StrCat("dispatch on rank ", r, ": shared memory cannot grow for dispatch #2: ")),
+                      HasSubstr("/dev/shm on rank 1: a "), HasSubstr("limit")));
+  }
+}
+
+TEST(DispatchChoiceTest, RanksThatAskForDifferentPathsAreToldOnEveryRank) {
+  std::vector<Created> created = CreateAndRun(3, [](int r) {
+    return DispatchOptions{.path = r == 1 ? DispatchPath::kAllToAllV : DispatchPath::kAuto};
+  });
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(created[r].status.code(), absl::StatusCode::kInvalidArgument) << created[r].status;
+    EXPECT_THAT(std::string(created[r].status.message()),
+                HasSubstr("the ranks ask for different paths (rank 0 auto, rank 1 all-to-all-v, rank 2 auto)"));
+  }
+}
+
+TEST(DispatchChoiceTest, InvalidOptionsOnOneRankAreAnErrorOnEveryRank) {
+  std::vector<Created> created = CreateAndRun(3, [](int r) {
+    DispatchOptions options;
+    if (r == 2) options.shared_memory.directory = "relative/dir";
+    return options;
+  });
+  EXPECT_THAT(std::string(created[2].status.message()), HasSubstr("'relative/dir' is not an absolute path"));
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_THAT(std::string(created[r].status.message()), HasSubstr("rank 2's dispatch options are invalid"));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Options.
+
+// Sets MOEX_INTRANODE for the scope (unset with nullptr), then restores it.
+class IntranodeEnv {
+ public:
+  explicit IntranodeEnv(const char* value) {
+    if (const char* old = std::getenv("MOEX_INTRANODE")) old_ = old;
+    if (value != nullptr) setenv("MOEX_INTRANODE", value, 1);
+    else unsetenv("MOEX_INTRANODE");
+  }
+  ~IntranodeEnv() {
+    if (old_) setenv("MOEX_INTRANODE", old_->c_str(), 1);
+    else unsetenv("MOEX_INTRANODE");
+  }
+
+ private:
+  std::optional<std::string> old_;
+};
+
+TEST(DispatchOptionsTest, TheEnvironmentChoosesThePath) {
+  const std::pair<const char*, DispatchPath> cases[] = {{nullptr, DispatchPath::kAuto},
+                                                         {"", DispatchPath::kAuto},
+                                                         {"auto", DispatchPath::kAuto},
+                                                         {"0", DispatchPath::kAllToAllV},
+                                                         {"1", DispatchPath::kSharedMemory}};
+  for (const auto& [value, path] : cases) {
+    IntranodeEnv env(value);
+    absl::StatusOr<DispatchOptions> options = DispatchOptions::FromEnvironment();
+    ASSERT_TRUE(options.ok()) << options.status();
+    EXPECT_EQ(options->path, path) << (value ? value : "(unset)");
+    EXPECT_EQ(options->shared_memory.directory, "/dev/shm");
+  }
+  IntranodeEnv env("yes");
+  EXPECT_THAT(std::string(DispatchOptions::FromEnvironment().status().message()),
+              HasSubstr("MOEX_INTRANODE='yes' is not one of 0 (all-to-all-v), 1 (shared memory), auto"));
+}
+
+TEST(DispatchOptionsTest, ValidateNamesTheBadField) {
+  EXPECT_TRUE(DispatchOptions{}.Validate().ok());
+  DispatchOptions relative{.shared_memory = {.directory = "shm"}};
+  EXPECT_THAT(std::string(relative.Validate().message()), HasSubstr("directory 'shm' is not an absolute path"));
+  DispatchOptions negative{.shared_memory = {.max_bytes = -1}};
+  EXPECT_THAT(std::string(negative.Validate().message()), HasSubstr("max_bytes -1 is negative"));
+  // Segment options do not matter where no segment is made.
+  EXPECT_TRUE((DispatchOptions{.path = DispatchPath::kAllToAllV, .shared_memory = {.directory = "shm"}}).Validate().ok());
+}
+
+}  // namespace
+}  // namespace moex::ep
