@@ -1,7 +1,6 @@
-# moex's layering rule, enforced by the build:
-#
-#   core <- model <- plan <- kernels <- transport <- ep <- balance
-#        <- control <- launcher <- cli
+# moex's layering rule, enforced by the build: MOEX_LAYER_ORDER below is
+# its one statement (docs/architecture.md shows it; tests/layering reads it
+# and the layers' folders from here).
 #
 # Each layer is one library target `moex_<layer>` (alias `moex::<layer>`)
 # whose public headers live in `<layer dir>/include/moex/<layer>/`. A target
