@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "moex/placement/moex_policy.h"
+#include "moex/placement/policy.h"
 #include "nlohmann/json.hpp"
 
 namespace {
@@ -120,13 +120,13 @@ int main(int argc, char** argv) {
       auto t0 = std::chrono::steady_clock::now();
       EplbPlacement eplb = *moex::placement::PlanPlacement("eplb", input(load));
       auto t1 = std::chrono::steady_clock::now();
-      EplbPlacement moex = *moex::placement::PlanPlacement("moex", input(load));
+      EplbPlacement moex = *moex::placement::PlanPlacement("refined", input(load));
       auto t2 = std::chrono::steady_clock::now();
       eplb_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
       moex_ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
-      moex::placement::IndexMatrix current = moex::placement::PlanPlacement("moex", input(before))->phy2log;
+      moex::placement::IndexMatrix current = moex::placement::PlanPlacement("refined", input(before))->phy2log;
       auto t3 = std::chrono::steady_clock::now();
-      EplbPlacement aware = *moex::placement::PlanPlacement("moex", input(load, current));
+      EplbPlacement aware = *moex::placement::PlanPlacement("refined", input(load, current));
       aware_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t3).count());
       Matrix ge = moex::placement::GpuLoads(load, eplb, s.gpus), gm = moex::placement::GpuLoads(load, moex, s.gpus);
       std::vector<double> bound = moex::placement::LoadLowerBound(load, s.replicas, s.gpus);

@@ -13,7 +13,7 @@
 #include "moex/model/moe_layer_spec.h"
 #include "moex/model/model_loader.h"
 #include "moex/placement/eplb.h"
-#include "moex/placement/moex_policy.h"
+#include "moex/placement/policy.h"
 #include "moex/placement/placement.h"
 
 namespace moex::cluster {
@@ -140,11 +140,10 @@ absl::StatusOr<moex::v1::Placement> JobManager::Rebalance(const std::string& id,
       return absl::FailedPreconditionError(StrCat("job ", id, " is ", JobState_Name(it->second.job.state()),
                                                   "; only a running job can be rebalanced"));
     }
-    const std::string& chosen = policy.empty() ? it->second.job.spec().rebalance().policy() : policy;
-    if (chosen != "moex" && chosen != "eplb") {
-      return absl::InvalidArgumentError(StrCat("policy '", chosen, "' is not one of moex, eplb"));
-    }
-    out = Publish(it->second, chosen, "requested");
+    absl::StatusOr<std::string> chosen =
+        placement::CanonicalPolicy(policy.empty() ? it->second.job.spec().rebalance().policy() : policy);
+    if (!chosen.ok()) return chosen.status();
+    out = Publish(it->second, *chosen, "requested");
   }
   if (out.ok()) Notify(id);
   return out;

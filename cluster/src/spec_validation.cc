@@ -6,6 +6,7 @@
 #include "moex/cluster/job_spec.h"
 #include "moex/core/str_cat.h"
 #include "moex/job/run_config.h"
+#include "moex/placement/policy.h"
 
 namespace moex::cluster {
 namespace {
@@ -87,6 +88,10 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
   if (spec->transport().empty()) spec->set_transport(defaults.transport);
   moex::v1::RebalanceSpec* rebalance = spec->mutable_rebalance();
   if (rebalance->policy().empty()) rebalance->set_policy(defaults.rebalance.policy);
+  // Records keep the policy's current name ("moex" was the refined policy's).
+  if (absl::StatusOr<std::string> policy = placement::CanonicalPolicy(rebalance->policy()); policy.ok()) {
+    rebalance->set_policy(*policy);
+  }
   if (rebalance->interval() == 0) rebalance->set_interval(static_cast<int32_t>(defaults.rebalance.interval));
   if (rebalance->window() == 0) rebalance->set_window(static_cast<int32_t>(defaults.rebalance.window));
   if (spec->exchange_timeout_seconds() < 0) return Bad("exchange_timeout_seconds", "must be in [0, 3600] (0: 60)");

@@ -188,7 +188,7 @@ TEST_F(ControllerTest, ThresholdRebalancesWhileTheJobRuns) {
   ASSERT_GE(done.rebalances_size(), 1);
   const moex::v1::RebalanceRecord& first = done.rebalances(0);
   EXPECT_EQ(first.version(), 2);
-  EXPECT_EQ(first.policy(), "moex");
+  EXPECT_EQ(first.policy(), "refined");
   EXPECT_THAT(first.reason(), HasSubstr("window imbalance"));
   EXPECT_LT(first.imbalance_after(), first.imbalance_before());
   EXPECT_GT(first.experts_moved(), 0);
@@ -221,7 +221,7 @@ TEST_F(ControllerTest, RebalanceOnRequest) {
   request.set_policy("greedy");
   grpc::Status status = placements->Rebalance(Context().get(), request, &placement);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(status.error_message(), HasSubstr("'greedy' is not one of moex, eplb"));
+  EXPECT_THAT(status.error_message(), HasSubstr("'greedy' is not one of refined, eplb"));
   request.set_policy("eplb");
   status = placements->Rebalance(Context().get(), request, &placement);
   ASSERT_TRUE(status.ok()) << status.error_message();

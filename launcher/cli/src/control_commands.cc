@@ -308,7 +308,7 @@ CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
                                                   : "Follow a job's state until it ends");
     sub->add_option("id", f.id, "Job id")->required();
     if (std::string(name) == "logs") sub->add_flag("--follow,-f", f.follow, "Keep printing until the job ends");
-    if (std::string(name) == "rebalance") sub->add_option("--policy", f.rebalance_policy, "moex or eplb (default: the job's)");
+    if (std::string(name) == "rebalance") sub->add_option("--policy", f.rebalance_policy, "refined or eplb (default: the job's)");
   }
   job->add_subcommand("list", "List jobs");
   for (CLI::App* sub : job->get_subcommands({})) {

@@ -3,7 +3,7 @@
 #include <optional>
 
 #include "absl/strings/str_format.h"
-#include "moex/placement/moex_policy.h"
+#include "moex/placement/policy.h"
 #include "moex/placement/placement_file.h"
 #include "moex/core/str_cat.h"
 #include "moex/model/config_view.h"
@@ -20,7 +20,7 @@ CLI::App* AddPlacementCommand(CLI::App& app, PlacementFlags& f) {
   plan->add_option("--groups", f.groups, "Expert groups (group-limited routing)")->capture_default_str();
   plan->add_option("--nodes", f.nodes, "Nodes")->capture_default_str();
   plan->add_option("--gpus", f.gpus, "GPUs in all")->required();
-  plan->add_option("--policy", f.policy, "moex (default: lower max/mean than eplb, fewer moves with --current) or eplb (DeepSeek's algorithm)")
+  plan->add_option("--policy", f.policy, "refined (default: EPLB refined by local search, lower max/mean, fewer moves with --current) or eplb (DeepSeek's algorithm); moex: refined")
       ->capture_default_str();
   plan->add_option("--current", f.current, "The current placement (this command's --json output): count the moves");
   plan->add_flag("--json", f.json, "Print JSON");

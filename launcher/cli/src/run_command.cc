@@ -50,7 +50,7 @@ CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags) {
                   "Move experts when the window's max/mean rank load exceeds this (0: off)")->capture_default_str();
   run->add_option("--rebalance-interval", f.rebalance.interval, "At least this many steps between placement changes")->capture_default_str();
   run->add_option("--rebalance-window", f.rebalance.window, "Steps of load a decision looks at")->capture_default_str();
-  run->add_option("--rebalance-policy", f.rebalance.policy, "moex or eplb")->capture_default_str();
+  run->add_option("--rebalance-policy", f.rebalance.policy, "refined (EPLB refined by local search) or eplb; moex: refined")->capture_default_str();
   run->add_option("--rebalance-at-step", f.rebalance.at_step, "Also rebalance before this step (0-based)");
   run->add_option("--migration-chunk-mb", f.rebalance.migration_chunk_mb, "Expert weights moved per step, all ranks together")->capture_default_str();
   run->add_option("--timeout", f.timeout_seconds, "Seconds any one exchange may wait for peers")->capture_default_str();

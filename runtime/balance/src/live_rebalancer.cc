@@ -5,7 +5,7 @@
 #include "absl/strings/str_format.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
-#include "moex/placement/moex_policy.h"
+#include "moex/placement/policy.h"
 
 namespace moex::balance {
 namespace {
@@ -22,8 +22,8 @@ absl::StatusOr<LiveRebalancer> LiveRebalancer::Create(RebalanceOptions options, 
                                              " replicas = ", p.num_slots(), " slots over ", world,
                                              " ranks; change --redundant-experts"));
   }
-  if (options.policy != "moex" && options.policy != "eplb") {
-    return absl::InvalidArgumentError(StrCat("rebalance policy '", options.policy, "' is not one of moex, eplb"));
+  if (absl::Status known = placement::CanonicalPolicy(options.policy).status(); !known.ok()) {
+    return absl::InvalidArgumentError(StrCat("rebalance ", known.message()));
   }
   if (options.threshold < 0 || options.interval < 1 || options.window < 1 || options.chunk_bytes < 1) {
     return absl::InvalidArgumentError("rebalancing needs threshold >= 0, interval >= 1, window >= 1, chunk bytes >= 1");

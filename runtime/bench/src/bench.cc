@@ -11,7 +11,7 @@
 #include <optional>
 #include <random>
 
-#include "moex/placement/moex_policy.h"
+#include "moex/placement/policy.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/ep/dispatch.h"

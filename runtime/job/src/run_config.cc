@@ -9,6 +9,7 @@
 #include "moex/core/tensor.h"
 #include "moex/model/model_loader.h"
 #include "moex/model/safetensors.h"
+#include "moex/placement/policy.h"
 
 namespace moex::job {
 namespace {
@@ -90,7 +91,9 @@ absl::Status RunConfig::Validate(FieldNames names) const {
                : c.Bad(kTransport, StrCat("nccl carries device buffers: add ", c.Name(kDevice), " cuda"));
   }
   const RebalanceConfig& r = rebalance;
-  if (!OneOf(r.policy, {"moex", "eplb"})) return c.Bad(kPolicy, StrCat("is '", r.policy, "'; known: moex, eplb"));
+  if (!placement::CanonicalPolicy(r.policy).ok()) {
+    return c.Bad(kPolicy, StrCat("is '", r.policy, "'; known: ", placement::kPolicyNames));
+  }
   if (!std::isfinite(r.threshold) || (r.threshold != 0 && r.threshold < 1) || r.threshold > 1000) {
     return c.Bad(kThreshold, "must be 0 (only on request) or in [1, 1000]");
   }

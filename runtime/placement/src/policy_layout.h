@@ -1,5 +1,5 @@
 // moex's placement policy, inside: one layer's placement while it is being
-// improved, and the steps PlanPlacement runs on it (moex_policy.cc): the
+// improved, and the steps PlanPlacement runs on it (policy.cc): the
 // local search (policy_search.cc) and the relabelling against the current
 // placement (policy_relabel.cc). Private to the placement layer.
 #pragma once

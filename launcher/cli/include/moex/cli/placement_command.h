@@ -14,7 +14,7 @@ struct PlacementFlags {
   int64_t groups = 1;
   int64_t nodes = 1;
   int64_t gpus = 0;
-  std::string policy = "moex";
+  std::string policy = "refined";
   std::string current;  // a placement printed by this command (--json)
   bool json = false;
 };

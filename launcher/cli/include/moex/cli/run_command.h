@@ -6,7 +6,7 @@
 //     [--routing-skew Z] [--seed S] [--redundant-experts R] [--check]
 //     [--timeout SECONDS] [--json FILE] [--check-every-step]
 //     [--rebalance-threshold X] [--rebalance-interval N] [--rebalance-window W]
-//     [--rebalance-policy moex|eplb] [--rebalance-at-step S] [--migration-chunk-mb M]
+//     [--rebalance-policy refined|eplb] [--rebalance-at-step S] [--migration-chunk-mb M]
 //
 // and `moex worker`, a rank of a controller job. Both parse into a
 // job::RunConfig and call run::RunLayer (runtime/run); this file only

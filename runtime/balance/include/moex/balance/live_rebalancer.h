@@ -29,7 +29,7 @@
 namespace moex::balance {
 
 struct RebalanceOptions {
-  std::string policy = "moex";       // moex or eplb
+  std::string policy = "refined";    // refined or eplb (placement/policy.h)
   double threshold = 0;              // window imbalance (max/mean rank load) that triggers; 0: never
   int64_t interval = 10;             // at least this many steps between placement changes
   int64_t window = 4;                // steps of load the decision looks at

@@ -20,7 +20,7 @@ namespace moex::job {
 enum class FieldNames { kFlags, kJobSpec };
 
 struct RebalanceConfig {
-  std::string policy = "moex";       // moex or eplb
+  std::string policy = "refined";    // refined or eplb (placement/policy.h; "moex": refined)
   double threshold = 0;              // window max/mean rank load that triggers; 0: only on request
   int64_t interval = 10;             // at least this many steps between placement changes
   int64_t window = 4;                // steps of load a decision looks at

@@ -1,4 +1,4 @@
-#include "moex/placement/moex_policy.h"
+#include "moex/placement/policy.h"
 
 #include <algorithm>
 #include <numeric>
@@ -61,7 +61,7 @@ TEST_P(MoexPolicyTest, NeverWorseThanEplbAndBetterOnAverage) {
   for (int seed = 0; seed < seeds; ++seed) {
     Matrix load = ZipfLoad(2, s.experts, 1.0, seed);
     EplbPlacement eplb = *PlanPlacement("eplb", Input(s, load));
-    absl::StatusOr<EplbPlacement> moex = PlanPlacement("moex", Input(s, load));
+    absl::StatusOr<EplbPlacement> moex = PlanPlacement("refined", Input(s, load));
     ASSERT_TRUE(moex.ok()) << moex.status();
     ExpectValid(s, *moex);
     std::vector<double> bound = LoadLowerBound(load, s.replicas, s.gpus);
@@ -81,11 +81,11 @@ TEST_P(MoexPolicyTest, KnowingTheCurrentPlacementMovesFewerExpertsAtTheSameBalan
   const Shape& s = GetParam();
   for (int seed = 0; seed < 3; ++seed) {
     Matrix before = ZipfLoad(1, s.experts, 1.0, 100 + seed);
-    IndexMatrix current = PlanPlacement("moex", Input(s, before))->phy2log;
+    IndexMatrix current = PlanPlacement("refined", Input(s, before))->phy2log;
     Matrix after = Drift(before, 0.5, 200 + seed);
-    EplbPlacement scratch = *PlanPlacement("moex", Input(s, after));
+    EplbPlacement scratch = *PlanPlacement("refined", Input(s, after));
     EplbPlacement eplb = *PlanPlacement("eplb", Input(s, after));
-    absl::StatusOr<EplbPlacement> aware = PlanPlacement("moex", Input(s, after, current));
+    absl::StatusOr<EplbPlacement> aware = PlanPlacement("refined", Input(s, after, current));
     ASSERT_TRUE(aware.ok()) << aware.status();
     ExpectValid(s, *aware);
     EXPECT_LE(LayerImbalance(after, *aware, s.gpus, 0), LayerImbalance(after, scratch, s.gpus, 0) * (1 + 1e-6));
@@ -115,7 +115,7 @@ TEST(MoexPolicy, FewSlotsPerGpuGlobalIsAtTheBound) {
   ASSERT_FALSE(IsHierarchical(s.groups, s.nodes));
   Matrix load = ZipfLoad(1, s.experts, 1.1, 0);
   EplbPlacement eplb = *PlanPlacement("eplb", Input(s, load));
-  EplbPlacement moex = *PlanPlacement("moex", Input(s, load));
+  EplbPlacement moex = *PlanPlacement("refined", Input(s, load));
   ExpectValid(s, moex);
   const double e = LayerImbalance(load, eplb, s.gpus, 0), m = LayerImbalance(load, moex, s.gpus, 0);
   const double bound = BoundImbalance(load, s, 0);
@@ -135,7 +135,7 @@ TEST(MoexPolicy, GlobalPathGetsCloseToTheBound) {
   ASSERT_FALSE(IsHierarchical(s.groups, s.nodes));
   Matrix load = ZipfLoad(1, s.experts, 1.1, 0);
   double e = LayerImbalance(load, *PlanPlacement("eplb", Input(s, load)), s.gpus, 0);
-  double m = LayerImbalance(load, *PlanPlacement("moex", Input(s, load)), s.gpus, 0);
+  double m = LayerImbalance(load, *PlanPlacement("refined", Input(s, load)), s.gpus, 0);
   double bound = BoundImbalance(load, s, 0);
   EXPECT_GT(e, bound * 1.07);
   EXPECT_LT(m, bound * 1.015);
@@ -144,7 +144,7 @@ TEST(MoexPolicy, GlobalPathGetsCloseToTheBound) {
   for (int seed = 0; seed < seeds; ++seed) {
     load = Drift(ZipfLoad(1, s.experts, 1.1, seed), 0.5, 100 + seed);
     e = LayerImbalance(load, *PlanPlacement("eplb", Input(s, load)), s.gpus, 0);
-    m = LayerImbalance(load, *PlanPlacement("moex", Input(s, load)), s.gpus, 0);
+    m = LayerImbalance(load, *PlanPlacement("refined", Input(s, load)), s.gpus, 0);
     bound = BoundImbalance(load, s, 0);
     EXPECT_LT(m, bound * 1.025) << "seed " << seed << ": eplb " << e << ", moex " << m << ", bound " << bound;
     eplb_excess += e / bound - 1, moex_excess += m / bound - 1;
@@ -197,11 +197,11 @@ TEST(MoexPolicy, RandomShapesKeepEveryGuarantee) {
     SCOPED_TRACE(testing::Message() << "round " << round << ": " << experts << " experts, " << s.replicas << " slots, "
                                     << groups << " groups, " << nodes << " nodes, " << gpus << " GPUs");
     absl::StatusOr<EplbPlacement> eplb = PlanPlacement("eplb", Input(s, load));
-    absl::StatusOr<EplbPlacement> moex = PlanPlacement("moex", Input(s, load));
+    absl::StatusOr<EplbPlacement> moex = PlanPlacement("refined", Input(s, load));
     ASSERT_TRUE(eplb.ok()) << eplb.status();
     ASSERT_TRUE(moex.ok()) << moex.status();
     ExpectValid(s, *moex);
-    EXPECT_EQ(PlanPlacement("moex", Input(s, load))->phy2log, moex->phy2log) << "not deterministic";
+    EXPECT_EQ(PlanPlacement("refined", Input(s, load))->phy2log, moex->phy2log) << "not deterministic";
     const int64_t scope = hier ? gpus_per_node : gpus;
     const int64_t per_node = s.replicas / (hier ? nodes : 1), group_size = experts / groups;
     for (size_t l = 0; l < load.size(); ++l) {
@@ -223,8 +223,8 @@ TEST(MoexPolicy, RandomShapesKeepEveryGuarantee) {
     }
     // Told the placement planned for the load before a drift.
     Matrix after = Drift(load, 0.3, rng());
-    absl::StatusOr<EplbPlacement> scratch = PlanPlacement("moex", Input(s, after));
-    absl::StatusOr<EplbPlacement> aware = PlanPlacement("moex", Input(s, after, moex->phy2log));
+    absl::StatusOr<EplbPlacement> scratch = PlanPlacement("refined", Input(s, after));
+    absl::StatusOr<EplbPlacement> aware = PlanPlacement("refined", Input(s, after, moex->phy2log));
     ASSERT_TRUE(aware.ok()) << aware.status();
     ExpectValid(s, *aware);
     EXPECT_LE(CountMoves(moex->phy2log, aware->phy2log, gpus), CountMoves(moex->phy2log, scratch->phy2log, gpus));
@@ -242,8 +242,8 @@ TEST(MoexPolicy, RandomShapesKeepEveryGuarantee) {
 TEST(MoexPolicy, UnchangedLoadMovesNothing) {
   const Shape s{"small", 16, 24, 4, 2, 8};
   Matrix load = ZipfLoad(1, s.experts, 1.2, 7);
-  IndexMatrix current = PlanPlacement("moex", Input(s, load))->phy2log;
-  EplbPlacement again = *PlanPlacement("moex", Input(s, load, current));
+  IndexMatrix current = PlanPlacement("refined", Input(s, load))->phy2log;
+  EplbPlacement again = *PlanPlacement("refined", Input(s, load, current));
   EXPECT_EQ(CountMoves({current}, again.phy2log, s.gpus), 0);
 }
 
@@ -251,13 +251,13 @@ TEST(MoexPolicy, BadCurrentPlacementIsNamed) {
   const Shape s{"small", 8, 8, 1, 1, 4};
   Matrix load = {{1, 2, 3, 4, 5, 6, 7, 8}};
   auto message = [&](IndexMatrix current) {
-    return std::string(PlanPlacement("moex", Input(s, load, std::move(current))).status().message());
+    return std::string(PlanPlacement("refined", Input(s, load, std::move(current))).status().message());
   };
   EXPECT_THAT(message({{0, 1, 2, 3, 4, 5, 6}}), ::testing::HasSubstr("7 slots, --replicas is 8"));
   EXPECT_THAT(message({{0, 1, 2, 3, 4, 5, 6, 9}}), ::testing::HasSubstr("expert 9 in slot 7"));
   EXPECT_THAT(message({{0, 1, 2, 3, 4, 5, 6, 6}}), ::testing::HasSubstr("no replica of expert 7"));
   EXPECT_THAT(std::string(PlanPlacement("greedy", Input(s, load)).status().message()),
-              ::testing::HasSubstr("'greedy' is not one of eplb, moex"));
+              ::testing::HasSubstr("'greedy' is not one of refined, eplb"));
 }
 
 }  // namespace

@@ -38,6 +38,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -56,7 +57,17 @@ struct PlanInput {
   IndexMatrix current;
 };
 
-// `policy` is "eplb" or "moex".
+// The policies by name: "eplb" (DeepSeek's EPLB, as published) and
+// "refined" (EPLB's placement refined by the local search above; told the
+// current placement, the plan that moves fewest experts at that balance).
+// "moex", the refined policy's first name, is still read.
+inline constexpr std::string_view kDefaultPolicy = "refined";
+inline constexpr std::string_view kPolicyNames = "refined, eplb";
+// The policy's name as records keep it ("moex" becomes "refined"); the
+// error lists the known names.
+absl::StatusOr<std::string> CanonicalPolicy(std::string_view name);
+
+// `policy`: one of the names above.
 absl::StatusOr<EplbPlacement> PlanPlacement(std::string_view policy, const PlanInput& input);
 
 // Checks what both policies need; the error names the flag at fault.

@@ -1,4 +1,4 @@
-#include "moex/placement/moex_policy.h"
+#include "moex/placement/policy.h"
 
 #include <algorithm>
 #include <array>
@@ -102,11 +102,15 @@ EplbPlacement FromPhy2Log(IndexMatrix phy2log, int64_t num_logical) {
   return out;
 }
 
-absl::StatusOr<EplbPlacement> PlanPlacement(std::string_view policy, const PlanInput& in) {
+absl::StatusOr<std::string> CanonicalPolicy(std::string_view name) {
+  if (name == "moex") return std::string(kDefaultPolicy);
+  if (name == kDefaultPolicy || name == "eplb") return std::string(name);
+  return absl::InvalidArgumentError(StrCat("policy '", name, "' is not one of ", kPolicyNames));
+}
+
+absl::StatusOr<EplbPlacement> PlanPlacement(std::string_view name, const PlanInput& in) {
   MOEX_RETURN_IF_ERROR(CheckPlanInput(in));
-  if (policy != "eplb" && policy != "moex") {
-    return absl::InvalidArgumentError(StrCat("--policy '", policy, "' is not one of eplb, moex"));
-  }
+  MOEX_ASSIGN_OR_RETURN(const std::string policy, CanonicalPolicy(name));
   MOEX_ASSIGN_OR_RETURN(EplbPlacement eplb,
                         RebalanceExperts(in.load, in.num_replicas, in.num_groups, in.num_nodes, in.num_gpus));
   if (policy == "eplb") return eplb;
