@@ -20,6 +20,7 @@ using dispatch_internal::FillPairs;
 using dispatch_internal::RecordBytes;
 using dispatch_internal::RecordFloats;
 using dispatch_internal::SizeReceived;
+using dispatch_internal::TakeRecord;
 
 absl::Status Dispatcher::DispatchAllToAllV(transport::Transport& transport, const Placement& placement,
                                            const Tensor& x, const DispatchLayout& layout, const float* topk_weights,
@@ -87,10 +88,7 @@ absl::Status Dispatcher::DispatchAllToAllV(transport::Transport& transport, cons
         out->recv_rows[i] = x.row(t);
         FillPairs(placement, layout, topk_weights, t, me, slots, weights);
       } else {
-        const float* in = recv_.data() + (landed++) * record;
-        out->recv_rows[i] = in;
-        std::memcpy(slots, in + H, k * sizeof(int32_t));
-        std::memcpy(weights, in + H + k, k * sizeof(float));
+        TakeRecord(recv_.data() + (landed++) * record, H, k, i, out, slots, weights);
       }
       MOEX_RETURN_IF_ERROR(CountSlots(slots, k, local_slots, me, s, out));
     }

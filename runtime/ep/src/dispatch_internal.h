@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "absl/status/status.h"
 #include "moex/ep/dispatch.h"
@@ -26,6 +27,15 @@ void FillPairs(const Placement& placement, const DispatchLayout& layout, const f
 // set); returns where this rank's own tokens start in the destination-major
 // send order.
 int64_t SizeReceived(DispatchResult* out, int64_t rows, int64_t k, int64_t local_slots, int me);
+
+// Received row i is the record at `in` (H floats, then k slots, k
+// weights): the row is used where it landed, its pairs copied out.
+inline void TakeRecord(const float* in, int64_t H, int64_t k, int64_t i, DispatchResult* out, int32_t* slots,
+                       float* weights) {
+  out->recv_rows[i] = in;
+  std::memcpy(slots, in + H, k * sizeof(int32_t));
+  std::memcpy(weights, in + H + k, k * sizeof(float));
+}
 
 // Checks a received row's slots (a peer's bug or corrupted memory must not
 // index past this rank's experts) and counts them per local expert.

@@ -20,6 +20,7 @@ using dispatch_internal::FillPairs;
 using dispatch_internal::RecordBytes;
 using dispatch_internal::RecordFloats;
 using dispatch_internal::SizeReceived;
+using dispatch_internal::TakeRecord;
 
 // Rank d's receive area (rows x record) and partial-sum area, from the
 // counts every rank knows.
@@ -108,10 +109,7 @@ absl::Status Dispatcher::DispatchShared(transport::Transport& transport, const P
         out->recv_rows[i] = x.row(t);
         FillPairs(placement, layout, topk_weights, t, me, slots, weights);
       } else {
-        const float* in = area + i * record;
-        out->recv_rows[i] = in;
-        std::memcpy(slots, in + H, k * sizeof(int32_t));
-        std::memcpy(weights, in + H + k, k * sizeof(float));
+        TakeRecord(area + i * record, H, k, i, out, slots, weights);
       }
       MOEX_RETURN_IF_ERROR(CountSlots(slots, k, local_slots, me, s, out));
     }
