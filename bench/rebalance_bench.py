@@ -13,7 +13,7 @@ time spent migrating; writes JSON, CSV and an SVG plot of step time and
 imbalance, step by step.
 
   bench/rebalance_bench.py [--np 4] [--model mini-dsv3] [--tokens-per-rank 1024]
-      [--skew 1.2] [--redundant 8] [--before 12] [--after 12] [--policies moex,eplb]
+      [--skew 1.2] [--redundant 8] [--before 12] [--after 12] [--policies refined,eplb]
       [--transport mpi] [--out DIR]
 """
 import argparse
@@ -114,7 +114,7 @@ def main():
     parser.add_argument("--redundant", type=int, default=8)
     parser.add_argument("--before", type=int, default=12)
     parser.add_argument("--after", type=int, default=12)
-    parser.add_argument("--policies", default="moex,eplb")
+    parser.add_argument("--policies", default="refined,eplb")
     parser.add_argument("--transport", default="mpi")
     parser.add_argument("--out", default=".")
     args = parser.parse_args()

@@ -185,7 +185,9 @@ void JobManager::MaybeRebalance(Entry& entry) {
   if (job.load().window_imbalance() <= spec.threshold()) return;
   std::string reason = absl::StrFormat("window imbalance %.3f > threshold %.3f", job.load().window_imbalance(),
                                        spec.threshold());
-  absl::StatusOr<moex::v1::Placement> published = Publish(entry, spec.policy(), reason);
+  // A record written before the policy's rename says "moex".
+  const std::string policy = placement::CanonicalPolicy(spec.policy()).value_or(std::string(placement::kDefaultPolicy));
+  absl::StatusOr<moex::v1::Placement> published = Publish(entry, policy, reason);
   if (!published.ok()) {
     // Not fatal to the job: it keeps its placement; the reason is kept.
     entry.job.set_message(StrCat("running; rebalancing skipped: ", published.status().message()));

@@ -76,16 +76,20 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
   if (spec->has_bench() && spec->max_restarts() > 0) return Bad("max_restarts", "applies to layer jobs, not bench jobs");
   if (spec->has_bench()) {
     if (spec->rebalance().threshold() != 0) return Bad("rebalance.threshold", "applies to layer jobs, not bench jobs");
-    if (spec->transport().empty()) spec->set_transport("mpi");
-    if (spec->transport() != "mpi" && spec->transport() != "ucx") {
-      return Bad("transport", StrCat("is '", spec->transport(), "'; a bench job runs over mpi or ucx"));
+    if (!std::isfinite(spec->exchange_timeout_seconds()) || spec->exchange_timeout_seconds() < 0 ||
+        spec->exchange_timeout_seconds() > 3600) {
+      return Bad("exchange_timeout_seconds", "must be in [0, 3600] (0: 60)");
     }
-    return ValidateBench(spec);
   }
+  // A JobSpec has no device yet: its ranks run on CPUs, over MPI or UCX.
+  if (spec->transport().empty()) spec->set_transport("mpi");
+  if (spec->transport() != "mpi" && spec->transport() != "ucx") {
+    return Bad("transport", StrCat("is '", spec->transport(), "'; known: mpi, ucx (a controller job runs on CPUs)"));
+  }
+  if (spec->has_bench()) return ValidateBench(spec);
   // Defaults written back, so that the ranks and `moex job status` see
   // exactly what runs; the bounds are RunConfig's, the same as `moex run`'s.
   const job::RunConfig defaults;
-  if (spec->transport().empty()) spec->set_transport(defaults.transport);
   moex::v1::RebalanceSpec* rebalance = spec->mutable_rebalance();
   if (rebalance->policy().empty()) rebalance->set_policy(defaults.rebalance.policy);
   // Records keep the policy's current name ("moex" was the refined policy's).

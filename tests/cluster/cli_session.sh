@@ -34,7 +34,7 @@ for _ in $(seq 200); do "$moex" job status "$id" | grep -q "load: window" && bre
 for _ in $(seq 200); do "$moex" job status "$id" | grep -q "version 2 serving" && break; sleep 0.1; done
 "$moex" job status "$id" | tee "$state/status"
 grep -q "version 2 serving" "$state/status"
-grep -q "rebalance v2 at step [0-9]* (moex, requested)" "$state/status"
+grep -q "rebalance v2 at step [0-9]* (refined, requested)" "$state/status"
 "$moex" job cancel "$id" > /dev/null
 if "$moex" job rebalance j-missing 2> "$state/err"; then echo "a missing job was rebalanced"; exit 1; fi
 grep -q "no job 'j-missing'" "$state/err"

@@ -284,7 +284,7 @@ CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
                      "The controller moves experts when the window's max/mean rank load exceeds this (0: only on request)");
   submit->add_option("--rebalance-interval", f.rebalance_interval, "Steps between placement changes at least (0: 10)");
   submit->add_option("--rebalance-window", f.rebalance_window, "Steps of load a decision looks at (0: 4)");
-  submit->add_option("--rebalance-policy", f.rebalance_policy, "moex (default) or eplb");
+  submit->add_option("--rebalance-policy", f.rebalance_policy, "refined (default) or eplb");
   submit->add_option("--max-restarts", f.max_restarts,
                      "Relaunch up to this many times when a rank dies or goes silent, resuming after the last step (0-10)")
       ->capture_default_str();

@@ -113,10 +113,15 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
 
   // Checked before any transport or GPU is touched, so the message is the
   // same on every build and machine.
-  if (absl::Status valid = config.Validate(); !valid.ok()) return fail(valid);
+  // A controller job's errors name the spec's fields.
+  const job::FieldNames names = worker ? job::FieldNames::kJobSpec : job::FieldNames::kFlags;
+  const bool bench_job = worker && worker->spec().has_bench();
+  if (!bench_job) {
+    if (absl::Status valid = config.Validate(names); !valid.ok()) return fail(valid);
+  }
   absl::StatusOr<std::unique_ptr<transport::Transport>> transport = CreateRankTransport(config.transport);
   if (!transport.ok()) return fail(transport.status());
-  if (worker && worker->spec().has_bench()) {
+  if (bench_job) {
     absl::Status benched = RunBenchJob(*worker, **transport);
     if (!benched.ok()) return fail(benched);
     transport->reset();
@@ -133,6 +138,14 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
   }
   if (link) sinks.push_back(link.get());
   absl::Status status = run::RunLayer(config, **transport, sinks, link.get());
+  if (absl::IsCancelled(status) && worker) {
+    // Every rank agreed on it at the same step: a clean stop, not a failure.
+    const std::string line = StrCat("moex worker: rank ", rank, ": ", status.message(), "\n");
+    (void)!write(STDERR_FILENO, line.data(), line.size());
+    transport->reset();
+    worker->Finished();
+    return 0;
+  }
   if (!status.ok()) return fail(status);
   transport->reset();
   if (worker) worker->Finished();

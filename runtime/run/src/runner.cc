@@ -91,7 +91,8 @@ class Runner {
       : config_(config), t_(t), rank_(t.rank()), world_(t.world_size()), sinks_(sinks), controller_(controller) {}
 
   absl::Status Run() {
-    MOEX_ASSIGN_OR_RETURN(spec_, config_.ValidateLayer(world_));
+    MOEX_ASSIGN_OR_RETURN(spec_, config_.ValidateLayer(world_, controller_ != nullptr ? job::FieldNames::kJobSpec
+                                                                                    : job::FieldNames::kFlags));
     MOEX_ASSIGN_OR_RETURN(model::ModelArch arch, model::LoadModel(config_.model));
     MOEX_ASSIGN_OR_RETURN(placement::Placement start, StartPlacement());
     if (!config_.weights.empty()) {
@@ -111,8 +112,8 @@ class Runner {
     // its last step runs, so that the output and the check have one).
     const int64_t first_step = std::clamp<int64_t>(config_.first_step, 0, config_.steps - 1);
     RunHeader header{.config = &config_, .spec = &spec_, .placement = &start, .model_source = arch.source,
-                     .transport = std::string(t_.name()), .device_path = gpu() ? layer_->DataPath() : "",
-                     .weights_line = weights_->line(), .data_path_reason = layer_->DataPathReason(),
+                     .transport = std::string(t_.name()), .device_path = gpu() ? layer_->DataPathReason() : "",
+                     .weights_line = weights_->line(), .data_path_reason = gpu() ? "" : layer_->DataPathReason(),
                      .world_size = world_,
                      .tokens_per_step = tokens_.tokens_per_step(), .first_step = first_step,
                      .rebalancing = rebalancer_.has_value()};

@@ -1,7 +1,9 @@
 // The one conversion from a JobSpec (proto/moex/v1/job.proto) to the
 // RunConfig its ranks run: the controller validates a submitted spec
 // through it (spec_validation.h), and each rank (`moex worker`) runs what it
-// gives. A field left 0 or empty takes RunConfig's default.
+// gives. An empty transport or rebalance policy, a 0 interval, window or
+// exchange timeout take RunConfig's defaults; every other field is taken as
+// it is (0 tokens per rank, seed 0 and steps 0 mean just that).
 #pragma once
 
 #include "moex/job/run_config.h"

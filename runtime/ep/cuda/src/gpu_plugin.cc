@@ -27,7 +27,8 @@ class PluginLayer final : public Layer {
   const MoeLayerSpec& spec() const override { return spec_; }
   const placement::Placement& placement() const override { return placement_; }
   int rank() const override { return rank_; }
-  std::string DataPath() const override { return nccl_->Describe(); }
+  std::string DataPath() const override { return "NCCL all-to-all-v"; }
+  std::string DataPathReason() const override { return nccl_->Describe(); }
   // The experts live on the device only.
   const ExpertWeights* HeldExpert(int64_t) const override { return nullptr; }
   absl::Status SwitchPlacement(placement::Placement, std::map<int64_t, ExpertWeights>) override {

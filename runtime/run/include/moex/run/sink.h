@@ -15,6 +15,7 @@
 #include "moex/model/moe_layer_spec.h"
 #include "moex/placement/placement.h"
 #include "moex/run/step_summary.h"
+#include "nlohmann/json.hpp"
 
 namespace moex::run {
 
