@@ -8,6 +8,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "moex/cluster/job_spec.h"
 #include "moex/ep/moe_weights.h"
 #include "moex/model/model_loader.h"
 
@@ -37,6 +38,28 @@ TEST(SpecValidationTest, GoodSpecGetsDefaults) {
   EXPECT_EQ(spec.transport(), "mpi");
 }
 
+// What the ranks run is what the controller checked: one conversion, with
+// RunConfig's defaults where the spec leaves them open.
+TEST(SpecValidationTest, TheRanksRunWhatWasChecked) {
+  moex::v1::JobSpec spec = Good();
+  spec.set_routing_skew(1.5);
+  spec.set_seed(7);
+  spec.mutable_rebalance()->set_policy("moex");
+  ASSERT_TRUE(ValidateAndNormalise(&spec, SpecLimits{}).ok());
+  EXPECT_EQ(spec.rebalance().policy(), "refined");  // the old name, kept as the current one
+  EXPECT_EQ(spec.rebalance().interval(), 10);
+  job::RunConfig config = RunConfigFromSpec(spec);
+  EXPECT_EQ(config.model, "tiny");
+  EXPECT_EQ(config.steps, 3);
+  EXPECT_EQ(config.tokens_per_rank, 16);
+  EXPECT_EQ(config.routing_skew, 1.5);
+  EXPECT_EQ(config.seed, 7u);
+  EXPECT_EQ(config.transport, "mpi");
+  EXPECT_EQ(config.timeout_seconds, 60);  // 0 in the spec: the default
+  EXPECT_EQ(config.rebalance.policy, "refined");
+  EXPECT_TRUE(config.ValidateLayer(spec.world_size(), job::FieldNames::kJobSpec).ok());
+}
+
 TEST(SpecValidationTest, EveryBadFieldIsNamed) {
   auto with = [](auto change) {
     moex::v1::JobSpec spec = Good();
@@ -50,6 +73,10 @@ TEST(SpecValidationTest, EveryBadFieldIsNamed) {
   EXPECT_THAT(with([](auto& s) { s.set_steps(0); }), HasSubstr("spec.steps"));
   EXPECT_THAT(with([](auto& s) { s.set_tokens_per_rank(1 << 30); }), HasSubstr("spec.tokens_per_rank"));
   EXPECT_THAT(with([](auto& s) { s.set_transport("tcp"); }), HasSubstr("spec.transport is 'tcp'"));
+  EXPECT_THAT(with([](auto& s) { s.set_transport("nccl"); }), HasSubstr("spec.transport is 'nccl'; known: mpi, ucx"));
+  EXPECT_THAT(with([](auto& s) { s.set_exchange_timeout_seconds(5000); }), HasSubstr("spec.exchange_timeout_seconds"));
+  EXPECT_THAT(with([](auto& s) { s.mutable_rebalance()->set_policy("random"); }),
+              HasSubstr("spec.rebalance.policy is 'random'; known: refined, eplb"));
   EXPECT_THAT(with([](auto& s) { s.set_routing_skew(1e9); }), HasSubstr("spec.routing_skew"));
   EXPECT_THAT(with([](auto& s) { s.set_model("/etc/passwd"); }), HasSubstr("spec.model cannot be read"));
   EXPECT_THAT(with([](auto& s) { s.set_model("gpt-oss-20b"); }), HasSubstr("not runnable"));
