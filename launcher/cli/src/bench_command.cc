@@ -20,7 +20,6 @@
 #include "moex/core/str_cat.h"
 #include "moex/core/subprocess.h"
 #include "moex/kernels/expert_ffn.h"
-#include "moex/worker/worker_session.h"
 #include "moex/transport/mpi_transport.h"
 #include "moex/transport/transport_registry.h"
 
@@ -59,58 +58,6 @@ absl::StatusOr<bench::SweepSpec> SweepFrom(const BenchFlags& f) {
   return s;
 }
 
-std::string Describe(const bench::BenchPoint& p) {
-  return absl::StrFormat("ranks %d, %d tok/rank, H %d, top-%d of %d, F %d, skew %g", p.ranks, p.tokens_per_rank,
-                         p.hidden, p.top_k, p.experts, p.expert_width, p.skew);
-}
-
-std::string Summary(const bench::BenchResult& r) {
-  std::string line = r.point.ranks > 1 ? absl::StrFormat("dispatch+combine %.0f us, MPI_Alltoallv %.0f us, ratio %.2f",
-                                                         r.ours_us.median, r.baseline_us.median, r.ratio.median)
-                                       : std::string("one rank: nothing crosses between ranks");
-  if (r.point.layer) line += absl::StrFormat("; layer %.0f us (ratio %.2f)", r.layer_us.median, r.layer_ratio.median);
-  return line;
-}
-
-// Every point on this rank's transport, one after the other; `on_point`
-// sees each result (on every rank).
-absl::Status RunPoints(transport::Transport& t, const std::vector<bench::BenchPoint>& points,
-                       const bench::RunOptions& options,
-                       const std::function<absl::Status(const bench::BenchResult&, size_t)>& on_point) {
-  for (size_t i = 0; i < points.size(); ++i) {
-    absl::StatusOr<bench::BenchResult> result = bench::RunPoint(t, bench::MpiAlltoallv(), points[i], options);
-    if (!result.ok()) {
-      return absl::Status(result.status().code(), StrCat("point ", i + 1, " (", Describe(points[i]), "): ",
-                                                         result.status().message()));
-    }
-    MOEX_RETURN_IF_ERROR(on_point(*result, i));
-  }
-  return absl::OkStatus();
-}
-
-moex::v1::BenchPointResult ToProto(const bench::BenchResult& r) {
-  moex::v1::BenchPointResult p;
-  p.set_ranks(static_cast<int32_t>(r.point.ranks));
-  p.set_tokens_per_rank(r.point.tokens_per_rank);
-  p.set_hidden(r.point.hidden);
-  p.set_top_k(r.point.top_k);
-  p.set_experts(r.point.experts);
-  p.set_expert_width(r.point.expert_width);
-  p.set_skew(r.point.skew);
-  p.set_transport(r.point.transport);
-  p.set_path(r.path);
-  p.set_dispatch_us(r.dispatch_us.median);
-  p.set_combine_us(r.combine_us.median);
-  p.set_ours_us(r.ours_us.median);
-  p.set_baseline_us(r.baseline_us.median);
-  p.set_ratio(r.ratio.median);
-  p.set_dispatch_gbps(r.dispatch_gbps);
-  p.set_layer_us(r.layer_us.median);
-  p.set_layer_ratio(r.layer_ratio.median);
-  p.set_json(bench::ToJson(r).dump());
-  return p;
-}
-
 // `mpirun -np N moex bench run ...`
 int RunRanks(const BenchFlags& f, int* argc, char*** argv) {
   auto mpi = transport::MpiSession::Start(argc, argv);
@@ -144,7 +91,7 @@ int RunRanks(const BenchFlags& f, int* argc, char*** argv) {
   options.reps = f.reps;
   options.seed = f.seed;
   options.rep_timeout_seconds = f.timeout;
-  absl::Status ran = RunPoints(**t, *points, options, [&](const bench::BenchResult& r, size_t i) -> absl::Status {
+  absl::Status ran = bench::RunPoints(**t, *points, options, [&](const bench::BenchResult& r, size_t i) -> absl::Status {
     if (rank != 0) return absl::OkStatus();
     if (out.is_open()) {
       out << bench::ToJson(r).dump() << std::endl;  // a line per point, flushed: nothing measured is lost
@@ -152,8 +99,8 @@ int RunRanks(const BenchFlags& f, int* argc, char*** argv) {
     } else {
       std::cout << bench::ToJson(r).dump() << std::endl;
     }
-    std::cerr << absl::StrFormat("moex bench: [%d/%d] %s (%s path): %s\n", i + 1, points->size(), Describe(r.point),
-                                 r.path, Summary(r));
+    std::cerr << absl::StrFormat("moex bench: [%d/%d] %s (%s path): %s\n", i + 1, points->size(), bench::DescribePoint(r.point),
+                                 r.path, bench::SummaryLine(r));
     return absl::OkStatus();
   });
   if (!ran.ok()) return fail(ran);
@@ -430,41 +377,6 @@ int RunBench(CLI::App& bench, const BenchFlags& f, int* argc, char*** argv) {
   if (bench.got_subcommand("report")) return RunReport(f);
   if (bench.got_subcommand("calibrate")) return RunCalibrate(f);
   return 2;
-}
-
-absl::Status RunBenchJob(worker::WorkerSession& session, transport::Transport& t) {
-  const moex::v1::JobSpec& spec = session.spec();
-  const moex::v1::BenchSpec& b = spec.bench();
-  bench::SweepSpec sweep;
-  sweep.scaling = "grid";
-  sweep.tokens_per_rank.assign(b.tokens_per_rank().begin(), b.tokens_per_rank().end());
-  sweep.hidden.assign(b.hidden().begin(), b.hidden().end());
-  sweep.top_k.assign(b.top_k().begin(), b.top_k().end());
-  sweep.experts.assign(b.experts().begin(), b.experts().end());
-  sweep.expert_width.assign(b.expert_width().begin(), b.expert_width().end());
-  sweep.skew.assign(b.skew().begin(), b.skew().end());
-  sweep.layer = !b.no_layer();
-  MOEX_ASSIGN_OR_RETURN(std::vector<bench::BenchPoint> points, bench::ExpandSweep(sweep, t.world_size(), std::string(t.name())));
-  bench::RunOptions options;
-  options.warmup = b.warmup();
-  options.reps = b.reps();
-  options.seed = spec.seed();
-  options.rep_timeout_seconds = spec.exchange_timeout_seconds() > 0 ? spec.exchange_timeout_seconds() : 60.0;
-  std::vector<moex::v1::BenchPointResult> done;
-  return RunPoints(t, points, options, [&](const bench::BenchResult& r, size_t i) -> absl::Status {
-    if (session.cancelled()) return absl::CancelledError("the job was cancelled");
-    session.SetStep(static_cast<int64_t>(i + 1));
-    if (t.rank() != 0) return absl::OkStatus();
-    std::cerr << absl::StrFormat("moex worker: bench [%d/%d] %s: %s\n", i + 1, points.size(), Describe(r.point),
-                                 Summary(r));
-    done.push_back(ToProto(r));
-    moex::v1::JobMetrics metrics;
-    metrics.set_steps_done(static_cast<int64_t>(i + 1));
-    metrics.set_dispatch_seconds(r.dispatch_us.median * 1e-6);
-    metrics.set_combine_seconds(r.combine_us.median * 1e-6);
-    metrics.set_imbalance(r.rank_imbalance);
-    return session.ReportStep(static_cast<int64_t>(i + 1), metrics, {}, i + 1 == points.size(), done);
-  });
 }
 
 }  // namespace moex::cli

@@ -17,6 +17,7 @@
 #include "moex/run/sink.h"
 #include "moex/transport/mpi_transport.h"
 #include "moex/transport/transport_registry.h"
+#include "moex/worker/bench_job.h"
 #include "moex/worker/worker_run_link.h"
 #include "moex/worker/worker_session.h"
 
@@ -122,7 +123,7 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
   absl::StatusOr<std::unique_ptr<transport::Transport>> transport = CreateRankTransport(config.transport);
   if (!transport.ok()) return fail(transport.status());
   if (bench_job) {
-    absl::Status benched = RunBenchJob(*worker, **transport);
+    absl::Status benched = worker::RunBenchJob(*worker, **transport);
     if (!benched.ok()) return fail(benched);
     transport->reset();
     worker->Finished();

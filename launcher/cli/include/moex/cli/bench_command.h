@@ -18,9 +18,6 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 
-namespace moex::worker {
-class WorkerSession;
-}
 namespace moex::transport {
 class Transport;
 }
@@ -57,9 +54,5 @@ struct BenchFlags {
 
 CLI::App* AddBenchCommand(CLI::App& app, BenchFlags& flags);
 int RunBench(CLI::App& bench, const BenchFlags& flags, int* argc, char*** argv);
-
-// A rank of a bench job the controller launched: runs the job's points on
-// `transport` and reports each (rank 0) as a step.
-absl::Status RunBenchJob(worker::WorkerSession& session, transport::Transport& transport);
 
 }  // namespace moex::cli

@@ -75,4 +75,16 @@ struct RunOptions {
 absl::StatusOr<BenchResult> RunPoint(transport::Transport& transport, const AllToAllVFn& baseline,
                                      BenchPoint point, const RunOptions& options);
 
+// "ranks 4, 1024 tok/rank, H 1024, top-4 of 32, F 256, skew 0".
+std::string DescribePoint(const BenchPoint& point);
+// One line of a result: dispatch+combine against MPI_Alltoallv, the layer.
+std::string SummaryLine(const BenchResult& result);
+
+// Every point on this rank's transport, one after the other, each against
+// MPI_Alltoallv; `on_point` sees each result (on every rank) and may stop
+// the run by returning an error. Collective.
+absl::Status RunPoints(transport::Transport& transport, const std::vector<BenchPoint>& points,
+                       const RunOptions& options,
+                       const std::function<absl::Status(const BenchResult&, size_t)>& on_point);
+
 }  // namespace moex::bench
