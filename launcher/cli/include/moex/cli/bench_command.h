@@ -18,10 +18,6 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 
-namespace moex::transport {
-class Transport;
-}
-
 namespace moex::cli {
 
 struct BenchFlags {
