@@ -1,9 +1,14 @@
 #include "dispatch_checks.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <filesystem>
 #include <numeric>
 
+#include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
+#include "moex/core/str_cat.h"
 #include "moex/placement/placement.h"
 
 namespace moex::ep::testing {
@@ -56,13 +61,60 @@ std::vector<DispatchCase> DispatchCases(int world) {
   return cases;
 }
 
+namespace {
+
+// What rank `me` routes in `c`: its tokens (valued by Value, or with
+// `fractional` values that make the order of sums show), their experts and
+// weights, and the layout.
+struct Inputs {
+  Placement placement;
+  std::vector<int64_t> first_token = {};  // [W + 1] global index of each rank's first token
+  Tensor x = {};                          // [T, H]
+  std::vector<int32_t> topk_idx = {};     // [T, k]
+  std::vector<float> topk_weights = {};   // [T, k]
+  DispatchLayout layout = {};
+};
+
+std::optional<Inputs> MakeInputs(const DispatchCase& c, int world, int me, int seed, bool fractional) {
+  const int64_t H = c.hidden, k = c.top_k;
+  Inputs in{.placement = *Placement::Contiguous(c.experts, world, c.redundant)};
+  in.first_token.assign(world + 1, 0);
+  for (int r = 0; r < world; ++r) in.first_token[r + 1] = in.first_token[r] + c.tokens[r];
+  const int64_t T = c.tokens[me];
+  in.x = Tensor({T, H});
+  in.topk_idx.resize(T * k);
+  in.topk_weights.resize(T * k);
+  for (int64_t tok = 0; tok < T; ++tok) {
+    for (int64_t h = 0; h < H; ++h) {
+      in.x.row(tok)[h] = fractional ? Value(me, tok, h) * 0.0011f + 0.1f * static_cast<float>(h % 7) : Value(me, tok, h);
+    }
+    std::vector<int32_t> picked = Route(c, in.placement, me, tok, seed);
+    if (static_cast<int64_t>(picked.size()) < k) {
+      ADD_FAILURE() << c.name << ": fewer than top-k experts to pick from";
+      return std::nullopt;
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      in.topk_idx[tok * k + j] = picked[j];
+      in.topk_weights[tok * k + j] = Weight(j);
+    }
+  }
+  in.layout = GetDispatchLayout(in.placement, in.topk_idx.data(), T, k, in.first_token[me]);
+  return in;
+}
+
+}  // namespace
+
 bool CheckDispatchAndCombine(transport::Transport& t, Dispatcher& dispatcher, const DispatchCase& c, int seed,
                              bool tensor_partial) {
   const int world = t.world_size(), me = t.rank();
   const int64_t H = c.hidden, k = c.top_k;
-  const Placement placement = *Placement::Contiguous(c.experts, world, c.redundant);
-  std::vector<int64_t> first_token(world + 1, 0);
-  for (int r = 0; r < world; ++r) first_token[r + 1] = first_token[r] + c.tokens[r];
+  std::optional<Inputs> in = MakeInputs(c, world, me, seed, /*fractional=*/false);
+  if (!in) return false;
+  const Placement& placement = in->placement;
+  const std::vector<int64_t>& first_token = in->first_token;
+  const Tensor& x = in->x;
+  const std::vector<float>& topk_weights = in->topk_weights;
+  const DispatchLayout& layout = in->layout;
 
   // What each rank routes (every rank can compute every rank's).
   auto slots_of = [&](int source, int64_t token) {
@@ -73,22 +125,6 @@ bool CheckDispatchAndCombine(transport::Transport& t, Dispatcher& dispatcher, co
     return slots;
   };
   const int64_t T = c.tokens[me];
-  Tensor x({T, H});
-  std::vector<int32_t> topk_idx(T * k);
-  std::vector<float> topk_weights(T * k);
-  for (int64_t tok = 0; tok < T; ++tok) {
-    for (int64_t h = 0; h < H; ++h) x.row(tok)[h] = Value(me, tok, h);
-    std::vector<int32_t> picked = Route(c, placement, me, tok, seed);
-    if (static_cast<int64_t>(picked.size()) < k) {
-      ADD_FAILURE() << c.name << ": fewer than top-k experts to pick from";
-      return false;
-    }
-    for (int64_t j = 0; j < k; ++j) {
-      topk_idx[tok * k + j] = picked[j];
-      topk_weights[tok * k + j] = Weight(j);
-    }
-  }
-  const DispatchLayout layout = GetDispatchLayout(placement, topk_idx.data(), T, k, first_token[me]);
 
   DispatchResult received;
   absl::Status status =
@@ -173,6 +209,128 @@ bool CheckDispatchAndCombine(transport::Transport& t, Dispatcher& dispatcher, co
     }
   }
   return true;
+}
+
+std::optional<Tensor> CombinedOutput(transport::Transport& t, Dispatcher& dispatcher, const DispatchCase& c,
+                                     int seed) {
+  const int me = t.rank();
+  std::optional<Inputs> in = MakeInputs(c, t.world_size(), me, seed, /*fractional=*/true);
+  if (!in) return std::nullopt;
+  DispatchResult received;
+  absl::Status status = dispatcher.Dispatch(t, in->placement, in->x, in->layout, in->topk_weights.data(),
+                                            Deadline::InSeconds(30), &received);
+  EXPECT_TRUE(status.ok()) << status;
+  if (!status.ok()) return std::nullopt;
+  // The experts' stand-in: a product that rounds, different on each rank.
+  const int64_t H = c.hidden, R = received.num_recv();
+  float* partial = dispatcher.PartialBuffer(received);
+  const float scale = 0.3f + 0.17f * static_cast<float>(me);
+  for (int64_t i = 0; i < R; ++i) {
+    for (int64_t h = 0; h < H; ++h) partial[i * H + h] = received.recv_rows[i][h] * scale + 0.01f * static_cast<float>(i);
+  }
+  // y starts as the token itself (the shared expert's stand-in), so that
+  // the first addition rounds too.
+  Tensor y = in->x;
+  int64_t bytes = 0;
+  status = dispatcher.Combine(t, received, partial, &y, &bytes, Deadline::InSeconds(30));
+  EXPECT_TRUE(status.ok()) << status;
+  if (!status.ok()) return std::nullopt;
+  return y;
+}
+
+int HostSplit::num_hosts() const {
+  return host_of.empty() ? 0 : *std::max_element(host_of.begin(), host_of.end()) + 1;
+}
+
+DispatchPath HostSplit::AutoPath() const {
+  const int world = static_cast<int>(host_of.size());
+  if (world == 1) return DispatchPath::kAllToAllV;  // nothing crosses
+  if (num_hosts() == 1) return DispatchPath::kSharedMemory;
+  if (num_hosts() == world) return DispatchPath::kAllToAllV;
+  return DispatchPath::kPerPeer;
+}
+
+std::string HostSplit::Describe(const std::string& host_name) const {
+  const int world = static_cast<int>(host_of.size());
+  const std::string ranks = StrCat(world, world == 1 ? " rank" : " ranks");
+  if (num_hosts() == 1) return StrCat(ranks, " on one host (", host_name, ")");
+  std::vector<std::string> hosts;
+  for (int h = 0; h < num_hosts(); ++h) {
+    std::vector<int> on;
+    for (int r = 0; r < world; ++r) {
+      if (host_of[r] == h) on.push_back(r);
+    }
+    hosts.push_back(StrCat(host_name, on.size() == 1 ? " (rank " : " (ranks ", absl::StrJoin(on, ", "), ")"));
+  }
+  return StrCat(ranks, " on ", num_hosts(), " hosts: ", absl::StrJoin(hosts, ", "));
+}
+
+std::vector<HostSplit> HostSplits(int world) {
+  std::vector<std::vector<int>> splits;
+  splits.push_back(std::vector<int>(world, 0));  // one host
+  if (world > 1) {
+    std::vector<int> alone(world);
+    std::iota(alone.begin(), alone.end(), 0);
+    splits.push_back(alone);
+  }
+  if (world == 3) splits.push_back({0, 0, 1});
+  if (world == 4) {
+    splits.push_back({0, 0, 1, 1});
+    splits.push_back({0, 1, 0, 1});
+  }
+  if (world == 5) {
+    splits.push_back({0, 0, 0, 1, 2});
+    splits.push_back({0, 1, 1, 0, 2});
+  }
+  std::vector<HostSplit> out;
+  for (std::vector<int>& host_of : splits) {
+    out.push_back({.name = absl::StrJoin(host_of, ""), .host_of = std::move(host_of)});
+  }
+  return out;
+}
+
+HostDirectories::HostDirectories(HostSplit split) : split_(std::move(split)) {
+  char base[] = "/dev/shm/moex-dispatch-test-XXXXXX";
+  if (mkdtemp(base) == nullptr) {
+    ADD_FAILURE() << "cannot make a directory in /dev/shm";
+    return;
+  }
+  base_ = base;
+  owned_ = true;
+  for (int h = 0; h < split_.num_hosts(); ++h) std::filesystem::create_directory(of_host(h));
+}
+
+HostDirectories::~HostDirectories() {
+  if (!owned_) return;
+  for (int h = 0; h < split_.num_hosts(); ++h) {
+    EXPECT_TRUE(std::filesystem::is_empty(of_host(h))) << "files were left in " << of_host(h);
+  }
+  std::filesystem::remove_all(base_);
+}
+
+std::string HostDirectories::of_host(int host) const { return StrCat(base_, "/host", host); }
+
+DispatchOptions HostDirectories::options(int rank, DispatchPath path) const {
+  return DispatchOptions{.path = path, .shared_memory = {.directory = of(rank)}};
+}
+
+std::string HostDirectories::Segments() const {
+  if (split_.num_hosts() == 1) return StrCat("segments in ", of_host(0));
+  std::vector<std::string> parts;
+  for (int h = 0; h < split_.num_hosts(); ++h) {
+    std::vector<int> on;
+    for (int r = 0; r < static_cast<int>(split_.host_of.size()); ++r) {
+      if (split_.host_of[r] == h) on.push_back(r);
+    }
+    parts.push_back(StrCat(of_host(h), on.size() == 1 ? " (rank " : " (ranks ", absl::StrJoin(on, ", "), ")"));
+  }
+  return StrCat("segments in ", absl::StrJoin(parts, ", "));
+}
+
+std::string ThisHostName() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "?";
+  return name;
 }
 
 }  // namespace moex::ep::testing

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -41,5 +42,67 @@ std::vector<DispatchCase> DispatchCases(int world = 0);
 // waiting: the caller stops).
 bool CheckDispatchAndCombine(transport::Transport& transport, Dispatcher& dispatcher, const DispatchCase& c,
                              int seed, bool tensor_partial = false);
+
+// One dispatch + combine of `c` with values that are not small integers,
+// so that the order in which the sums are added shows in the bits: this
+// rank's output y [T, H], to compare between paths bit for bit; nullopt
+// when a call failed (with EXPECT_*).
+std::optional<Tensor> CombinedOutput(transport::Transport& transport, Dispatcher& dispatcher, const DispatchCase& c,
+                                     int seed);
+
+// Ranks spread over "hosts": rank r on host host_of[r] (hosts numbered in
+// the order of their lowest rank, as transport::HostMap numbers them).
+// Tests stand a host up as a segment directory of its own.
+struct HostSplit {
+  std::string name;          // "0011": the host of each rank
+  std::vector<int> host_of;  // [W]
+  int num_hosts() const;
+  // What kAuto takes for this split (probes that work).
+  DispatchPath AutoPath() const;
+  // transport::HostMap::Describe() for it, every host named `host_name`:
+  // "4 ranks on 2 hosts: node (ranks 0, 1), node (ranks 2, 3)".
+  std::string Describe(const std::string& host_name) const;
+};
+
+inline void PrintTo(const HostSplit& split, std::ostream* os) { *os << "hosts " << split.name; }
+
+// For `world` ranks: one host, every rank alone, and (from 3 ranks) splits
+// in between, contiguous and interleaved: 3 as {0, 1}, {2}; 4 as {0, 1},
+// {2, 3} and {0, 2}, {1, 3}; 5 as {0, 1, 2}, {3}, {4} and {0, 3}, {1, 2}, {4}.
+std::vector<HostSplit> HostSplits(int world);
+
+// A segment directory for each host of a split, base/host0, base/host1, ...:
+// ranks with different directories are on different hosts.
+class HostDirectories {
+ public:
+  // A fresh base in /dev/shm with every host's directory in it (for ranks
+  // in this process); at the end, checks that nothing was left in them
+  // (segments and probe files are unlinked as soon as they are mapped or
+  // looked for) and removes them.
+  explicit HostDirectories(HostSplit split);
+  // Only the names, under `base` (processes under mpirun make and remove
+  // their own).
+  HostDirectories(HostSplit split, std::string base) : split_(std::move(split)), base_(std::move(base)) {}
+  ~HostDirectories();
+  HostDirectories(const HostDirectories&) = delete;
+  HostDirectories& operator=(const HostDirectories&) = delete;
+
+  const std::string& base() const { return base_; }
+  std::string of_host(int host) const;
+  std::string of(int rank) const { return of_host(split_.host_of[rank]); }
+  // `path`, with rank `rank`'s segment directory.
+  DispatchOptions options(int rank, DispatchPath path) const;
+  // What path_reason() says of them: "segments in D" on one host, else
+  // "segments in D0 (ranks 0, 1), D1 (rank 2)".
+  std::string Segments() const;
+
+ private:
+  HostSplit split_;
+  std::string base_;
+  bool owned_ = false;
+};
+
+// gethostname(), for the words of HostMap::Describe.
+std::string ThisHostName();
 
 }  // namespace moex::ep::testing

@@ -1,22 +1,28 @@
 // Dispatch and combine on in-process ranks (threads), on every path: the
 // order and content of the rows each rank receives and of the sums that
 // come back (dispatch_checks.h), over uneven counts, ranks without tokens,
-// a rank nobody sends to, replicas, and buffers reused as sizes change.
-// Then how the path is chosen: kAuto takes shared memory on one host and
-// falls back, every rank alike and saying why, when the segment directory
-// fails or is full or a segment cannot grow; kSharedMemory makes each of
-// those an error naming the rank; ranks that ask for different paths are
-// told so.
+// a rank nobody sends to, replicas, and buffers reused as sizes change;
+// the per-peer path over every split of the ranks into "hosts" (a segment
+// directory per host); and every path giving the same bits. Then how the
+// path is chosen: kAuto takes shared memory on one host, per peer on
+// several hosts with some shared, all-to-all-v when every rank is alone,
+// and falls back, every rank alike and saying why, when the segment
+// directory fails or is full or a segment cannot grow; kSharedMemory and
+// kPerPeer make each of those an error naming the rank; ranks that ask for
+// different paths are told so.
 #include "moex/ep/dispatch.h"
 
 #include <sys/mount.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <thread>
 
+#include "absl/strings/str_join.h"
 #include "dispatch_checks.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -30,7 +36,12 @@ using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 using testing::CheckDispatchAndCombine;
+using testing::CombinedOutput;
 using testing::DispatchCase;
+using testing::HostDirectories;
+using testing::HostSplit;
+using testing::HostSplits;
+using testing::ThisHostName;
 
 // Runs `body(rank, transport)` on every rank of a fresh hub, one thread each.
 void OnEveryRank(int world, const std::function<void(int, transport::Transport&)>& body) {
@@ -81,20 +92,47 @@ void ExpectAgreement(const std::vector<Created>& created) {
 // ---------------------------------------------------------------------------
 // One contract on every path.
 
-class DispatchPathTest : public ::testing::TestWithParam<std::tuple<DispatchCase, DispatchPath>> {};
+// A case on a path; on the per-peer path, with the ranks split over hosts
+// (shared memory and all-to-all-v use /dev/shm, one host).
+struct PathCase {
+  DispatchCase c;
+  DispatchPath path;
+  HostSplit split;
+  std::string name() const {
+    switch (path) {
+      case DispatchPath::kSharedMemory: return c.name + "_shared";
+      case DispatchPath::kAllToAllV: return c.name + "_alltoallv";
+      case DispatchPath::kPerPeer: return c.name + "_perpeer_hosts" + split.name;
+      case DispatchPath::kAuto: break;
+    }
+    return c.name + "_auto";
+  }
+};
+void PrintTo(const PathCase& p, std::ostream* os) { *os << p.name(); }
+
+class DispatchPathTest : public ::testing::TestWithParam<PathCase> {};
 
 TEST_P(DispatchPathTest, DeliversInSourceRankOrderAndCombinesBack) {
-  const auto& [c, path] = GetParam();
+  const PathCase& p = GetParam();
+  const DispatchCase& c = p.c;
   const int world = static_cast<int>(c.tokens.size());
+  std::optional<HostDirectories> hosts;
+  if (p.path == DispatchPath::kPerPeer) hosts.emplace(p.split);
   // Three rounds: the case, twice as many tokens (buffers grow), the case
   // again with the partial sums in a Tensor of their own.
   DispatchCase bigger = c;
   for (int64_t& n : bigger.tokens) n *= 2;
   OnEveryRank(world, [&](int r, transport::Transport& t) {
-    absl::StatusOr<Dispatcher> dispatcher = Dispatcher::Create(t, {.path = path}, Deadline::InSeconds(30));
+    const DispatchOptions options = hosts ? hosts->options(r, p.path) : DispatchOptions{.path = p.path};
+    absl::StatusOr<Dispatcher> dispatcher = Dispatcher::Create(t, options, Deadline::InSeconds(30));
     ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
-    EXPECT_EQ(dispatcher->path(), DispatchPathName(path));
-    EXPECT_THAT(dispatcher->path_reason(), StartsWith(StrCat(DispatchPathName(path), ": ")));
+    EXPECT_EQ(dispatcher->path(), DispatchPathName(p.path));
+    EXPECT_THAT(dispatcher->path_reason(), StartsWith(StrCat(DispatchPathName(p.path), ": ")));
+    if (hosts) {
+      EXPECT_EQ(dispatcher->path_reason(), StrCat("per peer: shared memory within a host, all-to-all-v between "
+                                                  "hosts: ", p.split.Describe(ThisHostName()), ", ",
+                                                  hosts->Segments()));
+    }
     SCOPED_TRACE(::testing::Message() << "rank " << r);
     if (!CheckDispatchAndCombine(t, *dispatcher, c, 0)) return;
     if (!CheckDispatchAndCombine(t, *dispatcher, bigger, 1)) return;
@@ -102,18 +140,76 @@ TEST_P(DispatchPathTest, DeliversInSourceRankOrderAndCombinesBack) {
   });
 }
 
-std::vector<std::tuple<DispatchCase, DispatchPath>> PathCases() {
-  std::vector<std::tuple<DispatchCase, DispatchPath>> out;
+std::vector<PathCase> PathCases() {
+  std::vector<PathCase> out;
   for (const DispatchCase& c : testing::DispatchCases()) {
-    for (DispatchPath path : {DispatchPath::kSharedMemory, DispatchPath::kAllToAllV}) out.emplace_back(c, path);
+    const std::vector<HostSplit> splits = HostSplits(static_cast<int>(c.tokens.size()));
+    for (DispatchPath path : {DispatchPath::kSharedMemory, DispatchPath::kAllToAllV}) {
+      out.push_back({c, path, splits.front()});
+    }
+    for (const HostSplit& split : splits) out.push_back({c, DispatchPath::kPerPeer, split});
   }
   return out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, DispatchPathTest, ::testing::ValuesIn(PathCases()),
-                         [](const ::testing::TestParamInfo<std::tuple<DispatchCase, DispatchPath>>& param_info) {
-                           return std::get<0>(param_info.param).name +
-                                  (std::get<1>(param_info.param) == DispatchPath::kSharedMemory ? "_shared" : "_alltoallv");
+                         [](const ::testing::TestParamInfo<PathCase>& param_info) { return param_info.param.name(); });
+
+// ---------------------------------------------------------------------------
+// The same bits on every path: one row order, the sums added in rank order.
+
+class DispatchBitsTest : public ::testing::TestWithParam<std::tuple<DispatchCase, HostSplit>> {};
+
+TEST_P(DispatchBitsTest, EveryPathGivesTheSameBits) {
+  const auto& [c, split] = GetParam();
+  const int world = static_cast<int>(c.tokens.size());
+  DispatchCase bigger = c;
+  for (int64_t& n : bigger.tokens) n *= 2;
+  HostDirectories hosts(split);
+  // Each rank's output of two rounds, on each path.
+  const std::vector<std::pair<std::string, std::function<DispatchOptions(int)>>> paths = {
+      {"shared memory", [](int) { return DispatchOptions{.path = DispatchPath::kSharedMemory}; }},
+      {"all-to-all-v", [](int) { return DispatchOptions{.path = DispatchPath::kAllToAllV}; }},
+      {"per peer", [&](int r) { return hosts.options(r, DispatchPath::kPerPeer); }},
+      {"auto", [&](int r) { return hosts.options(r, DispatchPath::kAuto); }},
+  };
+  std::vector<std::vector<std::vector<Tensor>>> outputs(paths.size(), std::vector<std::vector<Tensor>>(world));
+  for (size_t p = 0; p < paths.size(); ++p) {
+    OnEveryRank(world, [&](int r, transport::Transport& t) {
+      absl::StatusOr<Dispatcher> dispatcher = Dispatcher::Create(t, paths[p].second(r), Deadline::InSeconds(30));
+      ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
+      for (const DispatchCase& round : {c, bigger}) {
+        std::optional<Tensor> y = CombinedOutput(t, *dispatcher, round, static_cast<int>(outputs[p][r].size()));
+        if (!y) return;
+        outputs[p][r].push_back(std::move(*y));
+      }
+    });
+  }
+  for (size_t p = 1; p < paths.size(); ++p) {
+    for (int r = 0; r < world; ++r) {
+      ASSERT_EQ(outputs[p][r].size(), outputs[0][r].size()) << paths[p].first << ", rank " << r;
+      for (size_t round = 0; round < outputs[0][r].size(); ++round) {
+        const std::vector<float>& want = outputs[0][r][round].values;
+        const std::vector<float>& got = outputs[p][r][round].values;
+        ASSERT_EQ(got.size(), want.size());
+        EXPECT_EQ(0, std::memcmp(got.data(), want.data(), want.size() * sizeof(float)))
+            << paths[p].first << " and shared memory disagree on rank " << r << ", round " << round;
+      }
+    }
+  }
+}
+
+std::vector<std::tuple<DispatchCase, HostSplit>> BitsCases() {
+  std::vector<std::tuple<DispatchCase, HostSplit>> out;
+  for (const DispatchCase& c : testing::DispatchCases()) {
+    for (const HostSplit& split : HostSplits(static_cast<int>(c.tokens.size()))) out.emplace_back(c, split);
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, DispatchBitsTest, ::testing::ValuesIn(BitsCases()),
+                         [](const ::testing::TestParamInfo<std::tuple<DispatchCase, HostSplit>>& param_info) {
+                           return std::get<0>(param_info.param).name + "_hosts" + std::get<1>(param_info.param).name;
                          });
 
 // ---------------------------------------------------------------------------
@@ -144,6 +240,49 @@ TEST(DispatchChoiceTest, AllToAllVWhenAskedFor) {
   ExpectAgreement(created);
 }
 
+// Every split of 2 to 5 ranks over hosts: kAuto takes shared memory on one
+// host, per peer where some host has two ranks or more, all-to-all-v where
+// every rank is alone; every rank alike, saying where the ranks are; and
+// the path it took delivers.
+TEST(DispatchChoiceTest, AutoChoosesByWhereTheRanksAre) {
+  for (int world = 2; world <= 5; ++world) {
+    for (const HostSplit& split : HostSplits(world)) {
+      SCOPED_TRACE(StrCat(world, " ranks on hosts ", split.name));
+      HostDirectories hosts(split);
+      std::vector<Created> created = CreateAndRun(
+          world, [&](int r) { return hosts.options(r, DispatchPath::kAuto); }, testing::DispatchCases(world));
+      for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
+      const std::string where = split.Describe(ThisHostName());
+      EXPECT_EQ(created[0].path, DispatchPathName(split.AutoPath()));
+      switch (split.AutoPath()) {
+        case DispatchPath::kSharedMemory:
+          EXPECT_EQ(created[0].reason, StrCat("shared memory: ", where, ", ", hosts.Segments()));
+          break;
+        case DispatchPath::kPerPeer:
+          EXPECT_EQ(created[0].reason, StrCat("per peer: shared memory within a host, all-to-all-v between hosts: ",
+                                              where, ", ", hosts.Segments()));
+          break;
+        default:
+          EXPECT_EQ(created[0].reason, StrCat("all-to-all-v: every rank is alone on its host (", where, ")"));
+      }
+      ExpectAgreement(created);
+    }
+  }
+}
+
+TEST(DispatchChoiceTest, SharedMemoryOnSeveralHostsIsAnErrorOnEveryRank) {
+  const HostSplit split = HostSplits(4)[2];  // {0, 1}, {2, 3}
+  HostDirectories hosts(split);
+  std::vector<Created> created = CreateAndRun(4, [&](int r) { return hosts.options(r, DispatchPath::kSharedMemory); });
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(created[r].status.code(), absl::StatusCode::kFailedPrecondition) << created[r].status;
+    EXPECT_THAT(std::string(created[r].status.message()),
+                AllOf(StartsWith(StrCat("dispatch on rank ", r, ": the shared-memory path was asked for")),
+                      HasSubstr(StrCat("not every rank shares ", hosts.of(r), ": ",
+                                       split.Describe(ThisHostName())))));
+  }
+}
+
 // Rank 2's segment directory does not exist: it can share nothing.
 DispatchOptions MissingDirectoryOnRank2(int rank, DispatchPath path) {
   DispatchOptions options{.path = path};
@@ -171,6 +310,36 @@ TEST(DispatchChoiceTest, SharedMemoryThatCannotBeSetUpIsAnErrorOnEveryRank) {
                 AllOf(StartsWith(StrCat("dispatch on rank ", r, ": the shared-memory path was asked for")),
                       HasSubstr("rank 2 cannot make"), HasSubstr("No such file or directory")));
   }
+}
+
+TEST(DispatchChoiceTest, PerPeerThatCannotBeSetUpIsAnErrorOnEveryRank) {
+  std::vector<Created> created =
+      CreateAndRun(4, [](int r) { return MissingDirectoryOnRank2(r, DispatchPath::kPerPeer); });
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(created[r].status.code(), absl::StatusCode::kFailedPrecondition) << created[r].status;
+    EXPECT_THAT(std::string(created[r].status.message()),
+                AllOf(StartsWith(StrCat("dispatch on rank ", r, ": the per-peer path was asked for")),
+                      HasSubstr("rank 2 cannot make"), HasSubstr("No such file or directory")));
+  }
+}
+
+// Ranks on two hosts, {0, 1} and {2, 3}, and rank 3's directory missing:
+// the probe fails, and every rank falls back to all-to-all-v.
+TEST(DispatchChoiceTest, AutoOnSeveralHostsFallsBackWhenARankCannotProbe) {
+  HostDirectories hosts(HostSplits(4)[2]);
+  std::vector<Created> created = CreateAndRun(
+      4,
+      [&](int r) {
+        DispatchOptions options = hosts.options(r, DispatchPath::kAuto);
+        if (r == 3) options.shared_memory.directory = "/nonexistent-moex-dispatch-test";
+        return options;
+      },
+      {FourRanks()});
+  for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(created[0].path, "all-to-all-v");
+  EXPECT_THAT(created[0].reason, AllOf(StartsWith("all-to-all-v: rank 3 cannot make /nonexistent-moex-dispatch-test/"),
+                                       HasSubstr("fell back")));
+  ExpectAgreement(created);
 }
 
 // A small tmpfs (what a full /dev/shm looks like), where this process may
@@ -265,6 +434,55 @@ TEST(DispatchChoiceTest, SharedMemoryThatCannotGrowIsAnErrorOnEveryRank) {
   }
 }
 
+// The same on the per-peer path, ranks 0 and 1 on one host, rank 2 on
+// another: rank 1's segment (its receive area and the partial sums of
+// every row it gets, from either host) cannot grow.
+TEST(DispatchChoiceTest, AutoFallsBackFromPerPeerWhenSegmentsCannotGrowMidRun) {
+  HostDirectories hosts(HostSplits(3)[2]);  // {0, 1}, {2}
+  std::vector<Created> created = CreateAndRun(
+      3,
+      [&](int r) {
+        DispatchOptions options = hosts.options(r, DispatchPath::kAuto);
+        options.shared_memory.max_bytes = SmallLimitOnRank1(r, DispatchPath::kAuto).shared_memory.max_bytes;
+        return options;
+      },
+      {Small(), Large(), Small()});
+  for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(created[0].path, "all-to-all-v");
+  EXPECT_THAT(created[0].reason, AllOf(StartsWith(StrCat("all-to-all-v: ", hosts.of(1), " on rank 1: a ")),
+                                       HasSubstr("over the 64.00 KiB limit"), HasSubstr("fell back at dispatch #2")));
+  ExpectAgreement(created);
+}
+
+TEST(DispatchChoiceTest, PerPeerThatCannotGrowIsAnErrorOnEveryRank) {
+  HostDirectories hosts(HostSplits(3)[2]);  // {0, 1}, {2}
+  std::vector<absl::Status> second(3);
+  OnEveryRank(3, [&](int r, transport::Transport& t) {
+    DispatchOptions options = hosts.options(r, DispatchPath::kPerPeer);
+    options.shared_memory.max_bytes = SmallLimitOnRank1(r, DispatchPath::kPerPeer).shared_memory.max_bytes;
+    absl::StatusOr<Dispatcher> dispatcher = Dispatcher::Create(t, options, Deadline::InSeconds(30));
+    ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
+    ASSERT_TRUE(CheckDispatchAndCombine(t, *dispatcher, Small(), 0));
+    // The second round's dispatch fails on every rank.
+    const DispatchCase large = Large();
+    const Placement placement = *Placement::Contiguous(large.experts, 3);
+    Tensor x({large.tokens[r], large.hidden});
+    std::vector<int32_t> topk(large.tokens[r] * 2, 0);
+    std::vector<float> weights(topk.size(), 0.5f);
+    for (int64_t i = 0; i < large.tokens[r]; ++i) topk[2 * i + 1] = 3 + static_cast<int32_t>(i % 3);
+    DispatchLayout layout = GetDispatchLayout(placement, topk.data(), large.tokens[r], 2, 0);
+    DispatchResult received;
+    second[r] = dispatcher->Dispatch(t, placement, x, layout, weights.data(), Deadline::InSeconds(30), &received);
+    EXPECT_EQ(dispatcher->path(), "per peer");
+  });
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(second[r].code(), absl::StatusCode::kResourceExhausted) << second[r];
+    EXPECT_THAT(std::string(second[r].message()),
+                AllOf(StartsWith(StrCat("dispatch on rank ", r, ": shared memory cannot grow for dispatch #2: ")),
+                      HasSubstr(StrCat(hosts.of(1), " on rank 1: a ")), HasSubstr("limit")));
+  }
+}
+
 TEST(DispatchChoiceTest, RanksThatAskForDifferentPathsAreToldOnEveryRank) {
   std::vector<Created> created = CreateAndRun(3, [](int r) {
     return DispatchOptions{.path = r == 1 ? DispatchPath::kAllToAllV : DispatchPath::kAuto};
@@ -308,6 +526,13 @@ class IntranodeEnv {
   std::optional<std::string> old_;
 };
 
+TEST(DispatchOptionsTest, PathNames) {
+  EXPECT_EQ(DispatchPathName(DispatchPath::kAuto), "auto");
+  EXPECT_EQ(DispatchPathName(DispatchPath::kSharedMemory), "shared memory");
+  EXPECT_EQ(DispatchPathName(DispatchPath::kAllToAllV), "all-to-all-v");
+  EXPECT_EQ(DispatchPathName(DispatchPath::kPerPeer), "per peer");
+}
+
 TEST(DispatchOptionsTest, TheEnvironmentChoosesThePath) {
   const std::pair<const char*, DispatchPath> cases[] = {{nullptr, DispatchPath::kAuto},
                                                          {"", DispatchPath::kAuto},
@@ -328,6 +553,14 @@ TEST(DispatchOptionsTest, TheEnvironmentChoosesThePath) {
 
 TEST(DispatchOptionsTest, ValidateNamesTheBadField) {
   EXPECT_TRUE(DispatchOptions{}.Validate().ok());
+  EXPECT_TRUE(DispatchOptions{.path = DispatchPath::kPerPeer}.Validate().ok());
+  EXPECT_THAT(std::string(DispatchOptions{.path = static_cast<DispatchPath>(9)}.Validate().message()),
+              HasSubstr("path 9 is not a path"));
+  // Per peer makes segments: their options matter.
+  EXPECT_THAT(std::string(DispatchOptions{.path = DispatchPath::kPerPeer, .shared_memory = {.directory = "shm"}}
+                              .Validate()
+                              .message()),
+              HasSubstr("directory 'shm' is not an absolute path"));
   DispatchOptions relative{.shared_memory = {.directory = "shm"}};
   EXPECT_THAT(std::string(relative.Validate().message()), HasSubstr("directory 'shm' is not an absolute path"));
   DispatchOptions negative{.shared_memory = {.max_bytes = -1}};

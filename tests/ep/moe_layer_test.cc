@@ -1,12 +1,17 @@
 // The expert-parallel layer on in-process ranks against the single-process
 // reference: world sizes 1-5, top-k 1-8, both router kinds, replicas, token
-// counts that do not divide, ranks with no tokens, experts with none.
+// counts that do not divide, ranks with no tokens, experts with none; on
+// every dispatch path (per peer over every split of the ranks into hosts),
+// all giving the same bits.
 #include "moex/ep/moe_layer.h"
 
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <thread>
 
+#include "dispatch_checks.h"
 #include "gtest/gtest.h"
 #include "moex/model/model_loader.h"
 #include "moex/transport/inprocess_transport.h"
@@ -57,10 +62,11 @@ Tensor RandomTokens(int64_t tokens, int64_t hidden, uint64_t seed) {
 
 class MoeLayerTest : public ::testing::TestWithParam<Case> {};
 
-// The layer's output on every rank of `c`, with dispatch on `path`; the
-// dropless count of served pairs in `pairs`.
+// The layer's output on every rank of `c`, with each rank's dispatch
+// options from `options_of` (their path is the one taken); the dropless
+// count of served pairs in `pairs`.
 Tensor RunLayer(const Case& c, const MoeLayerSpec& spec, const Placement& placement, const Tensor& x,
-                DispatchPath path, int64_t* pairs) {
+                const std::function<DispatchOptions(int)>& options_of, int64_t* pairs) {
   Tensor got({c.tokens, spec.hidden});
   std::vector<int64_t> served(c.world, 0);
   transport::InProcessHub hub(c.world);
@@ -74,11 +80,12 @@ Tensor RunLayer(const Case& c, const MoeLayerSpec& spec, const Placement& placem
       }
       absl::StatusOr<MoeWeights> weights = LoadMoeWeights(spec, nullptr, 42, mine);
       ASSERT_TRUE(weights.ok()) << weights.status();
-      absl::StatusOr<Dispatcher> dispatcher = Dispatcher::Create(*t, {.path = path}, Deadline::InSeconds(30));
+      const DispatchOptions options = options_of(r);
+      absl::StatusOr<Dispatcher> dispatcher = Dispatcher::Create(*t, options, Deadline::InSeconds(30));
       ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
       absl::StatusOr<MoeLayer> layer = MoeLayer::Create(spec, placement, *weights, std::move(*dispatcher));
       ASSERT_TRUE(layer.ok()) << layer.status();
-      EXPECT_EQ(layer->DataPath(), DispatchPathName(path)) << layer->DataPathReason();
+      EXPECT_EQ(layer->DataPath(), DispatchPathName(options.path)) << layer->DataPathReason();
       auto [first, count] = TokenSlice(c.tokens, c.world, r);
       Tensor local({count, spec.hidden});
       for (int64_t i = 0; i < count * spec.hidden; ++i) local.values[i] = x.values[first * spec.hidden + i];
@@ -114,11 +121,26 @@ TEST_P(MoeLayerTest, MatchesTheReferenceOnEveryPath) {
   double scale = 0;
   for (int64_t i = 0; i < expected.size(); ++i) scale = std::max(scale, std::fabs(double{expected.values[i]}));
 
+  // Shared memory, all-to-all-v, and per peer on every split into hosts.
+  struct Run {
+    std::string name;
+    std::function<DispatchOptions(int)> options_of;
+    std::unique_ptr<testing::HostDirectories> hosts;
+  };
+  std::vector<Run> runs;
+  runs.push_back({"shared memory", [](int) { return DispatchOptions{.path = DispatchPath::kSharedMemory}; }, nullptr});
+  runs.push_back({"all-to-all-v", [](int) { return DispatchOptions{.path = DispatchPath::kAllToAllV}; }, nullptr});
+  for (const testing::HostSplit& split : testing::HostSplits(c.world)) {
+    auto hosts = std::make_unique<testing::HostDirectories>(split);
+    const testing::HostDirectories* dirs = hosts.get();
+    runs.push_back({"per peer, hosts " + split.name, [dirs](int r) { return dirs->options(r, DispatchPath::kPerPeer); },
+                    std::move(hosts)});
+  }
   std::vector<Tensor> outputs;
-  for (DispatchPath path : {DispatchPath::kSharedMemory, DispatchPath::kAllToAllV}) {
-    SCOPED_TRACE(std::string(DispatchPathName(path)));
+  for (const Run& run : runs) {
+    SCOPED_TRACE(run.name);
     int64_t pairs = 0;
-    outputs.push_back(RunLayer(c, spec, placement, x, path, &pairs));
+    outputs.push_back(RunLayer(c, spec, placement, x, run.options_of, &pairs));
     const Tensor& got = outputs.back();
     double worst = 0;
     for (int64_t i = 0; i < expected.size(); ++i) {
@@ -126,10 +148,10 @@ TEST_P(MoeLayerTest, MatchesTheReferenceOnEveryPath) {
     }
     EXPECT_LE(worst, 1e-4 * std::max(scale, 1e-30)) << "max |error| " << worst << ", output scale " << scale;
     EXPECT_EQ(pairs, c.tokens * c.top_k) << "dropless: every routed pair is served once";
+    // One row order on every path, sums added in the same order: the same bits.
+    EXPECT_EQ(0, std::memcmp(outputs[0].data(), got.data(), got.values.size() * sizeof(float)))
+        << "shared memory and " << run.name << " disagree";
   }
-  // One row order on both paths, sums added in the same order: the same bits.
-  EXPECT_EQ(0, std::memcmp(outputs[0].data(), outputs[1].data(), outputs[0].values.size() * sizeof(float)))
-      << "shared memory and all-to-all-v disagree";
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -2,7 +2,6 @@
 #include <unistd.h>
 
 #include <filesystem>
-#include <set>
 #include <thread>
 #include <vector>
 
@@ -62,8 +61,10 @@ namespace {
 // Shared segments: each rank writes its own, every rank reads every other
 // one after a barrier; growing remaps everywhere; nothing stays in /dev/shm.
 TEST(SharedSegmentsTest, EveryRankSeesEveryOthersWritesAcrossGrowth) {
-  std::set<std::string> before;
-  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) before.insert(entry.path().filename().string());
+  // A directory of its own in /dev/shm: other tests running beside this
+  // one make (and unlink) their segments in /dev/shm itself.
+  char directory[] = "/dev/shm/moex-segments-test-XXXXXX";
+  ASSERT_NE(mkdtemp(directory), nullptr);
   const int world = 3;
   InProcessHub hub(world);
   std::vector<std::thread> threads;
@@ -72,7 +73,7 @@ TEST(SharedSegmentsTest, EveryRankSeesEveryOthersWritesAcrossGrowth) {
     threads.emplace_back([&, r] {
       std::unique_ptr<Transport> t = hub.Connect(r);
       Deadline deadline = Deadline::InSeconds(10);
-      auto shm = SharedSegments::Create(*t, {}, deadline);
+      auto shm = SharedSegments::Create(*t, {.directory = directory}, deadline);
       if (!shm.ok()) {
         errors[r] = std::string(shm.status().message());
         return;
@@ -104,15 +105,89 @@ TEST(SharedSegmentsTest, EveryRankSeesEveryOthersWritesAcrossGrowth) {
   }
   for (auto& th : threads) th.join();
   for (int r = 0; r < world; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
-  // Unlinked as soon as every rank mapped it: no segment of this test is
-  // left (other processes' segments, e.g. of a run killed mid-way, are not
-  // this test's business).
-  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind("moex-", 0) == 0) {
-      EXPECT_TRUE(before.count(name)) << entry.path() << " was left behind";
-    }
+  // Unlinked as soon as every rank mapped it: no segment is left.
+  EXPECT_TRUE(std::filesystem::is_empty(directory)) << "segments were left in " << directory;
+  std::filesystem::remove_all(directory);
+}
+
+// Ranks on two "hosts" (two directories: 0, 1 and 3 in one, 2 and 4 in
+// the other): each maps only its host's segments, sees its host's writes
+// across growth, knows every segment's size, and nothing stays behind.
+TEST(SharedSegmentsTest, PeersOnOneHostMapOnlyEachOther) {
+  char first[] = "/dev/shm/moex-segments-host0-XXXXXX";
+  char second[] = "/dev/shm/moex-segments-host1-XXXXXX";
+  ASSERT_NE(mkdtemp(first), nullptr);
+  ASSERT_NE(mkdtemp(second), nullptr);
+  const int world = 5;
+  const std::vector<int> host_of = {0, 0, 1, 0, 1};
+  InProcessHub hub(world);
+  std::vector<std::thread> threads;
+  std::vector<std::string> errors(world);
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      std::unique_ptr<Transport> t = hub.Connect(r);
+      Deadline deadline = Deadline::InSeconds(10);
+      std::vector<int> peers;
+      for (int p = 0; p < world; ++p) {
+        if (host_of[p] == host_of[r]) peers.push_back(p);
+      }
+      SharedSegmentsOptions options{.directory = host_of[r] == 0 ? first : second};
+      auto shm = SharedSegments::Create(*t, options, peers, deadline);
+      if (!shm.ok()) {
+        errors[r] = std::string(shm.status().message());
+        return;
+      }
+      for (int64_t bytes : {int64_t{4096}, int64_t{3} << 20}) {
+        std::vector<int64_t> need(world, bytes);
+        need[2] = bytes * 2;  // one rank needs more
+        absl::Status reserved = (*shm)->Reserve(*t, need, deadline);
+        if (!reserved.ok()) {
+          errors[r] = std::string(reserved.message());
+          return;
+        }
+        auto* own = reinterpret_cast<int64_t*>((*shm)->segment(r));
+        for (int64_t i = 0; i < need[r] / 8; ++i) own[i] = r * 1000003 + i + bytes;
+        SharedSegments::Fence();
+        if (!t->Barrier(deadline).ok()) return;
+        SharedSegments::Fence();
+        for (int p = 0; p < world; ++p) {
+          if ((*shm)->size(p) < need[p]) errors[r] = "segment of rank " + std::to_string(p) + " too small";
+          if ((*shm)->is_peer(p) != (host_of[p] == host_of[r])) errors[r] = "rank " + std::to_string(p) + " peer?";
+          const auto* peer = reinterpret_cast<const int64_t*>((*shm)->segment(p));
+          if (!(*shm)->is_peer(p)) {
+            if (peer != nullptr) errors[r] = "rank " + std::to_string(p) + " of another host is mapped";
+            continue;
+          }
+          for (int64_t i = 0; i < need[p] / 8; i += 997) {
+            if (peer[i] != p * 1000003 + i + bytes) errors[r] = "rank " + std::to_string(p) + " mismatch";
+          }
+        }
+        if (!t->Barrier(deadline).ok()) return;
+      }
+      // The same sizes again: nothing grows, on any rank (a rank that
+      // thought otherwise would wait here for the others).
+      std::vector<int64_t> same(world, int64_t{3} << 20);
+      same[2] *= 2;
+      absl::Status again = (*shm)->Reserve(*t, same, deadline);
+      if (!again.ok()) errors[r] = std::string(again.message());
+    });
   }
+  for (auto& th : threads) th.join();
+  for (int r = 0; r < world; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
+  EXPECT_TRUE(std::filesystem::is_empty(first)) << "segments were left in " << first;
+  EXPECT_TRUE(std::filesystem::is_empty(second)) << "segments were left in " << second;
+  std::filesystem::remove_all(first);
+  std::filesystem::remove_all(second);
+}
+
+TEST(SharedSegmentsTest, PeersMustBeAscendingRanksWithThisOne) {
+  InProcessHub hub(1);
+  std::unique_ptr<Transport> t = hub.Connect(0);
+  for (const std::vector<int>& peers : {std::vector<int>{}, std::vector<int>{1}, std::vector<int>{0, 0}}) {
+    auto shm = SharedSegments::Create(*t, {}, peers, Deadline::InSeconds(10));
+    EXPECT_EQ(shm.status().code(), absl::StatusCode::kInvalidArgument) << shm.status();
+  }
+  EXPECT_TRUE(SharedSegments::Create(*t, {}, {0}, Deadline::InSeconds(10)).ok());
 }
 
 // A rank that cannot grow its segment (here: over its limit): every rank

@@ -1,5 +1,5 @@
 // The dispatcher's options, its creation (where the path is chosen, once,
-// by every rank together), and what both paths share: the checks at the
+// by every rank together), and what the paths share: the checks at the
 // entry of Dispatch and Combine, the records' pairs.
 #include "moex/ep/dispatch.h"
 
@@ -12,6 +12,7 @@
 #include "dispatch_internal.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
+#include "moex/transport/gather_strings.h"
 #include "moex/transport/host_map.h"
 
 namespace moex::ep {
@@ -21,6 +22,7 @@ std::string_view DispatchPathName(DispatchPath path) {
     case DispatchPath::kAuto: return "auto";
     case DispatchPath::kSharedMemory: return "shared memory";
     case DispatchPath::kAllToAllV: return "all-to-all-v";
+    case DispatchPath::kPerPeer: return "per peer";
   }
   return "?";
 }
@@ -42,7 +44,8 @@ absl::StatusOr<DispatchOptions> DispatchOptions::FromEnvironment() {
 }
 
 absl::Status DispatchOptions::Validate() const {
-  if (path != DispatchPath::kAuto && path != DispatchPath::kSharedMemory && path != DispatchPath::kAllToAllV) {
+  if (path != DispatchPath::kAuto && path != DispatchPath::kSharedMemory && path != DispatchPath::kAllToAllV &&
+      path != DispatchPath::kPerPeer) {
     return absl::InvalidArgumentError(StrCat("dispatch options: path ", static_cast<int>(path), " is not a path"));
   }
   // The segment options matter only where shared memory may be used.
@@ -119,8 +122,32 @@ absl::Status Dispatcher::AgreeOnPath(transport::Transport& t, const DispatchOpti
   return absl::OkStatus();
 }
 
-absl::Status Dispatcher::TrySharedMemory(transport::Transport& t, Deadline deadline, std::string* why_not,
-                                         bool* failed) {
+namespace {
+
+// "segments in /dev/shm", or where the ranks' directories differ (tests
+// that stand ranks on "hosts" by directory), each with its ranks: the same
+// words on every rank.
+absl::StatusOr<std::string> SegmentDirectories(transport::Transport& t, const std::string& mine,
+                                               Deadline deadline) {
+  MOEX_ASSIGN_OR_RETURN(std::vector<std::string> all, transport::AllGatherStrings(t, mine, deadline));
+  std::vector<std::pair<std::string, std::vector<int>>> groups;  // in order of their first rank
+  for (int r = 0; r < static_cast<int>(all.size()); ++r) {
+    auto same = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == all[r]; });
+    if (same == groups.end()) groups.push_back({all[r], {r}});
+    else same->second.push_back(r);
+  }
+  if (groups.size() == 1) return StrCat("segments in ", groups[0].first);
+  std::vector<std::string> parts;
+  for (const auto& [directory, ranks] : groups) {
+    parts.push_back(StrCat(directory, ranks.size() == 1 ? " (rank " : " (ranks ", absl::StrJoin(ranks, ", "), ")"));
+  }
+  return StrCat("segments in ", absl::StrJoin(parts, ", "));
+}
+
+}  // namespace
+
+absl::Status Dispatcher::TrySegments(transport::Transport& t, DispatchPath asked, Deadline deadline,
+                                     std::string* why_not, bool* failed) {
   const transport::SharedSegmentsOptions& shm = options_.shared_memory;
   MOEX_ASSIGN_OR_RETURN(transport::HostMap hosts, transport::HostMap::Probe(t, shm.directory, deadline));
   std::vector<std::string> probe_errors;
@@ -132,12 +159,23 @@ absl::Status Dispatcher::TrySharedMemory(transport::Transport& t, Deadline deadl
     *failed = true;
     return absl::OkStatus();
   }
-  if (!hosts.all_on_one_host()) {
+  // Every rank decides from the same map.
+  DispatchPath path = asked;
+  if (asked == DispatchPath::kAuto) {
+    path = hosts.all_on_one_host() ? DispatchPath::kSharedMemory : DispatchPath::kPerPeer;
+    if (hosts.num_hosts() == hosts.world_size()) {
+      *why_not = StrCat("every rank is alone on its host (", hosts.Describe(), ")");
+      *failed = false;
+      return absl::OkStatus();
+    }
+  }
+  if (path == DispatchPath::kSharedMemory && !hosts.all_on_one_host()) {
     *why_not = StrCat("not every rank shares ", shm.directory, ": ", hosts.Describe());
     *failed = false;
     return absl::OkStatus();
   }
-  MOEX_ASSIGN_OR_RETURN(shm_, transport::SharedSegments::Create(t, shm, deadline));
+  MOEX_ASSIGN_OR_RETURN(std::string directories, SegmentDirectories(t, shm.directory, deadline));
+  MOEX_ASSIGN_OR_RETURN(shm_, transport::SharedSegments::Create(t, shm, hosts.local_ranks(), deadline));
   // The first segments now, so that a directory that cannot hold them
   // shows here rather than at the first step.
   const std::vector<int64_t> first(t.world_size(), 1);
@@ -149,8 +187,14 @@ absl::Status Dispatcher::TrySharedMemory(transport::Transport& t, Deadline deadl
     *failed = true;
     return absl::OkStatus();
   }
-  path_ = DispatchPath::kSharedMemory;
-  path_reason_ = StrCat("shared memory: ", hosts.Describe(), ", segments in ", shm.directory);
+  path_ = path;
+  host_of_.resize(t.world_size());
+  for (int r = 0; r < t.world_size(); ++r) host_of_[r] = hosts.host_of(r);
+  several_hosts_ = !hosts.all_on_one_host();
+  path_reason_ = path == DispatchPath::kSharedMemory
+                     ? StrCat("shared memory: ", hosts.Describe(), ", ", directories)
+                     : StrCat("per peer: shared memory within a host, all-to-all-v between hosts: ",
+                              hosts.Describe(), ", ", directories);
   return absl::OkStatus();
 }
 
@@ -170,15 +214,16 @@ absl::StatusOr<Dispatcher> Dispatcher::Create(transport::Transport& t, DispatchO
   }
   std::string why_not;
   bool failed = false;
-  MOEX_RETURN_IF_ERROR(d.TrySharedMemory(t, deadline, &why_not, &failed));
+  MOEX_RETURN_IF_ERROR(d.TrySegments(t, asked, deadline, &why_not, &failed));
   if (why_not.empty()) return d;
-  if (asked == DispatchPath::kSharedMemory) {
-    return absl::FailedPreconditionError(
-        StrCat("dispatch on rank ", me, ": the shared-memory path was asked for and cannot be set up: ", why_not));
+  if (asked != DispatchPath::kAuto) {
+    return absl::FailedPreconditionError(StrCat("dispatch on rank ", me, ": the ",
+                                                asked == DispatchPath::kPerPeer ? "per-peer" : "shared-memory",
+                                                " path was asked for and cannot be set up: ", why_not));
   }
-  // Several hosts is the all-to-all-v path's own case; a failure is a
-  // fall-back from shared memory, and says so (also on stderr, once: a
-  // command's report may show only the path).
+  // Where the ranks are (every one alone on its host) is the all-to-all-v
+  // path's own case; a failure is a fall-back from shared memory, and says
+  // so (also on stderr, once: a command's report may show only the path).
   d.path_reason_ = StrCat("all-to-all-v: ", why_not, failed ? ", fell back" : "");
   if (failed && me == 0) std::fprintf(stderr, "moex: dispatch: %s\n", d.path_reason_.c_str());
   return d;
@@ -194,11 +239,13 @@ absl::Status Dispatcher::CheckTransport(const transport::Transport& t, std::stri
 }
 
 absl::Status Dispatcher::LeaveSharedMemory(const absl::Status& cannot_grow, int64_t dispatch) {
-  if (options_.path == DispatchPath::kSharedMemory || !absl::IsResourceExhausted(cannot_grow)) {
+  if (options_.path != DispatchPath::kAuto || !absl::IsResourceExhausted(cannot_grow)) {
     return absl::Status(cannot_grow.code(), StrCat("dispatch on rank ", rank_, ": shared memory cannot grow for ",
                                                    "dispatch #", dispatch, ": ", cannot_grow.message()));
   }
   shm_.reset();
+  host_of_.clear();
+  several_hosts_ = false;
   path_ = DispatchPath::kAllToAllV;
   path_reason_ = StrCat("all-to-all-v: ", cannot_grow.message(), ", fell back at dispatch #", dispatch);
   // Every rank falls back together; one says so, once.
@@ -221,8 +268,8 @@ absl::Status Dispatcher::Dispatch(transport::Transport& transport, const Placeme
                                              ", the layout has ", T, " tokens"));
   }
   ++dispatches_;
-  if (path_ == DispatchPath::kSharedMemory) {
-    return DispatchShared(transport, placement, x, layout, topk_weights, deadline, out);
+  if (UsesSegments()) {
+    return DispatchSegments(transport, placement, x, layout, topk_weights, deadline, out);
   }
   return DispatchAllToAllV(transport, placement, x, layout, topk_weights, deadline, out);
 }
@@ -230,7 +277,7 @@ absl::Status Dispatcher::Dispatch(transport::Transport& transport, const Placeme
 float* Dispatcher::PartialBuffer(const DispatchResult& received) {
   const int64_t n = received.num_recv() * received.hidden;
   float* out;
-  if (received.path == DispatchPath::kSharedMemory && shm_ != nullptr) {
+  if (received.path == path_ && UsesSegments() && shm_ != nullptr) {
     out = SharedPartialArea(received);
   } else {
     if (static_cast<int64_t>(partial_.size()) < n) partial_.resize(n);
@@ -264,7 +311,7 @@ absl::Status Dispatcher::Combine(transport::Transport& transport, const Dispatch
                                                 DispatchPathName(received.path), ", the dispatcher is now on ",
                                                 DispatchPathName(path_), " (combine each dispatch before the next)"));
   }
-  if (path_ == DispatchPath::kSharedMemory) return CombineShared(transport, received, partial, y, bytes_sent, deadline);
+  if (UsesSegments()) return CombineSegments(transport, received, partial, y, bytes_sent, deadline);
   return CombineAllToAllV(transport, received, partial, y, bytes_sent, deadline);
 }
 

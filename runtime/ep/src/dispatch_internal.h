@@ -1,4 +1,4 @@
-// What both dispatch paths share: the record a token travels as, and how a
+// What the dispatch paths share: the record a token travels as, and how a
 // received row's (slot, weight) pairs are filled and checked.
 #pragma once
 

@@ -1,10 +1,25 @@
-// The shared-memory path: every rank of the host maps every other rank's
-// segment. Rank d's segment holds its receive area (one record per row it
-// receives, source-rank-major, the own block's records unused) and, after
+// The paths through shared segments: shared memory (every rank on one
+// host) and per peer (shared memory within a host, all-to-all-v between
+// hosts). One implementation: shared memory is per peer with one host, and
+// then the all-to-all-v is left out (every rank knows it is).
+//
+// Every rank of a host maps every other one's segment. Rank d's segment
+// holds its receive area (one record per row it receives from a rank of
+// its host, source-rank-major, the own block's records unused) and, after
 // it on a page boundary, its partial-sum area (one row of H floats per
-// received row, in the same order). Senders write records straight into
-// the receiver's area; home ranks read partial sums straight out of the
-// expert's; two barriers order it.
+// received row, from every rank, in received order). Senders of d's host
+// write records straight into d's area; home ranks of d's host read partial
+// sums straight out of it. Rows from and to other hosts are packed and go
+// through the transport's all-to-all-v, whose blocks for the ranks of this
+// host are empty; their partial sums are sent out of the partial-sum area,
+// in place.
+//
+// Two barriers order it, over every rank of the transport (also on the
+// per-peer path, where only a host's ranks touch each other's segments: a
+// barrier over the host's ranks alone would do, and is a later
+// optimisation; the world's is simple and correct). The counts all-gather
+// at the start of each dispatch keeps a rank from writing into a segment
+// that a slower rank of its host is still reading from the last combine.
 #include <cstring>
 
 #include "dispatch_internal.h"
@@ -22,17 +37,23 @@ using dispatch_internal::RecordFloats;
 using dispatch_internal::SizeReceived;
 using dispatch_internal::TakeRecord;
 
-// Rank d's receive area (rows x record) and partial-sum area, from the
-// counts every rank knows.
+// Rank d's receive area (records from the ranks of its host) and
+// partial-sum area (a row for every row it receives), from the counts and
+// hosts every rank knows.
 struct Areas {
-  int64_t rows = 0, partial_offset = 0, bytes = 0;
+  int64_t rows = 0, partial_rows = 0, partial_offset = 0, bytes = 0;
 };
 
-Areas AreasOf(const std::vector<int64_t>& counts, int world, int d, int64_t record_bytes, int64_t hidden) {
+Areas AreasOf(const std::vector<int64_t>& counts, const std::vector<int>& host_of, int d, int64_t record_bytes,
+              int64_t hidden) {
+  const int world = static_cast<int>(host_of.size());
   Areas a;
-  for (int s = 0; s < world; ++s) a.rows += counts[s * world + d];
+  for (int s = 0; s < world; ++s) {
+    a.partial_rows += counts[s * world + d];
+    if (host_of[s] == host_of[d]) a.rows += counts[s * world + d];
+  }
   a.partial_offset = (a.rows * record_bytes + 4095) / 4096 * 4096;
-  a.bytes = a.partial_offset + a.rows * hidden * static_cast<int64_t>(sizeof(float));
+  a.bytes = a.partial_offset + a.partial_rows * hidden * static_cast<int64_t>(sizeof(float));
   return a;
 }
 
@@ -41,28 +62,30 @@ Areas AreasOf(const std::vector<int64_t>& counts, int world, int d, int64_t reco
 float* Dispatcher::SharedPartialArea(const DispatchResult& received) const {
   const int64_t record_bytes = RecordBytes(received.hidden, received.top_k);
   return reinterpret_cast<float*>(
-      shm_->segment(rank_) + AreasOf(received.counts, world_size_, rank_, record_bytes, received.hidden).partial_offset);
+      shm_->segment(rank_) + AreasOf(received.counts, host_of_, rank_, record_bytes, received.hidden).partial_offset);
 }
 
-absl::Status Dispatcher::DispatchShared(transport::Transport& transport, const Placement& placement,
-                                        const Tensor& x, const DispatchLayout& layout, const float* topk_weights,
-                                        Deadline deadline, DispatchResult* out) {
+absl::Status Dispatcher::DispatchSegments(transport::Transport& transport, const Placement& placement,
+                                          const Tensor& x, const DispatchLayout& layout, const float* topk_weights,
+                                          Deadline deadline, DispatchResult* out) {
   const int world = world_size_, me = rank_;
   const int64_t T = layout.num_tokens, k = layout.top_k, H = x.dim(1), record = RecordFloats(H, k);
   const int64_t record_bytes = RecordBytes(H, k);
-  // Every rank learns every count: where its rows go in each receiver's area.
+  auto local = [&](int r) { return host_of_[r] == host_of_[me]; };
+  // Every rank learns every count: where its rows go in each receiver's
+  // area, and how many rows the all-to-all-v carries each way.
   std::vector<double> mine(layout.num_tokens_per_rank.begin(), layout.num_tokens_per_rank.end()), all(world * world);
   MOEX_RETURN_IF_ERROR(transport.AllGather(mine, all, deadline));
   std::vector<int64_t> counts(all.begin(), all.end());
   std::vector<int64_t> need(world);
-  for (int d = 0; d < world; ++d) need[d] = AreasOf(counts, world, d, record_bytes, H).bytes;
+  for (int d = 0; d < world; ++d) need[d] = AreasOf(counts, host_of_, d, record_bytes, H).bytes;
   absl::Status reserved = shm_->Reserve(transport, need, deadline);
   if (!reserved.ok()) {
     // Every rank saw the same failure: all leave together, or all fail.
     MOEX_RETURN_IF_ERROR(LeaveSharedMemory(reserved, dispatches_));
     return DispatchAllToAllV(transport, placement, x, layout, topk_weights, deadline, out);
   }
-  out->path = DispatchPath::kSharedMemory;
+  out->path = path_;
   out->counts = std::move(counts);
   out->num_tokens = T;
   out->hidden = H;
@@ -72,34 +95,56 @@ absl::Status Dispatcher::DispatchShared(transport::Transport& transport, const P
   out->recv_tokens.assign(world, 0);
   for (int s = 0; s < world; ++s) out->recv_tokens[s] = out->counts[s * world + me];
 
-  // Each record goes straight into its receiver's area, after the rows of
-  // the ranks before this one.
+  // What goes by all-to-all-v: the blocks of the ranks on other hosts.
+  std::vector<int64_t> send_bytes(world, 0), recv_bytes(world, 0);
+  int64_t packed = 0, remote_recv = 0;
+  for (int r = 0; r < world; ++r) {
+    if (local(r)) continue;
+    send_bytes[r] = out->send_tokens[r] * record_bytes;
+    recv_bytes[r] = out->recv_tokens[r] * record_bytes;
+    packed += out->send_tokens[r];
+    remote_recv += out->recv_tokens[r];
+  }
+  if (static_cast<int64_t>(send_.size()) < packed * record) send_.resize(packed * record);
+  if (static_cast<int64_t>(recv_.size()) < remote_recv * record) recv_.resize(remote_recv * record);
+
+  // Each record for this host goes straight into its receiver's area,
+  // after the rows of the host's ranks before this one; each for another
+  // host into the send buffer, destination-major.
   out->send_order.clear();
+  int64_t packed_row = 0;
   for (int d = 0; d < world; ++d) {
     int64_t row = 0;
-    for (int s = 0; s < me; ++s) row += out->counts[s * world + d];
-    float* area = reinterpret_cast<float*>(shm_->segment(d));
+    float* area = nullptr;
+    if (local(d)) {
+      for (int s = 0; s < me; ++s) row += local(s) ? out->counts[s * world + d] : 0;
+      area = reinterpret_cast<float*>(shm_->segment(d));
+    }
     for (int64_t t = 0; t < T; ++t) {
       if (!layout.is_token_in_rank[t * world + d]) continue;
       out->send_order.push_back(t);
       if (d == me) continue;
-      float* dst = area + row * record;
+      float* dst = area != nullptr ? area + (row++) * record : send_.data() + (packed_row++) * record;
       std::memcpy(dst, x.row(t), H * sizeof(float));
       FillPairs(placement, layout, topk_weights, t, d, reinterpret_cast<int32_t*>(dst + H), dst + H + k);
-      ++row;
       out->bytes_sent += record_bytes;
     }
+  }
+  if (several_hosts_) {
+    MOEX_RETURN_IF_ERROR(transport.AllToAllV(reinterpret_cast<const std::byte*>(send_.data()), send_bytes,
+                                             reinterpret_cast<std::byte*>(recv_.data()), recv_bytes, deadline));
   }
   transport::SharedSegments::Fence();
   MOEX_RETURN_IF_ERROR(transport.Barrier(deadline));
   transport::SharedSegments::Fence();
 
-  // Rows in source-rank order; the own block is read from x in place.
+  // Rows in source-rank order: this host's read where they were written
+  // (the own block from x in place), other hosts' where they landed.
   const int64_t local_slots = placement.num_local_slots(me);
   const int64_t own_begin =
-      SizeReceived(out, AreasOf(out->counts, world, me, record_bytes, H).rows, k, local_slots, me);
+      SizeReceived(out, AreasOf(out->counts, host_of_, me, record_bytes, H).partial_rows, k, local_slots, me);
   const float* area = reinterpret_cast<const float*>(shm_->segment(me));
-  int64_t i = 0;
+  int64_t i = 0, area_row = 0, landed = 0;
   for (int s = 0; s < world; ++s) {
     for (int64_t n = 0; n < out->recv_tokens[s]; ++n, ++i) {
       int32_t* slots = &out->recv_local_slot[i * k];
@@ -108,8 +153,11 @@ absl::Status Dispatcher::DispatchShared(transport::Transport& transport, const P
         int64_t t = out->send_order[own_begin + n];
         out->recv_rows[i] = x.row(t);
         FillPairs(placement, layout, topk_weights, t, me, slots, weights);
+        ++area_row;  // the own block's records are unused
+      } else if (local(s)) {
+        TakeRecord(area + (area_row++) * record, H, k, i, out, slots, weights);
       } else {
-        TakeRecord(area + i * record, H, k, i, out, slots, weights);
+        TakeRecord(recv_.data() + (landed++) * record, H, k, i, out, slots, weights);
       }
       MOEX_RETURN_IF_ERROR(CountSlots(slots, k, local_slots, me, s, out));
     }
@@ -117,32 +165,61 @@ absl::Status Dispatcher::DispatchShared(transport::Transport& transport, const P
   return absl::OkStatus();
 }
 
-absl::Status Dispatcher::CombineShared(transport::Transport& transport, const DispatchResult& received,
-                                       const float* partial, Tensor* y, int64_t* bytes_sent, Deadline deadline) {
+absl::Status Dispatcher::CombineSegments(transport::Transport& transport, const DispatchResult& received,
+                                         const float* partial, Tensor* y, int64_t* bytes_sent, Deadline deadline) {
   const int world = world_size_, me = rank_;
-  const int64_t H = received.hidden, R = received.num_recv();
+  const int64_t H = received.hidden, R = received.num_recv(), row_bytes = H * static_cast<int64_t>(sizeof(float));
   const int64_t record_bytes = RecordBytes(H, received.top_k);
   const std::vector<int64_t>& counts = received.counts;
+  auto local = [&](int r) { return host_of_[r] == host_of_[me]; };
   float* own = SharedPartialArea(received);
   if (partial != own) std::memcpy(own, partial, R * H * sizeof(float));
   *bytes_sent = 0;
   for (int s = 0; s < world; ++s) {
-    if (s != me) *bytes_sent += counts[s * world + me] * H * static_cast<int64_t>(sizeof(float));
+    if (s != me) *bytes_sent += counts[s * world + me] * row_bytes;
+  }
+  // Other hosts' partial sums go back by all-to-all-v, out of the partial
+  // area in place, and land in `back_` in rank order.
+  if (several_hosts_) {
+    std::vector<int64_t> send_bytes(world, 0), recv_bytes(world, 0);
+    send_offsets_.assign(world, 0);
+    recv_offsets_.assign(world, 0);
+    int64_t back_rows = 0, first_row = 0;
+    for (int r = 0; r < world; ++r) {
+      send_offsets_[r] = first_row * row_bytes;
+      recv_offsets_[r] = back_rows * row_bytes;
+      first_row += received.recv_tokens[r];
+      if (local(r)) continue;
+      send_bytes[r] = received.recv_tokens[r] * row_bytes;
+      recv_bytes[r] = received.send_tokens[r] * row_bytes;
+      back_rows += received.send_tokens[r];
+    }
+    if (static_cast<int64_t>(back_.size()) < back_rows * H) back_.resize(back_rows * H);
+    MOEX_RETURN_IF_ERROR(transport.AllToAllV(reinterpret_cast<const std::byte*>(own), send_bytes, send_offsets_,
+                                             reinterpret_cast<std::byte*>(back_.data()), recv_bytes, recv_offsets_,
+                                             deadline));
   }
   transport::SharedSegments::Fence();
   MOEX_RETURN_IF_ERROR(transport.Barrier(deadline));
   transport::SharedSegments::Fence();
-  // Each rank's partial sums for our tokens, read where that rank wrote
-  // them; token by token (the output row stays in cache), ranks in order.
+  // Each rank's partial sums for our tokens: this host's read where that
+  // rank wrote them, other hosts' where they landed; token by token (the
+  // output row stays in cache), ranks in order.
   const int64_t T = y->dim(0);
   sources_.assign(T * world, nullptr);
-  int64_t order = 0;
+  int64_t order = 0, back_row = 0;
   for (int r = 0; r < world; ++r) {
-    int64_t first = 0;
-    for (int s = 0; s < me; ++s) first += counts[s * world + r];
-    const float* base = reinterpret_cast<const float*>(shm_->segment(r) +
-                                                       AreasOf(counts, world, r, record_bytes, H).partial_offset) +
-                        first * H;
+    const float* base;
+    if (local(r)) {
+      int64_t first = 0;
+      for (int s = 0; s < me; ++s) first += counts[s * world + r];
+      base = reinterpret_cast<const float*>(shm_->segment(r) +
+                                            AreasOf(counts, host_of_, r, record_bytes, H).partial_offset) +
+             first * H;
+    } else {
+      base = back_.data() + back_row * H;
+      back_row += counts[me * world + r];
+    }
     for (int64_t n = 0; n < counts[me * world + r]; ++n, ++order) {
       sources_[received.send_order[order] * world + r] = base + n * H;
     }

@@ -68,13 +68,33 @@ std::string SharedSegments::Path(int rank, int generation) const {
 
 absl::StatusOr<std::unique_ptr<SharedSegments>> SharedSegments::Create(Transport& t, SharedSegmentsOptions options,
                                                                        Deadline deadline) {
+  std::vector<int> everyone(t.world_size());
+  for (int r = 0; r < t.world_size(); ++r) everyone[r] = r;
+  return Create(t, std::move(options), std::move(everyone), deadline);
+}
+
+absl::StatusOr<std::unique_ptr<SharedSegments>> SharedSegments::Create(Transport& t, SharedSegmentsOptions options,
+                                                                       std::vector<int> peers, Deadline deadline) {
   MOEX_RETURN_IF_ERROR(options.Validate());
+  std::vector<uint8_t> is_peer(t.world_size(), 0);
+  for (size_t i = 0; i < peers.size(); ++i) {
+    if (peers[i] < 0 || peers[i] >= t.world_size() || (i > 0 && peers[i] <= peers[i - 1])) {
+      return absl::InvalidArgumentError(StrCat("shared segments on rank ", t.rank(), ": peers (",
+                                               absl::StrJoin(peers, ", "), ") are not ascending ranks below ",
+                                               t.world_size()));
+    }
+    is_peer[peers[i]] = 1;
+  }
+  if (!is_peer[t.rank()]) {
+    return absl::InvalidArgumentError(StrCat("shared segments on rank ", t.rank(), ": peers (",
+                                             absl::StrJoin(peers, ", "), ") leave out this rank"));
+  }
   // One name space per job: rank 0's random number.
   std::vector<int64_t> job(1, 0);
   if (t.rank() == 0) job[0] = static_cast<int64_t>(std::random_device()() >> 1) << 20 | (getpid() & 0xfffff);
   MOEX_RETURN_IF_ERROR(t.AllReduceSum(std::span<int64_t>(job), deadline));
   return std::unique_ptr<SharedSegments>(
-      new SharedSegments(std::move(options), static_cast<uint64_t>(job[0]), t.rank(), t.world_size()));
+      new SharedSegments(std::move(options), static_cast<uint64_t>(job[0]), t.rank(), std::move(is_peer)));
 }
 
 SharedSegments::~SharedSegments() {
@@ -150,9 +170,15 @@ absl::Status SharedSegments::Reserve(Transport& t, std::span<const int64_t> byte
     return Failed(t, failure, deadline);
   }
 
-  // 2. Everyone maps the peers' new segments.
-  for (int r = 0; r < world && failure.empty(); ++r) {
-    if (r != rank_ && all_made[r] > 0) failure = MapPeer(r, static_cast<int64_t>(all_made[r]));
+  // 2. Everyone maps its peers' new segments, and notes the others' sizes
+  // (so that every rank decides alike whether a Reserve grows anything).
+  for (int r = 0; r < world; ++r) {
+    if (r == rank_ || all_made[r] <= 0) continue;
+    if (is_peer_[r] && failure.empty()) {
+      failure = MapPeer(r, static_cast<int64_t>(all_made[r]));
+    } else if (!is_peer_[r]) {
+      maps_[r] = Map{.data = nullptr, .bytes = static_cast<int64_t>(all_made[r]), .generation = maps_[r].generation + 1};
+    }
   }
   std::vector<int64_t> failures = {failure.empty() ? 0 : 1};
   MOEX_RETURN_IF_ERROR(t.AllReduceSum(std::span<int64_t>(failures), deadline));

@@ -42,7 +42,7 @@ Stat Summarize(std::vector<double> values);
 
 struct BenchResult {
   BenchPoint point;
-  std::string path;             // "shared memory" or "all-to-all-v"
+  std::string path;             // "shared memory", "per peer" or "all-to-all-v"
   int64_t reps = 0, warmup = 0;
   Stat dispatch_us, combine_us, ours_us, baseline_us, ratio;  // ratio: ours / baseline per rep
   double dispatch_bytes_per_rank = 0;  // sent to other ranks, mean over ranks

@@ -11,7 +11,7 @@
 // one partial-sum vector per (token, rank) comes back. Dropless: every routed
 // pair is served, there is no capacity factor.
 //
-// Two paths, chosen by Create, the same on every rank, with one contract:
+// Three paths, chosen by Create, the same on every rank, with one contract:
 // - shared memory (every rank shares this host's /dev/shm): each rank
 //   writes its tokens' records straight into the receiving rank's area of
 //   shared memory (transport/shared_segments.h), the experts write their
@@ -19,10 +19,14 @@
 //   rank reads them from there as it adds them up: every byte crosses once,
 //   with no packing and no receive-side copy; two transport barriers order
 //   it.
+// - per peer (ranks on several hosts, some sharing one): shared memory, as
+//   above, between the ranks of each host, and the transport's all-to-all-v
+//   (zero bytes to and from the ranks of this host) to the others, in the
+//   same Dispatch and Combine calls.
 // - all-to-all-v: records are packed per destination and exchanged with the
 //   transport's all-to-all-v, and so are the partial sums.
 //
-// On both, the received rows are source-rank-major: rank 0's tokens first,
+// On all three, the received rows are source-rank-major: rank 0's tokens first,
 // then rank 1's, ..., each rank's in its local token order, and this rank's
 // own tokens at its own position. A token's visit to its own rank is never
 // copied: its received row points into `x`. Rows from other ranks are used
@@ -66,17 +70,28 @@ DispatchLayout GetDispatchLayout(const Placement& placement, const int32_t* topk
                                  int64_t num_tokens, int64_t top_k, int64_t first_token);
 
 enum class DispatchPath {
-  kAuto,          // shared memory when every rank shares this host's /dev/shm, else all-to-all-v
+  // Shared memory when every rank shares this host's /dev/shm; per peer
+  // when the ranks are on several hosts and some host has two or more;
+  // all-to-all-v when every rank is alone on its host, or the probe fails.
+  kAuto,
   kSharedMemory,  // shared memory, or an error saying which rank cannot and why
   kAllToAllV,     // the transport's all-to-all-v, wherever the ranks are
+  // Shared memory within a host, all-to-all-v between hosts; or an error
+  // saying which rank cannot make its segments and why. Works for any
+  // split of the ranks over hosts (one host: no all-to-all-v; every rank
+  // alone: no shared memory but each rank's own partial-sum area).
+  kPerPeer,
 };
-// "auto", "shared memory", "all-to-all-v".
+// "auto", "shared memory", "all-to-all-v", "per peer".
 std::string_view DispatchPathName(DispatchPath path);
 
 struct DispatchOptions {
   DispatchPath path = DispatchPath::kAuto;
-  // Where the shared-memory path keeps its segments and how large one may
-  // grow (a test points this at a directory that fails or a small limit).
+  // Where the shared-memory and per-peer paths keep their segments and how
+  // large one may grow (a test points this at a directory that fails or a
+  // small limit). The directory may differ between ranks: ranks whose
+  // directories are not one (transport::HostMap probes it) are on
+  // different hosts, which is how tests put in-process ranks on "hosts".
   transport::SharedSegmentsOptions shared_memory = {};
 
   // The defaults above, with the environment's say: MOEX_INTRANODE=0 asks
@@ -100,7 +115,8 @@ struct DispatchResult {
   std::vector<int64_t> recv_tokens;                 // [W] rows received from each rank (self included)
   std::vector<int64_t> send_order;                  // local token of each sent row, destination-major
   int64_t bytes_sent = 0;                           // payload sent to other ranks
-  // Shared-memory path: counts[s * W + d] tokens went from rank s to rank d.
+  // Shared-memory and per-peer paths: counts[s * W + d] tokens went from
+  // rank s to rank d.
   std::vector<int64_t> counts;
   int64_t num_recv() const { return static_cast<int64_t>(recv_rows.size()); }
   // First row from rank `source` in recv_rows.
@@ -114,26 +130,29 @@ class Dispatcher {
   // is decided together: every rank gets the same path() and
   // path_reason(), e.g.
   //   "shared memory: 4 ranks on one host (node1), segments in /dev/shm"
+  //   "per peer: shared memory within a host, all-to-all-v between hosts:
+  //    4 ranks on 2 hosts: node1 (ranks 0, 1), node2 (ranks 2, 3), segments in /dev/shm"
   //   "all-to-all-v: /dev/shm on rank 2: No space left on device (making a 1.00 MiB
   //    segment), fell back"
-  // A fall-back (not a choice made because the ranks are on several hosts)
-  // is also printed once, by rank 0, to stderr. Under kSharedMemory, what
-  // stops shared memory is the error, naming the rank and the reason.
+  // A fall-back (not a choice made because of where the ranks are) is also
+  // printed once, by rank 0, to stderr. Under kSharedMemory and kPerPeer,
+  // what stops the path is the error, naming the rank and the reason.
   static absl::StatusOr<Dispatcher> Create(transport::Transport& transport, DispatchOptions options,
                                            Deadline deadline);
 
   // `out` is reused across calls; its rows stay valid until the next
   // Dispatch and while `x` lives. `transport` is the one Create had.
-  // Under kAuto, shared memory that cannot grow for this step's counts
-  // (every rank sees it together) moves every rank to all-to-all-v, for
-  // good: path() and path_reason() say so, and rank 0 prints it once.
+  // Under kAuto, shared memory (on either path that uses it) that cannot
+  // grow for this step's counts (every rank sees it together) moves every
+  // rank to all-to-all-v, for good: path() and path_reason() say so, and
+  // rank 0 prints it once.
   absl::Status Dispatch(transport::Transport& transport, const Placement& placement, const Tensor& x,
                         const DispatchLayout& layout, const float* topk_weights, Deadline deadline,
                         DispatchResult* out);
 
   // Where the experts should write the partial sums [R, H] of `received`
-  // (zeroed here): in shared memory on that path, so that combine moves
-  // nothing twice. Valid until the next Dispatch.
+  // (zeroed here): in shared memory on the paths that use it, so that
+  // combine moves nothing twice. Valid until the next Dispatch.
   float* PartialBuffer(const DispatchResult& received);
   // The partial sums [R, H] (rows in `received` order) go back along
   // `received`; `y` [T, H] gets the sum over ranks, added in rank order.
@@ -144,7 +163,7 @@ class Dispatcher {
   absl::Status Combine(transport::Transport& transport, const DispatchResult& received,
                        const Tensor& partial, Tensor* y, int64_t* bytes_sent, Deadline deadline);
 
-  // "shared memory" or "all-to-all-v": never "auto".
+  // "shared memory", "per peer" or "all-to-all-v": never "auto".
   std::string_view path() const { return DispatchPathName(path_); }
   // Why this path, the same words on every rank.
   const std::string& path_reason() const { return path_reason_; }
@@ -157,23 +176,26 @@ class Dispatcher {
       : options_(std::move(options)), rank_(rank), world_size_(world_size) {}
   // Every rank asked for the same path (checked together).
   static absl::Status AgreeOnPath(transport::Transport& transport, const DispatchOptions& options, Deadline deadline);
-  // Sets up shared memory, or says why not (`why_not`) and whether that is
-  // a failure to fall back from (`failed`: a directory that cannot hold the
-  // segments) or just where the ranks are (several hosts). An error only
-  // when the transport fails.
-  absl::Status TrySharedMemory(transport::Transport& transport, Deadline deadline, std::string* why_not,
-                               bool* failed);
+  // Probes the hosts and sets up the segments of the path that `asked`
+  // (kAuto, kSharedMemory or kPerPeer) leads to, or says why not
+  // (`why_not`) and whether that is a failure to fall back from (`failed`:
+  // a directory that cannot hold the segments) or just where the ranks
+  // are (several hosts for kSharedMemory, every rank alone under kAuto).
+  // An error only when the transport fails.
+  absl::Status TrySegments(transport::Transport& transport, DispatchPath asked, Deadline deadline,
+                           std::string* why_not, bool* failed);
   // Shared memory cannot grow (`cannot_grow`, the same on every rank):
   // under kAuto every rank moves to all-to-all-v (OK), else the error.
   absl::Status LeaveSharedMemory(const absl::Status& cannot_grow, int64_t dispatch);
+  bool UsesSegments() const { return path_ == DispatchPath::kSharedMemory || path_ == DispatchPath::kPerPeer; }
   absl::Status CheckTransport(const transport::Transport& transport, std::string_view what) const;
 
-  // dispatch_shared.cc
-  absl::Status DispatchShared(transport::Transport& transport, const Placement& placement, const Tensor& x,
-                              const DispatchLayout& layout, const float* topk_weights, Deadline deadline,
-                              DispatchResult* out);
-  absl::Status CombineShared(transport::Transport& transport, const DispatchResult& received, const float* partial,
-                             Tensor* y, int64_t* bytes_sent, Deadline deadline);
+  // dispatch_shared.cc: the shared-memory and per-peer paths
+  absl::Status DispatchSegments(transport::Transport& transport, const Placement& placement, const Tensor& x,
+                                const DispatchLayout& layout, const float* topk_weights, Deadline deadline,
+                                DispatchResult* out);
+  absl::Status CombineSegments(transport::Transport& transport, const DispatchResult& received,
+                               const float* partial, Tensor* y, int64_t* bytes_sent, Deadline deadline);
   float* SharedPartialArea(const DispatchResult& received) const;
   // dispatch_alltoallv.cc
   absl::Status DispatchAllToAllV(transport::Transport& transport, const Placement& placement, const Tensor& x,
@@ -189,6 +211,11 @@ class Dispatcher {
   std::string path_reason_;
   int64_t dispatches_ = 0;  // numbers them in messages
   std::unique_ptr<transport::SharedSegments> shm_;
+  // Shared-memory and per-peer paths: the host of each rank (HostMap's
+  // numbering, the same on every rank), and whether any rank is on
+  // another host than some other (then all-to-all-v carries their rows).
+  std::vector<int> host_of_;
+  bool several_hosts_ = false;
   std::vector<float> send_, recv_, back_, partial_;
   std::vector<int64_t> send_offsets_, recv_offsets_;  // bytes, per rank
   std::vector<const float*> sources_;  // [T, W] partial-sum row of each (token, rank), or null

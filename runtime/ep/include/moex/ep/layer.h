@@ -49,7 +49,7 @@ class Layer {
   // The placement serving now (its version included).
   virtual const placement::Placement& placement() const = 0;
   virtual int rank() const = 0;
-  // How tokens move: "shared memory", "all-to-all-v", "NCCL 2.28.3 on
+  // How tokens move: "shared memory", "per peer", "all-to-all-v", "NCCL 2.28.3 on
   // NVIDIA H200 (device 0)"; "" before the first Forward where it is chosen
   // lazily.
   virtual std::string DataPath() const = 0;

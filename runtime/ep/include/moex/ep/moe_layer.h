@@ -44,7 +44,8 @@ class MoeLayer final : public Layer {
   absl::Status SwitchPlacement(Placement next, std::map<int64_t, ExpertWeights> incoming) override;
 
   // How dispatch and combine move data: "shared memory" (every rank on one
-  // host) or "all-to-all-v", and why (Dispatcher::path_reason()).
+  // host), "per peer" (shared memory within a host, all-to-all-v between
+  // hosts) or "all-to-all-v", and why (Dispatcher::path_reason()).
   std::string DataPath() const override { return std::string(dispatcher_.path()); }
   std::string DataPathReason() const override { return dispatcher_.path_reason(); }
 
