@@ -182,7 +182,8 @@ TEST_P(DispatchMpiBitsTest, EveryPathGivesTheSameBits) {
     ASSERT_EQ(got.size(), want.size()) << what;
     for (size_t i = 0; i < want.size(); ++i) {
       ASSERT_EQ(got[i].values.size(), want[i].values.size());
-      EXPECT_EQ(0, std::memcmp(got[i].data(), want[i].data(), want[i].values.size() * sizeof(float)))
+      EXPECT_TRUE(want[i].values.empty() ||
+                  std::memcmp(got[i].data(), want[i].data(), want[i].values.size() * sizeof(float)) == 0)
           << what << " and shared memory disagree on rank " << t->rank() << ", " << cases[i].name;
     }
   };

@@ -192,7 +192,7 @@ TEST_P(DispatchBitsTest, EveryPathGivesTheSameBits) {
         const std::vector<float>& want = outputs[0][r][round].values;
         const std::vector<float>& got = outputs[p][r][round].values;
         ASSERT_EQ(got.size(), want.size());
-        EXPECT_EQ(0, std::memcmp(got.data(), want.data(), want.size() * sizeof(float)))
+        EXPECT_TRUE(want.empty() || std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) == 0)
             << paths[p].first << " and shared memory disagree on rank " << r << ", round " << round;
       }
     }

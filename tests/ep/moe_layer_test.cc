@@ -149,7 +149,7 @@ TEST_P(MoeLayerTest, MatchesTheReferenceOnEveryPath) {
     EXPECT_LE(worst, 1e-4 * std::max(scale, 1e-30)) << "max |error| " << worst << ", output scale " << scale;
     EXPECT_EQ(pairs, c.tokens * c.top_k) << "dropless: every routed pair is served once";
     // One row order on every path, sums added in the same order: the same bits.
-    EXPECT_EQ(0, std::memcmp(outputs[0].data(), got.data(), got.values.size() * sizeof(float)))
+    EXPECT_TRUE(got.values.empty() || std::memcmp(outputs[0].data(), got.data(), got.values.size() * sizeof(float)) == 0)
         << "shared memory and " << run.name << " disagree";
   }
 }

@@ -173,7 +173,8 @@ absl::Status Dispatcher::CombineSegments(transport::Transport& transport, const 
   const std::vector<int64_t>& counts = received.counts;
   auto local = [&](int r) { return host_of_[r] == host_of_[me]; };
   float* own = SharedPartialArea(received);
-  if (partial != own) std::memcpy(own, partial, R * H * sizeof(float));
+  // No rows: the pointers may be null, which memcpy may not be given.
+  if (partial != own && R > 0) std::memcpy(own, partial, R * H * sizeof(float));
   *bytes_sent = 0;
   for (int s = 0; s < world; ++s) {
     if (s != me) *bytes_sent += counts[s * world + me] * row_bytes;
