@@ -82,6 +82,29 @@ int64_t SizeReceived(DispatchResult* out, int64_t rows, int64_t k, int64_t local
   return own_begin;
 }
 
+absl::Status FillReceived(const Placement& placement, const DispatchLayout& layout, const Tensor& x,
+                          const float* topk_weights, int me, int64_t own_begin,
+                          const std::vector<const float*>& first_record, int64_t record, DispatchResult* out) {
+  const int world = layout.world_size;
+  const int64_t k = layout.top_k, H = x.dim(1), local_slots = placement.num_local_slots(me);
+  int64_t i = 0;
+  for (int s = 0; s < world; ++s) {
+    for (int64_t n = 0; n < out->recv_tokens[s]; ++n, ++i) {
+      int32_t* slots = &out->recv_local_slot[i * k];
+      float* weights = &out->recv_weights[i * k];
+      if (s == me) {
+        const int64_t t = out->send_order[own_begin + n];
+        out->recv_rows[i] = x.row(t);
+        FillPairs(placement, layout, topk_weights, t, me, slots, weights);
+      } else {
+        TakeRecord(first_record[s] + n * record, H, k, i, out, slots, weights);
+      }
+      MOEX_RETURN_IF_ERROR(CountSlots(slots, k, local_slots, me, s, out));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CountSlots(const int32_t* slots, int64_t k, int64_t local_slots, int me, int source,
                         DispatchResult* out) {
   for (int64_t j = 0; j < k; ++j) {

@@ -15,12 +15,11 @@
 
 namespace moex::ep {
 
-using dispatch_internal::CountSlots;
 using dispatch_internal::FillPairs;
+using dispatch_internal::FillReceived;
 using dispatch_internal::RecordBytes;
 using dispatch_internal::RecordFloats;
 using dispatch_internal::SizeReceived;
-using dispatch_internal::TakeRecord;
 
 absl::Status Dispatcher::DispatchAllToAllV(transport::Transport& transport, const Placement& placement,
                                            const Tensor& x, const DispatchLayout& layout, const float* topk_weights,
@@ -76,24 +75,16 @@ absl::Status Dispatcher::DispatchAllToAllV(transport::Transport& transport, cons
 
   // Received rows, source-rank-major: other ranks' where they landed in the
   // receive buffer, ours read from x at our own position.
-  const int64_t local_slots = placement.num_local_slots(me);
-  const int64_t own_begin = SizeReceived(out, remote_recv + out->recv_tokens[me], k, local_slots, me);
-  int64_t i = 0, landed = 0;
+  const int64_t own_begin =
+      SizeReceived(out, remote_recv + out->recv_tokens[me], k, placement.num_local_slots(me), me);
+  std::vector<const float*> first_record(world, nullptr);
+  int64_t landed = 0;
   for (int s = 0; s < world; ++s) {
-    for (int64_t n = 0; n < out->recv_tokens[s]; ++n, ++i) {
-      int32_t* slots = &out->recv_local_slot[i * k];
-      float* weights = &out->recv_weights[i * k];
-      if (s == me) {
-        int64_t t = out->send_order[own_begin + n];
-        out->recv_rows[i] = x.row(t);
-        FillPairs(placement, layout, topk_weights, t, me, slots, weights);
-      } else {
-        TakeRecord(recv_.data() + (landed++) * record, H, k, i, out, slots, weights);
-      }
-      MOEX_RETURN_IF_ERROR(CountSlots(slots, k, local_slots, me, s, out));
-    }
+    if (s == me) continue;
+    first_record[s] = recv_.data() + landed * record;
+    landed += out->recv_tokens[s];
   }
-  return absl::OkStatus();
+  return FillReceived(placement, layout, x, topk_weights, me, own_begin, first_record, record, out);
 }
 
 absl::Status Dispatcher::CombineAllToAllV(transport::Transport& transport, const DispatchResult& received,

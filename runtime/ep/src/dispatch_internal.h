@@ -37,6 +37,15 @@ inline void TakeRecord(const float* in, int64_t H, int64_t k, int64_t i, Dispatc
   std::memcpy(weights, in + H + k, k * sizeof(float));
 }
 
+// Fills `out`'s received rows in source-rank order (out->recv_tokens[s]
+// rows from rank s): the own block read from `x` in place, in the order
+// `out->send_order` lists it from `own_begin`; every other rank's rows are
+// its records, back to back from first_record[s] (the record layout above,
+// `record` floats each). Checks and counts every row's slots.
+absl::Status FillReceived(const Placement& placement, const DispatchLayout& layout, const Tensor& x,
+                          const float* topk_weights, int me, int64_t own_begin,
+                          const std::vector<const float*>& first_record, int64_t record, DispatchResult* out);
+
 // Checks a received row's slots (a peer's bug or corrupted memory must not
 // index past this rank's experts) and counts them per local expert.
 absl::Status CountSlots(const int32_t* slots, int64_t k, int64_t local_slots, int me, int source,

@@ -30,12 +30,11 @@
 namespace moex::ep {
 namespace {
 
-using dispatch_internal::CountSlots;
 using dispatch_internal::FillPairs;
+using dispatch_internal::FillReceived;
 using dispatch_internal::RecordBytes;
 using dispatch_internal::RecordFloats;
 using dispatch_internal::SizeReceived;
-using dispatch_internal::TakeRecord;
 
 // Rank d's receive area (records from the ranks of its host) and
 // partial-sum area (a row for every row it receives), from the counts and
@@ -140,29 +139,24 @@ absl::Status Dispatcher::DispatchSegments(transport::Transport& transport, const
 
   // Rows in source-rank order: this host's read where they were written
   // (the own block from x in place), other hosts' where they landed.
-  const int64_t local_slots = placement.num_local_slots(me);
-  const int64_t own_begin =
-      SizeReceived(out, AreasOf(out->counts, host_of_, me, record_bytes, H).partial_rows, k, local_slots, me);
+  const int64_t own_begin = SizeReceived(out, AreasOf(out->counts, host_of_, me, record_bytes, H).partial_rows, k,
+                                         placement.num_local_slots(me), me);
+  // This host's ranks' records lie in our area in rank order (the own
+  // block's place unused); other hosts' back to back in the receive buffer.
   const float* area = reinterpret_cast<const float*>(shm_->segment(me));
-  int64_t i = 0, area_row = 0, landed = 0;
+  std::vector<const float*> first_record(world, nullptr);
+  int64_t area_row = 0, landed = 0;
   for (int s = 0; s < world; ++s) {
-    for (int64_t n = 0; n < out->recv_tokens[s]; ++n, ++i) {
-      int32_t* slots = &out->recv_local_slot[i * k];
-      float* weights = &out->recv_weights[i * k];
-      if (s == me) {
-        int64_t t = out->send_order[own_begin + n];
-        out->recv_rows[i] = x.row(t);
-        FillPairs(placement, layout, topk_weights, t, me, slots, weights);
-        ++area_row;  // the own block's records are unused
-      } else if (local(s)) {
-        TakeRecord(area + (area_row++) * record, H, k, i, out, slots, weights);
-      } else {
-        TakeRecord(recv_.data() + (landed++) * record, H, k, i, out, slots, weights);
-      }
-      MOEX_RETURN_IF_ERROR(CountSlots(slots, k, local_slots, me, s, out));
+    if (local(s)) {
+      first_record[s] = area + area_row * record;
+      area_row += out->recv_tokens[s];
+    } else {
+      first_record[s] = recv_.data() + landed * record;
+      landed += out->recv_tokens[s];
     }
   }
-  return absl::OkStatus();
+  first_record[me] = nullptr;
+  return FillReceived(placement, layout, x, topk_weights, me, own_begin, first_record, record, out);
 }
 
 absl::Status Dispatcher::CombineSegments(transport::Transport& transport, const DispatchResult& received,
