@@ -123,7 +123,10 @@ void SearchExchanges(const Layout& L, int64_t hot, int64_t g, const Subsets& hot
   };
   const auto& candidates = g_subsets.by_load;
   const double even = (top - other) / 2;  // the load to shift for an even split
-  for (const auto& [load_a, a] : hot_subsets.by_load) {
+  for (const auto& subset : hot_subsets.by_load) {
+    // Named copies: clang 14 (the fuzz build) cannot capture structured bindings.
+    const double load_a = subset.first;
+    const int64_t a = subset.second;
     auto consider = [&](size_t j) {  // false once farther candidates cannot be better
       const double shift = load_a - candidates[j].first;
       const double value = std::max(top - shift, other + shift);
