@@ -87,32 +87,41 @@ absl::Status Dispatcher::DispatchAllToAllV(transport::Transport& transport, cons
   return FillReceived(placement, layout, x, topk_weights, me, own_begin, first_record, record, out);
 }
 
-absl::Status Dispatcher::CombineAllToAllV(transport::Transport& transport, const DispatchResult& received,
-                                          const float* partial, Tensor* y, int64_t* bytes_sent, Deadline deadline) {
-  const int world = world_size_, me = rank_;
+absl::StatusOr<int64_t> Dispatcher::ReturnPartials(transport::Transport& transport, const DispatchResult& received,
+                                                   const float* partial, const std::function<bool(int)>& over_network,
+                                                   Deadline deadline) {
+  const int world = world_size_;
   const int64_t H = received.hidden, row_bytes = H * static_cast<int64_t>(sizeof(float));
-  // Back the way they came: the partial sums of rank r's tokens, rows
-  // [first_row_from(r), + recv_tokens[r]) of `partial`, go to rank r and
-  // land in `back_` in rank order. Ours stay where they are.
+  // The partial sums of rank r's tokens are rows [first_row_from(r), +
+  // recv_tokens[r]) of `partial`.
   std::vector<int64_t> send_bytes(world, 0), recv_bytes(world, 0);
   send_offsets_.assign(world, 0);
   recv_offsets_.assign(world, 0);
-  *bytes_sent = 0;
-  int64_t back_rows = 0, first_row = 0;
+  int64_t back_rows = 0, first_row = 0, sent = 0;
   for (int r = 0; r < world; ++r) {
     send_offsets_[r] = first_row * row_bytes;
     recv_offsets_[r] = back_rows * row_bytes;
     first_row += received.recv_tokens[r];
-    if (r == me) continue;
+    if (!over_network(r)) continue;
     send_bytes[r] = received.recv_tokens[r] * row_bytes;
     recv_bytes[r] = received.send_tokens[r] * row_bytes;
     back_rows += received.send_tokens[r];
-    *bytes_sent += send_bytes[r];
+    sent += send_bytes[r];
   }
   if (static_cast<int64_t>(back_.size()) < back_rows * H) back_.resize(back_rows * H);
   MOEX_RETURN_IF_ERROR(transport.AllToAllV(reinterpret_cast<const std::byte*>(partial), send_bytes, send_offsets_,
                                            reinterpret_cast<std::byte*>(back_.data()), recv_bytes, recv_offsets_,
                                            deadline));
+  return sent;
+}
+
+absl::Status Dispatcher::CombineAllToAllV(transport::Transport& transport, const DispatchResult& received,
+                                          const float* partial, Tensor* y, int64_t* bytes_sent, Deadline deadline) {
+  const int world = world_size_, me = rank_;
+  const int64_t H = received.hidden;
+  // Back the way they came; ours stay where they are.
+  MOEX_ASSIGN_OR_RETURN(*bytes_sent,
+                        ReturnPartials(transport, received, partial, [me](int r) { return r != me; }, deadline));
   // Add each rank's rows to their tokens, in rank order.
   const float* own = partial + received.first_row_from(me) * H;
   int64_t order = 0, back_row = 0;

@@ -176,23 +176,8 @@ absl::Status Dispatcher::CombineSegments(transport::Transport& transport, const 
   // Other hosts' partial sums go back by all-to-all-v, out of the partial
   // area in place, and land in `back_` in rank order.
   if (several_hosts_) {
-    std::vector<int64_t> send_bytes(world, 0), recv_bytes(world, 0);
-    send_offsets_.assign(world, 0);
-    recv_offsets_.assign(world, 0);
-    int64_t back_rows = 0, first_row = 0;
-    for (int r = 0; r < world; ++r) {
-      send_offsets_[r] = first_row * row_bytes;
-      recv_offsets_[r] = back_rows * row_bytes;
-      first_row += received.recv_tokens[r];
-      if (local(r)) continue;
-      send_bytes[r] = received.recv_tokens[r] * row_bytes;
-      recv_bytes[r] = received.send_tokens[r] * row_bytes;
-      back_rows += received.send_tokens[r];
-    }
-    if (static_cast<int64_t>(back_.size()) < back_rows * H) back_.resize(back_rows * H);
-    MOEX_RETURN_IF_ERROR(transport.AllToAllV(reinterpret_cast<const std::byte*>(own), send_bytes, send_offsets_,
-                                             reinterpret_cast<std::byte*>(back_.data()), recv_bytes, recv_offsets_,
-                                             deadline));
+    MOEX_RETURN_IF_ERROR(
+        ReturnPartials(transport, received, own, [&](int r) { return !local(r); }, deadline).status());
   }
   transport::SharedSegments::Fence();
   MOEX_RETURN_IF_ERROR(transport.Barrier(deadline));

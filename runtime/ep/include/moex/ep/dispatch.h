@@ -37,6 +37,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -203,6 +204,12 @@ class Dispatcher {
                                  DispatchResult* out);
   absl::Status CombineAllToAllV(transport::Transport& transport, const DispatchResult& received,
                                 const float* partial, Tensor* y, int64_t* bytes_sent, Deadline deadline);
+  // Both: the partial sums [R, H] of the ranks for which `over_network(r)`
+  // go back to them by all-to-all-v, out of `partial` in place; what comes
+  // back lands in `back_`, rank order. Returns the bytes this rank sent.
+  absl::StatusOr<int64_t> ReturnPartials(transport::Transport& transport, const DispatchResult& received,
+                                         const float* partial, const std::function<bool(int)>& over_network,
+                                         Deadline deadline);
 
   DispatchOptions options_;
   int rank_ = 0;
