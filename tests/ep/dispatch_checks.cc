@@ -105,7 +105,7 @@ std::optional<Inputs> MakeInputs(const DispatchCase& c, int world, int me, int s
 }  // namespace
 
 bool CheckDispatchAndCombine(transport::Transport& t, Dispatcher& dispatcher, const DispatchCase& c, int seed,
-                             bool tensor_partial) {
+                             bool tensor_partial, const HostSplit* split) {
   const int world = t.world_size(), me = t.rank();
   const int64_t H = c.hidden, k = c.top_k;
   std::optional<Inputs> in = MakeInputs(c, world, me, seed, /*fractional=*/false);
@@ -132,53 +132,125 @@ bool CheckDispatchAndCombine(transport::Transport& t, Dispatcher& dispatcher, co
   EXPECT_TRUE(status.ok()) << status;
   if (!status.ok()) return false;
 
-  // Dispatch: source-rank-major, each source's tokens in order, own block
-  // at this rank's position and not copied.
-  EXPECT_EQ(DispatchPathName(received.path), dispatcher.path());
-  EXPECT_EQ(received.send_tokens, layout.num_tokens_per_rank);
-  const int64_t local_slots = placement.num_local_slots(me), my_first_slot = placement.first_slot(me);
-  std::vector<int64_t> per_slot(local_slots, 0);
-  int64_t row = 0, mismatches = 0;
-  for (int s = 0; s < world; ++s) {
-    EXPECT_EQ(received.first_row_from(s), row) << "source " << s;
-    int64_t from_s = 0;
-    for (int64_t tok = 0; tok < c.tokens[s]; ++tok) {
-      std::vector<int64_t> slots = slots_of(s, tok);
-      if (std::none_of(slots.begin(), slots.end(), [&](int64_t slot) { return placement.slot_rank(slot) == me; })) {
-        continue;
-      }
-      ++from_s;
-      if (row >= received.num_recv()) {
-        ++row;
-        continue;
-      }
-      const float* got = received.recv_rows[row];
-      if (s == me) {
-        EXPECT_EQ(got, x.row(tok)) << "own token " << tok << " was copied";
-      }
-      for (int64_t h = 0; h < H && mismatches < 5; ++h) {
-        if (got[h] != Value(s, tok, h)) {
-          ++mismatches;
-          ADD_FAILURE() << "rank " << me << " row " << row << ": expected token " << tok << " of rank " << s
-                        << ", h " << h << " is " << got[h] << " (" << Value(s, tok, h) << " expected)";
-        }
-      }
-      for (int64_t j = 0; j < k; ++j) {
-        const bool here = placement.slot_rank(slots[j]) == me;
-        const int32_t want = here ? static_cast<int32_t>(slots[j] - my_first_slot) : -1;
-        EXPECT_EQ(received.recv_local_slot[row * k + j], want) << "row " << row << " pair " << j;
-        EXPECT_EQ(received.recv_weights[row * k + j], here ? Weight(j) : 0.0f) << "row " << row << " pair " << j;
-        if (here) ++per_slot[want];
-      }
-      ++row;
+  // The rows expected, in order, each with the rank it is filed under:
+  // source-rank-major on the flat paths; on the hierarchical path
+  // gateway-major (the ranks of this host), each gateway's rows by the rank
+  // they came from.
+  struct Expected {
+    int via, source;
+    int64_t token;
+  };
+  const bool hierarchical = received.path == DispatchPath::kHierarchical;
+  std::vector<int> host_of(world, 0);
+  if (split != nullptr) host_of = split->host_of;
+  auto ranks_on = [&](int h) {
+    std::vector<int> on;
+    for (int r = 0; r < world; ++r) {
+      if (host_of[r] == h) on.push_back(r);
     }
-    EXPECT_EQ(received.recv_tokens[s], from_s) << "rows from rank " << s;
+    return on;
+  };
+  // The gateway of `source` on host h: the rank of h at the source's local
+  // index, modulo h's size.
+  auto gateway = [&](int source, int h) {
+    if (host_of[source] == h) return source;
+    const std::vector<int> mine = ranks_on(host_of[source]), theirs = ranks_on(h);
+    const int index = static_cast<int>(std::find(mine.begin(), mine.end(), source) - mine.begin());
+    return theirs[index % theirs.size()];
+  };
+  auto chose = [&](int source, int64_t token, int d) {
+    std::vector<int64_t> slots = slots_of(source, token);
+    return std::any_of(slots.begin(), slots.end(), [&](int64_t slot) { return placement.slot_rank(slot) == d; });
+  };
+  std::vector<Expected> expected;
+  for (int via = 0; via < world; ++via) {
+    if (hierarchical && host_of[via] != host_of[me]) continue;
+    for (int s = 0; s < world; ++s) {
+      if (hierarchical ? gateway(s, host_of[me]) != via : s != via) continue;
+      for (int64_t tok = 0; tok < c.tokens[s]; ++tok) {
+        if (chose(s, tok, me)) expected.push_back({via, s, tok});
+      }
+    }
   }
-  EXPECT_EQ(received.num_recv(), row);
+
+  EXPECT_EQ(DispatchPathName(received.path), dispatcher.path());
+  if (!hierarchical) {
+    EXPECT_EQ(received.send_tokens, layout.num_tokens_per_rank);
+  }
+  const int64_t local_slots = placement.num_local_slots(me), my_first_slot = placement.first_slot(me);
+  std::vector<int64_t> per_slot(local_slots, 0), from(world, 0);
+  int64_t mismatches = 0;
+  for (int64_t row = 0; row < static_cast<int64_t>(expected.size()); ++row) {
+    const auto [via, s, tok] = expected[row];
+    if (from[via]++ == 0) {
+      EXPECT_EQ(received.first_row_from(via), row) << "rows from rank " << via;
+    }
+    if (row >= received.num_recv()) continue;
+    const float* got = received.recv_rows[row];
+    if (s == me) {
+      EXPECT_EQ(got, x.row(tok)) << "own token " << tok << " was copied";
+    }
+    for (int64_t h = 0; h < H && mismatches < 5; ++h) {
+      if (got[h] != Value(s, tok, h)) {
+        ++mismatches;
+        ADD_FAILURE() << "rank " << me << " row " << row << ": expected token " << tok << " of rank " << s
+                      << " (by rank " << via << "), h " << h << " is " << got[h] << " (" << Value(s, tok, h)
+                      << " expected)";
+      }
+    }
+    const std::vector<int64_t> slots = slots_of(s, tok);
+    for (int64_t j = 0; j < k; ++j) {
+      const bool here = placement.slot_rank(slots[j]) == me;
+      const int32_t want = here ? static_cast<int32_t>(slots[j] - my_first_slot) : -1;
+      EXPECT_EQ(received.recv_local_slot[row * k + j], want) << "row " << row << " pair " << j;
+      EXPECT_EQ(received.recv_weights[row * k + j], here ? Weight(j) : 0.0f) << "row " << row << " pair " << j;
+      if (here) ++per_slot[want];
+    }
+  }
+  for (int r = 0; r < world; ++r) EXPECT_EQ(received.recv_tokens[r], from[r]) << "rows from rank " << r;
+  EXPECT_EQ(received.num_recv(), static_cast<int64_t>(expected.size()));
   EXPECT_EQ(received.num_recv_tokens_per_expert, per_slot);
-  int64_t remote_sent = 0;
-  for (int d = 0; d < world; ++d) remote_sent += d == me ? 0 : layout.num_tokens_per_rank[d];
-  EXPECT_EQ(received.bytes_sent, remote_sent * (H + 2 * k) * 4);
+
+  // Bytes: a record is H + 2k values. Flat: one per (token, other rank).
+  // Hierarchical: one per (token, remote host) over the network, and one
+  // per (item, other rank of this host) that this rank forwards, its own
+  // tokens and those it is the gateway of. The floor: distinct (token,
+  // remote host) pairs x H x 4.
+  const int64_t record_bytes = (H + 2 * k) * 4;
+  int64_t floor_rows = 0, network_rows = 0, local_rows = 0, forwarded = 0;
+  for (int64_t tok = 0; tok < T; ++tok) {
+    std::vector<int> hosts_chosen;
+    for (int d = 0; d < world; ++d) {
+      if (layout.is_token_in_rank[tok * world + d] && host_of[d] != host_of[me] &&
+          std::find(hosts_chosen.begin(), hosts_chosen.end(), host_of[d]) == hosts_chosen.end()) {
+        hosts_chosen.push_back(host_of[d]);
+      }
+    }
+    floor_rows += static_cast<int64_t>(hosts_chosen.size());
+  }
+  if (hierarchical) {
+    network_rows = floor_rows;
+    for (int s = 0; s < world; ++s) {
+      if (gateway(s, host_of[me]) != me) continue;
+      for (int64_t tok = 0; tok < c.tokens[s]; ++tok) {
+        bool any = false;
+        for (int d : ranks_on(host_of[me])) {
+          if (!chose(s, tok, d)) continue;
+          any = true;
+          if (d != me) ++local_rows;
+        }
+        if (s != me && any) ++forwarded;
+      }
+    }
+  } else {
+    for (int d = 0; d < world; ++d) {
+      if (d == me) continue;
+      (host_of[d] == host_of[me] ? local_rows : network_rows) += layout.num_tokens_per_rank[d];
+    }
+  }
+  EXPECT_EQ(received.bytes_sent, (network_rows + local_rows) * record_bytes);
+  EXPECT_EQ(received.internode_bytes_sent, network_rows * record_bytes);
+  EXPECT_EQ(received.internode_floor_bytes, floor_rows * H * 4);
 
   // The experts' stand-in: this rank's partial sum of a row is the row
   // times (rank + 1). Token t comes home as x[t] x the sum of (d + 1) over
@@ -195,7 +267,12 @@ bool CheckDispatchAndCombine(transport::Transport& t, Dispatcher& dispatcher, co
                           : dispatcher.Combine(t, received, partial, &y, &combine_bytes, Deadline::InSeconds(30));
   EXPECT_TRUE(status.ok()) << status;
   if (!status.ok()) return false;
-  EXPECT_EQ(combine_bytes, (R - received.recv_tokens[me]) * H * 4);
+  EXPECT_EQ(combine_bytes, (R - received.recv_tokens[me] + forwarded) * H * 4);
+  int64_t combine_network_rows = forwarded;
+  for (int r = 0; r < world && !hierarchical; ++r) {
+    if (host_of[r] != host_of[me]) combine_network_rows += received.recv_tokens[r];
+  }
+  EXPECT_EQ(dispatcher.last_combine_internode_bytes(), combine_network_rows * H * 4);
   mismatches = 0;
   for (int64_t tok = 0; tok < T; ++tok) {
     float factor = 0;
@@ -242,12 +319,17 @@ int HostSplit::num_hosts() const {
   return host_of.empty() ? 0 : *std::max_element(host_of.begin(), host_of.end()) + 1;
 }
 
-DispatchPath HostSplit::AutoPath() const {
+DispatchPath HostSplit::AutoPath(bool flat) const {
   const int world = static_cast<int>(host_of.size());
   if (world == 1) return DispatchPath::kAllToAllV;  // nothing crosses
   if (num_hosts() == 1) return DispatchPath::kSharedMemory;
   if (num_hosts() == world) return DispatchPath::kAllToAllV;
-  return DispatchPath::kPerPeer;
+  return flat ? DispatchPath::kPerPeer : DispatchPath::kHierarchical;
+}
+
+std::string HierarchicalReason(const std::string& where, const std::string& segments) {
+  return StrCat("hierarchical: one row per (token, remote host) by all-to-all-v, forwarded within a host through "
+                "shared memory: ", where, ", ", segments);
 }
 
 std::string HostSplit::Describe(const std::string& host_name) const {

@@ -40,8 +40,11 @@ std::vector<DispatchCase> DispatchCases(int world = 0);
 // a Tensor of their own (copied to where the path wants them). Checks with
 // EXPECT_*; returns false when a call failed (the rank's peers may then be
 // waiting: the caller stops).
+// `split` says where the ranks are (one host when null): the hierarchical
+// path's row order and every path's byte counts depend on it.
+struct HostSplit;
 bool CheckDispatchAndCombine(transport::Transport& transport, Dispatcher& dispatcher, const DispatchCase& c,
-                             int seed, bool tensor_partial = false);
+                             int seed, bool tensor_partial = false, const HostSplit* split = nullptr);
 
 // One dispatch + combine of `c` with values that are not small integers,
 // so that the order in which the sums are added shows in the bits: this
@@ -57,8 +60,9 @@ struct HostSplit {
   std::string name;          // "0011": the host of each rank
   std::vector<int> host_of;  // [W]
   int num_hosts() const;
-  // What kAuto takes for this split (probes that work).
-  DispatchPath AutoPath() const;
+  // What kAuto takes for this split (probes that work; hierarchical
+  // unless `flat`).
+  DispatchPath AutoPath(bool flat = false) const;
   // transport::HostMap::Describe() for it, every host named `host_name`:
   // "4 ranks on 2 hosts: node (ranks 0, 1), node (ranks 2, 3)".
   std::string Describe(const std::string& host_name) const;
@@ -101,6 +105,10 @@ class HostDirectories {
   std::string base_;
   bool owned_ = false;
 };
+
+// What path_reason() says of the hierarchical path, given where the ranks
+// are (HostSplit::Describe) and their segments (HostDirectories::Segments).
+std::string HierarchicalReason(const std::string& where, const std::string& segments);
 
 // gethostname(), for the words of HostMap::Describe.
 std::string ThisHostName();

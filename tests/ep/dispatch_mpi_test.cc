@@ -112,7 +112,7 @@ class ProcessHostDirectories {
   transport::Transport& t_;
 };
 
-// Per peer (asked for) and auto on every split of this world into hosts:
+// Per peer and hierarchical (asked for) and auto on every split of this world into hosts:
 // the path and why, then every case of this world, twice.
 class DispatchMpiHostsTest : public ::testing::TestWithParam<std::tuple<std::string, DispatchPath>> {};
 
@@ -134,6 +134,8 @@ TEST_P(DispatchMpiHostsTest, EveryCaseOnEverySplitIntoHosts) {
     if (expected == DispatchPath::kPerPeer) {
       EXPECT_EQ(dispatcher->path_reason(), StrCat("per peer: shared memory within a host, all-to-all-v between hosts: ",
                                                   where, ", ", dirs->names.Segments()));
+    } else if (expected == DispatchPath::kHierarchical) {
+      EXPECT_EQ(dispatcher->path_reason(), testing::HierarchicalReason(where, dirs->names.Segments()));
     } else if (expected == DispatchPath::kSharedMemory) {
       EXPECT_EQ(dispatcher->path_reason(), StrCat("shared memory: ", where, ", ", dirs->names.Segments()));
     } else if (t->world_size() > 1) {
@@ -142,18 +144,21 @@ TEST_P(DispatchMpiHostsTest, EveryCaseOnEverySplitIntoHosts) {
     int round = 0;
     for (const testing::DispatchCase& c : cases) {
       SCOPED_TRACE(c.name);
-      ASSERT_TRUE(CheckDispatchAndCombine(*t, *dispatcher, c, round++));
-      ASSERT_TRUE(CheckDispatchAndCombine(*t, *dispatcher, c, round++, /*tensor_partial=*/true));
+      ASSERT_TRUE(CheckDispatchAndCombine(*t, *dispatcher, c, round++, false, &split));
+      ASSERT_TRUE(CheckDispatchAndCombine(*t, *dispatcher, c, round++, /*tensor_partial=*/true, &split));
     }
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(TransportsAndPaths, DispatchMpiHostsTest,
                          ::testing::Combine(::testing::ValuesIn(Transports()),
-                                            ::testing::Values(DispatchPath::kPerPeer, DispatchPath::kAuto)),
+                                            ::testing::Values(DispatchPath::kPerPeer, DispatchPath::kHierarchical,
+                                                              DispatchPath::kAuto)),
                          [](const ::testing::TestParamInfo<std::tuple<std::string, DispatchPath>>& param_info) {
-                           return std::get<0>(param_info.param) +
-                                  (std::get<1>(param_info.param) == DispatchPath::kAuto ? "_auto" : "_perpeer");
+                           const DispatchPath path = std::get<1>(param_info.param);
+                           return std::get<0>(param_info.param) + (path == DispatchPath::kAuto      ? "_auto"
+                                                                   : path == DispatchPath::kPerPeer ? "_perpeer"
+                                                                                                    : "_hierarchical");
                          });
 
 // Shared memory, all-to-all-v and per peer on every split: this rank's
@@ -226,8 +231,11 @@ TEST(DispatchMpiChoiceTest, AutoFallsBackTogether) {
     EXPECT_EQ(all[2 * r + 1], mine[1]) << "rank " << r;
   }
   std::vector<testing::DispatchCase> cases = testing::DispatchCases(t->world_size());
+  // The last rank, which could not probe, is a host of its own.
+  testing::HostSplit split{.name = "last alone", .host_of = std::vector<int>(t->world_size(), 0)};
+  split.host_of[last] = 1;
   if (!cases.empty()) {
-    EXPECT_TRUE(CheckDispatchAndCombine(*t, *dispatcher, cases.front(), 0));
+    EXPECT_TRUE(CheckDispatchAndCombine(*t, *dispatcher, cases.front(), 0, false, &split));
   }
 }
 

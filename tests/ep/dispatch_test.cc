@@ -65,7 +65,7 @@ struct Created {
 // Creates a dispatcher on every rank (options per rank) and, where that
 // worked, runs `rounds` dispatches of `c` with it, round r on `cases[r]`.
 std::vector<Created> CreateAndRun(int world, const std::function<DispatchOptions(int)>& options_of,
-                                  const std::vector<DispatchCase>& rounds = {}) {
+                                  const std::vector<DispatchCase>& rounds = {}, const HostSplit* split = nullptr) {
   std::vector<Created> created(world);
   OnEveryRank(world, [&](int r, transport::Transport& t) {
     absl::StatusOr<Dispatcher> dispatcher = Dispatcher::Create(t, options_of(r), Deadline::InSeconds(30));
@@ -73,7 +73,7 @@ std::vector<Created> CreateAndRun(int world, const std::function<DispatchOptions
     if (!dispatcher.ok()) return;
     for (size_t round = 0; round < rounds.size(); ++round) {
       SCOPED_TRACE(::testing::Message() << "rank " << r << ", round " << round);
-      if (!CheckDispatchAndCombine(t, *dispatcher, rounds[round], static_cast<int>(round))) break;
+      if (!CheckDispatchAndCombine(t, *dispatcher, rounds[round], static_cast<int>(round), false, split)) break;
     }
     created[r].path = std::string(dispatcher->path());
     created[r].reason = dispatcher->path_reason();
@@ -103,6 +103,7 @@ struct PathCase {
       case DispatchPath::kSharedMemory: return c.name + "_shared";
       case DispatchPath::kAllToAllV: return c.name + "_alltoallv";
       case DispatchPath::kPerPeer: return c.name + "_perpeer_hosts" + split.name;
+      case DispatchPath::kHierarchical: return c.name + "_hierarchical_hosts" + split.name;
       case DispatchPath::kAuto: break;
     }
     return c.name + "_auto";
@@ -117,7 +118,8 @@ TEST_P(DispatchPathTest, DeliversInSourceRankOrderAndCombinesBack) {
   const DispatchCase& c = p.c;
   const int world = static_cast<int>(c.tokens.size());
   std::optional<HostDirectories> hosts;
-  if (p.path == DispatchPath::kPerPeer) hosts.emplace(p.split);
+  const bool split_hosts = p.path == DispatchPath::kPerPeer || p.path == DispatchPath::kHierarchical;
+  if (split_hosts) hosts.emplace(p.split);
   // Three rounds: the case, twice as many tokens (buffers grow), the case
   // again with the partial sums in a Tensor of their own.
   DispatchCase bigger = c;
@@ -128,15 +130,18 @@ TEST_P(DispatchPathTest, DeliversInSourceRankOrderAndCombinesBack) {
     ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
     EXPECT_EQ(dispatcher->path(), DispatchPathName(p.path));
     EXPECT_THAT(dispatcher->path_reason(), StartsWith(StrCat(DispatchPathName(p.path), ": ")));
-    if (hosts) {
+    const std::string where = p.split.Describe(ThisHostName());
+    if (p.path == DispatchPath::kPerPeer) {
       EXPECT_EQ(dispatcher->path_reason(), StrCat("per peer: shared memory within a host, all-to-all-v between "
-                                                  "hosts: ", p.split.Describe(ThisHostName()), ", ",
-                                                  hosts->Segments()));
+                                                  "hosts: ", where, ", ", hosts->Segments()));
+    } else if (p.path == DispatchPath::kHierarchical) {
+      EXPECT_EQ(dispatcher->path_reason(), testing::HierarchicalReason(where, hosts->Segments()));
     }
     SCOPED_TRACE(::testing::Message() << "rank " << r);
-    if (!CheckDispatchAndCombine(t, *dispatcher, c, 0)) return;
-    if (!CheckDispatchAndCombine(t, *dispatcher, bigger, 1)) return;
-    CheckDispatchAndCombine(t, *dispatcher, c, 2, /*tensor_partial=*/true);
+    const HostSplit* split = split_hosts ? &p.split : nullptr;
+    if (!CheckDispatchAndCombine(t, *dispatcher, c, 0, false, split)) return;
+    if (!CheckDispatchAndCombine(t, *dispatcher, bigger, 1, false, split)) return;
+    CheckDispatchAndCombine(t, *dispatcher, c, 2, /*tensor_partial=*/true, split);
   });
 }
 
@@ -147,7 +152,10 @@ std::vector<PathCase> PathCases() {
     for (DispatchPath path : {DispatchPath::kSharedMemory, DispatchPath::kAllToAllV}) {
       out.push_back({c, path, splits.front()});
     }
-    for (const HostSplit& split : splits) out.push_back({c, DispatchPath::kPerPeer, split});
+    for (const HostSplit& split : splits) {
+      out.push_back({c, DispatchPath::kPerPeer, split});
+      out.push_back({c, DispatchPath::kHierarchical, split});
+    }
   }
   return out;
 }
@@ -156,7 +164,11 @@ INSTANTIATE_TEST_SUITE_P(Cases, DispatchPathTest, ::testing::ValuesIn(PathCases(
                          [](const ::testing::TestParamInfo<PathCase>& param_info) { return param_info.param.name(); });
 
 // ---------------------------------------------------------------------------
-// The same bits on every path: one row order, the sums added in rank order.
+// The same bits on every flat path: one row order, the sums added in rank
+// order. (The hierarchical path orders rows by gateway and adds a host's
+// sums first: its rows and sums are checked exactly on integer values by
+// CheckDispatchAndCombine, and against the flat paths by the MoE layer's
+// tests.)
 
 class DispatchBitsTest : public ::testing::TestWithParam<std::tuple<DispatchCase, HostSplit>> {};
 
@@ -171,7 +183,12 @@ TEST_P(DispatchBitsTest, EveryPathGivesTheSameBits) {
       {"shared memory", [](int) { return DispatchOptions{.path = DispatchPath::kSharedMemory}; }},
       {"all-to-all-v", [](int) { return DispatchOptions{.path = DispatchPath::kAllToAllV}; }},
       {"per peer", [&](int r) { return hosts.options(r, DispatchPath::kPerPeer); }},
-      {"auto", [&](int r) { return hosts.options(r, DispatchPath::kAuto); }},
+      {"auto (flat)",
+       [&](int r) {
+         DispatchOptions options = hosts.options(r, DispatchPath::kAuto);
+         options.flat = true;
+         return options;
+       }},
   };
   std::vector<std::vector<std::vector<Tensor>>> outputs(paths.size(), std::vector<std::vector<Tensor>>(world));
   for (size_t p = 0; p < paths.size(); ++p) {
@@ -241,31 +258,43 @@ TEST(DispatchChoiceTest, AllToAllVWhenAskedFor) {
 }
 
 // Every split of 2 to 5 ranks over hosts: kAuto takes shared memory on one
-// host, per peer where some host has two ranks or more, all-to-all-v where
+// host, hierarchical where some host has two ranks or more (per peer where
+// asked to be flat), all-to-all-v where
 // every rank is alone; every rank alike, saying where the ranks are; and
 // the path it took delivers.
 TEST(DispatchChoiceTest, AutoChoosesByWhereTheRanksAre) {
-  for (int world = 2; world <= 5; ++world) {
-    for (const HostSplit& split : HostSplits(world)) {
-      SCOPED_TRACE(StrCat(world, " ranks on hosts ", split.name));
-      HostDirectories hosts(split);
-      std::vector<Created> created = CreateAndRun(
-          world, [&](int r) { return hosts.options(r, DispatchPath::kAuto); }, testing::DispatchCases(world));
-      for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
-      const std::string where = split.Describe(ThisHostName());
-      EXPECT_EQ(created[0].path, DispatchPathName(split.AutoPath()));
-      switch (split.AutoPath()) {
-        case DispatchPath::kSharedMemory:
-          EXPECT_EQ(created[0].reason, StrCat("shared memory: ", where, ", ", hosts.Segments()));
-          break;
-        case DispatchPath::kPerPeer:
-          EXPECT_EQ(created[0].reason, StrCat("per peer: shared memory within a host, all-to-all-v between hosts: ",
-                                              where, ", ", hosts.Segments()));
-          break;
-        default:
-          EXPECT_EQ(created[0].reason, StrCat("all-to-all-v: every rank is alone on its host (", where, ")"));
+  for (bool flat : {false, true}) {
+    for (int world = 2; world <= 5; ++world) {
+      for (const HostSplit& split : HostSplits(world)) {
+        SCOPED_TRACE(StrCat(world, " ranks on hosts ", split.name, flat ? ", flat" : ""));
+        HostDirectories hosts(split);
+        std::vector<Created> created = CreateAndRun(
+            world,
+            [&](int r) {
+              DispatchOptions options = hosts.options(r, DispatchPath::kAuto);
+              options.flat = flat;
+              return options;
+            },
+            testing::DispatchCases(world), &split);
+        for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
+        const std::string where = split.Describe(ThisHostName());
+        EXPECT_EQ(created[0].path, DispatchPathName(split.AutoPath(flat)));
+        switch (split.AutoPath(flat)) {
+          case DispatchPath::kSharedMemory:
+            EXPECT_EQ(created[0].reason, StrCat("shared memory: ", where, ", ", hosts.Segments()));
+            break;
+          case DispatchPath::kPerPeer:
+            EXPECT_EQ(created[0].reason, StrCat("per peer: shared memory within a host, all-to-all-v between hosts: ",
+                                                where, ", ", hosts.Segments()));
+            break;
+          case DispatchPath::kHierarchical:
+            EXPECT_EQ(created[0].reason, testing::HierarchicalReason(where, hosts.Segments()));
+            break;
+          default:
+            EXPECT_EQ(created[0].reason, StrCat("all-to-all-v: every rank is alone on its host (", where, ")"));
+        }
+        ExpectAgreement(created);
       }
-      ExpectAgreement(created);
     }
   }
 }
@@ -291,8 +320,9 @@ DispatchOptions MissingDirectoryOnRank2(int rank, DispatchPath path) {
 }
 
 TEST(DispatchChoiceTest, AutoFallsBackWhenARankCannotMakeItsSegmentFile) {
+  const HostSplit rank2_alone{.name = "0010", .host_of = {0, 0, 1, 0}};  // it could not probe
   std::vector<Created> created = CreateAndRun(
-      4, [](int r) { return MissingDirectoryOnRank2(r, DispatchPath::kAuto); }, {FourRanks()});
+      4, [](int r) { return MissingDirectoryOnRank2(r, DispatchPath::kAuto); }, {FourRanks()}, &rank2_alone);
   for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
   EXPECT_EQ(created[0].path, "all-to-all-v");
   EXPECT_THAT(created[0].reason,
@@ -312,14 +342,17 @@ TEST(DispatchChoiceTest, SharedMemoryThatCannotBeSetUpIsAnErrorOnEveryRank) {
   }
 }
 
-TEST(DispatchChoiceTest, PerPeerThatCannotBeSetUpIsAnErrorOnEveryRank) {
-  std::vector<Created> created =
-      CreateAndRun(4, [](int r) { return MissingDirectoryOnRank2(r, DispatchPath::kPerPeer); });
-  for (int r = 0; r < 4; ++r) {
-    EXPECT_EQ(created[r].status.code(), absl::StatusCode::kFailedPrecondition) << created[r].status;
-    EXPECT_THAT(std::string(created[r].status.message()),
-                AllOf(StartsWith(StrCat("dispatch on rank ", r, ": the per-peer path was asked for")),
-                      HasSubstr("rank 2 cannot make"), HasSubstr("No such file or directory")));
+TEST(DispatchChoiceTest, PerPeerOrHierarchicalThatCannotBeSetUpIsAnErrorOnEveryRank) {
+  for (const auto& [path, words] : {std::pair{DispatchPath::kPerPeer, "per-peer"},
+                                    std::pair{DispatchPath::kHierarchical, "hierarchical"}}) {
+    const DispatchPath asked = path;
+    std::vector<Created> created = CreateAndRun(4, [asked](int r) { return MissingDirectoryOnRank2(r, asked); });
+    for (int r = 0; r < 4; ++r) {
+      EXPECT_EQ(created[r].status.code(), absl::StatusCode::kFailedPrecondition) << created[r].status;
+      EXPECT_THAT(std::string(created[r].status.message()),
+                  AllOf(StartsWith(StrCat("dispatch on rank ", r, ": the ", words, " path was asked for")),
+                        HasSubstr("rank 2 cannot make"), HasSubstr("No such file or directory")));
+    }
   }
 }
 
@@ -327,6 +360,7 @@ TEST(DispatchChoiceTest, PerPeerThatCannotBeSetUpIsAnErrorOnEveryRank) {
 // the probe fails, and every rank falls back to all-to-all-v.
 TEST(DispatchChoiceTest, AutoOnSeveralHostsFallsBackWhenARankCannotProbe) {
   HostDirectories hosts(HostSplits(4)[2]);
+  const HostSplit rank3_alone{.name = "0012", .host_of = {0, 0, 1, 2}};  // it could not probe
   std::vector<Created> created = CreateAndRun(
       4,
       [&](int r) {
@@ -334,7 +368,7 @@ TEST(DispatchChoiceTest, AutoOnSeveralHostsFallsBackWhenARankCannotProbe) {
         if (r == 3) options.shared_memory.directory = "/nonexistent-moex-dispatch-test";
         return options;
       },
-      {FourRanks()});
+      {FourRanks()}, &rank3_alone);
   for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
   EXPECT_EQ(created[0].path, "all-to-all-v");
   EXPECT_THAT(created[0].reason, AllOf(StartsWith("all-to-all-v: rank 3 cannot make /nonexistent-moex-dispatch-test/"),
@@ -438,7 +472,8 @@ TEST(DispatchChoiceTest, SharedMemoryThatCannotGrowIsAnErrorOnEveryRank) {
 // another: rank 1's segment (its receive area and the partial sums of
 // every row it gets, from either host) cannot grow.
 TEST(DispatchChoiceTest, AutoFallsBackFromPerPeerWhenSegmentsCannotGrowMidRun) {
-  HostDirectories hosts(HostSplits(3)[2]);  // {0, 1}, {2}
+  const HostSplit split = HostSplits(3)[2];  // {0, 1}, {2}
+  HostDirectories hosts(split);
   std::vector<Created> created = CreateAndRun(
       3,
       [&](int r) {
@@ -446,7 +481,7 @@ TEST(DispatchChoiceTest, AutoFallsBackFromPerPeerWhenSegmentsCannotGrowMidRun) {
         options.shared_memory.max_bytes = SmallLimitOnRank1(r, DispatchPath::kAuto).shared_memory.max_bytes;
         return options;
       },
-      {Small(), Large(), Small()});
+      {Small(), Large(), Small()}, &split);
   for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
   EXPECT_EQ(created[0].path, "all-to-all-v");
   EXPECT_THAT(created[0].reason, AllOf(StartsWith(StrCat("all-to-all-v: ", hosts.of(1), " on rank 1: a ")),
@@ -455,14 +490,15 @@ TEST(DispatchChoiceTest, AutoFallsBackFromPerPeerWhenSegmentsCannotGrowMidRun) {
 }
 
 TEST(DispatchChoiceTest, PerPeerThatCannotGrowIsAnErrorOnEveryRank) {
-  HostDirectories hosts(HostSplits(3)[2]);  // {0, 1}, {2}
+  const HostSplit split = HostSplits(3)[2];  // {0, 1}, {2}
+  HostDirectories hosts(split);
   std::vector<absl::Status> second(3);
   OnEveryRank(3, [&](int r, transport::Transport& t) {
     DispatchOptions options = hosts.options(r, DispatchPath::kPerPeer);
     options.shared_memory.max_bytes = SmallLimitOnRank1(r, DispatchPath::kPerPeer).shared_memory.max_bytes;
     absl::StatusOr<Dispatcher> dispatcher = Dispatcher::Create(t, options, Deadline::InSeconds(30));
     ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
-    ASSERT_TRUE(CheckDispatchAndCombine(t, *dispatcher, Small(), 0));
+    ASSERT_TRUE(CheckDispatchAndCombine(t, *dispatcher, Small(), 0, false, &split));
     // The second round's dispatch fails on every rank.
     const DispatchCase large = Large();
     const Placement placement = *Placement::Contiguous(large.experts, 3);
@@ -491,6 +527,12 @@ TEST(DispatchChoiceTest, RanksThatAskForDifferentPathsAreToldOnEveryRank) {
     EXPECT_EQ(created[r].status.code(), absl::StatusCode::kInvalidArgument) << created[r].status;
     EXPECT_THAT(std::string(created[r].status.message()),
                 HasSubstr("the ranks ask for different paths (rank 0 auto, rank 1 all-to-all-v, rank 2 auto)"));
+  }
+  // Flat on one rank only.
+  created = CreateAndRun(3, [](int r) { return DispatchOptions{.flat = r == 2}; });
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_THAT(std::string(created[r].status.message()),
+                HasSubstr("the ranks ask for different paths (rank 0 auto, rank 1 auto, rank 2 auto (flat))"));
   }
 }
 
@@ -531,6 +573,7 @@ TEST(DispatchOptionsTest, PathNames) {
   EXPECT_EQ(DispatchPathName(DispatchPath::kSharedMemory), "shared memory");
   EXPECT_EQ(DispatchPathName(DispatchPath::kAllToAllV), "all-to-all-v");
   EXPECT_EQ(DispatchPathName(DispatchPath::kPerPeer), "per peer");
+  EXPECT_EQ(DispatchPathName(DispatchPath::kHierarchical), "hierarchical");
 }
 
 TEST(DispatchOptionsTest, TheEnvironmentChoosesThePath) {

@@ -23,6 +23,7 @@ std::string_view DispatchPathName(DispatchPath path) {
     case DispatchPath::kSharedMemory: return "shared memory";
     case DispatchPath::kAllToAllV: return "all-to-all-v";
     case DispatchPath::kPerPeer: return "per peer";
+    case DispatchPath::kHierarchical: return "hierarchical";
   }
   return "?";
 }
@@ -45,7 +46,7 @@ absl::StatusOr<DispatchOptions> DispatchOptions::FromEnvironment() {
 
 absl::Status DispatchOptions::Validate() const {
   if (path != DispatchPath::kAuto && path != DispatchPath::kSharedMemory && path != DispatchPath::kAllToAllV &&
-      path != DispatchPath::kPerPeer) {
+      path != DispatchPath::kPerPeer && path != DispatchPath::kHierarchical) {
     return absl::InvalidArgumentError(StrCat("dispatch options: path ", static_cast<int>(path), " is not a path"));
   }
   // The segment options matter only where shared memory may be used.
@@ -124,7 +125,9 @@ absl::Status Dispatcher::AgreeOnPath(transport::Transport& t, const DispatchOpti
   const absl::Status valid = options.Validate();
   // Each rank's path, or -1 where its options are invalid: a rank that
   // returned alone would leave the others waiting in the next collective.
-  std::vector<double> mine = {valid.ok() ? static_cast<double>(options.path) : -1.0}, all(world);
+  // The path and, under kAuto, whether flat was asked for: 16 x flat + path.
+  std::vector<double> mine = {valid.ok() ? static_cast<double>(options.path) + (options.flat ? 16.0 : 0.0) : -1.0},
+                      all(world);
   MOEX_RETURN_IF_ERROR(t.AllGather(mine, all, deadline));
   if (!valid.ok()) return absl::InvalidArgumentError(StrCat("dispatch on rank ", me, ": ", valid.message()));
   std::vector<std::string> asked;
@@ -135,12 +138,14 @@ absl::Status Dispatcher::AgreeOnPath(transport::Transport& t, const DispatchOpti
           StrCat("dispatch on rank ", me, ": rank ", r, "'s dispatch options are invalid (rank ", r, " says why)"));
     }
     agree &= all[r] == all[0];
-    asked.push_back(StrCat("rank ", r, " ", DispatchPathName(static_cast<DispatchPath>(static_cast<int>(all[r])))));
+    const int code = static_cast<int>(all[r]);
+    asked.push_back(StrCat("rank ", r, " ", DispatchPathName(static_cast<DispatchPath>(code % 16)),
+                           code >= 16 ? " (flat)" : ""));
   }
   if (!agree) {
     return absl::InvalidArgumentError(StrCat("dispatch on rank ", me, ": the ranks ask for different paths (",
                                              absl::StrJoin(asked, ", "),
-                                             "); MOEX_INTRANODE must be the same on every rank"));
+                                             "); MOEX_INTRANODE and --dispatch must be the same on every rank"));
   }
   return absl::OkStatus();
 }
@@ -173,6 +178,7 @@ absl::Status Dispatcher::TrySegments(transport::Transport& t, DispatchPath asked
                                      std::string* why_not, bool* failed) {
   const transport::SharedSegmentsOptions& shm = options_.shared_memory;
   MOEX_ASSIGN_OR_RETURN(transport::HostMap hosts, transport::HostMap::Probe(t, shm.directory, deadline));
+  SetHosts(hosts);
   std::vector<std::string> probe_errors;
   for (int r = 0; r < t.world_size(); ++r) {
     if (!hosts.probe_error(r).empty()) probe_errors.push_back(StrCat("rank ", r, " ", hosts.probe_error(r)));
@@ -185,7 +191,9 @@ absl::Status Dispatcher::TrySegments(transport::Transport& t, DispatchPath asked
   // Every rank decides from the same map.
   DispatchPath path = asked;
   if (asked == DispatchPath::kAuto) {
-    path = hosts.all_on_one_host() ? DispatchPath::kSharedMemory : DispatchPath::kPerPeer;
+    path = hosts.all_on_one_host()  ? DispatchPath::kSharedMemory
+           : options_.flat          ? DispatchPath::kPerPeer
+                                    : DispatchPath::kHierarchical;
     if (hosts.num_hosts() == hosts.world_size()) {
       *why_not = StrCat("every rank is alone on its host (", hosts.Describe(), ")");
       *failed = false;
@@ -211,14 +219,54 @@ absl::Status Dispatcher::TrySegments(transport::Transport& t, DispatchPath asked
     return absl::OkStatus();
   }
   path_ = path;
-  host_of_.resize(t.world_size());
-  for (int r = 0; r < t.world_size(); ++r) host_of_[r] = hosts.host_of(r);
-  several_hosts_ = !hosts.all_on_one_host();
-  path_reason_ = path == DispatchPath::kSharedMemory
-                     ? StrCat("shared memory: ", hosts.Describe(), ", ", directories)
-                     : StrCat("per peer: shared memory within a host, all-to-all-v between hosts: ",
-                              hosts.Describe(), ", ", directories);
+  switch (path) {
+    case DispatchPath::kSharedMemory:
+      path_reason_ = StrCat("shared memory: ", hosts.Describe(), ", ", directories);
+      break;
+    case DispatchPath::kHierarchical:
+      path_reason_ = StrCat("hierarchical: one row per (token, remote host) by all-to-all-v, forwarded within a "
+                            "host through shared memory: ", hosts.Describe(), ", ", directories);
+      break;
+    default:
+      path_reason_ = StrCat("per peer: shared memory within a host, all-to-all-v between hosts: ", hosts.Describe(),
+                            ", ", directories);
+  }
   return absl::OkStatus();
+}
+
+void Dispatcher::SetHosts(const transport::HostMap& hosts) {
+  const int world = hosts.world_size();
+  num_hosts_ = hosts.num_hosts();
+  several_hosts_ = num_hosts_ > 1;
+  host_of_.assign(world, 0);
+  local_index_.assign(world, 0);
+  host_ranks_.assign(num_hosts_, {});
+  for (int r = 0; r < world; ++r) {
+    host_of_[r] = hosts.host_of(r);
+    local_index_[r] = static_cast<int>(host_ranks_[host_of_[r]].size());
+    host_ranks_[host_of_[r]].push_back(r);
+  }
+}
+
+void Dispatcher::CountInternode(const DispatchLayout& layout, int64_t hidden, DispatchResult* out) const {
+  const int world = world_size_, me = rank_;
+  out->internode_floor_bytes = 0;
+  std::vector<uint8_t> seen(num_hosts_);
+  for (int64_t t = 0; t < layout.num_tokens; ++t) {
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int d = 0; d < world; ++d) {
+      if (!layout.is_token_in_rank[t * world + d] || host_of_[d] == host_of_[me] || seen[host_of_[d]]) continue;
+      seen[host_of_[d]] = 1;
+      out->internode_floor_bytes += hidden * static_cast<int64_t>(sizeof(float));
+    }
+  }
+  if (out->path == DispatchPath::kHierarchical) return;  // counted as it went
+  out->internode_bytes_sent = 0;
+  for (int d = 0; d < world; ++d) {
+    if (host_of_[d] != host_of_[me]) {
+      out->internode_bytes_sent += out->send_tokens[d] * dispatch_internal::RecordBytes(hidden, layout.top_k);
+    }
+  }
 }
 
 absl::StatusOr<Dispatcher> Dispatcher::Create(transport::Transport& t, DispatchOptions options, Deadline deadline) {
@@ -227,7 +275,15 @@ absl::StatusOr<Dispatcher> Dispatcher::Create(transport::Transport& t, DispatchO
   Dispatcher d(std::move(options), me, world);
   const DispatchPath asked = d.options_.path;
   d.path_ = DispatchPath::kAllToAllV;
+  d.SetHosts(transport::HostMap::OneHost(me, world, ""));
   if (asked == DispatchPath::kAllToAllV) {
+    // Where the ranks are still counts: the bytes that cross between hosts
+    // (probed where a segment directory could be, i.e. an absolute path).
+    if (world > 1 && d.options_.shared_memory.Validate().ok()) {
+      MOEX_ASSIGN_OR_RETURN(transport::HostMap hosts,
+                            transport::HostMap::Probe(t, d.options_.shared_memory.directory, deadline));
+      d.SetHosts(hosts);
+    }
     d.path_reason_ = "all-to-all-v: asked for";
     return d;
   }
@@ -241,7 +297,9 @@ absl::StatusOr<Dispatcher> Dispatcher::Create(transport::Transport& t, DispatchO
   if (why_not.empty()) return d;
   if (asked != DispatchPath::kAuto) {
     return absl::FailedPreconditionError(StrCat("dispatch on rank ", me, ": the ",
-                                                asked == DispatchPath::kPerPeer ? "per-peer" : "shared-memory",
+                                                asked == DispatchPath::kPerPeer       ? "per-peer"
+                                                : asked == DispatchPath::kHierarchical ? "hierarchical"
+                                                                                       : "shared-memory",
                                                 " path was asked for and cannot be set up: ", why_not));
   }
   // Where the ranks are (every one alone on its host) is the all-to-all-v
@@ -267,8 +325,6 @@ absl::Status Dispatcher::LeaveSharedMemory(const absl::Status& cannot_grow, int6
                                                    "dispatch #", dispatch, ": ", cannot_grow.message()));
   }
   shm_.reset();
-  host_of_.clear();
-  several_hosts_ = false;
   path_ = DispatchPath::kAllToAllV;
   path_reason_ = StrCat("all-to-all-v: ", cannot_grow.message(), ", fell back at dispatch #", dispatch);
   // Every rank falls back together; one says so, once.
@@ -291,10 +347,17 @@ absl::Status Dispatcher::Dispatch(transport::Transport& transport, const Placeme
                                              ", the layout has ", T, " tokens"));
   }
   ++dispatches_;
-  if (UsesSegments()) {
-    return DispatchSegments(transport, placement, x, layout, topk_weights, deadline, out);
+  absl::Status status;
+  if (path_ == DispatchPath::kHierarchical) {
+    status = DispatchHierarchical(transport, placement, x, layout, topk_weights, deadline, out);
+  } else if (UsesSegments()) {
+    status = DispatchSegments(transport, placement, x, layout, topk_weights, deadline, out);
+  } else {
+    status = DispatchAllToAllV(transport, placement, x, layout, topk_weights, deadline, out);
   }
-  return DispatchAllToAllV(transport, placement, x, layout, topk_weights, deadline, out);
+  MOEX_RETURN_IF_ERROR(status);
+  CountInternode(layout, x.dim(1), out);
+  return absl::OkStatus();
 }
 
 float* Dispatcher::PartialBuffer(const DispatchResult& received) {
@@ -334,8 +397,17 @@ absl::Status Dispatcher::Combine(transport::Transport& transport, const Dispatch
                                                 DispatchPathName(received.path), ", the dispatcher is now on ",
                                                 DispatchPathName(path_), " (combine each dispatch before the next)"));
   }
-  if (UsesSegments()) return CombineSegments(transport, received, partial, y, bytes_sent, deadline);
-  return CombineAllToAllV(transport, received, partial, y, bytes_sent, deadline);
+  if (path_ == DispatchPath::kHierarchical) {
+    return CombineHierarchical(transport, received, partial, y, bytes_sent, deadline);
+  }
+  absl::Status status = UsesSegments() ? CombineSegments(transport, received, partial, y, bytes_sent, deadline)
+                                       : CombineAllToAllV(transport, received, partial, y, bytes_sent, deadline);
+  MOEX_RETURN_IF_ERROR(status);
+  combine_internode_bytes_ = 0;
+  for (int r = 0; r < world_size_; ++r) {
+    if (host_of_[r] != host_of_[rank_]) combine_internode_bytes_ += received.recv_tokens[r] * H * 4;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace moex::ep

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "moex/ep/dispatch.h"
@@ -16,6 +17,27 @@ namespace moex::ep::dispatch_internal {
 inline int64_t RecordFloats(int64_t hidden, int64_t top_k) { return hidden + 2 * top_k; }
 inline int64_t RecordBytes(int64_t hidden, int64_t top_k) {
   return RecordFloats(hidden, top_k) * static_cast<int64_t>(sizeof(float));
+}
+
+// Rank d's shared segment: its receive area (records from the ranks of its
+// host, source-rank-major, the own block's place unused) and, after it on a
+// page boundary, its partial-sum area (a row for every row it receives),
+// from the counts (counts[s * W + d] rows from s to d) and hosts every rank
+// knows.
+struct Areas {
+  int64_t rows = 0, partial_rows = 0, partial_offset = 0, bytes = 0;
+};
+inline Areas AreasOf(const std::vector<int64_t>& counts, const std::vector<int>& host_of, int d,
+                     int64_t record_bytes, int64_t hidden) {
+  const int world = static_cast<int>(host_of.size());
+  Areas a;
+  for (int s = 0; s < world; ++s) {
+    a.partial_rows += counts[s * world + d];
+    if (host_of[s] == host_of[d]) a.rows += counts[s * world + d];
+  }
+  a.partial_offset = (a.rows * record_bytes + 4095) / 4096 * 4096;
+  a.bytes = a.partial_offset + a.partial_rows * hidden * static_cast<int64_t>(sizeof(float));
+  return a;
 }
 
 // The (slot, weight) pairs of token t for rank r: slots local to r, -1 (and

@@ -28,35 +28,13 @@
 #include "moex/ep/dispatch.h"
 
 namespace moex::ep {
-namespace {
 
+using dispatch_internal::AreasOf;
 using dispatch_internal::FillPairs;
 using dispatch_internal::FillReceived;
 using dispatch_internal::RecordBytes;
 using dispatch_internal::RecordFloats;
 using dispatch_internal::SizeReceived;
-
-// Rank d's receive area (records from the ranks of its host) and
-// partial-sum area (a row for every row it receives), from the counts and
-// hosts every rank knows.
-struct Areas {
-  int64_t rows = 0, partial_rows = 0, partial_offset = 0, bytes = 0;
-};
-
-Areas AreasOf(const std::vector<int64_t>& counts, const std::vector<int>& host_of, int d, int64_t record_bytes,
-              int64_t hidden) {
-  const int world = static_cast<int>(host_of.size());
-  Areas a;
-  for (int s = 0; s < world; ++s) {
-    a.partial_rows += counts[s * world + d];
-    if (host_of[s] == host_of[d]) a.rows += counts[s * world + d];
-  }
-  a.partial_offset = (a.rows * record_bytes + 4095) / 4096 * 4096;
-  a.bytes = a.partial_offset + a.partial_rows * hidden * static_cast<int64_t>(sizeof(float));
-  return a;
-}
-
-}  // namespace
 
 float* Dispatcher::SharedPartialArea(const DispatchResult& received) const {
   const int64_t record_bytes = RecordBytes(received.hidden, received.top_k);

@@ -23,14 +23,26 @@
 //   above, between the ranks of each host, and the transport's all-to-all-v
 //   (zero bytes to and from the ranks of this host) to the others, in the
 //   same Dispatch and Combine calls.
+// - hierarchical (node-aware, as DeepEP's internode kernels; ranks on
+//   several hosts): a token crosses the network to a remote *host* once,
+//   however many of that host's ranks it chose, to one rank there (its
+//   gateway: the rank of that host whose local index is the sender's, modulo
+//   the host's size), which forwards it to the host's ranks through shared
+//   memory with the host's own tokens. In combine the gateway adds up the
+//   host's partial sums of each forwarded token and sends one row per
+//   (token, host) back over the network.
 // - all-to-all-v: records are packed per destination and exchanged with the
 //   transport's all-to-all-v, and so are the partial sums.
 //
-// On all three, the received rows are source-rank-major: rank 0's tokens first,
-// then rank 1's, ..., each rank's in its local token order, and this rank's
-// own tokens at its own position. A token's visit to its own rank is never
-// copied: its received row points into `x`. Rows from other ranks are used
-// where they landed.
+// On the flat paths (all but hierarchical), the received rows are
+// source-rank-major: rank 0's tokens first, then rank 1's, ..., each rank's
+// in its local token order, and this rank's own tokens at its own position.
+// On the hierarchical path a "source" is the rank of this host that
+// forwarded the row (its gateway): the rows are gateway-major, and a
+// gateway's rows are ordered by the rank they came from (its own at its own
+// position), each rank's in its token order. A token's visit to its own rank
+// is never copied: its received row points into `x`. Rows from other ranks
+// are used where they landed.
 //
 // The Dispatcher owns its send and receive buffers and reuses them, so a
 // step allocates nothing once the sizes have been seen.
@@ -47,6 +59,7 @@
 #include "moex/core/deadline.h"
 #include "moex/core/tensor.h"
 #include "moex/placement/placement.h"
+#include "moex/transport/host_map.h"
 #include "moex/transport/shared_segments.h"
 #include "moex/transport/transport.h"
 
@@ -82,12 +95,20 @@ enum class DispatchPath {
   // split of the ranks over hosts (one host: no all-to-all-v; every rank
   // alone: no shared memory but each rank's own partial-sum area).
   kPerPeer,
+  // Node-aware: the network carries one row per (token, remote host);
+  // shared memory within a host. Or an error saying which rank cannot make
+  // its segments and why. Any split of the ranks over hosts.
+  kHierarchical,
 };
-// "auto", "shared memory", "all-to-all-v", "per peer".
+// "auto", "shared memory", "all-to-all-v", "per peer", "hierarchical".
 std::string_view DispatchPathName(DispatchPath path);
 
 struct DispatchOptions {
   DispatchPath path = DispatchPath::kAuto;
+  // Under kAuto, ranks on several hosts (some sharing one) go hierarchical
+  // unless `flat` (then per peer): `moex run --dispatch flat` keeps the flat
+  // path for comparison.
+  bool flat = false;
   // Where the shared-memory and per-peer paths keep their segments and how
   // large one may grow (a test points this at a directory that fails or a
   // small limit). The directory may differ between ranks: ranks whose
@@ -116,9 +137,21 @@ struct DispatchResult {
   std::vector<int64_t> recv_tokens;                 // [W] rows received from each rank (self included)
   std::vector<int64_t> send_order;                  // local token of each sent row, destination-major
   int64_t bytes_sent = 0;                           // payload sent to other ranks
+  // Of bytes_sent, what crossed to other hosts (every rank counted its own
+  // host where the hosts could not be probed), and the floor of that:
+  // distinct (token, remote host) pairs x hidden x 4 bytes.
+  int64_t internode_bytes_sent = 0;
+  int64_t internode_floor_bytes = 0;
   // Shared-memory and per-peer paths: counts[s * W + d] tokens went from
   // rank s to rank d.
   std::vector<int64_t> counts;
+  // Hierarchical path: the network hop. Rows sent to each rank over the
+  // network ([W], gateways only) and the local token of each, gateway-major;
+  // rows forwarded for each rank ([W]); the rows this rank forwarded into
+  // the host's areas, by receiver: item_order[n] is the n-th row sent, in
+  // receiver-major order (send_tokens), as an item: own token t as t,
+  // forwarded row f (in network arrival order) as T + f.
+  std::vector<int64_t> net_send_tokens, net_recv_tokens, net_send_order, item_order;
   int64_t num_recv() const { return static_cast<int64_t>(recv_rows.size()); }
   // First row from rank `source` in recv_rows.
   int64_t first_row_from(int source) const;
@@ -164,7 +197,13 @@ class Dispatcher {
   absl::Status Combine(transport::Transport& transport, const DispatchResult& received,
                        const Tensor& partial, Tensor* y, int64_t* bytes_sent, Deadline deadline);
 
-  // "shared memory", "per peer" or "all-to-all-v": never "auto".
+  // Combine's bytes that crossed to other hosts, in the last Combine.
+  int64_t last_combine_internode_bytes() const { return combine_internode_bytes_; }
+  // Distinct hosts among the ranks (transport::HostMap's probe at Create;
+  // a rank whose probe failed counts as a host of its own).
+  int num_hosts() const { return num_hosts_; }
+
+  // "shared memory", "per peer", "hierarchical" or "all-to-all-v": never "auto".
   std::string_view path() const { return DispatchPathName(path_); }
   // Why this path, the same words on every rank.
   const std::string& path_reason() const { return path_reason_; }
@@ -188,7 +227,15 @@ class Dispatcher {
   // Shared memory cannot grow (`cannot_grow`, the same on every rank):
   // under kAuto every rank moves to all-to-all-v (OK), else the error.
   absl::Status LeaveSharedMemory(const absl::Status& cannot_grow, int64_t dispatch);
-  bool UsesSegments() const { return path_ == DispatchPath::kSharedMemory || path_ == DispatchPath::kPerPeer; }
+  bool UsesSegments() const {
+    return path_ == DispatchPath::kSharedMemory || path_ == DispatchPath::kPerPeer ||
+           path_ == DispatchPath::kHierarchical;
+  }
+  // Where every rank is (HostMap's numbering), for the byte counts of every
+  // path and the segments of those that use them.
+  void SetHosts(const transport::HostMap& hosts);
+  // internode_bytes_sent and internode_floor_bytes of `out`, for a flat path.
+  void CountInternode(const DispatchLayout& layout, int64_t hidden, DispatchResult* out) const;
   absl::Status CheckTransport(const transport::Transport& transport, std::string_view what) const;
 
   // dispatch_shared.cc: the shared-memory and per-peer paths
@@ -198,6 +245,14 @@ class Dispatcher {
   absl::Status CombineSegments(transport::Transport& transport, const DispatchResult& received,
                                const float* partial, Tensor* y, int64_t* bytes_sent, Deadline deadline);
   float* SharedPartialArea(const DispatchResult& received) const;
+  // dispatch_hierarchical.cc
+  absl::Status DispatchHierarchical(transport::Transport& transport, const Placement& placement, const Tensor& x,
+                                    const DispatchLayout& layout, const float* topk_weights, Deadline deadline,
+                                    DispatchResult* out);
+  absl::Status CombineHierarchical(transport::Transport& transport, const DispatchResult& received,
+                                   const float* partial, Tensor* y, int64_t* bytes_sent, Deadline deadline);
+  // The gateway on `host` of `source`'s tokens (itself on its own host).
+  int GatewayOf(int source, int host) const;
   // dispatch_alltoallv.cc
   absl::Status DispatchAllToAllV(transport::Transport& transport, const Placement& placement, const Tensor& x,
                                  const DispatchLayout& layout, const float* topk_weights, Deadline deadline,
@@ -223,6 +278,11 @@ class Dispatcher {
   // another host than some other (then all-to-all-v carries their rows).
   std::vector<int> host_of_;
   bool several_hosts_ = false;
+  int num_hosts_ = 1;
+  std::vector<int> local_index_;               // [W] rank's index among its host's ranks
+  std::vector<std::vector<int>> host_ranks_;   // [hosts] ranks of each host, ascending
+  int64_t combine_internode_bytes_ = 0;
+  std::vector<float> forward_sums_;            // hierarchical: a host sum per forwarded row
   std::vector<float> send_, recv_, back_, partial_;
   std::vector<int64_t> send_offsets_, recv_offsets_;  // bytes, per rank
   std::vector<const float*> sources_;  // [T, W] partial-sum row of each (token, rank), or null
