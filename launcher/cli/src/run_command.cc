@@ -41,6 +41,9 @@ CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags) {
   run->add_option("--steps", f.steps, "Forward passes")->capture_default_str();
   run->add_option("--transport", f.transport,
                   "mpi, ucx, or nccl (device buffers; needs --device cuda; counts go over MPI)")->capture_default_str();
+  run->add_option("--dispatch", f.dispatch,
+                  "Across hosts: hierarchical (a token crosses to a host once, forwarded there through shared "
+                  "memory), flat (to each rank), or auto (hierarchical when ranks span hosts)")->capture_default_str();
   run->add_option("--device", f.device, "cpu, or cuda: the layer on GPUs (bf16), one GPU a rank")->capture_default_str();
   run->add_option("--routing-skew", f.routing_skew, "Zipf exponent of synthetic routing (0: uniform)")->capture_default_str();
   run->add_option("--seed", f.seed, "Seed of random weights and synthetic tokens")->capture_default_str();

@@ -44,6 +44,21 @@ absl::StatusOr<DispatchOptions> DispatchOptions::FromEnvironment() {
   return options;
 }
 
+absl::StatusOr<DispatchOptions> DispatchOptions::FromEnvironment(std::string_view dispatch) {
+  MOEX_ASSIGN_OR_RETURN(DispatchOptions options, FromEnvironment());
+  if (dispatch == "auto") return options;
+  if (dispatch != "flat" && dispatch != "hierarchical") {
+    return absl::InvalidArgumentError(StrCat("--dispatch '", dispatch, "' is not one of auto, flat, hierarchical"));
+  }
+  if (options.path != DispatchPath::kAuto) {
+    return absl::InvalidArgumentError(StrCat("--dispatch ", dispatch, " and MOEX_INTRANODE=", std::getenv("MOEX_INTRANODE"),
+                                             " both choose the path: unset MOEX_INTRANODE"));
+  }
+  if (dispatch == "flat") options.flat = true;
+  else options.path = DispatchPath::kHierarchical;
+  return options;
+}
+
 absl::Status DispatchOptions::Validate() const {
   if (path != DispatchPath::kAuto && path != DispatchPath::kSharedMemory && path != DispatchPath::kAllToAllV &&
       path != DispatchPath::kPerPeer && path != DispatchPath::kHierarchical) {

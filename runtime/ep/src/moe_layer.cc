@@ -72,9 +72,10 @@ absl::StatusOr<MoeLayer> MoeLayer::Create(MoeLayerSpec spec, Placement placement
 }
 
 absl::StatusOr<MoeLayer> MoeLayer::Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
-                                          transport::Transport& transport, Deadline deadline) {
+                                          transport::Transport& transport, Deadline deadline,
+                                          std::string_view dispatch) {
   MOEX_RETURN_IF_ERROR(Check(spec, placement, weights, transport.rank(), transport.world_size()));
-  MOEX_ASSIGN_OR_RETURN(DispatchOptions options, DispatchOptions::FromEnvironment());
+  MOEX_ASSIGN_OR_RETURN(DispatchOptions options, DispatchOptions::FromEnvironment(dispatch));
   MOEX_ASSIGN_OR_RETURN(Dispatcher dispatcher, Dispatcher::Create(transport, std::move(options), deadline));
   return MoeLayer(std::move(spec), std::move(placement), std::move(weights), std::move(dispatcher));
 }
@@ -183,6 +184,8 @@ absl::Status MoeLayer::Forward(transport::Transport& transport, const Tensor& x,
       dispatcher_.Dispatch(transport, placement_, x, layout, topk_weights_.data(), deadline, &received_));
   stats->dispatch_seconds = Since(start);
   stats->dispatch_bytes = received_.bytes_sent;
+  stats->internode_bytes = received_.internode_bytes_sent;
+  stats->internode_floor_bytes = received_.internode_floor_bytes;
   stats->received_tokens = received_.num_recv();
 
   start = std::chrono::steady_clock::now();
@@ -195,6 +198,7 @@ absl::Status MoeLayer::Forward(transport::Transport& transport, const Tensor& x,
 
   start = std::chrono::steady_clock::now();
   MOEX_RETURN_IF_ERROR(dispatcher_.Combine(transport, received_, partial, y, &stats->combine_bytes, deadline));
+  stats->combine_internode_bytes = dispatcher_.last_combine_internode_bytes();
   stats->combine_seconds = Since(start);
   return absl::OkStatus();
 }

@@ -26,6 +26,7 @@ constexpr Field kTokens{"--tokens-per-rank", "spec.tokens_per_rank"};
 constexpr Field kSteps{"--steps", "spec.steps"};
 constexpr Field kTransport{"--transport", "spec.transport"};
 constexpr Field kDevice{"--device", "spec.device"};
+constexpr Field kDispatch{"--dispatch", "spec.dispatch"};
 constexpr Field kSkew{"--routing-skew", "spec.routing_skew"};
 constexpr Field kRedundant{"--redundant-experts", "spec.redundant_experts"};
 constexpr Field kTimeout{"--timeout", "spec.exchange_timeout_seconds"};
@@ -89,6 +90,9 @@ absl::Status RunConfig::Validate(FieldNames names) const {
     return device == "cuda"
                ? c.Bad(kDevice, StrCat("cuda moves tokens over NCCL: add ", c.Name(kTransport), " nccl"))
                : c.Bad(kTransport, StrCat("nccl carries device buffers: add ", c.Name(kDevice), " cuda"));
+  }
+  if (!OneOf(dispatch, {"auto", "flat", "hierarchical"})) {
+    return c.Bad(kDispatch, StrCat("is '", dispatch, "'; known: auto, flat, hierarchical"));
   }
   const RebalanceConfig& r = rebalance;
   if (!placement::CanonicalPolicy(r.policy).ok()) {

@@ -27,7 +27,10 @@ absl::Status JsonSink::OnFinish(const RunResult& r) {
   for (const StepSummary& s : *r.progress.steps) j["steps"].push_back(ToJson(s));
   const Medians m = MeasuredMedians(*r.progress.steps);
   j["summary"] = {{"tokens_per_second", m.rate}, {"dispatch_seconds", m.dispatch},
-                  {"combine_seconds", m.combine}, {"imbalance", m.imbalance}};
+                  {"combine_seconds", m.combine}, {"imbalance", m.imbalance},
+                  {"hosts", r.hosts}, {"internode_bytes_per_step", m.internode_bytes},
+                  {"internode_floor_bytes_per_step", m.internode_floor_bytes},
+                  {"combine_internode_bytes_per_step", m.combine_internode_bytes}};
   if (check_) j["check_relative_error"] = r.progress.check_error;
   j["rebalances"] = nlohmann::json::array();
   for (const balance::RebalanceEvent& e : r.rebalances) {

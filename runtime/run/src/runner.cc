@@ -151,7 +151,7 @@ class Runner {
     if (!config_.output.empty() || config_.check) MOEX_RETURN_IF_ERROR(Finish(x, y));
     // A controller job's cache is for a relaunch: every step ran.
     if (controller_ != nullptr) weights_->DropHostCache();
-    RunResult result{.data_path = layer_->DataPath(), .progress = Progress(config_.steps, /*final=*/true),
+    RunResult result{.data_path = layer_->DataPath(), .hosts = layer_->NumHosts(), .progress = Progress(config_.steps, /*final=*/true),
                      .rebalances = rebalancer_ ? rebalancer_->events() : std::vector<balance::RebalanceEvent>{}};
     for (RunSink* sink : sinks_) MOEX_RETURN_IF_ERROR(sink->OnFinish(result));
     return absl::OkStatus();
@@ -187,7 +187,8 @@ class Runner {
                                                       .rank = rank_, .host = &t_, .deadline = NextDeadline()}));
       return absl::OkStatus();
     }
-    MOEX_ASSIGN_OR_RETURN(ep::MoeLayer layer, ep::MoeLayer::Create(spec_, start, std::move(weights), t_, NextDeadline()));
+    MOEX_ASSIGN_OR_RETURN(ep::MoeLayer layer, ep::MoeLayer::Create(spec_, start, std::move(weights), t_, NextDeadline(),
+                                                                          config_.dispatch));
     layer_ = std::make_unique<ep::MoeLayer>(std::move(layer));
     return absl::OkStatus();
   }

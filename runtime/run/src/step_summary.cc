@@ -10,7 +10,7 @@ namespace {
 // Per-rank figures of one step, gathered to every rank.
 enum Field {
   kTokens, kReceived, kPairs, kRoute, kDispatch, kExperts, kCombine, kDispatchBytes, kCombineBytes,
-  kRemoteCopies, kStepSeconds, kNumFields
+  kRemoteCopies, kStepSeconds, kInternode, kInternodeFloor, kCombineInternode, kNumFields
 };
 
 double Median(std::vector<double> values) {
@@ -37,6 +37,9 @@ absl::StatusOr<StepSummary> Summarise(transport::Transport& t, const ep::Layer& 
   mine[kCombineBytes] = static_cast<double>(s.combine_bytes);
   mine[kRemoteCopies] = static_cast<double>(s.remote_token_copies);
   mine[kStepSeconds] = seconds;
+  mine[kInternode] = static_cast<double>(s.internode_bytes);
+  mine[kInternodeFloor] = static_cast<double>(s.internode_floor_bytes);
+  mine[kCombineInternode] = static_cast<double>(s.combine_internode_bytes);
   MOEX_RETURN_IF_ERROR(t.AllGather(mine, all, deadline));
   std::vector<int64_t> per_expert = layer.TokensPerExpert(s);
   MOEX_RETURN_IF_ERROR(t.AllReduceSum(std::span<int64_t>(per_expert), deadline));
@@ -56,6 +59,9 @@ absl::StatusOr<StepSummary> Summarise(transport::Transport& t, const ep::Layer& 
     out.bytes += static_cast<int64_t>(f[kDispatchBytes] + f[kCombineBytes]);
     out.dispatch_bytes += static_cast<int64_t>(f[kDispatchBytes]);
     out.remote_copies += static_cast<int64_t>(f[kRemoteCopies]);
+    out.internode_bytes += static_cast<int64_t>(f[kInternode]);
+    out.internode_floor_bytes += static_cast<int64_t>(f[kInternodeFloor]);
+    out.combine_internode_bytes += static_cast<int64_t>(f[kCombineInternode]);
     out.load.push_back(static_cast<int64_t>(f[kPairs]));
     load_total += out.load.back();
     load_max = std::max(load_max, out.load.back());
@@ -65,21 +71,28 @@ absl::StatusOr<StepSummary> Summarise(transport::Transport& t, const ep::Layer& 
 }
 
 Medians MeasuredMedians(const std::vector<StepSummary>& steps) {
-  std::vector<double> rate, dispatch, combine, imbalance;
+  std::vector<double> rate, dispatch, combine, imbalance, internode, floor, combine_internode;
   for (size_t i = steps.size() > 1 ? 1 : 0; i < steps.size(); ++i) {
     const StepSummary& s = steps[i];
     rate.push_back(s.seconds > 0 ? static_cast<double>(s.tokens) / s.seconds : 0);
     dispatch.push_back(s.dispatch);
     combine.push_back(s.combine);
     imbalance.push_back(s.imbalance);
+    internode.push_back(static_cast<double>(s.internode_bytes));
+    floor.push_back(static_cast<double>(s.internode_floor_bytes));
+    combine_internode.push_back(static_cast<double>(s.combine_internode_bytes));
   }
-  return {Median(rate), Median(dispatch), Median(combine), Median(imbalance), rate.size()};
+  return {.rate = Median(rate), .dispatch = Median(dispatch), .combine = Median(combine),
+          .imbalance = Median(imbalance), .internode_bytes = Median(internode), .internode_floor_bytes = Median(floor),
+          .combine_internode_bytes = Median(combine_internode), .steps = rate.size()};
 }
 
 nlohmann::json ToJson(const StepSummary& s) {
   return {{"tokens", s.tokens}, {"seconds", s.seconds}, {"route_seconds", s.route},
           {"dispatch_seconds", s.dispatch}, {"expert_seconds", s.experts},
           {"combine_seconds", s.combine}, {"bytes_sent", s.bytes},
+          {"internode_bytes", s.internode_bytes}, {"internode_floor_bytes", s.internode_floor_bytes},
+          {"combine_internode_bytes", s.combine_internode_bytes},
           {"tokens_per_second", s.seconds > 0 ? static_cast<double>(s.tokens) / s.seconds : 0.0},
           {"load_per_rank", s.load}, {"imbalance", s.imbalance},
           {"tokens_per_expert", s.tokens_per_expert}, {"placement_version", s.placement_version},

@@ -88,6 +88,14 @@ absl::Status TerminalSink::OnFinish(const RunResult& r) {
       m.steps, m.steps == 1 ? "" : "s", m.rate, 1e3 * m.dispatch, 1e3 * m.combine, m.imbalance,
       FormatBytes(static_cast<double>(last.dispatch_bytes)), FormatBytes(floor),
       floor > 0 ? static_cast<double>(last.dispatch_bytes) / floor : 1.0, r.data_path);
+  if (r.hosts > 1) {
+    std::cout << absl::StrFormat(
+        "across %d hosts (median per step): dispatch sent %s between hosts for a floor of %s (%.3fx), "
+        "combine %s back\n",
+        r.hosts, FormatBytes(m.internode_bytes), FormatBytes(m.internode_floor_bytes),
+        m.internode_floor_bytes > 0 ? m.internode_bytes / m.internode_floor_bytes : 1.0,
+        FormatBytes(m.combine_internode_bytes));
+  }
   return absl::OkStatus();
 }
 

@@ -120,6 +120,10 @@ struct DispatchOptions {
   // for all-to-all-v, =1 for shared memory, unset (or "auto") for kAuto.
   // The one place moex reads MOEX_INTRANODE.
   static absl::StatusOr<DispatchOptions> FromEnvironment();
+  // The same with `moex run --dispatch`'s say: "auto", "flat" (never
+  // hierarchical) or "hierarchical" (asked for); an error where
+  // MOEX_INTRANODE already asks for a path.
+  static absl::StatusOr<DispatchOptions> FromEnvironment(std::string_view dispatch);
   absl::Status Validate() const;
 };
 

@@ -32,6 +32,12 @@ struct StepStats {
   // Distinct destination ranks over local tokens, other than this one: the
   // floor of what dispatch must move (times hidden x 4 bytes).
   int64_t remote_token_copies = 0;
+  // Of dispatch_bytes, what crossed to other hosts, and its floor: distinct
+  // (token, remote host) pairs x hidden x 4 bytes; of combine_bytes, what
+  // crossed back. Zero on one host.
+  int64_t internode_bytes = 0;
+  int64_t internode_floor_bytes = 0;
+  int64_t combine_internode_bytes = 0;
   std::vector<int64_t> tokens_per_local_slot;  // routed pairs per local slot
 };
 
@@ -56,6 +62,9 @@ class Layer {
   // Why that path: "shared memory: 4 ranks on one host (vm), segments in
   // /dev/shm", or a fall-back and its cause; "" where there is no choice.
   virtual std::string DataPathReason() const { return ""; }
+  // Distinct hosts among the ranks, as the data path found them; 0 where
+  // the layer does not know.
+  virtual int NumHosts() const { return 0; }
 
   // Weights out, for live migration: this rank's copy of `expert` on the
   // host, or null when it holds none there.

@@ -28,10 +28,11 @@ class MoeLayer final : public Layer {
   static absl::StatusOr<MoeLayer> Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
                                          Dispatcher dispatcher);
   // The same with a dispatcher made here, on `transport`, from
-  // DispatchOptions::FromEnvironment(). Collective: every rank of
+  // DispatchOptions::FromEnvironment(dispatch). Collective: every rank of
   // `transport` calls it (after checking its own arguments).
   static absl::StatusOr<MoeLayer> Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
-                                         transport::Transport& transport, Deadline deadline);
+                                         transport::Transport& transport, Deadline deadline,
+                                         std::string_view dispatch = "auto");
 
   // x [T, H] local tokens whose first has global index `first_token`; `y`
   // is resized to [T, H] and overwritten (reuse it across steps).
@@ -48,6 +49,7 @@ class MoeLayer final : public Layer {
   // hosts) or "all-to-all-v", and why (Dispatcher::path_reason()).
   std::string DataPath() const override { return std::string(dispatcher_.path()); }
   std::string DataPathReason() const override { return dispatcher_.path_reason(); }
+  int NumHosts() const override { return dispatcher_.num_hosts(); }
 
   const MoeLayerSpec& spec() const override { return spec_; }
   const Placement& placement() const override { return placement_; }

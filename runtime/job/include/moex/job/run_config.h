@@ -44,6 +44,7 @@ struct RunConfig {
   int64_t steps = 5;
   std::string transport = "mpi";     // mpi, ucx, nccl (with device cuda)
   std::string device = "cpu";        // cpu, cuda
+  std::string dispatch = "auto";     // auto, flat, hierarchical (ranks on several hosts)
   double routing_skew = 0;           // Zipf exponent of synthetic routing
   uint64_t seed = 1;
   int64_t redundant_experts = 0;

@@ -48,6 +48,7 @@ struct RunProgress {
 // The run's end, on success.
 struct RunResult {
   std::string data_path;       // how tokens moved
+  int hosts = 0;               // distinct hosts of the ranks (0: unknown)
   RunProgress progress;
   std::vector<balance::RebalanceEvent> rebalances;
 };

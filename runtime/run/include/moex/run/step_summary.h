@@ -21,6 +21,9 @@ struct StepSummary {
   int64_t bytes = 0;                                          // dispatch + combine, every rank's, each byte once
   int64_t dispatch_bytes = 0;
   int64_t remote_copies = 0;  // the floor of dispatch, in token rows
+  // Every rank's dispatch bytes that crossed between hosts, their floor
+  // (distinct (token, remote host) pairs x hidden x 4), combine's crossing.
+  int64_t internode_bytes = 0, internode_floor_bytes = 0, combine_internode_bytes = 0;
   std::vector<int64_t> load;  // routed pairs per rank
   double imbalance = 0;       // max / mean load
   std::vector<int64_t> tokens_per_expert;
@@ -36,6 +39,7 @@ absl::StatusOr<StepSummary> Summarise(transport::Transport& t, const ep::Layer& 
 
 struct Medians {
   double rate = 0, dispatch = 0, combine = 0, imbalance = 0;  // tokens/s, seconds, seconds, max/mean
+  double internode_bytes = 0, internode_floor_bytes = 0, combine_internode_bytes = 0;  // per step
   size_t steps = 0;
 };
 // Medians over the steps after the first (a warm-up), unless only one ran.
