@@ -125,6 +125,36 @@ Tensor RandomTokens(int64_t tokens, int64_t hidden, uint64_t seed, int rank) {
   return x;
 }
 
+// One dispatch path's repetition: after a barrier, Dispatch; the received
+// rows copied where the experts write their output (not timed); a barrier
+// (every rank's experts are done: combine is timed on its own); Combine.
+struct Contender {
+  Contender(ep::Dispatcher d, int64_t tokens, int64_t hidden) : dispatcher(std::move(d)), y({tokens, hidden}) {}
+  ep::Dispatcher dispatcher;
+  ep::DispatchResult received;
+  Tensor y;
+  int64_t combine_bytes = 0, combine_internode = 0;
+
+  absl::StatusOr<std::pair<double, double>> Rep(transport::Transport& t, const ep::Placement& placement,
+                                                const Tensor& x, const ep::DispatchLayout& layout,
+                                                const float* weights, const std::function<Deadline()>& deadline) {
+    const int64_t H = x.dim(1);
+    MOEX_RETURN_IF_ERROR(t.Barrier(deadline()));
+    auto start = Clock::now();
+    MOEX_RETURN_IF_ERROR(dispatcher.Dispatch(t, placement, x, layout, weights, deadline(), &received));
+    const double dispatch_seconds = SecondsSince(start);
+    float* partial = dispatcher.PartialBuffer(received);
+    for (int64_t i = 0; i < received.num_recv(); ++i) {
+      std::memcpy(partial + i * H, received.recv_rows[i], static_cast<size_t>(H) * sizeof(float));
+    }
+    MOEX_RETURN_IF_ERROR(t.Barrier(deadline()));
+    start = Clock::now();
+    MOEX_RETURN_IF_ERROR(dispatcher.Combine(t, received, partial, &y, &combine_bytes, deadline()));
+    combine_internode = dispatcher.last_combine_internode_bytes();
+    return std::make_pair(dispatch_seconds, SecondsSince(start));
+  }
+};
+
 // Whole-layer figures: the layer's Forward beside route + experts as it
 // measured them + the plain exchanges of its own bytes.
 absl::Status RunLayer(transport::Transport& t, const AllToAllVFn& fn, const ep::Placement& placement,
@@ -258,41 +288,43 @@ absl::StatusOr<BenchResult> RunPoint(transport::Transport& t, const AllToAllVFn&
   result.reps = options.reps;
   result.warmup = options.warmup;
   auto deadline = [&] { return Deadline::InSeconds(options.rep_timeout_seconds); };
+  // Ours is flat; where the ranks span hosts, the hierarchical path too.
   MOEX_ASSIGN_OR_RETURN(ep::DispatchOptions dispatch_options, ep::DispatchOptions::FromEnvironment());
-  MOEX_ASSIGN_OR_RETURN(ep::Dispatcher dispatcher, ep::Dispatcher::Create(t, dispatch_options, deadline()));
-  ep::DispatchResult received;
-  Tensor y({T, H});
+  dispatch_options.flat = true;
+  MOEX_ASSIGN_OR_RETURN(ep::Dispatcher flat_dispatcher, ep::Dispatcher::Create(t, dispatch_options, deadline()));
+  std::vector<Contender> contenders;
+  contenders.push_back(Contender(std::move(flat_dispatcher), T, H));
+  result.hosts = contenders[0].dispatcher.num_hosts();
+  if (result.hosts > 1 && dispatch_options.path == ep::DispatchPath::kAuto) {
+    dispatch_options.path = ep::DispatchPath::kHierarchical;
+    MOEX_ASSIGN_OR_RETURN(ep::Dispatcher hierarchical, ep::Dispatcher::Create(t, dispatch_options, deadline()));
+    contenders.push_back(Contender(std::move(hierarchical), T, H));
+    result.has_hierarchical = true;
+  }
   std::optional<Baseline> baseline;
-  constexpr size_t kFigures = 4;  // dispatch, combine, dispatch + combine, plain exchanges
+  // Per contender: dispatch, combine, dispatch + combine; then the plain
+  // exchanges.
+  const size_t kFigures = 3 * contenders.size() + 1;
   std::vector<double> mine;
-  int64_t dispatch_bytes = 0, combine_bytes = 0;
   for (int rep = 0; rep < options.warmup + options.reps; ++rep) {
-    MOEX_RETURN_IF_ERROR(t.Barrier(deadline()));
-    auto start = Clock::now();
-    MOEX_RETURN_IF_ERROR(dispatcher.Dispatch(t, placement, x, layout, weights.data(), deadline(), &received));
-    double dispatch_seconds = SecondsSince(start);
-    // The received rows stand in for the experts' output, written where the
-    // layer's experts write theirs: not timed.
-    float* partial = dispatcher.PartialBuffer(received);
-    for (int64_t i = 0; i < received.num_recv(); ++i) {
-      std::memcpy(partial + i * H, received.recv_rows[i], static_cast<size_t>(H) * sizeof(float));
+    std::vector<double> row;
+    for (Contender& c : contenders) {
+      MOEX_ASSIGN_OR_RETURN(auto seconds, c.Rep(t, placement, x, layout, weights.data(), deadline));
+      row.insert(row.end(), {seconds.first, seconds.second, seconds.first + seconds.second});
     }
-    // Every rank's experts are done before combine starts: combine is timed
-    // on its own.
-    MOEX_RETURN_IF_ERROR(t.Barrier(deadline()));
-    start = Clock::now();
-    MOEX_RETURN_IF_ERROR(dispatcher.Combine(t, received, partial, &y, &combine_bytes, deadline()));
-    double combine_seconds = SecondsSince(start);
-    dispatch_bytes = received.bytes_sent;
-    if (!baseline) baseline.emplace(fn, PlainExchanges(received.send_tokens, received.recv_tokens, rank, H, K));
+    const ep::DispatchResult& flat = contenders[0].received;
+    if (!baseline) baseline.emplace(fn, PlainExchanges(flat.send_tokens, flat.recv_tokens, rank, H, K));
     MOEX_RETURN_IF_ERROR(t.Barrier(deadline()));
     MOEX_ASSIGN_OR_RETURN(double plain, baseline->Time());
-    if (rep < options.warmup) continue;
-    mine.insert(mine.end(), {dispatch_seconds, combine_seconds, dispatch_seconds + combine_seconds, plain});
+    row.push_back(plain);
+    if (rep >= options.warmup) mine.insert(mine.end(), row.begin(), row.end());
   }
-  result.path = std::string(dispatcher.path());
+  const ep::DispatchResult& received = contenders[0].received;
+  const int64_t dispatch_bytes = received.bytes_sent, combine_bytes = contenders[0].combine_bytes;
+  result.path = std::string(contenders[0].dispatcher.path());
   MOEX_ASSIGN_OR_RETURN(std::vector<double> slow, Slowest(t, mine, deadline()));
-  std::vector<double> ours = Column(slow, kFigures, 2), plain = Column(slow, kFigures, 3), ratio;
+  const size_t kPlain = kFigures - 1;
+  std::vector<double> ours = Column(slow, kFigures, 2), plain = Column(slow, kFigures, kPlain), ratio;
   // One rank moves nothing between ranks: no ratio to report.
   for (size_t i = 0; i < ours.size() && world > 1; ++i) ratio.push_back(ours[i] / std::max(plain[i], 1e-9));
   result.dispatch_us = Summarize(Column(slow, kFigures, 0));
@@ -300,6 +332,18 @@ absl::StatusOr<BenchResult> RunPoint(transport::Transport& t, const AllToAllVFn&
   result.ours_us = Summarize(ours);
   result.baseline_us = Summarize(plain);
   result.ratio = Summarize(ratio);
+  if (result.has_hierarchical) {
+    std::vector<double> hier = Column(slow, kFigures, 5), vs_flat, vs_plain;
+    for (size_t i = 0; i < hier.size(); ++i) {
+      vs_flat.push_back(hier[i] / std::max(ours[i], 1e-9));
+      vs_plain.push_back(hier[i] / std::max(plain[i], 1e-9));
+    }
+    result.hier_dispatch_us = Summarize(Column(slow, kFigures, 3));
+    result.hier_combine_us = Summarize(Column(slow, kFigures, 4));
+    result.hier_us = Summarize(hier);
+    result.hier_vs_flat = Summarize(vs_flat);
+    result.hier_vs_baseline = Summarize(vs_plain);
+  }
 
   // Bytes per rank (mean over ranks) and the floor: each token's distinct
   // remote destination ranks x hidden x 4 bytes.
@@ -308,12 +352,19 @@ absl::StatusOr<BenchResult> RunPoint(transport::Transport& t, const AllToAllVFn&
     if (r != rank) remote_copies += layout.num_tokens_per_rank[r];
     received_tokens += received.recv_tokens[r];
   }
+  const Contender& hier = contenders.back();
   std::vector<double> sums = {static_cast<double>(dispatch_bytes), static_cast<double>(combine_bytes),
-                              static_cast<double>(remote_copies) * static_cast<double>(H) * 4};
+                              static_cast<double>(remote_copies) * static_cast<double>(H) * 4,
+                              static_cast<double>(received.internode_bytes_sent + contenders[0].combine_internode),
+                              static_cast<double>(received.internode_floor_bytes),
+                              static_cast<double>(hier.received.internode_bytes_sent + hier.combine_internode)};
   MOEX_RETURN_IF_ERROR(t.AllReduceSum(std::span<double>(sums), deadline()));
   result.dispatch_bytes_per_rank = sums[0] / world;
   result.combine_bytes_per_rank = sums[1] / world;
   result.floor_bytes_per_rank = sums[2] / world;
+  result.internode_bytes_per_rank = sums[3] / world;
+  result.internode_floor_bytes_per_rank = sums[4] / world;
+  if (result.has_hierarchical) result.hier_internode_bytes_per_rank = sums[5] / world;
   auto gbps = [](double bytes, double us) { return us > 0 ? bytes / (us * 1e3) : 0.0; };
   result.dispatch_gbps = gbps(result.dispatch_bytes_per_rank, result.dispatch_us.median);
   result.combine_gbps = gbps(result.combine_bytes_per_rank, result.combine_us.median);

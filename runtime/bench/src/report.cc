@@ -68,6 +68,17 @@ nlohmann::json ToJson(const BenchResult& r) {
       {"dispatch_bytes_per_rank", r.dispatch_bytes_per_rank}, {"combine_bytes_per_rank", r.combine_bytes_per_rank},
       {"floor_bytes_per_rank", r.floor_bytes_per_rank}, {"dispatch_gbps", r.dispatch_gbps},
       {"combine_gbps", r.combine_gbps}, {"baseline_gbps", r.baseline_gbps}, {"rank_imbalance", r.rank_imbalance}};
+  if (r.hosts > 1) {
+    j["hosts"] = r.hosts;
+    j["internode_bytes_per_rank"] = r.internode_bytes_per_rank;
+    j["internode_floor_bytes_per_rank"] = r.internode_floor_bytes_per_rank;
+  }
+  if (r.has_hierarchical) {
+    j["hierarchical"] = {{"dispatch_us", StatJson(r.hier_dispatch_us)}, {"combine_us", StatJson(r.hier_combine_us)},
+                         {"ours_us", StatJson(r.hier_us)}, {"vs_flat", StatJson(r.hier_vs_flat)},
+                         {"vs_baseline", StatJson(r.hier_vs_baseline)},
+                         {"internode_bytes_per_rank", r.hier_internode_bytes_per_rank}};
+  }
   if (p.layer) {
     j["layer_us"] = StatJson(r.layer_us);
     j["layer_baseline_us"] = StatJson(r.layer_baseline_us);
@@ -107,6 +118,21 @@ absl::StatusOr<BenchResult> FromJson(const nlohmann::json& j) {
   MOEX_RETURN_IF_ERROR(Get(j, "combine_gbps", &r.combine_gbps));
   MOEX_RETURN_IF_ERROR(Get(j, "baseline_gbps", &r.baseline_gbps));
   MOEX_RETURN_IF_ERROR(Get(j, "rank_imbalance", &r.rank_imbalance));
+  if (j.contains("hosts")) {
+    MOEX_RETURN_IF_ERROR(Get(j, "hosts", &r.hosts));
+    MOEX_RETURN_IF_ERROR(Get(j, "internode_bytes_per_rank", &r.internode_bytes_per_rank));
+    MOEX_RETURN_IF_ERROR(Get(j, "internode_floor_bytes_per_rank", &r.internode_floor_bytes_per_rank));
+  }
+  if (j.contains("hierarchical")) {
+    const nlohmann::json& h = j["hierarchical"];
+    r.has_hierarchical = true;
+    MOEX_RETURN_IF_ERROR(GetStat(h, "dispatch_us", &r.hier_dispatch_us));
+    MOEX_RETURN_IF_ERROR(GetStat(h, "combine_us", &r.hier_combine_us));
+    MOEX_RETURN_IF_ERROR(GetStat(h, "ours_us", &r.hier_us));
+    MOEX_RETURN_IF_ERROR(GetStat(h, "vs_flat", &r.hier_vs_flat));
+    MOEX_RETURN_IF_ERROR(GetStat(h, "vs_baseline", &r.hier_vs_baseline));
+    MOEX_RETURN_IF_ERROR(Get(h, "internode_bytes_per_rank", &r.hier_internode_bytes_per_rank));
+  }
   if (p.layer) {
     MOEX_RETURN_IF_ERROR(GetStat(j, "layer_us", &r.layer_us));
     MOEX_RETURN_IF_ERROR(GetStat(j, "layer_baseline_us", &r.layer_baseline_us));

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_format.h"
 #include "moex/bench/bench.h"
+#include "moex/core/format.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 
@@ -16,6 +17,13 @@ std::string SummaryLine(const BenchResult& r) {
   std::string line = r.point.ranks > 1 ? absl::StrFormat("dispatch+combine %.0f us, MPI_Alltoallv %.0f us, ratio %.2f",
                                                          r.ours_us.median, r.baseline_us.median, r.ratio.median)
                                        : std::string("one rank: nothing crosses between ranks");
+  if (r.has_hierarchical) {
+    line += absl::StrFormat("; across %d hosts: hierarchical %.0f us (%.2fx flat, %.2fx MPI_Alltoallv), "
+                            "internode %s flat, %s hierarchical, floor %s per rank",
+                            r.hosts, r.hier_us.median, r.hier_vs_flat.median, r.hier_vs_baseline.median,
+                            FormatBytes(r.internode_bytes_per_rank), FormatBytes(r.hier_internode_bytes_per_rank),
+                            FormatBytes(r.internode_floor_bytes_per_rank));
+  }
   if (r.point.layer) line += absl::StrFormat("; layer %.0f us (ratio %.2f)", r.layer_us.median, r.layer_ratio.median);
   return line;
 }

@@ -256,11 +256,31 @@ void Dispatcher::SetHosts(const transport::HostMap& hosts) {
   host_of_.assign(world, 0);
   local_index_.assign(world, 0);
   host_ranks_.assign(num_hosts_, {});
+  host_names_.assign(num_hosts_, "");
   for (int r = 0; r < world; ++r) {
     host_of_[r] = hosts.host_of(r);
     local_index_[r] = static_cast<int>(host_ranks_[host_of_[r]].size());
     host_ranks_[host_of_[r]].push_back(r);
+    if (host_names_[host_of_[r]].empty()) host_names_[host_of_[r]] = hosts.host_name(r);
   }
+}
+
+std::string Dispatcher::DescribeRanks(const std::vector<int>& ranks) const {
+  std::vector<std::string> parts;
+  for (int h = 0; h < num_hosts_; ++h) {
+    std::vector<int> here;
+    for (int r : ranks) {
+      if (r >= 0 && r < world_size_ && host_of_[r] == h) here.push_back(r);
+    }
+    if (here.empty()) continue;
+    const size_t of = host_ranks_[h].size();
+    const std::string name = host_names_[h].empty() ? StrCat("#", h) : host_names_[h];
+    parts.push_back(StrCat(here.size() == 1 ? "rank " : "ranks ", absl::StrJoin(here, ", "), " on host ", name, " (",
+                           here.size() == of ? (of == 1 ? "its only rank" : "every rank of it")
+                                             : StrCat(here.size(), " of its ", of, " ranks"),
+                           ")"));
+  }
+  return absl::StrJoin(parts, "; ");
 }
 
 void Dispatcher::CountInternode(const DispatchLayout& layout, int64_t hidden, DispatchResult* out) const {

@@ -90,6 +90,18 @@ class Runner {
          ControllerLink* controller)
       : config_(config), t_(t), rank_(t.rank()), world_(t.world_size()), sinks_(sinks), controller_(controller) {}
 
+  // A failure that names ranks (the transport's MissingRanks) says where
+  // they are, by host: a host that is lost shows as every rank of it.
+  absl::Status WithWhereLostRanksAre(absl::Status status) const {
+    const std::vector<int> missing = transport::MissingRanks(status);
+    if (missing.empty() || layer_ == nullptr) return status;
+    const std::string where = layer_->WhereRanksAre(missing);
+    if (where.empty()) return status;
+    absl::Status out(status.code(), StrCat(status.message(), " [", where, "]"));
+    status.ForEachPayload([&out](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
+    return out;
+  }
+
   absl::Status Run() {
     MOEX_ASSIGN_OR_RETURN(spec_, config_.ValidateLayer(world_, controller_ != nullptr ? job::FieldNames::kJobSpec
                                                                                     : job::FieldNames::kFlags));
@@ -338,7 +350,7 @@ class Runner {
 absl::Status RunLayer(const job::RunConfig& config, transport::Transport& transport, std::span<RunSink* const> sinks,
                       ControllerLink* controller) {
   Runner runner(config, transport, sinks, controller);
-  return runner.Run();
+  return runner.WithWhereLostRanksAre(runner.Run());
 }
 
 }  // namespace moex::run

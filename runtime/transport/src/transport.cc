@@ -6,12 +6,37 @@
 #include <chrono>
 #include <cstring>
 
+#include <optional>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 
 namespace moex::transport {
+
+namespace {
+constexpr char kMissingRanks[] = "moex/missing-ranks";
+
+absl::Status WithMissingRanks(absl::Status status, const std::vector<int>& ranks) {
+  status.SetPayload(kMissingRanks, absl::Cord(absl::StrJoin(ranks, ",")));
+  return status;
+}
+}  // namespace
+
+std::vector<int> MissingRanks(const absl::Status& status) {
+  std::vector<int> out;
+  const auto payload = status.GetPayload(kMissingRanks);
+  if (!payload) return out;
+  for (absl::string_view part : absl::StrSplit(std::string(*payload), ',', absl::SkipEmpty())) {
+    int rank = 0;
+    if (absl::SimpleAtoi(part, &rank)) out.push_back(rank);
+  }
+  return out;
+}
 
 absl::Status Transport::Fail(absl::Status status) {
   if (failure_.ok()) failure_ = status;
@@ -38,9 +63,10 @@ absl::Status Transport::WaitAll(std::vector<Pending>& pending, Deadline deadline
       if (p.done) continue;
       absl::StatusOr<bool> done = Test(p.request);
       if (!done.ok()) {
-        return Fail(absl::UnavailableError(StrCat(name(), " transport, rank ", rank_, ": ", what,
-                                                  " failed talking to rank ", p.peer, ": ",
-                                                  done.status().message())));
+        return Fail(WithMissingRanks(absl::UnavailableError(StrCat(name(), " transport, rank ", rank_, ": ", what,
+                                                                   " failed talking to rank ", p.peer, ": ",
+                                                                   done.status().message())),
+                                     {p.peer}));
       }
       p.done = *done;
       all_done &= p.done;
@@ -58,10 +84,11 @@ absl::Status Transport::WaitAll(std::vector<Pending>& pending, Deadline deadline
         if (!p.done) Cancel(p.request);
       }
       double waited = std::chrono::duration<double>(Deadline::Clock::now() - started).count();
-      return Fail(absl::DeadlineExceededError(
-          absl::StrFormat("%s transport, rank %d: %s timed out after %.1f s waiting for rank(s) %s",
-                          std::string(name()), rank_, std::string(what), waited,
-                          absl::StrJoin(missing, ", "))));
+      return Fail(WithMissingRanks(
+          absl::DeadlineExceededError(
+              absl::StrFormat("%s transport, rank %d: %s timed out after %.1f s waiting for rank(s) %s",
+                              std::string(name()), rank_, std::string(what), waited, absl::StrJoin(missing, ", "))),
+          missing));
     }
     // Spin briefly, then yield: ranks often share cores (oversubscribed runs).
     if (++idle_rounds > 64) sched_yield();

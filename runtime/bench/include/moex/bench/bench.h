@@ -7,6 +7,9 @@
 //              (not timed);
 //   baseline = two plain all-to-all-v calls (MPI_Alltoallv under mpirun)
 //              moving exactly the bytes ours moved between ranks.
+// Where the ranks span hosts (the dispatcher's probe), ours is the flat path
+// (per peer) and the hierarchical path runs beside it in the same
+// repetitions, so that the two and the baseline are measured alike.
 // With `layer`, the whole MoE layer (route, dispatch, SwiGLU experts,
 // combine) runs too, beside route + experts as the layer measured them +
 // the plain all-to-all-v of the layer's own bytes.
@@ -50,6 +53,15 @@ struct BenchResult {
   double floor_bytes_per_rank = 0;     // distinct remote ranks per token x hidden x 4
   double dispatch_gbps = 0, combine_gbps = 0, baseline_gbps = 0;  // bytes per rank / median time
   double rank_imbalance = 0;           // hottest rank's received tokens / mean
+  // Across hosts (hosts > 1): bytes that crossed between hosts, per rank
+  // (mean), dispatch + combine, on the flat path and the hierarchical one;
+  // the floor of dispatch's: distinct (token, remote host) pairs x hidden x 4.
+  int hosts = 1;
+  double internode_bytes_per_rank = 0, internode_floor_bytes_per_rank = 0;
+  // The hierarchical path beside the flat one (hosts > 1 only).
+  bool has_hierarchical = false;
+  Stat hier_dispatch_us, hier_combine_us, hier_us, hier_vs_flat, hier_vs_baseline;  // ratios per rep
+  double hier_internode_bytes_per_rank = 0;
   // With `layer`:
   Stat layer_us, layer_baseline_us, layer_ratio;
   double route_us = 0, expert_us = 0;  // medians, slowest rank

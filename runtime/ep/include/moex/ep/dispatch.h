@@ -206,6 +206,10 @@ class Dispatcher {
   // Distinct hosts among the ranks (transport::HostMap's probe at Create;
   // a rank whose probe failed counts as a host of its own).
   int num_hosts() const { return num_hosts_; }
+  // Where `ranks` are, by host, for a message about ranks that were lost:
+  // "rank 3 on host node2 (1 of its 2 ranks)", "ranks 2, 3 on host node2
+  // (every rank of it)"; hosts as gethostname() said on each.
+  std::string DescribeRanks(const std::vector<int>& ranks) const;
 
   // "shared memory", "per peer", "hierarchical" or "all-to-all-v": never "auto".
   std::string_view path() const { return DispatchPathName(path_); }
@@ -285,6 +289,7 @@ class Dispatcher {
   int num_hosts_ = 1;
   std::vector<int> local_index_;               // [W] rank's index among its host's ranks
   std::vector<std::vector<int>> host_ranks_;   // [hosts] ranks of each host, ascending
+  std::vector<std::string> host_names_;        // [hosts] what gethostname() said there
   int64_t combine_internode_bytes_ = 0;
   std::vector<float> forward_sums_;            // hierarchical: a host sum per forwarded row
   std::vector<float> send_, recv_, back_, partial_;

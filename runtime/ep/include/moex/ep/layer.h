@@ -65,6 +65,9 @@ class Layer {
   // Distinct hosts among the ranks, as the data path found them; 0 where
   // the layer does not know.
   virtual int NumHosts() const { return 0; }
+  // Where `ranks` are ("ranks 2, 3 on host node2 (every rank of it)"), for
+  // a message naming lost ranks; "" where the layer does not know.
+  virtual std::string WhereRanksAre(const std::vector<int>& /*ranks*/) const { return ""; }
 
   // Weights out, for live migration: this rank's copy of `expert` on the
   // host, or null when it holds none there.

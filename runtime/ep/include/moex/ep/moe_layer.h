@@ -50,6 +50,7 @@ class MoeLayer final : public Layer {
   std::string DataPath() const override { return std::string(dispatcher_.path()); }
   std::string DataPathReason() const override { return dispatcher_.path_reason(); }
   int NumHosts() const override { return dispatcher_.num_hosts(); }
+  std::string WhereRanksAre(const std::vector<int>& ranks) const override { return dispatcher_.DescribeRanks(ranks); }
 
   const MoeLayerSpec& spec() const override { return spec_; }
   const Placement& placement() const override { return placement_; }

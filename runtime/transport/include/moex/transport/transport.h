@@ -28,6 +28,11 @@
 
 namespace moex::transport {
 
+// The ranks a failed operation names, as data (the status's payload): the
+// ranks it timed out waiting for, or the one it failed talking to. Empty
+// for any other status.
+std::vector<int> MissingRanks(const absl::Status& status);
+
 class Transport {
  public:
   virtual ~Transport() = default;
