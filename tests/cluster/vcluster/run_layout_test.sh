@@ -17,10 +17,10 @@ hostfile="$("$VCLUSTER" hostfile "$name" "$work/hostfile-$tag" "${per_host[@]}")
 # The host map the run must report: "6 ranks on 3 hosts: N-h0 (rank 0), N-h1 (ranks 1, 2), ...".
 np=0 hosts=() i=0
 for n in "${per_host[@]}"; do
-  ranks=()
-  for ((r = np; r < np + n; r++)); do ranks+=("$r"); done
-  if ((n == 1)); then hosts+=("$name-h$i (rank ${ranks[0]})"); fi
-  if ((n > 1)); then hosts+=("$name-h$i (ranks $(IFS=,; echo "${ranks[*]}" | sed 's/,/, /g'))"); fi
+  ranks=""
+  for ((r = np; r < np + n; r++)); do ranks+="${ranks:+, }$r"; done
+  if ((n == 1)); then hosts+=("$name-h$i (rank $ranks)"); fi
+  if ((n > 1)); then hosts+=("$name-h$i (ranks $ranks)"); fi
   np=$((np + n)) i=$((i + 1))
 done
 expected="$np ranks on ${#hosts[@]} hosts: $(printf '%s, ' "${hosts[@]}" | sed 's/, $//')"

@@ -32,7 +32,8 @@ print(f"{time.monotonic() - t0:.3f}")'
 
 # Seconds to send 2 MiB from h0 to h1.
 send_seconds() {
-  local ready="$(mktemp -u)"
+  local ready
+  ready="$(mktemp -u)"
   mkfifo "$ready"
   "$VCLUSTER" exec "$name" h1 python3 -c "$receive" >"$ready" &
   local receiver=$!

@@ -15,7 +15,7 @@ setsid "$VCLUSTER" exec "$name" h0 sleep 300 </dev/null >/dev/null 2>&1 &
 "$VCLUSTER" agent "$name-h1" 'setsid sleep 301 </dev/null >/dev/null 2>&1 &'
 strays=()
 for i in 0 1; do
-  for try in $(seq 1 50); do
+  for _ in $(seq 1 50); do
     mapfile -t pids < <(ip netns pids "vc-$name-h$i")
     ((${#pids[@]} >= 2)) && break  # the holder and the stray
     sleep 0.1

@@ -119,8 +119,12 @@ cmd_up() {
   [[ $# == 3 ]] || die "usage: vcluster.sh up [--replace] NAME HOSTS SLOTS_PER_HOST"
   local name="$1" hosts="$2" slots="$3"
   check_name "$name"
-  [[ "$hosts" =~ ^[0-9]+$ ]] && ((hosts >= 1 && hosts <= MAX_HOSTS)) || die "HOSTS must be 1 to $MAX_HOSTS, not '$hosts'"
-  [[ "$slots" =~ ^[0-9]+$ ]] && ((slots >= 1 && slots <= 256)) || die "SLOTS_PER_HOST must be 1 to 256, not '$slots'"
+  if ! [[ "$hosts" =~ ^[0-9]+$ ]] || ((hosts < 1 || hosts > MAX_HOSTS)); then
+    die "HOSTS must be 1 to $MAX_HOSTS, not '$hosts'"
+  fi
+  if ! [[ "$slots" =~ ^[0-9]+$ ]] || ((slots < 1 || slots > 256)); then
+    die "SLOTS_PER_HOST must be 1 to 256, not '$slots'"
+  fi
   (cmd_check >/dev/null)  # exits 77, saying why, where namespaces cannot be made
   take_lock
   local state
@@ -129,8 +133,10 @@ cmd_up() {
   if [[ -e "$state" ]] || ip link show "$(bridge_of "$name")" >/dev/null 2>&1; then
     die "cluster '$name' exists (or a stale one does): 'vcluster.sh down $name' first, or up --replace"
   fi
-  # Whatever fails from here leaves nothing behind.
-  trap 'echo "vcluster: up $name failed; removing what was made" >&2; teardown "$name" >&2 || true' ERR
+  # Whatever fails from here (a command, or die) leaves nothing behind. The
+  # name is checked above, so it can stand in the trap's text.
+  # shellcheck disable=SC2064
+  trap "echo 'vcluster: up $name failed; removing what was made' >&2; teardown '$name' >&2 || true" EXIT
   mkdir -p "$state/hosts"
   local subnet
   subnet="$(pick_subnet)"
@@ -151,6 +157,7 @@ cmd_up() {
     for ((i = 0; i < hosts; i++)); do echo "$subnet.$((10 + i)) $(host_of "$name" "$i")"; done
   } >"$etc_hosts"
 
+  local starting=()
   for ((i = 0; i < hosts; i++)); do
     local host netns veth dir
     host="$(host_of "$name" "$i")"
@@ -178,14 +185,15 @@ cmd_up() {
     setsid nsenter --net="/run/netns/$netns" -- \
       unshare --uts --ipc --mount --propagation private -- \
       "$SELF" _holder "$dir" "$host" </dev/null >"$dir/holder.log" 2>&1 {LOCK_FD}>&- &
+    starting+=("$!")
   done
 
   for ((i = 0; i < hosts; i++)); do
     local dir waited=0
     dir="$state/hosts/$(host_of "$name" "$i")"
     until [[ -s "$dir/pid" ]]; do
-      if ((waited >= 100)); then
-        die "host $(host_of "$name" "$i") did not start in 10 s: $(cat "$dir/holder.log" 2>/dev/null)"
+      if ((waited >= 100)) || ! is_running "${starting[i]}"; then
+        die "host $(host_of "$name" "$i") did not start: $(cat "$dir/holder.log" 2>/dev/null)"
       fi
       sleep 0.1
       waited=$((waited + 1))
@@ -194,7 +202,7 @@ cmd_up() {
 
   local hostfile="$state/hostfile"
   for ((i = 0; i < hosts; i++)); do echo "$(host_of "$name" "$i") slots=$slots"; done >"$hostfile"
-  trap - ERR
+  trap - EXIT
   echo "vcluster: $name is up: $hosts hosts on $subnet.0/24 (bridge $bridge at $subnet.1), $slots slots each; hostfile $hostfile"
 }
 
