@@ -22,6 +22,7 @@ PACKAGES=(
   python3
   openssl
   procps
+  iproute2 util-linux
 )
 
 missing=()
