@@ -13,6 +13,8 @@ void JsonSink::OnStart(const RunHeader& h) {
   head_["world_size"] = h.world_size;
   head_["transport"] = h.transport;
   head_["tokens_per_step"] = h.tokens_per_step;
+  head_["hidden"] = h.spec->hidden;
+  head_["top_k"] = h.spec->top_k;
   head_["routing_skew"] = h.config->routing_skew;
   head_["layer_total_params"] = h.spec->total_params();
   head_["layer_active_params"] = h.spec->active_params();

@@ -4,6 +4,12 @@
 # (e.g. 2,2 or 1,2,3: host h0 gets the first, ranks in order): the output must
 # equal the single-process reference, and the run must have seen the ranks on
 # those hosts, as LAYOUT says (its JSON's dispatch_path_reason names them).
+# The path must be the one asked for (--dispatch flat: per peer; otherwise
+# hierarchical wherever a host has two ranks or more; all-to-all-v where
+# every rank is alone), and the bytes that crossed between hosts must be
+# what that path sends: hierarchical, one record (hidden + 2 top-k values)
+# per (token, remote host), the floor times (H + 2k) / H exactly; flat, at
+# least that.
 set -euo pipefail
 source "$(dirname "$0")/test_lib.sh"
 name="$1" work="$2" moex="$3" layout="$4" transport="$5"
@@ -11,7 +17,10 @@ shift 5
 need_cluster "$name"
 mkdir -p "$work"
 IFS=, read -r -a per_host <<<"$layout"
+flat=0
+for arg in "$@"; do [[ "$arg" == flat ]] && flat=1; done
 tag="${layout//,/-}.$transport"
+((flat)) && tag+=".flat"
 hostfile="$("$VCLUSTER" hostfile "$name" "$work/hostfile-$tag" "${per_host[@]}")"
 
 # The host map the run must report: "6 ranks on 3 hosts: N-h0 (rank 0), N-h1 (ranks 1, 2), ...".
@@ -33,12 +42,30 @@ vmpirun "$name" "$hostfile" "$np" "$moex" run --quiet --timeout 30 --model tiny 
   || { cat "$log"; fail "moex run over $layout ($transport) exited non-zero"; }
 cat "$log"
 grep -qE "check: .* PASS" "$log" || fail "no passing check in the output"
-python3 - "$json" "$expected" "$transport" "$np" <<'PY'
+max_per_host=0
+for n in "${per_host[@]}"; do ((n > max_per_host)) && max_per_host=$n; done
+if ((max_per_host == 1)); then path="all-to-all-v"; elif ((flat)); then path="per peer"; else path="hierarchical"; fi
+python3 - "$json" "$expected" "$transport" "$np" "$path" "${#per_host[@]}" <<'PY'
 import json, sys
 path, expected, transport, np = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+want_path, hosts = sys.argv[5], int(sys.argv[6])
 run = json.load(open(path))
 reason = run["dispatch_path_reason"]
 problems = []
+summary = run["summary"]
+if run["dispatch_path"] != want_path:
+    problems.append(f"dispatch path {run['dispatch_path']!r}, expected {want_path!r}")
+if summary["hosts"] != hosts:
+    problems.append(f"summary.hosts {summary['hosts']}, expected {hosts}")
+sent, floor = summary["internode_bytes_per_step"], summary["internode_floor_bytes_per_step"]
+H, k = run["hidden"], run["top_k"]
+if floor <= 0:
+    problems.append(f"internode floor {floor}: nothing crossed between {hosts} hosts?")
+elif want_path == "hierarchical" and abs(sent - floor * (H + 2 * k) / H) > 1e-9 * floor:
+    problems.append(f"hierarchical sent {sent} bytes between hosts, not one record per (token, remote host): "
+                    f"{floor} x ({H} + 2 x {k}) / {H}")
+elif sent < floor * (H + 2 * k) / H:
+    problems.append(f"{want_path} sent {sent} bytes between hosts, under the floor {floor} x ({H} + 2 x {k}) / {H}")
 if expected not in reason:
     problems.append(f"dispatch_path_reason {reason!r} does not say {expected!r}")
 if run["world_size"] != np or run["transport"] != transport:
@@ -47,6 +74,7 @@ if not run.get("check_relative_error", 1.0) <= 1e-4:
     problems.append(f"check_relative_error {run.get('check_relative_error')} is over 1e-4")
 if problems:
     sys.exit("FAIL: " + "; ".join(problems))
-print(f"ok: dispatch path '{run['dispatch_path']}' because: {reason}; check error {run['check_relative_error']:.2e}")
+print(f"ok: dispatch path '{run['dispatch_path']}' because: {reason}; check error {run['check_relative_error']:.2e}; "
+      f"between hosts {sent:.0f} bytes a step for a floor of {floor:.0f} ({sent / floor:.3f}x)")
 PY
 echo "PASS"
