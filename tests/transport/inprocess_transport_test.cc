@@ -5,7 +5,13 @@
 #include <thread>
 #include <vector>
 
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
+#include "moex/core/stop.h"
 #include "moex/transport/inprocess_transport.h"
 #include "moex/transport/shared_segments.h"
 #include "transport_conformance.h"
@@ -37,6 +43,41 @@ INSTANTIATE_TEST_SUITE_P(WorldSizes, InProcessConformanceTest, ::testing::Range(
 
 TEST(InProcessTransportTest, MissingRankIsNamedOnEveryOtherRank) {
   OnEveryRank(4, [](Transport& t) { testing::CheckMissingRankIsNamed(t, 2); });
+}
+
+// SIGTERM (what a launcher sends before SIGKILL, e.g. when a host is lost)
+// ends a wait at once with the ranks it waited for, and the process goes on
+// to report it; a SIGTERM outside any wait still ends the process. In child
+// processes (death tests): the stop is for the whole process.
+[[noreturn]] void StopDuringAWait() {
+  InstallStopHandler();
+  absl::Status status;
+  OnEveryRank(3, [&status](Transport& t) {
+    if (t.rank() != 0) return;  // ranks 1 and 2 never come
+    std::thread stopper([] {
+      usleep(200000);
+      kill(getpid(), SIGTERM);
+    });
+    status = t.Barrier(Deadline::InSeconds(30));
+    stopper.join();
+  });
+  const std::vector<int> expected = {1, 2};
+  const bool named = absl::IsAborted(status) && MissingRanks(status) == expected &&
+                     absl::StrContains(status.message(), "waiting for rank(s) 1, 2");
+  std::fprintf(stderr, "%s\n", std::string(status.message()).c_str());
+  std::exit(named ? 0 : 1);
+}
+
+[[noreturn]] void StopOutsideAWait() {
+  InstallStopHandler();
+  kill(getpid(), SIGTERM);
+  usleep(2000000);
+  std::exit(0);
+}
+
+TEST(InProcessTransportStopTest, SigtermEndsAWaitNamingTheRanks) {
+  EXPECT_EXIT(StopDuringAWait(), ::testing::ExitedWithCode(0), "stopped by SIGTERM after");
+  EXPECT_EXIT(StopOutsideAWait(), ::testing::KilledBySignal(SIGTERM), "");
 }
 
 TEST(InProcessTransportTest, SizeMismatchIsDataLoss) {

@@ -171,6 +171,9 @@ void CheckMissingRankIsNamed(Transport& t, int absent) {
   ASSERT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
   EXPECT_THAT(std::string(status.message()), HasSubstr(StrCat("waiting for rank(s) ", absent)));
   EXPECT_THAT(std::string(status.message()), HasSubstr(StrCat("rank ", t.rank(), ":")));
+  // The ranks it names, as data (what moex run turns into hosts).
+  EXPECT_EQ(MissingRanks(status), std::vector<int>{absent});
+  EXPECT_TRUE(MissingRanks(absl::InternalError("no ranks")).empty());
   // After a failure the transport refuses work instead of mixing up messages.
   absl::Status after = t.Barrier(Deadline::InSeconds(0.5));
   EXPECT_EQ(after.code(), absl::StatusCode::kFailedPrecondition);

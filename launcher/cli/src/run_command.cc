@@ -11,6 +11,7 @@
 
 #include "moex/cli/bench_command.h"
 #include "moex/cluster/job_spec.h"
+#include "moex/core/stop.h"
 #include "moex/core/str_cat.h"
 #include "moex/kernels/expert_ffn.h"
 #include "moex/run/runner.h"
@@ -78,6 +79,9 @@ absl::StatusOr<std::unique_ptr<transport::Transport>> CreateRankTransport(const 
 int RunRun(const RunFlags& flags, int* argc, char*** argv) {
   job::RunConfig config = flags.config;
   absl::StatusOr<std::unique_ptr<transport::MpiSession>> mpi = transport::MpiSession::Start(argc, argv);
+  // SIGTERM from the launcher (a lost peer or host, a cancel) ends a wait
+  // with what it waited for, rather than the rank silently.
+  InstallStopHandler();
   if (!mpi.ok()) {
     std::cerr << "moex run: error: " << mpi.status().message() << "\n";
     return 1;

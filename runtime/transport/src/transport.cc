@@ -1,6 +1,7 @@
 #include "moex/transport/transport.h"
 
 #include <sched.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <chrono>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "moex/core/status_macros.h"
+#include "moex/core/stop.h"
 #include "moex/core/str_cat.h"
 
 namespace moex::transport {
@@ -52,10 +54,26 @@ absl::Status Transport::Start(std::string_view what) {
   return absl::OkStatus();
 }
 
+absl::Status Transport::Posted(absl::StatusOr<RequestId> id, int peer, std::string_view what,
+                              std::vector<Pending>& pending) {
+  if (id.ok()) {
+    pending.push_back({*id, peer});
+    return absl::OkStatus();
+  }
+  // What was posted before will not complete: abandon it, and refuse from
+  // now on, naming the peer.
+  for (Pending& p : pending) Cancel(p.request);
+  return Fail(WithMissingRanks(absl::Status(id.status().code(),
+                                            StrCat(name(), " transport, rank ", rank_, ": ", what,
+                                                   " failed talking to rank ", peer, ": ", id.status().message())),
+                               {peer}));
+}
+
 absl::Status Transport::WaitAll(std::vector<Pending>& pending, Deadline deadline,
                                 std::string_view what) {
   const auto started = Deadline::Clock::now();
   int idle_rounds = 0;
+  const WaitInProgress waiting;
   while (true) {
     Progress();
     bool all_done = true;
@@ -72,7 +90,8 @@ absl::Status Transport::WaitAll(std::vector<Pending>& pending, Deadline deadline
       all_done &= p.done;
     }
     if (all_done) return absl::OkStatus();
-    if (deadline.Expired()) {
+    const int stop = StopSignal();
+    if (deadline.Expired() || stop != 0) {
       std::vector<int> missing;
       for (const Pending& p : pending) {
         if (!p.done && std::find(missing.begin(), missing.end(), p.peer) == missing.end()) {
@@ -84,6 +103,17 @@ absl::Status Transport::WaitAll(std::vector<Pending>& pending, Deadline deadline
         if (!p.done) Cancel(p.request);
       }
       double waited = std::chrono::duration<double>(Deadline::Clock::now() - started).count();
+      if (stop != 0) {
+        AcknowledgeStop();
+        // The launcher is ending this rank (often because a peer or its
+        // host was lost): say what the wait was for, while it can.
+        return Fail(WithMissingRanks(
+            absl::AbortedError(absl::StrFormat(
+                "%s transport, rank %d: %s stopped by %s after %.1f s waiting for rank(s) %s",
+                std::string(name()), rank_, std::string(what), stop == SIGTERM ? "SIGTERM" : strsignal(stop), waited,
+                absl::StrJoin(missing, ", "))),
+            missing));
+      }
       return Fail(WithMissingRanks(
           absl::DeadlineExceededError(
               absl::StrFormat("%s transport, rank %d: %s timed out after %.1f s waiting for rank(s) %s",
@@ -136,15 +166,11 @@ absl::Status Transport::AllToAllV(const std::byte* send, std::span<const int64_t
   // the same peer; then sends in the same rotation.
   for (int step = 1; step < world; ++step) {
     int peer = (rank_ + step) % world;
-    MOEX_ASSIGN_OR_RETURN(RequestId id,
-                          PostRecv(peer, recv + recv_offsets[peer], recv_bytes[peer], tag));
-    pending.push_back({id, peer});
+    MOEX_RETURN_IF_ERROR(Posted(PostRecv(peer, recv + recv_offsets[peer], recv_bytes[peer], tag), peer, what, pending));
   }
   for (int step = 1; step < world; ++step) {
     int peer = (rank_ + world - step) % world;
-    MOEX_ASSIGN_OR_RETURN(RequestId id,
-                          PostSend(peer, send + send_offsets[peer], send_bytes[peer], tag));
-    pending.push_back({id, peer});
+    MOEX_RETURN_IF_ERROR(Posted(PostSend(peer, send + send_offsets[peer], send_bytes[peer], tag), peer, what, pending));
   }
   if (send_bytes[rank_] != recv_bytes[rank_]) {
     return Fail(absl::InvalidArgumentError(StrCat(what, ": rank ", rank_, " sends itself ",
@@ -176,9 +202,9 @@ absl::Status Transport::Send(int peer, const void* data, int64_t bytes, uint32_t
     return absl::InvalidArgumentError(StrCat(what, ": peer must be another rank in [0, ",
                                              world_size_, ") and tag below 2^20"));
   }
-  MOEX_ASSIGN_OR_RETURN(RequestId id, PostSend(peer, static_cast<const std::byte*>(data), bytes,
-                                               PointToPointTag(tag)));
-  std::vector<Pending> pending{{id, peer}};
+  std::vector<Pending> pending;
+  MOEX_RETURN_IF_ERROR(
+      Posted(PostSend(peer, static_cast<const std::byte*>(data), bytes, PointToPointTag(tag)), peer, what, pending));
   return WaitAll(pending, deadline, what);
 }
 
@@ -189,9 +215,9 @@ absl::Status Transport::Recv(int peer, void* data, int64_t bytes, uint32_t tag, 
     return absl::InvalidArgumentError(StrCat(what, ": peer must be another rank in [0, ",
                                              world_size_, ") and tag below 2^20"));
   }
-  MOEX_ASSIGN_OR_RETURN(RequestId id, PostRecv(peer, static_cast<std::byte*>(data), bytes,
-                                               PointToPointTag(tag)));
-  std::vector<Pending> pending{{id, peer}};
+  std::vector<Pending> pending;
+  MOEX_RETURN_IF_ERROR(
+      Posted(PostRecv(peer, static_cast<std::byte*>(data), bytes, PointToPointTag(tag)), peer, what, pending));
   return WaitAll(pending, deadline, what);
 }
 

@@ -340,6 +340,21 @@ holder_pid() {
   echo "$pid"
 }
 
+# A whole host lost, as a power cut would lose it: SIGKILL to every process of
+# HOST but its holder (the namespaces stay, so that `down` cleans up as ever).
+cmd_lose() {
+  (($# == 2)) || die "usage: vcluster.sh lose NAME HOST"
+  local name="$1" host="$2" holder i pid killed=0
+  check_name "$name"
+  holder="$(holder_pid "$name" "$host")"
+  if [[ "$host" =~ ^h?([0-9]+)$ ]]; then i="${BASH_REMATCH[1]}"; else i="${host##*-h}"; fi
+  for pid in $(host_pids "$name" "$i" | sort -u); do
+    [[ "$pid" == "$holder" ]] && continue
+    kill -9 "$pid" 2>/dev/null && killed=$((killed + 1))
+  done
+  echo "vcluster: $(host_of "$name" "$i") lost: $killed processes killed"
+}
+
 cmd_exec() {
   (($# >= 3)) || die "usage: vcluster.sh exec NAME HOST cmd..."
   local name="$1" host="$2"
@@ -495,7 +510,7 @@ host_index() {
 
 # ---------------------------------------------------------------- main
 main() {
-  (($# >= 1)) || die "usage: vcluster.sh check|up|down|verify-gone|exec|agent|hostfile|mpirun-args|hosts|shape|unshape|list ..."
+  (($# >= 1)) || die "usage: vcluster.sh check|up|down|verify-gone|exec|lose|agent|hostfile|mpirun-args|hosts|shape|unshape|list ..."
   local command="$1"
   shift
   case "$command" in
@@ -504,6 +519,7 @@ main() {
     down) cmd_down "$@" ;;
     verify-gone) cmd_verify_gone "$@" ;;
     exec) cmd_exec "$@" ;;
+    lose) cmd_lose "$@" ;;
     agent) cmd_agent "$@" ;;
     hostfile) cmd_hostfile "$@" ;;
     mpirun-args) cmd_mpirun_args "$@" ;;

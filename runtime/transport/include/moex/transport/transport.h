@@ -106,6 +106,9 @@ class Transport {
     bool done = false;
   };
   absl::Status Start(std::string_view what);
+  // Adds a posted request to `pending`, or fails the transport naming `peer`
+  // (the earlier requests abandoned).
+  absl::Status Posted(absl::StatusOr<RequestId> id, int peer, std::string_view what, std::vector<Pending>& pending);
   absl::Status WaitAll(std::vector<Pending>& pending, Deadline deadline, std::string_view what);
   absl::Status Fail(absl::Status status);
   // Every rank's `mine`, rank by rank, into `all` (world_size() x mine).
