@@ -129,6 +129,34 @@ TEST(ReportTest, JsonRoundTripsAndNamesAMissingField) {
   EXPECT_THAT(std::string(FromJson(j).status().message()), HasSubstr("'median' has the wrong type"));
 }
 
+// Across hosts: the internode bytes and the hierarchical path's figures
+// round-trip too; results without them (one host) read as before.
+TEST(ReportTest, HierarchicalFiguresRoundTrip) {
+  BenchResult r = Result(8, 150);
+  r.hosts = 4;
+  r.internode_bytes_per_rank = 3e6;
+  r.internode_floor_bytes_per_rank = 2e6;
+  r.has_hierarchical = true;
+  r.hier_us = Summarize({80, 90, 100});
+  r.hier_vs_flat = Summarize({0.6, 0.7});
+  r.hier_internode_bytes_per_rank = 2.1e6;
+  absl::StatusOr<BenchResult> back = FromJson(ToJson(r));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->hosts, 4);
+  EXPECT_TRUE(back->has_hierarchical);
+  EXPECT_DOUBLE_EQ(back->hier_us.median, 90);
+  EXPECT_DOUBLE_EQ(back->hier_vs_flat.median, 0.65);
+  EXPECT_DOUBLE_EQ(back->hier_internode_bytes_per_rank, 2.1e6);
+  EXPECT_DOUBLE_EQ(back->internode_floor_bytes_per_rank, 2e6);
+  absl::StatusOr<BenchResult> one_host = FromJson(ToJson(Result(2, 150)));
+  ASSERT_TRUE(one_host.ok()) << one_host.status();
+  EXPECT_EQ(one_host->hosts, 1);
+  EXPECT_FALSE(one_host->has_hierarchical);
+  const std::string csv = ToCsv({r});
+  EXPECT_THAT(csv, HasSubstr("hier_vs_flat"));
+  EXPECT_THAT(csv, HasSubstr(",4,3000000,2000000,90.00,"));
+}
+
 TEST(ReportTest, WritesJsonCsvAndPlotsAndReadsThemBack) {
   std::string dir = ::testing::TempDir() + "/moex_bench_report";
   std::filesystem::remove_all(dir);

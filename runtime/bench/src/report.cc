@@ -150,7 +150,9 @@ std::string ToCsv(const std::vector<BenchResult>& results) {
          "dispatch_us,combine_us,ours_us,ours_us_p10,ours_us_p90,baseline_us,baseline_us_p10,baseline_us_p90,"
          "ratio,ratio_min,ratio_max,dispatch_bytes_per_rank,combine_bytes_per_rank,floor_bytes_per_rank,"
          "dispatch_gbps,combine_gbps,baseline_gbps,rank_imbalance,route_us,expert_us,layer_us,layer_us_p10,"
-         "layer_us_p90,layer_baseline_us,layer_ratio,scaling_efficiency\n";
+         "layer_us_p90,layer_baseline_us,layer_ratio,scaling_efficiency,hosts,internode_bytes_per_rank,"
+         "internode_floor_bytes_per_rank,hier_us,hier_us_p10,hier_us_p90,hier_vs_flat,hier_vs_flat_p10,"
+         "hier_vs_flat_p90,hier_vs_baseline,hier_internode_bytes_per_rank\n";
   for (size_t i = 0; i < results.size(); ++i) {
     const BenchResult& r = results[i];
     const BenchPoint& p = r.point;
@@ -167,7 +169,16 @@ std::string ToCsv(const std::vector<BenchResult>& results) {
     } else {
       csv << ",,,,,,,";
     }
-    csv << (efficiency[i] > 0 ? absl::StrFormat("%.4f", efficiency[i]) : "") << "\n";
+    csv << (efficiency[i] > 0 ? absl::StrFormat("%.4f", efficiency[i]) : "") << ",";
+    csv << absl::StrFormat("%d,%.0f,%.0f,", r.hosts, r.internode_bytes_per_rank, r.internode_floor_bytes_per_rank);
+    if (r.has_hierarchical) {
+      csv << absl::StrFormat("%.2f,%.2f,%.2f,%.4f,%.4f,%.4f,%.4f,%.0f", r.hier_us.median, r.hier_us.p10, r.hier_us.p90,
+                             r.hier_vs_flat.median, r.hier_vs_flat.p10, r.hier_vs_flat.p90, r.hier_vs_baseline.median,
+                             r.hier_internode_bytes_per_rank);
+    } else {
+      csv << ",,,,,,,";
+    }
+    csv << "\n";
   }
   return csv.str();
 }
