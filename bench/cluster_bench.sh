@@ -45,6 +45,9 @@ name=benchvc
 links=(unshaped)
 mpirun_args=()
 if [[ -z "$hostfile" ]]; then
+  # Rank 0 writes the points from inside host h0, whose /tmp is its own.
+  [[ "$out" != /tmp && "$out" != /tmp/* ]] \
+    || { echo "cluster_bench.sh: --out $out is under /tmp, which each virtual host has its own; choose another" >&2; exit 2; }
   "$vcluster" check
   trap '"$vcluster" down "$name" >/dev/null 2>&1 || true' EXIT
   "$vcluster" up --replace "$name" "$hosts" "$per_host"
@@ -60,7 +63,7 @@ for link in "${links[@]}"; do
   echo "== $link link: $ranks ranks on $hosts hosts ($per_host a host), top-k $top_k" >&2
   "$moex" bench sweep --ranks "$ranks" --transports mpi --tokens "$tokens" --hidden "$hidden" --top-k "$top_k" \
     --experts "$experts" --no-layer --reps "$reps" --warmup 2 --run-timeout 1200 \
-    --mpirun-args "${mpirun_args[*]} --hostfile $hostfile --map-by slot" --out "$out/$link"
+    --mpirun-args "${mpirun_args[*]} --mca mpi_yield_when_idle 1 --hostfile $hostfile --map-by slot" --out "$out/$link"
 done
 
 python3 - "$out" "$rate" "$(nproc)" "${links[@]}" <<'PY'
@@ -68,7 +71,7 @@ import json, os, sys
 out, rate, cores, links = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 rows = []
 for link in links:
-    for r in json.load(open(os.path.join(out, link, "results.json"))):
+    for r in json.load(open(os.path.join(out, link, "results.json")))["results"]:
         h = r.get("hierarchical")
         if not h:
             sys.exit(f"{link}: a point ran without the hierarchical path (ranks on one host?)")
