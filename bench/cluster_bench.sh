@@ -6,7 +6,7 @@
 #
 #   bench/cluster_bench.sh [--moex BIN] [--out DIR] [--hosts 4] [--ranks-per-host 2]
 #                          [--rate 2gbit] [--tokens 512] [--hidden 2048] [--top-k 6,8]
-#                          [--experts 64] [--reps 10] [--hostfile FILE]
+#                          [--experts 64] [--reps 10] [--links unshaped,shaped] [--hostfile FILE]
 #
 # Without --hostfile it stands up a virtual cluster of namespace hosts on
 # this machine (tests/cluster/vcluster, needs root), shapes every host's link
@@ -17,7 +17,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 moex="$here/build/ci/bin/moex" out="bench-results/cluster" hosts=4 per_host=2 rate=2gbit
-tokens=512 hidden=2048 top_k=6,8 experts=64 reps=10 hostfile=""
+tokens=512 hidden=2048 top_k=6,8 experts=64 reps=10 hostfile="" links_asked=unshaped,shaped
 while (($#)); do
   case "$1" in
     --moex) moex="$2" ;;
@@ -31,6 +31,7 @@ while (($#)); do
     --experts) experts="$2" ;;
     --reps) reps="$2" ;;
     --hostfile) hostfile="$2" ;;
+    --links) links_asked="$2" ;;
     *) echo "cluster_bench.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift 2
@@ -53,7 +54,7 @@ if [[ -z "$hostfile" ]]; then
   "$vcluster" up --replace "$name" "$hosts" "$per_host"
   hostfile="$("$vcluster" hostfile "$name")"
   mapfile -t mpirun_args < <("$vcluster" mpirun-args "$name")
-  links=(unshaped shaped)
+  IFS=, read -r -a links <<<"$links_asked"
 fi
 
 for link in "${links[@]}"; do
@@ -88,28 +89,28 @@ lines = [f"Dispatch + combine across hosts, each point median of {rows[0]['reps'
          f"(p10-p90 in brackets), the slowest rank's time; {cores} cores on the machine; ratios per repetition.",
          "Bytes between hosts: dispatch + combine, per rank, each byte once; floor: distinct (token, remote host) "
          "pairs x hidden x 4 (dispatch only).", "",
-         "| link | ranks/hosts | top-k | flat us | hierarchical us | MPI_Alltoallv us | hier/flat | hier/MPI | flat/MPI | "
+         "| link | ranks/hosts | tokens/rank | top-k | flat us | hierarchical us | MPI_Alltoallv us | hier/flat | hier/MPI | flat/MPI | "
          "internode MiB/rank flat | hierarchical | dispatch floor |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for r in rows:
-    lines.append(f"| {r['link']} | {r['ranks']}/{r['hosts']} | {r['top_k']} | {stat(r['flat_us'])} | {stat(r['hier_us'])} | "
+    lines.append(f"| {r['link']} | {r['ranks']}/{r['hosts']} | {r['tokens']} | {r['top_k']} | {stat(r['flat_us'])} | {stat(r['hier_us'])} | "
                  f"{stat(r['mpi_us'])} | {ratio(r['hier_vs_flat'])} | {ratio(r['hier_vs_mpi'])} | "
                  f"{ratio(r['flat_vs_mpi'])} | {mib(r['flat_bytes'])} | {mib(r['hier_bytes'])} | {mib(r['floor'])} |")
 open(os.path.join(out, "summary.md"), "w").write("\n".join(lines) + "\n")
 with open(os.path.join(out, "summary.csv"), "w") as f:
-    f.write("link,ranks,hosts,top_k,flat_us,hier_us,mpi_us,hier_vs_flat,hier_vs_mpi,flat_vs_mpi,"
+    f.write("link,ranks,hosts,tokens_per_rank,top_k,flat_us,hier_us,mpi_us,hier_vs_flat,hier_vs_mpi,flat_vs_mpi,"
             "flat_internode_bytes,hier_internode_bytes,floor_bytes\n")
     for r in rows:
-        f.write(f"{r['link']},{r['ranks']},{r['hosts']},{r['top_k']},{r['flat_us']['median']:.1f},"
+        f.write(f"{r['link']},{r['ranks']},{r['hosts']},{r['tokens']},{r['top_k']},{r['flat_us']['median']:.1f},"
                 f"{r['hier_us']['median']:.1f},{r['mpi_us']['median']:.1f},{r['hier_vs_flat']['median']:.4f},"
                 f"{r['hier_vs_mpi']['median']:.4f},{r['flat_vs_mpi']['median']:.4f},{r['flat_bytes']:.0f},"
                 f"{r['hier_bytes']:.0f},{r['floor']:.0f}\n")
 # Grouped bars: per (link, top-k), flat / hierarchical / MPI_Alltoallv medians
 # with p10-p90 whiskers.
-groups = [(f"{r['link']}, top-{r['top_k']}", r) for r in rows]
+groups = [(f"{r['link']}, {r['tokens']} tok, top-{r['top_k']}", r) for r in rows]
 series = [("flat", "flat_us", "#888"), ("hierarchical", "hier_us", "#2a7"), ("MPI_Alltoallv", "mpi_us", "#47c")]
 top = max(r[key]["p90"] for _, r in groups for _, key, _ in series) * 1.1
-W, H, left, bottom = 140 * len(groups) + 120, 360, 70, 300
+W, H, left, bottom = 170 * len(groups) + 120, 360, 70, 300
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
        f'<text x="{W / 2}" y="16" text-anchor="middle" font-size="13">dispatch + combine across hosts '
        f'(median of {rows[0]["reps"]}, p10-p90; {rows[0]["ranks"]} ranks on {rows[0]["hosts"]} hosts)</text>',
@@ -120,7 +121,7 @@ for i in range(6):
     y = bottom - (bottom - 30) * i / 5
     svg.append(f'<text x="{left - 5}" y="{y + 4}" text-anchor="end">{v / 1000:.1f} ms</text>')
 for g, (label, r) in enumerate(groups):
-    x0 = left + 20 + 140 * g
+    x0 = left + 20 + 170 * g
     for s, (name, key, color) in enumerate(series):
         st = r[key]
         x = x0 + 34 * s

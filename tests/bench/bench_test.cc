@@ -252,6 +252,59 @@ TEST(CalibrateTest, RecoversALinearLinkAndPredictsHeldOutPoints) {
   EXPECT_THAT(std::string(Calibrate(results, o).status().message()), HasSubstr("at least 2 fit points"));
 }
 
+// Points across hosts that follow the network law exactly: the fit recovers
+// the NIC's rate and latency, and the plan model, with its own sample of
+// how many hosts a token reaches, predicts the held-out point.
+TEST(CalibrateInternodeTest, RecoversTheNetworkAndPredictsHeldOutPoints) {
+  const double latency_us = 300, gbps = 0.25;
+  std::vector<BenchResult> results;
+  for (int64_t tokens : {256, 512, 1024}) {
+    BenchResult r;
+    r.point.ranks = 8;
+    r.point.tokens_per_rank = tokens;
+    r.point.hidden = 2048;
+    r.point.top_k = 8;
+    r.point.experts = 64;
+    r.point.expert_width = 256;
+    r.hosts = 4;
+    r.has_hierarchical = true;
+    r.rank_imbalance = 1.0;
+    // 16 experts a host: the chance a token's top-8 misses a given host.
+    double p_none = 1;
+    for (int j = 0; j < 8; ++j) p_none *= (48.0 - j) / (64.0 - j);
+    const double remote_hosts = 3 * (1 - p_none);
+    r.hier_internode_bytes_per_rank = 2 * tokens * remote_hosts * 2048 * 4;  // dispatch + combine
+    r.hier_us = Summarize({2 * latency_us + r.hier_internode_bytes_per_rank / (gbps * 1e3)});
+    results.push_back(r);
+  }
+  BenchResult one_host = results[0];  // not across hosts: left out
+  one_host.hosts = 1;
+  one_host.has_hierarchical = false;
+  results.push_back(one_host);
+  CalibrationOptions o;
+  o.fit_tokens = {256, 1024};
+  absl::StatusOr<plan::ClusterProfile> base = plan::BuiltinProfile("h100");
+  ASSERT_TRUE(base.ok());
+  absl::StatusOr<InternodeCalibration> c = CalibrateInternode(results, o, *base);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->fit_points, 2);
+  EXPECT_EQ(c->profile.gpus_per_node, 2);
+  EXPECT_NEAR(c->profile.nic_gbps, gbps, 0.01 * gbps);
+  EXPECT_NEAR(c->profile.nic_latency_us, latency_us, 1);
+  ASSERT_EQ(c->held_out.size(), 1u);
+  EXPECT_EQ(c->held_out[0].point.tokens_per_rank, 512);
+  EXPECT_LT(c->error, 0.05) << "model " << c->held_out[0].model_us << " us, measured " << c->held_out[0].measured_us;
+  EXPECT_NEAR(c->held_out[0].model_internode_bytes, c->held_out[0].internode_bytes,
+              0.05 * c->held_out[0].internode_bytes);
+
+  o.fit_tokens = {256};
+  EXPECT_THAT(std::string(CalibrateInternode(results, o, *base).status().message()), HasSubstr("at least 2 fit points"));
+  results[1].hosts = 8;  // a different layout
+  o.fit_tokens = {};
+  EXPECT_THAT(std::string(CalibrateInternode(results, o, *base).status().message()),
+              HasSubstr("different ranks per host"));
+}
+
 // The measurement itself on in-process ranks, the transport's own
 // all-to-all-v standing in for MPI_Alltoallv.
 TEST(RunPointTest, MeasuresEveryFigureOnEveryRankAlike) {

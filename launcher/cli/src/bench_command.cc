@@ -261,6 +261,53 @@ int RunReport(const BenchFlags& f) {
   return 0;
 }
 
+// `moex bench calibrate --internode`: the network term on points across
+// hosts; the rest of the profile is H100's with this machine's copy rate as
+// the within-host link.
+int RunCalibrateInternode(const std::vector<bench::BenchResult>& results, const bench::CalibrationOptions& o,
+                          const BenchFlags& f) {
+  absl::StatusOr<plan::ClusterProfile> base = plan::BuiltinProfile("h100");
+  if (!base.ok()) {
+    std::cerr << "moex bench: error: " << base.status().message() << "\n";
+    return 1;
+  }
+  base->nvlink_gbps = o.copy_gbps > 0 ? o.copy_gbps : base->nvlink_gbps;
+  base->source = StrCat("H100's published figures, within a host this machine's copy rate (", base->nvlink_gbps,
+                        " GB/s)");
+  absl::StatusOr<bench::InternodeCalibration> c = bench::CalibrateInternode(results, o, *base);
+  if (!c.ok()) {
+    std::cerr << "moex bench: error: " << c.status().message() << "\n";
+    return 1;
+  }
+  if (!f.out.empty()) {
+    std::ofstream out(f.out, std::ios::trunc);
+    out << bench::ProfileJson(c->profile).dump(2) << "\n";
+    if (!out) {
+      std::cerr << "moex bench: error: cannot write " << f.out << "\n";
+      return 1;
+    }
+  }
+  if (f.json) {
+    std::cout << bench::InternodeCalibrationJson(*c).dump(2) << "\n";
+    return 0;
+  }
+  std::cout << absl::StrFormat("calibrated on %d points across hosts (%d ranks a host): network %.3f GB/s + %.0f us "
+                               "latency a rank\n",
+                               c->fit_points, c->profile.gpus_per_node, c->profile.nic_gbps, c->profile.nic_latency_us);
+  std::cout << absl::StrFormat("%5s %5s %8s %6s %5s %24s %28s\n", "ranks", "hosts", "tok/rank", "hidden", "top-k",
+                               "hierarchical us (model)", "between hosts MiB (model)");
+  for (const bench::InternodeCalibration::Point& p : c->held_out) {
+    std::cout << absl::StrFormat("%5d %5d %8d %6d %5d %24s %28s\n", p.point.ranks, p.hosts, p.point.tokens_per_rank,
+                                 p.point.hidden, p.point.top_k, absl::StrFormat("%.0f (%.0f)", p.measured_us, p.model_us),
+                                 absl::StrFormat("%.2f (%.2f)", p.internode_bytes / (1 << 20),
+                                                 p.model_internode_bytes / (1 << 20)));
+  }
+  std::cout << absl::StrFormat("held-out points: %d; mean absolute error of the hierarchical time: %s\n",
+                               c->held_out.size(), c->error < 0 ? "-" : absl::StrFormat("%.1f%%", 100 * c->error));
+  if (!f.out.empty()) std::cout << "wrote " << f.out << " (use it: moex plan MODEL --perf --cluster " << f.out << ")\n";
+  return 0;
+}
+
 int RunCalibrate(const BenchFlags& f) {
   absl::StatusOr<std::vector<bench::BenchResult>> results = bench::ReadResults(f.results);
   bench::CalibrationOptions o;
@@ -282,6 +329,7 @@ int RunCalibrate(const BenchFlags& f) {
   char host[256] = "host";
   gethostname(host, sizeof(host) - 1);
   o.name = StrCat("calibrated-", host);
+  if (f.internode) return RunCalibrateInternode(*results, o, f);
   absl::StatusOr<bench::Calibration> c = bench::Calibrate(*results, o);
   if (!c.ok()) {
     std::cerr << "moex bench: error: " << c.status().message() << "\n";
@@ -368,6 +416,9 @@ CLI::App* AddBenchCommand(CLI::App& app, BenchFlags& f) {
   calibrate->add_option("--ranks", f.only_ranks, "Only results at these rank counts (ranks sharing one host's cores: one at a time)");
   calibrate->add_option("--out", f.out, "Write the fitted cluster profile here (for moex plan --perf --cluster)");
   calibrate->add_flag("--json", f.json, "Print JSON");
+  calibrate->add_flag("--internode", f.internode,
+                      "Fit the network term (NIC GB/s and latency) on points whose ranks spanned hosts "
+                      "(bench/cluster_bench.sh), predict the held-out ones with the plan model");
   return bench;
 }
 

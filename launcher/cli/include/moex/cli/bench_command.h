@@ -46,6 +46,7 @@ struct BenchFlags {
   std::string mpirun = "mpirun";
   std::string mpirun_args = "--oversubscribe --mca btl self,vader,tcp";
   bool json = false;
+  bool internode = false;  // `bench calibrate --internode`
 };
 
 CLI::App* AddBenchCommand(CLI::App& app, BenchFlags& flags);

@@ -50,6 +50,35 @@ struct Calibration {
 
 absl::StatusOr<Calibration> Calibrate(const std::vector<BenchResult>& results, const CalibrationOptions& options);
 
+// The internode term of `moex plan --perf` (nic_gbps, nic_latency_us), fitted
+// on the points whose ranks spanned hosts (results with the hierarchical path
+// measured), and checked on the others:
+//   fit:     hierarchical dispatch + combine = 2 x latency + the bytes that
+//            crossed between hosts x imbalance / bandwidth (least squares
+//            over the fit points); ranks per host from the points
+//   predict: the plan model itself (its own fan-out sample of how many hosts
+//            a token reaches, hence its own bytes) with that profile, for
+//            each held-out point; the error is against the measured
+//            hierarchical time.
+// The model counts network time only where the network is the slow link
+// (as across GPU nodes): calibrate on a shaped link. The profile's other
+// figures are the base's (e.g. a one-host Calibrate's, or H100's).
+struct InternodeCalibration {
+  plan::ClusterProfile profile;
+  int64_t fit_points = 0;
+  struct Point {
+    BenchPoint point;
+    int hosts = 0;
+    double measured_us = 0, model_us = 0, internode_bytes = 0, model_internode_bytes = 0;
+  };
+  std::vector<Point> held_out;
+  double error = -1;  // mean absolute relative error over the held-out points; -1: none
+};
+absl::StatusOr<InternodeCalibration> CalibrateInternode(const std::vector<BenchResult>& results,
+                                                        const CalibrationOptions& options,
+                                                        const plan::ClusterProfile& base);
+nlohmann::json InternodeCalibrationJson(const InternodeCalibration& calibration);
+
 // The profile as a file `moex plan --perf --cluster FILE.json` reads.
 nlohmann::json ProfileJson(const plan::ClusterProfile& profile);
 nlohmann::json CalibrationJson(const Calibration& calibration);
