@@ -471,52 +471,99 @@ TEST(DispatchChoiceTest, SharedMemoryThatCannotGrowIsAnErrorOnEveryRank) {
 // The same on the per-peer path, ranks 0 and 1 on one host, rank 2 on
 // another: rank 1's segment (its receive area and the partial sums of
 // every row it gets, from either host) cannot grow.
-TEST(DispatchChoiceTest, AutoFallsBackFromPerPeerWhenSegmentsCannotGrowMidRun) {
-  const HostSplit split = HostSplits(3)[2];  // {0, 1}, {2}
-  HostDirectories hosts(split);
-  std::vector<Created> created = CreateAndRun(
-      3,
-      [&](int r) {
-        DispatchOptions options = hosts.options(r, DispatchPath::kAuto);
-        options.shared_memory.max_bytes = SmallLimitOnRank1(r, DispatchPath::kAuto).shared_memory.max_bytes;
-        return options;
-      },
-      {Small(), Large(), Small()}, &split);
-  for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
-  EXPECT_EQ(created[0].path, "all-to-all-v");
-  EXPECT_THAT(created[0].reason, AllOf(StartsWith(StrCat("all-to-all-v: ", hosts.of(1), " on rank 1: a ")),
-                                       HasSubstr("over the 64.00 KiB limit"), HasSubstr("fell back at dispatch #2")));
-  ExpectAgreement(created);
+// Across hosts, flat (per peer) and hierarchical alike: rank 1's segment
+// cannot grow mid-run; under kAuto every rank falls back to all-to-all-v,
+// asked for by name it is an error on every rank.
+TEST(DispatchChoiceTest, AutoFallsBackAcrossHostsWhenSegmentsCannotGrowMidRun) {
+  for (bool flat : {true, false}) {
+    SCOPED_TRACE(flat ? "flat" : "hierarchical");
+    const HostSplit split = HostSplits(3)[2];  // {0, 1}, {2}
+    HostDirectories hosts(split);
+    std::vector<Created> created = CreateAndRun(
+        3,
+        [&](int r) {
+          DispatchOptions options = hosts.options(r, DispatchPath::kAuto);
+          options.flat = flat;
+          options.shared_memory.max_bytes = SmallLimitOnRank1(r, DispatchPath::kAuto).shared_memory.max_bytes;
+          return options;
+        },
+        {Small(), Large(), Small()}, &split);
+    for (const Created& c : created) ASSERT_TRUE(c.status.ok()) << c.status;
+    EXPECT_EQ(created[0].path, "all-to-all-v");
+    EXPECT_THAT(created[0].reason, AllOf(StartsWith(StrCat("all-to-all-v: ", hosts.of(1), " on rank 1: a ")),
+                                         HasSubstr("over the 64.00 KiB limit"), HasSubstr("fell back at dispatch #2")));
+    ExpectAgreement(created);
+  }
 }
 
-TEST(DispatchChoiceTest, PerPeerThatCannotGrowIsAnErrorOnEveryRank) {
+TEST(DispatchChoiceTest, PerPeerOrHierarchicalThatCannotGrowIsAnErrorOnEveryRank) {
+  for (DispatchPath path : {DispatchPath::kPerPeer, DispatchPath::kHierarchical}) {
+    SCOPED_TRACE(DispatchPathName(path));
+    const HostSplit split = HostSplits(3)[2];  // {0, 1}, {2}
+    HostDirectories hosts(split);
+    std::vector<absl::Status> second(3);
+    OnEveryRank(3, [&](int r, transport::Transport& t) {
+      DispatchOptions options = hosts.options(r, path);
+      options.shared_memory.max_bytes = SmallLimitOnRank1(r, path).shared_memory.max_bytes;
+      absl::StatusOr<Dispatcher> dispatcher = Dispatcher::Create(t, options, Deadline::InSeconds(30));
+      ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
+      ASSERT_TRUE(CheckDispatchAndCombine(t, *dispatcher, Small(), 0, false, &split));
+      // The second round's dispatch fails on every rank.
+      const DispatchCase large = Large();
+      const Placement placement = *Placement::Contiguous(large.experts, 3);
+      Tensor x({large.tokens[r], large.hidden});
+      std::vector<int32_t> topk(large.tokens[r] * 2, 0);
+      std::vector<float> weights(topk.size(), 0.5f);
+      for (int64_t i = 0; i < large.tokens[r]; ++i) topk[2 * i + 1] = 3 + static_cast<int32_t>(i % 3);
+      DispatchLayout layout = GetDispatchLayout(placement, topk.data(), large.tokens[r], 2, 0);
+      DispatchResult received;
+      second[r] = dispatcher->Dispatch(t, placement, x, layout, weights.data(), Deadline::InSeconds(30), &received);
+      EXPECT_EQ(dispatcher->path(), DispatchPathName(path));
+    });
+    for (int r = 0; r < 3; ++r) {
+      EXPECT_EQ(second[r].code(), absl::StatusCode::kResourceExhausted) << second[r];
+      EXPECT_THAT(std::string(second[r].message()),
+                  AllOf(StartsWith(StrCat("dispatch on rank ", r, ": shared memory cannot grow for dispatch #2: ")),
+                        HasSubstr(StrCat(hosts.of(1), " on rank 1: a ")), HasSubstr("limit")));
+    }
+  }
+}
+
+// A gateway gets rows it cannot forward as announced: rank 2 (alone on its
+// host) routes with a placement that differs from everyone else's, so its
+// records for host {0, 1} name other ranks than its counts said. Every rank
+// fails, together and before anything is written, the gateway saying why.
+TEST(DispatchChoiceTest, HierarchicalRefusesRowsThatDoNotMatchTheirCounts) {
   const HostSplit split = HostSplits(3)[2];  // {0, 1}, {2}
   HostDirectories hosts(split);
-  std::vector<absl::Status> second(3);
+  std::vector<absl::Status> status(3);
   OnEveryRank(3, [&](int r, transport::Transport& t) {
-    DispatchOptions options = hosts.options(r, DispatchPath::kPerPeer);
-    options.shared_memory.max_bytes = SmallLimitOnRank1(r, DispatchPath::kPerPeer).shared_memory.max_bytes;
-    absl::StatusOr<Dispatcher> dispatcher = Dispatcher::Create(t, options, Deadline::InSeconds(30));
+    absl::StatusOr<Dispatcher> dispatcher =
+        Dispatcher::Create(t, hosts.options(r, DispatchPath::kHierarchical), Deadline::InSeconds(30));
     ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
-    ASSERT_TRUE(CheckDispatchAndCombine(t, *dispatcher, Small(), 0, false, &split));
-    // The second round's dispatch fails on every rank.
-    const DispatchCase large = Large();
-    const Placement placement = *Placement::Contiguous(large.experts, 3);
-    Tensor x({large.tokens[r], large.hidden});
-    std::vector<int32_t> topk(large.tokens[r] * 2, 0);
-    std::vector<float> weights(topk.size(), 0.5f);
-    for (int64_t i = 0; i < large.tokens[r]; ++i) topk[2 * i + 1] = 3 + static_cast<int32_t>(i % 3);
-    DispatchLayout layout = GetDispatchLayout(placement, topk.data(), large.tokens[r], 2, 0);
+    const Placement mine = *Placement::Contiguous(6, 3);
+    // Rank 2's slot 0 "is" rank 1's in the layout it announces; its records
+    // name slot 0, which the gateway's placement gives rank 0.
+    const int64_t T = r == 2 ? 4 : 0;
+    Tensor x({T, 8});
+    std::vector<int32_t> topk(T, 0);
+    std::vector<float> weights(T, 1.0f);
+    DispatchLayout layout = GetDispatchLayout(mine, topk.data(), T, 1, 0);
+    if (r == 2) {
+      for (int64_t i = 0; i < T; ++i) {
+        layout.is_token_in_rank[i * 3 + 0] = 0;
+        layout.is_token_in_rank[i * 3 + 1] = 1;
+      }
+      layout.num_tokens_per_rank = {0, T, 0};
+    }
     DispatchResult received;
-    second[r] = dispatcher->Dispatch(t, placement, x, layout, weights.data(), Deadline::InSeconds(30), &received);
-    EXPECT_EQ(dispatcher->path(), "per peer");
+    status[r] = dispatcher->Dispatch(t, mine, x, layout, weights.data(), Deadline::InSeconds(30), &received);
   });
-  for (int r = 0; r < 3; ++r) {
-    EXPECT_EQ(second[r].code(), absl::StatusCode::kResourceExhausted) << second[r];
-    EXPECT_THAT(std::string(second[r].message()),
-                AllOf(StartsWith(StrCat("dispatch on rank ", r, ": shared memory cannot grow for dispatch #2: ")),
-                      HasSubstr(StrCat(hosts.of(1), " on rank 1: a ")), HasSubstr("limit")));
-  }
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(status[r].code(), absl::StatusCode::kDataLoss) << "rank " << r << ": " << status[r];
+  // Rank 2's gateway on host {0, 1} is rank 0 (local index 0).
+  EXPECT_THAT(std::string(status[0].message()),
+              HasSubstr("rank 2 sent 4 rows for rank 0 to forward, having announced 0"));
+  EXPECT_THAT(std::string(status[1].message()), HasSubstr("rank 0 received rows it cannot forward"));
 }
 
 TEST(DispatchChoiceTest, RanksThatAskForDifferentPathsAreToldOnEveryRank) {
@@ -592,6 +639,26 @@ TEST(DispatchOptionsTest, TheEnvironmentChoosesThePath) {
   IntranodeEnv env("yes");
   EXPECT_THAT(std::string(DispatchOptions::FromEnvironment().status().message()),
               HasSubstr("MOEX_INTRANODE='yes' is not one of 0 (all-to-all-v), 1 (shared memory), auto"));
+}
+
+TEST(DispatchOptionsTest, TheDispatchFlagChoosesFlatOrHierarchical) {
+  IntranodeEnv unset(nullptr);
+  absl::StatusOr<DispatchOptions> options = DispatchOptions::FromEnvironment("auto");
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->path, DispatchPath::kAuto);
+  EXPECT_FALSE(options->flat);
+  options = DispatchOptions::FromEnvironment("flat");
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->path, DispatchPath::kAuto);
+  EXPECT_TRUE(options->flat);
+  options = DispatchOptions::FromEnvironment("hierarchical");
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->path, DispatchPath::kHierarchical);
+  EXPECT_THAT(std::string(DispatchOptions::FromEnvironment("fast").status().message()),
+              HasSubstr("--dispatch 'fast' is not one of auto, flat, hierarchical"));
+  IntranodeEnv set("0");
+  EXPECT_THAT(std::string(DispatchOptions::FromEnvironment("hierarchical").status().message()),
+              HasSubstr("--dispatch hierarchical and MOEX_INTRANODE=0 both choose the path"));
 }
 
 TEST(DispatchOptionsTest, ValidateNamesTheBadField) {

@@ -92,7 +92,9 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
     std::string line = StrCat("moex run: rank ", rank, ": error: ", status.message(), "\n");
     (void)!write(STDERR_FILENO, line.data(), line.size());
     // Every rank that can still speak says why; then the whole job ends.
-    (*mpi)->Abort(1, 2.0);
+    // Stopped by the launcher (a cancel, a lost host): at once, it is
+    // ending the job anyway.
+    (*mpi)->Abort(1, StopSignal() != 0 ? 0.0 : 2.0);
   };
   // Ranks share the machine's cores; one BLAS thread each unless told.
   const char* threads = std::getenv("MOEX_BLAS_THREADS");

@@ -139,6 +139,7 @@ struct Contender {
                                                 const Tensor& x, const ep::DispatchLayout& layout,
                                                 const float* weights, const std::function<Deadline()>& deadline) {
     const int64_t H = x.dim(1);
+    std::fill(y.values.begin(), y.values.end(), 0.0f);  // combine adds into y
     MOEX_RETURN_IF_ERROR(t.Barrier(deadline()));
     auto start = Clock::now();
     MOEX_RETURN_IF_ERROR(dispatcher.Dispatch(t, placement, x, layout, weights, deadline(), &received));
@@ -296,10 +297,14 @@ absl::StatusOr<BenchResult> RunPoint(transport::Transport& t, const AllToAllVFn&
   contenders.push_back(Contender(std::move(flat_dispatcher), T, H));
   result.hosts = contenders[0].dispatcher.num_hosts();
   if (result.hosts > 1 && dispatch_options.path == ep::DispatchPath::kAuto) {
-    dispatch_options.path = ep::DispatchPath::kHierarchical;
+    // Auto, not flat: hierarchical where it can be set up (every rank
+    // alike), else it fell back and is not a contender.
+    dispatch_options.flat = false;
     MOEX_ASSIGN_OR_RETURN(ep::Dispatcher hierarchical, ep::Dispatcher::Create(t, dispatch_options, deadline()));
-    contenders.push_back(Contender(std::move(hierarchical), T, H));
-    result.has_hierarchical = true;
+    if (hierarchical.path() == ep::DispatchPathName(ep::DispatchPath::kHierarchical)) {
+      contenders.push_back(Contender(std::move(hierarchical), T, H));
+      result.has_hierarchical = true;
+    }
   }
   std::optional<Baseline> baseline;
   // Per contender: dispatch, combine, dispatch + combine; then the plain

@@ -8,6 +8,8 @@ namespace moex {
 namespace {
 
 std::atomic<int> g_stop_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free && std::atomic<bool>::is_always_lock_free,
+              "the signal handler touches only lock-free atomics");
 std::atomic<int> g_waits{0};
 std::atomic<bool> g_acknowledged{false};
 

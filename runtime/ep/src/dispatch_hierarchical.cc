@@ -25,7 +25,10 @@
 // Barriers are over the world, as on the per-peer path (see
 // dispatch_shared.cc); the network exchange is the transport's all-to-all-v
 // with empty blocks between the ranks of a host.
+#include <cmath>
 #include <cstring>
+#include <span>
+#include <string>
 
 #include "dispatch_internal.h"
 #include "moex/core/status_macros.h"
@@ -69,6 +72,14 @@ absl::Status Dispatcher::DispatchHierarchical(transport::Transport& transport, c
     }
   }
   MOEX_RETURN_IF_ERROR(transport.AllGather(mine, all, deadline));
+  // Every rank holds the same counts: a corrupt one fails every rank alike,
+  // before any size is computed from it.
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (!(all[i] >= 0 && all[i] < 2147483648.0) || all[i] != std::floor(all[i])) {
+      return absl::DataLossError(StrCat("dispatch on rank ", me, ": rank ", i / fields, " announced a count of ",
+                                        all[i], ", not a token count"));
+    }
+  }
   auto tokens_to_rank = [&](int s, int d) { return static_cast<int64_t>(all[s * fields + d]); };
   auto tokens_to_host = [&](int s, int h) { return static_cast<int64_t>(all[s * fields + world + h]); };
 
@@ -150,20 +161,48 @@ absl::Status Dispatcher::DispatchHierarchical(transport::Transport& transport, c
                                              reinterpret_cast<std::byte*>(recv_.data()), recv_bytes, deadline));
   }
 
-  // The forwarded rows' pairs name global slots of this host; a peer's bug
-  // or corrupted bytes must not index past them.
+  // The forwarded rows' pairs name global slots of this host, and each
+  // sender's rows for each rank of this host are as many as it announced
+  // (the areas were sized from that): a peer's bug, corrupted bytes or a
+  // different placement must not write past a block. Every rank learns
+  // whether any found one, so that all fail together, before any write.
   std::vector<int> forwarded_from(forwarded);
-  for (int s = 0, f = 0; s < world; ++s) {
-    for (int64_t n = 0; n < out->net_recv_tokens[s]; ++n, ++f) {
+  std::string bad;
+  std::vector<int64_t> seen(world);
+  for (int s = 0, f = 0; s < world && bad.empty(); ++s) {
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int64_t n = 0; n < out->net_recv_tokens[s] && bad.empty(); ++n, ++f) {
       forwarded_from[f] = s;
       const int32_t* slots = reinterpret_cast<const int32_t*>(recv_.data() + f * record + H);
-      for (int64_t j = 0; j < k; ++j) {
+      for (int d : host_ranks) {
+        bool chose = false;
+        for (int64_t j = 0; j < k; ++j) chose |= slots[j] >= 0 && slots[j] < placement.num_slots() &&
+                                                 placement.slot_rank(slots[j]) == d;
+        seen[d] += chose;
+      }
+      for (int64_t j = 0; j < k && bad.empty(); ++j) {
         if (slots[j] == -1) continue;
         if (slots[j] < 0 || slots[j] >= placement.num_slots() || host_of_[placement.slot_rank(slots[j])] != my_host) {
-          return absl::DataLossError(StrCat("dispatch on rank ", me, ": received slot ", slots[j], " from rank ", s,
-                                            " to forward, not a slot of this host's ranks"));
+          bad = StrCat("received slot ", slots[j], " from rank ", s, " to forward, not a slot of this host's ranks");
         }
       }
+    }
+    for (int d : host_ranks) {
+      const bool through_me = host_of_[s] != my_host && GatewayOf(s, my_host) == me;
+      if (bad.empty() && through_me && seen[d] != tokens_to_rank(s, d)) {
+        bad = StrCat("rank ", s, " sent ", seen[d], " rows for rank ", d, " to forward, having announced ",
+                     tokens_to_rank(s, d), " (do the ranks hold the same placement?)");
+      }
+    }
+  }
+  std::vector<int64_t> failed(world, 0);
+  failed[me] = bad.empty() ? 0 : 1;
+  MOEX_RETURN_IF_ERROR(transport.AllReduceSum(std::span<int64_t>(failed), deadline));
+  if (!bad.empty()) return absl::DataLossError(StrCat("dispatch on rank ", me, ": ", bad));
+  for (int r = 0; r < world; ++r) {
+    if (failed[r] != 0) {
+      return absl::DataLossError(StrCat("dispatch on rank ", me, ": rank ", r, " received rows it cannot forward "
+                                        "(rank ", r, " says why)"));
     }
   }
 
@@ -207,10 +246,12 @@ absl::Status Dispatcher::DispatchHierarchical(transport::Transport& transport, c
     for (int g : host_ranks) row += g < me ? out->counts[g * world + d] : 0;
     float* area = reinterpret_cast<float*>(shm_->segment(d));
     const size_t first = out->item_order.size();
+    const int64_t end = row + out->send_tokens[d];  // this rank's block in d's area
     for (int64_t item : items) {
       if (!goes_to(item, d)) continue;
       out->item_order.push_back(item);
       if (d == me) continue;
+      if (row >= end) break;  // checked above; never past the block
       float* dst = area + (row++) * record;
       std::memcpy(dst, item < T ? x.row(item) : recv_.data() + (item - T) * record, H * sizeof(float));
       item_pairs(item, d, reinterpret_cast<int32_t*>(dst + H), dst + H + k);

@@ -61,12 +61,13 @@ absl::Status Transport::Posted(absl::StatusOr<RequestId> id, int peer, std::stri
     return absl::OkStatus();
   }
   // What was posted before will not complete: abandon it, and refuse from
-  // now on, naming the peer.
+  // now on, naming the peer; as a lost rank only where the peer is the
+  // cause (the transport says unavailable), not for a local failure.
   for (Pending& p : pending) Cancel(p.request);
-  return Fail(WithMissingRanks(absl::Status(id.status().code(),
-                                            StrCat(name(), " transport, rank ", rank_, ": ", what,
-                                                   " failed talking to rank ", peer, ": ", id.status().message())),
-                               {peer}));
+  if (StopSignal() != 0) AcknowledgeStop();
+  absl::Status failed(id.status().code(), StrCat(name(), " transport, rank ", rank_, ": ", what,
+                                                 " failed talking to rank ", peer, ": ", id.status().message()));
+  return Fail(absl::IsUnavailable(failed) ? WithMissingRanks(std::move(failed), {peer}) : std::move(failed));
 }
 
 absl::Status Transport::WaitAll(std::vector<Pending>& pending, Deadline deadline,
@@ -81,6 +82,9 @@ absl::Status Transport::WaitAll(std::vector<Pending>& pending, Deadline deadline
       if (p.done) continue;
       absl::StatusOr<bool> done = Test(p.request);
       if (!done.ok()) {
+        // A lost peer's error and the launcher's SIGTERM often come
+        // together: this error is the report, the process goes on to give it.
+        if (StopSignal() != 0) AcknowledgeStop();
         return Fail(WithMissingRanks(absl::UnavailableError(StrCat(name(), " transport, rank ", rank_, ": ", what,
                                                                    " failed talking to rank ", p.peer, ": ",
                                                                    done.status().message())),

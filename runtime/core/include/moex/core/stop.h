@@ -2,6 +2,11 @@
 // cancel send before SIGKILL) while it waits for peers says what it was
 // waiting for, instead of dying silently.
 //
+// The stop is for the whole process and for good: once asked, every later
+// wait that does not finish at once ends too (a process that is stopping
+// reports and exits). So a test installs the handler only in a child
+// process of its own.
+//
 // InstallStopHandler() makes SIGTERM set a flag that every blocking wait
 // (the transport's) checks: a wait that is in progress ends at once with an
 // error naming the ranks it waited for. A SIGTERM that arrives while no wait

@@ -84,9 +84,10 @@ DispatchLayout GetDispatchLayout(const Placement& placement, const int32_t* topk
                                  int64_t num_tokens, int64_t top_k, int64_t first_token);
 
 enum class DispatchPath {
-  // Shared memory when every rank shares this host's /dev/shm; per peer
-  // when the ranks are on several hosts and some host has two or more;
-  // all-to-all-v when every rank is alone on its host, or the probe fails.
+  // Shared memory when every rank shares this host's /dev/shm;
+  // hierarchical (per peer with DispatchOptions::flat) when the ranks are on
+  // several hosts and some host has two or more; all-to-all-v when every
+  // rank is alone on its host, or the probe fails.
   kAuto,
   kSharedMemory,  // shared memory, or an error saying which rank cannot and why
   kAllToAllV,     // the transport's all-to-all-v, wherever the ranks are
@@ -133,7 +134,7 @@ struct DispatchResult {
   int64_t num_tokens = 0;                           // T of the dispatch: the rows of y in Combine
   int64_t hidden = 0;
   int64_t top_k = 0;
-  std::vector<const float*> recv_rows;              // [R] each a row of H floats, source-rank-major
+  std::vector<const float*> recv_rows;              // [R] each a row of H floats, in the path's order (above)
   std::vector<int32_t> recv_local_slot;             // [R, k] slot on this rank, or -1
   std::vector<float> recv_weights;                  // [R, k]
   std::vector<int64_t> num_recv_tokens_per_expert;  // [local slots]
@@ -147,7 +148,8 @@ struct DispatchResult {
   int64_t internode_bytes_sent = 0;
   int64_t internode_floor_bytes = 0;
   // Shared-memory and per-peer paths: counts[s * W + d] tokens went from
-  // rank s to rank d.
+  // rank s to rank d; hierarchical: rows gateway s forwarded to rank d of
+  // its host.
   std::vector<int64_t> counts;
   // Hierarchical path: the network hop. Rows sent to each rank over the
   // network ([W], gateways only) and the local token of each, gateway-major;
@@ -193,7 +195,10 @@ class Dispatcher {
   // combine moves nothing twice. Valid until the next Dispatch.
   float* PartialBuffer(const DispatchResult& received);
   // The partial sums [R, H] (rows in `received` order) go back along
-  // `received`; `y` [T, H] gets the sum over ranks, added in rank order.
+  // `received`; `y` [T, H] gets the sum over ranks added to it: in rank
+  // order on the flat paths; on the hierarchical path this host's ranks in
+  // order, then one sum per remote host, hosts in their gateways' order
+  // (deterministic, but not the flat paths' bits).
   // `bytes_sent` gets what this rank sent to (or left for) other ranks.
   // `partial` is best PartialBuffer(received); anything else is copied there.
   absl::Status Combine(transport::Transport& transport, const DispatchResult& received,
