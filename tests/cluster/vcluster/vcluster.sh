@@ -25,13 +25,16 @@
 # A host is: a network namespace (vc-NAME-hI) whose eth0 is a veth into the
 # bridge vcb-NAME in the root namespace (the bridge has .1 of the subnet, so
 # mpirun in the root namespace reaches every host); a UTS namespace (its host
-# name); a mount namespace with its own tmpfs /dev/shm, its own /tmp, its own
+# name); a mount namespace with its own tmpfs /dev/shm, its own
 # sysfs (its own /sys/class/net, which UCX reads), a private boot id bind-mounted
 # over /proc/sys/kernel/random/boot_id (UCX decides from it whether two
 # processes share a machine) and its own /etc/hosts naming every host; and a
 # SysV IPC namespace. One holder process per host keeps these namespaces; every
 # command in the host joins them with nsenter, so a host's /dev/shm lasts across
-# launches. All hosts still share one pid space and the rest of the file system.
+# launches. All hosts still share one pid space and the rest of the file system
+# (/tmp included, as a shared file system would be: a build or a clone under
+# /tmp is where the ranks find it; Open MPI's session directories there are
+# named after each host).
 #
 # State lives in $VCLUSTER_ROOT/NAME (default /run/moex-vcluster/NAME). The
 # agent finds a host from its name alone, so the root must be the same for
@@ -164,8 +167,7 @@ cmd_up() {
     netns="$(netns_of "$name" "$i")"
     veth="$(veth_of "$name" "$i")"
     dir="$state/hosts/$host"
-    mkdir -p "$dir/tmp"
-    chmod 1777 "$dir/tmp"
+    mkdir -p "$dir"
     echo "$i" >"$dir/index"
     echo "$subnet.$((10 + i))" >"$dir/address"
     cat /proc/sys/kernel/random/uuid >"$dir/boot_id"
@@ -217,7 +219,6 @@ cmd_holder() {
   mount --bind "$dir/boot_id" /proc/sys/kernel/random/boot_id
   mount --bind "$dir/etc_hosts" /etc/hosts
   if [[ -e /etc/hostname ]]; then mount --bind "$dir/etc_hostname" /etc/hostname; fi
-  mount --bind "$dir/tmp" /tmp
   echo "$$" >"$dir/pid.new"
   mv "$dir/pid.new" "$dir/pid"
   exec -a "$(holder_tag "$host")" sleep infinity
