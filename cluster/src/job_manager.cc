@@ -83,7 +83,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
                                    "was not observed"));
       entry.job.set_end_time_unix_ms(NowMs());
       MOEX_RETURN_IF_ERROR(manager->store_->Put(entry.job, entry.process_group));
-      manager->DropWeightCache(entry.job);
+      manager->CleanUpHosts(entry.job, 0);
     }
     manager->jobs_[entry.job.id()] = std::move(entry);
   }
@@ -152,7 +152,7 @@ void JobManager::Finish(Entry& entry, JobState state, std::string message) {
   entry.job.set_message(std::move(message));
   entry.job.set_end_time_unix_ms(NowMs());
   KillProcesses(entry);
-  DropWeightCache(entry.job);
+  CleanUpHosts(entry.job, 0);
   if (entry.job.attempts_size() > 0) {
     moex::v1::Attempt* attempt = entry.job.mutable_attempts(entry.job.attempts_size() - 1);
     if (attempt->end_time_unix_ms() == 0) {
@@ -214,15 +214,16 @@ absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
 }
 
 std::string JobManager::WeightCacheDir(const Job& job) const {
-  if (options_.weight_cache_root.empty() || job.spec().max_restarts() == 0) return "";
-  return (std::filesystem::path(options_.weight_cache_root) / StrCat("moex-weights-", geteuid(), "-", job.id())).string();
+  if (job.spec().max_restarts() == 0) return "";
+  return launcher::JobWeightCacheDir(options_.weight_cache_root, job.id());
 }
 
-void JobManager::DropWeightCache(const Job& job) const {
-  const std::string cache = WeightCacheDir(job);
-  if (cache.empty()) return;
-  std::error_code ignored;  // nothing there (no rank got to load) is fine
-  std::filesystem::remove_all(cache, ignored);
+void JobManager::CleanUpHosts(const Job& job, int attempt) {
+  launcher::HostCleanupRequest request;
+  request.job_id = job.id();
+  request.attempt = attempt;
+  request.weight_cache_root = options_.weight_cache_root;
+  cleaner_->Enqueue(std::move(request), job.log_path());
 }
 
 absl::Status JobManager::Launch(Entry& entry) {
@@ -231,8 +232,10 @@ absl::Status JobManager::Launch(Entry& entry) {
   request.job_id = entry.job.id();
   request.world_size = World(entry.job);
   request.log_path = entry.job.log_path();
-  // The job id on every rank's command line: `ps` finds every process of it.
-  request.rank_argv = {options_.moex_binary, "worker", "--job-id", entry.job.id(), "--controller", controller};
+  // The job id on every rank's command line: `ps` finds every process of it
+  // ("worker --job-id J "), and of an attempt ("worker --job-id J --attempt N ").
+  request.rank_argv = {options_.moex_binary, "worker", "--job-id", entry.job.id(),
+                       "--attempt", std::to_string(std::max(1, entry.job.attempts_size())), "--controller", controller};
   if (!options_.token.empty()) request.extra_env.push_back(StrCat("MOEX_TOKEN=", options_.token));
   if (!options_.tls_cert.empty()) {
     // Ranks trust the controller's certificate: it is its own CA or is signed
@@ -543,6 +546,8 @@ void JobManager::Shutdown() {
     notify.swap(pending_notifications_);
   }
   if (monitor_.joinable()) monitor_.join();
+  // The hosts of the jobs just stopped are cleaned before the controller goes.
+  cleaner_->Drain();
   // Reap what was killed so nothing lingers as a zombie.
   int status;
   while (waitpid(-1, &status, WNOHANG) > 0) {

@@ -39,6 +39,8 @@ void JobManager::RankFailed(Entry& entry, std::string why, std::vector<int> lost
   ended->set_steps_done(job.metrics().steps_done());
   ended->set_ended(why);
   KillProcesses(entry);
+  // What the ended attempt's ranks left (its weight cache stays for the next).
+  CleanUpHosts(job, ended->number() > 0 ? ended->number() : job.attempts_size());
   job_by_group_.erase(entry.process_group);  // its exit, reaped later, is no news
   entry.process_group = 0;
   entry.adopted = false;

@@ -1,5 +1,7 @@
 #include <unistd.h>
 
+#include <limits.h>
+
 #include "moex/core/status_macros.h"
 #include "moex/core/subprocess.h"
 #include "moex/launcher/launcher.h"
@@ -26,6 +28,14 @@ class MpirunLauncher final : public Launcher {
     }
     MOEX_ASSIGN_OR_RETURN(pid_t group, SpawnInNewGroup(spawn));
     return Launched{.process_group = group, .argv = spawn.argv};
+  }
+
+  absl::StatusOr<std::vector<std::string>> CleanUpHosts(const HostCleanupRequest& request,
+                                                        const std::string& /*moex_binary*/) const override {
+    MOEX_ASSIGN_OR_RETURN(HostCleanupReport report, CleanJobOnHost(request));
+    char host[HOST_NAME_MAX + 1] = {};
+    if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+    return std::vector<std::string>{std::string(host[0] != '\0' ? host : "this host") + ": " + report.Summary()};
   }
 
  private:

@@ -17,7 +17,7 @@ chaos_cleanup() {
   # Nothing of this case may outlive it, even when it failed half-way.
   for id in $(cat "$work/jobs" 2>/dev/null); do
     pkill -9 -f "job-id $id" 2>/dev/null || true
-    rm -rf "/dev/shm/moex-weights-$(id -u)-$id"
+    rm -rf "/dev/shm/moex-weights-$(id -u)-$id" "/dev/shm/moex-job-$(id -u)-$id"
   done
   if [ "${CHAOS_FAILED:-0}" = 1 ]; then tail -n 30 "$work"/serve.out "$work"/state/logs/*.log 2>/dev/null || true; fi
   [ -n "${chaos_mount:-}" ] && umount "$chaos_mount" 2>/dev/null || true

@@ -8,7 +8,7 @@ moex="$(realpath "$1")"
 results="$(mktemp)"
 status=0
 for c in kill_rank_mid_step kill_rank_mid_migration stopped_rank controller_restart unreachable_controller \
-         bad_inputs state_dir elastic_recovery; do
+         bad_inputs state_dir elastic_recovery shm_leftovers; do
   echo "== $c" >&2
   bash "$here/case_$c.sh" "$moex" "$results" "$here/../../runtime/model/presets" >&2
   code=$?

@@ -28,7 +28,8 @@ int main(int argc, char** argv) {
   CLI::App* bench = moex::cli::AddBenchCommand(app, bench_flags);
   CLI11_PARSE(app, argc, argv);
   if (plan->parsed()) return moex::cli::RunPlan(plan_flags, std::cout, std::cerr);
-  if (run->parsed() || worker->parsed()) return moex::cli::RunRun(run_flags, &argc, &argv);
+  if (run->parsed()) return moex::cli::RunRun(run_flags, &argc, &argv);
+  if (worker->parsed()) return moex::cli::RunWorker(run_flags, &argc, &argv);
   if (serve->parsed()) return moex::cli::RunServe(serve_flags);
   if (job->parsed()) return moex::cli::RunJob(*job, job_flags);
   if (bench->parsed()) return moex::cli::RunBench(*bench, bench_flags, &argc, &argv);

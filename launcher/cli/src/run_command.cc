@@ -14,9 +14,11 @@
 #include "moex/core/stop.h"
 #include "moex/core/str_cat.h"
 #include "moex/kernels/expert_ffn.h"
+#include "moex/launcher/host_cleanup.h"
 #include "moex/run/runner.h"
 #include "moex/run/sink.h"
 #include "moex/transport/mpi_transport.h"
+#include "moex/transport/shared_segments.h"
 #include "moex/transport/transport_registry.h"
 #include "moex/worker/bench_job.h"
 #include "moex/worker/worker_run_link.h"
@@ -68,8 +70,81 @@ CLI::App* AddWorkerCommand(CLI::App& app, RunFlags& f) {
   CLI::App* worker = app.add_subcommand(
       "worker", "A rank of a job launched by `moex serve` (the controller starts these under mpirun)");
   worker->add_option("--job-id", f.job_id, "The job this rank belongs to")->required();
-  worker->add_option("--controller", f.controller, "The controller's address")->required();
+  worker->add_option("--controller", f.controller, "The controller's address (required for a rank)");
+  worker->add_option("--attempt", f.attempt, "Which launch of the job this is (1: the first)")
+      ->check(CLI::Range(0, 1000000));
+  worker->add_flag("--cleanup", f.cleanup,
+                   "Instead of running a rank, remove what the job (or, with --attempt, that attempt) left on "
+                   "this host: its shared-memory segments, weight cache and record directory");
+  worker->add_option("--weight-cache-root", f.weight_cache_root,
+                     "With --cleanup: the controller's --weight-cache-root (\"\": no cache)");
+  worker->add_option("--shm-dir", f.shm_dir, "With --cleanup: where the job's ranks made their segments")
+      ->capture_default_str();
   return worker;
+}
+
+namespace {
+
+// A rank of a controller job records, on its host, the files in /dev/shm
+// that a kill would leave: Open MPI's segments (mapped by now) and every
+// moex segment before it is made. The host's cleanup removes them.
+class LeftoverRecorder {
+ public:
+  LeftoverRecorder(const RunFlags& flags, int rank) {
+    absl::StatusOr<launcher::RankRecord> opened =
+        launcher::RankRecord::Open(flags.shm_dir, flags.job_id, flags.attempt, rank);
+    absl::Status status = opened.status();
+    if (opened.ok()) {
+      auto record = std::make_shared<launcher::RankRecord>(std::move(*opened));
+      for (const std::string& path : launcher::MappedMpiSegments(flags.shm_dir)) {
+        if (status.ok()) status = record->Add(path);
+      }
+      transport::SetSegmentCreationObserver([record, rank](const std::string& path) {
+        if (absl::Status added = record->Add(path); !added.ok()) Warn(rank, added);
+      });
+      installed_ = true;
+    }
+    if (!status.ok()) Warn(rank, status);
+  }
+  ~LeftoverRecorder() {
+    if (installed_) transport::SetSegmentCreationObserver(nullptr);
+  }
+  LeftoverRecorder(const LeftoverRecorder&) = delete;
+  LeftoverRecorder& operator=(const LeftoverRecorder&) = delete;
+
+ private:
+  static void Warn(int rank, const absl::Status& status) {
+    const std::string line = StrCat("moex worker: rank ", rank, ": warning: ", status.message(),
+                                    "; what this rank leaves in shared memory may outlive the job\n");
+    (void)!write(STDERR_FILENO, line.data(), line.size());
+  }
+  bool installed_ = false;
+};
+
+int RunHostCleanup(const RunFlags& flags) {
+  launcher::HostCleanupRequest request;
+  request.job_id = flags.job_id;
+  request.attempt = flags.attempt;
+  request.weight_cache_root = flags.weight_cache_root;
+  request.shm_dir = flags.shm_dir;
+  absl::StatusOr<launcher::HostCleanupReport> report = launcher::CleanJobOnHost(request);
+  if (!report.ok()) {
+    std::cerr << "moex worker --cleanup: error: " << report.status().message() << "\n";
+    return 2;
+  }
+  std::cout << "moex worker --cleanup: job " << flags.job_id << ": " << report->Summary() << "\n";
+  return report->ok() ? 0 : 1;
+}
+
+}  // namespace
+
+int RunWorker(const RunFlags& flags, int* argc, char*** argv) {
+  if (flags.cleanup) return RunHostCleanup(flags);
+  if (flags.controller.empty()) {
+    std::cerr << "moex worker: error: --controller is required (unless --cleanup)\n";
+    return 2;
+  }
+  return RunRun(flags, argc, argv);
 }
 
 absl::StatusOr<std::unique_ptr<transport::Transport>> CreateRankTransport(const std::string& name) {
@@ -87,6 +162,8 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
     return 1;
   }
   const int rank = (*mpi)->rank();
+  std::optional<LeftoverRecorder> leftovers;
+  if (!flags.job_id.empty()) leftovers.emplace(flags, rank);
   auto fail = [&](const absl::Status& status) -> int {
     // One write per line, so that mpirun does not interleave ranks mid-line.
     std::string line = StrCat("moex run: rank ", rank, ": error: ", status.message(), "\n");

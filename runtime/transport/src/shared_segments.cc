@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <random>
 
 #include "absl/strings/str_join.h"
@@ -21,6 +22,15 @@ namespace moex::transport {
 namespace {
 
 std::string Bytes(int64_t bytes) { return FormatBytes(static_cast<double>(bytes)); }
+
+std::mutex& ObserverMutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+std::function<void(const std::string&)>& Observer() {
+  static std::function<void(const std::string&)> observer;
+  return observer;
+}
 
 // A rank's failure: where, then why, one line each (no rank in either, so
 // that ranks failing alike read as one).
@@ -56,6 +66,11 @@ absl::Status SharedSegmentsOptions::Validate() const {
     return absl::InvalidArgumentError(StrCat("shared segments: max_bytes ", max_bytes, " is negative"));
   }
   return absl::OkStatus();
+}
+
+void SetSegmentCreationObserver(std::function<void(const std::string& path)> observer) {
+  std::lock_guard<std::mutex> lock(ObserverMutex());
+  Observer() = std::move(observer);
 }
 
 void SharedSegments::Fence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
@@ -111,6 +126,10 @@ std::string SharedSegments::Grow(int64_t bytes) {
   if (options_.max_bytes > 0 && bytes > options_.max_bytes) {
     return Failure(options_.directory, StrCat("a ", Bytes(bytes), " segment is over the ", Bytes(options_.max_bytes),
                                               " limit (SharedSegmentsOptions.max_bytes)"));
+  }
+  {
+    std::lock_guard<std::mutex> lock(ObserverMutex());
+    if (Observer()) Observer()(path);
   }
   int fd = open(path.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
   int error = fd < 0 ? errno : posix_fallocate(fd, 0, bytes);

@@ -24,6 +24,7 @@
 
 #include "absl/status/statusor.h"
 #include "moex/placement/load_stats.h"
+#include "moex/cluster/job_cleaner.h"
 #include "moex/cluster/job_store.h"
 #include "moex/launcher/launcher.h"
 #include "moex/cluster/spec_validation.h"
@@ -142,7 +143,8 @@ class JobManager {
 
   explicit JobManager(ControllerOptions options, std::unique_ptr<JobStore> store)
       : options_(std::move(options)), store_(std::move(store)),
-        launcher_(launcher::MakeMpirunLauncher(options_.mpirun, options_.mpirun_args)) {}
+        launcher_(launcher::MakeMpirunLauncher(options_.mpirun, options_.mpirun_args)),
+        cleaner_(std::make_unique<JobCleaner>(*launcher_, options_.moex_binary)) {}
 
   absl::Status Launch(Entry& entry);
   // Moves a job to a terminal state, kills what is left of its group,
@@ -161,8 +163,11 @@ class JobManager {
   void Persist(Entry& entry);
   // The job's host weight cache directory, "" when it has none.
   std::string WeightCacheDir(const moex::v1::Job& job) const;
-  // Removes it on this host (the job ended).
-  void DropWeightCache(const moex::v1::Job& job) const;
+  // Queues the cleanup of what the job left on its hosts (launcher/host_cleanup.h):
+  // attempt 0: the job ended, everything (segments, weight cache, records);
+  // attempt N: that attempt ended and the job relaunches, its segments only.
+  // Runs on the cleaner's thread, never under the lock.
+  void CleanUpHosts(const moex::v1::Job& job, int attempt);
   // Requires the lock. Makes placement version 1 (contiguous) if the job has
   // none yet.
   absl::Status EnsurePlacement(Entry& entry);
@@ -181,6 +186,7 @@ class JobManager {
   ControllerOptions options_;
   std::unique_ptr<JobStore> store_;
   std::unique_ptr<launcher::Launcher> launcher_;  // starts each attempt's ranks
+  std::unique_ptr<JobCleaner> cleaner_;           // cleans their hosts after them
   std::mutex mutex_;
   std::map<std::string, Entry> jobs_;
   std::map<pid_t, std::string> job_by_group_;

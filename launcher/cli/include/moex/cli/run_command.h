@@ -30,11 +30,23 @@ struct RunFlags {
   // from the controller's JobSpec.
   std::string job_id;
   std::string controller;
+  int attempt = 0;  // which launch of the job this rank belongs to (0: not said)
+  // `moex worker --cleanup`: this host's cleanup of the job
+  // (launcher/host_cleanup.h) instead of a rank.
+  bool cleanup = false;
+  std::string weight_cache_root;
+  std::string shm_dir = "/dev/shm";
 };
 
 CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags);
-// `moex worker --job-id ID --controller ADDR`, what the controller launches.
+// `moex worker --job-id ID --attempt N --controller ADDR`, what the
+// controller launches; `moex worker --cleanup --job-id ID [--attempt N]
+// [--weight-cache-root R]`, what a launcher runs once on each host of an
+// ended job (or attempt).
 CLI::App* AddWorkerCommand(CLI::App& app, RunFlags& flags);
+
+// `moex worker`: the host cleanup, or a rank (RunRun).
+int RunWorker(const RunFlags& flags, int* argc, char*** argv);
 
 // Runs on this rank (MPI is started inside). Returns the exit code; on an
 // error every rank prints its diagnosis and the whole job ends non-zero.

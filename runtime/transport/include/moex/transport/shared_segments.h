@@ -19,6 +19,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -29,6 +30,13 @@
 #include "moex/transport/transport.h"
 
 namespace moex::transport {
+
+// Told each segment's path before the segment is created, so that what a
+// killed rank leaves between creating and unlinking one can be found: a
+// controller job's rank records them for its host's cleanup
+// (launcher/host_cleanup.h). Process-wide; set it before the first Create
+// (an empty function clears it). It must not throw and should be quick.
+void SetSegmentCreationObserver(std::function<void(const std::string& path)> observer);
 
 struct SharedSegmentsOptions {
   // Where the segments live: a tmpfs that every rank of the host sees.

@@ -1,0 +1,73 @@
+#include "moex/cluster/job_cleaner.h"
+
+#include <cstdio>
+#include <fstream>
+
+#include "moex/core/str_cat.h"
+
+namespace moex::cluster {
+
+JobCleaner::JobCleaner(const launcher::Launcher& launcher, std::string moex_binary)
+    : launcher_(launcher), moex_binary_(std::move(moex_binary)), thread_([this] { Loop(); }) {}
+
+JobCleaner::~JobCleaner() { Drain(); }
+
+void JobCleaner::Enqueue(launcher::HostCleanupRequest request, std::string log_path) {
+  Task task{std::move(request), std::move(log_path)};
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!draining_) {
+      queue_.push_back(std::move(task));
+      wake_.notify_one();
+      return;
+    }
+  }
+  Run(task);
+}
+
+void JobCleaner::Drain() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    draining_ = true;
+    wake_.notify_one();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void JobCleaner::Loop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (true) {
+    wake_.wait(lock, [this] { return draining_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // draining, and nothing left
+    Task task = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    Run(task);
+    lock.lock();
+  }
+}
+
+void JobCleaner::Run(const Task& task) const {
+  const launcher::HostCleanupRequest& request = task.request;
+  const std::string what = request.attempt > 0
+                               ? StrCat("attempt ", request.attempt, " of job ", request.job_id)
+                               : StrCat("job ", request.job_id);
+  absl::StatusOr<std::vector<std::string>> hosts = launcher_.CleanUpHosts(request, moex_binary_);
+  std::vector<std::string> lines;
+  if (!hosts.ok()) {
+    lines.push_back(StrCat("moex serve: cleanup of ", what, " failed: ", hosts.status().message()));
+  } else {
+    for (const std::string& host : *hosts) lines.push_back(StrCat("moex serve: cleanup of ", what, " on ", host));
+  }
+  std::ofstream log(task.log_path, std::ios::app);
+  for (const std::string& line : lines) {
+    log << line << "\n";
+    // The operator hears of what was refused or failed, not of routine.
+    if (!hosts.ok() || line.find("; refused: ") != std::string::npos || line.find("; failed: ") != std::string::npos ||
+        line.find(" still running") != std::string::npos) {
+      fprintf(stderr, "%s\n", line.c_str());
+    }
+  }
+}
+
+}  // namespace moex::cluster
