@@ -441,6 +441,20 @@ TEST(DispatchChoiceTest, AutoFallsBackWhenSharedMemoryCannotGrowMidRun) {
   ExpectAgreement(created);
 }
 
+// Rank r's share of Large(), dispatched once (the round a segment cannot
+// grow for).
+absl::Status DispatchLarge(transport::Transport& t, Dispatcher& dispatcher, int r) {
+  const DispatchCase large = Large();
+  const Placement placement = *Placement::Contiguous(large.experts, 3);
+  Tensor x({large.tokens[r], large.hidden});
+  std::vector<int32_t> topk(large.tokens[r] * 2, 0);
+  std::vector<float> weights(topk.size(), 0.5f);
+  for (int64_t i = 0; i < large.tokens[r]; ++i) topk[2 * i + 1] = 3 + static_cast<int32_t>(i % 3);
+  DispatchLayout layout = GetDispatchLayout(placement, topk.data(), large.tokens[r], 2, 0);
+  DispatchResult received;
+  return dispatcher.Dispatch(t, placement, x, layout, weights.data(), Deadline::InSeconds(30), &received);
+}
+
 TEST(DispatchChoiceTest, SharedMemoryThatCannotGrowIsAnErrorOnEveryRank) {
   std::vector<absl::Status> second(3);
   OnEveryRank(3, [&](int r, transport::Transport& t) {
@@ -449,15 +463,7 @@ TEST(DispatchChoiceTest, SharedMemoryThatCannotGrowIsAnErrorOnEveryRank) {
     ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
     ASSERT_TRUE(CheckDispatchAndCombine(t, *dispatcher, Small(), 0));
     // The second round's dispatch fails; see that it does, then stop.
-    const DispatchCase large = Large();
-    const Placement placement = *Placement::Contiguous(large.experts, 3);
-    Tensor x({large.tokens[r], large.hidden});
-    std::vector<int32_t> topk(large.tokens[r] * 2, 0);
-    std::vector<float> weights(topk.size(), 0.5f);
-    for (int64_t i = 0; i < large.tokens[r]; ++i) topk[2 * i + 1] = 3 + static_cast<int32_t>(i % 3);
-    DispatchLayout layout = GetDispatchLayout(placement, topk.data(), large.tokens[r], 2, 0);
-    DispatchResult received;
-    second[r] = dispatcher->Dispatch(t, placement, x, layout, weights.data(), Deadline::InSeconds(30), &received);
+    second[r] = DispatchLarge(t, *dispatcher, r);
     EXPECT_EQ(dispatcher->path(), "shared memory");
   });
   for (int r = 0; r < 3; ++r) {
@@ -468,9 +474,6 @@ TEST(DispatchChoiceTest, SharedMemoryThatCannotGrowIsAnErrorOnEveryRank) {
   }
 }
 
-// The same on the per-peer path, ranks 0 and 1 on one host, rank 2 on
-// another: rank 1's segment (its receive area and the partial sums of
-// every row it gets, from either host) cannot grow.
 // Across hosts, flat (per peer) and hierarchical alike: rank 1's segment
 // cannot grow mid-run; under kAuto every rank falls back to all-to-all-v,
 // asked for by name it is an error on every rank.
@@ -509,15 +512,7 @@ TEST(DispatchChoiceTest, PerPeerOrHierarchicalThatCannotGrowIsAnErrorOnEveryRank
       ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
       ASSERT_TRUE(CheckDispatchAndCombine(t, *dispatcher, Small(), 0, false, &split));
       // The second round's dispatch fails on every rank.
-      const DispatchCase large = Large();
-      const Placement placement = *Placement::Contiguous(large.experts, 3);
-      Tensor x({large.tokens[r], large.hidden});
-      std::vector<int32_t> topk(large.tokens[r] * 2, 0);
-      std::vector<float> weights(topk.size(), 0.5f);
-      for (int64_t i = 0; i < large.tokens[r]; ++i) topk[2 * i + 1] = 3 + static_cast<int32_t>(i % 3);
-      DispatchLayout layout = GetDispatchLayout(placement, topk.data(), large.tokens[r], 2, 0);
-      DispatchResult received;
-      second[r] = dispatcher->Dispatch(t, placement, x, layout, weights.data(), Deadline::InSeconds(30), &received);
+      second[r] = DispatchLarge(t, *dispatcher, r);
       EXPECT_EQ(dispatcher->path(), DispatchPathName(path));
     });
     for (int r = 0; r < 3; ++r) {
@@ -593,90 +588,6 @@ TEST(DispatchChoiceTest, InvalidOptionsOnOneRankAreAnErrorOnEveryRank) {
   for (int r = 0; r < 2; ++r) {
     EXPECT_THAT(std::string(created[r].status.message()), HasSubstr("rank 2's dispatch options are invalid"));
   }
-}
-
-// ---------------------------------------------------------------------------
-// Options.
-
-// Sets MOEX_INTRANODE for the scope (unset with nullptr), then restores it.
-class IntranodeEnv {
- public:
-  explicit IntranodeEnv(const char* value) {
-    if (const char* old = std::getenv("MOEX_INTRANODE")) old_ = old;
-    if (value != nullptr) setenv("MOEX_INTRANODE", value, 1);
-    else unsetenv("MOEX_INTRANODE");
-  }
-  ~IntranodeEnv() {
-    if (old_) setenv("MOEX_INTRANODE", old_->c_str(), 1);
-    else unsetenv("MOEX_INTRANODE");
-  }
-
- private:
-  std::optional<std::string> old_;
-};
-
-TEST(DispatchOptionsTest, PathNames) {
-  EXPECT_EQ(DispatchPathName(DispatchPath::kAuto), "auto");
-  EXPECT_EQ(DispatchPathName(DispatchPath::kSharedMemory), "shared memory");
-  EXPECT_EQ(DispatchPathName(DispatchPath::kAllToAllV), "all-to-all-v");
-  EXPECT_EQ(DispatchPathName(DispatchPath::kPerPeer), "per peer");
-  EXPECT_EQ(DispatchPathName(DispatchPath::kHierarchical), "hierarchical");
-}
-
-TEST(DispatchOptionsTest, TheEnvironmentChoosesThePath) {
-  const std::pair<const char*, DispatchPath> cases[] = {{nullptr, DispatchPath::kAuto},
-                                                         {"", DispatchPath::kAuto},
-                                                         {"auto", DispatchPath::kAuto},
-                                                         {"0", DispatchPath::kAllToAllV},
-                                                         {"1", DispatchPath::kSharedMemory}};
-  for (const auto& [value, path] : cases) {
-    IntranodeEnv env(value);
-    absl::StatusOr<DispatchOptions> options = DispatchOptions::FromEnvironment();
-    ASSERT_TRUE(options.ok()) << options.status();
-    EXPECT_EQ(options->path, path) << (value ? value : "(unset)");
-    EXPECT_EQ(options->shared_memory.directory, "/dev/shm");
-  }
-  IntranodeEnv env("yes");
-  EXPECT_THAT(std::string(DispatchOptions::FromEnvironment().status().message()),
-              HasSubstr("MOEX_INTRANODE='yes' is not one of 0 (all-to-all-v), 1 (shared memory), auto"));
-}
-
-TEST(DispatchOptionsTest, TheDispatchFlagChoosesFlatOrHierarchical) {
-  IntranodeEnv unset(nullptr);
-  absl::StatusOr<DispatchOptions> options = DispatchOptions::FromEnvironment("auto");
-  ASSERT_TRUE(options.ok()) << options.status();
-  EXPECT_EQ(options->path, DispatchPath::kAuto);
-  EXPECT_FALSE(options->flat);
-  options = DispatchOptions::FromEnvironment("flat");
-  ASSERT_TRUE(options.ok()) << options.status();
-  EXPECT_EQ(options->path, DispatchPath::kAuto);
-  EXPECT_TRUE(options->flat);
-  options = DispatchOptions::FromEnvironment("hierarchical");
-  ASSERT_TRUE(options.ok()) << options.status();
-  EXPECT_EQ(options->path, DispatchPath::kHierarchical);
-  EXPECT_THAT(std::string(DispatchOptions::FromEnvironment("fast").status().message()),
-              HasSubstr("--dispatch 'fast' is not one of auto, flat, hierarchical"));
-  IntranodeEnv set("0");
-  EXPECT_THAT(std::string(DispatchOptions::FromEnvironment("hierarchical").status().message()),
-              HasSubstr("--dispatch hierarchical and MOEX_INTRANODE=0 both choose the path"));
-}
-
-TEST(DispatchOptionsTest, ValidateNamesTheBadField) {
-  EXPECT_TRUE(DispatchOptions{}.Validate().ok());
-  EXPECT_TRUE(DispatchOptions{.path = DispatchPath::kPerPeer}.Validate().ok());
-  EXPECT_THAT(std::string(DispatchOptions{.path = static_cast<DispatchPath>(9)}.Validate().message()),
-              HasSubstr("path 9 is not a path"));
-  // Per peer makes segments: their options matter.
-  EXPECT_THAT(std::string(DispatchOptions{.path = DispatchPath::kPerPeer, .shared_memory = {.directory = "shm"}}
-                              .Validate()
-                              .message()),
-              HasSubstr("directory 'shm' is not an absolute path"));
-  DispatchOptions relative{.shared_memory = {.directory = "shm"}};
-  EXPECT_THAT(std::string(relative.Validate().message()), HasSubstr("directory 'shm' is not an absolute path"));
-  DispatchOptions negative{.shared_memory = {.max_bytes = -1}};
-  EXPECT_THAT(std::string(negative.Validate().message()), HasSubstr("max_bytes -1 is negative"));
-  // Segment options do not matter where no segment is made.
-  EXPECT_TRUE((DispatchOptions{.path = DispatchPath::kAllToAllV, .shared_memory = {.directory = "shm"}}).Validate().ok());
 }
 
 }  // namespace

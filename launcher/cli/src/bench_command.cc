@@ -261,6 +261,15 @@ int RunReport(const BenchFlags& f) {
   return 0;
 }
 
+// Writes a fitted profile where `moex plan --perf --cluster` reads it; false
+// (said on stderr) when it cannot.
+bool WriteProfile(const std::string& path, const plan::ClusterProfile& profile) {
+  std::ofstream out(path, std::ios::trunc);
+  out << bench::ProfileJson(profile).dump(2) << "\n";
+  if (!out) std::cerr << "moex bench: error: cannot write " << path << "\n";
+  return static_cast<bool>(out);
+}
+
 // `moex bench calibrate --internode`: the network term on points across
 // hosts; the rest of the profile is H100's with this machine's copy rate as
 // the within-host link.
@@ -279,14 +288,7 @@ int RunCalibrateInternode(const std::vector<bench::BenchResult>& results, const 
     std::cerr << "moex bench: error: " << c.status().message() << "\n";
     return 1;
   }
-  if (!f.out.empty()) {
-    std::ofstream out(f.out, std::ios::trunc);
-    out << bench::ProfileJson(c->profile).dump(2) << "\n";
-    if (!out) {
-      std::cerr << "moex bench: error: cannot write " << f.out << "\n";
-      return 1;
-    }
-  }
+  if (!f.out.empty() && !WriteProfile(f.out, c->profile)) return 1;
   if (f.json) {
     std::cout << bench::InternodeCalibrationJson(*c).dump(2) << "\n";
     return 0;
@@ -335,14 +337,7 @@ int RunCalibrate(const BenchFlags& f) {
     std::cerr << "moex bench: error: " << c.status().message() << "\n";
     return 1;
   }
-  if (!f.out.empty()) {
-    std::ofstream out(f.out, std::ios::trunc);
-    out << bench::ProfileJson(c->profile).dump(2) << "\n";
-    if (!out) {
-      std::cerr << "moex bench: error: cannot write " << f.out << "\n";
-      return 1;
-    }
-  }
+  if (!f.out.empty() && !WriteProfile(f.out, c->profile)) return 1;
   if (f.json) {
     std::cout << bench::CalibrationJson(*c).dump(2) << "\n";
     return 0;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "calibrate_internal.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/model/architecture.h"
@@ -14,31 +15,14 @@
 namespace moex::bench {
 namespace {
 
-bool In(const std::vector<int64_t>& list, int64_t value) {
-  return list.empty() || std::find(list.begin(), list.end(), value) != list.end();
-}
+using calibrate_internal::In;
+using calibrate_internal::PointArch;
 
 double RoutedFlops(const BenchResult& r) {
   const BenchPoint& p = r.point;
   // The hottest rank's (token, expert) pairs, as the model counts them.
   return static_cast<double>(p.tokens_per_rank * p.top_k) * std::max(1.0, r.rank_imbalance) * 6.0 *
          static_cast<double>(p.hidden) * static_cast<double>(p.expert_width);
-}
-
-// The one-MoE-layer model the point ran: router softmax top-k, no shared
-// expert.
-model::ModelArch ArchOf(const BenchPoint& p) {
-  model::ModelArch arch;
-  arch.model_type = "mixtral";
-  arch.source = StrCat("bench point H ", p.hidden, " E ", p.experts, " top-", p.top_k, " F ", p.expert_width);
-  arch.hidden_size = p.hidden;
-  model::LayerSpec layer;
-  layer.ffn = model::FfnKind::kMoe;
-  layer.moe.num_experts = p.experts;
-  layer.moe.experts_per_token = p.top_k;
-  layer.moe.expert_intermediate_size = p.expert_width;
-  arch.layers.push_back(layer);
-  return arch;
 }
 
 double MeanError(const std::vector<std::pair<double, double>>& pairs) {
@@ -124,7 +108,7 @@ absl::StatusOr<Calibration> Calibrate(const std::vector<BenchResult>& results, c
     po.expert_dtype = "fp32";
     po.routing_skew = r->point.skew;
     po.samples = 4096;
-    MOEX_ASSIGN_OR_RETURN(plan::PerfReport report, plan::ModelPerf(ArchOf(r->point), po));
+    MOEX_ASSIGN_OR_RETURN(plan::PerfReport report, plan::ModelPerf(PointArch(r->point), po));
     if (report.ep.empty()) continue;
     const plan::EpPerf& e = report.ep.front();
     Prediction pr;

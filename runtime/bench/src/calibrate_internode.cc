@@ -3,34 +3,15 @@
 #include <algorithm>
 #include <cmath>
 
+#include "calibrate_internal.h"
 #include "moex/bench/calibrate.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/model/architecture.h"
 
 namespace moex::bench {
-namespace {
-
-bool In(const std::vector<int64_t>& list, int64_t value) {
-  return list.empty() || std::find(list.begin(), list.end(), value) != list.end();
-}
-
-// The one-MoE-layer model a bench point ran (router top-k, no shared expert).
-model::ModelArch PointArch(const BenchPoint& p) {
-  model::ModelArch arch;
-  arch.model_type = "mixtral";
-  arch.source = StrCat("bench point H ", p.hidden, " E ", p.experts, " top-", p.top_k);
-  arch.hidden_size = p.hidden;
-  model::LayerSpec layer;
-  layer.ffn = model::FfnKind::kMoe;
-  layer.moe.num_experts = p.experts;
-  layer.moe.experts_per_token = p.top_k;
-  layer.moe.expert_intermediate_size = p.expert_width;
-  arch.layers.push_back(layer);
-  return arch;
-}
-
-}  // namespace
+using calibrate_internal::In;
+using calibrate_internal::PointArch;
 
 absl::StatusOr<InternodeCalibration> CalibrateInternode(const std::vector<BenchResult>& results,
                                                         const CalibrationOptions& o,

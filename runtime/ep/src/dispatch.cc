@@ -367,6 +367,15 @@ absl::Status Dispatcher::LeaveSharedMemory(const absl::Status& cannot_grow, int6
   return absl::OkStatus();
 }
 
+absl::StatusOr<bool> Dispatcher::ReserveSegments(transport::Transport& transport, const std::vector<int64_t>& need,
+                                                 Deadline deadline) {
+  absl::Status reserved = shm_->Reserve(transport, need, deadline);
+  if (reserved.ok()) return true;
+  // Every rank saw the same failure: all leave together, or all fail.
+  MOEX_RETURN_IF_ERROR(LeaveSharedMemory(reserved, dispatches_));
+  return false;
+}
+
 absl::Status Dispatcher::Dispatch(transport::Transport& transport, const Placement& placement, const Tensor& x,
                                   const DispatchLayout& layout, const float* topk_weights, Deadline deadline,
                                   DispatchResult* out) {

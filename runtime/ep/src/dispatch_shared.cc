@@ -56,12 +56,8 @@ absl::Status Dispatcher::DispatchSegments(transport::Transport& transport, const
   std::vector<int64_t> counts(all.begin(), all.end());
   std::vector<int64_t> need(world);
   for (int d = 0; d < world; ++d) need[d] = AreasOf(counts, host_of_, d, record_bytes, H).bytes;
-  absl::Status reserved = shm_->Reserve(transport, need, deadline);
-  if (!reserved.ok()) {
-    // Every rank saw the same failure: all leave together, or all fail.
-    MOEX_RETURN_IF_ERROR(LeaveSharedMemory(reserved, dispatches_));
-    return DispatchAllToAllV(transport, placement, x, layout, topk_weights, deadline, out);
-  }
+  MOEX_ASSIGN_OR_RETURN(bool reserved, ReserveSegments(transport, need, deadline));
+  if (!reserved) return DispatchAllToAllV(transport, placement, x, layout, topk_weights, deadline, out);
   out->path = path_;
   out->counts = std::move(counts);
   out->num_tokens = T;

@@ -240,6 +240,11 @@ class Dispatcher {
   // Shared memory cannot grow (`cannot_grow`, the same on every rank):
   // under kAuto every rank moves to all-to-all-v (OK), else the error.
   absl::Status LeaveSharedMemory(const absl::Status& cannot_grow, int64_t dispatch);
+  // Grows the segments to `need` (bytes per rank, collective): true, or
+  // false where every rank has left shared memory for all-to-all-v (under
+  // kAuto), or the error.
+  absl::StatusOr<bool> ReserveSegments(transport::Transport& transport, const std::vector<int64_t>& need,
+                                       Deadline deadline);
   bool UsesSegments() const {
     return path_ == DispatchPath::kSharedMemory || path_ == DispatchPath::kPerPeer ||
            path_ == DispatchPath::kHierarchical;
