@@ -87,6 +87,7 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
     return Bad("transport", StrCat("is '", spec->transport(), "'; known: mpi, ucx (a controller job runs on CPUs)"));
   }
   if (spec->has_bench()) return ValidateBench(spec);
+  if (spec->dispatch().empty()) spec->set_dispatch("auto");
   // Defaults written back, so that the ranks and `moex job status` see
   // exactly what runs; the bounds are RunConfig's, the same as `moex run`'s.
   const job::RunConfig defaults;

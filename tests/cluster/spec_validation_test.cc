@@ -36,6 +36,8 @@ TEST(SpecValidationTest, GoodSpecGetsDefaults) {
   moex::v1::JobSpec spec = Good();
   ASSERT_TRUE(ValidateAndNormalise(&spec, SpecLimits{}).ok());
   EXPECT_EQ(spec.transport(), "mpi");
+  EXPECT_EQ(spec.dispatch(), "auto");
+  EXPECT_EQ(RunConfigFromSpec(spec).dispatch, "auto");
 }
 
 // What the ranks run is what the controller checked: one conversion, with
@@ -73,6 +75,8 @@ TEST(SpecValidationTest, EveryBadFieldIsNamed) {
   EXPECT_THAT(with([](auto& s) { s.set_steps(0); }), HasSubstr("spec.steps"));
   EXPECT_THAT(with([](auto& s) { s.set_tokens_per_rank(1 << 30); }), HasSubstr("spec.tokens_per_rank"));
   EXPECT_THAT(with([](auto& s) { s.set_transport("tcp"); }), HasSubstr("spec.transport is 'tcp'"));
+  EXPECT_THAT(with([](auto& s) { s.set_dispatch("fast"); }),
+              HasSubstr("spec.dispatch is 'fast'; known: auto, flat, hierarchical"));
   EXPECT_THAT(with([](auto& s) { s.set_transport("nccl"); }), HasSubstr("spec.transport is 'nccl'; known: mpi, ucx"));
   EXPECT_THAT(with([](auto& s) { s.set_exchange_timeout_seconds(5000); }), HasSubstr("spec.exchange_timeout_seconds"));
   EXPECT_THAT(with([](auto& s) { s.mutable_rebalance()->set_policy("random"); }),

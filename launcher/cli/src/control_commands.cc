@@ -273,6 +273,8 @@ CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
   submit->add_option("--steps", f.steps, "Forward passes")->capture_default_str();
   submit->add_option("--tokens-per-rank", f.tokens_per_rank, "Tokens per rank per step")->capture_default_str();
   submit->add_option("--transport", f.transport, "mpi or ucx")->capture_default_str();
+  submit->add_option("--dispatch", f.dispatch, "auto, flat or hierarchical: how tokens cross between hosts")
+      ->capture_default_str();
   submit->add_option("--layer", f.layer, "Layer index (default: first MoE layer)");
   submit->add_option("--routing-skew", f.routing_skew, "Zipf exponent of synthetic routing")->capture_default_str();
   submit->add_option("--seed", f.seed, "Seed")->capture_default_str();
@@ -384,6 +386,7 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     spec->set_steps(f.steps);
     spec->set_tokens_per_rank(f.tokens_per_rank);
     spec->set_transport(f.transport);
+    spec->set_dispatch(f.dispatch);
     if (f.layer) spec->set_layer(*f.layer);
     spec->set_routing_skew(f.routing_skew);
     spec->set_seed(f.seed);

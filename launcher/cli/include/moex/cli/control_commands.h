@@ -41,6 +41,7 @@ struct JobFlags {
   int steps = 5;
   int tokens_per_rank = 256;
   std::string transport = "mpi";
+  std::string dispatch = "auto";
   std::optional<int> layer;
   double routing_skew = 0;
   uint64_t seed = 1;
