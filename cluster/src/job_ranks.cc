@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "moex/cluster/job_manager.h"
+#include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 
 namespace moex::cluster {
@@ -11,19 +12,54 @@ namespace moex::cluster {
 using moex::v1::Job;
 using moex::v1::JobState;
 
-absl::StatusOr<moex::v1::RegisterRankResponse> JobManager::RegisterRank(const moex::v1::RegisterRankRequest& r) {
+namespace {
+
+// The attempt a call is about: the one it said, else the current one.
+int CurrentAttempt(const Job& job) { return std::max(1, job.attempts_size()); }
+
+}  // namespace
+
+// A refused call changes nothing: not the rank's last heartbeat, not the
+// job's figures. So one hostile or stray call (a rank of a killed attempt,
+// a rank number from nowhere, a step from the future) can neither keep a
+// dead rank alive, nor fail or restart a healthy job, nor freeze its load.
+absl::StatusOr<JobManager::Entry*> JobManager::RankCallEntry(std::string_view call, const std::string& job_id,
+                                                             int rank, int attempt) {
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return absl::NotFoundError(StrCat(call, ": no job '", job_id, "'"));
+  Entry& entry = it->second;
+  const int current = CurrentAttempt(entry.job);
+  const int said = attempt == 0 ? current : attempt;
+  const std::string who = StrCat(call, " for job ", job_id, " attempt ", said, " rank ", rank);
+  if (attempt < 0) return absl::InvalidArgumentError(StrCat(who, ": its attempt metadata is not a number"));
+  if (attempt > current) {
+    return absl::InvalidArgumentError(StrCat(who, ": attempt ", attempt, " was never launched (the current one is ",
+                                             current, ")"));
+  }
+  if (IsTerminal(entry.job.state())) {
+    return absl::FailedPreconditionError(StrCat(who, ": the job has ended (", JobState_Name(entry.job.state()), ")"));
+  }
+  if (said != current) {
+    return absl::FailedPreconditionError(StrCat(who, ": attempt ", said, " has ended (attempt ", current, " runs)"));
+  }
+  if (rank < 0 || rank >= World(entry.job)) {
+    return absl::InvalidArgumentError(StrCat(who, ": rank ", rank, " is outside the attempt's ", World(entry.job),
+                                             " ranks (0 to ", World(entry.job) - 1, ")"));
+  }
+  return &entry;
+}
+
+absl::StatusOr<moex::v1::RegisterRankResponse> JobManager::RegisterRank(const moex::v1::RegisterRankRequest& r,
+                                                                        int attempt) {
   moex::v1::RegisterRankResponse response;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = jobs_.find(r.job_id());
-    if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", r.job_id(), "'"));
-    Entry& entry = it->second;
-    if (IsTerminal(entry.job.state())) {
-      return absl::FailedPreconditionError(StrCat("job ", r.job_id(), " has ended (", JobState_Name(entry.job.state()), ")"));
-    }
-    if (r.world_size() != World(entry.job) || r.rank() < 0 || r.rank() >= r.world_size()) {
-      return absl::InvalidArgumentError(StrCat("rank ", r.rank(), " of ", r.world_size(), " does not fit job ",
-                                               r.job_id(), " of ", World(entry.job), " ranks"));
+    MOEX_ASSIGN_OR_RETURN(Entry * found, RankCallEntry("RegisterRank", r.job_id(), r.rank(), attempt));
+    Entry& entry = *found;
+    if (r.world_size() != World(entry.job)) {
+      return absl::InvalidArgumentError(StrCat("RegisterRank for job ", r.job_id(), " attempt ", CurrentAttempt(entry.job),
+                                               " rank ", r.rank(), ": world_size ", r.world_size(),
+                                               " is not the attempt's ", World(entry.job), " ranks"));
     }
     bool known = false;
     for (const auto& rank : entry.job.ranks()) known |= rank.rank() == r.rank();
@@ -51,11 +87,19 @@ absl::StatusOr<moex::v1::RegisterRankResponse> JobManager::RegisterRank(const mo
   return response;
 }
 
-absl::StatusOr<moex::v1::HeartbeatResponse> JobManager::Heartbeat(const moex::v1::HeartbeatRequest& r) {
+absl::StatusOr<moex::v1::HeartbeatResponse> JobManager::Heartbeat(const moex::v1::HeartbeatRequest& r, int attempt) {
   std::lock_guard<std::mutex> lock(mutex_);
-  auto it = jobs_.find(r.job_id());
-  if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", r.job_id(), "'"));
-  Entry& entry = it->second;
+  MOEX_ASSIGN_OR_RETURN(Entry * found, RankCallEntry("Heartbeat", r.job_id(), r.rank(), attempt));
+  Entry& entry = *found;
+  auto said = entry.heartbeat_step.find(r.rank());
+  const int64_t floor = said == entry.heartbeat_step.end() ? 0 : said->second;
+  if (r.step() < floor || r.step() > entry.job.spec().steps()) {
+    return absl::InvalidArgumentError(StrCat("Heartbeat for job ", r.job_id(), " attempt ", CurrentAttempt(entry.job),
+                                             " rank ", r.rank(), ": step ", r.step(),
+                                             r.step() < floor ? StrCat(" goes back from step ", floor)
+                                                              : StrCat(" is past the job's ", entry.job.spec().steps(), " steps")));
+  }
+  entry.heartbeat_step[r.rank()] = r.step();
   entry.last_heartbeat[r.rank()] = Clock::now();
   if (r.done()) entry.done_ranks.insert(r.rank());
   if (entry.adopted && !IsTerminal(entry.job.state()) &&
@@ -65,22 +109,35 @@ absl::StatusOr<moex::v1::HeartbeatResponse> JobManager::Heartbeat(const moex::v1
     Persist(entry);
   }
   moex::v1::HeartbeatResponse response;
-  response.set_cancel(it->second.cancel_requested || IsTerminal(it->second.job.state()));
-  response.set_placement_version(std::max<int64_t>(1, it->second.job.placement().version()));
+  response.set_cancel(entry.cancel_requested);
+  response.set_placement_version(std::max<int64_t>(1, entry.job.placement().version()));
   return response;
 }
 
-absl::StatusOr<moex::v1::ReportStepResponse> JobManager::ReportStep(const moex::v1::ReportStepRequest& r) {
+absl::StatusOr<moex::v1::ReportStepResponse> JobManager::ReportStep(const moex::v1::ReportStepRequest& r, int attempt) {
   moex::v1::ReportStepResponse response;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = jobs_.find(r.job_id());
-    if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", r.job_id(), "'"));
-    Entry& entry = it->second;
+    MOEX_ASSIGN_OR_RETURN(Entry * found, RankCallEntry("ReportStep", r.job_id(), r.rank(), attempt));
+    Entry& entry = *found;
     Job& job = entry.job;
+    // Rank 0's steps only go forward, across attempts too (a relaunch
+    // resumes after the last one reported); a repeated report (the final
+    // one, retried) is fine. The figures' own step count must agree.
+    const int64_t floor = r.rank() == 0 ? job.metrics().steps_done() : 0;
+    const std::string who = StrCat("ReportStep for job ", r.job_id(), " attempt ", CurrentAttempt(job), " rank ", r.rank());
+    if (r.step() < floor || r.step() > job.spec().steps()) {
+      return absl::InvalidArgumentError(StrCat(who, ": step ", r.step(),
+                                               r.step() < floor ? StrCat(" goes back from step ", floor)
+                                                                : StrCat(" is past the job's ", job.spec().steps(), " steps")));
+    }
+    if (r.metrics().steps_done() != r.step()) {
+      return absl::InvalidArgumentError(StrCat(who, ": metrics.steps_done ", r.metrics().steps_done(), " is not step ",
+                                               r.step()));
+    }
     entry.last_heartbeat[r.rank()] = Clock::now();
     response.set_placement_version(std::max<int64_t>(1, job.placement().version()));
-    if (r.rank() != 0 || IsTerminal(job.state())) return response;
+    if (r.rank() != 0) return response;
     const int64_t live_before = job.metrics().placement_version();
     *job.mutable_metrics() = r.metrics();
     if (job.attempts_size() > 0 && r.metrics().experts_from_cache() + r.metrics().experts_loaded() > 0) {

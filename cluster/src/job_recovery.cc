@@ -67,6 +67,7 @@ void JobManager::RankFailed(Entry& entry, std::string why, std::vector<int> lost
   job.clear_ranks();
   job.set_ranks_registered(0);
   entry.last_heartbeat.clear();
+  entry.heartbeat_step.clear();
   entry.done_ranks.clear();
   job.set_state(moex::v1::JOB_STATE_PENDING);
   const int64_t resume = job.metrics().steps_done();

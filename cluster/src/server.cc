@@ -12,7 +12,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "moex/cluster/credentials.h"
+#include "moex/cluster/rank_metadata.h"
 #include "moex/core/str_cat.h"
 #include "moex/v1/cluster.grpc.pb.h"
 #include "moex/v1/job.grpc.pb.h"
@@ -36,6 +38,17 @@ grpc::Status Authorise(const grpc::CallbackServerContext* context, const std::st
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "this controller needs a bearer token (moex --token-file)");
   }
   return grpc::Status::OK;
+}
+
+// The attempt a rank call says it comes from (rank_metadata.h): 0 when it
+// does not say, -1 when what it says is not a number.
+int CallerAttempt(const grpc::CallbackServerContext* context) {
+  auto metadata = context->client_metadata();
+  auto it = metadata.find(kAttemptMetadata);
+  if (it == metadata.end()) return 0;
+  int attempt = 0;
+  if (!absl::SimpleAtoi(absl::string_view(it->second.data(), it->second.size()), &attempt) || attempt <= 0) return -1;
+  return attempt;
 }
 
 // ListJobs' page token: "<submit time ms>:<job id>" of the last job given.
@@ -357,15 +370,15 @@ struct Controller::Services {
     std::string token;
     grpc::ServerUnaryReactor* RegisterRank(grpc::CallbackServerContext* c, const moex::v1::RegisterRankRequest* r,
                                            moex::v1::RegisterRankResponse* out) override {
-      return Answer(c, token, out, [&] { return jobs->RegisterRank(*r); });
+      return Answer(c, token, out, [&] { return jobs->RegisterRank(*r, CallerAttempt(c)); });
     }
     grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* c, const moex::v1::HeartbeatRequest* r,
                                         moex::v1::HeartbeatResponse* out) override {
-      return Answer(c, token, out, [&] { return jobs->Heartbeat(*r); });
+      return Answer(c, token, out, [&] { return jobs->Heartbeat(*r, CallerAttempt(c)); });
     }
     grpc::ServerUnaryReactor* ReportStep(grpc::CallbackServerContext* c, const moex::v1::ReportStepRequest* r,
                                          moex::v1::ReportStepResponse* out) override {
-      return Answer(c, token, out, [&] { return jobs->ReportStep(*r); });
+      return Answer(c, token, out, [&] { return jobs->ReportStep(*r, CallerAttempt(c)); });
     }
   };
 

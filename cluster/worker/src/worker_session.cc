@@ -8,22 +8,25 @@
 
 #include "moex/cluster/credentials.h"
 #include "moex/cluster/placement_proto.h"
+#include "moex/cluster/rank_metadata.h"
 #include "moex/core/str_cat.h"
 
 namespace moex::worker {
 namespace {
 
-void Prepare(grpc::ClientContext* context, const std::string& token, double seconds) {
+void Prepare(grpc::ClientContext* context, const std::string& token, double seconds, int attempt = 0) {
   context->set_deadline(std::chrono::system_clock::now() +
                         std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
   if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
+  if (attempt > 0) context->AddMetadata(cluster::kAttemptMetadata, std::to_string(attempt));
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std::string& controller,
                                                                       const std::string& job_id, int rank,
-                                                                      int world_size, double connect_seconds) {
+                                                                      int world_size, int attempt,
+                                                                      double connect_seconds) {
   auto session = std::unique_ptr<WorkerSession>(new WorkerSession());
   auto credentials = cluster::ClientCredentials(cluster::ClientTlsFromEnvironment());
   if (!credentials.ok()) return credentials.status();
@@ -39,6 +42,7 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std
   session->placements_ = moex::v1::PlacementService::NewStub(channel);
   session->job_id_ = job_id;
   session->rank_ = rank;
+  session->attempt_ = attempt;
   if (const char* token = std::getenv("MOEX_TOKEN")) session->token_ = token;
   char host[256] = "unknown";
   gethostname(host, sizeof(host) - 1);
@@ -54,7 +58,7 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std
   grpc::Status status;
   do {
     grpc::ClientContext context;
-    Prepare(&context, session->token_, 5);
+    Prepare(&context, session->token_, 5, session->attempt_);
     status = session->stub_->RegisterRank(&context, request, &response);
     if (status.ok() || status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -85,7 +89,7 @@ void WorkerSession::Finished() {
   request.set_done(true);
   moex::v1::HeartbeatResponse response;
   grpc::ClientContext context;
-  Prepare(&context, token_, 5);
+  Prepare(&context, token_, 5, attempt_);
   (void)stub_->Heartbeat(&context, request, &response);  // best effort: mpirun's exit decides anyway
 }
 
@@ -97,10 +101,13 @@ void WorkerSession::HeartbeatLoop() {
     request.set_step(step_.load());
     moex::v1::HeartbeatResponse response;
     grpc::ClientContext context;
-    Prepare(&context, token_, 2);
-    if (stub_->Heartbeat(&context, request, &response).ok()) {
+    Prepare(&context, token_, 2, attempt_);
+    grpc::Status status = stub_->Heartbeat(&context, request, &response);
+    if (status.ok()) {
       if (response.cancel()) cancelled_.store(true);
       placement_version_.store(response.placement_version());
+    } else if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+      cancelled_.store(true);  // the job, or this attempt of it, has ended: stop
     }
     for (int i = 0; i < 10 && !stop_.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
@@ -140,7 +147,7 @@ absl::Status WorkerSession::ReportStep(int64_t step, const moex::v1::JobMetrics&
   do {
     moex::v1::ReportStepResponse response;
     grpc::ClientContext context;
-    Prepare(&context, token_, 5);
+    Prepare(&context, token_, 5, attempt_);
     status = stub_->ReportStep(&context, request, &response);
     if (status.ok()) placement_version_.store(response.placement_version());
     if (status.ok() || status.error_code() != grpc::StatusCode::UNAVAILABLE) break;

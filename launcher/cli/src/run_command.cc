@@ -186,7 +186,7 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
     const char* unreachable = std::getenv("MOEX_FAULT_UNREACHABLE_RANK");
     std::string controller = flags.controller;
     if (unreachable != nullptr && std::atoi(unreachable) == rank) controller = "127.0.0.1:1";
-    auto registered = worker::WorkerSession::Register(controller, flags.job_id, rank, (*mpi)->world_size());
+    auto registered = worker::WorkerSession::Register(controller, flags.job_id, rank, (*mpi)->world_size(), flags.attempt);
     if (!registered.ok()) return fail(registered.status());
     worker = std::move(*registered);
     config = cluster::RunConfigFromSpec(worker->spec());

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -105,11 +106,20 @@ class JobManager {
   absl::StatusOr<int64_t> Subscribe(const std::string& id, std::function<void(const moex::v1::Job&)> on_change);
   void Unsubscribe(int64_t handle);
 
-  absl::StatusOr<moex::v1::RegisterRankResponse> RegisterRank(const moex::v1::RegisterRankRequest& request);
-  absl::StatusOr<moex::v1::HeartbeatResponse> Heartbeat(const moex::v1::HeartbeatRequest& request);
+  // Calls from a job's ranks. `attempt` is the launch the caller belongs to
+  // (its `--attempt`, sent as the "moex-attempt" metadata; 0: unsaid, taken
+  // as the current one). Each call is refused, changing nothing, when the
+  // job has ended or `attempt` is not the current one (FAILED_PRECONDITION),
+  // or when its rank is outside the current attempt's world, or its step is
+  // negative, past the job's steps or behind what that rank (Heartbeat) or
+  // rank 0 (ReportStep) said before in this attempt (INVALID_ARGUMENT); the
+  // message names the job, the attempt, the rank and the bad value.
+  absl::StatusOr<moex::v1::RegisterRankResponse> RegisterRank(const moex::v1::RegisterRankRequest& request,
+                                                              int attempt = 0);
+  absl::StatusOr<moex::v1::HeartbeatResponse> Heartbeat(const moex::v1::HeartbeatRequest& request, int attempt = 0);
   // Rank 0's figures and load; the answer carries the newest placement
   // version. May publish a placement (the job's rebalance threshold).
-  absl::StatusOr<moex::v1::ReportStepResponse> ReportStep(const moex::v1::ReportStepRequest& request);
+  absl::StatusOr<moex::v1::ReportStepResponse> ReportStep(const moex::v1::ReportStepRequest& request, int attempt = 0);
 
   // Stops every running job (FAILED, saying the controller shut down) and
   // the monitor.
@@ -124,6 +134,7 @@ class JobManager {
     pid_t process_group = 0;
     Clock::time_point launched;
     std::map<int, Clock::time_point> last_heartbeat;  // by rank
+    std::map<int, int64_t> heartbeat_step;  // by rank, this attempt's newest: steps never go back
     std::set<int> done_ranks;  // ranks that said they finished: silent by right
     bool cancel_requested = false;
     Clock::time_point term_sent;
@@ -172,6 +183,10 @@ class JobManager {
   // none yet.
   absl::Status EnsurePlacement(Entry& entry);
   void RecordLoad(Entry& entry, const moex::v1::ReportStepRequest& request);
+  // Requires the lock: the entry of a rank call (`call` names it in errors),
+  // or why it is refused: an unknown job, an ended job or attempt, a rank
+  // outside the current attempt's world (see RegisterRank).
+  absl::StatusOr<Entry*> RankCallEntry(std::string_view call, const std::string& job_id, int rank, int attempt);
   void MaybeRebalance(Entry& entry);
   // Requires the lock: plans from the load window and publishes.
   absl::StatusOr<moex::v1::Placement> Publish(Entry& entry, const std::string& policy, const std::string& reason);

@@ -20,10 +20,12 @@ namespace moex::worker {
 
 class WorkerSession {
  public:
-  // Every call has a deadline; registration retries until `connect_seconds`.
+  // Every call has a deadline and names `attempt` (the launch this rank is
+  // of, `--attempt`; 0: unsaid); registration retries until `connect_seconds`.
   static absl::StatusOr<std::unique_ptr<WorkerSession>> Register(const std::string& controller,
                                                                 const std::string& job_id, int rank,
-                                                                int world_size, double connect_seconds = 30);
+                                                                int world_size, int attempt,
+                                                                double connect_seconds = 30);
   ~WorkerSession();
   // This rank finished its part cleanly: heartbeats stop, and the controller
   // is told that the silence is an exit, not a hang (the other ranks may
@@ -47,7 +49,8 @@ class WorkerSession {
   // The newest placement version the controller has published (from the
   // heartbeats).
   int64_t placement_version() const { return placement_version_.load(); }
-  // True once the controller has asked the job to stop.
+  // True once the controller has asked the job to stop, or refused a
+  // heartbeat because the job or this attempt has ended.
   bool cancelled() const { return cancelled_.load(); }
 
  private:
@@ -59,6 +62,7 @@ class WorkerSession {
   std::string job_id_;
   std::string token_;
   int rank_ = 0;
+  int attempt_ = 0;
   moex::v1::JobSpec spec_;
   int64_t first_step_ = 0;
   std::string weight_cache_dir_;
