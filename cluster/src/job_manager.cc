@@ -61,8 +61,10 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
   std::error_code error;
   std::filesystem::create_directories(std::filesystem::path(options.state_dir) / "logs", error);
   if (error) return absl::PermissionDeniedError(StrCat("cannot create '", options.state_dir, "/logs': ", error.message()));
+  MOEX_ASSIGN_OR_RETURN(StateDirIdentity identity, StateDirIdentity::Capture(options.state_dir, {"jobs.db", "logs"}));
   MOEX_ASSIGN_OR_RETURN(std::vector<StoredJob> stored, store->LoadAll());
   auto manager = std::unique_ptr<JobManager>(new JobManager(std::move(options), std::move(store)));
+  manager->state_dir_identity_ = std::move(identity);
   for (StoredJob& s : stored) {
     Entry entry;
     entry.job = std::move(s.job);
@@ -168,6 +170,8 @@ void JobManager::Finish(Entry& entry, JobState state, std::string message) {
 
 absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
   MOEX_RETURN_IF_ERROR(ValidateAndNormalise(&spec, options_.limits));
+  // A job recorded in a deleted database would be lost at the next start.
+  MOEX_RETURN_IF_ERROR(CheckStateDir());
   std::string id;
   {
     std::lock_guard<std::mutex> lock(mutex_);

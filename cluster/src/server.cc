@@ -3,6 +3,9 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <deque>
@@ -15,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "moex/cluster/credentials.h"
 #include "moex/cluster/rank_metadata.h"
+#include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/v1/cluster.grpc.pb.h"
 #include "moex/v1/job.grpc.pb.h"
@@ -49,6 +53,38 @@ int CallerAttempt(const grpc::CallbackServerContext* context) {
   int attempt = 0;
   if (!absl::SimpleAtoi(absl::string_view(it->second.data(), it->second.size()), &attempt) || attempt <= 0) return -1;
   return attempt;
+}
+
+// UNAVAILABLE "cannot listen on ADDR: in use" when a socket of this host
+// listens on `listen`'s TCP port already. gRPC does not say why a bind
+// failed, and checking first leaves the state dir's jobs untouched on a port
+// that is taken. Addresses that are not host:port, and port 0, pass.
+absl::Status CheckAddressFree(const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || listen.rfind("unix:", 0) == 0 || listen.find("://") != std::string::npos) {
+    return absl::OkStatus();
+  }
+  std::string host = listen.substr(0, colon);
+  const std::string port = listen.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (port.empty() || port == "0") return absl::OkStatus();
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found) != 0) return absl::OkStatus();
+  bool in_use = false;
+  for (addrinfo* a = found; a != nullptr && !in_use; a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    const int one = 1;  // as gRPC binds: a port in TIME_WAIT is free
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    in_use = bind(fd, a->ai_addr, a->ai_addrlen) != 0 && errno == EADDRINUSE;
+    close(fd);
+  }
+  freeaddrinfo(found);
+  if (in_use) return absl::UnavailableError(StrCat("cannot listen on ", listen, ": in use"));
+  return absl::OkStatus();
 }
 
 // ListJobs' page token: "<submit time ms>:<job id>" of the last job given.
@@ -402,8 +438,15 @@ struct Controller::Services {
 
 absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions options) {
   auto controller = std::unique_ptr<Controller>(new Controller());
+  if (options.state_dir.empty()) return absl::InvalidArgumentError("--state-dir is required");
+  // One controller per state dir, and per address, decided before a job is
+  // adopted or failed.
+  MOEX_ASSIGN_OR_RETURN(controller->lock_, StateDirLock::Acquire(options.state_dir));
+  MOEX_RETURN_IF_ERROR(CheckAddressFree(options.listen));
   std::string listen = options.listen;
   std::string token = options.token;
+  auto credentials = ServerCredentials({options.tls_client_ca, options.tls_cert, options.tls_key});
+  if (!credentials.ok()) return credentials.status();
   absl::StatusOr<std::unique_ptr<JobManager>> jobs = JobManager::Create(std::move(options));
   if (!jobs.ok()) return jobs.status();
   controller->jobs_ = std::move(*jobs);
@@ -418,10 +461,10 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions 
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  const ControllerOptions& options_in_use = controller->jobs_->options();
-  auto credentials = ServerCredentials({options_in_use.tls_client_ca, options_in_use.tls_cert, options_in_use.tls_key});
-  if (!credentials.ok()) return credentials.status();
   grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default: a second controller on this port would
+  // listen too, and clients would be split between the two.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(listen, *credentials, &controller->port_);
   builder.RegisterService(&controller->services_->jobs);
   builder.RegisterService(&controller->services_->cluster);
@@ -429,19 +472,43 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions 
   builder.SetMaxReceiveMessageSize(4 << 20);
   controller->server_ = builder.BuildAndStart();
   if (controller->server_ == nullptr || controller->port_ == 0) {
-    return absl::UnavailableError(StrCat("cannot listen on '", listen, "' (in use, or not an address of this host)"));
+    MOEX_RETURN_IF_ERROR(CheckAddressFree(listen));  // taken since the first check
+    return absl::UnavailableError(StrCat("cannot listen on ", listen, " (not an address of this host?)"));
   }
   // Ranks reach the controller on the port it really got (":0" picks one).
   std::string host = listen.substr(0, listen.rfind(':'));
   controller->jobs_->SetAdvertisedAddress(controller->jobs_->options().advertise.empty()
                                               ? StrCat(host, ":", controller->port_)
                                               : controller->jobs_->options().advertise);
+  controller->watcher_ = std::thread([c = controller.get()] { c->WatchStateDir(); });
   return controller;
+}
+
+void Controller::WatchStateDir() {
+  bool serving = true;
+  std::unique_lock<std::mutex> lock(watch_mutex_);
+  while (!watch_wake_.wait_for(lock, std::chrono::seconds(1), [this] { return watch_stop_; })) {
+    const absl::Status state_dir = jobs_->CheckStateDir();
+    if (state_dir.ok() == serving) continue;
+    serving = state_dir.ok();
+    server_->GetHealthCheckService()->SetServingStatus(serving);
+    if (serving) {
+      fprintf(stderr, "moex serve: the state dir is back; SERVING again\n");
+    } else {
+      fprintf(stderr, "moex serve: NOT_SERVING, submissions refused: %s\n", std::string(state_dir.message()).c_str());
+    }
+  }
 }
 
 Controller::~Controller() { Shutdown(); }
 
 void Controller::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(watch_mutex_);
+    watch_stop_ = true;
+  }
+  watch_wake_.notify_all();
+  if (watcher_.joinable()) watcher_.join();
   if (jobs_) jobs_->Shutdown();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   if (services_) services_->jobs.JoinReaders();

@@ -24,10 +24,20 @@ absl::StatusOr<pid_t> SpawnInNewGroup(const SpawnOptions& options) {
   posix_spawn_file_actions_init(&actions);
   posix_spawnattr_init(&attributes);
   posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  // The log is opened here, not by the spawn: a spawn that fails to open it
+  // reports the program ("cannot start 'mpirun': No such file or directory").
+  int log_fd = -1;
   if (!options.log_path.empty()) {
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, options.log_path.c_str(),
-                                     O_WRONLY | O_CREAT | O_APPEND, 0644);
-    posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+    log_fd = open(options.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (log_fd < 0) {
+      const int open_error = errno;
+      posix_spawn_file_actions_destroy(&actions);
+      posix_spawnattr_destroy(&attributes);
+      return absl::FailedPreconditionError(
+          StrCat("cannot open the log '", options.log_path, "': ", std::strerror(open_error)));
+    }
+    posix_spawn_file_actions_adddup2(&actions, log_fd, STDOUT_FILENO);
+    posix_spawn_file_actions_adddup2(&actions, log_fd, STDERR_FILENO);
   }
   posix_spawnattr_setpgroup(&attributes, 0);
   // A fresh signal mask and default dispositions: the controller's blocked
@@ -53,6 +63,7 @@ absl::StatusOr<pid_t> SpawnInNewGroup(const SpawnOptions& options) {
   int error = posix_spawnp(&pid, argv[0], &actions, &attributes, argv.data(), env.data());
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attributes);
+  if (log_fd >= 0) close(log_fd);
   if (error != 0) {
     return absl::FailedPreconditionError(StrCat("cannot start '", options.argv[0], "': ", std::strerror(error)));
   }

@@ -29,6 +29,7 @@
 #include "moex/cluster/job_store.h"
 #include "moex/launcher/launcher.h"
 #include "moex/cluster/spec_validation.h"
+#include "moex/cluster/state_dir.h"
 #include "moex/v1/cluster.pb.h"
 #include "moex/v1/job.pb.h"
 #include "moex/v1/placement.pb.h"
@@ -126,6 +127,10 @@ class JobManager {
   void Shutdown();
 
   const ControllerOptions& options() const { return options_; }
+  // Whether the state dir, its database and its logs are still the ones
+  // opened at the start; Submit refuses jobs (FAILED_PRECONDITION naming
+  // what is missing) while they are not.
+  absl::Status CheckStateDir() const { return state_dir_identity_.Check(); }
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -200,6 +205,7 @@ class JobManager {
 
   ControllerOptions options_;
   std::unique_ptr<JobStore> store_;
+  StateDirIdentity state_dir_identity_;
   std::unique_ptr<launcher::Launcher> launcher_;  // starts each attempt's ranks
   std::unique_ptr<JobCleaner> cleaner_;           // cleans their hosts after them
   std::mutex mutex_;

@@ -4,10 +4,14 @@
 // the status.
 #pragma once
 
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <thread>
 
 #include "absl/status/statusor.h"
 #include "moex/cluster/job_manager.h"
+#include "moex/cluster/state_dir.h"
 
 namespace grpc {
 class Server;
@@ -17,6 +21,9 @@ namespace moex::cluster {
 
 class Controller {
  public:
+  // Refuses (before touching any job) a state dir another controller holds
+  // and an address in use. While the state dir is not the one it opened
+  // (deleted, replaced), the health service answers NOT_SERVING.
   static absl::StatusOr<std::unique_ptr<Controller>> Start(ControllerOptions options);
   ~Controller();
   int port() const { return port_; }
@@ -28,10 +35,17 @@ class Controller {
 
  private:
   Controller() = default;
+  // Once a second: the state dir's identity decides the health status.
+  void WatchStateDir();
+  std::unique_ptr<StateDirLock> lock_;  // first in, last out: held while anything else runs
   std::unique_ptr<JobManager> jobs_;
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
+  std::mutex watch_mutex_;
+  std::condition_variable watch_wake_;
+  bool watch_stop_ = false;
+  std::thread watcher_;
 };
 
 }  // namespace moex::cluster

@@ -1,0 +1,167 @@
+// A controller among careless operators (issue #19): a second controller on
+// the same state dir or the same port is refused, and a state dir deleted
+// under a running controller turns it NOT_SERVING and stops submissions.
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "moex/cluster/server.h"
+#include "moex/core/subprocess.h"
+#include "moex/v1/job.grpc.pb.h"
+
+namespace moex::cluster {
+namespace {
+
+using ::testing::HasSubstr;
+
+class ServeGuardsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("moex_guard_" + std::to_string(getpid()) + "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+  }
+  void TearDown() override {
+    controller_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  ControllerOptions Options(const std::string& state = "state") {
+    ControllerOptions options;
+    options.state_dir = (dir_ / state).string();
+    options.listen = "127.0.0.1:0";
+    const char* worker = std::getenv("MOEX_TEST_WORKER_BINARY");
+    options.moex_binary = worker != nullptr ? worker : MOEX_BINARY;
+    return options;
+  }
+
+  void Start() {
+    auto controller = Controller::Start(Options());
+    ASSERT_TRUE(controller.ok()) << controller.status();
+    controller_ = std::move(*controller);
+    channel_ = grpc::CreateChannel(Address(), grpc::InsecureChannelCredentials());
+  }
+  std::string Address() const { return "127.0.0.1:" + std::to_string(controller_->port()); }
+
+  // grpc.health.v1.Health/Check for the whole server, spoken raw (Debian
+  // ships no health client): an empty request; the answer's field 1 is 1
+  // (SERVING) or 2 (NOT_SERVING). -1 when the call fails.
+  int Health() {
+    grpc::GenericStub generic(channel_);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::CompletionQueue queue;
+    grpc::ByteBuffer request, response;
+    grpc::Slice empty("", 0);
+    request = grpc::ByteBuffer(&empty, 1);
+    auto call = generic.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check", request, &queue);
+    call->StartCall();
+    grpc::Status status;
+    call->Finish(&response, &status, reinterpret_cast<void*>(1));
+    void* tag;
+    bool ok;
+    const bool got = queue.Next(&tag, &ok);
+    queue.Shutdown();
+    while (queue.Next(&tag, &ok)) {
+    }
+    if (!got || !status.ok()) return -1;
+    std::vector<grpc::Slice> slices;
+    if (!response.Dump(&slices).ok()) return -1;
+    std::string bytes;
+    for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : -1;
+  }
+
+  grpc::Status Submit(moex::v1::Job* job) {
+    moex::v1::SubmitJobRequest request;
+    request.mutable_spec()->set_name("guard");
+    request.mutable_spec()->set_world_size(1);
+    request.mutable_spec()->set_model("tiny");
+    request.mutable_spec()->set_steps(1);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    return moex::v1::JobService::NewStub(channel_)->SubmitJob(&context, request, job);
+  }
+
+  std::filesystem::path dir_;
+  std::unique_ptr<Controller> controller_;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+// Before: the second controller started, adopted the first one's running
+// jobs and killed them at its heartbeat timeout.
+TEST_F(ServeGuardsTest, ASecondControllerOnTheStateDirIsRefusedNamingIt) {
+  Start();
+  auto second = Controller::Start(Options());
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(second.status().message(), HasSubstr(Options().state_dir));
+  EXPECT_THAT(second.status().message(), HasSubstr("pid " + std::to_string(getpid())));
+  EXPECT_EQ(Health(), 1);  // the first one is untouched
+  // Once the first has gone, the state dir is free again.
+  controller_.reset();
+  EXPECT_TRUE(Controller::Start(Options()).ok());
+}
+
+// Before: gRPC set SO_REUSEPORT, both listened, and clients were split
+// between the two controllers' databases.
+TEST_F(ServeGuardsTest, APortInUseIsRefused) {
+  Start();
+  ControllerOptions options = Options("other");
+  options.listen = Address();
+  auto second = Controller::Start(options);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().message(), "cannot listen on " + Address() + ": in use");
+  // Refused before touching its state dir's jobs: nothing was opened there.
+  EXPECT_FALSE(std::filesystem::exists(std::filesystem::path(options.state_dir) / "jobs.db"));
+  EXPECT_EQ(Health(), 1);
+}
+
+// Before: the controller wrote into the deleted database (every record gone
+// at the next start) and new jobs failed with "cannot start 'mpirun': No such
+// file or directory" (the missing file was the job's log).
+TEST_F(ServeGuardsTest, ADeletedStateDirTurnsHealthNotServingAndRefusesSubmissions) {
+  Start();
+  EXPECT_EQ(Health(), 1);
+  std::filesystem::remove_all(Options().state_dir);
+  moex::v1::Job job;
+  grpc::Status refused = Submit(&job);
+  EXPECT_THAT(refused.error_code(), ::testing::AnyOf(grpc::StatusCode::FAILED_PRECONDITION, grpc::StatusCode::UNAVAILABLE))
+      << refused.error_message() << "; job " << job.ShortDebugString();
+  EXPECT_THAT(refused.error_message(), HasSubstr(Options().state_dir));
+  int health = 1;
+  for (int i = 0; i < 50 && health == 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    health = Health();
+  }
+  EXPECT_EQ(health, 2);  // NOT_SERVING within 5 s
+}
+
+TEST_F(ServeGuardsTest, ALogsDirDeletedIsNamed) {
+  Start();
+  std::filesystem::remove_all(std::filesystem::path(Options().state_dir) / "logs");
+  moex::v1::Job job;
+  grpc::Status refused = Submit(&job);
+  EXPECT_FALSE(refused.ok()) << job.ShortDebugString();
+  EXPECT_THAT(refused.error_message(), HasSubstr(Options().state_dir + "/logs"));
+}
+
+// The launch itself names a log it cannot open, not the program it starts.
+TEST(SpawnTest, ALogThatCannotBeOpenedIsNamed) {
+  SpawnOptions options;
+  options.argv = {"true"};
+  options.log_path = "/nonexistent-moex-dir/j-1.log";
+  auto pid = SpawnInNewGroup(options);
+  ASSERT_FALSE(pid.ok());
+  EXPECT_THAT(pid.status().message(), HasSubstr("/nonexistent-moex-dir/j-1.log"));
+  EXPECT_THAT(pid.status().message(), ::testing::Not(HasSubstr("cannot start 'true'")));
+}
+
+}  // namespace
+}  // namespace moex::cluster
