@@ -17,6 +17,7 @@ namespace {
 
 using calibrate_internal::In;
 using calibrate_internal::PointArch;
+using calibrate_internal::PointPerfOptions;
 
 double RoutedFlops(const BenchResult& r) {
   const BenchPoint& p = r.point;
@@ -99,15 +100,7 @@ absl::StatusOr<Calibration> Calibrate(const std::vector<BenchResult>& results, c
 
   std::vector<std::pair<double, double>> dispatch, combine, expert, layer;
   for (const BenchResult* r : rest) {
-    plan::PerfOptions po;
-    po.cluster = p;
-    po.ep_sizes = {r->point.ranks};
-    po.tokens_per_rank = r->point.tokens_per_rank;
-    po.dispatch_dtype = "fp32";
-    po.combine_dtype = "fp32";
-    po.expert_dtype = "fp32";
-    po.routing_skew = r->point.skew;
-    po.samples = 4096;
+    const plan::PerfOptions po = PointPerfOptions(r->point, p, "fp32");
     MOEX_ASSIGN_OR_RETURN(plan::PerfReport report, plan::ModelPerf(PointArch(r->point), po));
     if (report.ep.empty()) continue;
     const plan::EpPerf& e = report.ep.front();

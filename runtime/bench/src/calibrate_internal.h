@@ -3,11 +3,13 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "moex/bench/bench.h"
 #include "moex/core/str_cat.h"
 #include "moex/model/architecture.h"
+#include "moex/plan/perf_model.h"
 
 namespace moex::bench::calibrate_internal {
 
@@ -30,6 +32,23 @@ inline model::ModelArch PointArch(const BenchPoint& p) {
   layer.moe.expert_intermediate_size = p.expert_width;
   arch.layers.push_back(layer);
   return arch;
+}
+
+// The plan model's options for predicting a bench point: its ranks and
+// tokens, fp32 on the wire (as the bench moves), `expert_dtype` for the
+// experts.
+inline plan::PerfOptions PointPerfOptions(const BenchPoint& p, const plan::ClusterProfile& profile,
+                                          const std::string& expert_dtype) {
+  plan::PerfOptions po;
+  po.cluster = profile;
+  po.ep_sizes = {p.ranks};
+  po.tokens_per_rank = p.tokens_per_rank;
+  po.dispatch_dtype = "fp32";
+  po.combine_dtype = "fp32";
+  po.expert_dtype = expert_dtype;
+  po.routing_skew = p.skew;
+  po.samples = 4096;
+  return po;
 }
 
 }  // namespace moex::bench::calibrate_internal

@@ -12,6 +12,7 @@
 namespace moex::bench {
 using calibrate_internal::In;
 using calibrate_internal::PointArch;
+using calibrate_internal::PointPerfOptions;
 
 absl::StatusOr<InternodeCalibration> CalibrateInternode(const std::vector<BenchResult>& results,
                                                         const CalibrationOptions& o,
@@ -61,15 +62,8 @@ absl::StatusOr<InternodeCalibration> CalibrateInternode(const std::vector<BenchR
 
   std::vector<double> errors;
   for (const BenchResult* r : rest) {
-    plan::PerfOptions po;
-    po.cluster = p;
-    po.ep_sizes = {r->point.ranks};
-    po.tokens_per_rank = r->point.tokens_per_rank;
-    po.dispatch_dtype = "fp32";
-    po.combine_dtype = "fp32";
-    po.expert_dtype = "bf16";  // not what is checked (dispatch + combine are); any rate the profile has
-    po.routing_skew = r->point.skew;
-    po.samples = 4096;
+    // Experts in bf16: not what is checked (dispatch + combine are); any rate the profile has.
+    const plan::PerfOptions po = PointPerfOptions(r->point, p, "bf16");
     MOEX_ASSIGN_OR_RETURN(plan::PerfReport report, plan::ModelPerf(PointArch(r->point), po));
     if (report.ep.empty()) continue;
     const plan::EpPerf& e = report.ep.front();
