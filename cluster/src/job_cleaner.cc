@@ -12,8 +12,9 @@ JobCleaner::JobCleaner(const launcher::Launcher& launcher, std::string moex_bina
 
 JobCleaner::~JobCleaner() { Drain(); }
 
-void JobCleaner::Enqueue(launcher::HostCleanupRequest request, std::string log_path) {
-  Task task{std::move(request), std::move(log_path)};
+void JobCleaner::Enqueue(launcher::HostCleanupRequest request, std::string log_path, std::vector<std::string> hosts,
+                         std::vector<std::string> exclude) {
+  Task task{std::move(request), std::move(log_path), std::move(hosts), std::move(exclude)};
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!draining_) {
@@ -52,7 +53,7 @@ void JobCleaner::Run(const Task& task) const {
   const std::string what = request.attempt > 0
                                ? StrCat("attempt ", request.attempt, " of job ", request.job_id)
                                : StrCat("job ", request.job_id);
-  absl::StatusOr<std::vector<std::string>> hosts = launcher_.CleanUpHosts(request, moex_binary_);
+  absl::StatusOr<std::vector<std::string>> hosts = launcher_.CleanUpHosts(request, moex_binary_, task.hosts, task.exclude);
   std::vector<std::string> lines;
   if (!hosts.ok()) {
     lines.push_back(StrCat("moex serve: cleanup of ", what, " failed: ", hosts.status().message()));

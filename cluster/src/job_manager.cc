@@ -28,6 +28,8 @@ bool IsTerminal(JobState state) {
          state == moex::v1::JOB_STATE_CANCELLED;
 }
 
+int CurrentAttemptNumber(const moex::v1::Job& job) { return std::max(1, job.attempts_size()); }
+
 int World(const moex::v1::Job& job) { return job.world_size() > 0 ? job.world_size() : job.spec().world_size(); }
 
 int64_t NowMs() {
@@ -63,8 +65,16 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
   if (error) return absl::PermissionDeniedError(StrCat("cannot create '", options.state_dir, "/logs': ", error.message()));
   MOEX_ASSIGN_OR_RETURN(StateDirIdentity identity, StateDirIdentity::Capture(options.state_dir, {"jobs.db", "logs"}));
   MOEX_ASSIGN_OR_RETURN(std::vector<StoredJob> stored, store->LoadAll());
-  auto manager = std::unique_ptr<JobManager>(new JobManager(std::move(options), std::move(store)));
+  if (options.launcher.work_dir.empty()) {
+    options.launcher.work_dir = (std::filesystem::path(options.state_dir) / "launch").string();
+  }
+  MOEX_ASSIGN_OR_RETURN(std::unique_ptr<launcher::Launcher> launcher, launcher::MakeLauncher(options.launcher));
+  MOEX_RETURN_IF_ERROR(launcher->CheckReady());
+  auto manager =
+      std::unique_ptr<JobManager>(new JobManager(std::move(options), std::move(store), std::move(launcher)));
   manager->state_dir_identity_ = std::move(identity);
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) == 0) manager->this_host_ = host;
   for (StoredJob& s : stored) {
     Entry entry;
     entry.job = std::move(s.job);
@@ -135,17 +145,25 @@ void JobManager::Notify(const std::string& id) {
   for (auto& callback : callbacks) callback(snapshot);
 }
 
-void JobManager::KillProcesses(Entry& entry) {
-  // No process is left behind: mpirun's group, and each rank (Open MPI
-  // gives ranks process groups of their own).
-  if (entry.process_group > 0) (void)SignalGroup(entry.process_group, SIGKILL);
+void JobManager::SignalLocalRanks(const Entry& entry, int signal) {
+  // Open MPI gives ranks process groups of their own. A pid is only ever
+  // this host's: ranks on other hosts are reached through the launcher.
   for (const auto& rank : entry.job.ranks()) {
-    SignalIfCommandLineHas(rank.pid(), StrCat("--job-id ", entry.job.id()), SIGKILL);
+    if (rank.host() != this_host_) continue;
+    SignalIfCommandLineHas(rank.pid(), StrCat("--job-id ", entry.job.id()), signal);
   }
+}
+
+void JobManager::KillProcesses(Entry& entry) {
+  // No process is left behind: the launcher ends the attempt on every host
+  // (mpirun's group, Slurm's scancel); this host's ranks are also killed
+  // by pid; the hosts' cleanup step then kills what is left there.
+  launcher_->Stop(entry.job.id(), CurrentAttemptNumber(entry.job), entry.process_group, /*force=*/true);
+  SignalLocalRanks(entry, SIGKILL);
   // Ranks that never registered have no pid on record (the chaos case of an
-  // unreachable controller left one running under load): every process of
-  // this job on this host, by its command line.
-  (void)SignalEveryCommandLineWith(StrCat("worker --job-id ", entry.job.id(), " "), SIGKILL);
+  // unreachable controller left one running under load): when every rank
+  // runs here, every process of this job on this host, by its command line.
+  if (launcher_->RanksAreLocal()) (void)SignalEveryCommandLineWith(StrCat("worker --job-id ", entry.job.id(), " "), SIGKILL);
 }
 
 void JobManager::Finish(Entry& entry, JobState state, std::string message) {
@@ -170,6 +188,13 @@ void JobManager::Finish(Entry& entry, JobState state, std::string message) {
 
 absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
   MOEX_RETURN_IF_ERROR(ValidateAndNormalise(&spec, options_.limits));
+  {
+    // What the spec asks of the hosts, checked by the launcher (Slurm asks
+    // sinfo): not under the lock.
+    Job probe;
+    *probe.mutable_spec() = spec;
+    MOEX_RETURN_IF_ERROR(launcher_->CheckRequest(LaunchRequestFor(probe)));
+  }
   // A job recorded in a deleted database would be lost at the next start.
   MOEX_RETURN_IF_ERROR(CheckStateDir());
   std::string id;
@@ -227,15 +252,34 @@ void JobManager::CleanUpHosts(const Job& job, int attempt) {
   request.job_id = job.id();
   request.attempt = attempt;
   request.weight_cache_root = options_.weight_cache_root;
-  cleaner_->Enqueue(std::move(request), job.log_path());
+  // Where its ranks ran (every host the launcher has when some never said),
+  // less the hosts lost: nothing can be run there.
+  std::vector<std::string> hosts, lost;
+  for (const auto& rank : job.ranks()) hosts.push_back(rank.host());
+  if (job.ranks_size() < World(job)) hosts.clear();
+  for (const auto& a : job.attempts()) lost.insert(lost.end(), a.lost_hosts().begin(), a.lost_hosts().end());
+  std::sort(hosts.begin(), hosts.end());
+  hosts.erase(std::unique(hosts.begin(), hosts.end()), hosts.end());
+  cleaner_->Enqueue(std::move(request), job.log_path(), std::move(hosts), std::move(lost));
+}
+
+launcher::LaunchRequest JobManager::LaunchRequestFor(const Job& job) const {
+  launcher::LaunchRequest request;
+  request.job_id = job.id().empty() ? "j-000000000000" : job.id();
+  request.attempt = CurrentAttemptNumber(job);
+  request.world_size = World(job);
+  request.ranks_per_host = job.spec().ranks_per_host();
+  request.hosts.assign(job.spec().hosts().begin(), job.spec().hosts().end());
+  for (const auto& a : job.attempts()) {
+    request.exclude_hosts.insert(request.exclude_hosts.end(), a.lost_hosts().begin(), a.lost_hosts().end());
+  }
+  request.log_path = job.log_path();
+  return request;
 }
 
 absl::Status JobManager::Launch(Entry& entry) {
   std::string controller = options_.advertise.empty() ? options_.listen : options_.advertise;
-  launcher::LaunchRequest request;
-  request.job_id = entry.job.id();
-  request.world_size = World(entry.job);
-  request.log_path = entry.job.log_path();
+  launcher::LaunchRequest request = LaunchRequestFor(entry.job);
   // The job id on every rank's command line: `ps` finds every process of it
   // ("worker --job-id J "), and of an attempt ("worker --job-id J --attempt N ").
   request.rank_argv = {options_.moex_binary, "worker", "--job-id", entry.job.id(),
@@ -265,6 +309,8 @@ absl::Status JobManager::Launch(Entry& entry) {
   entry.process_group = launched->process_group;
   entry.launched = Clock::now();
   job_by_group_[launched->process_group] = entry.job.id();
+  children_.insert(launched->process_group);
+  if (entry.job.attempts_size() > 0) entry.job.mutable_attempts(entry.job.attempts_size() - 1)->set_launcher(launcher_->name());
   return absl::OkStatus();
 }
 
@@ -347,10 +393,8 @@ absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
       entry.cancel_requested = true;
       entry.term_sent = Clock::now();
       entry.job.set_message(StrCat("cancelling: SIGTERM sent, SIGKILL after ", options_.cancel_grace_seconds, " s"));
-      if (entry.process_group > 0) (void)SignalGroup(entry.process_group, SIGTERM);
-      for (const auto& rank : entry.job.ranks()) {
-        SignalIfCommandLineHas(rank.pid(), StrCat("--job-id ", id), SIGTERM);
-      }
+      launcher_->Stop(id, CurrentAttemptNumber(entry.job), entry.process_group, /*force=*/false);
+      SignalLocalRanks(entry, SIGTERM);
       Persist(entry);
     }
   }
@@ -388,62 +432,6 @@ void JobManager::Unsubscribe(int64_t handle) {
   subscriptions_.erase(handle);
 }
 
-std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status) {
-  // The most specific line of the log wins: a rank's own error, then what
-  // mpirun saw happen to a rank, then mpirun's exit status.
-  std::ifstream log(entry.job.log_path());
-  log.seekg(static_cast<std::streamoff>(entry.log_offset));  // this attempt's part of the log only
-  std::string line, rank_error, rank_death;
-  static const std::regex kDeath(R"(process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+) \(([^)]*)\))");
-  std::smatch match;
-  while (std::getline(log, line)) {
-    if (rank_error.empty() && line.find("moex run: rank ") == 0 && line.find(": error: ") != std::string::npos) {
-      rank_error = line.substr(std::string("moex run: ").size());
-    }
-    if (rank_death.empty() && std::regex_search(line, match, kDeath)) {
-      // mpirun may print pid 0; the rank told us its pid when it registered.
-      std::string pid = match[2].str(), host = match[3].str();
-      for (const auto& info : entry.job.ranks()) {
-        if (std::to_string(info.rank()) == match[1].str()) {
-          pid = std::to_string(info.pid());
-          host = info.host();
-        }
-      }
-      rank_death = StrCat("rank ", match[1].str(), " (pid ", pid, " on ", host, ") was killed by signal ",
-                          match[4].str(), " (", match[5].str(), ")");
-    }
-  }
-  std::string exit = StrCat("mpirun ", DescribeWaitStatus(wait_status));
-  if (!rank_death.empty()) return StrCat(rank_death, "; ", exit, "; log: ", entry.job.log_path());
-  if (!rank_error.empty()) return StrCat(rank_error, "; ", exit);
-  return StrCat(exit, "; see the log: ", entry.job.log_path());
-}
-
-void JobManager::OnExit(pid_t pid, int wait_status) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  auto found = job_by_group_.find(pid);
-  if (found == job_by_group_.end()) return;
-  auto job = jobs_.find(found->second);
-  job_by_group_.erase(found);
-  if (job == jobs_.end()) return;
-  Entry& entry = job->second;
-  if (entry.cancel_requested) {
-    Finish(entry, moex::v1::JOB_STATE_CANCELLED, "cancelled by request; every process of the job has ended");
-  } else if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0 &&
-             entry.job.ranks_registered() == World(entry.job)) {
-    Finish(entry, moex::v1::JOB_STATE_SUCCEEDED, "succeeded");
-  } else {
-    std::string why = DiagnoseFailure(entry, wait_status);
-    // "rank N (pid ...) was killed", "rank N: error ...": the rank it names.
-    static const std::regex kRank(R"(^rank (\d+)\b)");
-    std::smatch match;
-    std::vector<int> lost;
-    int lost_rank = 0;
-    if (std::regex_search(why, match, kRank) && absl::SimpleAtoi(match[1].str(), &lost_rank)) lost.push_back(lost_rank);
-    RankFailed(entry, std::move(why), std::move(lost));
-  }
-}
-
 void JobManager::MonitorLoop() {
   while (true) {
     std::vector<std::string> notify;
@@ -451,9 +439,7 @@ void JobManager::MonitorLoop() {
       std::lock_guard<std::mutex> lock(mutex_);
       if (stopping_) break;
     }
-    int status = 0;
-    pid_t pid;
-    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) OnExit(pid, status);
+    ReapLaunches();
     {
       std::lock_guard<std::mutex> lock(mutex_);
       for (auto& [id, entry] : jobs_) {
@@ -495,7 +481,7 @@ void JobManager::MonitorLoop() {
         }
         if (entry.cancel_requested) {
           if (!entry.kill_sent && seconds(entry.term_sent) > options_.cancel_grace_seconds) {
-            (void)SignalGroup(entry.process_group, SIGKILL);
+            launcher_->Stop(id, CurrentAttemptNumber(entry.job), entry.process_group, /*force=*/true);
             entry.kill_sent = true;
           }
           continue;
@@ -516,14 +502,7 @@ void JobManager::MonitorLoop() {
         if (entry.job.state() == moex::v1::JOB_STATE_RUNNING) {
           for (auto& [rank, last] : entry.last_heartbeat) {
             if (seconds(last) > options_.heartbeat_timeout_seconds && !entry.done_ranks.count(rank)) {
-              std::string where;
-              for (const auto& info : entry.job.ranks()) {
-                if (info.rank() == rank) where = StrCat(" (pid ", info.pid(), " on ", info.host(), ")");
-              }
-              RankFailed(entry,
-                         StrCat("rank ", rank, where, " stopped sending heartbeats: none for ",
-                                static_cast<int>(seconds(last)), " s (timeout ", options_.heartbeat_timeout_seconds, " s)"),
-                         {rank});
+              SilentRank(entry, rank, seconds(last));
               break;
             }
           }

@@ -71,6 +71,10 @@ absl::StatusOr<moex::v1::RegisterRankResponse> JobManager::RegisterRank(const mo
       info->set_device(r.device());
       entry.job.set_ranks_registered(entry.job.ranks_size());
     }
+    if (!r.launcher_job_id().empty() && entry.job.attempts_size() > 0) {
+      moex::v1::Attempt* current = entry.job.mutable_attempts(entry.job.attempts_size() - 1);
+      if (current->launcher_job_id().empty()) current->set_launcher_job_id(r.launcher_job_id().substr(0, 64));
+    }
     entry.last_heartbeat[r.rank()] = Clock::now();
     if (entry.job.state() == moex::v1::JOB_STATE_PENDING && entry.job.ranks_registered() == World(entry.job)) {
       entry.job.set_state(moex::v1::JOB_STATE_RUNNING);

@@ -13,12 +13,15 @@ namespace moex::cluster {
 
 using moex::v1::Job;
 
-void JobManager::RankFailed(Entry& entry, std::string why, std::vector<int> lost) {
+void JobManager::RankFailed(Entry& entry, std::string why, std::vector<int> lost, std::vector<std::string> lost_hosts) {
   if (IsTerminal(entry.job.state())) return;
   Job& job = entry.job;
   const moex::v1::JobSpec& spec = job.spec();
   const int restarts = std::max(0, job.attempts_size() - 1);
   if (entry.cancel_requested || spec.has_bench() || restarts >= spec.max_restarts()) {
+    if (job.attempts_size() > 0) {
+      for (const std::string& host : lost_hosts) job.mutable_attempts(job.attempts_size() - 1)->add_lost_hosts(host);
+    }
     if (spec.max_restarts() > 0 && !entry.cancel_requested) {
       why = StrCat(why, " (attempt ", restarts + 1, " of ", spec.max_restarts() + 1, ": no restart left)");
     }
@@ -38,6 +41,7 @@ void JobManager::RankFailed(Entry& entry, std::string why, std::vector<int> lost
   ended->set_end_time_unix_ms(now);
   ended->set_steps_done(job.metrics().steps_done());
   ended->set_ended(why);
+  for (const std::string& host : lost_hosts) ended->add_lost_hosts(host);
   KillProcesses(entry);
   // What the ended attempt's ranks left (its weight cache stays for the next).
   CleanUpHosts(job, ended->number() > 0 ? ended->number() : job.attempts_size());

@@ -10,6 +10,7 @@ job::RunConfig RunConfigFromSpec(const moex::v1::JobSpec& spec) {
   config.steps = spec.steps();
   config.tokens_per_rank = spec.tokens_per_rank();
   if (!spec.transport().empty()) config.transport = spec.transport();
+  if (!spec.device().empty()) config.device = spec.device();
   if (!spec.dispatch().empty()) config.dispatch = spec.dispatch();
   config.routing_skew = spec.routing_skew();
   config.seed = spec.seed();

@@ -1,5 +1,7 @@
 #include "moex/cluster/server.h"
 
+#include "absl/strings/match.h"
+
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -477,9 +479,23 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions 
   }
   // Ranks reach the controller on the port it really got (":0" picks one).
   std::string host = listen.substr(0, listen.rfind(':'));
-  controller->jobs_->SetAdvertisedAddress(controller->jobs_->options().advertise.empty()
-                                              ? StrCat(host, ":", controller->port_)
-                                              : controller->jobs_->options().advertise);
+  std::string advertise = controller->jobs_->options().advertise;
+  if (advertise.empty()) {
+    advertise = StrCat(host, ":", controller->port_);
+  } else if (advertise.back() == ']' || advertise.find(':') == std::string::npos) {
+    advertise = StrCat(advertise, ":", controller->port_);  // --advertise HOST: the port it listens on
+  } else if (absl::EndsWith(advertise, ":0")) {
+    advertise = StrCat(advertise.substr(0, advertise.size() - 2), ":", controller->port_);
+  }
+  const std::string advertised_host = advertise.substr(0, advertise.rfind(':'));
+  if (!controller->jobs_->RanksAreLocal() &&
+      (advertised_host.rfind("127.", 0) == 0 || advertised_host == "localhost" || advertised_host == "0.0.0.0" ||
+       advertised_host == "[::]" || advertised_host == "[::1]" || advertised_host.empty())) {
+    controller->server_->Shutdown();
+    return absl::InvalidArgumentError(StrCat("ranks on other hosts cannot reach the controller at ", advertise,
+                                             ": give --advertise HOST[:PORT], an address of this host they can reach"));
+  }
+  controller->jobs_->SetAdvertisedAddress(advertise);
   controller->watcher_ = std::thread([c = controller.get()] { c->WatchStateDir(); });
   return controller;
 }

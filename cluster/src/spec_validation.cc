@@ -6,6 +6,7 @@
 #include "moex/cluster/job_spec.h"
 #include "moex/core/str_cat.h"
 #include "moex/job/run_config.h"
+#include "moex/launcher/hostfile.h"
 #include "moex/placement/policy.h"
 
 namespace moex::cluster {
@@ -81,12 +82,33 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
       return Bad("exchange_timeout_seconds", "must be in [0, 3600] (0: 60)");
     }
   }
-  // A JobSpec has no device yet: its ranks run on CPUs, over MPI or UCX.
-  if (spec->transport().empty()) spec->set_transport("mpi");
-  if (spec->transport() != "mpi" && spec->transport() != "ucx") {
-    return Bad("transport", StrCat("is '", spec->transport(), "'; known: mpi, ucx (a controller job runs on CPUs)"));
+  // Where the ranks run: CPUs over MPI or UCX, or a GPU each over NCCL.
+  if (spec->device().empty()) spec->set_device("cpu");
+  if (spec->device() != "cpu" && spec->device() != "cuda") {
+    return Bad("device", StrCat("is '", spec->device(), "'; known: cpu, cuda"));
   }
-  if (spec->has_bench()) return ValidateBench(spec);
+  const bool cuda = spec->device() == "cuda";
+  if (spec->transport().empty()) spec->set_transport(cuda ? "nccl" : "mpi");
+  if (cuda ? spec->transport() != "nccl" : (spec->transport() != "mpi" && spec->transport() != "ucx")) {
+    return Bad("transport", StrCat("is '", spec->transport(), "'; known for device ", spec->device(), ": ",
+                                   cuda ? "nccl" : "mpi, ucx"));
+  }
+  if (spec->ranks_per_host() < 0 || spec->ranks_per_host() > 4096) {
+    return Bad("ranks_per_host", "must be in [0, 4096] (0: the launcher decides)");
+  }
+  if (spec->hosts_size() > 4096) return Bad("hosts", "names over 4096 hosts");
+  for (int i = 0; i < spec->hosts_size(); ++i) {
+    if (absl::Status name = launcher::ValidateHostName(spec->hosts(i)); !name.ok()) {
+      return Bad(StrCat("hosts[", i, "]"), std::string(name.message()));
+    }
+    for (int j = 0; j < i; ++j) {
+      if (spec->hosts(j) == spec->hosts(i)) return Bad(StrCat("hosts[", i, "]"), StrCat("repeats '", spec->hosts(i), "'"));
+    }
+  }
+  if (spec->has_bench()) {
+    if (cuda) return Bad("device", "cuda applies to layer jobs; a bench job measures the CPU data plane");
+    return ValidateBench(spec);
+  }
   if (spec->dispatch().empty()) spec->set_dispatch("auto");
   // Defaults written back, so that the ranks and `moex job status` see
   // exactly what runs; the bounds are RunConfig's, the same as `moex run`'s.

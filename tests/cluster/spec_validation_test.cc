@@ -77,7 +77,15 @@ TEST(SpecValidationTest, EveryBadFieldIsNamed) {
   EXPECT_THAT(with([](auto& s) { s.set_transport("tcp"); }), HasSubstr("spec.transport is 'tcp'"));
   EXPECT_THAT(with([](auto& s) { s.set_dispatch("fast"); }),
               HasSubstr("spec.dispatch is 'fast'; known: auto, flat, hierarchical"));
-  EXPECT_THAT(with([](auto& s) { s.set_transport("nccl"); }), HasSubstr("spec.transport is 'nccl'; known: mpi, ucx"));
+  EXPECT_THAT(with([](auto& s) { s.set_transport("nccl"); }),
+              HasSubstr("spec.transport is 'nccl'; known for device cpu: mpi, ucx"));
+  EXPECT_THAT(with([](auto& s) { s.set_device("tpu"); }), HasSubstr("spec.device is 'tpu'; known: cpu, cuda"));
+  EXPECT_THAT(with([](auto& s) { s.set_device("cuda"); s.set_transport("ucx"); }),
+              HasSubstr("spec.transport is 'ucx'; known for device cuda: nccl"));
+  EXPECT_THAT(with([](auto& s) { s.set_ranks_per_host(-1); }), HasSubstr("spec.ranks_per_host must be in [0, 4096]"));
+  EXPECT_THAT(with([](auto& s) { s.add_hosts("h0"); s.add_hosts("h0;reboot"); }),
+              HasSubstr("spec.hosts[1] 'h0;reboot' is not a host name"));
+  EXPECT_THAT(with([](auto& s) { s.add_hosts("h0"); s.add_hosts("h0"); }), HasSubstr("spec.hosts[1] repeats 'h0'"));
   EXPECT_THAT(with([](auto& s) { s.set_exchange_timeout_seconds(5000); }), HasSubstr("spec.exchange_timeout_seconds"));
   EXPECT_THAT(with([](auto& s) { s.mutable_rebalance()->set_policy("random"); }),
               HasSubstr("spec.rebalance.policy is 'random'; known: refined, eplb"));

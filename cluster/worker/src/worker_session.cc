@@ -53,6 +53,8 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std
   request.set_host(host);
   request.set_pid(getpid());
   request.set_device("cpu");
+  // Under Slurm, the job the rank runs in: the controller records it on the attempt.
+  if (const char* slurm_job = std::getenv("SLURM_JOB_ID"); slurm_job != nullptr) request.set_launcher_job_id(slurm_job);
   moex::v1::RegisterRankResponse response;
   auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(connect_seconds * 1000));
   grpc::Status status;

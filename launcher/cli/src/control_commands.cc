@@ -11,14 +11,18 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <tuple>
 #include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "moex/cluster/credentials.h"
 #include "moex/core/status_macros.h"
 #include "moex/cluster/server.h"
+#include "moex/launcher/launcher.h"
 #include "moex/core/str_cat.h"
 #include "moex/v1/job.grpc.pb.h"
 #include "moex/v1/placement.grpc.pb.h"
@@ -75,8 +79,12 @@ void PrintJob(const moex::v1::Job& job) {
   std::cout << "  message: " << job.message() << "\n";
   std::cout << absl::StrFormat("  submitted %s, started %s, ended %s\n", Time(job.submit_time_unix_ms()),
                                Time(job.start_time_unix_ms()), Time(job.end_time_unix_ms()));
-  std::cout << absl::StrFormat("  ranks registered %d/%d", job.ranks_registered(), spec.world_size());
-  for (const auto& rank : job.ranks()) std::cout << absl::StrFormat("; %d: pid %d on %s", rank.rank(), rank.pid(), rank.host());
+  std::cout << absl::StrFormat("  ranks registered %d/%d", job.ranks_registered(), job.world_size() > 0 ? job.world_size()
+                                                                                                   : spec.world_size());
+  // By host: "h0: 0 (pid 12), 1 (pid 13); h1: 2 (pid 40)".
+  std::map<std::string, std::vector<std::string>> by_host;
+  for (const auto& rank : job.ranks()) by_host[rank.host()].push_back(absl::StrFormat("%d (pid %d)", rank.rank(), rank.pid()));
+  for (const auto& [host, ranks] : by_host) std::cout << "; " << host << ": " << absl::StrJoin(ranks, ", ");
   std::cout << "\n";
   if (job.metrics().steps_done() > 0) {
     const auto& m = job.metrics();
@@ -138,6 +146,11 @@ void PrintJob(const moex::v1::Job& job) {
                                                               a.experts_from_cache(), held)
                                             : "",
                                    a.ended().empty() ? "" : StrCat(": ", a.ended()));
+      if (!a.launcher().empty() || a.lost_hosts_size() > 0) {
+        std::cout << absl::StrFormat("       launched through %s%s%s\n", a.launcher().empty() ? "?" : a.launcher(),
+                                     a.launcher_job_id().empty() ? "" : StrCat(" (job ", a.launcher_job_id(), ")"),
+                                     a.lost_hosts_size() > 0 ? StrCat("; hosts lost: ", absl::StrJoin(a.lost_hosts(), ", ")) : "");
+      }
     }
   }
   if (job.bench_size() > 0) {
@@ -178,6 +191,20 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
   serve->add_option("--tls-cert", f.tls_cert, "Serve TLS with this PEM certificate");
   serve->add_option("--tls-key", f.tls_key, "and this PEM private key");
   serve->add_option("--tls-client-ca", f.tls_client_ca, "Demand client certificates signed by this CA (mutual TLS)");
+  serve->add_option("--advertise", f.advertise,
+                    "HOST[:PORT] that ranks on other hosts reach the controller by (default: the listen address; "
+                    "no port: the port it listens on)");
+  serve->add_option("--launcher", f.launcher, "How ranks are started: mpirun (this host, or --hostfile) or slurm")
+      ->capture_default_str();
+  serve->add_option("--hostfile", f.hostfile, "mpirun: spread ranks over the hosts of this Open MPI hostfile");
+  serve->add_option("--mpirun", f.mpirun, "mpirun: the program")->capture_default_str();
+  serve->add_option("--mpirun-args", f.mpirun_args,
+                    "mpirun: more options, split on white space into argv words (no shell, no quotes)");
+  serve->add_option("--slurm-partition", f.slurm_partition, "slurm: the partition of every job (default: Slurm's)");
+  serve->add_option("--slurm-account", f.slurm_account, "slurm: the account charged");
+  serve->add_option("--slurm-time-limit", f.slurm_time_limit, "slurm: srun --time of each attempt (default: the partition's)");
+  serve->add_option("--slurm-mpi", f.slurm_mpi, "slurm: srun --mpi plugin")->capture_default_str();
+  serve->add_option("--srun-args", f.srun_args, "slurm: more srun options, split on white space into argv words");
   return serve;
 }
 
@@ -202,6 +229,24 @@ int RunServe(const ServeFlags& f) {
   options.tls_cert = f.tls_cert;
   options.tls_key = f.tls_key;
   options.tls_client_ca = f.tls_client_ca;
+  options.advertise = f.advertise;
+  launcher::LauncherOptions& l = options.launcher;
+  l.kind = f.launcher;
+  l.hostfile = f.hostfile;
+  l.mpirun = f.mpirun;
+  l.slurm_partition = f.slurm_partition;
+  l.slurm_account = f.slurm_account;
+  l.slurm_time_limit = f.slurm_time_limit;
+  l.slurm_mpi = f.slurm_mpi;
+  for (auto [flag, text, words] : {std::tuple{"--mpirun-args", &f.mpirun_args, &l.mpirun_args},
+                                   std::tuple{"--srun-args", &f.srun_args, &l.srun_args}}) {
+    absl::StatusOr<std::vector<std::string>> split = launcher::SplitArgs(*text, flag);
+    if (!split.ok()) {
+      std::cerr << "moex serve: error: " << split.status().message() << "\n";
+      return 1;
+    }
+    words->insert(words->end(), split->begin(), split->end());
+  }
   // SIGINT/SIGTERM end the controller cleanly: running jobs are stopped and
   // recorded as FAILED, saying why.
   sigset_t signals;
@@ -272,7 +317,11 @@ CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
                      "from --seed); a relative path that exists here is sent as an absolute one");
   submit->add_option("--steps", f.steps, "Forward passes")->capture_default_str();
   submit->add_option("--tokens-per-rank", f.tokens_per_rank, "Tokens per rank per step")->capture_default_str();
-  submit->add_option("--transport", f.transport, "mpi or ucx")->capture_default_str();
+  submit->add_option("--transport", f.transport, "mpi or ucx on CPUs, nccl on GPUs (default: mpi, or nccl with --device cuda)");
+  submit->add_option("--device", f.device, "cpu, or cuda: a GPU a rank, through the CUDA plugin")->capture_default_str();
+  submit->add_option("--ranks-per-host", f.ranks_per_host, "Ranks on each host (0: the launcher decides)")
+      ->capture_default_str();
+  submit->add_option("--hosts", f.hosts, "Only these hosts (comma-separated; the launcher's names)")->delimiter(',');
   submit->add_option("--dispatch", f.dispatch, "auto, flat or hierarchical: how tokens cross between hosts")
       ->capture_default_str();
   submit->add_option("--layer", f.layer, "Layer index (default: first MoE layer)");
@@ -387,6 +436,9 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     spec->set_tokens_per_rank(f.tokens_per_rank);
     spec->set_transport(f.transport);
     spec->set_dispatch(f.dispatch);
+    spec->set_device(f.device);
+    spec->set_ranks_per_host(f.ranks_per_host);
+    for (const std::string& host : f.hosts) spec->add_hosts(host);
     if (f.layer) spec->set_layer(*f.layer);
     spec->set_routing_skew(f.routing_skew);
     spec->set_seed(f.seed);

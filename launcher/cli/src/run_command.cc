@@ -132,7 +132,11 @@ int RunHostCleanup(const RunFlags& flags) {
     std::cerr << "moex worker --cleanup: error: " << report.status().message() << "\n";
     return 2;
   }
-  std::cout << "moex worker --cleanup: job " << flags.job_id << ": " << report->Summary() << "\n";
+  // One line a host: the launcher that ran this step on every host reads them back.
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  std::cout << "moex worker --cleanup: " << (host[0] != '\0' ? host : "?") << ": job " << flags.job_id << ": "
+            << report->Summary() << std::endl;
   return report->ok() ? 0 : 1;
 }
 

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "moex/launcher/host_cleanup.h"
 #include "moex/launcher/launcher.h"
@@ -27,7 +28,10 @@ class JobCleaner {
   // Queues a cleanup; its outcome, per host, is appended to `log_path` (the
   // job's log) and anything refused or failed also goes to stderr. After
   // Drain() it runs at once, in the caller.
-  void Enqueue(launcher::HostCleanupRequest request, std::string log_path);
+  // `hosts`: where the job ran (empty: every host the launcher has);
+  // `exclude`: hosts lost, not reachable.
+  void Enqueue(launcher::HostCleanupRequest request, std::string log_path, std::vector<std::string> hosts = {},
+               std::vector<std::string> exclude = {});
   // Runs everything queued, then ends the thread.
   void Drain();
 
@@ -35,6 +39,7 @@ class JobCleaner {
   struct Task {
     launcher::HostCleanupRequest request;
     std::string log_path;
+    std::vector<std::string> hosts, exclude;
   };
   void Run(const Task& task) const;
   void Loop();

@@ -55,8 +55,10 @@ struct ControllerOptions {
   // by a relaunch; removed when the job ends. Empty: no such cache.
   std::string weight_cache_root = "/dev/shm";
   std::string moex_binary;  // the `moex` that ranks run; defaults to this executable
-  std::string mpirun = "mpirun";
-  std::vector<std::string> mpirun_args = {"--oversubscribe", "--mca", "btl", "self,vader,tcp"};
+  // How ranks are started on their hosts: mpirun (on this host, or over a
+  // hostfile) or Slurm (launcher/launcher.h). Its work_dir defaults to
+  // <state_dir>/launch.
+  launcher::LauncherOptions launcher;
   std::string token;  // when set, every call but health must carry "authorization: Bearer <token>"
   // TLS: the server's certificate and key; a client CA demands client
   // certificates (mutual TLS). Ranks get the CA (and, for mTLS, this
@@ -69,6 +71,8 @@ bool IsTerminal(moex::v1::JobState state);
 int64_t NowMs();
 // Ranks of the job's current attempt: spec.world_size until it shrank.
 int World(const moex::v1::Job& job);
+// The number of the job's current attempt (1 for a record without attempts).
+int CurrentAttemptNumber(const moex::v1::Job& job);
 
 class JobManager {
  public:
@@ -127,6 +131,8 @@ class JobManager {
   void Shutdown();
 
   const ControllerOptions& options() const { return options_; }
+  // Every rank runs on the controller's host (mpirun without a hostfile).
+  bool RanksAreLocal() const { return launcher_->RanksAreLocal(); }
   // Whether the state dir, its database and its logs are still the ones
   // opened at the start; Submit refuses jobs (FAILED_PRECONDITION naming
   // what is missing) while they are not.
@@ -157,9 +163,9 @@ class JobManager {
     int64_t log_offset = 0;  // where the current attempt's output starts in the log
   };
 
-  explicit JobManager(ControllerOptions options, std::unique_ptr<JobStore> store)
-      : options_(std::move(options)), store_(std::move(store)),
-        launcher_(launcher::MakeMpirunLauncher(options_.mpirun, options_.mpirun_args)),
+  explicit JobManager(ControllerOptions options, std::unique_ptr<JobStore> store,
+                      std::unique_ptr<launcher::Launcher> launcher)
+      : options_(std::move(options)), store_(std::move(store)), launcher_(std::move(launcher)),
         cleaner_(std::make_unique<JobCleaner>(*launcher_, options_.moex_binary)) {}
 
   absl::Status Launch(Entry& entry);
@@ -169,9 +175,19 @@ class JobManager {
   // A rank died, went silent or never started (`lost`: which, when known).
   // Relaunches the job when its spec allows another attempt (on the
   // survivors with allow_shrink), else Finish(FAILED). Requires the lock.
-  void RankFailed(Entry& entry, std::string why, std::vector<int> lost);
-  // SIGKILL to the job's process group and to each registered rank.
+  // `lost_hosts`: whole hosts lost with them (later attempts run without).
+  void RankFailed(Entry& entry, std::string why, std::vector<int> lost, std::vector<std::string> lost_hosts = {});
+  // Ends the attempt's processes now: through the launcher (every host),
+  // and, on this host only, each registered rank by pid and command line.
   void KillProcesses(Entry& entry);
+  // Requires the lock: SIGTERM (or SIGKILL) to ranks registered from this
+  // host, checked by command line; never a pid of another host.
+  void SignalLocalRanks(const Entry& entry, int signal);
+  // The request for the job's current attempt (hosts it may use, those lost).
+  launcher::LaunchRequest LaunchRequestFor(const moex::v1::Job& job) const;
+  // Requires the lock: a rank went silent; its whole host when every rank
+  // there is silent (and the launcher spans hosts).
+  void SilentRank(Entry& entry, int rank, double silent_seconds);
   // Requires the lock: publishes a placement for `world` ranks of as many
   // slots each as now (replicas given up first); an error says why the
   // experts do not fit.
@@ -200,8 +216,15 @@ class JobManager {
   // (written to the store, watched by nobody) from memory.
   void EvictEnded();
   void MonitorLoop();
-  void OnExit(pid_t pid, int wait_status);
-  std::string DiagnoseFailure(const Entry& entry, int wait_status);
+  // Reaps the launches that ended (only those: a launcher's own commands
+  // are reaped by it), asks the engine about each, then OnExit.
+  void ReapLaunches();
+  void OnExit(pid_t pid, int wait_status, const launcher::EngineReport& engine);
+  // Why the attempt ended, from its log and the engine; `lost_host` is set
+  // when a whole host was lost (mpirun lost its daemon there, Slurm's node
+  // failed, the ranks named every rank of a host).
+  std::string DiagnoseFailure(const Entry& entry, int wait_status, const launcher::EngineReport& engine,
+                              std::string* lost_host);
 
   ControllerOptions options_;
   std::unique_ptr<JobStore> store_;
@@ -211,6 +234,8 @@ class JobManager {
   std::mutex mutex_;
   std::map<std::string, Entry> jobs_;
   std::map<pid_t, std::string> job_by_group_;
+  std::set<pid_t> children_;  // launcher processes started here and not reaped yet
+  std::string this_host_;     // gethostname(): ranks registered from here may be signalled
   struct Subscription {
     std::string job_id;
     std::function<void(const moex::v1::Job&)> on_change;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 
@@ -22,6 +23,11 @@ struct ServeFlags {
   double cancel_grace = 5;
   std::string token_file;
   std::string tls_cert, tls_key, tls_client_ca;
+  std::string advertise;  // HOST[:PORT] ranks on other hosts reach the controller by
+  // How ranks are started: mpirun (this host, or --hostfile) or slurm.
+  std::string launcher = "mpirun";
+  std::string hostfile, mpirun = "mpirun", mpirun_args;
+  std::string slurm_partition, slurm_account, slurm_time_limit, slurm_mpi = "pmix", srun_args;
 };
 
 struct JobFlags {
@@ -40,8 +46,11 @@ struct JobFlags {
   std::string weights;
   int steps = 5;
   int tokens_per_rank = 256;
-  std::string transport = "mpi";
+  std::string transport;  // "": mpi on CPUs, nccl with --device cuda
   std::string dispatch = "auto";
+  std::string device = "cpu";
+  int ranks_per_host = 0;
+  std::vector<std::string> hosts;
   std::optional<int> layer;
   double routing_skew = 0;
   uint64_t seed = 1;

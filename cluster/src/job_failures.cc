@@ -1,0 +1,187 @@
+// How an attempt ended, and what failed in it: the launch's exit and log,
+// the engine's word (Slurm's job state), silent ranks and whole hosts lost.
+// JobManager's methods, kept apart from the job lifecycle in job_manager.cc.
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <fstream>
+#include <regex>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
+#include "moex/cluster/job_manager.h"
+#include "moex/core/str_cat.h"
+#include "moex/core/subprocess.h"
+
+namespace moex::cluster {
+namespace {
+
+std::vector<int> RanksOn(const moex::v1::Job& job, const std::string& host) {
+  std::vector<int> ranks;
+  for (const auto& info : job.ranks()) {
+    if (info.host() == host) ranks.push_back(info.rank());
+  }
+  std::sort(ranks.begin(), ranks.end());
+  return ranks;
+}
+
+std::string RankList(const std::vector<int>& ranks) {
+  return StrCat(ranks.size() == 1 ? "rank " : "ranks ", absl::StrJoin(ranks, ", "));
+}
+
+}  // namespace
+
+std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, const launcher::EngineReport& engine,
+                                        std::string* lost_host) {
+  // The most specific line of the log wins: a host lost, a rank's own error,
+  // then what the launcher saw happen to a rank, then its exit status.
+  std::ifstream log(entry.job.log_path());
+  log.seekg(static_cast<std::streamoff>(entry.log_offset));  // this attempt's part of the log only
+  std::string line, rank_error, rank_death, host_evidence;
+  static const std::regex kDeath(R"(process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+) \(([^)]*)\))");
+  // mpirun: "Remote daemon: [[1234,0],1] on node h1"; srun: "Node failure on
+  // h1"; a rank of moex: "[ranks 2, 3 on host h1 (every rank of it)]".
+  static const std::regex kLostDaemon(R"(Remote daemon: *\S+ on node (\S+))");
+  static const std::regex kNodeFailure(R"(srun: error: Node failure on (\S+))");
+  static const std::regex kWholeHost(R"(on host (\S+) \(every rank of it\))");
+  std::smatch match;
+  while (std::getline(log, line)) {
+    if (host_evidence.empty()) {
+      if (std::regex_search(line, match, kLostDaemon)) {
+        *lost_host = match[1].str();
+        host_evidence = StrCat("mpirun lost its daemon on ", *lost_host);
+      } else if (std::regex_search(line, match, kNodeFailure)) {
+        *lost_host = match[1].str();
+        host_evidence = StrCat("Slurm reported a node failure on ", *lost_host);
+      }
+    }
+    if (rank_error.empty() && line.find("moex run: rank ") == 0 && line.find(": error: ") != std::string::npos) {
+      rank_error = line.substr(std::string("moex run: ").size());
+      if (lost_host->empty() && std::regex_search(line, match, kWholeHost)) *lost_host = match[1].str();
+    }
+    if (rank_death.empty() && std::regex_search(line, match, kDeath)) {
+      // mpirun may print pid 0; the rank told us its pid when it registered.
+      std::string pid = match[2].str(), host = match[3].str();
+      for (const auto& info : entry.job.ranks()) {
+        if (std::to_string(info.rank()) == match[1].str()) {
+          pid = std::to_string(info.pid());
+          host = info.host();
+        }
+      }
+      rank_death = StrCat("rank ", match[1].str(), " (pid ", pid, " on ", host, ") was killed by signal ",
+                          match[4].str(), " (", match[5].str(), ")");
+    }
+  }
+  const std::string launcher_name = launcher_->name().substr(0, launcher_->name().find(' '));
+  std::string exit = StrCat(launcher_name == "slurm" ? "srun" : "mpirun", " ", DescribeWaitStatus(wait_status));
+  const std::string engine_said = engine.Summary("Slurm");
+  if (!engine_said.empty()) exit = StrCat(exit, "; ", engine_said);
+  std::vector<std::string> parts;
+  if (engine.EngineFailure()) parts.push_back(engine_said);
+  if (!host_evidence.empty()) parts.push_back(host_evidence);
+  if (!rank_death.empty()) parts.push_back(rank_death);
+  if (rank_death.empty() && !rank_error.empty()) parts.push_back(rank_error);
+  parts.push_back(exit);
+  parts.push_back(StrCat("log: ", entry.job.log_path()));
+  return absl::StrJoin(parts, "; ");
+}
+
+void JobManager::ReapLaunches() {
+  std::vector<pid_t> children;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    children.assign(children_.begin(), children_.end());
+  }
+  for (pid_t pid : children) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) != pid) continue;
+    std::string job_id;
+    int attempt = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      children_.erase(pid);
+      auto found = job_by_group_.find(pid);
+      if (found != job_by_group_.end() && jobs_.count(found->second)) {
+        job_id = found->second;
+        attempt = CurrentAttemptNumber(jobs_[job_id].job);
+      }
+    }
+    // The engine's word (a Slurm query): asked without the lock.
+    const launcher::EngineReport engine = job_id.empty() ? launcher::EngineReport{} : launcher_->Report(job_id, attempt);
+    OnExit(pid, status, engine);
+  }
+}
+
+void JobManager::OnExit(pid_t pid, int wait_status, const launcher::EngineReport& engine) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto found = job_by_group_.find(pid);
+  if (found == job_by_group_.end()) return;
+  auto job = jobs_.find(found->second);
+  job_by_group_.erase(found);
+  if (job == jobs_.end()) return;
+  Entry& entry = job->second;
+  if (!engine.job_id.empty() && entry.job.attempts_size() > 0) {
+    entry.job.mutable_attempts(entry.job.attempts_size() - 1)->set_launcher_job_id(engine.job_id);
+  }
+  if (entry.cancel_requested) {
+    Finish(entry, moex::v1::JOB_STATE_CANCELLED, "cancelled by request; every process of the job has ended");
+  } else if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0 &&
+             entry.job.ranks_registered() == World(entry.job)) {
+    Finish(entry, moex::v1::JOB_STATE_SUCCEEDED, "succeeded");
+  } else {
+    std::string lost_host;
+    std::string why = DiagnoseFailure(entry, wait_status, engine, &lost_host);
+    std::vector<int> lost = RanksOn(entry.job, lost_host);
+    if (!lost_host.empty() && !lost.empty()) {
+      // A whole host: its ranks are lost, and later attempts run without it
+      // where the launcher chooses among hosts.
+      const bool spans_hosts = !launcher_->RanksAreLocal();
+      RankFailed(entry, StrCat("host ", lost_host, " was lost (", RankList(lost), ", every rank on it): ", why), lost,
+                 spans_hosts ? std::vector<std::string>{lost_host} : std::vector<std::string>{});
+      return;
+    }
+    // "rank N (pid ...) was killed", "rank N: error ...": the rank it names.
+    static const std::regex kRank(R"((^|; )rank (\d+)\b)");
+    std::smatch match;
+    lost.clear();
+    int lost_rank = 0;
+    if (std::regex_search(why, match, kRank) && absl::SimpleAtoi(match[2].str(), &lost_rank)) lost.push_back(lost_rank);
+    RankFailed(entry, std::move(why), std::move(lost));
+  }
+}
+
+void JobManager::SilentRank(Entry& entry, int rank, double silent_seconds) {
+  const auto now = Clock::now();
+  std::string host, where;
+  for (const auto& info : entry.job.ranks()) {
+    if (info.rank() == rank) {
+      host = info.host();
+      where = StrCat(" (pid ", info.pid(), " on ", info.host(), ")");
+    }
+  }
+  const std::string timeout = StrCat(" s (timeout ", options_.heartbeat_timeout_seconds, " s)");
+  // Every rank of its host silent too (for over half the timeout): the host
+  // is lost, not one rank.
+  std::vector<int> on_host = RanksOn(entry.job, host);
+  bool all_silent = on_host.size() > 1;
+  for (int r : on_host) {
+    auto last = entry.last_heartbeat.find(r);
+    const double silent = last == entry.last_heartbeat.end()
+                              ? silent_seconds
+                              : std::chrono::duration<double>(now - last->second).count();
+    all_silent = all_silent && !entry.done_ranks.count(r) && silent > options_.heartbeat_timeout_seconds / 2;
+  }
+  if (all_silent) {
+    const bool spans_hosts = !launcher_->RanksAreLocal();
+    RankFailed(entry,
+               StrCat("host ", host, " was lost: ", RankList(on_host), " (every rank on it) sent no heartbeat for ",
+                      static_cast<int>(silent_seconds), timeout),
+               on_host, spans_hosts ? std::vector<std::string>{host} : std::vector<std::string>{});
+    return;
+  }
+  RankFailed(entry, StrCat("rank ", rank, where, " stopped sending heartbeats: none for ",
+                           static_cast<int>(silent_seconds), timeout),
+             {rank});
+}
+
+}  // namespace moex::cluster

@@ -1,0 +1,200 @@
+// The Slurm launcher: each attempt is `srun`, which makes the allocation
+// (partition, account, time limit, nodes asked for) and starts the ranks
+// through PMIx; the attempt is named moex-<job>-a<N> in Slurm, so that it
+// can be found, reported and cancelled by name even before its ranks start.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <mutex>
+
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "moex/core/status_macros.h"
+#include "moex/core/str_cat.h"
+#include "moex/core/subprocess.h"
+#include "moex/launcher/hostfile.h"
+#include "moex/launcher/launcher.h"
+
+namespace moex::launcher {
+namespace {
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipWhitespace())) lines.emplace_back(line);
+  return lines;
+}
+
+class SlurmLauncher final : public Launcher {
+ public:
+  explicit SlurmLauncher(LauncherOptions options) : options_(std::move(options)) {}
+  ~SlurmLauncher() override { Reap(true); }
+  std::string name() const override { return "slurm"; }
+  bool RanksAreLocal() const override { return false; }
+
+  absl::Status CheckReady() const override {
+    for (const std::string* program : {&options_.srun, &options_.scancel, &options_.squeue, &options_.sinfo}) {
+      if (absl::StatusOr<std::string> found = FindProgram(*program); !found.ok()) {
+        return absl::FailedPreconditionError(StrCat("--launcher slurm: ", found.status().message()));
+      }
+    }
+    MOEX_ASSIGN_OR_RETURN(std::vector<std::string> partitions, Query({options_.sinfo, "-h", "-o", "%R"}));
+    if (!options_.slurm_partition.empty() &&
+        std::find(partitions.begin(), partitions.end(), options_.slurm_partition) == partitions.end()) {
+      return absl::InvalidArgumentError(StrCat("--slurm-partition '", options_.slurm_partition,
+                                               "' is not a partition of this Slurm cluster (it has ",
+                                               absl::StrJoin(partitions, ", "), ")"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status CheckRequest(const LaunchRequest& request) const override {
+    if (request.hosts.empty()) return absl::OkStatus();
+    std::vector<std::string> args = {options_.sinfo, "-h", "-N", "-o", "%N"};
+    if (!options_.slurm_partition.empty()) args.insert(args.end(), {"-p", options_.slurm_partition});
+    MOEX_ASSIGN_OR_RETURN(std::vector<std::string> nodes, Query(args));
+    for (const std::string& host : request.hosts) {
+      if (std::find(nodes.begin(), nodes.end(), host) == nodes.end()) {
+        return absl::InvalidArgumentError(StrCat("spec.hosts: '", host, "' is not a node of ",
+                                                 options_.slurm_partition.empty() ? "this Slurm cluster"
+                                                                                  : "partition " + options_.slurm_partition,
+                                                 " (it has ", absl::StrJoin(nodes, ", "), ")"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Launched> Launch(const LaunchRequest& request) const override {
+    if (request.world_size < 1) return absl::InvalidArgumentError("srun launch: world size below 1");
+    Reap(false);
+    SpawnOptions spawn;
+    spawn.log_path = request.log_path;
+    spawn.argv = {options_.srun, StrCat("--mpi=", options_.slurm_mpi),
+                  StrCat("--job-name=", AttemptName(request.job_id, request.attempt)),
+                  StrCat("--ntasks=", request.world_size), "--kill-on-bad-exit=1"};
+    AddAllocationArgs(&spawn.argv);
+    if (request.ranks_per_host > 0) {
+      spawn.argv.push_back(StrCat("--ntasks-per-node=", request.ranks_per_host));
+      spawn.argv.push_back(StrCat("--nodes=", (request.world_size + request.ranks_per_host - 1) / request.ranks_per_host));
+    }
+    if (!request.hosts.empty()) spawn.argv.push_back(StrCat("--nodelist=", absl::StrJoin(request.hosts, ",")));
+    if (!request.exclude_hosts.empty()) spawn.argv.push_back(StrCat("--exclude=", absl::StrJoin(request.exclude_hosts, ",")));
+    spawn.argv.insert(spawn.argv.end(), options_.srun_args.begin(), options_.srun_args.end());
+    spawn.argv.insert(spawn.argv.end(), request.rank_argv.begin(), request.rank_argv.end());
+    spawn.extra_env = request.extra_env;  // srun exports the whole environment to the ranks
+    MOEX_ASSIGN_OR_RETURN(pid_t group, SpawnInNewGroup(spawn));
+    return Launched{.process_group = group, .argv = spawn.argv};
+  }
+
+  void Stop(const std::string& job_id, int attempt, pid_t process_group, bool force) const override {
+    Reap(false);
+    // srun forwards SIGTERM to every task; scancel also reaches an attempt
+    // still waiting in the queue, or one whose srun is gone.
+    if (process_group > 0) (void)SignalGroup(process_group, force ? SIGKILL : SIGTERM);
+    std::vector<std::string> argv = {options_.scancel, StrCat("--name=", AttemptName(job_id, attempt)),
+                                     StrCat("--user=", getuid())};
+    if (!force) argv.push_back("--signal=TERM");
+    SpawnOptions spawn;
+    spawn.argv = argv;
+    spawn.log_path = "/dev/null";
+    absl::StatusOr<pid_t> started = SpawnInNewGroup(spawn);
+    if (started.ok()) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      helpers_.push_back(*started);
+    }
+  }
+
+  EngineReport Report(const std::string& job_id, int attempt) const override {
+    absl::StatusOr<std::vector<std::string>> lines =
+        Query({options_.squeue, "-h", "-t", "all", StrCat("--name=", AttemptName(job_id, attempt)),
+               StrCat("--user=", getuid()), "-o", "%i|%T|%r|%N"});
+    EngineReport report;
+    if (!lines.ok() || lines->empty()) return report;
+    std::vector<std::string> fields = absl::StrSplit(lines->back(), '|');
+    fields.resize(4);
+    report.job_id = fields[0];
+    report.state = fields[1];
+    report.reason = fields[2];
+    report.nodes = fields[3];
+    return report;
+  }
+
+  absl::StatusOr<std::vector<std::string>> CleanUpHosts(const HostCleanupRequest& request, const std::string& moex_binary,
+                                                        const std::vector<std::string>& hosts,
+                                                        const std::vector<std::string>& exclude) const override {
+    std::vector<std::string> targets = hosts;
+    if (targets.empty()) {
+      std::vector<std::string> args = {options_.sinfo, "-h", "-N", "-t", "idle,mix,alloc,comp", "-o", "%N"};
+      if (!options_.slurm_partition.empty()) args.insert(args.end(), {"-p", options_.slurm_partition});
+      MOEX_ASSIGN_OR_RETURN(targets, Query(args));
+      std::sort(targets.begin(), targets.end());
+      targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
+    }
+    targets.erase(std::remove_if(targets.begin(), targets.end(),
+                                 [&](const std::string& host) {
+                                   return std::find(exclude.begin(), exclude.end(), host) != exclude.end();
+                                 }),
+                  targets.end());
+    if (targets.empty()) return std::vector<std::string>{};
+    CommandOptions command;
+    command.argv = {options_.srun, StrCat("--job-name=moex-", request.job_id, "-cleanup"),
+                    StrCat("--nodes=", targets.size()), StrCat("--ntasks=", targets.size()), "--ntasks-per-node=1",
+                    StrCat("--nodelist=", absl::StrJoin(targets, ",")), "--immediate=30", "--time=5"};
+    AddAllocationArgs(&command.argv, /*with_time=*/false);
+    for (const std::string& word : HostCleanupArgv(moex_binary, request)) command.argv.push_back(word);
+    command.timeout_seconds = request.wait_seconds + 90;
+    MOEX_ASSIGN_OR_RETURN(CommandResult ran, RunCommand(command));
+    std::vector<std::string> lines;
+    const std::string prefix = "moex worker --cleanup: ";
+    for (const std::string& line : Lines(ran.out)) {
+      if (line.rfind(prefix, 0) == 0) lines.push_back(line.substr(prefix.size()));
+    }
+    if (!ran.ok()) {
+      return absl::UnavailableError(StrCat("the cleanup step (srun) on ", absl::StrJoin(targets, ", "), " ",
+                                           ran.Describe(), lines.empty() ? "" : "; " + absl::StrJoin(lines, "; ")));
+    }
+    return lines;
+  }
+
+ private:
+  void AddAllocationArgs(std::vector<std::string>* argv, bool with_time = true) const {
+    if (!options_.slurm_partition.empty()) argv->push_back(StrCat("--partition=", options_.slurm_partition));
+    if (!options_.slurm_account.empty()) argv->push_back(StrCat("--account=", options_.slurm_account));
+    if (with_time && !options_.slurm_time_limit.empty()) argv->push_back(StrCat("--time=", options_.slurm_time_limit));
+  }
+
+  // A query's lines; an error names the command and what it said.
+  static absl::StatusOr<std::vector<std::string>> Query(const std::vector<std::string>& argv) {
+    CommandOptions command;
+    command.argv = argv;
+    command.timeout_seconds = 15;
+    MOEX_ASSIGN_OR_RETURN(CommandResult ran, RunCommand(command));
+    if (!ran.ok()) {
+      return absl::UnavailableError(StrCat("`", absl::StrJoin(argv, " "), "` ", ran.Describe()));
+    }
+    return Lines(ran.out);
+  }
+
+  // scancel processes started by Stop, reaped here (the controller reaps
+  // only its launches).
+  void Reap(bool wait) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = helpers_.begin(); it != helpers_.end();) {
+      int status = 0;
+      it = waitpid(*it, &status, wait ? 0 : WNOHANG) == 0 ? std::next(it) : helpers_.erase(it);
+    }
+  }
+
+  LauncherOptions options_;
+  mutable std::mutex mutex_;
+  mutable std::vector<pid_t> helpers_;
+};
+
+}  // namespace
+
+std::unique_ptr<Launcher> MakeSlurmLauncher(const LauncherOptions& options) {
+  return std::make_unique<SlurmLauncher>(options);
+}
+
+}  // namespace moex::launcher
