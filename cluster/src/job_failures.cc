@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <fstream>
 #include <regex>
+#include <set>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
@@ -44,8 +45,22 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, con
   static const std::regex kLostDaemon(R"(Remote daemon: *\S+ on node (\S+))");
   static const std::regex kNodeFailure(R"(srun: error: Node failure on (\S+))");
   static const std::regex kWholeHost(R"(on host (\S+) \(every rank of it\))");
+  // When a daemon dies with its host's ranks, Open MPI 4.1 may only say
+  // that a daemon failed, while the survivors name the host that hung up
+  // ("Peer host: h1") or only themselves ("Local host: h0").
+  static const std::regex kPeerHost(R"(^ *Peer host: +(\S+))");
+  static const std::regex kLocalHost(R"(^ *Local host: +(\S+))");
+  std::set<std::string> peer_hosts, local_hosts;
+  bool daemon_failed = false;
   std::smatch match;
   while (std::getline(log, line)) {
+    if (line.find("ORTE was unable to reliably start one or more daemons") != std::string::npos ||
+        line.find("ORTE has lost communication with a remote daemon") != std::string::npos ||
+        line.find("An ORTE daemon has unexpectedly failed") != std::string::npos) {
+      daemon_failed = true;
+    }
+    if (std::regex_search(line, match, kPeerHost)) peer_hosts.insert(match[1].str());
+    if (std::regex_search(line, match, kLocalHost)) local_hosts.insert(match[1].str());
     if (host_evidence.empty()) {
       if (std::regex_search(line, match, kLostDaemon)) {
         *lost_host = match[1].str();
@@ -70,6 +85,21 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, con
       }
       rank_death = StrCat("rank ", match[1].str(), " (pid ", pid, " on ", host, ") was killed by signal ",
                           match[4].str(), " (", match[5].str(), ")");
+    }
+  }
+  if (host_evidence.empty() && daemon_failed && entry.job.ranks_registered() > 0) {
+    // Its daemon died with the ranks: the one host the survivors name as
+    // their peer, else the one host of the job none of them speaks from.
+    std::set<std::string> candidates = peer_hosts;
+    if (candidates.empty()) {
+      for (const auto& info : entry.job.ranks()) {
+        if (!local_hosts.count(info.host())) candidates.insert(info.host());
+      }
+      if (local_hosts.empty()) candidates.clear();
+    }
+    if (candidates.size() == 1) {
+      *lost_host = *candidates.begin();
+      host_evidence = StrCat("mpirun's daemon on ", *lost_host, " failed with the ranks there");
     }
   }
   const std::string launcher_name = launcher_->name().substr(0, launcher_->name().find(' '));

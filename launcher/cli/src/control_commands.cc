@@ -199,7 +199,8 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
   serve->add_option("--hostfile", f.hostfile, "mpirun: spread ranks over the hosts of this Open MPI hostfile");
   serve->add_option("--mpirun", f.mpirun, "mpirun: the program")->capture_default_str();
   serve->add_option("--mpirun-args", f.mpirun_args,
-                    "mpirun: more options, split on white space into argv words (no shell, no quotes)");
+                    "mpirun: its options, split on white space into argv words (no shell, no quotes); replace the "
+                    "defaults --oversubscribe --mca btl self,vader,tcp");
   serve->add_option("--slurm-partition", f.slurm_partition, "slurm: the partition of every job (default: Slurm's)");
   serve->add_option("--slurm-account", f.slurm_account, "slurm: the account charged");
   serve->add_option("--slurm-time-limit", f.slurm_time_limit, "slurm: srun --time of each attempt (default: the partition's)");
@@ -245,7 +246,7 @@ int RunServe(const ServeFlags& f) {
       std::cerr << "moex serve: error: " << split.status().message() << "\n";
       return 1;
     }
-    words->insert(words->end(), split->begin(), split->end());
+    if (!text->empty()) *words = std::move(*split);  // given: replaces the defaults
   }
   // SIGINT/SIGTERM end the controller cleanly: running jobs are stopped and
   // recorded as FAILED, saying why.

@@ -44,7 +44,11 @@ if [[ "$transport" == ucx ]]; then
       || fail "rank $r did not name the lost ranks and their host $lost_host"
   done
 else
-  grep -qE "(Peer host: +$lost_host|on host $lost_host)" "$log" || fail "nothing names the lost host $lost_host"
+  # Open MPI names the host that hung up, or (when a survivor's reconnect
+  # fails first) only its address.
+  lost_address="$("$VCLUSTER" exec "$name" h0 getent hosts "$lost_host" | awk '{print $1}')"
+  grep -qE "(Peer host: +$lost_host|on host $lost_host|connect\(\) to ${lost_address//./\\.}:)" "$log" ||
+    fail "nothing names the lost host $lost_host (or its address $lost_address)"
 fi
 left="$("$VCLUSTER" exec "$name" h0 ls -A /dev/shm)"
 echo "ended ${elapsed_ms} ms after the loss (exit $rc); left in $name-h0's /dev/shm: ${left:-nothing}"
