@@ -9,6 +9,8 @@
 #  - a whole host lost mid-run (every process of it SIGKILLed) fails the
 #    attempt naming the host and its ranks; with max_restarts and
 #    allow_shrink the job relaunches on the surviving host and SUCCEEDS;
+#  - a host's network cut (its processes running): its silent ranks name it
+#    within the heartbeat timeout and the job recovers the same way;
 #  - a bad hostfile, an mpirun that is missing, a host that is not in the
 #    hostfile, a loopback address for remote ranks: each a clear error.
 set -euo pipefail
@@ -99,5 +101,28 @@ grep -q "host $h1 was lost (ranks 2, 3, every rank on it)" <<<"$ended" || grep -
 [ "$(field "$id" "[a['world_size'] for a in j['attempts']] == [4, 2] and set(r['host'] for r in j['ranks']) == {'$h0'}")" = True ] ||
   fail "attempt 2 is not 2 ranks on $h0"
 [ "$(field "$id" "float(m['check_relative_error']) < 1e-4")" = True ] || fail "the output after the host loss differs from the reference"
+assert_no_orphans "$id"
+echo "lost host (processes killed): named, recorded, recovered on $h0"
+
+# 4. a host's network gone, its processes running: silent heartbeats name it
+id="$(submit --name cut --world-size 4 --model tiny --steps 1500 --tokens-per-rank 64 --check \
+      --redundant-experts 8 --max-restarts 1 --allow-shrink --exchange-timeout 30)"
+wait_for "$id" "int(m.get('steps_done', 0)) >= 5" 60
+t0="$(now_ms)"
+"$VCLUSTER" cut "$name" h1
+wait_for "$id" "len(j.get('attempts', [])) == 2" 30
+detected="$(field "$id" "'%.1f' % ((int(j['attempts'][0]['end_time_unix_ms']) - $t0) / 1000.0)")"
+ended="$(field "$id" "j['attempts'][0]['ended']")"
+grep -q "host $h1 was lost: ranks 2, 3 (every rank on it) sent no heartbeat" <<<"$ended" ||
+  fail "attempt 1 does not name the cut-off host and its ranks: $ended"
+wait_for "$id" "j['state'] in ('JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED')" 240
+[ "$(field "$id" "j['state'] + ' ' + str(set(r['host'] for r in j['ranks']) == {'$h0'})")" = "JOB_STATE_SUCCEEDED True" ] ||
+  fail "the job did not recover on $h0 after $h1's network went: $(field "$id" "j['message']")"
+"$VCLUSTER" mend "$name" h1
+echo "network cut: $h1 named after ${detected} s (heartbeat timeout 6 s), recovered on $h0"
+# What ran on the cut-off host cannot be reached through mpirun while it is
+# cut off; once back, its ranks find their job gone (FAILED_PRECONDITION on
+# their next heartbeat) or their daemon's lifeline cut, and end.
+for _ in $(seq 150); do [ "$(pgrep -fc "job-id $id" || true)" = 0 ] && break; sleep 0.2; done
 assert_no_orphans "$id"
 echo "PASS"

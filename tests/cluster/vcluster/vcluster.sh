@@ -10,6 +10,8 @@
 #   vcluster.sh down [--verify] NAME           remove everything of NAME (idempotent; also a stale one)
 #   vcluster.sh verify-gone NAME               exit 1, naming it, if anything of NAME is left
 #   vcluster.sh exec NAME HOST cmd...          run cmd in HOST, with the caller's environment
+#   vcluster.sh lose NAME HOST                 SIGKILL every process of HOST (a power cut)
+#   vcluster.sh cut|mend NAME HOST             take HOST's network away (packets dropped) or back
 #   vcluster.sh agent [ssh options] HOST cmd   Open MPI's plm_rsh_agent: like ssh, no environment passed
 #   vcluster.sh hostfile NAME                  print the path of the hostfile (every host, SLOTS_PER_HOST)
 #   vcluster.sh hostfile NAME FILE N0 [N1..]   write a hostfile with N0 slots on h0, N1 on h1, ...
@@ -356,6 +358,18 @@ cmd_lose() {
   echo "vcluster: $(host_of "$name" "$i") lost: $killed processes killed"
 }
 
+# A host's network gone (cable pulled, switch port down), its processes still
+# running: the root side of its veth down, so that packets vanish without a
+# reset. `mend` brings it back.
+cmd_cut() {
+  (($# == 3)) || die "usage: vcluster.sh cut|mend NAME HOST"
+  local state="$1" name="$2" host="$3" index
+  check_name "$name"
+  index="$(host_index "$name" "$host")"
+  ip link set "$(veth_of "$name" "$index")" "$state" || die "cannot set $(host_of "$name" "$index")'s link $state"
+  echo "vcluster: $(host_of "$name" "$index") network $([[ "$state" == down ]] && echo cut || echo back)"
+}
+
 cmd_exec() {
   (($# >= 3)) || die "usage: vcluster.sh exec NAME HOST cmd..."
   local name="$1" host="$2"
@@ -511,7 +525,7 @@ host_index() {
 
 # ---------------------------------------------------------------- main
 main() {
-  (($# >= 1)) || die "usage: vcluster.sh check|up|down|verify-gone|exec|lose|agent|hostfile|mpirun-args|hosts|shape|unshape|list ..."
+  (($# >= 1)) || die "usage: vcluster.sh check|up|down|verify-gone|exec|lose|cut|mend|agent|hostfile|mpirun-args|hosts|shape|unshape|list ..."
   local command="$1"
   shift
   case "$command" in
@@ -521,6 +535,8 @@ main() {
     verify-gone) cmd_verify_gone "$@" ;;
     exec) cmd_exec "$@" ;;
     lose) cmd_lose "$@" ;;
+    cut) cmd_cut down "$@" ;;
+    mend) cmd_cut up "$@" ;;
     agent) cmd_agent "$@" ;;
     hostfile) cmd_hostfile "$@" ;;
     mpirun-args) cmd_mpirun_args "$@" ;;
