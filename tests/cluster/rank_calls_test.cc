@@ -5,10 +5,12 @@
 // the attempt, the rank and the bad value, and the job runs on unharmed.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "gmock/gmock.h"
@@ -39,12 +41,13 @@ class RankCallsTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  void Start(double heartbeat_timeout_seconds) {
+  void Start(double heartbeat_timeout_seconds, std::string worker_binary = "") {
     ControllerOptions options;
     options.state_dir = dir_.string();
     options.listen = "127.0.0.1:0";
     const char* worker = std::getenv("MOEX_TEST_WORKER_BINARY");  // see controller_test.cc
     options.moex_binary = worker != nullptr ? worker : MOEX_BINARY;
+    if (!worker_binary.empty()) options.moex_binary = worker_binary;
     options.cancel_grace_seconds = 2;
     options.heartbeat_timeout_seconds = heartbeat_timeout_seconds;
     options.limits.max_world_size = 8;
@@ -207,6 +210,48 @@ TEST_F(RankCallsTest, CallsForAnEndedAttemptAreRefused) {
                                             HasSubstr("the job has ended (JOB_STATE_CANCELLED)")));
   EXPECT_EQ(ReportStep(job.id(), 0, cancelled.metrics().steps_done()).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+// A rank registered from another host is never signalled by its pid: that
+// pid means nothing here (hosts have pid spaces of their own), and a process
+// of this host that happens to hold it, even one whose command line carries
+// the job id, is left alone. The launcher stops remote ranks.
+TEST_F(RankCallsTest, ARankOnAnotherHostIsNeverSignalledByPid) {
+  std::filesystem::create_directories(dir_);
+  const std::string fake = (dir_ / "quiet-worker.sh").string();
+  {
+    std::ofstream script(fake);
+    script << "#!/bin/sh\nexec sleep 300\n";  // a rank that never registers by itself
+  }
+  std::filesystem::permissions(fake, std::filesystem::perms::owner_all);
+  Start(/*heartbeat_timeout_seconds=*/30, fake);
+  const Job job = Submit(/*world=*/1, /*steps=*/10);
+  ASSERT_FALSE(job.id().empty());
+  // A process of this host with the job id on its command line, as a rank
+  // on another host would have, with the same pid by chance.
+  const pid_t decoy = fork();
+  ASSERT_GE(decoy, 0);
+  if (decoy == 0) {
+    setpgid(0, 0);  // its sleep goes with it at the end
+    execl("/bin/sh", "sh", "-c", "sleep 300", "sh", "--job-id", job.id().c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  moex::v1::RegisterRankRequest request;
+  request.set_job_id(job.id());
+  request.set_rank(0);
+  request.set_world_size(1);
+  request.set_host("another-host");
+  request.set_pid(decoy);
+  moex::v1::RegisterRankResponse response;
+  ASSERT_TRUE(ranks_->RegisterRank(Context(1).get(), request, &response).ok());
+  ASSERT_TRUE(controller_->jobs().Cancel(job.id()).ok());
+  const Job ended = WaitUntil(job.id(), [](const Job&) { return false; }, 30);
+  EXPECT_EQ(ended.state(), moex::v1::JOB_STATE_CANCELLED) << ended.message();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  int status = 0;
+  EXPECT_EQ(waitpid(decoy, &status, WNOHANG), 0) << "the decoy was signalled: " << status;
+  kill(-decoy, SIGKILL);
+  waitpid(decoy, &status, 0);
 }
 
 }  // namespace
