@@ -23,6 +23,7 @@ PACKAGES=(
   openssl
   procps
   iproute2 util-linux
+  slurmctld slurmd slurm-client munge
 )
 
 missing=()
