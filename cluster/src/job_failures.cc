@@ -150,6 +150,7 @@ void JobManager::OnExit(pid_t pid, int wait_status, const launcher::EngineReport
   job_by_group_.erase(found);
   if (job == jobs_.end()) return;
   Entry& entry = job->second;
+  entry.process_group = 0;  // reaped: its id may be anyone's from now on
   if (!engine.job_id.empty() && entry.job.attempts_size() > 0) {
     entry.job.mutable_attempts(entry.job.attempts_size() - 1)->set_launcher_job_id(engine.job_id);
   }

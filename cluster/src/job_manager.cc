@@ -56,6 +56,15 @@ std::string SelfExecutable() {
 
 }  // namespace
 
+bool JobGroupAlive(pid_t group, const std::string& job_id) {
+  if (group <= 0 || !GroupAlive(group)) return false;
+  // Its leader (mpirun, srun) carries the ranks' command line. A group
+  // whose leader is gone but members remain is still the job's: Linux
+  // gives no new process an id that is an existing group's.
+  if (ProcessRunning(group)) return CommandLineHas(group, StrCat("worker --job-id ", job_id, " "));
+  return true;
+}
+
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions options) {
   if (options.state_dir.empty()) return absl::InvalidArgumentError("--state-dir is required");
   if (options.moex_binary.empty()) options.moex_binary = SelfExecutable();
@@ -79,7 +88,9 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
     Entry entry;
     entry.job = std::move(s.job);
     entry.process_group = s.process_group;
-    if (!IsTerminal(entry.job.state()) && entry.process_group > 0 && GroupAlive(entry.process_group)) {
+    const bool group_alive = entry.process_group > 0 && GroupAlive(entry.process_group);
+    const bool ours = JobGroupAlive(entry.process_group, entry.job.id());
+    if (!IsTerminal(entry.job.state()) && ours) {
       // Still running: wait for its ranks to report back in.
       entry.adopted = true;
       entry.adopted_at = Clock::now();
@@ -92,7 +103,11 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
       entry.job.set_message(StrCat("the controller stopped while this job was ",
                                    entry.job.ranks_registered() == World(entry.job) ? "running" : "starting",
                                    "; its processes had ended when the controller restarted, and how they ended "
-                                   "was not observed"));
+                                   "was not observed",
+                                   group_alive ? StrCat(" (its process group id ", entry.process_group,
+                                                        " now belongs to another program, left alone)")
+                                               : ""));
+      entry.process_group = 0;  // never signalled again
       entry.job.set_end_time_unix_ms(NowMs());
       MOEX_RETURN_IF_ERROR(manager->store_->Put(entry.job, entry.process_group));
       manager->CleanUpHosts(entry.job, 0);
@@ -453,7 +468,8 @@ void JobManager::MonitorLoop() {
       auto seconds = [now](Clock::time_point since) { return std::chrono::duration<double>(now - since).count(); };
       for (auto& [id, entry] : jobs_) {
         if (IsTerminal(entry.job.state()) || entry.process_group <= 0) continue;
-        if (entry.adopted && !GroupAlive(entry.process_group)) {
+        if (entry.adopted && !JobGroupAlive(entry.process_group, entry.job.id())) {
+          entry.process_group = 0;  // gone, or another program's now: never signalled
           // Ended while nobody could reap it: judge by what rank 0 reported.
           if (entry.cancel_requested) {
             Finish(entry, moex::v1::JOB_STATE_CANCELLED, "cancelled by request; every process of the job has ended");

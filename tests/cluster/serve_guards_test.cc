@@ -1,8 +1,11 @@
 // A controller among careless operators (issue #19): a second controller on
-// the same state dir or the same port is refused, and a state dir deleted
-// under a running controller turns it NOT_SERVING and stops submissions.
+// the same state dir or the same port is refused, a state dir deleted under
+// a running controller turns it NOT_SERVING and stops submissions, and a
+// recycled process group id is never signalled.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -11,6 +14,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "moex/cluster/job_store.h"
 #include "moex/cluster/server.h"
 #include "moex/core/subprocess.h"
 #include "moex/v1/job.grpc.pb.h"
@@ -153,6 +157,46 @@ TEST_F(ServeGuardsTest, ALogsDirDeletedIsNamed) {
 }
 
 // The launch itself names a log it cannot open, not the program it starts.
+// Item 3: after a restart, a job's recorded process group id that now
+// belongs to another program (a recycled id: here a `setsid sleep`, as
+// `ns_last_pid` can arrange) is left alone: the job is not adopted, nothing
+// is signalled, and the record says why.
+TEST_F(ServeGuardsTest, ARecycledProcessGroupIsNeverSignalled) {
+  const pid_t other = fork();
+  ASSERT_GE(other, 0);
+  if (other == 0) {
+    setsid();
+    execl("/bin/sleep", "sleep", "300", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  for (int i = 0; i < 200 && getpgid(other) != other; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_EQ(getpgid(other), other);
+  {
+    std::filesystem::create_directories(Options().state_dir);
+    auto store = JobStore::Open(Options().state_dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    moex::v1::Job job;
+    job.set_id("j-00000000000a");
+    job.set_state(moex::v1::JOB_STATE_RUNNING);
+    job.mutable_spec()->set_world_size(2);
+    job.mutable_spec()->set_steps(10);
+    job.set_ranks_registered(2);
+    ASSERT_TRUE((*store)->Put(job, other).ok());
+  }
+  Start();
+  absl::StatusOr<moex::v1::Job> job = controller_->jobs().Get("j-00000000000a");
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->state(), moex::v1::JOB_STATE_FAILED);
+  EXPECT_THAT(job->message(), HasSubstr("its process group id " + std::to_string(other) +
+                                        " now belongs to another program, left alone"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  controller_.reset();  // shutting down signals nothing of it either
+  int status = 0;
+  EXPECT_EQ(waitpid(other, &status, WNOHANG), 0) << "the recycled group was signalled";
+  kill(other, SIGKILL);
+  waitpid(other, &status, 0);
+}
+
 TEST(SpawnTest, ALogThatCannotBeOpenedIsNamed) {
   SpawnOptions options;
   options.argv = {"true"};

@@ -114,15 +114,18 @@ bool ProcessRunning(pid_t pid) {
   return close_paren != std::string::npos && close_paren + 2 < line->size() && (*line)[close_paren + 2] != 'Z';
 }
 
-bool SignalIfCommandLineHas(pid_t pid, const std::string& marker, int signal) {
+bool CommandLineHas(pid_t pid, const std::string& marker) {
   if (pid <= 0) return false;
   std::optional<std::string> cmdline = ReadProcFile(StrCat("/proc/", pid, "/cmdline"));
   if (!cmdline) return false;
   for (char& c : *cmdline) {
     if (c == '\0') c = ' ';
   }
-  if (cmdline->find(marker) == std::string::npos) return false;
-  return kill(pid, signal) == 0;
+  return cmdline->find(marker) != std::string::npos;
+}
+
+bool SignalIfCommandLineHas(pid_t pid, const std::string& marker, int signal) {
+  return CommandLineHas(pid, marker) && kill(pid, signal) == 0;
 }
 
 int SignalEveryCommandLineWith(const std::string& marker, int signal) {

@@ -71,6 +71,10 @@ bool IsTerminal(moex::v1::JobState state);
 int64_t NowMs();
 // Ranks of the job's current attempt: spec.world_size until it shrank.
 int World(const moex::v1::Job& job);
+// Whether process group `group` still runs job `job_id`: alive, and its
+// leader, if it still runs, is the job's launcher (its command line carries
+// the ranks' `worker --job-id ID `), not a program given a recycled id.
+bool JobGroupAlive(pid_t group, const std::string& job_id);
 // The number of the job's current attempt (1 for a record without attempts).
 int CurrentAttemptNumber(const moex::v1::Job& job);
 

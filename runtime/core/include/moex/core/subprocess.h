@@ -28,6 +28,10 @@ bool GroupAlive(pid_t group);
 // True while `pid` runs (a zombie does not count).
 bool ProcessRunning(pid_t pid);
 
+// Whether `pid` runs with `marker` in its command line (arguments joined by
+// spaces).
+bool CommandLineHas(pid_t pid, const std::string& marker);
+
 // Sends `signal` to `pid` only if its command line contains `marker` (so a
 // recycled pid is never hit). Returns whether it sent it.
 bool SignalIfCommandLineHas(pid_t pid, const std::string& marker, int signal);
