@@ -13,6 +13,7 @@
 #include "moex/cluster/job_manager.h"
 #include "moex/core/str_cat.h"
 #include "moex/core/subprocess.h"
+#include "moex/launcher/hostfile.h"
 
 namespace moex::cluster {
 namespace {
@@ -50,7 +51,14 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, con
   // ("Peer host: h1") or only themselves ("Local host: h0").
   static const std::regex kPeerHost(R"(^ *Peer host: +(\S+))");
   static const std::regex kLocalHost(R"(^ *Local host: +(\S+))");
+  // srun: "srun: error: h1: task 2: Segmentation fault", "…: tasks 2-3: Killed".
+  static const std::regex kTaskDeath(R"(^srun: error: (\S+): tasks? (\d+)[-,\d]*: (.+)$)");
+  // The launcher's own failure: it could not allocate, place or start.
+  static const std::regex kLauncherError(
+      R"(^(srun: (error|fatal): .*|There are not enough slots available.*|mpirun was unable to .*|mpirun could not .*|mpirun does not .*))");
+  std::string launcher_error;
   std::set<std::string> peer_hosts, local_hosts;
+  std::string whole_host_named;  // by a moex rank: "[ranks 2, 3 on host h1 (every rank of it)]"
   bool daemon_failed = false;
   std::smatch match;
   while (std::getline(log, line)) {
@@ -72,7 +80,12 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, con
     }
     if (rank_error.empty() && line.find("moex run: rank ") == 0 && line.find(": error: ") != std::string::npos) {
       rank_error = line.substr(std::string("moex run: ").size());
-      if (lost_host->empty() && std::regex_search(line, match, kWholeHost)) *lost_host = match[1].str();
+      if (std::regex_search(line, match, kWholeHost)) whole_host_named = match[1].str();
+    }
+    if (rank_death.empty() && std::regex_search(line, match, kTaskDeath)) {
+      rank_death = StrCat("rank ", match[2].str(), " (on ", match[1].str(), ") ended: ", match[3].str());
+    } else if (launcher_error.empty() && std::regex_search(line, match, kLauncherError)) {
+      launcher_error = line;
     }
     if (rank_death.empty() && std::regex_search(line, match, kDeath)) {
       // mpirun may print pid 0; the rank told us its pid when it registered.
@@ -86,6 +99,12 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, con
       rank_death = StrCat("rank ", match[1].str(), " (pid ", pid, " on ", host, ") was killed by signal ",
                           match[4].str(), " (", match[5].str(), ")");
     }
+  }
+  // A rank that died on its own (its daemon lived to say so) is no host lost,
+  // even when the survivors were waiting for every rank of its host.
+  if (host_evidence.empty() && rank_death.empty() && !whole_host_named.empty()) {
+    *lost_host = whole_host_named;
+    host_evidence = StrCat("the surviving ranks lost every rank of ", whole_host_named);
   }
   if (host_evidence.empty() && daemon_failed && entry.job.ranks_registered() > 0) {
     // Its daemon died with the ranks: the one host the survivors name as
@@ -102,6 +121,11 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, con
       host_evidence = StrCat("mpirun's daemon on ", *lost_host, " failed with the ranks there");
     }
   }
+  // A name read from a log reaches the next launch's argv: host names only.
+  if (!lost_host->empty() && !launcher::ValidateHostName(*lost_host).ok()) {
+    lost_host->clear();
+    host_evidence.clear();
+  }
   const std::string launcher_name = launcher_->name().substr(0, launcher_->name().find(' '));
   std::string exit = StrCat(launcher_name == "slurm" ? "srun" : "mpirun", " ", DescribeWaitStatus(wait_status));
   const std::string engine_said = engine.Summary("Slurm");
@@ -111,6 +135,7 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, con
   if (!host_evidence.empty()) parts.push_back(host_evidence);
   if (!rank_death.empty()) parts.push_back(rank_death);
   if (rank_death.empty() && !rank_error.empty()) parts.push_back(rank_error);
+  if (!launcher_error.empty()) parts.push_back(launcher_error);
   parts.push_back(exit);
   parts.push_back(StrCat("log: ", entry.job.log_path()));
   return absl::StrJoin(parts, "; ");
@@ -171,10 +196,16 @@ void JobManager::OnExit(pid_t pid, int wait_status, const launcher::EngineReport
                  spans_hosts ? std::vector<std::string>{lost_host} : std::vector<std::string>{});
       return;
     }
+    lost.clear();
+    if (engine.EngineFailure()) {
+      // The engine ended it (time limit, preemption, a node): every rank
+      // was stopped alike, none is to blame.
+      RankFailed(entry, std::move(why), {});
+      return;
+    }
     // "rank N (pid ...) was killed", "rank N: error ...": the rank it names.
     static const std::regex kRank(R"((^|; )rank (\d+)\b)");
     std::smatch match;
-    lost.clear();
     int lost_rank = 0;
     if (std::regex_search(why, match, kRank) && absl::SimpleAtoi(match[2].str(), &lost_rank)) lost.push_back(lost_rank);
     RankFailed(entry, std::move(why), std::move(lost));
@@ -191,18 +222,32 @@ void JobManager::SilentRank(Entry& entry, int rank, double silent_seconds) {
     }
   }
   const std::string timeout = StrCat(" s (timeout ", options_.heartbeat_timeout_seconds, " s)");
-  // Every rank of its host silent too (for over half the timeout): the host
-  // is lost, not one rank.
+  auto silent_for = [&](int r) {
+    auto last = entry.last_heartbeat.find(r);
+    return last == entry.last_heartbeat.end() ? silent_seconds
+                                              : std::chrono::duration<double>(now - last->second).count();
+  };
+  auto silent = [&](int r) { return !entry.done_ranks.count(r) && silent_for(r) > options_.heartbeat_timeout_seconds / 2; };
+  // Every rank silent: nothing tells one host from another (the controller
+  // unreachable from all of them, or the whole job stalled): no host blamed.
+  bool any_heard = false;
+  for (const auto& info : entry.job.ranks()) any_heard = any_heard || !silent(info.rank());
+  if (!any_heard) {
+    RankFailed(entry,
+               StrCat("every rank of the job is silent: none sent a heartbeat for over ",
+                      options_.heartbeat_timeout_seconds / 2, " s (rank ", rank, where, " for ",
+                      static_cast<int>(silent_seconds), timeout,
+                      "; the controller unreachable from their hosts, or the whole job stalled)"),
+               {});
+    return;
+  }
+  // Every rank of its host silent while ranks elsewhere are heard: the host
+  // is lost, not one rank. A host of one rank cannot be told from a hung
+  // rank: that rank is named, its host kept.
   std::vector<int> on_host = RanksOn(entry.job, host);
   bool all_silent = on_host.size() > 1;
-  for (int r : on_host) {
-    auto last = entry.last_heartbeat.find(r);
-    const double silent = last == entry.last_heartbeat.end()
-                              ? silent_seconds
-                              : std::chrono::duration<double>(now - last->second).count();
-    all_silent = all_silent && !entry.done_ranks.count(r) && silent > options_.heartbeat_timeout_seconds / 2;
-  }
-  if (all_silent) {
+  for (int r : on_host) all_silent = all_silent && silent(r);
+  if (all_silent && launcher::ValidateHostName(host).ok()) {
     const bool spans_hosts = !launcher_->RanksAreLocal();
     RankFailed(entry,
                StrCat("host ", host, " was lost: ", RankList(on_host), " (every rank on it) sent no heartbeat for ",

@@ -108,6 +108,8 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
                                                         " now belongs to another program, left alone)")
                                                : ""));
       entry.process_group = 0;  // never signalled again
+      // What the engine may still hold of it (a Slurm allocation) is released.
+      manager->launcher_->Stop(entry.job.id(), CurrentAttemptNumber(entry.job), 0, /*force=*/true);
       entry.job.set_end_time_unix_ms(NowMs());
       MOEX_RETURN_IF_ERROR(manager->store_->Put(entry.job, entry.process_group));
       manager->CleanUpHosts(entry.job, 0);
@@ -284,6 +286,7 @@ launcher::LaunchRequest JobManager::LaunchRequestFor(const Job& job) const {
   request.attempt = CurrentAttemptNumber(job);
   request.world_size = World(job);
   request.ranks_per_host = job.spec().ranks_per_host();
+  request.device = job.spec().device().empty() ? "cpu" : job.spec().device();
   request.hosts.assign(job.spec().hosts().begin(), job.spec().hosts().end());
   for (const auto& a : job.attempts()) {
     request.exclude_hosts.insert(request.exclude_hosts.end(), a.lost_hosts().begin(), a.lost_hosts().end());
@@ -547,9 +550,20 @@ void JobManager::Shutdown() {
   if (monitor_.joinable()) monitor_.join();
   // The hosts of the jobs just stopped are cleaned before the controller goes.
   cleaner_->Drain();
-  // Reap what was killed so nothing lingers as a zombie.
-  int status;
-  while (waitpid(-1, &status, WNOHANG) > 0) {
+  // Reap the launches that were killed so nothing lingers as a zombie (only
+  // ours: a command another thread runs reaps its own).
+  for (int round = 0; round < 100; ++round) {
+    std::set<pid_t> left;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (pid_t pid : children_) {
+        int status = 0;
+        if (waitpid(pid, &status, WNOHANG) == 0) left.insert(pid);
+      }
+      children_.swap(left);
+      if (children_.empty()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   for (const std::string& id : notify) Notify(id);
 }

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "moex/cluster/job_manager.h"
+#include "moex/launcher/hostfile.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 
@@ -60,6 +61,11 @@ absl::StatusOr<moex::v1::RegisterRankResponse> JobManager::RegisterRank(const mo
       return absl::InvalidArgumentError(StrCat("RegisterRank for job ", r.job_id(), " attempt ", CurrentAttempt(entry.job),
                                                " rank ", r.rank(), ": world_size ", r.world_size(),
                                                " is not the attempt's ", World(entry.job), " ranks"));
+    }
+    // Its host name reaches launcher argv (exclusions, cleanup): names only.
+    if (absl::Status host = launcher::ValidateHostName(r.host()); !host.ok()) {
+      return absl::InvalidArgumentError(StrCat("RegisterRank for job ", r.job_id(), " rank ", r.rank(), ": host ",
+                                               host.message()));
     }
     bool known = false;
     for (const auto& rank : entry.job.ranks()) known |= rank.rank() == r.rank();

@@ -438,6 +438,25 @@ struct Controller::Services {
   Placements placements;
 };
 
+namespace {
+
+// Ranks on other hosts must be told an address they can reach.
+absl::Status CheckAdvertise(const ControllerOptions& options) {
+  const bool spans_hosts = options.launcher.kind == "slurm" || !options.launcher.hostfile.empty();
+  if (!spans_hosts) return absl::OkStatus();
+  const std::string& address = options.advertise.empty() ? options.listen : options.advertise;
+  const bool has_port = !address.empty() && address.back() != ']' && address.find(':') != std::string::npos;
+  const std::string host = has_port ? address.substr(0, address.rfind(':')) : address;
+  if (host.empty() || host.rfind("127.", 0) == 0 || host == "localhost" || host == "0.0.0.0" || host == "[::]" ||
+      host == "[::1]") {
+    return absl::InvalidArgumentError(StrCat("ranks on other hosts cannot reach the controller at ", address,
+                                             ": give --advertise HOST[:PORT], an address of this host they can reach"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions options) {
   auto controller = std::unique_ptr<Controller>(new Controller());
   if (options.state_dir.empty()) return absl::InvalidArgumentError("--state-dir is required");
@@ -445,6 +464,8 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions 
   // adopted or failed.
   MOEX_ASSIGN_OR_RETURN(controller->lock_, StateDirLock::Acquire(options.state_dir));
   MOEX_RETURN_IF_ERROR(CheckAddressFree(options.listen));
+  // Checked before any job is adopted: a refused start must not stop them.
+  MOEX_RETURN_IF_ERROR(CheckAdvertise(options));
   std::string listen = options.listen;
   std::string token = options.token;
   auto credentials = ServerCredentials({options.tls_client_ca, options.tls_cert, options.tls_key});
@@ -486,14 +507,6 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions 
     advertise = StrCat(advertise, ":", controller->port_);  // --advertise HOST: the port it listens on
   } else if (absl::EndsWith(advertise, ":0")) {
     advertise = StrCat(advertise.substr(0, advertise.size() - 2), ":", controller->port_);
-  }
-  const std::string advertised_host = advertise.substr(0, advertise.rfind(':'));
-  if (!controller->jobs_->RanksAreLocal() &&
-      (advertised_host.rfind("127.", 0) == 0 || advertised_host == "localhost" || advertised_host == "0.0.0.0" ||
-       advertised_host == "[::]" || advertised_host == "[::1]" || advertised_host.empty())) {
-    controller->server_->Shutdown();
-    return absl::InvalidArgumentError(StrCat("ranks on other hosts cannot reach the controller at ", advertise,
-                                             ": give --advertise HOST[:PORT], an address of this host they can reach"));
   }
   controller->jobs_->SetAdvertisedAddress(advertise);
   controller->watcher_ = std::thread([c = controller.get()] { c->WatchStateDir(); });

@@ -90,11 +90,20 @@ absl::Status WriteHostfile(const std::string& path, const std::vector<HostSlots>
   return absl::OkStatus();
 }
 
+bool SameHost(std::string_view a, std::string_view b) {
+  if (a == b) return true;
+  if (a.find('.') != std::string_view::npos) std::swap(a, b);  // a: the one without a domain, if any
+  return a.find('.') == std::string_view::npos && b.size() > a.size() && b.substr(0, a.size()) == a && b[a.size()] == '.';
+}
+
 absl::StatusOr<std::vector<HostSlots>> SelectHosts(const std::vector<HostSlots>& all,
                                                    const std::vector<std::string>& only,
                                                    const std::vector<std::string>& exclude) {
+  auto named = [](const std::vector<std::string>& names, const std::string& host) {
+    return std::any_of(names.begin(), names.end(), [&](const std::string& name) { return SameHost(name, host); });
+  };
   for (const std::string& host : only) {
-    if (std::none_of(all.begin(), all.end(), [&](const HostSlots& h) { return h.host == host; })) {
+    if (std::none_of(all.begin(), all.end(), [&](const HostSlots& h) { return SameHost(h.host, host); })) {
       std::string known;
       for (const HostSlots& h : all) known += (known.empty() ? "" : ", ") + h.host;
       return absl::InvalidArgumentError(StrCat("host '", host, "' is not in the hostfile (it has ", known, ")"));
@@ -102,8 +111,8 @@ absl::StatusOr<std::vector<HostSlots>> SelectHosts(const std::vector<HostSlots>&
   }
   std::vector<HostSlots> kept;
   for (const HostSlots& h : all) {
-    if (!only.empty() && std::find(only.begin(), only.end(), h.host) == only.end()) continue;
-    if (std::find(exclude.begin(), exclude.end(), h.host) != exclude.end()) continue;
+    if (!only.empty() && !named(only, h.host)) continue;
+    if (named(exclude, h.host)) continue;
     kept.push_back(h);
   }
   return kept;

@@ -84,6 +84,7 @@ class MpirunLauncher final : public Launcher {
     spawn.argv.insert(spawn.argv.end(), options_.mpirun_args.begin(), options_.mpirun_args.end());
     if (!options_.hostfile.empty()) {
       MOEX_ASSIGN_OR_RETURN(std::vector<HostSlots> hosts, SelectHosts(hosts_, request.hosts, request.exclude_hosts));
+      if (hosts.empty()) return absl::FailedPreconditionError("no host is left to run on");
       const std::string path =
           (std::filesystem::path(options_.work_dir) / StrCat(AttemptName(request.job_id, request.attempt), ".hostfile")).string();
       MOEX_RETURN_IF_ERROR(WriteHostfile(path, hosts));
@@ -116,12 +117,22 @@ class MpirunLauncher final : public Launcher {
       MOEX_ASSIGN_OR_RETURN(HostCleanupReport report, CleanJobOnHost(request));
       return std::vector<std::string>{StrCat(ThisHost(), ": ", report.Summary())};
     }
-    std::vector<HostSlots> targets;
-    for (const HostSlots& h : hosts_) {
-      if (std::find(exclude.begin(), exclude.end(), h.host) != exclude.end()) continue;
-      if (hosts.empty() || std::find(hosts.begin(), hosts.end(), h.host) != hosts.end()) targets.push_back({h.host, 1});
+    // The job's hosts as the hostfile names them; one the hostfile does not
+    // know (an alias) makes it clean every host rather than none.
+    std::vector<std::string> notes;
+    std::vector<std::string> only = hosts;
+    for (const std::string& host : hosts) {
+      if (std::none_of(hosts_.begin(), hosts_.end(), [&](const HostSlots& h) { return SameHost(h.host, host); })) {
+        notes.push_back(StrCat(host, ": not a host of the hostfile ", options_.hostfile, "; every host of it cleaned"));
+        only.clear();
+        break;
+      }
     }
-    if (targets.empty()) return std::vector<std::string>{};
+    absl::StatusOr<std::vector<HostSlots>> kept = SelectHosts(hosts_, only, exclude);
+    if (!kept.ok()) return kept.status();
+    std::vector<HostSlots> targets;
+    for (const HostSlots& h : *kept) targets.push_back({h.host, 1});
+    if (targets.empty()) return notes;
     static std::atomic<int> counter{0};
     const std::string path = (std::filesystem::path(options_.work_dir) /
                               StrCat("moex-", request.job_id, "-cleanup-", getpid(), "-", counter++, ".hostfile")).string();
@@ -139,6 +150,7 @@ class MpirunLauncher final : public Launcher {
     for (const HostSlots& h : targets) names.push_back(h.host);
     if (!ran.ok()) return ran.status();
     std::vector<std::string> lines = CleanupLines(ran->out);
+    lines.insert(lines.begin(), notes.begin(), notes.end());
     if (!ran->ok()) {
       return absl::UnavailableError(StrCat("the cleanup step on ", absl::StrJoin(names, ", "), " ", ran->Describe(),
                                            lines.empty() ? "" : StrCat("; ", absl::StrJoin(lines, "; "))));

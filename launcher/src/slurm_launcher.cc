@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <mutex>
 
 #include "absl/strings/str_join.h"
@@ -34,7 +35,8 @@ class SlurmLauncher final : public Launcher {
   bool RanksAreLocal() const override { return false; }
 
   absl::Status CheckReady() const override {
-    for (const std::string* program : {&options_.srun, &options_.scancel, &options_.squeue, &options_.sinfo}) {
+    for (const std::string* program :
+         {&options_.srun, &options_.scancel, &options_.squeue, &options_.sinfo, &options_.scontrol}) {
       if (absl::StatusOr<std::string> found = FindProgram(*program); !found.ok()) {
         return absl::FailedPreconditionError(StrCat("--launcher slurm: ", found.status().message()));
       }
@@ -51,6 +53,12 @@ class SlurmLauncher final : public Launcher {
 
   absl::Status CheckRequest(const LaunchRequest& request) const override {
     if (request.hosts.empty()) return absl::OkStatus();
+    if (request.ranks_per_host > 0 &&
+        static_cast<int64_t>(request.ranks_per_host) * static_cast<int64_t>(request.hosts.size()) < request.world_size) {
+      return absl::InvalidArgumentError(StrCat("spec.ranks_per_host ", request.ranks_per_host, " on ",
+                                               request.hosts.size(), " host(s) holds fewer than world_size ",
+                                               request.world_size, " ranks"));
+    }
     std::vector<std::string> args = {options_.sinfo, "-h", "-N", "-o", "%N"};
     if (!options_.slurm_partition.empty()) args.insert(args.end(), {"-p", options_.slurm_partition});
     MOEX_ASSIGN_OR_RETURN(std::vector<std::string> nodes, Query(args));
@@ -74,12 +82,27 @@ class SlurmLauncher final : public Launcher {
                   StrCat("--job-name=", AttemptName(request.job_id, request.attempt)),
                   StrCat("--ntasks=", request.world_size), "--kill-on-bad-exit=1"};
     AddAllocationArgs(&spawn.argv);
-    if (request.ranks_per_host > 0) {
-      spawn.argv.push_back(StrCat("--ntasks-per-node=", request.ranks_per_host));
+    // Hosts asked for, less those lost: exactly these nodes (--nodelist
+    // alone lets Slurm add more).
+    std::vector<std::string> hosts;
+    for (const std::string& host : request.hosts) {
+      if (std::find(request.exclude_hosts.begin(), request.exclude_hosts.end(), host) == request.exclude_hosts.end()) {
+        hosts.push_back(host);
+      }
+    }
+    if (!request.hosts.empty() && hosts.empty()) {
+      return absl::FailedPreconditionError(StrCat("no host is left to run on: spec.hosts (", absl::StrJoin(request.hosts, ", "),
+                                                  ") were all lost"));
+    }
+    if (request.ranks_per_host > 0) spawn.argv.push_back(StrCat("--ntasks-per-node=", request.ranks_per_host));
+    if (!hosts.empty()) {
+      spawn.argv.push_back(StrCat("--nodes=", hosts.size()));
+      spawn.argv.push_back(StrCat("--nodelist=", absl::StrJoin(hosts, ",")));
+    } else if (request.ranks_per_host > 0) {
       spawn.argv.push_back(StrCat("--nodes=", (request.world_size + request.ranks_per_host - 1) / request.ranks_per_host));
     }
-    if (!request.hosts.empty()) spawn.argv.push_back(StrCat("--nodelist=", absl::StrJoin(request.hosts, ",")));
     if (!request.exclude_hosts.empty()) spawn.argv.push_back(StrCat("--exclude=", absl::StrJoin(request.exclude_hosts, ",")));
+    if (request.device == "cuda") spawn.argv.push_back("--gpus-per-task=1");
     spawn.argv.insert(spawn.argv.end(), options_.srun_args.begin(), options_.srun_args.end());
     spawn.argv.insert(spawn.argv.end(), request.rank_argv.begin(), request.rank_argv.end());
     spawn.extra_env = request.extra_env;  // srun exports the whole environment to the ranks
@@ -108,7 +131,8 @@ class SlurmLauncher final : public Launcher {
   EngineReport Report(const std::string& job_id, int attempt) const override {
     absl::StatusOr<std::vector<std::string>> lines =
         Query({options_.squeue, "-h", "-t", "all", StrCat("--name=", AttemptName(job_id, attempt)),
-               StrCat("--user=", getuid()), "-o", "%i|%T|%r|%N"});
+               StrCat("--user=", getuid()), "-o", "%i|%T|%r|%N"},
+              /*timeout_seconds=*/5);
     EngineReport report;
     if (!lines.ok() || lines->empty()) return report;
     std::vector<std::string> fields = absl::StrSplit(lines->back(), '|');
@@ -125,11 +149,23 @@ class SlurmLauncher final : public Launcher {
                                                         const std::vector<std::string>& exclude) const override {
     std::vector<std::string> targets = hosts;
     if (targets.empty()) {
-      std::vector<std::string> args = {options_.sinfo, "-h", "-N", "-t", "idle,mix,alloc,comp", "-o", "%N"};
-      if (!options_.slurm_partition.empty()) args.insert(args.end(), {"-p", options_.slurm_partition});
-      MOEX_ASSIGN_OR_RETURN(targets, Query(args));
+      // Where Slurm put the job's attempts (this one, or every one when the
+      // job ended); none: it never got a node, nothing to clean.
+      MOEX_ASSIGN_OR_RETURN(std::vector<std::string> jobs, Query({options_.squeue, "-h", "-t", "all",
+                                                                  StrCat("--user=", getuid()), "-o", "%j|%N"}));
+      const std::string name = request.attempt > 0 ? AttemptName(request.job_id, request.attempt)
+                                                   : StrCat("moex-", request.job_id, "-a");
+      for (const std::string& line : jobs) {
+        const std::string job_name = line.substr(0, line.find('|'));
+        const std::string nodes = line.find('|') == std::string::npos ? "" : line.substr(line.find('|') + 1);
+        const bool ours = request.attempt > 0 ? job_name == name : job_name.rfind(name, 0) == 0;
+        if (!ours || nodes.empty() || nodes == "(null)") continue;
+        MOEX_ASSIGN_OR_RETURN(std::vector<std::string> expanded, Query({options_.scontrol, "show", "hostnames", nodes}));
+        targets.insert(targets.end(), expanded.begin(), expanded.end());
+      }
       std::sort(targets.begin(), targets.end());
       targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
+      if (targets.empty()) return std::vector<std::string>{"(no node): Slurm allocated none to it, nothing to clean"};
     }
     targets.erase(std::remove_if(targets.begin(), targets.end(),
                                  [&](const std::string& host) {
@@ -142,6 +178,7 @@ class SlurmLauncher final : public Launcher {
                     StrCat("--nodes=", targets.size()), StrCat("--ntasks=", targets.size()), "--ntasks-per-node=1",
                     StrCat("--nodelist=", absl::StrJoin(targets, ",")), "--immediate=30", "--time=5"};
     AddAllocationArgs(&command.argv, /*with_time=*/false);
+    command.argv.insert(command.argv.end(), options_.srun_args.begin(), options_.srun_args.end());
     for (const std::string& word : HostCleanupArgv(moex_binary, request)) command.argv.push_back(word);
     command.timeout_seconds = request.wait_seconds + 90;
     MOEX_ASSIGN_OR_RETURN(CommandResult ran, RunCommand(command));
@@ -165,10 +202,11 @@ class SlurmLauncher final : public Launcher {
   }
 
   // A query's lines; an error names the command and what it said.
-  static absl::StatusOr<std::vector<std::string>> Query(const std::vector<std::string>& argv) {
+  static absl::StatusOr<std::vector<std::string>> Query(const std::vector<std::string>& argv,
+                                                        double timeout_seconds = 15) {
     CommandOptions command;
     command.argv = argv;
-    command.timeout_seconds = 15;
+    command.timeout_seconds = timeout_seconds;
     MOEX_ASSIGN_OR_RETURN(CommandResult ran, RunCommand(command));
     if (!ran.ok()) {
       return absl::UnavailableError(StrCat("`", absl::StrJoin(argv, " "), "` ", ran.Describe()));
@@ -178,12 +216,25 @@ class SlurmLauncher final : public Launcher {
 
   // scancel processes started by Stop, reaped here (the controller reaps
   // only its launches).
+  // `wait`: up to 5 s, then what is left is killed and reaped.
   void Reap(bool wait) const {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto it = helpers_.begin(); it != helpers_.end();) {
-      int status = 0;
-      it = waitpid(*it, &status, wait ? 0 : WNOHANG) == 0 ? std::next(it) : helpers_.erase(it);
+    for (int round = 0; round < (wait ? 500 : 1) && !helpers_.empty(); ++round) {
+      for (auto it = helpers_.begin(); it != helpers_.end();) {
+        int status = 0;
+        const pid_t done = waitpid(*it, &status, WNOHANG);
+        it = (done == *it || (done < 0 && errno == ECHILD)) ? helpers_.erase(it) : std::next(it);
+      }
+      if (wait && !helpers_.empty()) usleep(10000);
     }
+    if (!wait) return;
+    for (pid_t pid : helpers_) {
+      kill(-pid, SIGKILL);
+      int status = 0;
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+    }
+    helpers_.clear();
   }
 
   LauncherOptions options_;

@@ -54,6 +54,16 @@ TEST(HostfileTest, EveryBadLineIsNamed) {
   EXPECT_THAT(std::string(ReadHostfile("/nonexistent/hf").status().message()), HasSubstr("cannot read the hostfile"));
 }
 
+TEST(HostfileTest, ShortAndLongNamesAreOneHost) {
+  EXPECT_TRUE(SameHost("node01", "node01.cluster"));
+  EXPECT_TRUE(SameHost("node01.cluster", "node01"));
+  EXPECT_FALSE(SameHost("node01.a", "node01.b"));
+  EXPECT_FALSE(SameHost("node0", "node01"));
+  auto kept = SelectHosts({{"node01.cluster", 2}, {"node02.cluster", 2}}, {}, {"node02"});
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(FormatHostfile(*kept), "node01.cluster slots=2\n");
+}
+
 TEST(HostfileTest, SelectKeepsAskedAndDropsLost) {
   std::vector<HostSlots> all = {{"h0", 2}, {"h1", 2}, {"h2", 2}};
   auto kept = SelectHosts(all, {}, {"h1"});
@@ -177,6 +187,12 @@ TEST_F(FakeEngineTest, MpirunCleansEachHostOfTheJobButTheLostOnes) {
   lines = (*launcher)->CleanUpHosts(cleanup, "moex", {"h2"}, {});
   ASSERT_TRUE(lines.ok());
   EXPECT_THAT(*lines, ElementsAre("h2: job j-1: removed 0 shared-memory segments"));
+  // A rank's host name the hostfile does not know: every host, said so.
+  lines = (*launcher)->CleanUpHosts(cleanup, "moex", {"h2", "10.0.0.7"}, {"h1"});
+  ASSERT_TRUE(lines.ok());
+  EXPECT_THAT(*lines, ElementsAre(HasSubstr("10.0.0.7: not a host of the hostfile"),
+                                  "h0: job j-1: removed 0 shared-memory segments",
+                                  "h2: job j-1: removed 0 shared-memory segments"));
   Script("fake-mpirun", "echo 'ssh: connect to host h2: No route to host' >&2; exit 255\n");
   EXPECT_THAT(std::string((*launcher)->CleanUpHosts(cleanup, "moex", {"h2"}, {}).status().message()),
               HasSubstr("the cleanup step on h2 exited with code 255: ssh: connect to host h2: No route to host"));
@@ -203,7 +219,9 @@ TEST_F(FakeEngineTest, SlurmAllocatesThroughSrunAndReportsTheJobState) {
   Script("srun", "echo srun \"$@\"\n");
   Script("scancel", "echo scancel \"$@\" >> " + root_ + "/scancel.log\n");
   Script("sinfo", "case \"$*\" in *-N*) printf 'h0\\nh1\\nh1\\n' ;; *) printf 'vc\\nsmall\\n' ;; esac\n");
-  Script("squeue", "echo '41|RUNNING|None|h[0-1]'\necho '42|NODE_FAIL|None|h[0-1]'\n");
+  Script("squeue", "case \"$*\" in *%j*) printf 'other|h9\\nmoex-j-0123456789ab-a1|h[0-1]\\nmoex-j-0123456789ab-a2|(null)\\n' ;;"
+                   " *) echo '41|RUNNING|None|h[0-1]'; echo '42|NODE_FAIL|None|h[0-1]' ;; esac\n");
+  Script("scontrol", "[ \"$3\" = 'h[0-1]' ] && printf 'h0\\nh1\\n'\n");
   LauncherOptions options = Options("slurm");
   options.slurm_partition = "gpu";
   EXPECT_THAT(std::string(MakeLauncher(options).value()->CheckReady().message()),
@@ -224,11 +242,34 @@ TEST_F(FakeEngineTest, SlurmAllocatesThroughSrunAndReportsTheJobState) {
                         "moex worker --job-id j-0123456789ab"));
   request.hosts = {"h5"};
   EXPECT_THAT(std::string((*launcher)->CheckRequest(request).message()),
+              HasSubstr("spec.ranks_per_host 2 on 1 host(s) holds fewer than world_size 4 ranks"));
+  request.hosts = {"h0", "h5"};
+  EXPECT_THAT(std::string((*launcher)->CheckRequest(request).message()),
               HasSubstr("spec.hosts: 'h5' is not a node of partition vc (it has h0, h1, h1)"));
   const EngineReport report = (*launcher)->Report("j-0123456789ab", 2);
   EXPECT_EQ(report.job_id, "42");
   EXPECT_TRUE(report.EngineFailure());
   EXPECT_EQ(report.Summary("Slurm"), "Slurm job 42: NODE_FAIL, on h[0-1]");
+  request.hosts = {"h1", "h2"};
+  EXPECT_THAT(LaunchAndLog(**launcher, request), HasSubstr("--ntasks-per-node=2 --nodes=1 --nodelist=h1 --exclude=h2"));
+  request.hosts = {"h2"};
+  EXPECT_THAT(std::string((*launcher)->Launch(request).status().message()),
+              HasSubstr("no host is left to run on: spec.hosts (h2) were all lost"));
+  request.hosts.clear();
+  request.device = "cuda";
+  EXPECT_THAT(LaunchAndLog(**launcher, request), HasSubstr("--gpus-per-task=1"));
+  // The cleanup runs on the nodes Slurm gave the job's attempts, found by
+  // name: attempt 1's; attempt 2 never got one.
+  Script("srun", "for a in \"$@\"; do case \"$a\" in --nodelist=*) echo \"moex worker --cleanup: ${a#--nodelist=}: ok\" ;; esac; done\n");
+  HostCleanupRequest cleanup;
+  cleanup.job_id = "j-0123456789ab";
+  auto lines = (*launcher)->CleanUpHosts(cleanup, "moex", {}, {"h1"});
+  ASSERT_TRUE(lines.ok()) << lines.status();
+  EXPECT_THAT(*lines, ElementsAre("h0: ok"));
+  cleanup.attempt = 2;
+  lines = (*launcher)->CleanUpHosts(cleanup, "moex", {}, {});
+  ASSERT_TRUE(lines.ok()) << lines.status();
+  EXPECT_THAT(*lines, ElementsAre("(no node): Slurm allocated none to it, nothing to clean"));
   (*launcher)->Stop("j-0123456789ab", 2, 0, /*force=*/false);
   launcher->reset();  // reaps scancel
   EXPECT_THAT(Read(root_ + "/scancel.log"), HasSubstr("--name=moex-j-0123456789ab-a2 --user=" + std::to_string(getuid()) +

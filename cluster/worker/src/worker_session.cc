@@ -50,7 +50,10 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std
   request.set_job_id(job_id);
   request.set_rank(rank);
   request.set_world_size(world_size);
-  request.set_host(host);
+  // Under Slurm, the node's name as Slurm knows it (what --exclude and
+  // --nodelist take), which may differ from the host name.
+  const char* slurm_node = std::getenv("SLURMD_NODENAME");
+  request.set_host(slurm_node != nullptr && *slurm_node != '\0' ? slurm_node : host);
   request.set_pid(getpid());
   request.set_device("cpu");
   // Under Slurm, the job the rank runs in: the controller records it on the attempt.

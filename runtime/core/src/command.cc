@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 #include "moex/core/str_cat.h"
 #include "moex/core/subprocess.h"
@@ -55,7 +56,15 @@ absl::StatusOr<CommandResult> RunCommand(const CommandOptions& options) {
   for (const std::string& arg : options.argv) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
   std::vector<std::string> env_storage;
-  for (char** e = environ; *e != nullptr; ++e) env_storage.emplace_back(*e);
+  // extra_env overrides: getenv() takes the first of a name, so a value
+  // already in this environment must not stay ahead of it.
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    const std::string_view name = entry.substr(0, entry.find('=') + 1);
+    bool overridden = false;
+    for (const std::string& extra : options.extra_env) overridden = overridden || extra.rfind(name, 0) == 0;
+    if (!overridden) env_storage.emplace_back(*e);
+  }
   for (const std::string& extra : options.extra_env) env_storage.push_back(extra);
   std::vector<char*> env;
   for (std::string& e : env_storage) env.push_back(e.data());

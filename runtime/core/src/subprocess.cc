@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string_view>
 #include <filesystem>
 #include <optional>
 
@@ -53,7 +54,15 @@ absl::StatusOr<pid_t> SpawnInNewGroup(const SpawnOptions& options) {
   for (const std::string& arg : options.argv) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
   std::vector<std::string> env_storage;
-  for (char** e = environ; *e != nullptr; ++e) env_storage.emplace_back(*e);
+  // extra_env overrides: getenv() takes the first of a name, so a value
+  // already in this environment must not stay ahead of it.
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    const std::string_view name = entry.substr(0, entry.find('=') + 1);
+    bool overridden = false;
+    for (const std::string& extra : options.extra_env) overridden = overridden || extra.rfind(name, 0) == 0;
+    if (!overridden) env_storage.emplace_back(*e);
+  }
   for (const std::string& extra : options.extra_env) env_storage.push_back(extra);
   std::vector<char*> env;
   for (std::string& e : env_storage) env.push_back(e.data());

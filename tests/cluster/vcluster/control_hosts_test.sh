@@ -40,7 +40,7 @@ serve_error --hostfile "$work/bad-hostfile" --advertise "$bridge" | grep -q "hos
   fail "a bad hostfile is not named with its line"
 serve_error --mpirun /nonexistent/mpirun | grep -q "'/nonexistent/mpirun' cannot be run" ||
   fail "a missing mpirun is not named"
-serve_error --hostfile "$hostfile" | grep -q "ranks on other hosts cannot reach the controller at 0.0.0.0:" ||
+serve_error --hostfile "$hostfile" | grep -q "ranks on other hosts cannot reach the controller at 0.0.0.0:0" ||
   fail "remote ranks given an unreachable address are not refused"
 echo "refused at start: a bad hostfile, a missing mpirun, an address remote ranks cannot reach"
 

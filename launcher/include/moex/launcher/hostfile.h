@@ -27,8 +27,13 @@ std::string FormatHostfile(const std::vector<HostSlots>& hosts);
 // Writes `hosts` to `path` (0600, replaced atomically).
 absl::Status WriteHostfile(const std::string& path, const std::vector<HostSlots>& hosts);
 
+// Whether two names are one host: equal, or one is the other's short name
+// ("node01" and "node01.cluster"). Ranks report gethostname(), which may be
+// either form of what a hostfile says.
+bool SameHost(std::string_view a, std::string_view b);
+
 // The hosts of `all` that `only` (empty: all) keeps and `exclude` does not
-// name; an error names a host of `only` that `all` lacks.
+// name (SameHost); an error names a host of `only` that `all` lacks.
 absl::StatusOr<std::vector<HostSlots>> SelectHosts(const std::vector<HostSlots>& all,
                                                    const std::vector<std::string>& only,
                                                    const std::vector<std::string>& exclude);

@@ -27,6 +27,7 @@ struct LaunchRequest {
   int attempt = 1;
   int world_size = 0;
   int ranks_per_host = 0;                  // 0: the launcher decides
+  std::string device = "cpu";              // "cuda": one GPU a rank (Slurm: --gpus-per-task=1)
   std::vector<std::string> hosts;          // only these hosts; empty: any it has
   std::vector<std::string> exclude_hosts;  // never these (lost by an earlier attempt)
   // What each rank runs: `moex worker --job-id ID --attempt N --controller ADDR`.
@@ -93,11 +94,11 @@ class Launcher {
 struct LauncherOptions {
   std::string kind = "mpirun";  // mpirun | slurm
   std::string mpirun = "mpirun";
-  // Open MPI options of every launch: the defaults, then --mpirun-args.
+  // Open MPI options of every launch: these defaults, or --mpirun-args instead.
   std::vector<std::string> mpirun_args = {"--oversubscribe", "--mca", "btl", "self,vader,tcp"};
   std::string hostfile;  // Open MPI syntax; "": every rank on this host
   // Slurm: `srun` makes the allocation and starts the ranks (PMIx).
-  std::string srun = "srun", scancel = "scancel", squeue = "squeue", sinfo = "sinfo";
+  std::string srun = "srun", scancel = "scancel", squeue = "squeue", sinfo = "sinfo", scontrol = "scontrol";
   std::string slurm_mpi = "pmix";  // srun --mpi
   std::string slurm_partition, slurm_account;
   std::string slurm_time_limit;  // srun --time, e.g. "60" or "1-00:00:00"; "": the partition's

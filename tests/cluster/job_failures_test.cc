@@ -1,0 +1,168 @@
+// What the controller makes of an attempt that ends badly, from the words
+// of the launcher's log (a stand-in mpirun prints canned Open MPI and srun
+// lines, then exits) and from heartbeats: a whole host lost is named with
+// its ranks and recorded; a single rank's death is not a host lost; when
+// every rank goes silent no host is blamed; a host whose ranks alone went
+// silent is.
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "moex/cluster/job_manager.h"
+
+namespace moex::cluster {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::Not;
+using moex::v1::Job;
+
+class JobFailuresTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("moex_failures_" + std::to_string(getpid()) + "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    // The stand-in: a cleanup step succeeds at once; a launch waits, prints
+    // the canned log and exits 9, as mpirun does when a rank was killed.
+    const std::string fake = (dir_ / "fake-mpirun").string();
+    std::ofstream(fake) << "#!/bin/sh\ncase \"$*\" in *--cleanup*) exit 0 ;; esac\n"
+                        << "sleep \"$MOEX_FAKE_DELAY\"\ncat \"$MOEX_FAKE_LOG\"\nexit 9\n";
+    fs::permissions(fake, fs::perms::owner_all);
+    std::ofstream(dir_ / "hosts") << "h0 slots=2\nh1 slots=2\n";
+    ControllerOptions options;
+    options.state_dir = (dir_ / "state").string();
+    options.moex_binary = "/bin/true";
+    options.heartbeat_timeout_seconds = 1;
+    options.start_timeout_seconds = 60;
+    options.launcher.mpirun = fake;
+    options.launcher.hostfile = (dir_ / "hosts").string();
+    auto jobs = JobManager::Create(options);
+    ASSERT_TRUE(jobs.ok()) << jobs.status();
+    jobs_ = std::move(*jobs);
+    jobs_->SetAdvertisedAddress("10.0.0.1:1");
+  }
+  void TearDown() override {
+    stop_heartbeats_ = true;
+    for (std::thread& beating : heartbeats_) beating.join();
+    jobs_.reset();
+    fs::remove_all(dir_);
+  }
+
+  // Submits a 4-rank job whose launch prints `log` after `delay` seconds,
+  // and registers its ranks: 0, 1 on h0; 2, 3 on h1; `beating` keep sending
+  // heartbeats.
+  std::string Run(const std::string& log, int delay, std::vector<int> beating = {0, 1, 2, 3}) {
+    std::ofstream(dir_ / "canned.log") << log;
+    setenv("MOEX_FAKE_LOG", (dir_ / "canned.log").c_str(), 1);
+    setenv("MOEX_FAKE_DELAY", std::to_string(delay).c_str(), 1);
+    moex::v1::JobSpec spec;
+    spec.set_name("failures");
+    spec.set_world_size(4);
+    spec.set_model("tiny");
+    spec.set_steps(10);
+    absl::StatusOr<Job> job = jobs_->Submit(spec);
+    EXPECT_TRUE(job.ok()) << job.status();
+    if (!job.ok()) return "";
+    for (int rank = 0; rank < 4; ++rank) {
+      moex::v1::RegisterRankRequest request;
+      request.set_job_id(job->id());
+      request.set_rank(rank);
+      request.set_world_size(4);
+      request.set_host(rank < 2 ? "h0" : "h1");
+      request.set_pid(1);  // not this host's: never signalled
+      EXPECT_TRUE(jobs_->RegisterRank(request, 1).ok());
+    }
+    KeepHeartbeating(job->id(), std::move(beating));
+    return job->id();
+  }
+
+  Job WaitEnded(const std::string& id, double seconds = 30) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+    Job job;
+    while (std::chrono::steady_clock::now() < until) {
+      job = *jobs_->Get(id);
+      if (IsTerminal(job.state())) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return job;
+  }
+
+  void KeepHeartbeating(const std::string& id, std::vector<int> ranks) {
+    heartbeats_.emplace_back([this, id, ranks] {
+      while (!stop_heartbeats_) {
+        for (int rank : ranks) {
+          moex::v1::HeartbeatRequest request;
+          request.set_job_id(id);
+          request.set_rank(rank);
+          (void)jobs_->Heartbeat(request, 1);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
+  }
+
+  fs::path dir_;
+  std::unique_ptr<JobManager> jobs_;
+  std::vector<std::thread> heartbeats_;
+  std::atomic<bool> stop_heartbeats_{false};
+};
+
+TEST_F(JobFailuresTest, ADaemonLostWithItsHostsRanksNamesTheHost) {
+  const std::string id = Run("ORTE was unable to reliably start one or more daemons.\n"
+                             "  Local host: h0\n  Local PID:  12\n  Peer host:  h1\n",
+                             1);
+  const Job job = WaitEnded(id);
+  EXPECT_EQ(job.state(), moex::v1::JOB_STATE_FAILED);
+  EXPECT_THAT(job.message(), HasSubstr("host h1 was lost (ranks 2, 3, every rank on it): mpirun's daemon on h1 failed"));
+  ASSERT_EQ(job.attempts_size(), 1);
+  EXPECT_THAT(job.attempts(0).lost_hosts(), ElementsAre("h1"));
+}
+
+TEST_F(JobFailuresTest, OneRankKilledIsNotAHostLost) {
+  // The daemon on h1 lived to report its rank's death; the survivors say
+  // they lost every rank of h1 (they waited on its leader): still one rank.
+  const std::string id =
+      Run("moex run: rank 0: error: rank 0: dispatch timed out [ranks 2, 3 on host h1 (every rank of it)]\n"
+          "mpirun noticed that process rank 2 with PID 0 on node h1 exited on signal 9 (Killed).\n",
+          1);
+  const Job job = WaitEnded(id);
+  EXPECT_THAT(job.message(), HasSubstr("rank 2 (pid 1 on h1) was killed by signal 9 (Killed)"));
+  EXPECT_THAT(job.message(), Not(HasSubstr("was lost")));
+  EXPECT_THAT(job.attempts(0).lost_hosts(), IsEmpty());
+}
+
+TEST_F(JobFailuresTest, SrunTaskDeathAndLauncherErrorsAreNamed) {
+  std::string id = Run("srun: error: h1: task 3: Segmentation fault (core dumped)\n", 1);
+  EXPECT_THAT(WaitEnded(id).message(), HasSubstr("rank 3 (on h1) ended: Segmentation fault (core dumped)"));
+  id = Run("srun: error: Unable to allocate resources: Requested node configuration is not available\n", 0);
+  EXPECT_THAT(WaitEnded(id).message(),
+              HasSubstr("srun: error: Unable to allocate resources: Requested node configuration is not available"));
+}
+
+TEST_F(JobFailuresTest, EveryRankSilentBlamesNoHost) {
+  const std::string id = Run("", 60, {});
+  const Job job = WaitEnded(id);
+  EXPECT_THAT(job.message(), HasSubstr("every rank of the job is silent"));
+  EXPECT_THAT(job.attempts(0).lost_hosts(), IsEmpty());
+}
+
+TEST_F(JobFailuresTest, AHostWhoseRanksAloneWentSilentIsLost) {
+  const std::string id = Run("", 60, {0, 1});
+  const Job job = WaitEnded(id);
+  EXPECT_THAT(job.message(), HasSubstr("host h1 was lost: ranks 2, 3 (every rank on it) sent no heartbeat"));
+  EXPECT_THAT(job.attempts(0).lost_hosts(), ElementsAre("h1"));
+}
+
+}  // namespace
+}  // namespace moex::cluster
