@@ -17,6 +17,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc
   libopenblas-dev
   libsqlite3-dev
+  libssl-dev
   libxxhash-dev
   clang libclang-rt-14-dev
   python3

@@ -77,11 +77,13 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
   if (options.launcher.work_dir.empty()) {
     options.launcher.work_dir = (std::filesystem::path(options.state_dir) / "launch").string();
   }
+  MOEX_ASSIGN_OR_RETURN(RankKey rank_key, RankKey::LoadOrCreate(options.state_dir));
   MOEX_ASSIGN_OR_RETURN(std::unique_ptr<launcher::Launcher> launcher, launcher::MakeLauncher(options.launcher));
   MOEX_RETURN_IF_ERROR(launcher->CheckReady());
   auto manager =
       std::unique_ptr<JobManager>(new JobManager(std::move(options), std::move(store), std::move(launcher)));
   manager->state_dir_identity_ = std::move(identity);
+  manager->rank_key_ = std::move(rank_key);
   char host[256] = {};
   if (gethostname(host, sizeof(host) - 1) == 0) manager->this_host_ = host;
   for (StoredJob& s : stored) {
@@ -303,6 +305,8 @@ absl::Status JobManager::Launch(Entry& entry) {
   request.rank_argv = {options_.moex_binary, "worker", "--job-id", entry.job.id(),
                        "--attempt", std::to_string(std::max(1, entry.job.attempts_size())), "--controller", controller};
   if (!options_.token.empty()) request.extra_env.push_back(StrCat("MOEX_TOKEN=", options_.token));
+  // The job's ranks, and only they, may make its rank calls.
+  request.extra_env.push_back(StrCat(kRankSecretEnv, "=", rank_key_.SecretFor(entry.job.id())));
   if (!options_.tls_cert.empty()) {
     // Ranks trust the controller's certificate: it is its own CA or is signed
     // by the client CA; with mTLS they present it back as their identity.

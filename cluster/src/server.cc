@@ -1,6 +1,7 @@
 #include "moex/cluster/server.h"
 
 #include "absl/strings/match.h"
+#include <openssl/crypto.h>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -40,10 +41,26 @@ grpc::Status Authorise(const grpc::CallbackServerContext* context, const std::st
   if (token.empty()) return grpc::Status::OK;
   auto metadata = context->client_metadata();
   auto it = metadata.find("authorization");
-  if (it == metadata.end() || std::string(it->second.data(), it->second.size()) != "Bearer " + token) {
+  const std::string expected = "Bearer " + token;
+  // Compared in constant time: how much of a guess matched must not show.
+  if (it == metadata.end() || it->second.size() != expected.size() ||
+      CRYPTO_memcmp(it->second.data(), expected.data(), expected.size()) != 0) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "this controller needs a bearer token (moex --token-file)");
   }
   return grpc::Status::OK;
+}
+
+// A rank call must carry its job's rank secret (rank_secret.h).
+absl::Status CheckRankSecret(const grpc::CallbackServerContext* context, const JobManager& jobs,
+                             const std::string& job_id, std::string_view call) {
+  auto metadata = context->client_metadata();
+  auto it = metadata.find(kRankSecretMetadata);
+  const std::string presented = it == metadata.end() ? "" : std::string(it->second.data(), it->second.size());
+  if (jobs.RankSecretOk(job_id, presented)) return absl::OkStatus();
+  return absl::PermissionDeniedError(StrCat(call, " for job ", job_id, ": ",
+                                            presented.empty() ? "no rank secret" : "not the job's rank secret",
+                                            " (metadata ", kRankSecretMetadata,
+                                            "): only the job's own ranks may make rank calls"));
 }
 
 // The attempt a rank call says it comes from (rank_metadata.h): 0 when it
@@ -408,15 +425,24 @@ struct Controller::Services {
     std::string token;
     grpc::ServerUnaryReactor* RegisterRank(grpc::CallbackServerContext* c, const moex::v1::RegisterRankRequest* r,
                                            moex::v1::RegisterRankResponse* out) override {
-      return Answer(c, token, out, [&] { return jobs->RegisterRank(*r, CallerAttempt(c)); });
+      return Answer(c, token, out, [&]() -> absl::StatusOr<moex::v1::RegisterRankResponse> {
+        MOEX_RETURN_IF_ERROR(CheckRankSecret(c, *jobs, r->job_id(), "RegisterRank"));
+        return jobs->RegisterRank(*r, CallerAttempt(c));
+      });
     }
     grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* c, const moex::v1::HeartbeatRequest* r,
                                         moex::v1::HeartbeatResponse* out) override {
-      return Answer(c, token, out, [&] { return jobs->Heartbeat(*r, CallerAttempt(c)); });
+      return Answer(c, token, out, [&]() -> absl::StatusOr<moex::v1::HeartbeatResponse> {
+        MOEX_RETURN_IF_ERROR(CheckRankSecret(c, *jobs, r->job_id(), "Heartbeat"));
+        return jobs->Heartbeat(*r, CallerAttempt(c));
+      });
     }
     grpc::ServerUnaryReactor* ReportStep(grpc::CallbackServerContext* c, const moex::v1::ReportStepRequest* r,
                                          moex::v1::ReportStepResponse* out) override {
-      return Answer(c, token, out, [&] { return jobs->ReportStep(*r, CallerAttempt(c)); });
+      return Answer(c, token, out, [&]() -> absl::StatusOr<moex::v1::ReportStepResponse> {
+        MOEX_RETURN_IF_ERROR(CheckRankSecret(c, *jobs, r->job_id(), "ReportStep"));
+        return jobs->ReportStep(*r, CallerAttempt(c));
+      });
     }
   };
 

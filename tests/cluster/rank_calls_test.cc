@@ -11,11 +11,13 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "moex/cluster/rank_metadata.h"
+#include "moex/cluster/rank_secret.h"
 #include "moex/cluster/server.h"
 #include "moex/v1/cluster.grpc.pb.h"
 
@@ -60,10 +62,15 @@ class RankCallsTest : public ::testing::Test {
   }
 
   // A raw call's context; `attempt` > 0 says which attempt it comes from.
-  static std::unique_ptr<grpc::ClientContext> Context(int attempt = 0) {
+  // `job_id`: the call carries that job's rank secret, as its ranks' do;
+  // `secret` instead: that one ("": none).
+  std::unique_ptr<grpc::ClientContext> Context(int attempt, const std::string& job_id,
+                                               std::optional<std::string> secret = std::nullopt) const {
     auto context = std::make_unique<grpc::ClientContext>();
     context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     if (attempt > 0) context->AddMetadata(kAttemptMetadata, std::to_string(attempt));
+    if (!secret) secret = RankKey::LoadOrCreate(dir_.string())->SecretFor(job_id);
+    if (!secret->empty()) context->AddMetadata(kRankSecretMetadata, *secret);
     return context;
   }
 
@@ -99,7 +106,7 @@ class RankCallsTest : public ::testing::Test {
     request.set_rank(rank);
     request.set_step(step);
     moex::v1::HeartbeatResponse response;
-    return ranks_->Heartbeat(Context(attempt).get(), request, &response);
+    return ranks_->Heartbeat(Context(attempt, id).get(), request, &response);
   }
 
   grpc::Status ReportStep(const std::string& id, int rank, int64_t step, int attempt = 0) {
@@ -110,7 +117,7 @@ class RankCallsTest : public ::testing::Test {
     request.mutable_metrics()->set_steps_done(step);
     request.add_tokens_per_expert(1);  // a load that would replace the job's
     moex::v1::ReportStepResponse response;
-    return ranks_->ReportStep(Context(attempt).get(), request, &response);
+    return ranks_->ReportStep(Context(attempt, id).get(), request, &response);
   }
 
   std::filesystem::path dir_;
@@ -193,7 +200,7 @@ TEST_F(RankCallsTest, CallsForAnEndedAttemptAreRefused) {
   again.set_rank(1);
   again.set_world_size(2);
   moex::v1::RegisterRankResponse registered;
-  EXPECT_EQ(ranks_->RegisterRank(Context(1).get(), again, &registered).error_code(),
+  EXPECT_EQ(ranks_->RegisterRank(Context(1, job.id()).get(), again, &registered).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
   // Attempt 2's own ranks are unaffected: the job keeps going.
   const int64_t before = relaunched.metrics().steps_done();
@@ -243,7 +250,7 @@ TEST_F(RankCallsTest, ARankOnAnotherHostIsNeverSignalledByPid) {
   request.set_host("another-host");
   request.set_pid(decoy);
   moex::v1::RegisterRankResponse response;
-  ASSERT_TRUE(ranks_->RegisterRank(Context(1).get(), request, &response).ok());
+  ASSERT_TRUE(ranks_->RegisterRank(Context(1, job.id()).get(), request, &response).ok());
   ASSERT_TRUE(controller_->jobs().Cancel(job.id()).ok());
   const Job ended = WaitUntil(job.id(), [](const Job&) { return false; }, 30);
   EXPECT_EQ(ended.state(), moex::v1::JOB_STATE_CANCELLED) << ended.message();
@@ -252,6 +259,36 @@ TEST_F(RankCallsTest, ARankOnAnotherHostIsNeverSignalledByPid) {
   EXPECT_EQ(waitpid(decoy, &status, WNOHANG), 0) << "the decoy was signalled: " << status;
   kill(-decoy, SIGKILL);
   waitpid(decoy, &status, 0);
+}
+
+// Ranks authenticate as ranks of their own job (item 6): a rank call with no
+// rank secret, or with another job's, is refused, naming the call and the
+// job; the job's own ranks, which carry it, run on.
+TEST_F(RankCallsTest, RankCallsNeedTheJobsOwnSecret) {
+  Start(/*heartbeat_timeout_seconds=*/30);
+  const Job job = Submit(/*world=*/2, /*steps=*/3000);
+  const Job other = Submit(/*world=*/2, /*steps=*/3000);
+  WaitUntil(job.id(), [](const Job& j) { return j.state() == moex::v1::JOB_STATE_RUNNING; });
+  moex::v1::HeartbeatRequest request;
+  request.set_job_id(job.id());
+  request.set_rank(0);
+  moex::v1::HeartbeatResponse response;
+  grpc::Status none = ranks_->Heartbeat(Context(1, job.id(), "").get(), request, &response);
+  EXPECT_EQ(none.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(none.error_message(), AllOf(HasSubstr("Heartbeat for job " + job.id()), HasSubstr("no rank secret")));
+  const std::string others = RankKey::LoadOrCreate(dir_.string())->SecretFor(other.id());
+  grpc::Status wrong = ranks_->Heartbeat(Context(1, job.id(), others).get(), request, &response);
+  EXPECT_EQ(wrong.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(wrong.error_message(), HasSubstr("not the job's rank secret"));
+  moex::v1::ReportStepRequest report;
+  report.set_job_id(job.id());
+  moex::v1::ReportStepResponse reported;
+  EXPECT_EQ(ranks_->ReportStep(Context(1, job.id(), "").get(), report, &reported).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(Heartbeat(job.id(), 0, 0, 1).error_code(), grpc::StatusCode::PERMISSION_DENIED);  // with the secret
+  ASSERT_TRUE(controller_->jobs().Cancel(job.id()).ok());
+  ASSERT_TRUE(controller_->jobs().Cancel(other.id()).ok());
+  EXPECT_EQ(WaitUntil(job.id(), [](const Job&) { return false; }).state(), moex::v1::JOB_STATE_CANCELLED);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "moex/cluster/credentials.h"
 #include "moex/cluster/placement_proto.h"
 #include "moex/cluster/rank_metadata.h"
+#include "moex/cluster/rank_secret.h"
 #include "moex/core/str_cat.h"
 
 namespace moex::worker {
@@ -18,6 +19,9 @@ void Prepare(grpc::ClientContext* context, const std::string& token, double seco
   context->set_deadline(std::chrono::system_clock::now() +
                         std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
   if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
+  // The job's rank secret, handed to its ranks at launch.
+  static const char* secret = std::getenv(cluster::kRankSecretEnv);
+  if (secret != nullptr && *secret != '\0') context->AddMetadata(cluster::kRankSecretMetadata, secret);
   if (attempt > 0) context->AddMetadata(cluster::kAttemptMetadata, std::to_string(attempt));
 }
 

@@ -27,6 +27,7 @@
 #include "moex/placement/load_stats.h"
 #include "moex/cluster/job_cleaner.h"
 #include "moex/cluster/job_store.h"
+#include "moex/cluster/rank_secret.h"
 #include "moex/launcher/launcher.h"
 #include "moex/cluster/spec_validation.h"
 #include "moex/cluster/state_dir.h"
@@ -135,6 +136,10 @@ class JobManager {
   void Shutdown();
 
   const ControllerOptions& options() const { return options_; }
+  // Whether `presented` is job `job_id`'s rank secret (rank_secret.h).
+  bool RankSecretOk(const std::string& job_id, std::string_view presented) const {
+    return rank_key_.Check(job_id, presented);
+  }
   // Every rank runs on the controller's host (mpirun without a hostfile).
   bool RanksAreLocal() const { return launcher_->RanksAreLocal(); }
   // Whether the state dir, its database and its logs are still the ones
@@ -233,6 +238,7 @@ class JobManager {
   ControllerOptions options_;
   std::unique_ptr<JobStore> store_;
   StateDirIdentity state_dir_identity_;
+  RankKey rank_key_;  // each job's ranks' secret derives from it
   std::unique_ptr<launcher::Launcher> launcher_;  // starts each attempt's ranks
   std::unique_ptr<JobCleaner> cleaner_;           // cleans their hosts after them
   std::mutex mutex_;
