@@ -27,6 +27,12 @@ mpirun_args="$("$VCLUSTER" mpirun-args "$name" | tr '\n' ' ')"
 bridge="$(sed -n 's|.*oob_tcp_if_include \([0-9.]*\)\.0/24.*|\1.1|p' <<<"$mpirun_args")"
 [[ -n "$bridge" ]] || fail "no bridge address in: $mpirun_args"
 h0="$name-h0" h1="$name-h1"
+# The job's end cleanup ran on its hosts (its step carries the job id on its
+# command line, so no process check can pass before it is done).
+wait_cleanup() {
+  for _ in $(seq 300); do grep -q "^moex serve: cleanup of job $1 " "$state_dir/logs/$1.log" 2>/dev/null && return 0; sleep 0.1; done
+  fail "job $1: no cleanup within 30 s: $(grep cleanup "$state_dir/logs/$1.log" || true)"
+}
 
 # --- what is refused at `moex serve` start ---------------------------------
 serve_error() {
@@ -78,6 +84,7 @@ for _ in $(seq 100); do grep -q "cleanup of job $id on $h1" "$state_dir/logs/$id
 grep "cleanup of job $id" "$state_dir/logs/$id.log" || fail "no cleanup ran for the cancelled job"
 grep -q "cleanup of job $id on $h0" "$state_dir/logs/$id.log" && grep -q "cleanup of job $id on $h1" "$state_dir/logs/$id.log" ||
   fail "the cleanup did not run on both hosts"
+wait_cleanup "$id"
 assert_no_orphans "$id"
 for h in h0 h1; do
   left="$("$VCLUSTER" exec "$name" "$h" ls -A /dev/shm)"
@@ -101,6 +108,7 @@ grep -q "host $h1 was lost (ranks 2, 3, every rank on it)" <<<"$ended" || grep -
 [ "$(field "$id" "[a['world_size'] for a in j['attempts']] == [4, 2] and set(r['host'] for r in j['ranks']) == {'$h0'}")" = True ] ||
   fail "attempt 2 is not 2 ranks on $h0"
 [ "$(field "$id" "float(m['check_relative_error']) < 1e-4")" = True ] || fail "the output after the host loss differs from the reference"
+wait_cleanup "$id"
 assert_no_orphans "$id"
 echo "lost host (processes killed): named, recorded, recovered on $h0"
 
@@ -124,5 +132,6 @@ echo "network cut: $h1 named after ${detected} s (heartbeat timeout 6 s), recove
 # cut off; once back, its ranks find their job gone (FAILED_PRECONDITION on
 # their next heartbeat) or their daemon's lifeline cut, and end.
 for _ in $(seq 150); do [ "$(pgrep -fc "job-id $id" || true)" = 0 ] && break; sleep 0.2; done
+wait_cleanup "$id"
 assert_no_orphans "$id"
 echo "PASS"

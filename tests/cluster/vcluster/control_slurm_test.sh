@@ -29,6 +29,12 @@ while IFS= read -r line; do export "${line?}"; done < <("$SLURM" env "$name")
 bridge="$("$VCLUSTER" mpirun-args "$name" | sed -n 's|^\([0-9.]*\)\.0/24$|\1.1|p' | head -1)"
 [[ -n "$bridge" ]] || fail "no bridge address"
 h0="$name-h0" h1="$name-h1"
+# The job's end cleanup ran on its hosts (its step carries the job id on its
+# command line, so no process check can pass before it is done).
+wait_cleanup() {
+  for _ in $(seq 300); do grep -q "^moex serve: cleanup of job $1 " "$state_dir/logs/$1.log" 2>/dev/null && return 0; sleep 0.1; done
+  fail "job $1: no cleanup within 30 s: $(grep cleanup "$state_dir/logs/$1.log" || true)"
+}
 
 # --- what is refused ----------------------------------------------------------
 out="$(timeout 20 "$moex" serve --listen 0.0.0.0:0 --advertise "$bridge" --state-dir "$work/refused" \
@@ -78,6 +84,7 @@ wait_for "$id" "int(m.get('steps_done', 0)) >= 3" 60
 wait_for "$id" "j['state'] == 'JOB_STATE_CANCELLED'" 30
 for _ in $(seq 100); do [[ -z "$(squeue -h --name "moex-$id-a1")" ]] && break; sleep 0.1; done
 [[ -z "$(squeue -h --name "moex-$id-a1")" ]] || fail "the cancelled job is still in squeue: $(squeue --name "moex-$id-a1")"
+wait_cleanup "$id"
 assert_no_orphans "$id"
 echo "cancelled: nothing in squeue, no process on any host"
 
