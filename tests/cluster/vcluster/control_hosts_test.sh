@@ -96,8 +96,10 @@ echo "cancelled: no process left, nothing in either host's /dev/shm"
 id="$(submit --name lost --world-size 4 --model tiny --steps 1500 --tokens-per-rank 64 --check \
       --redundant-experts 8 --max-restarts 1 --allow-shrink)"
 wait_for "$id" "int(m.get('steps_done', 0)) >= 5" 60
+t0="$(now_ms)"
 "$VCLUSTER" lose "$name" h1
 wait_for "$id" "len(j.get('attempts', [])) == 2" 30
+detected="$(field "$id" "'%.1f' % ((int(j['attempts'][0]['end_time_unix_ms']) - $t0) / 1000.0)")"
 wait_for "$id" "j['state'] in ('JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED')" 240
 "$moex" job status "$id" | grep -v "^  log:"
 ended="$(field "$id" "j['attempts'][0]['ended']")"
@@ -110,7 +112,7 @@ grep -q "host $h1 was lost (ranks 2, 3, every rank on it)" <<<"$ended" || grep -
 [ "$(field "$id" "float(m['check_relative_error']) < 1e-4")" = True ] || fail "the output after the host loss differs from the reference"
 wait_cleanup "$id"
 assert_no_orphans "$id"
-echo "lost host (processes killed): named, recorded, recovered on $h0"
+echo "lost host (processes killed): named after ${detected} s, recorded, recovered on $h0"
 
 # 4. a host's network gone, its processes running: silent heartbeats name it
 id="$(submit --name cut --world-size 4 --model tiny --steps 1500 --tokens-per-rank 64 --check \
