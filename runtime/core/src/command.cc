@@ -15,8 +15,7 @@
 
 #include "moex/core/str_cat.h"
 #include "moex/core/subprocess.h"
-
-extern char** environ;
+#include "spawn_internal.h"
 
 namespace moex {
 
@@ -39,40 +38,13 @@ absl::StatusOr<CommandResult> RunCommand(const CommandOptions& options) {
     return absl::InternalError(StrCat("pipe: ", std::strerror(errno)));
   }
   posix_spawn_file_actions_t actions;
-  posix_spawnattr_t attributes;
   posix_spawn_file_actions_init(&actions);
-  posix_spawnattr_init(&attributes);
   posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
   posix_spawn_file_actions_adddup2(&actions, err_pipe[1], STDERR_FILENO);
-  posix_spawnattr_setpgroup(&attributes, 0);
-  sigset_t none, all;
-  sigemptyset(&none);
-  sigfillset(&all);
-  posix_spawnattr_setsigmask(&attributes, &none);
-  posix_spawnattr_setsigdefault(&attributes, &all);
-  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  std::vector<char*> argv;
-  for (const std::string& arg : options.argv) argv.push_back(const_cast<char*>(arg.c_str()));
-  argv.push_back(nullptr);
-  std::vector<std::string> env_storage;
-  // extra_env overrides: getenv() takes the first of a name, so a value
-  // already in this environment must not stay ahead of it.
-  for (char** e = environ; *e != nullptr; ++e) {
-    const std::string_view entry(*e);
-    const std::string_view name = entry.substr(0, entry.find('=') + 1);
-    bool overridden = false;
-    for (const std::string& extra : options.extra_env) overridden = overridden || extra.rfind(name, 0) == 0;
-    if (!overridden) env_storage.emplace_back(*e);
-  }
-  for (const std::string& extra : options.extra_env) env_storage.push_back(extra);
-  std::vector<char*> env;
-  for (std::string& e : env_storage) env.push_back(e.data());
-  env.push_back(nullptr);
   pid_t pid = 0;
-  const int error = posix_spawnp(&pid, argv[0], &actions, &attributes, argv.data(), env.data());
+  const int error = internal::SpawnGroupLeader(options.argv, options.extra_env, &actions, &pid);
   posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attributes);
   close(out_pipe[1]);
   close(err_pipe[1]);
   if (error != 0) {

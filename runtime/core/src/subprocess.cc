@@ -13,33 +13,18 @@
 #include <optional>
 
 #include "moex/core/str_cat.h"
+#include "spawn_internal.h"
 
 extern char** environ;
 
 namespace moex {
 
-absl::StatusOr<pid_t> SpawnInNewGroup(const SpawnOptions& options) {
-  if (options.argv.empty()) return absl::InvalidArgumentError("spawn: empty argument vector");
-  posix_spawn_file_actions_t actions;
+namespace internal {
+
+int SpawnGroupLeader(const std::vector<std::string>& args, const std::vector<std::string>& extra_env,
+                     const posix_spawn_file_actions_t* actions, pid_t* pid) {
   posix_spawnattr_t attributes;
-  posix_spawn_file_actions_init(&actions);
   posix_spawnattr_init(&attributes);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  // The log is opened here, not by the spawn: a spawn that fails to open it
-  // reports the program ("cannot start 'mpirun': No such file or directory").
-  int log_fd = -1;
-  if (!options.log_path.empty()) {
-    log_fd = open(options.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (log_fd < 0) {
-      const int open_error = errno;
-      posix_spawn_file_actions_destroy(&actions);
-      posix_spawnattr_destroy(&attributes);
-      return absl::FailedPreconditionError(
-          StrCat("cannot open the log '", options.log_path, "': ", std::strerror(open_error)));
-    }
-    posix_spawn_file_actions_adddup2(&actions, log_fd, STDOUT_FILENO);
-    posix_spawn_file_actions_adddup2(&actions, log_fd, STDERR_FILENO);
-  }
   posix_spawnattr_setpgroup(&attributes, 0);
   // A fresh signal mask and default dispositions: the controller's blocked
   // signals must not leak into the job.
@@ -49,9 +34,8 @@ absl::StatusOr<pid_t> SpawnInNewGroup(const SpawnOptions& options) {
   posix_spawnattr_setsigmask(&attributes, &none);
   posix_spawnattr_setsigdefault(&attributes, &all);
   posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-
   std::vector<char*> argv;
-  for (const std::string& arg : options.argv) argv.push_back(const_cast<char*>(arg.c_str()));
+  for (const std::string& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
   std::vector<std::string> env_storage;
   // extra_env overrides: getenv() takes the first of a name, so a value
@@ -60,18 +44,42 @@ absl::StatusOr<pid_t> SpawnInNewGroup(const SpawnOptions& options) {
     const std::string_view entry(*e);
     const std::string_view name = entry.substr(0, entry.find('=') + 1);
     bool overridden = false;
-    for (const std::string& extra : options.extra_env) overridden = overridden || extra.rfind(name, 0) == 0;
+    for (const std::string& extra : extra_env) overridden = overridden || extra.rfind(name, 0) == 0;
     if (!overridden) env_storage.emplace_back(*e);
   }
-  for (const std::string& extra : options.extra_env) env_storage.push_back(extra);
+  for (const std::string& extra : extra_env) env_storage.push_back(extra);
   std::vector<char*> env;
   for (std::string& e : env_storage) env.push_back(e.data());
   env.push_back(nullptr);
-
-  pid_t pid = 0;
-  int error = posix_spawnp(&pid, argv[0], &actions, &attributes, argv.data(), env.data());
-  posix_spawn_file_actions_destroy(&actions);
+  const int error = posix_spawnp(pid, argv[0], actions, &attributes, argv.data(), env.data());
   posix_spawnattr_destroy(&attributes);
+  return error;
+}
+
+}  // namespace internal
+
+absl::StatusOr<pid_t> SpawnInNewGroup(const SpawnOptions& options) {
+  if (options.argv.empty()) return absl::InvalidArgumentError("spawn: empty argument vector");
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  // The log is opened here, not by the spawn: a spawn that fails to open it
+  // reports the program ("cannot start 'mpirun': No such file or directory").
+  int log_fd = -1;
+  if (!options.log_path.empty()) {
+    log_fd = open(options.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (log_fd < 0) {
+      const int open_error = errno;
+      posix_spawn_file_actions_destroy(&actions);
+      return absl::FailedPreconditionError(
+          StrCat("cannot open the log '", options.log_path, "': ", std::strerror(open_error)));
+    }
+    posix_spawn_file_actions_adddup2(&actions, log_fd, STDOUT_FILENO);
+    posix_spawn_file_actions_adddup2(&actions, log_fd, STDERR_FILENO);
+  }
+  pid_t pid = 0;
+  const int error = internal::SpawnGroupLeader(options.argv, options.extra_env, &actions, &pid);
+  posix_spawn_file_actions_destroy(&actions);
   if (log_fd >= 0) close(log_fd);
   if (error != 0) {
     return absl::FailedPreconditionError(StrCat("cannot start '", options.argv[0], "': ", std::strerror(error)));

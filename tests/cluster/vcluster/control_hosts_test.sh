@@ -20,6 +20,7 @@ source "$(dirname "$0")/test_lib.sh"
 "$VCLUSTER" check >/dev/null || exit 77
 set -- "$moex_binary"
 source "$(dirname "$0")/../../chaos/chaos_lib.sh"
+source "$(dirname "$0")/control_lib.sh"
 trap 'CHAOS_FAILED=$([ $? -ne 0 ] && echo 1 || echo 0); chaos_cleanup; "$VCLUSTER" down "$name" >/dev/null' EXIT
 "$VCLUSTER" up --replace "$name" 2 2 >/dev/null
 hostfile="$("$VCLUSTER" hostfile "$name")"
@@ -27,12 +28,6 @@ mpirun_args="$("$VCLUSTER" mpirun-args "$name" | tr '\n' ' ')"
 bridge="$(sed -n 's|.*oob_tcp_if_include \([0-9.]*\)\.0/24.*|\1.1|p' <<<"$mpirun_args")"
 [[ -n "$bridge" ]] || fail "no bridge address in: $mpirun_args"
 h0="$name-h0" h1="$name-h1"
-# The job's end cleanup ran on its hosts (its step carries the job id on its
-# command line, so no process check can pass before it is done).
-wait_cleanup() {
-  for _ in $(seq 300); do grep -q "^moex serve: cleanup of job $1 " "$state_dir/logs/$1.log" 2>/dev/null && return 0; sleep 0.1; done
-  fail "job $1: no cleanup within 30 s: $(grep cleanup "$state_dir/logs/$1.log" || true)"
-}
 
 # --- what is refused at `moex serve` start ---------------------------------
 serve_error() {
@@ -51,28 +46,14 @@ serve_error --hostfile "$hostfile" | grep -q "ranks on other hosts cannot reach 
 echo "refused at start: a bad hostfile, a missing mpirun, an address remote ranks cannot reach"
 
 # --- the controller over the cluster ---------------------------------------
-"$moex" serve --listen 0.0.0.0:0 --advertise "$bridge" --state-dir "$state_dir" --heartbeat-timeout 6 \
-  --start-timeout 60 --hostfile "$hostfile" --mpirun-args "$mpirun_args" >"$work/serve.out" 2>&1 &
-serve=$!
-for _ in $(seq 300); do
-  port="$(sed -n 's/.*listening on 0.0.0.0:\([0-9]*\).*/\1/p' "$work/serve.out" | tail -1)"
-  [[ -n "$port" ]] && break
-  kill -0 "$serve" 2>/dev/null || fail "the controller exited: $(cat "$work/serve.out")"
-  sleep 0.1
-done
-[[ -n "$port" ]] || fail "the controller did not start"
-export MOEX_CONTROLLER="127.0.0.1:$port"
+serve_cluster 1 --hostfile "$hostfile" --mpirun-args "$mpirun_args"
 
 out="$("$moex" job submit --world-size 4 --model tiny --hosts "$name-h9" 2>&1 || true)"
 grep -q "spec.hosts: host '$name-h9' is not in the hostfile" <<<"$out" || fail "an unknown host is not refused: $out"
 
 # 1. a job over both hosts
 id="$(submit --name hosts --world-size 4 --model tiny --steps 20 --tokens-per-rank 64 --check)"
-wait_for "$id" "j['state'] in ('JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED')" 90
-"$moex" job status "$id" | grep -v "^  log:"
-[ "$(field "$id" "j['state']")" = JOB_STATE_SUCCEEDED ] || fail "the job over two hosts did not succeed"
-[ "$(field "$id" "sorted(r['host'] for r in j['ranks']) == ['$h0', '$h0', '$h1', '$h1']")" = True ] ||
-  fail "the ranks are not 2 on each host"
+succeeded_two_per_host "$id" "the job over two hosts"
 "$moex" job status "$id" | grep -q "; $h0: .*; $h1: " || fail "the status does not show ranks by host"
 
 # 2. cancel: nothing left on any host

@@ -21,6 +21,7 @@ rc=0
 ((rc != 77)) || exit 77
 set -- "$moex_binary"
 source "$(dirname "$0")/../../chaos/chaos_lib.sh"
+source "$(dirname "$0")/control_lib.sh"
 trap 'CHAOS_FAILED=$([ $? -ne 0 ] && echo 1 || echo 0); chaos_cleanup; "$SLURM" down "$name" >/dev/null || true; "$VCLUSTER" down "$name" >/dev/null' EXIT
 "$SLURM" down "$name" >/dev/null
 "$VCLUSTER" up --replace "$name" 2 2 >/dev/null
@@ -29,12 +30,6 @@ while IFS= read -r line; do export "${line?}"; done < <("$SLURM" env "$name")
 bridge="$("$VCLUSTER" mpirun-args "$name" | sed -n 's|^\([0-9.]*\)\.0/24$|\1.1|p' | head -1)"
 [[ -n "$bridge" ]] || fail "no bridge address"
 h0="$name-h0" h1="$name-h1"
-# The job's end cleanup ran on its hosts (its step carries the job id on its
-# command line, so no process check can pass before it is done).
-wait_cleanup() {
-  for _ in $(seq 300); do grep -q "^moex serve: cleanup of job $1 " "$state_dir/logs/$1.log" 2>/dev/null && return 0; sleep 0.1; done
-  fail "job $1: no cleanup within 30 s: $(grep cleanup "$state_dir/logs/$1.log" || true)"
-}
 
 # --- what is refused ----------------------------------------------------------
 out="$(timeout 20 "$moex" serve --listen 0.0.0.0:0 --advertise "$bridge" --state-dir "$work/refused" \
@@ -46,32 +41,14 @@ out="$(timeout 20 env PATH=/nonexistent "$moex" serve --listen 0.0.0.0:0 --adver
 grep -q "launcher slurm: 'srun' is not on PATH" <<<"$out" || fail "a missing srun is not named: $out"
 echo "refused at start: an unknown partition, a missing srun"
 
-serve_slurm() {
-  "$moex" serve --listen "0.0.0.0:${port}" --advertise "$bridge" --state-dir "$state_dir" --heartbeat-timeout 6 \
-    --launcher slurm --slurm-partition vc --slurm-time-limit 10 >>"$work/serve.out" 2>&1 &
-  serve=$!
-  for _ in $(seq 300); do
-    if [[ "$(grep -c listening "$work/serve.out")" -ge "$1" ]]; then
-      port="$(sed -n 's/.*listening on 0.0.0.0:\([0-9]*\).*/\1/p' "$work/serve.out" | tail -1)"
-      export MOEX_CONTROLLER="127.0.0.1:$port"
-      return 0
-    fi
-    kill -0 "$serve" 2>/dev/null || fail "the controller exited: $(cat "$work/serve.out")"
-    sleep 0.1
-  done
-  fail "the controller did not start"
-}
-serve_slurm 1
+slurm_flags=(--launcher slurm --slurm-partition vc --slurm-time-limit 10)
+serve_cluster 1 "${slurm_flags[@]}"
 out="$("$moex" job submit --world-size 4 --model tiny --hosts "$name-h7" 2>&1 || true)"
 grep -q "spec.hosts: '$name-h7' is not a node of partition vc" <<<"$out" || fail "an unknown host is not refused: $out"
 
 # 1. a job over both hosts, 2 ranks a host
 id="$(submit --name slurm --world-size 4 --ranks-per-host 2 --model tiny --steps 20 --tokens-per-rank 64 --check)"
-wait_for "$id" "j['state'] in ('JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED')" 120
-"$moex" job status "$id" | grep -v "^  log:"
-[ "$(field "$id" "j['state']")" = JOB_STATE_SUCCEEDED ] || fail "the Slurm job did not succeed"
-[ "$(field "$id" "sorted(r['host'] for r in j['ranks']) == ['$h0', '$h0', '$h1', '$h1']")" = True ] ||
-  fail "the ranks are not 2 on each host"
+succeeded_two_per_host "$id" "the Slurm job"
 slurm_job="$(field "$id" "j['attempts'][0].get('launcher_job_id', '')")"
 [[ "$slurm_job" =~ ^[0-9]+$ ]] || fail "the attempt has no Slurm job id: '$slurm_job'"
 [ "$(field "$id" "j['attempts'][0].get('launcher', '')")" = slurm ] || fail "the attempt does not say it ran through Slurm"
@@ -93,7 +70,7 @@ id="$(submit --name adopt --world-size 4 --model tiny --steps 3000 --tokens-per-
 wait_for "$id" "int(m.get('steps_done', 0)) >= 5" 60
 kill -9 "$serve"
 wait "$serve" 2>/dev/null || true
-serve_slurm 2
+serve_cluster 2 "${slurm_flags[@]}"
 wait_for "$id" "'re-adopted' in j.get('message', '') or j['state'] == 'JOB_STATE_SUCCEEDED'" 30
 wait_for "$id" "j['state'] in ('JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED')" 120
 [ "$(field "$id" "j['state']")" = JOB_STATE_SUCCEEDED ] || fail "the re-adopted job did not succeed: $(field "$id" "j['message']")"
