@@ -15,7 +15,7 @@ cat "$work/sweep.out"
 for f in results.json results.csv latency.svg bandwidth.svg efficiency.svg; do test -s "$work/sweep/$f"; done
 test "$(wc -l < "$work/sweep/results.csv")" -eq 5   # header + 2 rank counts x 2 sizes
 grep -q "points" "$work/sweep.err"                    # the progress bar
-grep -q "^mpi  *2  *128" "$work/sweep.out"
+grep -q "^mpi  *2  *128 .*shared memory$" "$work/sweep.out"   # the path each row took
 grep -q "</svg>" "$work/sweep/efficiency.svg"
 
 "$moex" bench report --results "$work/sweep/results.json" --out "$work/again" | grep -q "results.csv"

@@ -209,6 +209,7 @@ absl::Status RunLayer(transport::Transport& t, const AllToAllVFn& fn, const ep::
   result->layer_us = Summarize(layer_us);
   result->layer_baseline_us = Summarize(base_us);
   result->layer_ratio = Summarize(ratio);
+  result->layer_ratio_of_medians = result->layer_us.median / std::max(result->layer_baseline_us.median, 1e-9);
   result->route_us = Summarize(Column(slow, kFigures, 1)).median;
   result->expert_us = Summarize(Column(slow, kFigures, 2)).median;
   return absl::OkStatus();
@@ -337,6 +338,7 @@ absl::StatusOr<BenchResult> RunPoint(transport::Transport& t, const AllToAllVFn&
   result.ours_us = Summarize(ours);
   result.baseline_us = Summarize(plain);
   result.ratio = Summarize(ratio);
+  if (world > 1) result.ratio_of_medians = result.ours_us.median / std::max(result.baseline_us.median, 1e-9);
   if (result.has_hierarchical) {
     std::vector<double> hier = Column(slow, kFigures, 5), vs_flat, vs_plain;
     for (size_t i = 0; i < hier.size(); ++i) {
@@ -348,6 +350,8 @@ absl::StatusOr<BenchResult> RunPoint(transport::Transport& t, const AllToAllVFn&
     result.hier_us = Summarize(hier);
     result.hier_vs_flat = Summarize(vs_flat);
     result.hier_vs_baseline = Summarize(vs_plain);
+    result.hier_vs_flat_of_medians = result.hier_us.median / std::max(result.ours_us.median, 1e-9);
+    result.hier_vs_baseline_of_medians = result.hier_us.median / std::max(result.baseline_us.median, 1e-9);
   }
 
   // Bytes per rank (mean over ranks) and the floor: each token's distinct
