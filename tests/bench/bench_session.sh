@@ -12,7 +12,7 @@ trap '[ -n "$serve" ] && kill $serve 2>/dev/null; [ -n "$serve" ] && wait $serve
 "$moex" bench sweep --ranks 1,2 --tokens 64,128 --hidden 64 --experts 8 --expert-width 32 --reps 2 --warmup 1 \
   --out "$work/sweep" > "$work/sweep.out" 2> "$work/sweep.err"
 cat "$work/sweep.out"
-for f in results.json results.csv latency.svg bandwidth.svg efficiency.svg; do test -s "$work/sweep/$f"; done
+for f in results.json results.csv results.md latency.svg bandwidth.svg efficiency.svg; do test -s "$work/sweep/$f"; done
 test "$(wc -l < "$work/sweep/results.csv")" -eq 5   # header + 2 rank counts x 2 sizes
 grep -q "points" "$work/sweep.err"                    # the progress bar
 grep -q "^mpi  *2  *128 .*shared memory$" "$work/sweep.out"   # the path each row took

@@ -90,6 +90,7 @@ BenchResult Result(int64_t ranks, double layer_us, const std::string& scaling = 
   r.ours_us = Summarize({100.0 * ranks});
   r.baseline_us = Summarize({90.0 * ranks});
   r.ratio = Summarize({1.1});
+  r.ratio_of_medians = ranks > 1 ? 100.0 / 90.0 : 0.0;
   r.layer_us = Summarize({layer_us});
   r.layer_baseline_us = Summarize({layer_us});
   r.layer_ratio = Summarize({1.0});
@@ -189,7 +190,13 @@ TEST(ReportTest, WritesJsonCsvAndPlotsAndReadsThemBack) {
   std::vector<BenchResult> results = {Result(1, 100), Result(2, 125), Result(4, 200)};
   absl::StatusOr<std::vector<std::string>> written = WriteReport(results, dir);
   ASSERT_TRUE(written.ok()) << written.status();
-  EXPECT_EQ(written->size(), 5u);  // json, csv, latency, bandwidth, efficiency
+  EXPECT_EQ(written->size(), 6u);  // json, csv, md, latency, bandwidth, efficiency
+  std::ifstream md(dir + "/results.md");
+  std::string md_text((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(md_text, HasSubstr("| ratio of medians |"));
+  // Medians with p10-p90, the ratio of the medians (200 / 180), the path.
+  EXPECT_THAT(md_text, HasSubstr("| mpi | shared memory | 2 | 1024 | 1024 | 4 of 32 | 0 | 200 (200-200) | 180 (180-180) | 1.11 |"));
+  EXPECT_THAT(md_text, HasSubstr("| mpi | shared memory | 1 | 1024 | 1024 | 4 of 32 | 0 | 100 (100-100) | - | - | - |"));
   std::ifstream csv(dir + "/results.csv");
   std::string header, line;
   std::getline(csv, header);

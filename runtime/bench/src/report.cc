@@ -206,6 +206,30 @@ std::string ToCsv(const std::vector<BenchResult>& results) {
   return csv.str();
 }
 
+std::string ToMarkdown(const std::vector<BenchResult>& results) {
+  std::vector<double> efficiency = ScalingEfficiency(results);
+  auto spread = [](const Stat& s, double scale, int digits) {
+    return absl::StrFormat("%.*f (%.*f-%.*f)", digits, s.median * scale, digits, s.p10 * scale, digits, s.p90 * scale);
+  };
+  std::string md =
+      "| transport | path | ranks | tok/rank | H | top-k of E | skew | dispatch+combine µs | `MPI_Alltoallv` µs | "
+      "ratio of medians | dispatch GB/s/rank | layer ms | efficiency |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  for (size_t i = 0; i < results.size(); ++i) {
+    const BenchResult& r = results[i];
+    const BenchPoint& p = r.point;
+    const bool several = p.ranks > 1;
+    md += absl::StrFormat("| %s | %s | %d | %d | %d | %d of %d | %g | %s | %s | %s | %s | %s | %s |\n", p.transport,
+                          r.path, p.ranks, p.tokens_per_rank, p.hidden, p.top_k, p.experts, p.skew,
+                          spread(r.ours_us, 1, 0), several ? spread(r.baseline_us, 1, 0) : "-",
+                          several ? absl::StrFormat("%.2f", r.ratio_of_medians) : "-",
+                          several ? absl::StrFormat("%.1f", r.dispatch_gbps) : "-",
+                          p.layer ? spread(r.layer_us, 1e-3, 1) : "-",
+                          efficiency[i] > 0 ? absl::StrFormat("%.2f", efficiency[i]) : "-");
+  }
+  return md;
+}
+
 std::vector<double> ScalingEfficiency(const std::vector<BenchResult>& results) {
   std::map<std::string, const BenchResult*> base;  // series -> its smallest rank count
   for (const BenchResult& r : results) {
@@ -255,6 +279,7 @@ absl::StatusOr<std::vector<std::string>> WriteReport(const std::vector<BenchResu
   }
   MOEX_RETURN_IF_ERROR(write("results.json", nlohmann::json{{"results", all}}.dump(2) + "\n"));
   MOEX_RETURN_IF_ERROR(write("results.csv", ToCsv(results)));
+  MOEX_RETURN_IF_ERROR(write("results.md", ToMarkdown(results)));
 
   // Plots: against the rank count when there are several, else against the
   // tokens per rank.
