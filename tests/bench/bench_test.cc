@@ -377,6 +377,8 @@ TEST(RunPointTest, MeasuresEveryFigureOnEveryRankAlike) {
   EXPECT_GE(r0.rank_imbalance, 1.0);
   EXPECT_EQ(r0.path, "shared memory");  // every rank on this host: the rows go through /dev/shm
   EXPECT_DOUBLE_EQ(r0.ratio_of_medians, r0.ours_us.median / r0.baseline_us.median);
+  EXPECT_GE(r0.minor_faults_per_rep, 0);
+  EXPECT_DOUBLE_EQ(FromJson(ToJson(r0))->minor_faults_per_rep, r0.minor_faults_per_rep);
   // Dispatch moves at least the floor, and only the floor plus each record's
   // (slot, weight) pairs.
   EXPECT_GE(r0.dispatch_bytes_per_rank, r0.floor_bytes_per_rank);

@@ -1,6 +1,7 @@
 #include "moex/bench/bench.h"
 
 #include <mpi.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -26,6 +27,13 @@ using Clock = std::chrono::steady_clock;
 
 double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// This process's minor page faults so far.
+double MinorFaults() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_minflt);
 }
 
 // Per-rank byte counts of one plain all-to-all-v.
@@ -312,10 +320,13 @@ absl::StatusOr<BenchResult> RunPoint(transport::Transport& t, const AllToAllVFn&
   // exchanges.
   const size_t kFigures = 3 * contenders.size() + 1;
   std::vector<double> mine;
+  double faults = 0;  // in the flat contender's counted repetitions
   for (int rep = 0; rep < options.warmup + options.reps; ++rep) {
     std::vector<double> row;
     for (Contender& c : contenders) {
+      const double faults_before = MinorFaults();
       MOEX_ASSIGN_OR_RETURN(auto seconds, c.Rep(t, placement, x, layout, weights.data(), deadline));
+      if (&c == &contenders[0] && rep >= options.warmup) faults += MinorFaults() - faults_before;
       row.insert(row.end(), {seconds.first, seconds.second, seconds.first + seconds.second});
     }
     const ep::DispatchResult& flat = contenders[0].received;
@@ -378,6 +389,10 @@ absl::StatusOr<BenchResult> RunPoint(transport::Transport& t, const AllToAllVFn&
   result.dispatch_gbps = gbps(result.dispatch_bytes_per_rank, result.dispatch_us.median);
   result.combine_gbps = gbps(result.combine_bytes_per_rank, result.combine_us.median);
   result.baseline_gbps = gbps(result.dispatch_bytes_per_rank + result.combine_bytes_per_rank, result.baseline_us.median);
+  std::vector<double> all_faults(static_cast<size_t>(world));
+  const double my_faults = faults / options.reps;
+  MOEX_RETURN_IF_ERROR(t.AllGather(std::span<const double>(&my_faults, 1), all_faults, deadline()));
+  result.minor_faults_per_rep = *std::max_element(all_faults.begin(), all_faults.end());
   std::vector<double> loads(static_cast<size_t>(world));
   const double own_load = static_cast<double>(received_tokens);
   MOEX_RETURN_IF_ERROR(t.AllGather(std::span<const double>(&own_load, 1), loads, deadline()));

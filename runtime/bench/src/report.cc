@@ -68,7 +68,8 @@ nlohmann::json ToJson(const BenchResult& r) {
       {"ratio_of_medians", r.ratio_of_medians},
       {"dispatch_bytes_per_rank", r.dispatch_bytes_per_rank}, {"combine_bytes_per_rank", r.combine_bytes_per_rank},
       {"floor_bytes_per_rank", r.floor_bytes_per_rank}, {"dispatch_gbps", r.dispatch_gbps},
-      {"combine_gbps", r.combine_gbps}, {"baseline_gbps", r.baseline_gbps}, {"rank_imbalance", r.rank_imbalance}};
+      {"combine_gbps", r.combine_gbps}, {"baseline_gbps", r.baseline_gbps}, {"rank_imbalance", r.rank_imbalance},
+      {"minor_faults_per_rep", r.minor_faults_per_rep}};
   if (r.hosts > 1) {
     j["hosts"] = r.hosts;
     j["internode_bytes_per_rank"] = r.internode_bytes_per_rank;
@@ -126,6 +127,7 @@ absl::StatusOr<BenchResult> FromJson(const nlohmann::json& j) {
   MOEX_RETURN_IF_ERROR(Get(j, "combine_gbps", &r.combine_gbps));
   MOEX_RETURN_IF_ERROR(Get(j, "baseline_gbps", &r.baseline_gbps));
   MOEX_RETURN_IF_ERROR(Get(j, "rank_imbalance", &r.rank_imbalance));
+  if (j.contains("minor_faults_per_rep")) MOEX_RETURN_IF_ERROR(Get(j, "minor_faults_per_rep", &r.minor_faults_per_rep));
   if (j.contains("hosts")) {
     MOEX_RETURN_IF_ERROR(Get(j, "hosts", &r.hosts));
     MOEX_RETURN_IF_ERROR(Get(j, "internode_bytes_per_rank", &r.internode_bytes_per_rank));
@@ -172,7 +174,7 @@ std::string ToCsv(const std::vector<BenchResult>& results) {
          "layer_us_p90,layer_baseline_us,layer_ratio_of_medians,layer_per_rep_ratio_median,scaling_efficiency,hosts,"
          "internode_bytes_per_rank,internode_floor_bytes_per_rank,hier_us,hier_us_p10,hier_us_p90,"
          "hier_vs_flat_of_medians,hier_vs_flat_per_rep_p10,hier_vs_flat_per_rep_p90,hier_vs_baseline_of_medians,"
-         "hier_internode_bytes_per_rank\n";
+         "hier_internode_bytes_per_rank,minor_faults_per_rep\n";
   for (size_t i = 0; i < results.size(); ++i) {
     const BenchResult& r = results[i];
     const BenchPoint& p = r.point;
@@ -201,7 +203,7 @@ std::string ToCsv(const std::vector<BenchResult>& results) {
     } else {
       csv << ",,,,,,,";
     }
-    csv << "\n";
+    csv << absl::StrFormat(",%.2f\n", r.minor_faults_per_rep);
   }
   return csv.str();
 }

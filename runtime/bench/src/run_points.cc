@@ -25,6 +25,9 @@ std::string SummaryLine(const BenchResult& r) {
                             FormatBytes(r.internode_bytes_per_rank), FormatBytes(r.hier_internode_bytes_per_rank),
                             FormatBytes(r.internode_floor_bytes_per_rank));
   }
+  if (r.minor_faults_per_rep >= 1) {
+    line += absl::StrFormat("; %.1f page faults a repetition inside dispatch + combine", r.minor_faults_per_rep);
+  }
   if (r.point.layer) {
     line += absl::StrFormat("; layer %.0f us (ratio of medians %.2f)", r.layer_us.median, r.layer_ratio_of_medians);
   }
