@@ -61,9 +61,9 @@ struct BenchResult {
   double floor_bytes_per_rank = 0;     // distinct remote ranks per token x hidden x 4
   double dispatch_gbps = 0, combine_gbps = 0, baseline_gbps = 0;  // bytes per rank / median time
   double rank_imbalance = 0;           // hottest rank's received tokens / mean
-  // Minor page faults a rank took inside moex's dispatch + combine per
-  // counted repetition (the most of any rank; getrusage around each, so
-  // the baseline's are not among them). Buffers and segments are reused
+  // Minor page faults a rank took per counted repetition of moex's
+  // (dispatch, the copy standing in for the experts, combine; the most of
+  // any rank; getrusage around each, so the baseline's are not among them). Buffers and segments are reused
   // after the warm-up, so anything above 0 is the machine remapping pages
   // under a timed copy: the first suspect of a slow state.
   double minor_faults_per_rep = 0;
