@@ -13,11 +13,14 @@
 // memcpy of the same bytes into a private buffer of the child, timed alike.
 //
 //   moex_shm_copy_probe [--bytes 1048576] [--reps 200] [--rounds 5] [--populate] [--fresh]
+//       [--cpus A,B]
 //
 // --populate maps the segment with MAP_POPULATE (faulted in at map time);
 // --fresh makes a new segment every round (as a new moex job does); rounds
-// are separated by 200 ms.
+// are separated by 200 ms; --cpus pins the reader to CPU A and the copier
+// to CPU B (as mpirun binds two ranks to cores 0 and 1).
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -43,7 +46,16 @@ struct Options {
   int rounds = 5;
   bool populate = false;
   bool fresh = false;
+  int reader_cpu = -1, copier_cpu = -1;  // -1: not pinned
 };
+
+void Pin(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (sched_setaffinity(0, sizeof(set), &set) != 0) std::perror("sched_setaffinity");
+}
 
 // The handshake word: the child sets it to 2 r + 1 when repetition r's copy
 // is done, the parent to 2 r + 2 once it has read the rows.
@@ -90,6 +102,7 @@ std::vector<double> Round(const Options& o, const std::string& path, void** segm
   if (pipe(pipe_fds) != 0) std::exit(1);
   pid_t child = fork();
   if (child == 0) {
+    Pin(o.copier_cpu);
     close(pipe_fds[0]);
     void* seg = MapSegment(path, total, /*create=*/false, o.populate);
     auto* t = Turn(seg);
@@ -160,6 +173,8 @@ int main(int argc, char** argv) {
     else if (flag == "--rounds") o.rounds = static_cast<int>(value());
     else if (flag == "--populate") o.populate = true;
     else if (flag == "--fresh") o.fresh = true;
+    else if (flag == "--cpus" && i + 1 < argc && std::sscanf(argv[++i], "%d,%d", &o.reader_cpu, &o.copier_cpu) == 2) {
+    }
     else {
       std::fprintf(stderr, "moex_shm_copy_probe: unknown flag %s\n", flag.c_str());
       return 2;
@@ -169,8 +184,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moex_shm_copy_probe: --bytes >= 64, --reps >= 2, --rounds >= 1\n");
     return 2;
   }
-  std::printf("%zu bytes a copy, %d copies a round, %d rounds, %s segment%s\n", o.bytes, o.reps, o.rounds,
-              o.fresh ? "a fresh" : "one reused", o.populate ? ", MAP_POPULATE" : "");
+  std::printf("%zu bytes a copy, %d copies a round, %d rounds, %s segment%s%s\n", o.bytes, o.reps, o.rounds,
+              o.fresh ? "a fresh" : "one reused", o.populate ? ", MAP_POPULATE" : "",
+              o.reader_cpu >= 0 ? (", reader on CPU " + std::to_string(o.reader_cpu) + ", copier on CPU " +
+                                   std::to_string(o.copier_cpu)).c_str()
+                                : "");
+  Pin(o.reader_cpu);
   void* segment = nullptr;
   const size_t total = 64 + o.bytes;
   for (int round = 0; round < o.rounds; ++round) {
