@@ -52,7 +52,8 @@ grep -q SUCCEEDED <<<"$out"
 id="$(awk '/^submitted/ {print $2}' <<<"$out")"
 "$moex" job status "$id" | tee "$work/status"
 grep -q "bench of 2 points" "$work/status"
-grep -q "^ *96 *64 *4 *8 *32" "$work/status"
+grep -q "^ *96 *64 *4 *8 *32 .*shared memory$" "$work/status"   # each point with the path its rows took
+grep -q "ratios of the medians" "$work/status"
 "$moex" job status "$id" --json > "$work/job.json"
 "$moex" bench report --results "$work/job.json" --out "$work/fromjob" > /dev/null
 test "$(wc -l < "$work/fromjob/results.csv")" -eq 3
