@@ -1,16 +1,30 @@
 // The CUDA kernels on DeepSeek-V3 expert shapes, each beside a baseline
-// timed in the same run (CUDA events, median of the repetitions):
+// timed in the same run, interleaved with it (each repetition runs the
+// kernel, then its baseline, so that clock and thermal drift hit both
+// alike). Every figure is the median over the repetitions (after 3 warm-up
+// runs), printed with its p10-p90 spread; a ratio is the ratio of the two
+// medians.
 //   permute and un-permute: bandwidth against cudaMemcpyAsync (device to
-//     device) of the same bytes (target >= 0.8);
+//     device) moving the same bytes. Bytes are real traffic, each counted
+//     once: a row read from memory and a row written to it are one row
+//     each (permute reads T token rows and writes T*k permuted rows;
+//     un-permute reads T*k rows and writes T; a copy of N bytes reads N
+//     and writes N). The int32 routing metadata (under 0.1%) is not
+//     counted. Target >= 0.8.
 //   grouped expert GEMM (the gate/up projection of 32 local experts):
-//     TFLOP/s against one dense cublasGemmEx with the same FLOPs (target >= 0.8);
+//     TFLOP/s (2 x M x N x K) against one dense cublasGemmEx with the same
+//     FLOPs (target >= 0.8), and both ways of running it over rows per
+//     expert.
 //   the whole single-GPU layer forward (router GEMM, routing, permute,
 //     gate/up grouped GEMM, SwiGLU, down grouped GEMM, weighted un-permute):
-//     its time, for bench/gpu_layer_torch.py to set beside PyTorch's.
+//     its time, for bench/gpu_layer_torch.py to set beside PyTorch's. It is
+//     the kernel chain alone: `moex run --device cuda` adds the host layout,
+//     NCCL and the host copies of x and y (bench/run_gpu.sh measures that
+//     too).
 // Inputs and weights are uniform random bf16 made on the device.
 //
 //   moex_bench_gpu [--tokens 4096] [--top-k 8] [--hidden 7168] [--width 2048]
-//       [--experts 32] [--reps 20] [--json FILE]
+//       [--experts 32] [--reps 50] [--json FILE]
 //
 // Exits 2, saying why, where no GPU is visible.
 #include <cublas_v2.h>
@@ -50,26 +64,64 @@ void Check(const absl::Status& status, const char* what) {
   }
 }
 
-// Median milliseconds of `reps` runs of `body` after 3 warm-up runs.
-double Time(int reps, const std::function<void()>& body) {
+// One figure over the repetitions, milliseconds.
+struct Spread {
+  double median = 0, p10 = 0, p90 = 0, min = 0, max = 0;
+};
+
+Spread Summarize(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  auto at = [&](double q) { return v[static_cast<size_t>(q * static_cast<double>(v.size() - 1) + 0.5)]; };
+  const size_t n = v.size();
+  return {n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]), at(0.1), at(0.9), v.front(), v.back()};
+}
+
+// Times each of `bodies` `reps` times (after 3 warm-up rounds), interleaved:
+// repetition i runs body 0, then body 1, ... each between its own events.
+std::vector<Spread> TimeInterleaved(int reps, const std::vector<std::function<void()>>& bodies) {
   cudaEvent_t start, stop;
   CHECK_CUDA(cudaEventCreate(&start));
   CHECK_CUDA(cudaEventCreate(&stop));
-  for (int i = 0; i < 3; ++i) body();
-  std::vector<double> ms;
+  for (int i = 0; i < 3; ++i) {
+    for (const auto& body : bodies) body();
+  }
+  std::vector<std::vector<double>> ms(bodies.size());
   for (int i = 0; i < reps; ++i) {
-    CHECK_CUDA(cudaEventRecord(start));
-    body();
-    CHECK_CUDA(cudaEventRecord(stop));
-    CHECK_CUDA(cudaEventSynchronize(stop));
-    float t = 0;
-    CHECK_CUDA(cudaEventElapsedTime(&t, start, stop));
-    ms.push_back(t);
+    for (size_t b = 0; b < bodies.size(); ++b) {
+      CHECK_CUDA(cudaEventRecord(start));
+      bodies[b]();
+      CHECK_CUDA(cudaEventRecord(stop));
+      CHECK_CUDA(cudaEventSynchronize(stop));
+      float t = 0;
+      CHECK_CUDA(cudaEventElapsedTime(&t, start, stop));
+      ms[b].push_back(t);
+    }
   }
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
+  std::vector<Spread> out;
+  for (auto& m : ms) out.push_back(Summarize(std::move(m)));
+  return out;
+}
+
+Spread Time(int reps, const std::function<void()>& body) { return TimeInterleaved(reps, {body})[0]; }
+
+nlohmann::json MsJson(const Spread& s) {
+  return {{"median", s.median}, {"p10", s.p10}, {"p90", s.p90}, {"min", s.min}, {"max", s.max}};
+}
+
+// `amount` per millisecond, scaled (bytes -> GB/s: 1e-6; FLOPs -> TFLOP/s:
+// 1e-9): the median rate is at the median time; its p10 at the p90 time.
+nlohmann::json RateJson(const Spread& s, double amount, double scale) {
+  return {{"median", amount * scale / s.median}, {"p10", amount * scale / s.p90}, {"p90", amount * scale / s.p10}};
+}
+
+// "812.3 (p10-p90 790.1-820.4)": a rate from its time spread.
+std::string RateText(const Spread& s, double amount, double scale) {
+  char text[96];
+  std::snprintf(text, sizeof(text), "%.1f (p10-p90 %.1f-%.1f)", amount * scale / s.median, amount * scale / s.p90,
+                amount * scale / s.p10);
+  return text;
 }
 
 void* Alloc(size_t bytes) {
@@ -89,7 +141,7 @@ void* Random(size_t count, float scale, uint64_t seed) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int tokens = 4096, top_k = 8, hidden = 7168, width = 2048, experts = 32, reps = 20;
+  int tokens = 4096, top_k = 8, hidden = 7168, width = 2048, experts = 32, reps = 50;
   std::string json;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
@@ -107,6 +159,10 @@ int main(int argc, char** argv) {
     }
   }
   absl::Status gpu = moex::kernels::cuda::DeviceAvailable();
+  if (reps < 2) {
+    std::fprintf(stderr, "moex_bench_gpu: --reps %d: a spread needs at least 2\n", reps);
+    return 2;
+  }
   if (!gpu.ok()) {
     std::fprintf(stderr, "moex_bench_gpu: %s; nothing measured\n", std::string(gpu.message()).c_str());
     return 2;
@@ -142,20 +198,24 @@ int main(int argc, char** argv) {
   p.x = x, p.topk_idx = d_idx, p.num_tokens = tokens, p.top_k = top_k, p.hidden = hidden, p.num_experts = experts;
   p.dtype = Dtype::kBF16, p.permuted = permuted, p.row_of_pair = d_row, p.expert_offsets = d_off;
   p.workspace = ws, p.workspace_bytes = ws_bytes;
-  // Bytes a permutation moves: every permuted row read once and written once.
-  const double permute_bytes = 2.0 * static_cast<double>(pairs) * static_cast<double>(row);
-  const double permute_ms = Time(reps, [&] { Check(moex::kernels::cuda::Permute(p, nullptr), "Permute"); });
-  const double copy_ms = Time(reps, [&] {
-    CHECK_CUDA(cudaMemcpyAsync(copy, permuted, static_cast<size_t>(pairs) * row, cudaMemcpyDeviceToDevice));
-  });
+  // Real traffic, each byte once: permute reads the T token rows once
+  // (each feeds its k copies from registers) and writes the T*k permuted
+  // rows; its baseline copies (T + T*k) / 2 rows, which reads and writes
+  // as many bytes.
+  const double permute_bytes = (static_cast<double>(tokens) + static_cast<double>(pairs)) * static_cast<double>(row);
+  const size_t permute_copy_bytes = static_cast<size_t>(permute_bytes / 2);
+  const std::vector<Spread> permute_t = TimeInterleaved(
+      reps, {[&] { Check(moex::kernels::cuda::Permute(p, nullptr), "Permute"); },
+             [&] { CHECK_CUDA(cudaMemcpyAsync(copy, permuted, permute_copy_bytes, cudaMemcpyDeviceToDevice)); }});
   moex::kernels::cuda::UnpermuteArgs u;
   u.rows = permuted, u.row_of_pair = d_row, u.topk_weights = d_w, u.num_tokens = tokens, u.top_k = top_k;
   u.hidden = hidden, u.dtype = Dtype::kBF16, u.out_dtype = Dtype::kBF16, u.y = y;
+  // Un-permute reads the T*k rows and writes T (bf16 out).
   const double unpermute_bytes = static_cast<double>(pairs) * row + static_cast<double>(tokens) * row;
-  const double unpermute_ms = Time(reps, [&] { Check(moex::kernels::cuda::Unpermute(u, nullptr), "Unpermute"); });
-  const double unpermute_copy_ms = Time(reps, [&] {
-    CHECK_CUDA(cudaMemcpyAsync(copy, permuted, static_cast<size_t>(unpermute_bytes / 2), cudaMemcpyDeviceToDevice));
-  });
+  const size_t unpermute_copy_bytes = static_cast<size_t>(unpermute_bytes / 2);
+  const std::vector<Spread> unpermute_t = TimeInterleaved(
+      reps, {[&] { Check(moex::kernels::cuda::Unpermute(u, nullptr), "Unpermute"); },
+             [&] { CHECK_CUDA(cudaMemcpyAsync(copy, permuted, unpermute_copy_bytes, cudaMemcpyDeviceToDevice)); }});
 
   // Gate/up projection: [n_e, H] x [H, 2F] per expert, bf16 in, fp32 accumulate.
   const int n = 2 * width;
@@ -167,12 +227,6 @@ int main(int argc, char** argv) {
   absl::StatusOr<moex::kernels::cuda::GroupedGemm> grouped = moex::kernels::cuda::GroupedGemm::Create(experts);
   Check(grouped.status(), "GroupedGemm::Create");
   Check(moex::kernels::cuda::Permute(p, nullptr), "Permute");
-  const double flops = 2.0 * pairs * static_cast<double>(hidden) * n;
-  const double grouped_ms = Time(reps, [&] {
-    Check(grouped->Run(permuted, weight_ptrs.data(), d_off, experts, n, hidden, Dtype::kBF16, gemm_out, nullptr),
-          "GroupedGemm::Run");
-  });
-  const moex::kernels::cuda::GemmMode auto_mode = grouped->last_mode();
   cublasHandle_t handle;
   if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
     std::fprintf(stderr, "moex_bench_gpu: cublasCreate failed\n");
@@ -184,34 +238,45 @@ int main(int argc, char** argv) {
     cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, hidden, &alpha, weights[0], CUDA_R_16BF, hidden, permuted,
                  CUDA_R_16BF, hidden, &beta, gemm_out, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   };
-  const double dense_ms = Time(reps, [&] { dense(pairs); });
+  const double flops = 2.0 * pairs * static_cast<double>(hidden) * n;
+  const std::vector<Spread> gemm_t = TimeInterleaved(
+      reps, {[&] {
+               Check(grouped->Run(permuted, weight_ptrs.data(), d_off, experts, n, hidden, Dtype::kBF16, gemm_out,
+                                  nullptr),
+                     "GroupedGemm::Run");
+             },
+             [&] { dense(pairs); }});
+  const moex::kernels::cuda::GemmMode auto_mode = grouped->last_mode();
 
   // Both ways of running the experts, over rows per expert: where each wins.
   nlohmann::json modes = nlohmann::json::array();
   auto* d_off_sweep = static_cast<int32_t*>(Alloc(sizeof(int32_t) * (experts + 1)));
-  std::printf("gate/up GEMM by rows per expert (%d experts): TFLOP/s of the grouped call, of per-expert calls, of one dense GEMM\n",
-              experts);
+  std::printf("gate/up GEMM by rows per expert (%d experts), TFLOP/s, median of %d interleaved repetitions "
+              "(p10-p90): the grouped call, per-expert calls, one dense GEMM of the same FLOPs\n",
+              experts, reps);
   for (int rows_each : {16, 64, 128, 256, 1024}) {
     if (rows_each * experts > pairs) continue;
     std::vector<int32_t> off(static_cast<size_t>(experts) + 1);
     for (int e = 0; e <= experts; ++e) off[e] = e * rows_each;
     CHECK_CUDA(cudaMemcpy(d_off_sweep, off.data(), sizeof(int32_t) * off.size(), cudaMemcpyHostToDevice));
     const double f = 2.0 * rows_each * experts * static_cast<double>(hidden) * n;
-    nlohmann::json m = {{"rows_per_expert", rows_each}};
-    for (auto mode : {moex::kernels::cuda::GemmMode::kGroupedCall, moex::kernels::cuda::GemmMode::kPerExpert}) {
-      grouped->set_mode(mode);
-      const double ms = Time(reps, [&] {
+    auto run_mode = [&](moex::kernels::cuda::GemmMode mode) {
+      return [&, mode] {
+        grouped->set_mode(mode);
         Check(grouped->Run(permuted, weight_ptrs.data(), d_off_sweep, experts, n, hidden, Dtype::kBF16, gemm_out,
                            nullptr),
               "GroupedGemm::Run");
-      });
-      m[std::string(moex::kernels::cuda::GemmModeName(mode)) + "_tflops"] = f / (ms * 1e9);
-    }
-    const double ms = Time(reps, [&] { dense(rows_each * experts); });
-    m["dense_tflops"] = f / (ms * 1e9);
-    std::printf("  %5d rows: %7.1f  %7.1f  %7.1f\n", rows_each, m["grouped-call_tflops"].get<double>(),
-                m["per-expert_tflops"].get<double>(), m["dense_tflops"].get<double>());
-    modes.push_back(m);
+      };
+    };
+    const std::vector<Spread> t = TimeInterleaved(reps, {run_mode(moex::kernels::cuda::GemmMode::kGroupedCall),
+                                                         run_mode(moex::kernels::cuda::GemmMode::kPerExpert),
+                                                         [&] { dense(rows_each * experts); }});
+    modes.push_back({{"rows_per_expert", rows_each},
+                     {"grouped-call_tflops", RateJson(t[0], f, 1e-9)},
+                     {"per-expert_tflops", RateJson(t[1], f, 1e-9)},
+                     {"dense_tflops", RateJson(t[2], f, 1e-9)}});
+    std::printf("  %5d rows: %s  %s  %s\n", rows_each, RateText(t[0], f, 1e-9).c_str(), RateText(t[1], f, 1e-9).c_str(),
+                RateText(t[2], f, 1e-9).c_str());
   }
   grouped->set_mode(moex::kernels::cuda::GemmMode::kAuto);
 
@@ -246,7 +311,7 @@ int main(int argc, char** argv) {
     back.rows = down_out;
     Check(moex::kernels::cuda::Unpermute(back, nullptr), "Unpermute");
   };
-  const double layer_ms = Time(reps, layer);
+  const Spread layer_t = Time(reps, layer);
   const double layer_flops = 2.0 * tokens * static_cast<double>(hidden) * experts +
                              2.0 * pairs * static_cast<double>(hidden) * n + 2.0 * pairs * static_cast<double>(width) * hidden;
   // A checksum of the layer's output, so that a run on zeros or NaNs shows.
@@ -264,34 +329,48 @@ int main(int argc, char** argv) {
   const double y_mean_abs = y_abs / static_cast<double>(y_host.size());
   cublasDestroy(handle);
 
-  const double permute_gbps = permute_bytes / (permute_ms * 1e6), copy_gbps = permute_bytes / (copy_ms * 1e6);
-  const double unpermute_gbps = unpermute_bytes / (unpermute_ms * 1e6);
-  const double unpermute_copy_gbps = unpermute_bytes / (unpermute_copy_ms * 1e6);
-  const double grouped_tflops = flops / (grouped_ms * 1e9), dense_tflops = flops / (dense_ms * 1e9);
+  const char* bytes_rule = "real traffic, each byte once: bytes read + bytes written (permute: T + T*k rows; "
+                           "un-permute: T*k + T rows; a copy of N bytes: 2N); routing metadata not counted";
   std::printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
   std::printf("shapes: %d tokens x top-%d over %d local experts, hidden %d, expert width %d, bf16\n", tokens, top_k,
               experts, hidden, width);
-  std::printf("permute:    %.1f GB/s; device copy of the same bytes %.1f GB/s; ratio %.2f (target >= 0.8)\n",
-              permute_gbps, copy_gbps, permute_gbps / copy_gbps);
-  std::printf("un-permute: %.1f GB/s; device copy of the same bytes %.1f GB/s; ratio %.2f (target >= 0.8)\n",
-              unpermute_gbps, unpermute_copy_gbps, unpermute_gbps / unpermute_copy_gbps);
-  std::printf("grouped GEMM (%s): %.1f TFLOP/s; one dense GEMM of the same FLOPs %.1f TFLOP/s; ratio %.2f (target >= 0.8)\n",
-              moex::kernels::cuda::GemmModeName(auto_mode), grouped_tflops, dense_tflops, grouped_tflops / dense_tflops);
-  std::printf("layer forward: %.3f ms (%.1f TFLOP/s); output mean |y| %.4g, %zu non-finite\n", layer_ms,
-              layer_flops / (layer_ms * 1e9), y_mean_abs, y_bad);
+  std::printf("statistic: median of %d repetitions interleaved with the baseline (p10-p90); ratio = ratio of the "
+              "medians\nbytes: %s\n", reps, bytes_rule);
+  std::printf("permute:    %s GB/s; device copy of the same bytes %s GB/s; ratio %.2f (target >= 0.8)\n",
+              RateText(permute_t[0], permute_bytes, 1e-6).c_str(), RateText(permute_t[1], permute_bytes, 1e-6).c_str(),
+              permute_t[1].median / permute_t[0].median);
+  std::printf("un-permute: %s GB/s; device copy of the same bytes %s GB/s; ratio %.2f (target >= 0.8)\n",
+              RateText(unpermute_t[0], unpermute_bytes, 1e-6).c_str(),
+              RateText(unpermute_t[1], unpermute_bytes, 1e-6).c_str(), unpermute_t[1].median / unpermute_t[0].median);
+  std::printf("grouped GEMM (%s): %s TFLOP/s; one dense GEMM of the same FLOPs %s TFLOP/s; ratio %.2f (target >= 0.8)\n",
+              moex::kernels::cuda::GemmModeName(auto_mode), RateText(gemm_t[0], flops, 1e-9).c_str(),
+              RateText(gemm_t[1], flops, 1e-9).c_str(), gemm_t[1].median / gemm_t[0].median);
+  std::printf("layer forward (kernel chain): %.3f ms (p10-p90 %.3f-%.3f; %.1f TFLOP/s); output mean |y| %.4g, %zu "
+              "non-finite\n",
+              layer_t.median, layer_t.p10, layer_t.p90, layer_flops / (layer_t.median * 1e9), y_mean_abs, y_bad);
   if (!json.empty()) {
-    nlohmann::json j = {{"device", prop.name},
-                        {"tokens", tokens}, {"top_k", top_k}, {"experts", experts}, {"hidden", hidden}, {"width", width},
-                        {"permute_gbps", permute_gbps}, {"permute_copy_gbps", copy_gbps},
-                        {"permute_ratio", permute_gbps / copy_gbps}, {"unpermute_gbps", unpermute_gbps},
-                        {"unpermute_copy_gbps", unpermute_copy_gbps},
-                        {"unpermute_ratio", unpermute_gbps / unpermute_copy_gbps},
-                        {"grouped_tflops", grouped_tflops}, {"dense_tflops", dense_tflops},
-                        {"gemm_ratio", grouped_tflops / dense_tflops},
-                        {"gemm_mode", moex::kernels::cuda::GemmModeName(auto_mode)}, {"gemm_modes", modes},
-                        {"permute_ms", permute_ms}, {"unpermute_ms", unpermute_ms}, {"grouped_ms", grouped_ms},
-                        {"dense_ms", dense_ms}, {"layer_ms", layer_ms}, {"layer_tflops", layer_flops / (layer_ms * 1e9)},
-                        {"layer_mean_abs_y", y_mean_abs}, {"layer_nonfinite", y_bad}, {"reps", reps}};
+    nlohmann::json j = {
+        {"device", prop.name}, {"tokens", tokens}, {"top_k", top_k}, {"experts", experts}, {"hidden", hidden},
+        {"width", width}, {"reps", reps},
+        {"statistic", "median over reps repetitions interleaved with the baseline, after 3 warm-up rounds; p10/p90 "
+                      "spread; *_ratio = ratio of the medians (baseline time / kernel time)"},
+        {"byte_convention", bytes_rule},
+        {"permute", {{"bytes", permute_bytes}, {"ms", MsJson(permute_t[0])}, {"copy_ms", MsJson(permute_t[1])},
+                     {"gbps", RateJson(permute_t[0], permute_bytes, 1e-6)},
+                     {"copy_gbps", RateJson(permute_t[1], permute_bytes, 1e-6)},
+                     {"ratio", permute_t[1].median / permute_t[0].median}}},
+        {"unpermute", {{"bytes", unpermute_bytes}, {"ms", MsJson(unpermute_t[0])}, {"copy_ms", MsJson(unpermute_t[1])},
+                       {"gbps", RateJson(unpermute_t[0], unpermute_bytes, 1e-6)},
+                       {"copy_gbps", RateJson(unpermute_t[1], unpermute_bytes, 1e-6)},
+                       {"ratio", unpermute_t[1].median / unpermute_t[0].median}}},
+        {"gemm", {{"flops", flops}, {"mode", moex::kernels::cuda::GemmModeName(auto_mode)},
+                  {"ms", MsJson(gemm_t[0])}, {"dense_ms", MsJson(gemm_t[1])},
+                  {"tflops", RateJson(gemm_t[0], flops, 1e-9)}, {"dense_tflops", RateJson(gemm_t[1], flops, 1e-9)},
+                  {"ratio", gemm_t[1].median / gemm_t[0].median}, {"by_rows_per_expert", modes}}},
+        {"layer", {{"flops", layer_flops}, {"ms", MsJson(layer_t)}, {"tflops", RateJson(layer_t, layer_flops, 1e-9)},
+                   {"mean_abs_y", y_mean_abs}, {"nonfinite", y_bad}}},
+        // Kept for readers of the first format (bench/gpu_layer_torch.py before 2026-12).
+        {"layer_ms", layer_t.median}};
     std::ofstream(json) << j.dump(2) << "\n";
   }
   return 0;

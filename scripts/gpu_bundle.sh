@@ -8,6 +8,7 @@
 # On the GPU machine, from a copy of this repository holding DIR:
 #   source DIR/env.sh && bash tests/gpu/run_on_gpu.sh DIR/bin/moex mpirun
 #   DIR/bin/gpu_kernels_test; DIR/bin/moex_bench_gpu --json out.json
+# or all of it, each step under a time limit: bench/run_gpu.sh DIR
 # (Used for the H200 run of 2026-11-29, docs/results/2026-11-29-H200.)
 #   scripts/gpu_bundle.sh [BUILD_DIR=build/ci] [DIR=.dev]
 set -euo pipefail

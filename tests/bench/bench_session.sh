@@ -12,10 +12,10 @@ trap '[ -n "$serve" ] && kill $serve 2>/dev/null; [ -n "$serve" ] && wait $serve
 "$moex" bench sweep --ranks 1,2 --tokens 64,128 --hidden 64 --experts 8 --expert-width 32 --reps 2 --warmup 1 \
   --out "$work/sweep" > "$work/sweep.out" 2> "$work/sweep.err"
 cat "$work/sweep.out"
-for f in results.json results.csv latency.svg bandwidth.svg efficiency.svg; do test -s "$work/sweep/$f"; done
+for f in results.json results.csv results.md latency.svg bandwidth.svg efficiency.svg; do test -s "$work/sweep/$f"; done
 test "$(wc -l < "$work/sweep/results.csv")" -eq 5   # header + 2 rank counts x 2 sizes
 grep -q "points" "$work/sweep.err"                    # the progress bar
-grep -q "^mpi  *2  *128" "$work/sweep.out"
+grep -q "^mpi  *2  *128 .*shared memory$" "$work/sweep.out"   # the path each row took
 grep -q "</svg>" "$work/sweep/efficiency.svg"
 
 "$moex" bench report --results "$work/sweep/results.json" --out "$work/again" | grep -q "results.csv"
@@ -52,7 +52,8 @@ grep -q SUCCEEDED <<<"$out"
 id="$(awk '/^submitted/ {print $2}' <<<"$out")"
 "$moex" job status "$id" | tee "$work/status"
 grep -q "bench of 2 points" "$work/status"
-grep -q "^ *96 *64 *4 *8 *32" "$work/status"
+grep -q "^ *96 *64 *4 *8 *32 .*shared memory$" "$work/status"   # each point with the path its rows took
+grep -q "ratios of the medians" "$work/status"
 "$moex" job status "$id" --json > "$work/job.json"
 "$moex" bench report --results "$work/job.json" --out "$work/fromjob" > /dev/null
 test "$(wc -l < "$work/fromjob/results.csv")" -eq 3

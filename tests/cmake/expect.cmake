@@ -1,6 +1,8 @@
-# cmake -DCOMMAND="a;b;c" -DEXPECT_EXIT=zero|nonzero -DEXPECT_REGEX=... [-DENV="K=V;..."] -P expect.cmake
+# cmake -DCOMMAND="a;b;c" -DEXPECT_EXIT=zero|nonzero -DEXPECT_REGEX=... [-DENV="K=V;..."]
+#       [-DREJECT_REGEX=...] [-DEXPECT_FILE=path -DEXPECT_FILE_REGEX=...] -P expect.cmake
 # Runs COMMAND and checks both its exit status and its output (CTest alone
-# can check only one of them).
+# can check only one of them); optionally that the output does not match
+# REJECT_REGEX, and that a file COMMAND wrote matches EXPECT_FILE_REGEX.
 if(ENV)
   foreach(pair IN LISTS ENV)
     string(REGEX MATCH "^[^=]+" key "${pair}")
@@ -19,4 +21,16 @@ if(EXPECT_EXIT STREQUAL "nonzero" AND code EQUAL 0)
 endif()
 if(EXPECT_REGEX AND NOT all MATCHES "${EXPECT_REGEX}")
   message(FATAL_ERROR "output does not match: ${EXPECT_REGEX}")
+endif()
+if(REJECT_REGEX AND all MATCHES "${REJECT_REGEX}")
+  message(FATAL_ERROR "output matches what it must not: ${REJECT_REGEX}")
+endif()
+if(EXPECT_FILE)
+  if(NOT EXISTS "${EXPECT_FILE}")
+    message(FATAL_ERROR "${EXPECT_FILE} was not written")
+  endif()
+  file(READ "${EXPECT_FILE}" written)
+  if(NOT written MATCHES "${EXPECT_FILE_REGEX}")
+    message(FATAL_ERROR "${EXPECT_FILE} does not match: ${EXPECT_FILE_REGEX}")
+  endif()
 endif()

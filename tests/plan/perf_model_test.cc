@@ -42,17 +42,78 @@ TEST(PerfModelTest, DeepSeekV3TrafficFollowsTheTopology) {
   EXPECT_NEAR(r->ep[2].combine_bytes_per_rank / r->ep[2].dispatch_bytes_per_rank, 2.0 / (1.0 + 4.0 / 128), 1e-9);
 }
 
-// DeepEP's published intranode figures (docs/legacy.md of deepseek-ai/DeepEP:
-// H800, ~160 GB/s NVLink, 4096 tokens, hidden 7168, top-4 groups, top-8,
-// FP8 dispatch, BF16 combine, EP 8): dispatch 153 GB/s, combine 158 GB/s.
-// The model's bytes over its time, at EP 8, within 5% of both.
-TEST(PerfModelTest, AgreesWithDeepEpIntranodeFigures) {
+// DeepSeek-V3's layer routed as DeepEP's tests route it (deepseek-ai/DeepEP
+// tests/test_intranode.py: top-8 of 256 experts, no groups;
+// tests/test_internode.py: the experts grouped by node, top-min(nodes, 4)
+// nodes), on the H800 profile.
+PerfReport DeepEpSetting(int64_t ep) {
   model::ModelArch arch = *model::LoadModel("deepseek-v3");
-  PerfOptions o = Options({8});
+  const int64_t nodes = std::max<int64_t>(1, ep / 8);
+  arch.router.num_groups = nodes;
+  arch.router.topk_groups = std::min<int64_t>(nodes, 4);
+  PerfOptions o = Options({ep});
   o.samples = 8192;
-  PerfReport r = *ModelPerf(arch, o);
-  EXPECT_NEAR(r.ep[0].dispatch_gbps, 153, 153 * 0.05);
-  EXPECT_NEAR(r.ep[0].combine_gbps, 158, 158 * 0.05);
+  return *ModelPerf(arch, o);
+}
+
+// C(n, k) / C(m, k): the chance that k experts drawn without replacement
+// from m all miss a set of m - n.
+double AllMiss(int64_t n, int64_t m, int64_t k) {
+  double p = 1;
+  for (int64_t i = 0; i < k; ++i) p *= static_cast<double>(n - i) / static_cast<double>(m - i);
+  return p;
+}
+
+// The fan-out the byte counts rest on, against its closed form: top-8 of 256
+// experts uniform, 32 on each of 8 ranks; a rank is among a token's
+// destinations unless all 8 experts miss its 32. Nothing here is fitted.
+TEST(PerfModelTest, FanOutMatchesTheClosedForm) {
+  const EpPerf p = DeepEpSetting(8).ep[0];
+  const double ranks = 8 * (1 - AllMiss(224, 256, 8));  // 5.29
+  EXPECT_NEAR(p.ranks_per_token, ranks, 0.05);
+  // DeepSeek-V3's own router (top-4 of 8 groups of 32, one group a rank):
+  // 4 allowed ranks, each hit unless all 8 picks from 128 miss its 32.
+  PerfReport own = *ModelPerf(*model::LoadModel("deepseek-v3"), Options({8}));
+  EXPECT_NEAR(own.ep[0].ranks_per_token, 4 * (1 - AllMiss(96, 128, 8)), 0.05);  // 3.63
+}
+
+// Both byte conventions over the same times. moex counts what leaves a rank
+// for other ranks; DeepEP counts what a rank receives, its own tokens
+// included, so within a node (symmetric placement: the own rank is a
+// destination with chance ranks/EP) DeepEP's bytes are EP/(EP-1) of moex's.
+// Across nodes DeepEP counts the (token, node) copies, own node included.
+TEST(PerfModelTest, DeepEpConventionCountsTheOwnRankAndNode) {
+  const EpPerf intra = DeepEpSetting(8).ep[0];
+  EXPECT_NEAR(intra.deepep_dispatch_bytes_per_rank / intra.dispatch_bytes_per_rank, 8.0 / 7.0, 0.02);
+  EXPECT_NEAR(intra.deepep_dispatch_gbps / intra.dispatch_gbps, 8.0 / 7.0, 0.02);
+  const EpPerf inter = DeepEpSetting(16).ep[0];
+  EXPECT_NEAR(inter.deepep_dispatch_bytes_per_rank, 4096 * inter.nodes_per_token * 7168 * (1 + 4.0 / 128), 1);
+  // Two nodes, top-2 of 2 node groups: nearly every token reaches both.
+  EXPECT_NEAR(inter.nodes_per_token, 2 * (1 - AllMiss(128, 256, 8)), 0.02);
+}
+
+// DeepEP's published H800 figures (docs/legacy.md of deepseek-ai/DeepEP,
+// 4096 tokens, hidden 7168, top-8, FP8 dispatch, BF16 combine), on DeepEP's
+// convention: EP 8 (NVLink) dispatch 153 GB/s, combine 158.
+// FITTED, not validated: link_efficiency (0.68) was chosen so that EP 8
+// dispatch comes out at 153; that half checks only that nobody changed the
+// constant without refitting. Combine was not fitted: the model's law
+// (bytes / bandwidth, the same for both phases) has to bring it within 5%
+// of 158 on its own, and would fail if DeepEP's combine ran at another rate.
+TEST(PerfModelTest, IntranodeDeepEpFigureIsFittedAndCombineFollows) {
+  const EpPerf p = DeepEpSetting(8).ep[0];
+  EXPECT_NEAR(p.deepep_dispatch_gbps, 153, 153 * 0.01);  // the fit
+  EXPECT_NEAR(p.deepep_combine_gbps, 158, 158 * 0.05);   // not fitted
+}
+
+// Across nodes the model is not validated: on DeepEP's convention it is
+// above DeepEP's RDMA figures at EP 16 (43 GB/s) and below them at EP 32
+// (58) and 64 (51). These are the ratios docs/plan.md quotes; the test
+// keeps the page true when the model changes.
+TEST(PerfModelTest, InternodeDisagreementIsWhatThePlanPageSays) {
+  EXPECT_NEAR(DeepEpSetting(16).ep[0].deepep_dispatch_gbps / 43, 1.21, 0.05);
+  EXPECT_NEAR(DeepEpSetting(32).ep[0].deepep_dispatch_gbps / 58, 0.75, 0.05);
+  EXPECT_NEAR(DeepEpSetting(64).ep[0].deepep_dispatch_gbps / 51, 0.71, 0.05);
 }
 
 TEST(PerfModelTest, SkewRaisesTheHottestRankAndItsTime) {

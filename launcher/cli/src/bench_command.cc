@@ -230,17 +230,20 @@ int RunSweep(const BenchFlags& f) {
     return 1;
   }
   std::vector<double> efficiency = bench::ScalingEfficiency(results);
-  std::cout << absl::StrFormat("%-9s %5s %8s %6s %5s %4s %5s %12s %12s %6s %8s %12s %6s\n", "transport", "ranks",
+  // Medians over the repetitions; ratio: of the medians; path: how the
+  // rows moved (the transport carries counts and barriers; the baseline is
+  // MPI_Alltoallv either way).
+  std::cout << absl::StrFormat("%-9s %5s %8s %6s %5s %4s %5s %12s %12s %6s %8s %12s %6s  %s\n", "transport", "ranks",
                                "tok/rank", "hidden", "top-k", "E", "skew", "moex us", "alltoallv us", "ratio", "GB/s",
-                               "layer us", "eff");
+                               "layer us", "eff", "path");
   for (size_t i = 0; i < results.size(); ++i) {
     const bench::BenchResult& r = results[i];
-    std::cout << absl::StrFormat("%-9s %5d %8d %6d %5d %4d %5g %12.0f %12.0f %6s %8.2f %12s %6s\n",
+    std::cout << absl::StrFormat("%-9s %5d %8d %6d %5d %4d %5g %12.0f %12.0f %6s %8.2f %12s %6s  %s\n",
                                  r.point.transport, r.point.ranks, r.point.tokens_per_rank, r.point.hidden,
                                  r.point.top_k, r.point.experts, r.point.skew, r.ours_us.median, r.baseline_us.median,
-                                 r.point.ranks > 1 ? absl::StrFormat("%.2f", r.ratio.median) : "-", r.dispatch_gbps,
+                                 r.point.ranks > 1 ? absl::StrFormat("%.2f", r.ratio_of_medians) : "-", r.dispatch_gbps,
                                  r.point.layer ? absl::StrFormat("%.0f", r.layer_us.median) : "-",
-                                 efficiency[i] > 0 ? absl::StrFormat("%.2f", efficiency[i]) : "-");
+                                 efficiency[i] > 0 ? absl::StrFormat("%.2f", efficiency[i]) : "-", r.path);
   }
   for (const std::string& path : *written) std::cout << "wrote " << path << "\n";
   return 0;

@@ -19,6 +19,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "moex/bench/report.h"
 #include "moex/cluster/credentials.h"
 #include "moex/core/status_macros.h"
 #include "moex/cluster/server.h"
@@ -154,16 +155,22 @@ void PrintJob(const moex::v1::Job& job) {
     }
   }
   if (job.bench_size() > 0) {
-    std::cout << absl::StrFormat("  bench (medians, slowest rank; baseline: MPI_Alltoallv of the same bytes):\n"
-                                 "  %8s %6s %5s %4s %5s %6s %10s %12s %6s %8s %10s %7s\n",
+    // Ratios of the medians, from each point's whole record (the proto's
+    // `ratio` fields carry the median of the per-repetition ratios).
+    std::cout << absl::StrFormat("  bench (medians, slowest rank; baseline: MPI_Alltoallv of the same bytes; ratios of "
+                                 "the medians):\n"
+                                 "  %8s %6s %5s %4s %5s %6s %10s %12s %6s %8s %10s %7s  %s\n",
                                  "tok/rank", "hidden", "top-k", "E", "F", "skew", "moex us", "alltoallv us", "ratio",
-                                 "GB/s", "layer us", "ratio");
+                                 "GB/s", "layer us", "ratio", "path");
     for (const auto& b : job.bench()) {
-      std::cout << absl::StrFormat("  %8d %6d %5d %4d %5d %6g %10.0f %12.0f %6.2f %8.2f %10s %7s\n", b.tokens_per_rank(),
-                                   b.hidden(), b.top_k(), b.experts(), b.expert_width(), b.skew(), b.ours_us(),
-                                   b.baseline_us(), b.ratio(), b.dispatch_gbps(),
+      absl::StatusOr<bench::BenchResult> record = bench::FromJson(nlohmann::json::parse(b.json(), nullptr, false));
+      const double ratio = b.baseline_us() > 0 ? b.ours_us() / b.baseline_us() : 0;
+      const double layer_ratio = record.ok() ? record->layer_ratio_of_medians : b.layer_ratio();
+      std::cout << absl::StrFormat("  %8d %6d %5d %4d %5d %6g %10.0f %12.0f %6.2f %8.2f %10s %7s  %s\n",
+                                   b.tokens_per_rank(), b.hidden(), b.top_k(), b.experts(), b.expert_width(), b.skew(),
+                                   b.ours_us(), b.baseline_us(), ratio, b.dispatch_gbps(),
                                    b.layer_us() > 0 ? absl::StrFormat("%.0f", b.layer_us()) : "-",
-                                   b.layer_us() > 0 ? absl::StrFormat("%.2f", b.layer_ratio()) : "-");
+                                   b.layer_us() > 0 ? absl::StrFormat("%.2f", layer_ratio) : "-", b.path());
     }
   }
   std::cout << "  log: " << job.log_path() << "\n";

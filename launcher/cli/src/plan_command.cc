@@ -126,6 +126,10 @@ nlohmann::json PerfToJson(const plan::PerfReport& r) {
                              {"dispatch_us", p.dispatch_us}, {"combine_us", p.combine_us},
                              {"expert_us", p.expert_us}, {"layer_us", p.layer_us},
                              {"dispatch_gbps", p.dispatch_gbps}, {"combine_gbps", p.combine_gbps},
+                             {"deepep_dispatch_bytes_per_rank", p.deepep_dispatch_bytes_per_rank},
+                             {"deepep_combine_bytes_per_rank", p.deepep_combine_bytes_per_rank},
+                             {"deepep_dispatch_gbps", p.deepep_dispatch_gbps},
+                             {"deepep_combine_gbps", p.deepep_combine_gbps},
                              {"expert_tflops", p.expert_tflops}, {"expert_bound", p.expert_bound},
                              {"comm_fraction", p.comm_fraction}});
   }

@@ -65,9 +65,11 @@ nlohmann::json ToJson(const BenchResult& r) {
       {"transport", p.transport}, {"scaling", p.scaling}, {"path", r.path}, {"reps", r.reps}, {"warmup", r.warmup},
       {"dispatch_us", StatJson(r.dispatch_us)}, {"combine_us", StatJson(r.combine_us)},
       {"ours_us", StatJson(r.ours_us)}, {"baseline_us", StatJson(r.baseline_us)}, {"ratio", StatJson(r.ratio)},
+      {"ratio_of_medians", r.ratio_of_medians},
       {"dispatch_bytes_per_rank", r.dispatch_bytes_per_rank}, {"combine_bytes_per_rank", r.combine_bytes_per_rank},
       {"floor_bytes_per_rank", r.floor_bytes_per_rank}, {"dispatch_gbps", r.dispatch_gbps},
-      {"combine_gbps", r.combine_gbps}, {"baseline_gbps", r.baseline_gbps}, {"rank_imbalance", r.rank_imbalance}};
+      {"combine_gbps", r.combine_gbps}, {"baseline_gbps", r.baseline_gbps}, {"rank_imbalance", r.rank_imbalance},
+      {"minor_faults_per_rep", r.minor_faults_per_rep}};
   if (r.hosts > 1) {
     j["hosts"] = r.hosts;
     j["internode_bytes_per_rank"] = r.internode_bytes_per_rank;
@@ -77,12 +79,15 @@ nlohmann::json ToJson(const BenchResult& r) {
     j["hierarchical"] = {{"dispatch_us", StatJson(r.hier_dispatch_us)}, {"combine_us", StatJson(r.hier_combine_us)},
                          {"ours_us", StatJson(r.hier_us)}, {"vs_flat", StatJson(r.hier_vs_flat)},
                          {"vs_baseline", StatJson(r.hier_vs_baseline)},
+                         {"vs_flat_of_medians", r.hier_vs_flat_of_medians},
+                         {"vs_baseline_of_medians", r.hier_vs_baseline_of_medians},
                          {"internode_bytes_per_rank", r.hier_internode_bytes_per_rank}};
   }
   if (p.layer) {
     j["layer_us"] = StatJson(r.layer_us);
     j["layer_baseline_us"] = StatJson(r.layer_baseline_us);
     j["layer_ratio"] = StatJson(r.layer_ratio);
+    j["layer_ratio_of_medians"] = r.layer_ratio_of_medians;
     j["route_us"] = r.route_us;
     j["expert_us"] = r.expert_us;
   }
@@ -111,6 +116,10 @@ absl::StatusOr<BenchResult> FromJson(const nlohmann::json& j) {
   MOEX_RETURN_IF_ERROR(GetStat(j, "ours_us", &r.ours_us));
   MOEX_RETURN_IF_ERROR(GetStat(j, "baseline_us", &r.baseline_us));
   MOEX_RETURN_IF_ERROR(GetStat(j, "ratio", &r.ratio));
+  // Ratios of medians: written since 2026-12; before, computed from the medians.
+  auto of_medians = [](double num, double den) { return den > 0 ? num / den : 0.0; };
+  r.ratio_of_medians = p.ranks > 1 ? of_medians(r.ours_us.median, r.baseline_us.median) : 0.0;
+  if (j.contains("ratio_of_medians")) MOEX_RETURN_IF_ERROR(Get(j, "ratio_of_medians", &r.ratio_of_medians));
   MOEX_RETURN_IF_ERROR(Get(j, "dispatch_bytes_per_rank", &r.dispatch_bytes_per_rank));
   MOEX_RETURN_IF_ERROR(Get(j, "combine_bytes_per_rank", &r.combine_bytes_per_rank));
   MOEX_RETURN_IF_ERROR(Get(j, "floor_bytes_per_rank", &r.floor_bytes_per_rank));
@@ -118,6 +127,7 @@ absl::StatusOr<BenchResult> FromJson(const nlohmann::json& j) {
   MOEX_RETURN_IF_ERROR(Get(j, "combine_gbps", &r.combine_gbps));
   MOEX_RETURN_IF_ERROR(Get(j, "baseline_gbps", &r.baseline_gbps));
   MOEX_RETURN_IF_ERROR(Get(j, "rank_imbalance", &r.rank_imbalance));
+  if (j.contains("minor_faults_per_rep")) MOEX_RETURN_IF_ERROR(Get(j, "minor_faults_per_rep", &r.minor_faults_per_rep));
   if (j.contains("hosts")) {
     MOEX_RETURN_IF_ERROR(Get(j, "hosts", &r.hosts));
     MOEX_RETURN_IF_ERROR(Get(j, "internode_bytes_per_rank", &r.internode_bytes_per_rank));
@@ -132,11 +142,21 @@ absl::StatusOr<BenchResult> FromJson(const nlohmann::json& j) {
     MOEX_RETURN_IF_ERROR(GetStat(h, "vs_flat", &r.hier_vs_flat));
     MOEX_RETURN_IF_ERROR(GetStat(h, "vs_baseline", &r.hier_vs_baseline));
     MOEX_RETURN_IF_ERROR(Get(h, "internode_bytes_per_rank", &r.hier_internode_bytes_per_rank));
+    r.hier_vs_flat_of_medians = of_medians(r.hier_us.median, r.ours_us.median);
+    r.hier_vs_baseline_of_medians = of_medians(r.hier_us.median, r.baseline_us.median);
+    if (h.contains("vs_flat_of_medians")) MOEX_RETURN_IF_ERROR(Get(h, "vs_flat_of_medians", &r.hier_vs_flat_of_medians));
+    if (h.contains("vs_baseline_of_medians")) {
+      MOEX_RETURN_IF_ERROR(Get(h, "vs_baseline_of_medians", &r.hier_vs_baseline_of_medians));
+    }
   }
   if (p.layer) {
     MOEX_RETURN_IF_ERROR(GetStat(j, "layer_us", &r.layer_us));
     MOEX_RETURN_IF_ERROR(GetStat(j, "layer_baseline_us", &r.layer_baseline_us));
     MOEX_RETURN_IF_ERROR(GetStat(j, "layer_ratio", &r.layer_ratio));
+    r.layer_ratio_of_medians = of_medians(r.layer_us.median, r.layer_baseline_us.median);
+    if (j.contains("layer_ratio_of_medians")) {
+      MOEX_RETURN_IF_ERROR(Get(j, "layer_ratio_of_medians", &r.layer_ratio_of_medians));
+    }
     MOEX_RETURN_IF_ERROR(Get(j, "route_us", &r.route_us));
     MOEX_RETURN_IF_ERROR(Get(j, "expert_us", &r.expert_us));
   }
@@ -148,39 +168,68 @@ std::string ToCsv(const std::vector<BenchResult>& results) {
   std::ostringstream csv;
   csv << "scaling,transport,path,ranks,tokens_per_rank,hidden,top_k,experts,expert_width,skew,reps,"
          "dispatch_us,combine_us,ours_us,ours_us_p10,ours_us_p90,baseline_us,baseline_us_p10,baseline_us_p90,"
-         "ratio,ratio_min,ratio_max,dispatch_bytes_per_rank,combine_bytes_per_rank,floor_bytes_per_rank,"
+         "ratio_of_medians,per_rep_ratio_median,per_rep_ratio_min,per_rep_ratio_max,dispatch_bytes_per_rank,"
+         "combine_bytes_per_rank,floor_bytes_per_rank,"
          "dispatch_gbps,combine_gbps,baseline_gbps,rank_imbalance,route_us,expert_us,layer_us,layer_us_p10,"
-         "layer_us_p90,layer_baseline_us,layer_ratio,scaling_efficiency,hosts,internode_bytes_per_rank,"
-         "internode_floor_bytes_per_rank,hier_us,hier_us_p10,hier_us_p90,hier_vs_flat,hier_vs_flat_p10,"
-         "hier_vs_flat_p90,hier_vs_baseline,hier_internode_bytes_per_rank\n";
+         "layer_us_p90,layer_baseline_us,layer_ratio_of_medians,layer_per_rep_ratio_median,scaling_efficiency,hosts,"
+         "internode_bytes_per_rank,internode_floor_bytes_per_rank,hier_us,hier_us_p10,hier_us_p90,"
+         "hier_vs_flat_of_medians,hier_vs_flat_per_rep_p10,hier_vs_flat_per_rep_p90,hier_vs_baseline_of_medians,"
+         "hier_internode_bytes_per_rank,minor_faults_per_rep\n";
   for (size_t i = 0; i < results.size(); ++i) {
     const BenchResult& r = results[i];
     const BenchPoint& p = r.point;
     csv << absl::StrFormat("%s,%s,%s,%d,%d,%d,%d,%d,%d,%g,%d,", p.scaling, p.transport, r.path, p.ranks,
                            p.tokens_per_rank, p.hidden, p.top_k, p.experts, p.expert_width, p.skew, r.reps);
-    csv << absl::StrFormat("%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.4f,%.4f,%.4f,%.0f,%.0f,%.0f,%.4f,%.4f,%.4f,%.4f,",
+    csv << absl::StrFormat("%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.4f,%.4f,%.4f,%.4f,%.0f,%.0f,%.0f,%.4f,%.4f,%.4f,"
+                           "%.4f,",
                            r.dispatch_us.median, r.combine_us.median, r.ours_us.median, r.ours_us.p10, r.ours_us.p90,
-                           r.baseline_us.median, r.baseline_us.p10, r.baseline_us.p90, r.ratio.median, r.ratio.min,
-                           r.ratio.max, r.dispatch_bytes_per_rank, r.combine_bytes_per_rank, r.floor_bytes_per_rank,
-                           r.dispatch_gbps, r.combine_gbps, r.baseline_gbps, r.rank_imbalance);
+                           r.baseline_us.median, r.baseline_us.p10, r.baseline_us.p90, r.ratio_of_medians,
+                           r.ratio.median, r.ratio.min, r.ratio.max, r.dispatch_bytes_per_rank,
+                           r.combine_bytes_per_rank, r.floor_bytes_per_rank, r.dispatch_gbps, r.combine_gbps,
+                           r.baseline_gbps, r.rank_imbalance);
     if (p.layer) {
-      csv << absl::StrFormat("%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.4f,", r.route_us, r.expert_us, r.layer_us.median,
-                             r.layer_us.p10, r.layer_us.p90, r.layer_baseline_us.median, r.layer_ratio.median);
+      csv << absl::StrFormat("%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.4f,%.4f,", r.route_us, r.expert_us, r.layer_us.median,
+                             r.layer_us.p10, r.layer_us.p90, r.layer_baseline_us.median, r.layer_ratio_of_medians,
+                             r.layer_ratio.median);
     } else {
-      csv << ",,,,,,,";
+      csv << ",,,,,,,,";
     }
     csv << (efficiency[i] > 0 ? absl::StrFormat("%.4f", efficiency[i]) : "") << ",";
     csv << absl::StrFormat("%d,%.0f,%.0f,", r.hosts, r.internode_bytes_per_rank, r.internode_floor_bytes_per_rank);
     if (r.has_hierarchical) {
       csv << absl::StrFormat("%.2f,%.2f,%.2f,%.4f,%.4f,%.4f,%.4f,%.0f", r.hier_us.median, r.hier_us.p10, r.hier_us.p90,
-                             r.hier_vs_flat.median, r.hier_vs_flat.p10, r.hier_vs_flat.p90, r.hier_vs_baseline.median,
-                             r.hier_internode_bytes_per_rank);
+                             r.hier_vs_flat_of_medians, r.hier_vs_flat.p10, r.hier_vs_flat.p90,
+                             r.hier_vs_baseline_of_medians, r.hier_internode_bytes_per_rank);
     } else {
       csv << ",,,,,,,";
     }
-    csv << "\n";
+    csv << absl::StrFormat(",%.2f\n", r.minor_faults_per_rep);
   }
   return csv.str();
+}
+
+std::string ToMarkdown(const std::vector<BenchResult>& results) {
+  std::vector<double> efficiency = ScalingEfficiency(results);
+  auto spread = [](const Stat& s, double scale, int digits) {
+    return absl::StrFormat("%.*f (%.*f-%.*f)", digits, s.median * scale, digits, s.p10 * scale, digits, s.p90 * scale);
+  };
+  std::string md =
+      "| transport | path | ranks | tok/rank | H | top-k of E | skew | dispatch+combine µs | `MPI_Alltoallv` µs | "
+      "ratio of medians | dispatch GB/s/rank | layer ms | efficiency |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  for (size_t i = 0; i < results.size(); ++i) {
+    const BenchResult& r = results[i];
+    const BenchPoint& p = r.point;
+    const bool several = p.ranks > 1;
+    md += absl::StrFormat("| %s | %s | %d | %d | %d | %d of %d | %g | %s | %s | %s | %s | %s | %s |\n", p.transport,
+                          r.path, p.ranks, p.tokens_per_rank, p.hidden, p.top_k, p.experts, p.skew,
+                          spread(r.ours_us, 1, 0), several ? spread(r.baseline_us, 1, 0) : "-",
+                          several ? absl::StrFormat("%.2f", r.ratio_of_medians) : "-",
+                          several ? absl::StrFormat("%.1f", r.dispatch_gbps) : "-",
+                          p.layer ? spread(r.layer_us, 1e-3, 1) : "-",
+                          efficiency[i] > 0 ? absl::StrFormat("%.2f", efficiency[i]) : "-");
+  }
+  return md;
 }
 
 std::vector<double> ScalingEfficiency(const std::vector<BenchResult>& results) {
@@ -232,6 +281,7 @@ absl::StatusOr<std::vector<std::string>> WriteReport(const std::vector<BenchResu
   }
   MOEX_RETURN_IF_ERROR(write("results.json", nlohmann::json{{"results", all}}.dump(2) + "\n"));
   MOEX_RETURN_IF_ERROR(write("results.csv", ToCsv(results)));
+  MOEX_RETURN_IF_ERROR(write("results.md", ToMarkdown(results)));
 
   // Plots: against the rank count when there are several, else against the
   // tokens per rank.

@@ -14,17 +14,23 @@ std::string DescribePoint(const BenchPoint& p) {
 }
 
 std::string SummaryLine(const BenchResult& r) {
-  std::string line = r.point.ranks > 1 ? absl::StrFormat("dispatch+combine %.0f us, MPI_Alltoallv %.0f us, ratio %.2f",
-                                                         r.ours_us.median, r.baseline_us.median, r.ratio.median)
+  std::string line = r.point.ranks > 1 ? absl::StrFormat("dispatch+combine %.0f us, MPI_Alltoallv %.0f us (medians), "
+                                                         "ratio of medians %.2f",
+                                                         r.ours_us.median, r.baseline_us.median, r.ratio_of_medians)
                                        : std::string("one rank: nothing crosses between ranks");
   if (r.has_hierarchical) {
     line += absl::StrFormat("; across %d hosts: hierarchical %.0f us (%.2fx flat, %.2fx MPI_Alltoallv), "
                             "internode %s flat, %s hierarchical, floor %s per rank",
-                            r.hosts, r.hier_us.median, r.hier_vs_flat.median, r.hier_vs_baseline.median,
+                            r.hosts, r.hier_us.median, r.hier_vs_flat_of_medians, r.hier_vs_baseline_of_medians,
                             FormatBytes(r.internode_bytes_per_rank), FormatBytes(r.hier_internode_bytes_per_rank),
                             FormatBytes(r.internode_floor_bytes_per_rank));
   }
-  if (r.point.layer) line += absl::StrFormat("; layer %.0f us (ratio %.2f)", r.layer_us.median, r.layer_ratio.median);
+  if (r.minor_faults_per_rep >= 1) {
+    line += absl::StrFormat("; %.1f page faults a repetition inside dispatch + combine", r.minor_faults_per_rep);
+  }
+  if (r.point.layer) {
+    line += absl::StrFormat("; layer %.0f us (ratio of medians %.2f)", r.layer_us.median, r.layer_ratio_of_medians);
+  }
   return line;
 }
 

@@ -287,10 +287,18 @@ absl::StatusOr<PerfReport> ModelPerf(const model::ModelArch& arch, const PerfOpt
     p.dispatch_gbps = p.dispatch_us > 0 ? p.dispatch_bytes_per_rank / p.dispatch_us / 1e3 : 0;
     p.combine_gbps = p.combine_us > 0 ? p.combine_bytes_per_rank / p.combine_us / 1e3 : 0;
     p.comm_fraction = p.layer_us > 0 ? (p.dispatch_us + p.combine_us) / p.layer_us : 0;
+    // DeepEP's convention (perf_model.h): the own rank's (node's) copies
+    // count too, over the same times.
+    const double deepep_copies = p.nodes > 1 ? f.nodes : f.ranks;
+    p.deepep_dispatch_bytes_per_rank = T * deepep_copies * H * db;
+    p.deepep_combine_bytes_per_rank = T * deepep_copies * H * cb;
+    p.deepep_dispatch_gbps = p.dispatch_us > 0 ? p.deepep_dispatch_bytes_per_rank / p.dispatch_us / 1e3 : 0;
+    p.deepep_combine_gbps = p.combine_us > 0 ? p.deepep_combine_bytes_per_rank / p.combine_us / 1e3 : 0;
     r.ep.push_back(p);
   }
-  r.notes.push_back(StrCat("link efficiency ", c.link_efficiency, ", GEMM efficiency ", c.gemm_efficiency,
-                           ": assumptions, not measurements; calibrate them with a profile file"));
+  r.notes.push_back(StrCat("link efficiency ", c.link_efficiency, " (the built-in 0.68 is fitted to DeepEP's one "
+                           "intranode H800 figure, not validated; across nodes the model is not validated), GEMM "
+                           "efficiency ", c.gemm_efficiency, " (an assumption); calibrate both with a profile file"));
   r.notes.push_back("no overlap of communication with compute is assumed (two-batch overlap would hide part of it)");
   return r;
 }

@@ -19,6 +19,12 @@ void JsonSink::OnStart(const RunHeader& h) {
   head_["layer_total_params"] = h.spec->total_params();
   head_["layer_active_params"] = h.spec->active_params();
   head_["dispatch_path_reason"] = h.data_path_reason;
+  // Rank 0's BLAS threads and the CPUs it was bound to (0: unknown, or
+  // the GPU path), and what is wrong with them.
+  head_["blas_threads"] = h.blas.threads;
+  head_["cpus_bound"] = h.blas.cpus_bound;
+  head_["warnings"] = nlohmann::json::array();
+  if (h.blas.oversubscribed()) head_["warnings"].push_back(h.blas.Warning());
   check_ = h.config->check;
 }
 

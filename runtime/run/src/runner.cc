@@ -128,7 +128,8 @@ class Runner {
                      .weights_line = weights_->line(), .data_path_reason = gpu() ? "" : layer_->DataPathReason(),
                      .world_size = world_,
                      .tokens_per_step = tokens_.tokens_per_step(), .first_step = first_step,
-                     .rebalancing = rebalancer_.has_value()};
+                     .rebalancing = rebalancer_.has_value(),
+                     .blas = gpu() ? kernels::BlasBinding{} : kernels::CurrentBlasBinding()};
     for (RunSink* sink : sinks_) sink->OnStart(header);
 
     Tensor x, y;

@@ -13,6 +13,7 @@ void TerminalSink::OnStart(const RunHeader& h) {
   rebalancing_ = h.rebalancing;
   gpu_ = !h.device_path.empty();
   hidden_ = h.spec->hidden;
+  if (h.blas.oversubscribed()) std::cerr << "moex run: warning: " << h.blas.Warning() << "\n" << std::flush;
   if (quiet_) return;
   const model::MoeLayerSpec& spec = *h.spec;
   const placement::Placement& p = *h.placement;

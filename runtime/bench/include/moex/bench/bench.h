@@ -15,7 +15,9 @@
 // the plain all-to-all-v of the layer's own bytes.
 //
 // Every time is the slowest rank's; figures are the median and spread over
-// the repetitions after the warm-up.
+// the repetitions after the warm-up. A ratio is reported two ways, named
+// apart: `*_of_medians`, the median time over the median time (what
+// tables print), and the per-repetition ratios' own median and spread.
 #pragma once
 
 #include <cstdint>
@@ -45,14 +47,26 @@ Stat Summarize(std::vector<double> values);
 
 struct BenchResult {
   BenchPoint point;
-  std::string path;             // "shared memory", "per peer" or "all-to-all-v"
+  // How the rows moved (the dispatcher's path: "shared memory", "per
+  // peer", "all-to-all-v"); the transport only carries counts and
+  // barriers on the shared-memory path, and the baseline is MPI_Alltoallv
+  // whatever the transport.
+  std::string path;
   int64_t reps = 0, warmup = 0;
-  Stat dispatch_us, combine_us, ours_us, baseline_us, ratio;  // ratio: ours / baseline per rep
+  Stat dispatch_us, combine_us, ours_us, baseline_us;
+  Stat ratio;                   // ours / baseline per repetition (its median is not the ratio of the medians)
+  double ratio_of_medians = 0;  // median ours / median baseline
   double dispatch_bytes_per_rank = 0;  // sent to other ranks, mean over ranks
   double combine_bytes_per_rank = 0;
   double floor_bytes_per_rank = 0;     // distinct remote ranks per token x hidden x 4
   double dispatch_gbps = 0, combine_gbps = 0, baseline_gbps = 0;  // bytes per rank / median time
   double rank_imbalance = 0;           // hottest rank's received tokens / mean
+  // Minor page faults a rank took per counted repetition of moex's
+  // (dispatch, the copy standing in for the experts, combine; the most of
+  // any rank; getrusage around each, so the baseline's are not among them). Buffers and segments are reused
+  // after the warm-up, so anything above 0 is the machine remapping pages
+  // under a timed copy: the first suspect of a slow state.
+  double minor_faults_per_rep = 0;
   // Across hosts (hosts > 1): bytes that crossed between hosts, per rank
   // (mean), dispatch + combine, on the flat path and the hierarchical one;
   // the floor of dispatch's: distinct (token, remote host) pairs x hidden x 4.
@@ -61,9 +75,11 @@ struct BenchResult {
   // The hierarchical path beside the flat one (hosts > 1 only).
   bool has_hierarchical = false;
   Stat hier_dispatch_us, hier_combine_us, hier_us, hier_vs_flat, hier_vs_baseline;  // ratios per rep
+  double hier_vs_flat_of_medians = 0, hier_vs_baseline_of_medians = 0;
   double hier_internode_bytes_per_rank = 0;
   // With `layer`:
-  Stat layer_us, layer_baseline_us, layer_ratio;
+  Stat layer_us, layer_baseline_us, layer_ratio;  // layer_ratio per repetition
+  double layer_ratio_of_medians = 0;
   double route_us = 0, expert_us = 0;  // medians, slowest rank
 };
 

@@ -19,6 +19,13 @@ absl::StatusOr<BenchResult> FromJson(const nlohmann::json& j);
 // bandwidths, layer figures, scaling efficiency).
 std::string ToCsv(const std::vector<BenchResult>& results);
 
+// A Markdown table, one row per result, every figure named with its
+// statistic: medians over the repetitions with the p10-p90 spread in
+// brackets (the slowest rank's time), the ratio of the medians, the path
+// the rows took. docs/ copies its rows; tests/bench checks they still follow
+// from the results they came from.
+std::string ToMarkdown(const std::vector<BenchResult>& results);
+
 using job::CountSweep;
 using job::ExpandSweep;
 using job::SweepSpec;
@@ -30,7 +37,7 @@ using job::SweepSpec;
 // 0 where no series base exists.
 std::vector<double> ScalingEfficiency(const std::vector<BenchResult>& results);
 
-// results.json, results.csv, and latency.svg, bandwidth.svg,
+// results.json, results.csv, results.md, and latency.svg, bandwidth.svg,
 // efficiency.svg (when there are several rank counts) under `dir`.
 // Returns the paths written.
 absl::StatusOr<std::vector<std::string>> WriteReport(const std::vector<BenchResult>& results, const std::string& dir);

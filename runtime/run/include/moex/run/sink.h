@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "moex/balance/live_rebalancer.h"
 #include "moex/job/run_config.h"
+#include "moex/kernels/blas_binding.h"
 #include "moex/model/moe_layer_spec.h"
 #include "moex/placement/placement.h"
 #include "moex/run/step_summary.h"
@@ -33,6 +34,9 @@ struct RunHeader {
   int64_t tokens_per_step = 0;
   int64_t first_step = 0;      // > 0: a relaunch resuming
   bool rebalancing = false;    // a live rebalancer runs
+  // This rank's BLAS threads against the CPUs it is bound to (the CPU
+  // path; rank 0's is what the sinks report).
+  kernels::BlasBinding blas;
 };
 
 // Where the run stands after a step (or at its end).
@@ -70,7 +74,8 @@ class RunSink {
 };
 
 // `moex run`'s lines on stdout; `quiet` keeps the summary, rebalances and
-// the check.
+// the check. Warnings (more BLAS threads than bound CPUs) go to stderr,
+// one line each, also with `quiet`.
 class TerminalSink final : public RunSink {
  public:
   explicit TerminalSink(bool quiet) : quiet_(quiet) {}
