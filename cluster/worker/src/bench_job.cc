@@ -28,10 +28,10 @@ moex::v1::BenchPointResult ToProto(const bench::BenchResult& r) {
   p.set_combine_us(r.combine_us.median);
   p.set_ours_us(r.ours_us.median);
   p.set_baseline_us(r.baseline_us.median);
-  p.set_ratio(r.ratio.median);
+  p.set_ratio(r.ratio_of_medians);  // median ours / median baseline (docs/benchmarks.md)
   p.set_dispatch_gbps(r.dispatch_gbps);
   p.set_layer_us(r.layer_us.median);
-  p.set_layer_ratio(r.layer_ratio.median);
+  p.set_layer_ratio(r.layer_ratio_of_medians);
   p.set_json(bench::ToJson(r).dump());
   return p;
 }
