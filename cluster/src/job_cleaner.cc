@@ -42,10 +42,21 @@ void JobCleaner::Loop() {
     if (queue_.empty()) return;  // draining, and nothing left
     Task task = std::move(queue_.front());
     queue_.pop_front();
+    running_ = task.request.job_id;
     lock.unlock();
     Run(task);
     lock.lock();
+    running_.clear();
   }
+}
+
+bool JobCleaner::Busy(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (running_ == job_id) return true;
+  for (const Task& task : queue_) {
+    if (task.request.job_id == job_id) return true;
+  }
+  return false;
 }
 
 void JobCleaner::Run(const Task& task) const {

@@ -14,6 +14,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "moex/cluster/client_files.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/core/subprocess.h"
@@ -68,6 +69,7 @@ bool JobGroupAlive(pid_t group, const std::string& job_id) {
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions options) {
   if (options.state_dir.empty()) return absl::InvalidArgumentError("--state-dir is required");
   if (options.moex_binary.empty()) options.moex_binary = SelfExecutable();
+  MOEX_ASSIGN_OR_RETURN(options.limits.data_roots, CanonicalDataRoots(options.limits.data_roots));
   MOEX_ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store, JobStore::Open(options.state_dir));
   std::error_code error;
   std::filesystem::create_directories(std::filesystem::path(options.state_dir) / "logs", error);
@@ -455,11 +457,19 @@ void JobManager::Unsubscribe(int64_t handle) {
 }
 
 void JobManager::MonitorLoop() {
+  // Retention runs at once, then once a minute; a backlog (a first run on a
+  // large store) goes 64 jobs a second, so that the loop is never held long.
+  Clock::time_point next_retention = Clock::now();
   while (true) {
     std::vector<std::string> notify;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (stopping_) break;
+    }
+    if (Clock::now() >= next_retention) {
+      bool more = false;
+      ApplyRetention(64, &more);
+      next_retention = Clock::now() + (more ? std::chrono::seconds(1) : std::chrono::seconds(60));
     }
     ReapLaunches();
     {

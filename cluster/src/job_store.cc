@@ -5,6 +5,9 @@
 #include <sqlite3.h>
 
 #include <filesystem>
+#include <tuple>
+
+#include "moex/core/status_macros.h"
 
 #include "moex/core/str_cat.h"
 
@@ -20,6 +23,11 @@ absl::Status SqliteStatus(sqlite3* db, int code, std::string_view what, const st
     return absl::PermissionDeniedError(StrCat(path, ": ", what, ": ", detail));
   }
   return absl::InternalError(StrCat(path, ": ", what, ": ", detail));
+}
+
+bool Ended(const moex::v1::Job& job) {
+  return job.state() == moex::v1::JOB_STATE_SUCCEEDED || job.state() == moex::v1::JOB_STATE_FAILED ||
+         job.state() == moex::v1::JOB_STATE_CANCELLED;
 }
 
 }  // namespace
@@ -51,7 +59,53 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& stat
       "CREATE INDEX IF NOT EXISTS jobs_by_submit ON jobs (submit_ms, id);";
   code = sqlite3_exec(db, setup, nullptr, nullptr, nullptr);
   if (code != SQLITE_OK) return SqliteStatus(db, code, "initialise", path);
+  MOEX_RETURN_IF_ERROR(store->AddEndColumns());
   return store;
+}
+
+absl::Status JobStore::AddEndColumns() {
+  // Present already (a new table, or one migrated before)?
+  sqlite3_stmt* statement = nullptr;
+  int code = sqlite3_prepare_v2(db_, "SELECT ended, end_ms FROM jobs LIMIT 0", -1, &statement, nullptr);
+  sqlite3_finalize(statement);
+  if (code == SQLITE_OK) return absl::OkStatus();
+  code = sqlite3_exec(db_,
+                      "BEGIN IMMEDIATE;"
+                      "ALTER TABLE jobs ADD COLUMN ended INTEGER NOT NULL DEFAULT 0;"
+                      "ALTER TABLE jobs ADD COLUMN end_ms INTEGER NOT NULL DEFAULT 0;",
+                      nullptr, nullptr, nullptr);
+  if (code != SQLITE_OK) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return SqliteStatus(db_, code, "add the end columns", path_);
+  }
+  // Filled from each record; a corrupt one stays "not ended" (kept).
+  std::vector<std::tuple<std::string, bool, int64_t>> ends;
+  code = sqlite3_prepare_v2(db_, "SELECT id, record FROM jobs", -1, &statement, nullptr);
+  while (code == SQLITE_OK && (code = sqlite3_step(statement)) == SQLITE_ROW) {
+    moex::v1::Job job;
+    if (!job.ParseFromArray(sqlite3_column_blob(statement, 1), sqlite3_column_bytes(statement, 1))) continue;
+    ends.emplace_back(job.id(), Ended(job), job.end_time_unix_ms());
+    code = SQLITE_OK;
+  }
+  sqlite3_finalize(statement);
+  for (const auto& [id, ended, end_ms] : ends) {
+    code = sqlite3_prepare_v2(db_, "UPDATE jobs SET ended = ?, end_ms = ? WHERE id = ?", -1, &statement, nullptr);
+    if (code != SQLITE_OK) break;
+    sqlite3_bind_int(statement, 1, ended ? 1 : 0);
+    sqlite3_bind_int64(statement, 2, end_ms);
+    sqlite3_bind_text(statement, 3, id.c_str(), -1, SQLITE_TRANSIENT);
+    code = sqlite3_step(statement);
+    sqlite3_finalize(statement);
+    if (code != SQLITE_DONE) break;
+  }
+  if (code != SQLITE_OK && code != SQLITE_DONE) {
+    absl::Status status = SqliteStatus(db_, code, "fill the end columns", path_);
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return status;
+  }
+  code = sqlite3_exec(db_, "COMMIT; CREATE INDEX IF NOT EXISTS jobs_by_end ON jobs (ended, end_ms, id);", nullptr,
+                      nullptr, nullptr);
+  return SqliteStatus(db_, code, "add the end columns", path_);
 }
 
 JobStore::~JobStore() { sqlite3_close(db_); }
@@ -62,13 +116,16 @@ absl::Status JobStore::Put(const moex::v1::Job& job, pid_t process_group) {
   std::lock_guard<std::mutex> lock(mutex_);
   sqlite3_stmt* statement = nullptr;
   int code = sqlite3_prepare_v2(
-      db_, "INSERT OR REPLACE INTO jobs (id, submit_ms, process_group, record) VALUES (?, ?, ?, ?)", -1,
-      &statement, nullptr);
+      db_,
+      "INSERT OR REPLACE INTO jobs (id, submit_ms, process_group, record, ended, end_ms) VALUES (?, ?, ?, ?, ?, ?)",
+      -1, &statement, nullptr);
   if (code != SQLITE_OK) return SqliteStatus(db_, code, StrCat("store job ", job.id()), path_);
   sqlite3_bind_text(statement, 1, job.id().c_str(), -1, SQLITE_TRANSIENT);
   sqlite3_bind_int64(statement, 2, job.submit_time_unix_ms());
   sqlite3_bind_int64(statement, 3, process_group);
   sqlite3_bind_blob(statement, 4, record.data(), static_cast<int>(record.size()), SQLITE_TRANSIENT);
+  sqlite3_bind_int(statement, 5, Ended(job) ? 1 : 0);
+  sqlite3_bind_int64(statement, 6, job.end_time_unix_ms());
   code = sqlite3_step(statement);
   sqlite3_finalize(statement);
   return SqliteStatus(db_, code, StrCat("store job ", job.id()), path_);
@@ -128,6 +185,39 @@ absl::StatusOr<moex::v1::Job> JobStore::Get(const std::string& id) {
   sqlite3_finalize(statement);
   if (!parsed) return absl::DataLossError(StrCat(path_, ": the record of job ", id, " is corrupt"));
   return job;
+}
+
+absl::StatusOr<std::vector<std::string>> JobStore::Expired(int keep_newest, int64_t ended_before_ms) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  sqlite3_stmt* statement = nullptr;
+  // Ended rows by end, newest first: those past the newest `keep_newest`, or
+  // ended before the cutoff.
+  int code = sqlite3_prepare_v2(db_,
+                                "SELECT id FROM (SELECT id, end_ms, ROW_NUMBER() OVER (ORDER BY end_ms DESC, id DESC) "
+                                "AS newest FROM jobs WHERE ended = 1) WHERE (?1 > 0 AND newest > ?1) OR end_ms < ?2 "
+                                "ORDER BY end_ms, id",
+                                -1, &statement, nullptr);
+  if (code != SQLITE_OK) return SqliteStatus(db_, code, "find the jobs retention drops", path_);
+  sqlite3_bind_int64(statement, 1, keep_newest);
+  sqlite3_bind_int64(statement, 2, ended_before_ms);
+  std::vector<std::string> ids;
+  while ((code = sqlite3_step(statement)) == SQLITE_ROW) {
+    ids.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(statement, 0)));
+  }
+  sqlite3_finalize(statement);
+  if (code != SQLITE_DONE) return SqliteStatus(db_, code, "find the jobs retention drops", path_);
+  return ids;
+}
+
+absl::Status JobStore::Delete(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  sqlite3_stmt* statement = nullptr;
+  int code = sqlite3_prepare_v2(db_, "DELETE FROM jobs WHERE id = ?", -1, &statement, nullptr);
+  if (code != SQLITE_OK) return SqliteStatus(db_, code, StrCat("delete job ", id), path_);
+  sqlite3_bind_text(statement, 1, id.c_str(), -1, SQLITE_TRANSIENT);
+  code = sqlite3_step(statement);
+  sqlite3_finalize(statement);
+  return SqliteStatus(db_, code, StrCat("delete job ", id), path_);
 }
 
 }  // namespace moex::cluster

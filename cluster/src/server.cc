@@ -14,12 +14,12 @@
 #include <deque>
 #include <fstream>
 #include <functional>
-#include <limits>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "moex/cluster/credentials.h"
+#include "moex/cluster/job_list.h"
 #include "moex/cluster/rank_metadata.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
@@ -104,20 +104,6 @@ absl::Status CheckAddressFree(const std::string& listen) {
   freeaddrinfo(found);
   if (in_use) return absl::UnavailableError(StrCat("cannot listen on ", listen, ": in use"));
   return absl::OkStatus();
-}
-
-// ListJobs' page token: "<submit time ms>:<job id>" of the last job given.
-bool ParsePageToken(const std::string& token, int64_t* after_ms, std::string* after_id) {
-  const size_t colon = token.find(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 >= token.size() || colon > 20) return false;
-  int64_t ms = 0;
-  for (size_t i = 0; i < colon; ++i) {
-    if (token[i] < '0' || token[i] > '9') return false;
-    ms = ms * 10 + (token[i] - '0');
-  }
-  *after_ms = ms;
-  *after_id = token.substr(colon + 1);
-  return true;
 }
 
 // Every unary handler: authorise, run `call` to fill the response, finish
@@ -251,29 +237,15 @@ struct Controller::Services {
     }
     grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* c, const moex::v1::ListJobsRequest* r,
                                        moex::v1::ListJobsResponse* out) override {
-      return Unary(c, token, out, [&](moex::v1::ListJobsResponse* o) -> absl::Status {
-        if (r->page_size() < 0) {
-          return absl::InvalidArgumentError(StrCat("page_size is ", r->page_size(), "; it must be 0 (100) or more"));
-        }
-        const int limit = r->page_size() == 0 ? 100 : std::min(r->page_size(), 1000);
-        int64_t after_ms = std::numeric_limits<int64_t>::min();
-        std::string after_id;
-        if (!r->page_token().empty() && !ParsePageToken(r->page_token(), &after_ms, &after_id)) {
-          return absl::InvalidArgumentError("page_token is not one this controller gave (pass next_page_token)");
-        }
-        absl::StatusOr<std::vector<moex::v1::Job>> page = jobs->ListPage(after_ms, after_id, limit);
-        if (!page.ok()) return page.status();
-        for (auto& job : *page) *o->add_jobs() = std::move(job);
-        if (static_cast<int>(o->jobs_size()) == limit) {
-          const moex::v1::Job& last = o->jobs(o->jobs_size() - 1);
-          o->set_next_page_token(StrCat(last.submit_time_unix_ms(), ":", last.id()));
-        }
-        return absl::OkStatus();
-      });
+      return Answer(c, token, out, [&] { return ListJobsPage(*jobs, *r); });
     }
     grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* c, const moex::v1::CancelJobRequest* r,
                                         moex::v1::Job* out) override {
       return Answer(c, token, out, [&] { return jobs->Cancel(r->id()); });
+    }
+    grpc::ServerUnaryReactor* DeleteJob(grpc::CallbackServerContext* c, const moex::v1::DeleteJobRequest* r,
+                                        moex::v1::Job* out) override {
+      return Answer(c, token, out, [&] { return jobs->Delete(r->id()); });
     }
 
     grpc::ServerWriteReactor<moex::v1::Job>* WatchJob(grpc::CallbackServerContext* c,

@@ -2,11 +2,16 @@
 
 #include <cmath>
 
+#include "absl/strings/match.h"
+
 #include "moex/job/bench_sweep.h"
+#include "moex/cluster/client_files.h"
 #include "moex/cluster/job_spec.h"
+#include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/job/run_config.h"
 #include "moex/launcher/hostfile.h"
+#include "moex/model/presets.h"
 #include "moex/placement/policy.h"
 
 namespace moex::cluster {
@@ -68,6 +73,7 @@ absl::Status ValidateBench(moex::v1::JobSpec* spec) {
 }  // namespace
 
 absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& limits) {
+  spec->DiscardUnknownFields();
   if (!SafeName(spec->name())) return Bad("name", "must be 1-64 characters of [A-Za-z0-9._-]");
   if (spec->world_size() < 1 || spec->world_size() > limits.max_world_size) {
     return Bad("world_size", StrCat("is ", spec->world_size(), "; this controller allows 1 to ", limits.max_world_size));
@@ -122,9 +128,30 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
   if (rebalance->interval() == 0) rebalance->set_interval(static_cast<int32_t>(defaults.rebalance.interval));
   if (rebalance->window() == 0) rebalance->set_window(static_cast<int32_t>(defaults.rebalance.window));
   if (spec->exchange_timeout_seconds() < 0) return Bad("exchange_timeout_seconds", "must be in [0, 3600] (0: 60)");
-  absl::StatusOr<model::MoeLayerSpec> layer =
-      RunConfigFromSpec(*spec).ValidateLayer(spec->world_size(), job::FieldNames::kJobSpec);
-  if (!layer.ok()) return layer.status();
+  job::RunConfig config = RunConfigFromSpec(*spec);
+  MOEX_RETURN_IF_ERROR(config.Validate(job::FieldNames::kJobSpec));
+  // Files are read here for a client, with the controller's rights: under
+  // the data roots only, and no error quotes their content (client_files.h).
+  // The runtime readers, whose messages do, see only files already checked.
+  const bool model_file = !model::FindPreset(spec->model()).has_value();
+  if (model_file) {
+    MOEX_ASSIGN_OR_RETURN(std::string path, CheckModelFile(spec->model(), limits.data_roots));
+    spec->set_model(path);
+    config.model = path;
+  }
+  config.weights.clear();  // checked below, against the layer
+  absl::StatusOr<model::MoeLayerSpec> layer = config.ValidateLayer(spec->world_size(), job::FieldNames::kJobSpec);
+  if (!layer.ok()) {
+    // Only if the file changed since it was checked.
+    if (model_file && absl::StartsWith(layer.status().message(), "spec.model cannot be read")) {
+      return Bad("model", StrCat("'", spec->model(), "' cannot be read as a model config"));
+    }
+    return layer.status();
+  }
+  if (!spec->weights().empty()) {
+    MOEX_ASSIGN_OR_RETURN(std::string path, CheckWeightsFiles(spec->weights(), limits.data_roots, *layer));
+    spec->set_weights(path);
+  }
   return absl::OkStatus();
 }
 

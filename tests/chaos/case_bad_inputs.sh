@@ -53,7 +53,7 @@ c = json.load(open(sys.argv[1]))
 c["scoring_func"] = "bogus"
 json.dump(c, open(sys.argv[2], "w"))
 PY
-start_controller
+start_controller --data-root "$work"
 expect_failure unsupported_router 3 "scoring_func" "INVALID_ARGUMENT naming the config field; nothing launched" "$moex" job submit --world-size 2 --model "$work/bad_router.json"
 [ "$("$moex" job list | grep -c JOB_STATE || true)" = 0 ] || true
 [ -z "$(ls "$state_dir/logs" 2>/dev/null)" ] || fail "a job was launched for a refused spec"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A user's session with the real binaries: moex serve, then moex job submit
-# --wait, list, status, logs, bad input, rebalance; the controller stops
-# cleanly.
+# --wait, list (one page at a time too), status, logs, bad input, rebalance,
+# delete; the controller stops cleanly.
 set -euo pipefail
 moex="$1"
 state="$(mktemp -d)"
@@ -38,6 +38,18 @@ grep -q "rebalance v2 at step [0-9]* (refined, requested)" "$state/status"
 "$moex" job cancel "$id" > /dev/null
 if "$moex" job rebalance j-missing 2> "$state/err"; then echo "a missing job was rebalanced"; exit 1; fi
 grep -q "no job 'j-missing'" "$state/err"
+
+# One page at a time, then deleting an ended job (its record and log).
+first="$("$moex" job list | awk 'NR == 2 {print $1}')"
+"$moex" job list --page-size 1 > "$state/page" 2> "$state/next"
+[ "$(grep -c '^j-' "$state/page")" = 1 ] || { echo "--page-size 1 printed $(grep -c '^j-' "$state/page") jobs"; exit 1; }
+token="$(sed -n 's/.*--page-token \([^ ]*\)$/\1/p' "$state/next")"
+[ -n "$token" ] || { echo "no next page after one job: $(cat "$state/next")"; exit 1; }
+"$moex" job list --page-size 1 --page-token "$token" 2> /dev/null | grep -q "^$id"
+for _ in $(seq 100); do "$moex" job delete "$first" > "$state/deleted" 2> "$state/err" && break; sleep 0.2; done
+grep -q "deleted $first (SUCCEEDED)" "$state/deleted"
+[ ! -e "$state/logs/$first.log" ] || { echo "the deleted job's log is still there"; exit 1; }
+if "$moex" job status "$first" 2> "$state/err"; then echo "a deleted job was found"; exit 1; fi
 kill -TERM $serve
 wait $serve
 grep -q "stopping" "$state/serve.out"

@@ -1,10 +1,12 @@
 #include "moex/cluster/job_store.h"
 
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -62,6 +64,79 @@ TEST(JobStoreTest, PagesInSubmitOrder) {
   }
   EXPECT_EQ(order, (std::vector<std::string>{"j-a10", "j-b10", "j-a20", "j-d20", "j-c30"}));
   EXPECT_EQ(store->LoadAll()->size(), 5u);
+  std::filesystem::remove_all(dir);
+}
+
+// What retention drops: ended jobs past the newest N by end, and those that
+// ended before a cutoff; never one that has not ended.
+TEST(JobStoreTest, ExpiredIsTheOldestEndedJobs) {
+  std::string dir = std::filesystem::temp_directory_path() / ("moex_store_expired_" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  auto store = *JobStore::Open(dir);
+  auto put = [&](const std::string& id, moex::v1::JobState state, int64_t end_ms) {
+    moex::v1::Job job;
+    job.set_id(id);
+    job.set_state(state);
+    job.set_submit_time_unix_ms(1);
+    job.set_end_time_unix_ms(end_ms);
+    ASSERT_TRUE(store->Put(job, 0).ok());
+  };
+  put("j-running", moex::v1::JOB_STATE_RUNNING, 0);
+  put("j-pending", moex::v1::JOB_STATE_PENDING, 0);
+  put("j-e10", moex::v1::JOB_STATE_SUCCEEDED, 10);
+  put("j-e30", moex::v1::JOB_STATE_FAILED, 30);
+  put("j-e20", moex::v1::JOB_STATE_CANCELLED, 20);
+  using Ids = std::vector<std::string>;
+  EXPECT_EQ(*store->Expired(0, 0), Ids{});
+  EXPECT_EQ(*store->Expired(1, 0), (Ids{"j-e10", "j-e20"}));
+  EXPECT_EQ(*store->Expired(5, 0), Ids{});
+  EXPECT_EQ(*store->Expired(0, 25), (Ids{"j-e10", "j-e20"}));
+  EXPECT_EQ(*store->Expired(2, 15), (Ids{"j-e10"}));
+  ASSERT_TRUE(store->Delete("j-e10").ok());
+  ASSERT_TRUE(store->Delete("j-e10").ok());  // gone already: fine
+  EXPECT_EQ(*store->Expired(1, 0), (Ids{"j-e20"}));
+  EXPECT_EQ(store->Get("j-e10").status().code(), absl::StatusCode::kNotFound);
+  std::filesystem::remove_all(dir);
+}
+
+// A database from before the end columns gets them, filled from its records.
+TEST(JobStoreTest, AnOlderDatabaseGetsItsEndColumns) {
+  std::string dir = std::filesystem::temp_directory_path() / ("moex_store_old_" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir + "/jobs.db").c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db,
+                           "CREATE TABLE jobs (id TEXT PRIMARY KEY, submit_ms INTEGER NOT NULL, process_group INTEGER "
+                           "NOT NULL DEFAULT 0, record BLOB NOT NULL);",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    for (auto [id, state, end] : {std::tuple{"j-old", moex::v1::JOB_STATE_SUCCEEDED, 5},
+                                  std::tuple{"j-new", moex::v1::JOB_STATE_FAILED, 9},
+                                  std::tuple{"j-run", moex::v1::JOB_STATE_RUNNING, 0}}) {
+      moex::v1::Job job;
+      job.set_id(id);
+      job.set_state(state);
+      job.set_end_time_unix_ms(end);
+      const std::string record = job.SerializeAsString();
+      sqlite3_stmt* statement = nullptr;
+      ASSERT_EQ(sqlite3_prepare_v2(db, "INSERT INTO jobs (id, submit_ms, record) VALUES (?, 1, ?)", -1, &statement,
+                                   nullptr),
+                SQLITE_OK);
+      sqlite3_bind_text(statement, 1, id, -1, SQLITE_TRANSIENT);
+      sqlite3_bind_blob(statement, 2, record.data(), static_cast<int>(record.size()), SQLITE_TRANSIENT);
+      ASSERT_EQ(sqlite3_step(statement), SQLITE_DONE);
+      sqlite3_finalize(statement);
+    }
+    sqlite3_close(db);
+  }
+  auto store = JobStore::Open(dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ(*(*store)->Expired(1, 0), std::vector<std::string>{"j-old"});
+  EXPECT_EQ((*store)->LoadAll()->size(), 3u);
+  store->reset();
+  EXPECT_EQ(*(*JobStore::Open(dir))->Expired(1, 0), std::vector<std::string>{"j-old"});  // opened again: as it was
   std::filesystem::remove_all(dir);
 }
 

@@ -90,7 +90,8 @@ TEST(SpecValidationTest, EveryBadFieldIsNamed) {
   EXPECT_THAT(with([](auto& s) { s.mutable_rebalance()->set_policy("random"); }),
               HasSubstr("spec.rebalance.policy is 'random'; known: refined, eplb"));
   EXPECT_THAT(with([](auto& s) { s.set_routing_skew(1e9); }), HasSubstr("spec.routing_skew"));
-  EXPECT_THAT(with([](auto& s) { s.set_model("/etc/passwd"); }), HasSubstr("spec.model cannot be read"));
+  EXPECT_THAT(with([](auto& s) { s.set_model("/etc/passwd"); }),
+              HasSubstr("spec.model '/etc/passwd' is outside the controller's data roots"));
   EXPECT_THAT(with([](auto& s) { s.set_model("gpt-oss-20b"); }), HasSubstr("not runnable"));
   EXPECT_THAT(with([](auto& s) { s.set_model("mini-dsv3"); s.set_layer(0); }), HasSubstr("spec.layer"));
   EXPECT_THAT(with([](auto& s) { s.set_world_size(8); s.set_model("tiny-dsv3"); s.set_redundant_experts(-1); }),
@@ -111,19 +112,26 @@ TEST(SpecValidationTest, WeightsMustBeThisLayersCheckpoint) {
   const std::string junk = (dir / "junk.safetensors").string();
   std::ofstream(junk) << "not a checkpoint";
 
+  // The controller reads files for clients only under its data roots.
+  const std::vector<std::string> roots = {std::filesystem::canonical(dir).string()};
+  auto error_of = [&](moex::v1::JobSpec spec) {
+    absl::Status status = ValidateAndNormalise(&spec, SpecLimits{.max_world_size = 8, .data_roots = roots});
+    return status.ok() ? "" : std::string(status.message());
+  };
   moex::v1::JobSpec spec = Good();
   spec.set_weights(good);
-  EXPECT_EQ(ErrorOf(spec), "");
+  EXPECT_EQ(error_of(spec), "");
+  EXPECT_THAT(ErrorOf(spec), HasSubstr("is outside the controller's data roots (none"));
   spec.set_weights(junk);
-  EXPECT_THAT(ErrorOf(spec), HasSubstr("spec.weights cannot be read"));
+  EXPECT_THAT(error_of(spec), HasSubstr("spec.weights '" + junk + "' is not a safetensors file"));
   spec.set_weights((dir / "missing.safetensors").string());
-  EXPECT_THAT(ErrorOf(spec), HasSubstr("spec.weights cannot be read"));
+  EXPECT_THAT(error_of(spec), HasSubstr("missing.safetensors' does not exist"));
   spec.set_weights(std::string("a\0b", 3));
-  EXPECT_THAT(ErrorOf(spec), HasSubstr("spec.weights must be a path"));
+  EXPECT_THAT(error_of(spec), HasSubstr("spec.weights must be a path"));
   // A checkpoint of another model: no router of this layer's shape.
   spec.set_weights(good);
   spec.set_model("mini-dsv3");
-  EXPECT_THAT(ErrorOf(spec), HasSubstr("not this model's layer"));
+  EXPECT_THAT(error_of(spec), HasSubstr("not this model's layer"));
   std::filesystem::remove_all(dir);
 }
 

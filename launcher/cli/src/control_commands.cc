@@ -19,11 +19,12 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "moex/bench/report.h"
+#include "moex/cli/job_printing.h"
 #include "moex/cluster/credentials.h"
 #include "moex/core/status_macros.h"
 #include "moex/cluster/server.h"
 #include "moex/launcher/launcher.h"
+#include "moex/model/presets.h"
 #include "moex/core/str_cat.h"
 #include "moex/v1/job.grpc.pb.h"
 #include "moex/v1/placement.grpc.pb.h"
@@ -40,140 +41,6 @@ absl::StatusOr<std::string> ReadToken(const std::string& path) {
   while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
   if (token.empty()) return absl::InvalidArgumentError(StrCat("the token file '", path, "' is empty"));
   return token;
-}
-
-std::string StateName(moex::v1::JobState state) {
-  std::string name = moex::v1::JobState_Name(state);
-  return name.rfind("JOB_STATE_", 0) == 0 ? name.substr(10) : name;
-}
-
-std::string Time(int64_t ms) {
-  if (ms <= 0) return "-";
-  std::time_t seconds = static_cast<std::time_t>(ms / 1000);
-  char buffer[32];
-  std::strftime(buffer, sizeof(buffer), "%Y-%m-%d %H:%M:%S", std::localtime(&seconds));
-  return buffer;
-}
-
-std::string ToJson(const google::protobuf::Message& message) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions options;
-  options.add_whitespace = true;
-  options.preserve_proto_field_names = true;
-  options.always_print_primitive_fields = true;  // rank 0 is a rank too
-  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
-  return out;
-}
-
-void PrintJob(const moex::v1::Job& job) {
-  const auto& spec = job.spec();
-  std::cout << absl::StrFormat("job %s  %s\n", job.id(), StateName(job.state()));
-  if (spec.has_bench()) {
-    std::cout << absl::StrFormat("  name %s, %d ranks, bench of %d points over %s (%d reps after %d warm-up)\n",
-                                 spec.name(), spec.world_size(), spec.steps(), spec.transport(), spec.bench().reps(),
-                                 spec.bench().warmup());
-  } else {
-    std::cout << absl::StrFormat("  name %s, %d ranks, model %s, %d steps of %d tokens per rank over %s\n",
-                                 spec.name(), spec.world_size(), spec.model(), spec.steps(), spec.tokens_per_rank(),
-                                 spec.transport());
-  }
-  std::cout << "  message: " << job.message() << "\n";
-  std::cout << absl::StrFormat("  submitted %s, started %s, ended %s\n", Time(job.submit_time_unix_ms()),
-                               Time(job.start_time_unix_ms()), Time(job.end_time_unix_ms()));
-  std::cout << absl::StrFormat("  ranks registered %d/%d", job.ranks_registered(), job.world_size() > 0 ? job.world_size()
-                                                                                                   : spec.world_size());
-  // By host: "h0: 0 (pid 12), 1 (pid 13); h1: 2 (pid 40)".
-  std::map<std::string, std::vector<std::string>> by_host;
-  for (const auto& rank : job.ranks()) by_host[rank.host()].push_back(absl::StrFormat("%d (pid %d)", rank.rank(), rank.pid()));
-  for (const auto& [host, ranks] : by_host) std::cout << "; " << host << ": " << absl::StrJoin(ranks, ", ");
-  std::cout << "\n";
-  if (job.metrics().steps_done() > 0) {
-    const auto& m = job.metrics();
-    std::cout << absl::StrFormat("  metrics: %d steps, %.0f tokens/s, dispatch %.2f ms, combine %.2f ms, imbalance %.2f",
-                                 m.steps_done(), m.tokens_per_second(), 1e3 * m.dispatch_seconds(),
-                                 1e3 * m.combine_seconds(), m.imbalance());
-    if (spec.check()) std::cout << absl::StrFormat(", check relative error %.2g", m.check_relative_error());
-    std::cout << "\n";
-  }
-  if (job.tokens_per_expert_size() > 0) {
-    int64_t total = 0, most = 0;
-    for (int64_t n : job.tokens_per_expert()) {
-      total += n;
-      most = std::max(most, n);
-    }
-    double mean = static_cast<double>(total) / job.tokens_per_expert_size();
-    std::cout << absl::StrFormat("  expert load (last step): %d experts, %d routed tokens, hottest %d (%.2fx the mean)\n",
-                                 job.tokens_per_expert_size(), total, most, mean > 0 ? most / mean : 0.0);
-  }
-  if (job.load().window_steps() > 0) {
-    const auto& load = job.load();
-    // The hottest experts by exponential average.
-    std::vector<std::pair<double, int>> hot;
-    for (int e = 0; e < load.ema_tokens_per_expert_size(); ++e) hot.push_back({load.ema_tokens_per_expert(e), e});
-    std::sort(hot.rbegin(), hot.rend());
-    double total = 0;
-    for (const auto& [n, e] : hot) total += n;
-    std::string top;
-    for (size_t i = 0; i < std::min<size_t>(3, hot.size()); ++i) {
-      StrAppend(&top, i ? ", " : "", hot[i].second, absl::StrFormat(" (%.1f%%)", total > 0 ? 100 * hot[i].first / total : 0.0));
-    }
-    std::cout << absl::StrFormat("  load: window of %d steps, rank imbalance (max/mean) %.3f; hottest experts (average): %s\n",
-                                 load.window_steps(), load.window_imbalance(), top);
-  }
-  if (job.placement().version() > 0) {
-    std::cout << absl::StrFormat("  placement: version %d published, version %d serving", job.placement().version(),
-                                 std::max<int64_t>(1, job.metrics().placement_version()));
-    if (spec.rebalance().threshold() > 0) {
-      std::cout << absl::StrFormat("; rebalances above %.2f (%s, every %d steps at most)", spec.rebalance().threshold(),
-                                   spec.rebalance().policy(), spec.rebalance().interval());
-    }
-    std::cout << "\n";
-  }
-  for (const auto& r : job.rebalances()) {
-    std::cout << absl::StrFormat("  rebalance v%d at step %d (%s, %s): imbalance %.3f -> %.3f, %d experts moved, %s\n",
-                                 r.version(), r.decided_at_step(), r.policy(), r.reason(), r.imbalance_before(),
-                                 r.imbalance_after(), r.experts_moved(),
-                                 r.live_at_step() > 0 ? StrCat("serving from step ", r.live_at_step()) : "migrating");
-  }
-  if (job.attempts_size() > 1 || job.spec().max_restarts() > 0) {
-    std::cout << absl::StrFormat("  attempts (%d restarts allowed%s):\n", job.spec().max_restarts(),
-                                 job.spec().allow_shrink() ? ", may shrink" : "");
-    for (const auto& a : job.attempts()) {
-      const int64_t held = a.experts_from_cache() + a.experts_loaded();
-      std::cout << absl::StrFormat("    %d: %d ranks, steps %d-%d, %s -> %s%s%s\n", a.number(), a.world_size(),
-                                   a.first_step(), a.end_time_unix_ms() > 0 ? a.steps_done() : job.metrics().steps_done(),
-                                   Time(a.start_time_unix_ms()), a.end_time_unix_ms() > 0 ? Time(a.end_time_unix_ms()) : "now",
-                                   held > 0 ? absl::StrFormat(", experts: %d of %d read back from the host cache",
-                                                              a.experts_from_cache(), held)
-                                            : "",
-                                   a.ended().empty() ? "" : StrCat(": ", a.ended()));
-      if (!a.launcher().empty() || a.lost_hosts_size() > 0) {
-        std::cout << absl::StrFormat("       launched through %s%s%s\n", a.launcher().empty() ? "?" : a.launcher(),
-                                     a.launcher_job_id().empty() ? "" : StrCat(" (job ", a.launcher_job_id(), ")"),
-                                     a.lost_hosts_size() > 0 ? StrCat("; hosts lost: ", absl::StrJoin(a.lost_hosts(), ", ")) : "");
-      }
-    }
-  }
-  if (job.bench_size() > 0) {
-    // Ratios of the medians, from each point's whole record (the proto's
-    // `ratio` fields carry the median of the per-repetition ratios).
-    std::cout << absl::StrFormat("  bench (medians, slowest rank; baseline: MPI_Alltoallv of the same bytes; ratios of "
-                                 "the medians):\n"
-                                 "  %8s %6s %5s %4s %5s %6s %10s %12s %6s %8s %10s %7s  %s\n",
-                                 "tok/rank", "hidden", "top-k", "E", "F", "skew", "moex us", "alltoallv us", "ratio",
-                                 "GB/s", "layer us", "ratio", "path");
-    for (const auto& b : job.bench()) {
-      absl::StatusOr<bench::BenchResult> record = bench::FromJson(nlohmann::json::parse(b.json(), nullptr, false));
-      const double ratio = b.baseline_us() > 0 ? b.ours_us() / b.baseline_us() : 0;
-      const double layer_ratio = record.ok() ? record->layer_ratio_of_medians : b.layer_ratio();
-      std::cout << absl::StrFormat("  %8d %6d %5d %4d %5d %6g %10.0f %12.0f %6.2f %8.2f %10s %7s  %s\n",
-                                   b.tokens_per_rank(), b.hidden(), b.top_k(), b.experts(), b.expert_width(), b.skew(),
-                                   b.ours_us(), b.baseline_us(), ratio, b.dispatch_gbps(),
-                                   b.layer_us() > 0 ? absl::StrFormat("%.0f", b.layer_us()) : "-",
-                                   b.layer_us() > 0 ? absl::StrFormat("%.2f", layer_ratio) : "-", b.path());
-    }
-  }
-  std::cout << "  log: " << job.log_path() << "\n";
 }
 
 }  // namespace
@@ -201,6 +68,15 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
   serve->add_option("--advertise", f.advertise,
                     "HOST[:PORT] that ranks on other hosts reach the controller by (default: the listen address; "
                     "no port: the port it listens on)");
+  serve->add_option("--data-root", f.data_roots,
+                    "A directory under which jobs may name files (--model config.json, --weights), repeatable; "
+                    "symbolic links are followed first (default: none, presets only and no weights)");
+  serve->add_option("--keep-jobs", f.keep_jobs,
+                    "Keep the records and logs of this many ended jobs (the newest), deleting older ones (0: all)")
+      ->capture_default_str();
+  serve->add_option("--keep-days", f.keep_days,
+                    "Delete the records and logs of jobs that ended more than this many days ago (0: never)")
+      ->capture_default_str();
   serve->add_option("--launcher", f.launcher, "How ranks are started: mpirun (this host, or --hostfile) or slurm")
       ->capture_default_str();
   serve->add_option("--hostfile", f.hostfile, "mpirun: spread ranks over the hosts of this Open MPI hostfile");
@@ -226,9 +102,16 @@ int RunServe(const ServeFlags& f) {
   options.listen = f.listen;
   options.state_dir = f.state_dir;
   options.limits.max_world_size = f.max_world_size;
+  options.limits.data_roots = f.data_roots;
   options.max_concurrent_jobs = f.max_jobs;
   options.max_streams = f.max_streams;
   options.max_ended_in_memory = std::max(0, f.jobs_in_memory);
+  if (f.keep_jobs < 0 || !(f.keep_days >= 0)) {
+    std::cerr << "moex serve: error: --keep-jobs and --keep-days must be 0 (no bound) or more\n";
+    return 1;
+  }
+  options.keep_jobs = f.keep_jobs;
+  options.keep_days = f.keep_days;
   options.weight_cache_root = f.weight_cache_root;
   options.start_timeout_seconds = f.start_timeout;
   options.heartbeat_timeout_seconds = f.heartbeat_timeout;
@@ -358,9 +241,10 @@ CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
   submit->add_flag("--bench-no-layer", f.bench_no_layer, "Bench: dispatch + combine only");
   submit->add_option("--bench-reps", f.bench_reps, "Bench: repetitions (0: 10)");
   submit->add_option("--bench-warmup", f.bench_warmup, "Bench: warm-up repetitions (0: 2)");
-  for (const char* name : {"status", "cancel", "logs", "watch", "rebalance"}) {
+  for (const char* name : {"status", "cancel", "delete", "logs", "watch", "rebalance"}) {
     CLI::App* sub = job->add_subcommand(name, std::string(name) == "status" ? "Show a job"
                                               : std::string(name) == "cancel" ? "Cancel a job"
+                                              : std::string(name) == "delete" ? "Delete an ended job's record and log"
                                               : std::string(name) == "logs"   ? "Print a job's log"
                                               : std::string(name) == "rebalance"
                                                   ? "Plan a placement from the job's load and move its experts now"
@@ -369,7 +253,10 @@ CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
     if (std::string(name) == "logs") sub->add_flag("--follow,-f", f.follow, "Keep printing until the job ends");
     if (std::string(name) == "rebalance") sub->add_option("--policy", f.rebalance_policy, "refined or eplb (default: the job's)");
   }
-  job->add_subcommand("list", "List jobs");
+  CLI::App* list = job->add_subcommand("list", "List jobs, oldest first");
+  list->add_option("--page-size", f.page_size,
+                   "Print one page of at most this many jobs (1-1000) and the command for the next (default: every page)");
+  list->add_option("--page-token", f.page_token, "Start after this point (the next page's token)");
   for (CLI::App* sub : job->get_subcommands({})) {
     sub->add_option("--timeout", f.timeout, "Seconds a watch or followed log may last")->capture_default_str();
   }
@@ -433,13 +320,16 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     auto* spec = request.mutable_spec();
     spec->set_name(f.name);
     spec->set_world_size(f.world_size);
-    spec->set_model(f.model);
-    if (!f.weights.empty()) {
+    // A relative path that exists here is sent as an absolute one: the
+    // controller resolves paths from its own directory.
+    auto sent_path = [](const std::string& path) {
       std::error_code error;
-      const bool here = std::filesystem::exists(f.weights, error);
-      const std::filesystem::path absolute = std::filesystem::absolute(f.weights, error);
-      spec->set_weights(here && !error ? absolute.string() : f.weights);
-    }
+      const bool here = std::filesystem::exists(path, error);
+      const std::filesystem::path absolute = std::filesystem::absolute(path, error);
+      return here && !error ? absolute.string() : path;
+    };
+    spec->set_model(model::FindPreset(f.model) ? f.model : sent_path(f.model));
+    if (!f.weights.empty()) spec->set_weights(sent_path(f.weights));
     spec->set_steps(f.steps);
     spec->set_tokens_per_rank(f.tokens_per_rank);
     spec->set_transport(f.transport);
@@ -473,13 +363,22 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     else std::cout << "submitted " << response.id() << " (" << StateName(response.state()) << ")" << std::endl;
     return f.wait ? watch(response.id()) : 0;
   }
-  if (job.got_subcommand("status") || job.got_subcommand("cancel")) {
+  if (job.got_subcommand("status") || job.got_subcommand("cancel") || job.got_subcommand("delete")) {
     moex::v1::Job response;
     grpc::Status status;
     if (job.got_subcommand("status")) {
       moex::v1::GetJobRequest request;
       request.set_id(f.id);
       status = stub->GetJob(context(10).get(), request, &response);
+    } else if (job.got_subcommand("delete")) {
+      moex::v1::DeleteJobRequest request;
+      request.set_id(f.id);
+      status = stub->DeleteJob(context(30).get(), request, &response);
+      if (status.ok() && !f.json) {
+        std::cout << "deleted " << response.id() << " (" << StateName(response.state()) << "), its record and its log"
+                  << std::endl;
+        return 0;
+      }
     } else {
       moex::v1::CancelJobRequest request;
       request.set_id(f.id);
@@ -491,17 +390,23 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     return 0;
   }
   if (job.got_subcommand("list")) {
-    // Every page, oldest first.
+    // Every page, oldest first; or, with --page-size, one page.
+    if (f.page_size < 0 || f.page_size > 1000) {
+      std::cerr << "moex job list: error: --page-size is " << f.page_size << "; it must be 1 to 1000\n";
+      return 2;
+    }
     moex::v1::ListJobsResponse response;
     moex::v1::ListJobsRequest request;
-    request.set_page_size(1000);
+    request.set_page_size(f.page_size > 0 ? f.page_size : 1000);
+    request.set_page_token(f.page_token);
     do {
       moex::v1::ListJobsResponse page;
       grpc::Status status = stub->ListJobs(context(10).get(), request, &page);
       if (!status.ok()) return fail(status);
       for (auto& j : *page.mutable_jobs()) *response.add_jobs() = std::move(j);
       request.set_page_token(page.next_page_token());
-    } while (!request.page_token().empty());
+    } while (f.page_size == 0 && !request.page_token().empty());
+    if (f.page_size > 0) response.set_next_page_token(request.page_token());
     if (f.json) {
       std::cout << ToJson(response) << std::endl;
       return 0;
@@ -511,6 +416,10 @@ int RunJob(CLI::App& job, const JobFlags& given) {
       std::string message = j.message().size() > 60 ? j.message().substr(0, 57) + "..." : j.message();
       std::cout << absl::StrFormat("%-16s %-10s %-20s %5d %-20s %s\n", j.id(), StateName(j.state()), j.spec().name(),
                                    j.spec().world_size(), Time(j.submit_time_unix_ms()), message);
+    }
+    if (!response.next_page_token().empty()) {
+      std::cerr << "next page: moex job list --page-size " << f.page_size << " --page-token "
+                << response.next_page_token() << std::endl;
     }
     return 0;
   }

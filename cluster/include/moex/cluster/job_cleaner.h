@@ -34,6 +34,9 @@ class JobCleaner {
                std::vector<std::string> exclude = {});
   // Runs everything queued, then ends the thread.
   void Drain();
+  // Whether a cleanup of job `job_id` is queued or running (its log is still
+  // written to).
+  bool Busy(const std::string& job_id);
 
  private:
   struct Task {
@@ -49,6 +52,7 @@ class JobCleaner {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Task> queue_;
+  std::string running_;  // the job whose cleanup runs now, "" when none
   bool draining_ = false;
   std::thread thread_;
 };

@@ -51,6 +51,12 @@ struct ControllerOptions {
   // Ended jobs kept in memory (the newest); older ones are answered from the
   // store, so the controller's memory does not grow with every job it ran.
   int max_ended_in_memory = 256;
+  // Retention, so that the store and the logs stop growing: ended jobs past
+  // the keep_jobs newest (by end), and those that ended over keep_days ago,
+  // are deleted with their logs (0: no such bound). Never a job that has
+  // not ended.
+  int keep_jobs = 0;
+  double keep_days = 0;
   // Jobs that may restart keep their ranks' loaded weights in
   // <root>/moex-weights-<uid>-<job id> (in memory under /dev/shm), read back
   // by a relaunch; removed when the job ends. Empty: no such cache.
@@ -103,6 +109,14 @@ class JobManager {
   size_t JobsInMemory();
   absl::StatusOr<moex::v1::Job> Cancel(const std::string& id);
   absl::StatusOr<std::string> LogPath(const std::string& id);
+  // Removes an ended job: its record, its log, its launch files; answers it
+  // as it was. FAILED_PRECONDITION for a job that has not ended, UNAVAILABLE
+  // while its final record is not on disk or its hosts are being cleaned
+  // (retry), NOT_FOUND for an unknown one.
+  absl::StatusOr<moex::v1::Job> Delete(const std::string& id);
+  // Deletes what retention (keep_jobs, keep_days) drops, at most `at_most`
+  // jobs; returns how many it deleted and sets `more` when it stopped short.
+  int ApplyRetention(int at_most, bool* more = nullptr);
   // The job's newest published expert placement (version 1: contiguous).
   absl::StatusOr<moex::v1::Placement> GetPlacement(const std::string& id);
   // Plans a placement from the job's load window with `policy` (empty:
@@ -225,6 +239,8 @@ class JobManager {
   // (written to the store, watched by nobody) from memory.
   void EvictEnded();
   void MonitorLoop();
+  // Removes a deleted job's log and launch files (off the lock).
+  void RemoveJobFiles(const moex::v1::Job& job) const;
   // Reaps the launches that ended (only those: a launcher's own commands
   // are reaped by it), asks the engine about each, then OnExit.
   void ReapLaunches();

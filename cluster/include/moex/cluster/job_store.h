@@ -1,6 +1,8 @@
 // Job records in SQLite (WAL) under the controller's state dir, so that a
 // restarted controller still knows every job. One row per job: the Job
-// message, serialised, plus the process group that runs it.
+// message, serialised, plus the process group that runs it, and whether and
+// when it ended (for retention; a database from before these columns gets
+// them, filled from its records, when opened).
 #pragma once
 
 #include <sys/types.h>
@@ -38,10 +40,18 @@ class JobStore {
   absl::StatusOr<std::vector<StoredJob>> LoadPage(int64_t after_ms, const std::string& after_id, int limit);
   // One job's record; NOT_FOUND when there is none.
   absl::StatusOr<moex::v1::Job> Get(const std::string& id);
+  // The ended jobs (SUCCEEDED, FAILED, CANCELLED) that retention drops,
+  // oldest end first: those that ended before `ended_before_ms` (when > 0),
+  // and those past the `keep_newest` newest by end (when > 0).
+  absl::StatusOr<std::vector<std::string>> Expired(int keep_newest, int64_t ended_before_ms);
+  // Removes a job's row; OK when there was none.
+  absl::Status Delete(const std::string& id);
   const std::string& path() const { return path_; }
 
  private:
   JobStore(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  // The `ended` and `end_ms` columns, added to a database from before them.
+  absl::Status AddEndColumns();
   std::mutex mutex_;
   sqlite3* db_;
   std::string path_;

@@ -3,6 +3,9 @@
 // end here.
 #pragma once
 
+#include <string>
+#include <vector>
+
 #include "absl/status/status.h"
 #include "moex/v1/job.pb.h"
 
@@ -10,10 +13,17 @@ namespace moex::cluster {
 
 struct SpecLimits {
   int max_world_size = 64;
+  // Directories under which spec.model (when not a preset) and spec.weights
+  // may name files, canonical (client_files.h: CanonicalDataRoots); empty:
+  // presets only, and no weights (`moex serve --data-root`).
+  std::vector<std::string> data_roots = {};
 };
 
-// Fills defaults (transport "mpi", layer -1) in `spec` and validates it,
-// including that the model is runnable and its experts fill the world.
+// Drops the fields this controller does not know (recursively: a client
+// cannot make the record grow with them), fills defaults (transport "mpi",
+// layer -1) in `spec` and validates it, including that the model is runnable
+// and its experts fill the world. A file the spec names is checked as
+// client_files.h says, and the spec then carries its resolved path.
 absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& limits);
 
 }  // namespace moex::cluster

@@ -24,6 +24,13 @@ struct ServeFlags {
   std::string token_file;
   std::string tls_cert, tls_key, tls_client_ca;
   std::string advertise;  // HOST[:PORT] ranks on other hosts reach the controller by
+  // Directories under which a job's spec may name files (model configs,
+  // weights); none: presets only, and no weights.
+  std::vector<std::string> data_roots;
+  // Retention: ended jobs past the newest N, and those ended over D days
+  // ago, are deleted with their logs (0: no bound).
+  int keep_jobs = 0;
+  double keep_days = 0;
   // How ranks are started: mpirun (this host, or --hostfile) or slurm.
   std::string launcher = "mpirun";
   std::string hostfile, mpirun = "mpirun", mpirun_args;
@@ -39,6 +46,9 @@ struct JobFlags {
   std::string id;
   bool follow = false;
   bool wait = false;
+  // list: one page of this many jobs (0: every page), after page_token
+  int page_size = 0;
+  std::string page_token;
   // submit
   std::string name = "job";
   int world_size = 2;
