@@ -258,7 +258,12 @@ TEST_F(JobListTest, RetentionAndDeleteRemoveEndedJobsAndTheirLogsNeverARunningOn
           Ended("j-ended6d", now - 7 * kDayMs, now - 6 * kDayMs), Ended("j-ended1d", now - 2 * kDayMs, now - kDayMs),
           Ended("j-ended12h", now - kDayMs, now - kDayMs / 2)});
   Start(/*keep_jobs=*/3);
-  for (int i = 0; i < 100 && Exists("j-ended8d"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // A job leaves memory first and its files after (job_retention.cc): wait
+  // for the last of them.
+  auto gone = [&](const char* id) { return !Exists(id) && !fs::exists(state() / "logs" / (std::string(id) + ".log")); };
+  for (int i = 0; i < 100 && !(gone("j-ended10d") && gone("j-ended8d")); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   EXPECT_FALSE(Exists("j-ended10d"));
   EXPECT_FALSE(Exists("j-ended8d"));
   EXPECT_FALSE(fs::exists(state() / "logs" / "j-ended10d.log"));
@@ -292,7 +297,7 @@ TEST_F(JobListTest, RetentionAndDeleteRemoveEndedJobsAndTheirLogsNeverARunningOn
   waitpid(group_, nullptr, 0);
   group_ = 0;
   Start(/*keep_jobs=*/0, /*keep_days=*/2);
-  for (int i = 0; i < 100 && Exists("j-ended6d"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (int i = 0; i < 100 && !gone("j-ended6d"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_FALSE(Exists("j-ended6d"));
   EXPECT_FALSE(fs::exists(state() / "logs" / "j-ended6d.log"));
   EXPECT_TRUE(Exists("j-ended12h"));
