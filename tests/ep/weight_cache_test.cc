@@ -54,12 +54,12 @@ class WeightCacheTest : public ::testing::Test {
     EXPECT_EQ(a.router.values, b.router.values);
     ASSERT_EQ(a.experts.size(), b.experts.size());
     for (const auto& [e, w] : a.experts) {
-      EXPECT_EQ(w.gate.values, b.experts.at(e).gate.values) << "expert " << e;
-      EXPECT_EQ(w.up.values, b.experts.at(e).up.values) << "expert " << e;
-      EXPECT_EQ(w.down.values, b.experts.at(e).down.values) << "expert " << e;
+      EXPECT_EQ(w.gate.ToTensor().values, b.experts.at(e).gate.ToTensor().values) << "expert " << e;
+      EXPECT_EQ(w.up.ToTensor().values, b.experts.at(e).up.ToTensor().values) << "expert " << e;
+      EXPECT_EQ(w.down.ToTensor().values, b.experts.at(e).down.ToTensor().values) << "expert " << e;
     }
     ASSERT_TRUE(a.shared && b.shared);
-    EXPECT_EQ(a.shared->down.values, b.shared->down.values);
+    EXPECT_EQ(a.shared->down.ToTensor().values, b.shared->down.ToTensor().values);
   }
 
   std::filesystem::path root_;
@@ -195,6 +195,31 @@ TEST_F(WeightCacheTest, ALayerLoadsOnlyWhatTheCacheLacks) {
   ExpectSame(*LoadMoeWeights(spec, nullptr, 8, mine), *reseeded);
 }
 
+// Experts held in FP8 are cached as their FP8 bytes and scales, read back
+// as a mapping of the entry, with the same values; an entry of another
+// dtype is another entry.
+TEST_F(WeightCacheTest, QuantisedExpertsAreCachedInTheirStoredDtype) {
+  const MoeLayerSpec spec = Spec();
+  WeightCache cache = *WeightCache::Open(Dir());
+  const std::vector<int64_t> mine = {0, 3};
+  const WeightLoadOptions fp8{.random_format = WeightFormat::kFP8Block};
+  WeightLoadReport first, second, as_f32;
+  absl::StatusOr<MoeWeights> made = LoadMoeWeights(spec, nullptr, 7, mine, &cache, &first, fp8);
+  ASSERT_TRUE(made.ok()) << made.status();
+  EXPECT_EQ(made->expert_format, WeightFormat::kFP8Block);
+  EXPECT_EQ(made->expert_bytes(), 2 * ExpertBytes(spec, WeightFormat::kFP8Block));
+  absl::StatusOr<MoeWeights> read = LoadMoeWeights(spec, nullptr, 7, mine, &cache, &second, fp8);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(second.experts_from_cache, 2);
+  EXPECT_EQ(second.rejected.size(), 0u);
+  ExpectSame(*made, *read);
+  // The same seed in f32 is another source: loaded, never the fp8 entry.
+  absl::StatusOr<MoeWeights> f32 = LoadMoeWeights(spec, nullptr, 7, mine, &cache, &as_f32);
+  ASSERT_TRUE(f32.ok());
+  EXPECT_EQ(as_f32.experts_from_cache, 0);
+  EXPECT_EQ(f32->expert_format, WeightFormat::kF32);
+}
+
 TEST_F(WeightCacheTest, AMigratedExpertIsCachedAsALoadedOneWouldBe) {
   const MoeLayerSpec spec = Spec();
   WeightCache cache = *WeightCache::Open(Dir());
@@ -212,7 +237,7 @@ TEST_F(WeightCacheTest, AMigratedExpertIsCachedAsALoadedOneWouldBe) {
   ASSERT_TRUE(relaunched.ok());
   EXPECT_EQ(report.experts_from_cache, 1);
   EXPECT_EQ(report.rejected.size(), 0u);
-  EXPECT_EQ(relaunched->experts.at(5).down.values, moved.experts.at(5).down.values);
+  EXPECT_EQ(relaunched->experts.at(5).down.ToTensor().values, moved.experts.at(5).down.ToTensor().values);
   // Another seed's expert 5 is not taken for it.
   EXPECT_FALSE(cache.Holds(names.Expert(5, "up"), "seed 4", {spec.expert_width, spec.hidden}));
 }

@@ -118,9 +118,9 @@ TEST_F(SafetensorsTest, HostileFilesAreRefused) {
                                            R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", 4))),
               HasSubstr("bad dimension"));
   // A dtype moex can size but not compute with.
-  Checkpoint f16 = *Checkpoint::Open(
-      Raw("f16.safetensors", R"({"w": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}})", 4));
-  EXPECT_THAT(std::string(f16.Read("w").status().message()), HasSubstr("is F16; moex reads F32 and BF16"));
+  Checkpoint i16 = *Checkpoint::Open(
+      Raw("i16.safetensors", R"({"w": {"dtype": "I16", "shape": [2], "data_offsets": [0, 4]}})", 4));
+  EXPECT_THAT(std::string(i16.Read("w").status().message()), HasSubstr("is I16; moex reads F32, BF16 and F16"));
 }
 
 TEST_F(SafetensorsTest, UnwritablePathIsAnError) {

@@ -6,6 +6,7 @@
 //                                  two-shard checkpoint with its index
 //   <dir>/partial.safetensors      the same weights without expert 5
 #include <cstdio>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 
@@ -50,6 +51,7 @@ int main(int argc, char** argv) {
   ep::MoeWeightNames names = ep::WeightNamesFor(*spec);
   std::vector<std::pair<std::string, const Tensor*>> shard[2];
   nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
+  std::deque<Tensor> held;  // the experts' values, at stable addresses
   auto put = [&](int which, const std::string& name, const Tensor& t) {
     shard[which].emplace_back(name, &t);
     index["weight_map"][name] = which == 0 ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
@@ -57,9 +59,9 @@ int main(int argc, char** argv) {
   put(0, names.router, weights->router);
   for (const auto& [e, w] : weights->experts) {
     int which = e < 4 ? 0 : 1;
-    put(which, names.Expert(e, "gate"), w.gate);
-    put(which, names.Expert(e, "up"), w.up);
-    put(which, names.Expert(e, "down"), w.down);
+    put(which, names.Expert(e, "gate"), held.emplace_back(w.gate.ToTensor()));
+    put(which, names.Expert(e, "up"), held.emplace_back(w.up.ToTensor()));
+    put(which, names.Expert(e, "down"), held.emplace_back(w.down.ToTensor()));
   }
   for (int i = 0; i < 2; ++i) {
     std::string file = (dir / "sharded" / (i == 0 ? "model-00001-of-00002.safetensors"

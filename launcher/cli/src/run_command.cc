@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <memory>
+#include <new>
 #include <optional>
 #include <vector>
 
@@ -34,6 +35,19 @@ CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags) {
   run->add_option("--layer", f.layer, "Layer index (default: the first MoE layer)");
   run->add_option("--weights", f.weights,
                   "A .safetensors file, a model.safetensors.index.json, or a folder (default: random from --seed)");
+  run->add_option("--weight-dtype", f.weight_dtype,
+                  "Random experts are made and held in this dtype: f32, bf16, f16, fp8 (128x128 block scales) or "
+                  "mxfp4; a checkpoint's experts keep the dtype they are stored in")
+      ->capture_default_str();
+  run->add_option_function<std::string>(
+         "--load",
+         [&f](const std::string& mode) {
+           if (mode != "map" && mode != "copy") throw CLI::ValidationError("--load", "must be map or copy");
+           f.map_weights = mode == "map";
+         },
+         "map: a checkpoint's experts are used in place from a read-only mapping (one copy a host, in the page "
+         "cache); copy: read into each rank")
+      ->default_str("map");
   run->add_option("--save-weights", f.save_weights, "Rank 0 writes the whole layer's weights here (safetensors)");
   run->add_option("--weight-cache", f.weight_cache,
                   "A directory on each host (e.g. under /dev/shm) where ranks keep the weights they load; a relaunch "
@@ -228,7 +242,16 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
     if (!config.json.empty()) sinks.push_back(&json.emplace(config.json));
   }
   if (link) sinks.push_back(link.get());
-  absl::Status status = run::RunLayer(config, **transport, sinks, link.get());
+  absl::Status status;
+  try {
+    status = run::RunLayer(config, **transport, sinks, link.get());
+  } catch (const std::bad_alloc&) {
+    // The memory check before loading estimates; what it missed ends here,
+    // said in one line, rather than in an abort and a backtrace.
+    status = absl::ResourceExhaustedError(
+        "out of memory (an allocation failed after the memory check before loading had passed: its estimate was "
+        "short); give the ranks more memory (ulimit -v, the cgroup) or spread the experts over more ranks");
+  }
   if (absl::IsCancelled(status) && worker) {
     // Every rank agreed on it at the same step: a clean stop, not a failure.
     const std::string line = StrCat("moex worker: rank ", rank, ": ", status.message(), "\n");

@@ -109,7 +109,7 @@ absl::Status LiveRebalancer::BeginStep(transport::Transport& t, ep::Layer& layer
                                                  std::vector<int64_t>(body.begin() + world, body.end()),
                                                  std::vector<int64_t>(body.begin(), body.begin() + world), header[0]));
   const ep::MoeLayerSpec& spec = layer.spec();
-  const int64_t expert_bytes = ep::ExpertBytes(spec);
+  const int64_t expert_bytes = ep::ExpertBytes(spec, layer.ExpertFormat());
   RebalanceEvent event{.version = header[0],
                        .reason = header[1] == kController ? "published by the controller"
                                  : t.rank() == 0          ? reason

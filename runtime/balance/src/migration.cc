@@ -49,25 +49,27 @@ absl::Status Migration::RunChunk(transport::Transport& t, const ep::Layer& curre
   if (done()) return absl::FailedPreconditionError("the migration has no chunk left");
   const auto start = std::chrono::steady_clock::now();
   const int rank = t.rank(), world = t.world_size();
-  const int64_t matrix = width * hidden, floats = 3 * matrix;
+  // Experts travel in the dtype they are held in: their stored bytes.
+  const WeightFormat format = current.ExpertFormat();
+  const int64_t expert_bytes = ep::ExpertBytes(current.spec(), format);
   const std::vector<size_t>& chunk = chunks_[next_chunk_];
   // Blocks destination by destination, transfers in plan order within each.
   std::vector<int64_t> send_bytes(world, 0), recv_bytes(world, 0);
   for (size_t i : chunk) {
     const ExpertTransfer& x = transfers_[i];
-    if (x.from == rank) send_bytes[x.to] += floats * static_cast<int64_t>(sizeof(float));
-    if (x.to == rank) recv_bytes[x.from] += floats * static_cast<int64_t>(sizeof(float));
+    if (x.from == rank) send_bytes[x.to] += expert_bytes;
+    if (x.to == rank) recv_bytes[x.from] += expert_bytes;
   }
   int64_t send_total = 0, recv_total = 0;
   std::vector<int64_t> send_offset(world), recv_offset(world);
   for (int r = 0; r < world; ++r) {
-    send_offset[r] = send_total / static_cast<int64_t>(sizeof(float));
-    recv_offset[r] = recv_total / static_cast<int64_t>(sizeof(float));
+    send_offset[r] = send_total;
+    recv_offset[r] = recv_total;
     send_total += send_bytes[r];
     recv_total += recv_bytes[r];
   }
-  send_.resize(send_total / sizeof(float));
-  recv_.resize(recv_total / sizeof(float));
+  send_.resize(send_total);
+  recv_.resize(recv_total);
   for (size_t i : chunk) {
     const ExpertTransfer& x = transfers_[i];
     if (x.from != rank) continue;
@@ -76,14 +78,15 @@ absl::Status Migration::RunChunk(transport::Transport& t, const ep::Layer& curre
       return absl::InternalError(StrCat("rank ", rank, " must send expert ", x.expert, " to rank ", x.to,
                                         " for placement version ", version_, " but does not hold it"));
     }
-    float* out = &send_[send_offset[x.to]];
-    std::memcpy(out, held->gate.data(), matrix * sizeof(float));
-    std::memcpy(out + matrix, held->up.data(), matrix * sizeof(float));
-    std::memcpy(out + 2 * matrix, held->down.data(), matrix * sizeof(float));
-    send_offset[x.to] += floats;
+    if (held->bytes() != expert_bytes) {
+      return absl::InternalError(StrCat("rank ", rank, ": expert ", x.expert, " is ", held->bytes(), " bytes (",
+                                        WeightFormatName(held->format()), "), its layer's experts ", expert_bytes,
+                                        " (", WeightFormatName(format), ")"));
+    }
+    held->CopyBytes(&send_[send_offset[x.to]]);
+    send_offset[x.to] += expert_bytes;
   }
-  absl::Status sent = t.AllToAllV(reinterpret_cast<const std::byte*>(send_.data()), send_bytes,
-                                  reinterpret_cast<std::byte*>(recv_.data()), recv_bytes, deadline);
+  absl::Status sent = t.AllToAllV(send_.data(), send_bytes, recv_.data(), recv_bytes, deadline);
   if (!sent.ok()) {
     return absl::Status(sent.code(), StrCat("migrating experts to placement version ", version_, " (chunk ",
                                             next_chunk_ + 1, " of ", num_chunks(), "): ", sent.message()));
@@ -91,13 +94,8 @@ absl::Status Migration::RunChunk(transport::Transport& t, const ep::Layer& curre
   for (size_t i : chunk) {
     const ExpertTransfer& x = transfers_[i];
     if (x.to != rank) continue;
-    const float* in = &recv_[recv_offset[x.from]];
-    ep::ExpertWeights w{.gate = Tensor({width, hidden}), .up = Tensor({width, hidden}), .down = Tensor({hidden, width})};
-    std::memcpy(w.gate.data(), in, matrix * sizeof(float));
-    std::memcpy(w.up.data(), in + matrix, matrix * sizeof(float));
-    std::memcpy(w.down.data(), in + 2 * matrix, matrix * sizeof(float));
-    received_[x.expert] = std::move(w);
-    recv_offset[x.from] += floats;
+    received_[x.expert] = ep::ExpertWeights::FromBytes(format, width, hidden, &recv_[recv_offset[x.from]]);
+    recv_offset[x.from] += expert_bytes;
     ++stats->experts_received;
   }
   for (int r = 0; r < world; ++r) {

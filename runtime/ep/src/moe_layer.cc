@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <map>
 
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
@@ -18,8 +19,7 @@ double Since(std::chrono::steady_clock::time_point start) {
 }
 
 kernels::ExpertWeightsView View(const ExpertWeights& w, int64_t hidden) {
-  return {.gate = w.gate.data(), .up = w.up.data(), .down = w.down.data(), .hidden = hidden,
-          .width = w.gate.dim(0)};
+  return {.gate = &w.gate, .up = &w.up, .down = &w.down, .hidden = hidden, .width = w.gate.rows};
 }
 
 }  // namespace
@@ -91,6 +91,11 @@ absl::Status MoeLayer::SwitchPlacement(Placement next, std::map<int64_t, ExpertW
     const int64_t e = next.slot_expert(next.first_slot(rank_) + s);
     if (experts.count(e)) continue;
     if (auto it = incoming.find(e); it != incoming.end()) {
+      if (it->second.format() != weights_.expert_format) {
+        return absl::InvalidArgumentError(StrCat("rank ", rank_, ": expert ", e, " arrived in ",
+                                                 WeightFormatName(it->second.format()), "; the layer holds its experts in ",
+                                                 WeightFormatName(weights_.expert_format)));
+      }
       experts[e] = std::move(it->second);
     } else if (auto held = weights_.experts.find(e); held != weights_.experts.end()) {
       experts[e] = held->second;
@@ -125,7 +130,7 @@ void MoeLayer::RunExperts(const DispatchResult& received, float* partial, StepSt
     // Expert-major: this expert's tokens side by side, then one FFN call.
     if (static_cast<int64_t>(gathered_.size()) < n * H) gathered_.resize(n * H);
     if (static_cast<int64_t>(expert_out_.size()) < n * H) expert_out_.resize(n * H);
-    int64_t need = kernels::GatedFfnWorkspace(n, w.gate.dim(0));
+    int64_t need = kernels::GatedFfnWorkspace(n, w.gate.rows, H);
     if (static_cast<int64_t>(workspace_.size()) < need) workspace_.resize(need);
     for (int64_t i = 0; i < n; ++i) {
       std::memcpy(&gathered_[i * H], received.recv_rows[rows[s][i].first], H * sizeof(float));
@@ -146,7 +151,7 @@ void MoeLayer::AddSharedExpert(const Tensor& x, Tensor* y) {
   const int64_t T = x.dim(0), H = spec_.hidden;
   if (T == 0) return;
   if (static_cast<int64_t>(expert_out_.size()) < T * H) expert_out_.resize(T * H);
-  int64_t need = kernels::GatedFfnWorkspace(T, spec_.shared_width);
+  int64_t need = kernels::GatedFfnWorkspace(T, spec_.shared_width, H);
   if (static_cast<int64_t>(workspace_.size()) < need) workspace_.resize(need);
   kernels::GatedFfn(View(*weights_.shared, H), x.data(), T, workspace_.data(), expert_out_.data());
   for (int64_t t = 0; t < T; ++t) {
@@ -205,11 +210,14 @@ absl::Status MoeLayer::Forward(transport::Transport& transport, const Tensor& x,
 
 Tensor ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
                         const std::vector<int64_t>& slice_tokens) {
-  const int64_t H = spec.hidden, k = spec.top_k;
-  Tensor y({x.dim(0), H});
-  // Naive FFN in double: no BLAS, no dispatch, nothing shared with the
-  // distributed path but the router.
-  auto ffn = [H](const ExpertWeights& w, const float* in, std::vector<double>* out) {
+  const int64_t H = spec.hidden, k = spec.top_k, T = x.dim(0);
+  // Naive FFN in double on the dequantised weights: no BLAS, no dispatch,
+  // nothing shared with the distributed path but the router.
+  struct Dense {
+    Tensor gate, up, down;
+  };
+  auto dense = [](const ExpertWeights& w) { return Dense{w.gate.ToTensor(), w.up.ToTensor(), w.down.ToTensor()}; };
+  auto ffn = [H](const Dense& w, const float* in, std::vector<double>* out) {
     const int64_t F = w.gate.dim(0);
     std::vector<double> act(F);
     for (int64_t f = 0; f < F; ++f) {
@@ -227,34 +235,48 @@ Tensor ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, con
       (*out)[h] = sum;
     }
   };
+  // Route every slice as the ranks do, then visit each chosen expert once
+  // (an expert is dequantised once, not once per token).
+  std::vector<int32_t> idx(T * k);
+  std::vector<float> w(T * k);
   int64_t first = 0;
-  std::vector<double> out, acc(H);
   for (int64_t count : slice_tokens) {
     Tensor slice({count, H});
     if (count > 0) std::memcpy(slice.data(), x.row(first), count * H * sizeof(float));
-    std::vector<int32_t> idx;
-    std::vector<float> w;
-    RouteTokens(spec, weights, slice, &idx, &w);
-    for (int64_t t = 0; t < count; ++t) {
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t j = 0; j < k; ++j) {
-        ffn(weights.experts.at(idx[t * k + j]), slice.row(t), &out);
-        for (int64_t h = 0; h < H; ++h) acc[h] += w[t * k + j] * out[h];
-      }
-      if (weights.shared) {
-        ffn(*weights.shared, slice.row(t), &out);
-        double gate = 1.0;
-        if (!weights.shared_gate.values.empty()) {
-          double dot = 0;
-          for (int64_t h = 0; h < H; ++h) dot += static_cast<double>(slice.row(t)[h]) * weights.shared_gate.values[h];
-          gate = 1.0 / (1.0 + std::exp(-dot));
-        }
-        for (int64_t h = 0; h < H; ++h) acc[h] += gate * out[h];
-      }
-      for (int64_t h = 0; h < H; ++h) y.row(first + t)[h] = static_cast<float>(acc[h]);
-    }
+    std::vector<int32_t> slice_idx;
+    std::vector<float> slice_w;
+    RouteTokens(spec, weights, slice, &slice_idx, &slice_w);
+    std::copy(slice_idx.begin(), slice_idx.end(), idx.begin() + first * k);
+    std::copy(slice_w.begin(), slice_w.end(), w.begin() + first * k);
     first += count;
   }
+  std::map<int64_t, std::vector<std::pair<int64_t, double>>> by_expert;
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < k; ++j) by_expert[idx[t * k + j]].emplace_back(t, w[t * k + j]);
+  }
+  std::vector<double> acc(T * H, 0.0), out;
+  for (const auto& [e, pairs] : by_expert) {
+    const Dense expert = dense(weights.experts.at(e));
+    for (const auto& [t, weight] : pairs) {
+      ffn(expert, x.row(t), &out);
+      for (int64_t h = 0; h < H; ++h) acc[t * H + h] += weight * out[h];
+    }
+  }
+  if (weights.shared) {
+    const Dense shared = dense(*weights.shared);
+    for (int64_t t = 0; t < T; ++t) {
+      ffn(shared, x.row(t), &out);
+      double gate = 1.0;
+      if (!weights.shared_gate.values.empty()) {
+        double dot = 0;
+        for (int64_t h = 0; h < H; ++h) dot += static_cast<double>(x.row(t)[h]) * weights.shared_gate.values[h];
+        gate = 1.0 / (1.0 + std::exp(-dot));
+      }
+      for (int64_t h = 0; h < H; ++h) acc[t * H + h] += gate * out[h];
+    }
+  }
+  Tensor y({T, H});
+  for (int64_t i = 0; i < T * H; ++i) y.values[i] = static_cast<float>(acc[i]);
   return y;
 }
 

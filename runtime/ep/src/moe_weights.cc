@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <optional>
 
 #include "moex/core/status_macros.h"
@@ -53,19 +54,29 @@ namespace {
 
 // Where a tensor's values come from, as the weight cache keys its entries:
 // the checkpoint file's bytes (path, range, dtype, size, modification time)
-// or the seed and scale. Empty when it cannot be told (nothing is cached).
-std::string SourceOf(const model::Checkpoint* checkpoint, uint64_t seed, const std::string& name, float scale) {
+// of each tensor behind it (a matrix's scales too), or the seed, scale and
+// the dtype random experts are made in. Empty when it cannot be told
+// (nothing is cached).
+std::string SourceOf(const model::Checkpoint* checkpoint, uint64_t seed, const std::string& name, float scale,
+                     WeightFormat random_format = WeightFormat::kF32) {
   if (checkpoint == nullptr) {
     uint32_t scale_bits;
     std::memcpy(&scale_bits, &scale, sizeof(scale_bits));
-    return StrCat("seed ", seed, " scale ", scale_bits);
+    return random_format == WeightFormat::kF32
+               ? StrCat("seed ", seed, " scale ", scale_bits)
+               : StrCat("seed ", seed, " scale ", scale_bits, " as ", WeightFormatName(random_format));
   }
-  absl::StatusOr<model::TensorInfo> info = checkpoint->Info(name);
-  struct stat st {};
-  if (!info.ok() || stat(info->file.c_str(), &st) != 0) return "";
-  const int64_t mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-  return StrCat("file ", info->file, " bytes ", info->begin, "-", info->end, " ", info->dtype, " size ",
-                static_cast<int64_t>(st.st_size), " mtime_ns ", mtime_ns, " inode ", static_cast<int64_t>(st.st_ino));
+  std::string source;
+  for (const std::string& tensor : checkpoint->MatrixTensors(name)) {
+    absl::StatusOr<model::TensorInfo> info = checkpoint->Info(tensor);
+    struct stat st {};
+    if (!info.ok() || stat(info->file.c_str(), &st) != 0) return "";
+    const int64_t mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+    source += StrCat(source.empty() ? "" : "; ", "file ", info->file, " bytes ", info->begin, "-", info->end, " ",
+                     info->dtype, " size ", static_cast<int64_t>(st.st_size), " mtime_ns ", mtime_ns, " inode ",
+                     static_cast<int64_t>(st.st_ino));
+  }
+  return source;
 }
 
 // Random weights' scales: 1/sqrt(fan-in).
@@ -78,16 +89,44 @@ ExpertScales ScalesFor(int64_t hidden, int64_t width) {
 
 }  // namespace
 
+void ExpertWeights::CopyBytes(std::byte* out) const {
+  gate.CopyBytes(out);
+  up.CopyBytes(out + gate.bytes());
+  down.CopyBytes(out + gate.bytes() + up.bytes());
+}
+
+ExpertWeights ExpertWeights::FromBytes(WeightFormat format, int64_t width, int64_t hidden, const std::byte* bytes) {
+  ExpertWeights w;
+  w.gate = StoredMatrix::FromBytes(format, width, hidden, bytes);
+  w.up = StoredMatrix::FromBytes(format, width, hidden, bytes + w.gate.bytes());
+  w.down = StoredMatrix::FromBytes(format, hidden, width, bytes + 2 * w.gate.bytes());
+  return w;
+}
+
+int64_t MoeWeights::expert_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& [e, w] : experts) bytes += w.bytes();
+  return bytes;
+}
+
+absl::StatusOr<WeightFormat> ExpertFormatOf(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint,
+                                            const WeightLoadOptions& options) {
+  if (checkpoint == nullptr) return options.random_format;
+  return checkpoint->MatrixFormat(WeightNamesFor(spec).Expert(0, "gate"));
+}
+
 absl::Status CacheExpert(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint, uint64_t seed,
                          int64_t expert, const ExpertWeights& weights, const WeightCache& cache) {
   const MoeWeightNames names = WeightNamesFor(spec);
   const ExpertScales scale = ScalesFor(spec.hidden, spec.expert_width);
-  const std::pair<const char*, const Tensor*> projections[] = {{"gate", &weights.gate}, {"up", &weights.up}, {"down", &weights.down}};
-  for (const auto& [projection, tensor] : projections) {
+  const std::pair<const char*, const StoredMatrix*> projections[] = {
+      {"gate", &weights.gate}, {"up", &weights.up}, {"down", &weights.down}};
+  for (const auto& [projection, matrix] : projections) {
     const std::string name = names.Expert(expert, projection);
-    const std::string source = SourceOf(checkpoint, seed, name, std::string_view(projection) == "down" ? scale.out : scale.in);
-    if (source.empty() || cache.Holds(name, source, tensor->shape)) continue;
-    MOEX_RETURN_IF_ERROR(cache.Put(name, source, *tensor));
+    const std::string source = SourceOf(checkpoint, seed, name,
+                                        std::string_view(projection) == "down" ? scale.out : scale.in, matrix->format);
+    if (source.empty() || cache.HoldsMatrix(name, source, matrix->format, matrix->rows, matrix->cols)) continue;
+    MOEX_RETURN_IF_ERROR(cache.PutMatrix(name, source, *matrix));
   }
   return absl::OkStatus();
 }
@@ -95,11 +134,12 @@ absl::Status CacheExpert(const MoeLayerSpec& spec, const model::Checkpoint* chec
 absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
                                           const model::Checkpoint* checkpoint, uint64_t seed,
                                           const std::vector<int64_t>& experts, const WeightCache* cache,
-                                          WeightLoadReport* report) {
+                                          WeightLoadReport* report, const WeightLoadOptions& options) {
   const MoeWeightNames names = WeightNamesFor(spec);
   const int64_t H = spec.hidden, F = spec.expert_width, E = spec.num_experts;
   WeightLoadReport unused;
   WeightLoadReport& r = report != nullptr ? *report : unused;
+  // Router, bias and gate: fp32 tensors.
   auto get = [&](const std::string& name, std::vector<int64_t> shape,
                  float scale) -> absl::StatusOr<Tensor> {
     const std::string source = cache != nullptr ? SourceOf(checkpoint, seed, name, scale) : "";
@@ -124,15 +164,56 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
     }
     return loaded;
   };
+  // Expert projections: kept in their stored dtype.
+  auto get_matrix = [&](const std::string& name, int64_t rows, int64_t cols,
+                        float scale) -> absl::StatusOr<StoredMatrix> {
+    WeightFormat format = options.random_format;
+    if (checkpoint != nullptr) {
+      MOEX_ASSIGN_OR_RETURN(format, checkpoint->MatrixFormat(name));
+    }
+    const std::string source = cache != nullptr ? SourceOf(checkpoint, seed, name, scale, format) : "";
+    if (!source.empty()) {
+      std::string rejected;
+      std::optional<StoredMatrix> hit = cache->GetMatrix(name, source, format, rows, cols, &rejected);
+      if (!rejected.empty()) r.rejected.push_back(std::move(rejected));
+      if (hit) {
+        ++r.tensors_from_cache;
+        r.bytes_from_cache += hit->bytes();
+        return std::move(*hit);
+      }
+    }
+    StoredMatrix loaded;
+    if (checkpoint != nullptr) {
+      MOEX_ASSIGN_OR_RETURN(loaded, checkpoint->ReadMatrix(name, rows, cols, options.map_checkpoint));
+    } else if (format == WeightFormat::kF32) {
+      loaded = StoredMatrix::FromTensor(RandomTensor(seed, name, {rows, cols}, scale));
+    } else {
+      MOEX_ASSIGN_OR_RETURN(loaded, StoredMatrix::Quantize(RandomTensor(seed, name, {rows, cols}, scale), format));
+    }
+    ++r.tensors_loaded;
+    r.bytes_loaded += loaded.bytes();
+    if (!source.empty() && r.put_error.empty()) {
+      absl::Status put = cache->PutMatrix(name, source, loaded);
+      if (!put.ok()) r.put_error = std::string(put.message());
+    }
+    return loaded;
+  };
   auto expert = [&](auto name_of, int64_t width) -> absl::StatusOr<ExpertWeights> {
     ExpertWeights w;
     const ExpertScales scale = ScalesFor(H, width);
-    MOEX_ASSIGN_OR_RETURN(w.gate, get(name_of("gate"), {width, H}, scale.in));
-    MOEX_ASSIGN_OR_RETURN(w.up, get(name_of("up"), {width, H}, scale.in));
-    MOEX_ASSIGN_OR_RETURN(w.down, get(name_of("down"), {H, width}, scale.out));
+    MOEX_ASSIGN_OR_RETURN(w.gate, get_matrix(name_of("gate"), width, H, scale.in));
+    MOEX_ASSIGN_OR_RETURN(w.up, get_matrix(name_of("up"), width, H, scale.in));
+    MOEX_ASSIGN_OR_RETURN(w.down, get_matrix(name_of("down"), H, width, scale.out));
+    if (w.up.format != w.gate.format || w.down.format != w.gate.format) {
+      return absl::InvalidArgumentError(StrCat("'", name_of("gate"), "' is ", WeightFormatName(w.gate.format), ", '",
+                                               name_of("up"), "' ", WeightFormatName(w.up.format), " and '",
+                                               name_of("down"), "' ", WeightFormatName(w.down.format),
+                                               ": moex needs an expert's projections in one dtype"));
+    }
     return w;
   };
   MoeWeights weights;
+  MOEX_ASSIGN_OR_RETURN(weights.expert_format, ExpertFormatOf(spec, checkpoint, options));
   MOEX_ASSIGN_OR_RETURN(weights.router, get(names.router, {E, H}, 1.0f / std::sqrt(static_cast<float>(H))));
   if (spec.router.has_correction_bias) {
     MOEX_ASSIGN_OR_RETURN(weights.correction_bias, get(names.correction_bias, {E}, 0.05f));
@@ -143,6 +224,12 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
     const int64_t hits_before = r.tensors_from_cache;
     MOEX_ASSIGN_OR_RETURN(weights.experts[e],
                           expert([&](std::string_view p) { return names.Expert(e, p); }, F));
+    if (weights.experts[e].format() != weights.expert_format) {
+      return absl::InvalidArgumentError(StrCat("expert ", e, " of layer ", spec.layer, " is ",
+                                               WeightFormatName(weights.experts[e].format()), ", expert 0 ",
+                                               WeightFormatName(weights.expert_format),
+                                               ": moex needs a layer's routed experts in one dtype"));
+    }
     ++(r.tensors_from_cache - hits_before == 3 ? r.experts_from_cache : r.experts_loaded);
   }
   if (spec.shared_width > 0) {
@@ -158,27 +245,26 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
 absl::Status SaveMoeWeights(const MoeLayerSpec& spec, const MoeWeights& weights,
                             const std::string& path, model::StorageDtype dtype) {
   const MoeWeightNames names = WeightNamesFor(spec);
-  std::vector<std::string> keys;
-  std::vector<const Tensor*> tensors;
-  auto add = [&](std::string name, const Tensor& t) {
-    keys.push_back(std::move(name));
-    tensors.push_back(&t);
+  std::deque<Tensor> dequantised;  // stable addresses
+  std::vector<std::pair<std::string, const Tensor*>> named;
+  auto add = [&](std::string name, const Tensor& t) { named.emplace_back(std::move(name), &t); };
+  auto add_matrix = [&](std::string name, const StoredMatrix& m) {
+    dequantised.push_back(m.ToTensor());
+    add(std::move(name), dequantised.back());
   };
   add(names.router, weights.router);
   if (!weights.correction_bias.values.empty()) add(names.correction_bias, weights.correction_bias);
   for (const auto& [e, w] : weights.experts) {
-    add(names.Expert(e, "gate"), w.gate);
-    add(names.Expert(e, "up"), w.up);
-    add(names.Expert(e, "down"), w.down);
+    add_matrix(names.Expert(e, "gate"), w.gate);
+    add_matrix(names.Expert(e, "up"), w.up);
+    add_matrix(names.Expert(e, "down"), w.down);
   }
   if (weights.shared) {
-    add(names.Shared("gate"), weights.shared->gate);
-    add(names.Shared("up"), weights.shared->up);
-    add(names.Shared("down"), weights.shared->down);
+    add_matrix(names.Shared("gate"), weights.shared->gate);
+    add_matrix(names.Shared("up"), weights.shared->up);
+    add_matrix(names.Shared("down"), weights.shared->down);
   }
   if (!weights.shared_gate.values.empty()) add(names.shared_gate, weights.shared_gate);
-  std::vector<std::pair<std::string, const Tensor*>> named;
-  for (size_t i = 0; i < keys.size(); ++i) named.emplace_back(keys[i], tensors[i]);
   return model::WriteSafetensors(path, named, dtype);
 }
 

@@ -8,21 +8,23 @@
 #include <cerrno>
 #include <cstring>
 
+#include "moex/core/mapped_file.h"
 #include "moex/core/str_cat.h"
 
 namespace moex::ep {
 namespace {
 
 // Layout of an entry, little-endian as the host (the cache never leaves it):
-//   "MOEXWC02" | u64 key bytes | key (name '\n' source) | u64 rank |
-//   rank x i64 dims | u64 XXH3-64 of the values | fp32 values
-// (version 01 held a CRC-32; its entries are refused as not ours, and
-// replaced.)
-constexpr char kMagic[8] = {'M', 'O', 'E', 'X', 'W', 'C', '0', '2'};
+//   "MOEXWC03" | u64 key bytes | key (name '\n' source) | u64 rank |
+//   rank x i64 dims | u64 format (WeightFormat) | u64 XXH3-64 of the bytes |
+//   zeros to a 64-byte boundary | the stored bytes (values, then scales)
+// (version 01 held a CRC-32, 02 fp32 only; their entries are refused as not
+// ours, and replaced.)
+constexpr char kMagic[8] = {'M', 'O', 'E', 'X', 'W', 'C', '0', '3'};
+constexpr int64_t kPayloadAlign = 64;
 constexpr uint64_t kMaxKeyBytes = 1 << 16;
 constexpr uint64_t kMaxRank = 8;
 
-uint64_t Checksum(const Tensor& t) { return XXH3_64bits(t.data(), t.values.size() * sizeof(float)); }
 
 std::string Key(const std::string& name, const std::string& source) { return StrCat(name, "\n", source); }
 
@@ -114,11 +116,12 @@ std::string WeightCache::PathFor(const std::string& name) const {
 
 namespace {
 
-// Opens the entry at `path` and checks its header against (key, shape) and
-// its size; on success the file offset is at the values and *checksum holds their
-// checksum. An error says what is wrong; kNotFound: there is no entry.
+// Opens the entry at `path` and checks its header against (key, shape,
+// format) and its size (`payload` bytes after the header); on success
+// *checksum holds the payload's checksum and *offset where it starts. An
+// error says what is wrong; kNotFound: there is no entry.
 absl::StatusOr<Fd> OpenEntry(const std::string& path, const std::string& key, const std::vector<int64_t>& shape,
-                             uint64_t* checksum) {
+                             WeightFormat format, int64_t payload, uint64_t* checksum, int64_t* offset) {
   Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (fd.get() < 0) {
     if (errno == ENOENT) return absl::NotFoundError(path);
@@ -130,7 +133,7 @@ absl::StatusOr<Fd> OpenEntry(const std::string& path, const std::string& key, co
   char magic[sizeof(kMagic)];
   uint64_t key_bytes = 0;
   if (!ReadExactly(fd.get(), magic, sizeof(magic)) || std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) {
-    return reject("not a moex weight cache entry");
+    return reject("not a moex weight cache entry (or one of an older moex)");
   }
   if (!ReadExactly(fd.get(), &key_bytes, sizeof(key_bytes)) || key_bytes > kMaxKeyBytes) return reject("bad key length");
   std::string stored_key(key_bytes, '\0');
@@ -141,58 +144,41 @@ absl::StatusOr<Fd> OpenEntry(const std::string& path, const std::string& key, co
   std::vector<int64_t> dims(rank);
   if (!ReadExactly(fd.get(), dims.data(), rank * sizeof(int64_t))) return reject("cut short in its shape");
   if (dims != shape) return reject(StrCat("shape ", ShapeString(dims), ", not ", ShapeString(shape)));
-  uint64_t stored_checksum = 0;
+  uint64_t stored_format = 0, stored_checksum = 0;
+  if (!ReadExactly(fd.get(), &stored_format, sizeof(stored_format))) return reject("cut short in its dtype");
+  if (stored_format != static_cast<uint64_t>(format)) {
+    return reject(StrCat("held in dtype #", stored_format, ", not ", WeightFormatName(format)));
+  }
   if (!ReadExactly(fd.get(), &stored_checksum, sizeof(stored_checksum))) return reject("cut short before its values");
   const int64_t header = static_cast<int64_t>(sizeof(kMagic) + sizeof(key_bytes) + key_bytes + sizeof(rank) +
-                                              rank * sizeof(int64_t) + sizeof(stored_checksum));
-  const int64_t expected = header + Tensor::NumElements(shape) * static_cast<int64_t>(sizeof(float));
-  if (st.st_size != expected) return reject(StrCat(st.st_size, " bytes, not ", expected));
+                                              rank * sizeof(int64_t) + sizeof(stored_format) + sizeof(stored_checksum));
+  const int64_t start = (header + kPayloadAlign - 1) / kPayloadAlign * kPayloadAlign;
+  if (st.st_size != start + payload) return reject(StrCat(st.st_size, " bytes, not ", start + payload));
   *checksum = stored_checksum;
+  *offset = start;
   return fd;
 }
 
-}  // namespace
-
-bool WeightCache::Holds(const std::string& name, const std::string& source, const std::vector<int64_t>& shape) const {
-  uint64_t checksum = 0;
-  return OpenEntry(PathFor(name), Key(name, source), shape, &checksum).ok();
-}
-
-std::optional<Tensor> WeightCache::Get(const std::string& name, const std::string& source,
-                                       const std::vector<int64_t>& shape, std::string* rejected) const {
-  const std::string path = PathFor(name);
-  uint64_t checksum = 0;
-  absl::StatusOr<Fd> fd = OpenEntry(path, Key(name, source), shape, &checksum);
-  if (!fd.ok()) {
-    if (!absl::IsNotFound(fd.status()) && rejected != nullptr) *rejected = std::string(fd.status().message());
-    return std::nullopt;
-  }
-  Tensor tensor(shape);
-  if (!ReadExactly(fd->get(), tensor.data(), tensor.values.size() * sizeof(float))) {
-    if (rejected != nullptr) *rejected = StrCat("'", path, "': cut short in its values");
-    return std::nullopt;
-  }
-  if (Checksum(tensor) != checksum) {
-    if (rejected != nullptr) *rejected = StrCat("'", path, "': checksum mismatch (corrupt)");
-    return std::nullopt;
-  }
-  return tensor;
-}
-
-absl::Status WeightCache::Put(const std::string& name, const std::string& source, const Tensor& tensor) const {
-  const std::string path = PathFor(name);
+// Writes an entry for (key, shape, format) whose payload is `payload`.
+absl::Status WriteEntry(const std::string& path, const std::string& key, const std::vector<int64_t>& shape,
+                        WeightFormat format, const std::byte* payload, int64_t payload_bytes) {
   const std::string temporary = StrCat(path, ".tmp-", getpid());
   Fd fd(open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (fd.get() < 0) return absl::UnavailableError(StrCat("cannot write the weight cache entry '", temporary, "': ", Errno()));
-  const std::string key = Key(name, source);
   const uint64_t key_bytes = key.size();
-  const uint64_t rank = tensor.shape.size();
-  const uint64_t checksum = Checksum(tensor);
+  const uint64_t rank = shape.size();
+  const uint64_t format_code = static_cast<uint64_t>(format);
+  const uint64_t checksum = XXH3_64bits(payload, static_cast<size_t>(payload_bytes));
+  const int64_t header = static_cast<int64_t>(sizeof(kMagic) + sizeof(key_bytes) + key_bytes + sizeof(rank) +
+                                              rank * sizeof(int64_t) + sizeof(format_code) + sizeof(checksum));
+  const std::string padding(static_cast<size_t>((kPayloadAlign - header % kPayloadAlign) % kPayloadAlign), '\0');
   bool ok = WriteExactly(fd.get(), kMagic, sizeof(kMagic)) && WriteExactly(fd.get(), &key_bytes, sizeof(key_bytes)) &&
             WriteExactly(fd.get(), key.data(), key.size()) && WriteExactly(fd.get(), &rank, sizeof(rank)) &&
-            WriteExactly(fd.get(), tensor.shape.data(), rank * sizeof(int64_t)) &&
+            WriteExactly(fd.get(), shape.data(), rank * sizeof(int64_t)) &&
+            WriteExactly(fd.get(), &format_code, sizeof(format_code)) &&
             WriteExactly(fd.get(), &checksum, sizeof(checksum)) &&
-            WriteExactly(fd.get(), tensor.data(), tensor.values.size() * sizeof(float));
+            WriteExactly(fd.get(), padding.data(), padding.size()) &&
+            WriteExactly(fd.get(), payload, static_cast<size_t>(payload_bytes));
   const std::string write_error = ok ? "" : Errno();
   ok = close(fd.release()) == 0 && ok;
   if (!ok || rename(temporary.c_str(), path.c_str()) != 0) {
@@ -201,6 +187,90 @@ absl::Status WeightCache::Put(const std::string& name, const std::string& source
     return absl::UnavailableError(StrCat("cannot write the weight cache entry '", path, "': ", why));
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+bool WeightCache::Holds(const std::string& name, const std::string& source, const std::vector<int64_t>& shape) const {
+  uint64_t checksum = 0;
+  int64_t offset = 0;
+  return OpenEntry(PathFor(name), Key(name, source), shape, WeightFormat::kF32, Tensor::NumElements(shape) * 4,
+                   &checksum, &offset)
+      .ok();
+}
+
+std::optional<Tensor> WeightCache::Get(const std::string& name, const std::string& source,
+                                       const std::vector<int64_t>& shape, std::string* rejected) const {
+  const std::string path = PathFor(name);
+  uint64_t checksum = 0;
+  int64_t offset = 0;
+  Tensor tensor(shape);
+  const int64_t bytes = tensor.size() * static_cast<int64_t>(sizeof(float));
+  absl::StatusOr<Fd> fd = OpenEntry(path, Key(name, source), shape, WeightFormat::kF32, bytes, &checksum, &offset);
+  if (!fd.ok()) {
+    if (!absl::IsNotFound(fd.status()) && rejected != nullptr) *rejected = std::string(fd.status().message());
+    return std::nullopt;
+  }
+  if (lseek(fd->get(), offset, SEEK_SET) != offset || !ReadExactly(fd->get(), tensor.data(), static_cast<size_t>(bytes))) {
+    if (rejected != nullptr) *rejected = StrCat("'", path, "': cut short in its values");
+    return std::nullopt;
+  }
+  if (XXH3_64bits(tensor.data(), static_cast<size_t>(bytes)) != checksum) {
+    if (rejected != nullptr) *rejected = StrCat("'", path, "': checksum mismatch (corrupt)");
+    return std::nullopt;
+  }
+  return tensor;
+}
+
+absl::Status WeightCache::Put(const std::string& name, const std::string& source, const Tensor& tensor) const {
+  return WriteEntry(PathFor(name), Key(name, source), tensor.shape, WeightFormat::kF32,
+                    reinterpret_cast<const std::byte*>(tensor.data()), tensor.size() * static_cast<int64_t>(sizeof(float)));
+}
+
+bool WeightCache::HoldsMatrix(const std::string& name, const std::string& source, WeightFormat format, int64_t rows,
+                              int64_t cols) const {
+  uint64_t checksum = 0;
+  int64_t offset = 0;
+  const int64_t bytes = StoredMatrix::ValueBytes(format, rows, cols) + StoredMatrix::ScaleBytes(format, rows, cols);
+  return OpenEntry(PathFor(name), Key(name, source), {rows, cols}, format, bytes, &checksum, &offset).ok();
+}
+
+std::optional<StoredMatrix> WeightCache::GetMatrix(const std::string& name, const std::string& source,
+                                                   WeightFormat format, int64_t rows, int64_t cols,
+                                                   std::string* rejected) const {
+  const std::string path = PathFor(name);
+  uint64_t checksum = 0;
+  int64_t offset = 0;
+  const int64_t bytes = StoredMatrix::ValueBytes(format, rows, cols) + StoredMatrix::ScaleBytes(format, rows, cols);
+  absl::StatusOr<Fd> fd = OpenEntry(path, Key(name, source), {rows, cols}, format, bytes, &checksum, &offset);
+  if (!fd.ok()) {
+    if (!absl::IsNotFound(fd.status()) && rejected != nullptr) *rejected = std::string(fd.status().message());
+    return std::nullopt;
+  }
+  absl::StatusOr<std::shared_ptr<const MappedRange>> mapped = MappedRange::Map(path, offset, bytes);
+  if (!mapped.ok()) {
+    if (rejected != nullptr) *rejected = std::string(mapped.status().message());
+    return std::nullopt;
+  }
+  if (XXH3_64bits((*mapped)->data(), static_cast<size_t>(bytes)) != checksum) {
+    if (rejected != nullptr) *rejected = StrCat("'", path, "': checksum mismatch (corrupt)");
+    return std::nullopt;
+  }
+  StoredMatrix m;
+  m.format = format;
+  m.rows = rows;
+  m.cols = cols;
+  m.values = (*mapped)->data();
+  m.scales = m.scale_bytes() > 0 ? m.values + m.value_bytes() : nullptr;
+  m.keep = std::move(*mapped);
+  return m;
+}
+
+absl::Status WeightCache::PutMatrix(const std::string& name, const std::string& source, const StoredMatrix& matrix) const {
+  std::vector<std::byte> bytes(static_cast<size_t>(matrix.bytes()));
+  matrix.CopyBytes(bytes.data());
+  return WriteEntry(PathFor(name), Key(name, source), {matrix.rows, matrix.cols}, matrix.format, bytes.data(),
+                    matrix.bytes());
 }
 
 }  // namespace moex::ep

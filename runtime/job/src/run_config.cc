@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "moex/core/status_macros.h"
+#include "moex/core/stored_matrix.h"
 #include "moex/core/str_cat.h"
 #include "moex/core/tensor.h"
 #include "moex/model/model_loader.h"
@@ -22,6 +23,7 @@ struct Field {
 constexpr Field kModel{"--model", "spec.model"};
 constexpr Field kLayer{"--layer", "spec.layer"};
 constexpr Field kWeights{"--weights", "spec.weights"};
+constexpr Field kWeightDtype{"--weight-dtype", "spec.weight_dtype"};
 constexpr Field kTokens{"--tokens-per-rank", "spec.tokens_per_rank"};
 constexpr Field kSteps{"--steps", "spec.steps"};
 constexpr Field kTransport{"--transport", "spec.transport"};
@@ -81,6 +83,9 @@ absl::Status RunConfig::Validate(FieldNames names) const {
   }
   if (model.empty() || !SafePath(model)) return c.Bad(kModel, "must name a preset or a config.json path");
   if (!SafePath(weights)) return c.Bad(kWeights, "must be a path of at most 4096 bytes");
+  if (absl::StatusOr<WeightFormat> format = ParseWeightFormat(weight_dtype); !format.ok()) {
+    return c.Bad(kWeightDtype, std::string(format.status().message()));
+  }
   if (layer && *layer < 0) return c.Bad(kLayer, StrCat("is ", *layer, "; must be >= 0"));
   if (!OneOf(device, {"cpu", "cuda"})) return c.Bad(kDevice, StrCat("'", device, "' is not one of cpu, cuda"));
   if (!OneOf(transport, {"mpi", "ucx", "nccl"})) {

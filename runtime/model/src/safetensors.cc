@@ -9,8 +9,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <cmath>
 #include <limits>
+#include <memory>
 
+#include "moex/core/mapped_file.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/model/config_view.h"
@@ -180,9 +183,10 @@ absl::StatusOr<Tensor> Checkpoint::Read(const std::string& name,
                                              ShapeString(info.shape), ", the model needs ",
                                              ShapeString(expected_shape)));
   }
-  if (info.dtype != "F32" && info.dtype != "BF16") {
+  if (info.dtype != "F32" && info.dtype != "BF16" && info.dtype != "F16") {
     return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor '", name, "' is ", info.dtype,
-                                             "; moex reads F32 and BF16"));
+                                             "; moex reads F32, BF16 and F16 here (F8_E4M3 and MXFP4 only for "
+                                             "expert weights)"));
   }
   Tensor tensor(info.shape);
   if (info.dtype == "F32") {
@@ -190,9 +194,141 @@ absl::StatusOr<Tensor> Checkpoint::Read(const std::string& name,
   } else {
     std::vector<uint16_t> raw(tensor.values.size());
     MOEX_RETURN_IF_ERROR(ReadRange(info.file, info.begin, info.end - info.begin, raw.data()));
-    for (size_t i = 0; i < raw.size(); ++i) tensor.values[i] = Bf16ToFloat(raw[i]);
+    for (size_t i = 0; i < raw.size(); ++i) {
+      tensor.values[i] = info.dtype == "BF16" ? Bf16ToFloat(raw[i]) : F16ToFloat(raw[i]);
+    }
   }
   return tensor;
+}
+
+namespace {
+
+std::string MxfpBase(const std::string& name) {
+  constexpr std::string_view kSuffix = ".weight";
+  return name.size() > kSuffix.size() && name.ends_with(kSuffix) ? name.substr(0, name.size() - kSuffix.size()) : name;
+}
+
+// The bytes of one tensor, mapped or copied, and what keeps them.
+struct Piece {
+  const std::byte* data = nullptr;
+  std::shared_ptr<const void> keep;
+};
+
+absl::StatusOr<Piece> LoadPiece(const TensorInfo& info, bool map) {
+  Piece piece;
+  const int64_t bytes = info.end - info.begin;
+  if (bytes == 0) return piece;
+  if (map) {
+    MOEX_ASSIGN_OR_RETURN(std::shared_ptr<const MappedRange> range, MappedRange::Map(info.file, info.begin, bytes));
+    piece.data = range->data();
+    piece.keep = std::move(range);
+  } else {
+    auto owned = std::shared_ptr<float[]>(new float[static_cast<size_t>((bytes + 3) / 4)]);
+    MOEX_RETURN_IF_ERROR(ReadRange(info.file, info.begin, bytes, owned.get()));
+    piece.data = reinterpret_cast<const std::byte*>(owned.get());
+    piece.keep = std::move(owned);
+  }
+  return piece;
+}
+
+}  // namespace
+
+absl::StatusOr<WeightFormat> Checkpoint::MatrixFormat(const std::string& name) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) {
+    const std::string base = MxfpBase(name);
+    if (tensors_.count(base + "_blocks")) {
+      if (!tensors_.count(base + "_scales")) {
+        return absl::NotFoundError(StrCat("checkpoint '", path_, "' has '", base, "_blocks' (MXFP4) but not its scales '",
+                                          base, "_scales'"));
+      }
+      return WeightFormat::kMXFP4;
+    }
+    return absl::NotFoundError(StrCat("checkpoint '", path_, "' has no tensor '", name, "' (nor MXFP4 '", base,
+                                      "_blocks')"));
+  }
+  const TensorInfo& info = it->second;
+  if (info.dtype == "F32") return WeightFormat::kF32;
+  if (info.dtype == "BF16") return WeightFormat::kBF16;
+  if (info.dtype == "F16") return WeightFormat::kF16;
+  if (info.dtype == "F8_E4M3") {
+    if (!tensors_.count(name + "_scale_inv")) {
+      return absl::NotFoundError(StrCat("'", info.file, "': tensor '", name, "' is F8_E4M3 but the checkpoint has no '",
+                                        name, "_scale_inv' (its 128x128 block scales)"));
+    }
+    return WeightFormat::kFP8Block;
+  }
+  return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor '", name, "' is ", info.dtype,
+                                           "; moex holds expert weights in F32, BF16, F16, F8_E4M3 (with '", name,
+                                           "_scale_inv') or MXFP4 ('", MxfpBase(name), "_blocks' and '_scales')"));
+}
+
+std::vector<std::string> Checkpoint::MatrixTensors(const std::string& name) const {
+  absl::StatusOr<WeightFormat> format = MatrixFormat(name);
+  if (!format.ok()) return {name};
+  if (*format == WeightFormat::kFP8Block) return {name, name + "_scale_inv"};
+  if (*format == WeightFormat::kMXFP4) return {MxfpBase(name) + "_blocks", MxfpBase(name) + "_scales"};
+  return {name};
+}
+
+absl::StatusOr<StoredMatrix> Checkpoint::ReadMatrix(const std::string& name, int64_t rows, int64_t cols, bool map) const {
+  MOEX_ASSIGN_OR_RETURN(WeightFormat format, MatrixFormat(name));
+  const std::vector<std::string> names = MatrixTensors(name);
+  auto piece = [&](const std::string& tensor, const std::vector<int64_t>& shape,
+                   std::string_view dtype) -> absl::StatusOr<Piece> {
+    MOEX_ASSIGN_OR_RETURN(TensorInfo info, Info(tensor));
+    if (info.dtype != dtype) {
+      return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor '", tensor, "' is ", info.dtype, "; ",
+                                               WeightFormatName(format), " weights need it ", dtype));
+    }
+    if (info.shape != shape) {
+      return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor '", tensor, "' has shape ",
+                                               ShapeString(info.shape), ", the model needs ", ShapeString(shape)));
+    }
+    return LoadPiece(info, map);
+  };
+  if (format == WeightFormat::kMXFP4 && cols % kMxfp4BlockSize != 0) {
+    return absl::InvalidArgumentError(StrCat("tensor '", name, "' is MXFP4 with ", cols,
+                                             " columns; MXFP4 needs a multiple of 32"));
+  }
+  StoredMatrix m;
+  m.format = format;
+  m.rows = rows;
+  m.cols = cols;
+  Piece values, scales;
+  if (format == WeightFormat::kFP8Block) {
+    MOEX_ASSIGN_OR_RETURN(values, piece(names[0], {rows, cols}, "F8_E4M3"));
+    MOEX_ASSIGN_OR_RETURN(scales, piece(names[1], StoredMatrix::ScaleShape(format, rows, cols), "F32"));
+  } else if (format == WeightFormat::kMXFP4) {
+    MOEX_ASSIGN_OR_RETURN(values, piece(names[0], {rows, cols / kMxfp4BlockSize, 16}, "U8"));
+    MOEX_ASSIGN_OR_RETURN(scales, piece(names[1], StoredMatrix::ScaleShape(format, rows, cols), "U8"));
+  } else {
+    const char* dtype = format == WeightFormat::kF32 ? "F32" : format == WeightFormat::kBF16 ? "BF16" : "F16";
+    MOEX_ASSIGN_OR_RETURN(values, piece(names[0], {rows, cols}, dtype));
+  }
+  // A scale that is not a finite positive number makes every weight of its
+  // block garbage: refuse it by its place.
+  const int64_t scale_count = format == WeightFormat::kFP8Block ? m.scale_bytes() / 4 : m.scale_bytes();
+  for (int64_t i = 0; i < scale_count; ++i) {
+    float scale;
+    if (format == WeightFormat::kFP8Block) {
+      std::memcpy(&scale, scales.data + 4 * i, 4);
+    } else {
+      const int bits = static_cast<int>(scales.data[i]);
+      scale = bits == 0xff ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, bits - 127);
+    }
+    if (!std::isfinite(scale) || !(scale > 0)) {
+      const std::vector<int64_t> shape = StoredMatrix::ScaleShape(format, rows, cols);
+      return absl::DataLossError(StrCat("'", Info(names[1])->file, "': tensor '", names[1], "' holds ", scale,
+                                        " at [", i / shape[1], ", ", i % shape[1],
+                                        "]; a block scale must be finite and positive (corrupt checkpoint?)"));
+    }
+  }
+  m.values = values.data;
+  m.scales = scales.data;
+  m.keep = std::make_shared<std::pair<std::shared_ptr<const void>, std::shared_ptr<const void>>>(std::move(values.keep),
+                                                                                                 std::move(scales.keep));
+  return m;
 }
 
 absl::Status WriteSafetensors(const std::string& path,

@@ -39,6 +39,10 @@ absl::Status JsonSink::OnFinish(const RunResult& r) {
                   {"hosts", r.hosts}, {"internode_bytes_per_step", m.internode_bytes},
                   {"internode_floor_bytes_per_step", m.internode_floor_bytes},
                   {"combine_internode_bytes_per_step", m.combine_internode_bytes}};
+  j["memory"] = {{"expert_dtype", r.expert_dtype},
+                 {"experts_mapped", r.experts_mapped},
+                 {"expert_bytes_per_rank", r.expert_bytes_per_rank},
+                 {"peak_resident_bytes_per_rank", r.peak_resident_bytes_per_rank}};
   if (check_) j["check_relative_error"] = r.progress.check_error;
   j["rebalances"] = nlohmann::json::array();
   for (const balance::RebalanceEvent& e : r.rebalances) {

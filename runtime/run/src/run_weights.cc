@@ -33,7 +33,7 @@ absl::StatusOr<ep::MoeWeights> RunWeights::Load(const std::vector<int64_t>& mine
   ep::WeightLoadReport report;
   const auto start = std::chrono::steady_clock::now();
   MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights,
-                        ep::LoadMoeWeights(spec_, checkpoint_, seed_, mine, cache_ ? &*cache_ : nullptr, &report));
+                        ep::LoadMoeWeights(spec_, checkpoint_, seed_, mine, cache_ ? &*cache_ : nullptr, &report, options_));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   cache_failed_ = !report.put_error.empty();
   for (size_t i = 0; i < report.rejected.size() && i < 3; ++i) {
@@ -47,9 +47,14 @@ absl::StatusOr<ep::MoeWeights> RunWeights::Load(const std::vector<int64_t>& mine
   std::vector<int64_t> sums = {report.experts_from_cache, report.experts_loaded, report.bytes_from_cache,
                                report.bytes_loaded, static_cast<int64_t>(report.rejected.size())};
   MOEX_RETURN_IF_ERROR(t.AllReduceSum(std::span<int64_t>(sums), deadline));
-  std::vector<double> times(t.world_size());
-  const double mine_seconds[] = {seconds};
-  MOEX_RETURN_IF_ERROR(t.AllGather(std::span<const double>(mine_seconds), std::span<double>(times), deadline));
+  std::vector<double> gathered(2 * t.world_size()), times(t.world_size());
+  const double mine_figures[] = {seconds, static_cast<double>(weights.expert_bytes())};
+  MOEX_RETURN_IF_ERROR(t.AllGather(std::span<const double>(mine_figures), std::span<double>(gathered), deadline));
+  expert_bytes_per_rank_.assign(t.world_size(), 0);
+  for (int r = 0; r < t.world_size(); ++r) {
+    times[r] = gathered[2 * r];
+    expert_bytes_per_rank_[r] = static_cast<int64_t>(gathered[2 * r + 1]);
+  }
   experts_from_cache_ = sums[0];
   experts_loaded_ = sums[1];
   const std::string from = checkpoint_ != nullptr ? StrCat("the checkpoint ", checkpoint_->path()) : StrCat("seed ", seed_);
@@ -64,6 +69,14 @@ absl::StatusOr<ep::MoeWeights> RunWeights::Load(const std::vector<int64_t>& mine
         sums[0], sums[0] + sums[1], cache_dir_, sums[1], from, FormatBytes(static_cast<double>(sums[2])),
         FormatBytes(static_cast<double>(sums[3])), sums[4], slowest);
   }
+  const auto [least, most] = std::minmax_element(expert_bytes_per_rank_.begin(), expert_bytes_per_rank_.end());
+  const bool mapped = checkpoint_ != nullptr && options_.map_checkpoint;
+  line_ += StrCat("moex run: experts held in ", WeightFormatName(weights.expert_format),
+                  mapped ? " (mapped read-only from the checkpoint: one copy a host, in the page cache)"
+                  : checkpoint_ != nullptr ? " (copied into each rank)" : "",
+                  ": ", FormatBytes(static_cast<double>(*least)),
+                  *least == *most ? StrCat(" on each rank") : StrCat(" to ", FormatBytes(static_cast<double>(*most)), " a rank"),
+                  "\n");
   return weights;
 }
 

@@ -5,8 +5,10 @@
 #include <cmath>
 #include <memory>
 #include <optional>
+#include <span>
 
 #include "fault_hooks.h"
+#include "memory_check.h"
 #include "moex/balance/live_rebalancer.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
@@ -112,7 +114,19 @@ class Runner {
     }
     std::vector<int64_t> mine;
     for (int64_t s = 0; s < start.num_local_slots(rank_); ++s) mine.push_back(start.slot_expert(start.first_slot(rank_) + s));
-    weights_.emplace(spec_, checkpoint(), config_.seed, config_.weight_cache, rank_);
+    ep::WeightLoadOptions options{.map_checkpoint = config_.map_weights};
+    MOEX_ASSIGN_OR_RETURN(options.random_format, ParseWeightFormat(config_.weight_dtype));
+    MOEX_ASSIGN_OR_RETURN(const WeightFormat format, ep::ExpertFormatOf(spec_, checkpoint(), options));
+    {
+      std::vector<int64_t> distinct = mine;
+      std::sort(distinct.begin(), distinct.end());
+      distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+      const MemoryNeed need =
+          EstimateNeed(spec_, static_cast<int64_t>(distinct.size()), format, checkpoint() != nullptr && options.map_checkpoint,
+                       config_.tokens_per_rank, world_, rank_ == 0 && (config_.check || config_.check_every_step));
+      MOEX_RETURN_IF_ERROR(CheckMemoryFits(spec_, need, format, t_, NextDeadline()));
+    }
+    weights_.emplace(spec_, checkpoint(), config_.seed, config_.weight_cache, rank_, options);
     MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights, weights_->Load(mine, t_, NextDeadline()));
     router_ = weights.router;
     MOEX_RETURN_IF_ERROR(MakeLayer(start, std::move(weights)));
@@ -165,7 +179,12 @@ class Runner {
     // A controller job's cache is for a relaunch: every step ran.
     if (controller_ != nullptr) weights_->DropHostCache();
     RunResult result{.data_path = layer_->DataPath(), .hosts = layer_->NumHosts(), .progress = Progress(config_.steps, /*final=*/true),
-                     .rebalances = rebalancer_ ? rebalancer_->events() : std::vector<balance::RebalanceEvent>{}};
+                     .rebalances = rebalancer_ ? rebalancer_->events() : std::vector<balance::RebalanceEvent>{},
+                     .expert_dtype = std::string(WeightFormatName(format)),
+                     .experts_mapped = checkpoint() != nullptr && options.map_checkpoint,
+                     .expert_bytes_per_rank = weights_->expert_bytes_per_rank(),
+                     .peak_resident_bytes_per_rank = {}};
+    MOEX_ASSIGN_OR_RETURN(result.peak_resident_bytes_per_rank, PeakResidentPerRank());
     for (RunSink* sink : sinks_) MOEX_RETURN_IF_ERROR(sink->OnFinish(result));
     return absl::OkStatus();
   }
@@ -272,8 +291,18 @@ class Runner {
             .experts_loaded = weights_->experts_loaded(), .final = final};
   }
 
+  // Each rank's peak resident set (VmHWM: anonymous and mapped file pages
+  // it touched), by rank.
+  absl::StatusOr<std::vector<int64_t>> PeakResidentPerRank() {
+    std::vector<double> all(world_);
+    const double mine[] = {static_cast<double>(PeakResidentBytes())};
+    MOEX_RETURN_IF_ERROR(t_.AllGather(std::span<const double>(mine), std::span<double>(all), NextDeadline()));
+    return std::vector<int64_t>(all.begin(), all.end());
+  }
+
   absl::Status SaveAllWeights() const {
-    MOEX_ASSIGN_OR_RETURN(ep::MoeWeights all, ep::LoadMoeWeights(spec_, checkpoint(), config_.seed, EveryExpert(spec_)));
+    MOEX_ASSIGN_OR_RETURN(ep::MoeWeights all, ep::LoadMoeWeights(spec_, checkpoint(), config_.seed, EveryExpert(spec_),
+                                                                  nullptr, nullptr, weights_->options()));
     return ep::SaveMoeWeights(spec_, all, config_.save_weights, model::StorageDtype::kF32);
   }
 
@@ -316,8 +345,8 @@ class Runner {
   // of `all_x`, relative to the output's scale.
   absl::StatusOr<double> CompareWithReference(const Tensor& all_x, const Tensor& all_y) {
     if (!reference_weights_) {
-      MOEX_ASSIGN_OR_RETURN(reference_weights_,
-                            ep::LoadMoeWeights(spec_, checkpoint(), config_.seed, EveryExpert(spec_)));
+      MOEX_ASSIGN_OR_RETURN(reference_weights_, ep::LoadMoeWeights(spec_, checkpoint(), config_.seed, EveryExpert(spec_),
+                                                                   nullptr, nullptr, weights_->options()));
     }
     const Tensor expected = ep::ReferenceForward(spec_, *reference_weights_, all_x, tokens_.Slices());
     double scale = 0, worst = 0;

@@ -97,6 +97,17 @@ absl::Status TerminalSink::OnFinish(const RunResult& r) {
         m.internode_floor_bytes > 0 ? m.internode_bytes / m.internode_floor_bytes : 1.0,
         FormatBytes(m.combine_internode_bytes));
   }
+  if (!r.peak_resident_bytes_per_rank.empty() && r.peak_resident_bytes_per_rank.size() == r.expert_bytes_per_rank.size()) {
+    std::cout << "memory (by rank): experts held in " << r.expert_dtype << (r.experts_mapped ? " (mapped)" : "")
+              << " / peak resident (VmHWM):";
+    for (size_t i = 0; i < r.peak_resident_bytes_per_rank.size() && i < 16; ++i) {
+      std::cout << " " << FormatBytes(static_cast<double>(r.expert_bytes_per_rank[i])) << " / "
+                << FormatBytes(static_cast<double>(r.peak_resident_bytes_per_rank[i]))
+                << (i + 1 < r.peak_resident_bytes_per_rank.size() ? "," : "");
+    }
+    if (r.peak_resident_bytes_per_rank.size() > 16) std::cout << " …";
+    std::cout << "\n";
+  }
   return absl::OkStatus();
 }
 

@@ -63,13 +63,18 @@ class DeviceBuffer {
 };
 
 // Host fp32 rows, back to back, as one bf16 device matrix.
-absl::Status UploadBf16(const std::vector<const Tensor*>& parts, DeviceBuffer* out, int rank, std::string_view what) {
+// Weights kept in another dtype on the host are turned into fp32 a matrix
+// at a time here, then into the bf16 the grouped GEMM takes (no FP8 GEMM on
+// the device yet).
+absl::Status UploadBf16(const std::vector<const StoredMatrix*>& parts, DeviceBuffer* out, int rank,
+                        std::string_view what) {
   size_t n = 0;
-  for (const Tensor* t : parts) n += t->values.size();
+  for (const StoredMatrix* m : parts) n += static_cast<size_t>(m->rows * m->cols);
   std::vector<uint16_t> bits;
   bits.reserve(n);
-  for (const Tensor* t : parts) {
-    for (float v : t->values) bits.push_back(FloatToBf16(v));
+  for (const StoredMatrix* m : parts) {
+    const Tensor values = m->ToTensor();
+    for (float v : values.values) bits.push_back(FloatToBf16(v));
   }
   MOEX_RETURN_IF_ERROR(out->Reserve(n * 2, rank, what));
   return Cuda(cudaMemcpy(out->get(), bits.data(), n * 2, cudaMemcpyHostToDevice), rank, StrCat("upload ", what));
@@ -176,7 +181,7 @@ absl::StatusOr<std::unique_ptr<CudaMoeLayer>> CudaMoeLayer::Create(const MoeLaye
     impl->w2_ptrs.push_back(impl->w2.back()->get());
   }
   if (weights.shared) {
-    impl->shared_width = weights.shared->gate.dim(0);
+    impl->shared_width = weights.shared->gate.rows;
     MOEX_RETURN_IF_ERROR(UploadBf16({&weights.shared->gate, &weights.shared->up}, &impl->shared_w1, rank, "shared gate/up"));
     MOEX_RETURN_IF_ERROR(UploadBf16({&weights.shared->down}, &impl->shared_w2, rank, "shared down"));
     MOEX_ASSIGN_OR_RETURN(kernels::cuda::GroupedGemm shared, kernels::cuda::GroupedGemm::Create(1));

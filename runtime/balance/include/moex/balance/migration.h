@@ -71,7 +71,7 @@ class Migration {
   std::vector<std::vector<size_t>> chunks_;  // transfer indices
   int64_t next_chunk_ = 0;
   std::map<int64_t, ep::ExpertWeights> received_;
-  std::vector<float> send_, recv_;
+  std::vector<std::byte> send_, recv_;
 };
 
 }  // namespace moex::balance

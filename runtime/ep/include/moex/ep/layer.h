@@ -69,6 +69,8 @@ class Layer {
   // a message naming lost ranks; "" where the layer does not know.
   virtual std::string WhereRanksAre(const std::vector<int>& /*ranks*/) const { return ""; }
 
+  // The dtype this rank's routed experts are held in (and migrate in).
+  virtual WeightFormat ExpertFormat() const { return WeightFormat::kF32; }
   // Weights out, for live migration: this rank's copy of `expert` on the
   // host, or null when it holds none there.
   virtual const ExpertWeights* HeldExpert(int64_t expert) const = 0;

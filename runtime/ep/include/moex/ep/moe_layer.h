@@ -20,7 +20,8 @@
 
 namespace moex::ep {
 
-// The layer on this rank's CPU: experts in fp32 on OpenBLAS.
+// The layer on this rank's CPU: experts kept in their stored dtype, computed
+// in fp32 on OpenBLAS a dequantised tile at a time.
 class MoeLayer final : public Layer {
  public:
   // `weights` must hold every logical expert of this rank's slots; the
@@ -56,6 +57,7 @@ class MoeLayer final : public Layer {
   const Placement& placement() const override { return placement_; }
   int rank() const override { return rank_; }
   const MoeWeights& weights() const { return weights_; }
+  WeightFormat ExpertFormat() const override { return weights_.expert_format; }
   const ExpertWeights* HeldExpert(int64_t expert) const override {
     auto it = weights_.experts.find(expert);
     return it == weights_.experts.end() ? nullptr : &it->second;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "moex/core/stored_matrix.h"
 #include "moex/core/tensor.h"
 #include "moex/model/architecture.h"
 #include "moex/model/moe_layer_spec.h"
@@ -26,16 +27,26 @@ using model::MoeLayerSpec;
 using model::MoeWeightNames;
 using model::WeightNamesFor;
 
+// An expert's three projections, each in the dtype it is stored in (F32
+// for random weights unless asked otherwise; a checkpoint's own dtype).
 struct ExpertWeights {
-  Tensor gate;  // [F, H]
-  Tensor up;    // [F, H]
-  Tensor down;  // [H, F]
+  StoredMatrix gate;  // [F, H]
+  StoredMatrix up;    // [F, H]
+  StoredMatrix down;  // [H, F]
+  int64_t bytes() const { return gate.bytes() + up.bytes() + down.bytes(); }
+  WeightFormat format() const { return gate.format; }
+  // Writes gate, up and down (values then scales each), bytes() in all.
+  void CopyBytes(std::byte* out) const;
+  // The inverse of CopyBytes for an expert of `width` x `hidden` in `format`.
+  static ExpertWeights FromBytes(WeightFormat format, int64_t width, int64_t hidden, const std::byte* bytes);
 };
 
-// Bytes of one expert's weights as they are held and migrated: fp32 gate,
-// up and down, each [expert_width, hidden].
-inline int64_t ExpertBytes(const MoeLayerSpec& spec) {
-  return 3 * spec.expert_width * spec.hidden * static_cast<int64_t>(sizeof(float));
+// Bytes of one routed expert's weights as they are held and migrated in
+// `format` (values and scales of gate, up and down).
+inline int64_t ExpertBytes(const MoeLayerSpec& spec, WeightFormat format = WeightFormat::kF32) {
+  const int64_t F = spec.expert_width, H = spec.hidden;
+  return 2 * (StoredMatrix::ValueBytes(format, F, H) + StoredMatrix::ScaleBytes(format, F, H)) +
+         StoredMatrix::ValueBytes(format, H, F) + StoredMatrix::ScaleBytes(format, H, F);
 }
 
 struct MoeWeights {
@@ -44,6 +55,17 @@ struct MoeWeights {
   std::map<int64_t, ExpertWeights> experts; // only the ones asked for
   std::optional<ExpertWeights> shared;      // width shared_width
   Tensor shared_gate;                       // [1, H], or empty
+  WeightFormat expert_format = WeightFormat::kF32;  // of the routed experts
+  // Bytes of the routed experts held, values and scales.
+  int64_t expert_bytes() const;
+};
+
+// How LoadMoeWeights reads: a checkpoint's matrices mapped read-only (shared
+// with every process of the host through the page cache) or copied into this
+// process; random experts made in `random_format`.
+struct WeightLoadOptions {
+  bool map_checkpoint = true;
+  WeightFormat random_format = WeightFormat::kF32;
 };
 
 // `checkpoint` null: random weights from `seed`.
@@ -57,7 +79,7 @@ struct WeightLoadReport {
   int64_t experts_from_cache = 0;  // every tensor of the expert came from the cache
   int64_t experts_loaded = 0;
   int64_t tensors_from_cache = 0, tensors_loaded = 0;
-  int64_t bytes_from_cache = 0, bytes_loaded = 0;  // fp32 bytes
+  int64_t bytes_from_cache = 0, bytes_loaded = 0;  // as held (stored dtype)
   std::vector<std::string> rejected;  // entries that were there but unusable, and why
   std::string put_error;  // the first entry that could not be written (no more are tried)
 };
@@ -67,7 +89,13 @@ struct WeightLoadReport {
 absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
                                           const model::Checkpoint* checkpoint, uint64_t seed,
                                           const std::vector<int64_t>& experts, const WeightCache* cache,
-                                          WeightLoadReport* report);
+                                          WeightLoadReport* report, const WeightLoadOptions& options = {});
+
+// The dtype the routed experts of `spec` come in: the checkpoint's (its
+// first expert's gate), else `options.random_format`. An error names a
+// checkpoint tensor that moex cannot hold.
+absl::StatusOr<WeightFormat> ExpertFormatOf(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint,
+                                            const WeightLoadOptions& options = {});
 
 // Puts one expert's tensors in `cache` (unless it holds them already), keyed
 // as LoadMoeWeights keys them: for experts that reached a rank otherwise

@@ -7,7 +7,7 @@
 //
 // One file per tensor, named after it. Each entry records its source (the
 // checkpoint file, byte range, size and modification time, or the seed), its
-// shape and an XXH3-64 hash of its values; an entry that does not match what is
+// shape, its dtype and an XXH3-64 hash of its bytes; an entry that does not match what is
 // asked for, is cut short or fails its checksum is a miss, never a wrong
 // tensor. Entries are written to a temporary file and renamed into place, so
 // a rank killed mid-write leaves no half entry.
@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "moex/core/stored_matrix.h"
 #include "moex/core/tensor.h"
 
 namespace moex::ep {
@@ -41,6 +42,15 @@ class WeightCache {
   // Stores `tensor` as the entry for `name`, replacing any older one. An
   // error (no space left, ...) names the file; nothing partial is left.
   absl::Status Put(const std::string& name, const std::string& source, const Tensor& tensor) const;
+
+  // The same for a weight matrix in its stored dtype: the entry holds the
+  // stored bytes (values and scales), and GetMatrix maps them read-only, so
+  // every rank of the host shares the one copy in /dev/shm.
+  std::optional<StoredMatrix> GetMatrix(const std::string& name, const std::string& source, WeightFormat format,
+                                        int64_t rows, int64_t cols, std::string* rejected) const;
+  bool HoldsMatrix(const std::string& name, const std::string& source, WeightFormat format, int64_t rows,
+                   int64_t cols) const;
+  absl::Status PutMatrix(const std::string& name, const std::string& source, const StoredMatrix& matrix) const;
 
   const std::string& dir() const { return dir_; }
   // The entry's file for `name` (the name with anything but [A-Za-z0-9._-]

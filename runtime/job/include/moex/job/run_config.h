@@ -38,6 +38,8 @@ struct RunConfig {
   std::string weights;               // safetensors file, index, or folder; "": random from `seed`
   std::string save_weights;          // rank 0 writes the whole layer's weights here
   std::string weight_cache;          // host directory keeping loaded weights for a relaunch
+  std::string weight_dtype = "f32";  // random experts are made and held in this (a checkpoint's keep theirs)
+  bool map_weights = true;           // a checkpoint's experts mapped read-only (false: copied in)
   std::string input;                 // safetensors with `hidden_states` [tokens, hidden]
   std::string output;                // rank 0 writes `output` [tokens, hidden] here
   int64_t tokens_per_rank = 512;     // synthetic tokens per rank per step

@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "moex/core/stored_matrix.h"
 #include "moex/core/tensor.h"
 
 namespace moex::model {
@@ -43,10 +44,25 @@ class Checkpoint {
 
   bool Has(const std::string& name) const { return tensors_.count(name) > 0; }
   absl::StatusOr<TensorInfo> Info(const std::string& name) const;
-  // Reads a F32 or BF16 tensor as fp32. With `expected_shape`, a different
-  // shape is an error naming both.
+  // Reads a F32, BF16 or F16 tensor as fp32. With `expected_shape`, a
+  // different shape is an error naming both.
   absl::StatusOr<Tensor> Read(const std::string& name,
                               const std::vector<int64_t>& expected_shape = {}) const;
+
+  // The weight matrix `name` [rows, cols] kept in the dtype it is stored in:
+  // F32, BF16, F16; F8_E4M3 with its block scales `<name>_scale_inv` (F32,
+  // [ceil(rows/128), ceil(cols/128)], DeepSeek-V3 and Kimi K2); or MXFP4 as
+  // `<base>_blocks` (U8 [rows, cols/32, 16]) and `<base>_scales` (U8 e8m0
+  // [rows, cols/32]), base being `name` without ".weight" (gpt-oss's
+  // convention). Mapped read-only when `map` (the page cache holds the one
+  // copy), else copied into this process. Scales must be finite and positive.
+  absl::StatusOr<StoredMatrix> ReadMatrix(const std::string& name, int64_t rows, int64_t cols, bool map = true) const;
+  // The format ReadMatrix gives `name`, from the headers alone; the error
+  // names the tensor, its file and dtype, and what moex accepts.
+  absl::StatusOr<WeightFormat> MatrixFormat(const std::string& name) const;
+  // The checkpoint tensors behind the matrix `name` (itself or its blocks,
+  // and its scales), and their files' identity for caching.
+  std::vector<std::string> MatrixTensors(const std::string& name) const;
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   const std::string& path() const { return path_; }
 

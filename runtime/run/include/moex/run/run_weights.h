@@ -27,8 +27,9 @@ class RunWeights {
   // `checkpoint` null: random weights from `seed`; `cache_dir` empty: no cache.
   // The checkpoint must outlive this object.
   RunWeights(const ep::MoeLayerSpec& spec, const model::Checkpoint* checkpoint, uint64_t seed, std::string cache_dir,
-             int rank)
-      : spec_(spec), checkpoint_(checkpoint), seed_(seed), cache_dir_(std::move(cache_dir)), rank_(rank) {}
+             int rank, ep::WeightLoadOptions options = {})
+      : spec_(spec), checkpoint_(checkpoint), seed_(seed), cache_dir_(std::move(cache_dir)), rank_(rank),
+        options_(options) {}
 
   // This rank's experts `mine`: those the host's cache holds are read from
   // it, the rest loaded and put there. A cache that cannot be used is a
@@ -42,6 +43,9 @@ class RunWeights {
   // Over all ranks, distinct experts per rank.
   int64_t experts_from_cache() const { return experts_from_cache_; }
   int64_t experts_loaded() const { return experts_loaded_; }
+  // Each rank's routed experts' bytes as held (stored dtype), by rank.
+  const std::vector<int64_t>& expert_bytes_per_rank() const { return expert_bytes_per_rank_; }
+  const ep::WeightLoadOptions& options() const { return options_; }
 
   // An expert that migrated here goes into this host's cache (unless it is
   // there already), so that a relaunch on this host finds it. A failure is a
@@ -57,6 +61,8 @@ class RunWeights {
   uint64_t seed_;
   std::string cache_dir_;
   int rank_;
+  ep::WeightLoadOptions options_;
+  std::vector<int64_t> expert_bytes_per_rank_;
   std::optional<ep::WeightCache> cache_;
   bool cache_failed_ = false;
   std::string line_;

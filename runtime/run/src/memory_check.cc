@@ -1,0 +1,190 @@
+#include "memory_check.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <span>
+#include <sstream>
+#include <vector>
+
+#include "moex/core/format.h"
+#include "moex/core/status_macros.h"
+#include "moex/core/str_cat.h"
+#include "moex/transport/gather_strings.h"
+
+namespace moex::run {
+namespace {
+
+// "Key:   123 kB" lines of /proc/meminfo and /proc/self/status, in bytes.
+int64_t ProcKilobytes(const char* file, const std::string& key) {
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) != 0) continue;
+    std::istringstream fields(line.substr(key.size() + 1));
+    int64_t kb = -1;
+    fields >> kb;
+    return kb < 0 ? -1 : kb * 1024;
+  }
+  return -1;
+}
+
+int64_t ReadNumber(const std::string& path) {
+  std::ifstream in(path);
+  std::string word;
+  if (!(in >> word) || word == "max") return -1;
+  char* end = nullptr;
+  const long long value = std::strtoll(word.c_str(), &end, 10);
+  return end != nullptr && *end == '\0' && value >= 0 ? value : -1;
+}
+
+// cgroup v2: memory.max less memory.current of this process's cgroup.
+int64_t CgroupAvailable() {
+  std::ifstream in("/proc/self/cgroup");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("0::", 0) != 0) continue;
+    const std::string dir = "/sys/fs/cgroup" + line.substr(3);
+    const int64_t max = ReadNumber(dir + "/memory.max"), current = ReadNumber(dir + "/memory.current");
+    if (max < 0) return -1;
+    return std::max<int64_t>(0, max - std::max<int64_t>(0, current));
+  }
+  return -1;
+}
+
+int64_t StoredBytesPerWeight(WeightFormat format, int64_t rows, int64_t cols) {
+  return StoredMatrix::ValueBytes(format, rows, cols) + StoredMatrix::ScaleBytes(format, rows, cols);
+}
+
+}  // namespace
+
+MemoryNeed EstimateNeed(const ep::MoeLayerSpec& spec, int64_t local_experts, WeightFormat format, bool mapped,
+                        int64_t tokens_per_rank, int world, bool reference) {
+  const int64_t H = spec.hidden, F = spec.expert_width, E = spec.num_experts, k = spec.top_k;
+  const int64_t T = tokens_per_rank, all = tokens_per_rank * world;
+  MemoryNeed need;
+  const int64_t expert = ep::ExpertBytes(spec, format);
+  need.experts = local_experts * expert;
+  if (spec.shared_width > 0) {
+    need.shared = 2 * StoredBytesPerWeight(format, spec.shared_width, H) + StoredBytesPerWeight(format, H, spec.shared_width);
+  }
+  if (mapped) need.mapped = need.experts + need.shared;
+  // fp32: x and y, router logits, sent copies, received rows and partial
+  // sums, gathered rows and expert outputs, the FFN's activations and tile.
+  const int64_t floats = 2 * T * H + T * E + T * k * H + 2 * all * H + 2 * all * H + 2 * all * F +
+                         64 * std::max(F, H) + 2 * T * std::max<int64_t>(spec.shared_width, 1);
+  need.buffers = floats * 4;
+  if (reference) {
+    // Every expert (mapped: the same pages as the ranks'), one expert in
+    // fp32 at a time, the gathered tokens and the double accumulators.
+    const int64_t layer = E * expert;
+    need.reference = layer + 3 * F * H * 4 + 3 * all * H * 4 + all * H * 8;
+    if (mapped) need.mapped += layer;
+  }
+  return need;
+}
+
+int64_t PeakResidentBytes() { return ProcKilobytes("/proc/self/status", "VmHWM"); }
+
+MemoryLimits ReadMemoryLimits() {
+  MemoryLimits limits;
+  struct rlimit rl {};
+  if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+    const int64_t used = ProcKilobytes("/proc/self/status", "VmSize");
+    limits.address_space = std::max<int64_t>(0, static_cast<int64_t>(rl.rlim_cur) - std::max<int64_t>(0, used));
+  }
+  limits.cgroup = CgroupAvailable();
+  limits.mem_available = ProcKilobytes("/proc/meminfo", "MemAvailable");
+  if (const char* forced = std::getenv("MOEX_MEM_AVAILABLE_BYTES")) {
+    char* end = nullptr;
+    const long long value = std::strtoll(forced, &end, 10);
+    if (end != nullptr && *end == '\0' && value >= 0) limits.mem_available = value;
+  }
+  return limits;
+}
+
+absl::Status CheckMemoryFits(const ep::MoeLayerSpec& spec, const MemoryNeed& need, WeightFormat format,
+                             transport::Transport& t, Deadline deadline) {
+  const int rank = t.rank(), world = t.world_size();
+  const MemoryLimits limits = ReadMemoryLimits();
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) name[0] = '\0';
+  MOEX_ASSIGN_OR_RETURN(std::vector<std::string> hosts, transport::AllGatherStrings(t, name, deadline));
+  // Each rank's (anonymous, mapped) need, and which ranks are short of
+  // address space.
+  // Address space also goes to the threads' malloc arenas (64 MiB reserved
+  // each), shared-memory segments and what the libraries map as they run:
+  // measured at 110-210 MiB beyond the estimate for a 2-rank run over Open MPI and UCX here.
+  constexpr int64_t kAddressSpaceMargin = int64_t{256} << 20;
+  const bool own_short = limits.address_space >= 0 && need.total() + kAddressSpaceMargin > limits.address_space;
+  std::vector<double> mine = {static_cast<double>(need.total() - need.mapped), static_cast<double>(need.mapped),
+                              own_short ? 1.0 : 0.0};
+  std::vector<double> all(3 * world);
+  MOEX_RETURN_IF_ERROR(t.AllGather(std::span<const double>(mine), std::span<double>(all), deadline));
+  // A host's ranks share its memory and (as a job's ranks do) its cgroup;
+  // mapped pages are the checkpoint's, held once however many map them.
+  const int64_t layer_bytes = spec.num_experts * ep::ExpertBytes(spec, format) + need.shared;
+  std::map<std::string, std::pair<double, double>> per_host;  // anonymous, mapped
+  std::map<std::string, int> ranks_on;
+  for (int r = 0; r < world; ++r) {
+    per_host[hosts[r]].first += all[3 * r];
+    per_host[hosts[r]].second += all[3 * r + 1];
+    ++ranks_on[hosts[r]];
+  }
+  auto host_need = [&](const std::string& host) {
+    const auto& [anonymous, mapped] = per_host[host];
+    return static_cast<int64_t>(anonymous + std::min<double>(mapped, static_cast<double>(layer_bytes)));
+  };
+  int64_t host_limit = -1;
+  std::string host_limit_name;
+  for (const auto& [value, what] : {std::pair{limits.mem_available, "MemAvailable"}, std::pair{limits.cgroup, "the cgroup's memory.max"}}) {
+    if (value >= 0 && (host_limit < 0 || value < host_limit)) {
+      host_limit = value;
+      host_limit_name = what;
+    }
+  }
+  std::vector<int> short_ranks;
+  for (int r = 0; r < world; ++r) {
+    if (all[3 * r + 2] > 0 || (host_limit >= 0 && host_need(hosts[r]) > host_limit)) short_ranks.push_back(r);
+  }
+  if (short_ranks.empty()) return absl::OkStatus();
+  const std::string parts = StrCat(
+      FormatBytes(static_cast<double>(need.experts)), " of experts (", WeightFormatName(format), ")",
+      need.shared > 0 ? StrCat(", ", FormatBytes(static_cast<double>(need.shared)), " shared expert") : "",
+      ", ", FormatBytes(static_cast<double>(need.buffers)), " of buffers",
+      need.reference > 0 ? StrCat(", ", FormatBytes(static_cast<double>(need.reference)), " for --check") : "");
+  const std::string smaller =
+      format == WeightFormat::kMXFP4 ? "" : ", or experts in a smaller dtype (fp8: 1 byte a weight, mxfp4: about 0.53)";
+  if (own_short) {
+    return absl::ResourceExhaustedError(StrCat(
+        "does not fit in memory: needs ", FormatBytes(static_cast<double>(need.total() + kAddressSpaceMargin)), " (", parts,
+        ", 256 MiB for threads and libraries) of address space; ",
+        FormatBytes(static_cast<double>(limits.address_space)),
+        " is left under its RLIMIT_AS (ulimit -v); nothing was loaded. It would fit with a higher ulimit -v, fewer "
+        "experts a rank (more ranks)", smaller));
+  }
+  const std::string host = hosts[rank];
+  if (host_limit >= 0 && host_need(host) > host_limit) {
+    const double hosts_needed = std::ceil(static_cast<double>(host_need(host)) / static_cast<double>(host_limit));
+    return absl::ResourceExhaustedError(StrCat(
+        "does not fit in memory: needs ", FormatBytes(static_cast<double>(need.total())), " (", parts, "); the ",
+        ranks_on[host], " rank(s) on host ", host, " need ", FormatBytes(static_cast<double>(host_need(host))),
+        " together and ", FormatBytes(static_cast<double>(host_limit)), " is available (", host_limit_name,
+        "); nothing was loaded. It would fit spread over about ", static_cast<int64_t>(hosts_needed) * ranks_on[host],
+        " ranks on ", static_cast<int64_t>(hosts_needed),
+        " hosts like this one (more ranks on this host do not help: they share its memory)", smaller));
+  }
+  std::string which;
+  for (size_t i = 0; i < short_ranks.size() && i < 8; ++i) which += StrCat(i ? ", " : "", short_ranks[i]);
+  if (short_ranks.size() > 8) which += StrCat(" and ", short_ranks.size() - 8, " more");
+  return absl::ResourceExhaustedError(StrCat("stopping before loading: rank(s) ", which,
+                                             " do not fit in memory (their lines say why); this rank needs ",
+                                             FormatBytes(static_cast<double>(need.total()))));
+}
+
+}  // namespace moex::run

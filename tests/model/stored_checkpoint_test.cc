@@ -1,0 +1,165 @@
+// Weight matrices read in the dtype a checkpoint stores them in (FP8 with
+// DeepSeek's block scales, MXFP4 blocks and scales, BF16, F16, F32), mapped
+// or copied, against the values the test quantised; and the files that are
+// wrong: each error names the tensor and the file.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "moex/core/stored_matrix.h"
+#include "moex/model/safetensors.h"
+#include "nlohmann/json.hpp"
+
+namespace moex::model {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct RawTensor {
+  std::string name, dtype;
+  std::vector<int64_t> shape;
+  std::vector<std::byte> bytes;
+};
+
+class StoredCheckpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("moex_stored_" + std::to_string(getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  // A safetensors file of `tensors`, written here byte by byte.
+  std::string Write(const std::string& name, const std::vector<RawTensor>& tensors) {
+    nlohmann::json header = nlohmann::json::object();
+    int64_t offset = 0;
+    for (const RawTensor& t : tensors) {
+      header[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {offset, offset + static_cast<int64_t>(t.bytes.size())}}};
+      offset += static_cast<int64_t>(t.bytes.size());
+    }
+    std::string text = header.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');
+    const std::string path = (dir_ / name).string();
+    std::ofstream out(path, std::ios::binary);
+    const uint64_t length = text.size();
+    out.write(reinterpret_cast<const char*>(&length), 8);
+    out << text;
+    for (const RawTensor& t : tensors) out.write(reinterpret_cast<const char*>(t.bytes.data()), static_cast<std::streamsize>(t.bytes.size()));
+    return path;
+  }
+
+  static Tensor Values(int64_t rows, int64_t cols) {
+    Tensor t({rows, cols});
+    std::mt19937 gen(11);
+    std::normal_distribution<float> dist(0.0f, 0.05f);
+    for (float& v : t.values) v = dist(gen);
+    return t;
+  }
+
+  // The tensors a checkpoint holds for the matrix `name` in `format`.
+  static std::vector<RawTensor> Stored(const std::string& name, const StoredMatrix& m) {
+    std::vector<std::byte> values(m.values, m.values + m.value_bytes());
+    std::vector<std::byte> scales(m.scales, m.scales + m.scale_bytes());
+    const std::string base = name.substr(0, name.size() - std::string(".weight").size());
+    switch (m.format) {
+      case WeightFormat::kFP8Block:
+        return {{name, "F8_E4M3", {m.rows, m.cols}, values},
+                {name + "_scale_inv", "F32", StoredMatrix::ScaleShape(m.format, m.rows, m.cols), scales}};
+      case WeightFormat::kMXFP4:
+        return {{base + "_blocks", "U8", {m.rows, m.cols / 32, 16}, values},
+                {base + "_scales", "U8", {m.rows, m.cols / 32}, scales}};
+      case WeightFormat::kBF16: return {{name, "BF16", {m.rows, m.cols}, values}};
+      case WeightFormat::kF16: return {{name, "F16", {m.rows, m.cols}, values}};
+      default: return {{name, "F32", {m.rows, m.cols}, values}};
+    }
+  }
+
+  std::filesystem::path dir_;
+};
+
+TEST_F(StoredCheckpointTest, EachFormatReadsBackTheValuesItWasWrittenWithMappedOrCopied) {
+  const Tensor original = Values(160, 96);  // a partial 128-block in each direction
+  const std::string name = "model.layers.3.mlp.experts.7.gate_proj.weight";
+  for (WeightFormat format : {WeightFormat::kF32, WeightFormat::kBF16, WeightFormat::kF16, WeightFormat::kFP8Block,
+                              WeightFormat::kMXFP4}) {
+    SCOPED_TRACE(std::string(WeightFormatName(format)));
+    absl::StatusOr<StoredMatrix> quantised = StoredMatrix::Quantize(original, format);
+    ASSERT_TRUE(quantised.ok());
+    // Something before the matrix, so that its bytes do not start on a page.
+    std::vector<RawTensor> tensors = {{"pad", "F32", {3}, std::vector<std::byte>(12)}};
+    for (RawTensor& t : Stored(name, *quantised)) tensors.push_back(std::move(t));
+    const std::string file = Write(std::string(WeightFormatName(format)) + ".safetensors", tensors);
+    absl::StatusOr<Checkpoint> checkpoint = Checkpoint::Open(file);
+    ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+    ASSERT_EQ(*checkpoint->MatrixFormat(name), format);
+    for (bool map : {true, false}) {
+      absl::StatusOr<StoredMatrix> read = checkpoint->ReadMatrix(name, 160, 96, map);
+      ASSERT_TRUE(read.ok()) << read.status();
+      EXPECT_EQ(read->format, format);
+      EXPECT_EQ(read->bytes(), quantised->bytes());
+      EXPECT_EQ(read->ToTensor().values, quantised->ToTensor().values) << (map ? "mapped" : "copied");
+    }
+  }
+}
+
+TEST_F(StoredCheckpointTest, WrongFilesAreRefusedNamingTheTensorAndTheFile) {
+  const std::string name = "model.layers.3.mlp.experts.0.up_proj.weight";
+  absl::StatusOr<StoredMatrix> fp8 = StoredMatrix::Quantize(Values(128, 256), WeightFormat::kFP8Block);
+  ASSERT_TRUE(fp8.ok());
+  std::vector<RawTensor> good = Stored(name, *fp8);
+  auto error = [&](const std::string& file_name, std::vector<RawTensor> tensors, int64_t rows = 128,
+                   int64_t cols = 256) {
+    const std::string file = Write(file_name, tensors);
+    absl::StatusOr<Checkpoint> checkpoint = Checkpoint::Open(file);
+    if (!checkpoint.ok()) return std::string(checkpoint.status().message());
+    return std::string(checkpoint->ReadMatrix(name, rows, cols).status().message());
+  };
+  // No block scales.
+  EXPECT_THAT(error("no_scales.safetensors", {good[0]}),
+              HasSubstr("tensor '" + name + "' is F8_E4M3 but the checkpoint has no '" + name + "_scale_inv'"));
+  // Block scales of the wrong shape.
+  RawTensor wrong_shape = good[1];
+  wrong_shape.shape = {2, 1};
+  EXPECT_THAT(error("scale_shape.safetensors", {good[0], wrong_shape}),
+              HasSubstr("tensor '" + name + "_scale_inv' has shape [2, 1], the model needs [1, 2]"));
+  // A corrupt scale: NaN, then zero.
+  RawTensor corrupt = good[1];
+  const float nan = std::nanf("");
+  std::memcpy(corrupt.bytes.data() + 4, &nan, 4);
+  EXPECT_THAT(error("nan_scale.safetensors", {good[0], corrupt}),
+              HasSubstr("'" + name + "_scale_inv' holds nan at [0, 1]; a block scale must be finite and positive"));
+  const float zero = 0;
+  std::memcpy(corrupt.bytes.data() + 4, &zero, 4);
+  EXPECT_THAT(error("zero_scale.safetensors", {good[0], corrupt}), HasSubstr("holds 0 at [0, 1]"));
+  // The matrix the model needs is another shape.
+  EXPECT_THAT(error("shape.safetensors", good, 256, 128),
+              HasSubstr("tensor '" + name + "' has shape [128, 256], the model needs [256, 128]"));
+  // A dtype moex does not hold weights in.
+  RawTensor ints = good[0];
+  ints.dtype = "I8";
+  EXPECT_THAT(error("i8.safetensors", {ints}),
+              HasSubstr("tensor '" + name + "' is I8; moex holds expert weights in F32, BF16, F16, F8_E4M3"));
+  // MXFP4 blocks without their scales.
+  absl::StatusOr<StoredMatrix> fp4 = StoredMatrix::Quantize(Values(128, 256), WeightFormat::kMXFP4);
+  ASSERT_TRUE(fp4.ok());
+  EXPECT_THAT(error("mx.safetensors", {Stored(name, *fp4)[0]}),
+              HasSubstr("has 'model.layers.3.mlp.experts.0.up_proj_blocks' (MXFP4) but not its scales"));
+  // A shard cut short: its header promises bytes that are not there.
+  const std::string file = Write("whole.safetensors", good);
+  std::filesystem::resize_file(file, std::filesystem::file_size(file) - 100);
+  absl::StatusOr<Checkpoint> cut = Checkpoint::Open(file);
+  ASSERT_FALSE(cut.ok());
+  EXPECT_THAT(std::string(cut.status().message()), HasSubstr("whole.safetensors"));
+  EXPECT_THAT(std::string(cut.status().message()), HasSubstr("truncated file?"));
+}
+
+}  // namespace
+}  // namespace moex::model
