@@ -1,5 +1,8 @@
 #include "moex/cli/plan_command.h"
 
+#include <stdlib.h>
+
+#include <filesystem>
 #include <sstream>
 
 #include "gmock/gmock.h"
@@ -72,6 +75,87 @@ TEST(PlanCommandTest, ErrorsExitNonZeroWithAMessage) {
   Result malformed = RunPlanWith({"--model", MOEX_TEST_FIXTURES "/configs/malformed.json"});
   EXPECT_EQ(malformed.code, 1);
   EXPECT_THAT(malformed.err, HasSubstr("malformed.json:4:27"));
+}
+
+constexpr char kDeepseekFp8[] = MOEX_TEST_FIXTURES "/configs/deepseek_v3_fp8.json";
+
+TEST(PlanCommandTest, DtypeComesFromTheConfigsQuantizationConfig) {
+  Result table = RunPlanWith({"--model", kDeepseekFp8});
+  ASSERT_EQ(table.code, 0) << table.err;
+  EXPECT_THAT(table.out,
+              HasSubstr("\ndtype        fp8 (from quantization_config: quant_method fp8, e4m3, 128x128 blocks)\n"));
+  EXPECT_THAT(table.out, HasSubstr(" at fp8 (e4m3"));
+  Result json = RunPlanWith({"--model", kDeepseekFp8, "--json"});
+  ASSERT_EQ(json.code, 0) << json.err;
+  nlohmann::json j = nlohmann::json::parse(json.out);
+  EXPECT_EQ(j["dtype"], "fp8");
+  EXPECT_EQ(j["dtype_source"], "quantization_config");
+}
+
+TEST(PlanCommandTest, DtypeFlagOverridesTheConfig) {
+  Result table = RunPlanWith({"--model", kDeepseekFp8, "--dtype", "bf16"});
+  ASSERT_EQ(table.code, 0) << table.err;
+  EXPECT_THAT(table.out, HasSubstr("\ndtype        bf16 (from --dtype)\n"));
+  EXPECT_THAT(table.out, HasSubstr("note: the config declares fp8 (quantization_config: quant_method fp8"));
+  Result json = RunPlanWith({"--model", kDeepseekFp8, "--dtype", "fp4", "--json"});
+  ASSERT_EQ(json.code, 0) << json.err;
+  nlohmann::json j = nlohmann::json::parse(json.out);
+  EXPECT_EQ(j["dtype"], "fp4");
+  EXPECT_EQ(j["dtype_source"], "--dtype");
+}
+
+TEST(PlanCommandTest, PresetsKeepTheBf16Default) {
+  Result table = RunPlanWith({"--model", "deepseek-v3"});
+  ASSERT_EQ(table.code, 0) << table.err;
+  EXPECT_THAT(table.out, HasSubstr("\ndtype        bf16 (default)\n"));
+  Result json = RunPlanWith({"--model", "deepseek-v3", "--json"});
+  ASSERT_EQ(json.code, 0) << json.err;
+  nlohmann::json j = nlohmann::json::parse(json.out);
+  EXPECT_EQ(j["dtype"], "bf16");
+  EXPECT_EQ(j["dtype_source"], "default");
+}
+
+// A hub folder holding one snapshot of deepseek-ai/DeepSeek-V3 (the fp8
+// fixture), named by $HF_HUB_CACHE for the test's length.
+class PlanHfCacheTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = (std::filesystem::temp_directory_path() / "moex-plan-hub-XXXXXX").string();
+    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+    hub_ = pattern;
+    const std::filesystem::path repo = hub_ / "models--deepseek-ai--DeepSeek-V3";
+    std::filesystem::create_directories(repo / "snapshots" / "86518964eaef84e3fdd98e9861759a1384f9c29d");
+    std::filesystem::copy_file(kDeepseekFp8,
+                               repo / "snapshots" / "86518964eaef84e3fdd98e9861759a1384f9c29d" / "config.json");
+    ASSERT_EQ(setenv("HF_HUB_CACHE", hub_.c_str(), 1), 0);
+  }
+  void TearDown() override {
+    unsetenv("HF_HUB_CACHE");
+    std::error_code ignored;
+    std::filesystem::remove_all(hub_, ignored);
+  }
+  std::filesystem::path hub_;
+};
+
+TEST_F(PlanHfCacheTest, AHuggingFaceIdPlansTheCachedSnapshot) {
+  Result result = RunPlanWith({"--model", "deepseek-ai/DeepSeek-V3", "--json"});
+  ASSERT_EQ(result.code, 0) << result.err;
+  nlohmann::json j = nlohmann::json::parse(result.out);
+  EXPECT_THAT(j["model"].get<std::string>(),
+              HasSubstr("models--deepseek-ai--DeepSeek-V3/snapshots/86518964eaef84e3fdd98e9861759a1384f9c29d"));
+  EXPECT_EQ(j["model_type"], "deepseek_v3");
+  EXPECT_EQ(j["dtype"], "fp8");
+}
+
+TEST_F(PlanHfCacheTest, AnIdNotInTheCacheIsAClearError) {
+  Result result = RunPlanWith({"--model", "moonshotai/Kimi-K2-Instruct"});
+  EXPECT_EQ(result.code, 1);
+  EXPECT_TRUE(result.out.empty());
+  EXPECT_THAT(result.err, HasSubstr("moex plan: error: model 'moonshotai/Kimi-K2-Instruct' is not in the local "
+                                    "Hugging Face cache (looked in "));
+  EXPECT_THAT(result.err, HasSubstr("the hub is $HF_HUB_CACHE"));
+  EXPECT_THAT(result.err, HasSubstr("moex downloads nothing: fetch it with `huggingface-cli download "
+                                    "moonshotai/Kimi-K2-Instruct`"));
 }
 
 }  // namespace

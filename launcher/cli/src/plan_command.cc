@@ -16,6 +16,7 @@
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/model/config_view.h"
+#include "moex/model/hf_cache.h"
 #include "nlohmann/json.hpp"
 
 namespace moex::cli {
@@ -25,10 +26,12 @@ CLI::App* AddPlanCommand(CLI::App& app, PlanFlags& flags) {
       "plan", "Total vs active parameters, FLOPs per token, memory, and GPUs a model needs");
   flags.model = std::string(model::kDefaultModel);
   plan->add_option("--model,-m", flags.model,
-                   "Preset name, a Hugging Face config.json, or a folder holding one")
+                   "Preset name, a Hugging Face config.json, a folder holding one, or a Hugging Face id "
+                   "(org/name) in the local Hugging Face cache")
       ->capture_default_str();
-  plan->add_option("--dtype", flags.dtype, "Weight dtype: fp32, bf16, fp8 or fp4")
-      ->capture_default_str();
+  plan->add_option("--dtype", flags.dtype,
+                   "Weight dtype: fp32, bf16, fp16, fp8 or fp4 (default: the config's quantization_config, else "
+                   "its torch_dtype; bf16 for presets)");
   plan->add_option("--context", flags.context, "Context length a token attends to (FLOPs)")
       ->capture_default_str();
   plan->add_option("--gpus", flags.gpus, "Plan a deployment on this many GPUs");
@@ -161,19 +164,28 @@ int RunPlan(const PlanFlags& flags, std::ostream& out, std::ostream& err) {
     err << "moex plan: error: " << status.message() << "\n";
     return 1;
   };
-  absl::StatusOr<plan::WeightDtype> dtype = plan::ParseWeightDtype(flags.dtype);
+  // A bad --dtype is reported before the model is read.
+  if (!flags.dtype.empty()) {
+    if (absl::Status parsed = plan::ParseWeightDtype(flags.dtype).status(); !parsed.ok()) return fail(parsed);
+  }
+  absl::StatusOr<std::string> resolved = model::ResolveModel(flags.model);
+  if (!resolved.ok()) return fail(resolved.status());
+  absl::StatusOr<model::ModelArch> arch = model::LoadModel(*resolved);
+  if (!arch.ok()) return fail(arch.status());
+  absl::StatusOr<plan::DtypeChoice> dtype = plan::ChooseDtype(flags.dtype, *arch);
   if (!dtype.ok()) return fail(dtype.status());
   plan::PlanOptions options;
-  options.dtype = *dtype;
+  options.dtype = dtype->dtype;
+  options.dtype_source = dtype->source;
+  options.dtype_detail = dtype->detail;
   options.context = flags.context;
   options.gpus = flags.gpus;
   options.gpus_per_node = flags.gpus_per_node;
   options.gpu_mem_gib = flags.gpu_mem_gib;
 
-  absl::StatusOr<model::ModelArch> arch = model::LoadModel(flags.model);
-  if (!arch.ok()) return fail(arch.status());
   absl::StatusOr<plan::Plan> plan = plan::MakePlan(*arch, options);
   if (!plan.ok()) return fail(plan.status());
+  plan->notes.insert(plan->notes.end(), dtype->notes.begin(), dtype->notes.end());
   std::optional<plan::PerfReport> perf;
   if (flags.perf) {
     absl::StatusOr<plan::PerfReport> made = Perf(flags, *arch);

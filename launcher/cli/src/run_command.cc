@@ -16,6 +16,7 @@
 #include "moex/core/str_cat.h"
 #include "moex/kernels/expert_ffn.h"
 #include "moex/launcher/host_cleanup.h"
+#include "moex/model/hf_cache.h"
 #include "moex/run/runner.h"
 #include "moex/run/sink.h"
 #include "moex/transport/mpi_transport.h"
@@ -31,7 +32,9 @@ CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags) {
   job::RunConfig& f = flags.config;
   CLI::App* run = app.add_subcommand(
       "run", "Run one MoE layer expert-parallel across the ranks of an mpirun job");
-  run->add_option("--model,-m", f.model, "Preset name, a config.json, or a folder holding one")->capture_default_str();
+  run->add_option("--model,-m", f.model,
+                  "Preset name, a config.json, a folder holding one, or a Hugging Face id (org/name) in the local "
+                  "Hugging Face cache")->capture_default_str();
   run->add_option("--layer", f.layer, "Layer index (default: the first MoE layer)");
   run->add_option("--weights", f.weights,
                   "A .safetensors file, a model.safetensors.index.json, or a folder (default: random from --seed)");
@@ -214,6 +217,12 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
     config.first_step = worker->first_step();
     config.weight_cache = worker->weight_cache_dir();
     link = std::make_unique<worker::WorkerRunLink>(*worker, rank);
+  } else {
+    // --model org/name: the snapshot in the local Hugging Face cache, which
+    // every rank finds for itself. (A controller's job names files only.)
+    absl::StatusOr<std::string> resolved = model::ResolveModel(config.model);
+    if (!resolved.ok()) return fail(resolved.status());
+    config.model = *resolved;
   }
 
   // Checked before any transport or GPU is touched, so the message is the

@@ -42,6 +42,26 @@ const std::map<std::string, Reader, std::less<>>& Readers() {
   return *readers;
 }
 
+// The storage dtype the config declares, whatever the family. A field of the
+// wrong type is an error; what the values mean is the planner's business.
+absl::StatusOr<StoredDtype> ReadStoredDtype(const ConfigView& view) {
+  StoredDtype stored;
+  if (view.Has("quantization_config")) {
+    MOEX_ASSIGN_OR_RETURN(ConfigView quant, view.Object("quantization_config"));
+    stored.quantized = true;
+    MOEX_ASSIGN_OR_RETURN(stored.quant_method, quant.StringOr("quant_method", ""));
+    MOEX_ASSIGN_OR_RETURN(stored.quant_format, quant.StringOr("fmt", ""));
+    MOEX_ASSIGN_OR_RETURN(stored.weight_block_size, quant.IntList("weight_block_size", 1, FieldLimits::kWidth));
+  }
+  for (std::string_view field : {"torch_dtype", "dtype"}) {
+    if (!view.Has(field)) continue;
+    MOEX_ASSIGN_OR_RETURN(stored.dtype, view.String(field));
+    stored.dtype_field = std::string(field);
+    break;
+  }
+  return stored;
+}
+
 }  // namespace
 
 std::vector<std::string> SupportedModelTypes() {
@@ -60,6 +80,7 @@ absl::StatusOr<ModelArch> ParseModelConfig(const nlohmann::json& config, std::st
                      "'; moex reads: ", absl::StrJoin(SupportedModelTypes(), ", ")));
   }
   MOEX_ASSIGN_OR_RETURN(ModelArch arch, it->second(view));
+  MOEX_ASSIGN_OR_RETURN(arch.stored, ReadStoredDtype(view));
   arch.source = std::string(source);
   return arch;
 }

@@ -80,6 +80,7 @@ nlohmann::json PlanToJson(const Plan& plan) {
                                     {"attention", plan.attention_flops_per_token},
                                     {"ssm_scan", plan.scan_flops_per_token}};
   j["dtype"] = std::string(WeightDtypeName(plan.scheme.dtype));
+  j["dtype_source"] = plan.options.dtype_source;
   j["dtype_format"] = plan.scheme.format;
   nlohmann::json quantised = nlohmann::json::array();
   for (Part part : plan.scheme.quantised) quantised.push_back(std::string(model::PartName(part)));
@@ -106,6 +107,10 @@ std::string PlanToTable(const Plan& plan) {
   model::MoeShape moe = a.first_moe();
 
   line(StrCat("model        ", a.source, " (", a.model_type, ")"));
+  const PlanOptions& o = plan.options;
+  line(StrCat("dtype        ", WeightDtypeName(plan.scheme.dtype), " (",
+              o.dtype_source == "default" ? "default" : StrCat("from ", o.dtype_source),
+              o.dtype_detail.empty() ? "" : StrCat(": ", o.dtype_detail), ")"));
   line(absl::StrFormat("layers       %d: %d MoE, %d dense%s", a.layers.size(), a.num_moe_layers(),
                        a.num_dense_layers(),
                        a.mtp_layers.empty() ? "" : absl::StrFormat(", plus %d MTP", a.mtp_layers.size())));

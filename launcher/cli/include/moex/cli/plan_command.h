@@ -13,7 +13,7 @@ namespace moex::cli {
 
 struct PlanFlags {
   std::string model;  // defaults to model::kDefaultModel
-  std::string dtype = "bf16";
+  std::string dtype;  // "": the config's, or bf16 (plan::ChooseDtype)
   int64_t context = 4096;
   std::optional<int64_t> gpus;
   int64_t gpus_per_node = 8;

@@ -83,6 +83,19 @@ struct RouterSpec {
   bool has_correction_bias = false;  // e_score_correction_bias
 };
 
+// How config.json says the checkpoint stores its weights. Read for every
+// config, whatever its family; all empty when the config does not say (the
+// presets, which keep architecture fields only). The planner turns it into a
+// dtype (plan::DtypeFromConfig).
+struct StoredDtype {
+  bool quantized = false;                  // a `quantization_config` object is present
+  std::string quant_method;                // its `quant_method`, e.g. "fp8", "mxfp4"
+  std::string quant_format;                // its `fmt`, e.g. "e4m3"
+  std::vector<int64_t> weight_block_size;  // its `weight_block_size`, e.g. {128, 128}
+  std::string dtype;                       // "bfloat16", "float16", "float32", ...
+  std::string dtype_field;                 // "torch_dtype", or "dtype" (newer transformers)
+};
+
 struct ModelArch {
   std::string model_type;
   std::string source;  // preset name or file path
@@ -105,6 +118,7 @@ struct ModelArch {
 
   RouterSpec router;
   std::string expert_activation = "silu";
+  StoredDtype stored;
 
   // Field defaults that were applied, and parts the config defines but the
   // reader cannot count. Both are shown to the user: no silent guess.

@@ -24,6 +24,9 @@ struct PlanOptions {
   std::optional<int64_t> gpus = std::nullopt;
   int64_t gpus_per_node = 8;
   double gpu_mem_gib = 80.0;
+  // Where `dtype` came from (DtypeChoice::source) and what was read there.
+  std::string dtype_source = "default";
+  std::string dtype_detail{};
 
   // Names the flag that is out of range.
   absl::Status Validate() const;
