@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "moex/cluster/client_files.h"
+#include "moex/core/host_memory.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/core/subprocess.h"
@@ -208,7 +209,10 @@ void JobManager::Finish(Entry& entry, JobState state, std::string message) {
 
 
 absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
-  MOEX_RETURN_IF_ERROR(ValidateAndNormalise(&spec, options_.limits));
+  SpecLimits limits = options_.limits;
+  // Ranks on this host: their experts must fit in its memory.
+  if (launcher_->RanksAreLocal()) limits.local_memory_bytes = MemAvailableBytes();
+  MOEX_RETURN_IF_ERROR(ValidateAndNormalise(&spec, limits));
   {
     // What the spec asks of the hosts, checked by the launcher (Slurm asks
     // sinfo): not under the lock.

@@ -7,11 +7,14 @@
 #include "moex/job/bench_sweep.h"
 #include "moex/cluster/client_files.h"
 #include "moex/cluster/job_spec.h"
+#include "moex/core/format.h"
 #include "moex/core/status_macros.h"
+#include "moex/core/stored_matrix.h"
 #include "moex/core/str_cat.h"
 #include "moex/job/run_config.h"
 #include "moex/launcher/hostfile.h"
 #include "moex/model/presets.h"
+#include "moex/model/safetensors.h"
 #include "moex/placement/policy.h"
 
 namespace moex::cluster {
@@ -68,6 +71,31 @@ absl::Status ValidateBench(moex::v1::JobSpec* spec) {
   spec->set_steps(static_cast<int32_t>(points->size()));
   if (spec->model().empty()) spec->set_model("bench");
   return absl::OkStatus();
+}
+
+// The ranks' experts in the checkpoint's dtype (replicas included) against
+// the memory of the one host they all run on. Messages quote no file
+// content (client_files.h): the dtype is named only as moex calls it.
+absl::Status CheckLocalMemory(const moex::v1::JobSpec& spec, const model::MoeLayerSpec& layer, int64_t available) {
+  absl::StatusOr<model::Checkpoint> checkpoint = model::Checkpoint::Open(spec.weights());
+  if (!checkpoint.ok()) return Bad("weights", "cannot be read as a checkpoint (it changed while being checked?)");
+  absl::StatusOr<WeightFormat> format = checkpoint->MatrixFormat(model::WeightNamesFor(layer).Expert(0, "gate"));
+  if (!format.ok()) {
+    return Bad("weights", "holds its experts in a dtype moex cannot hold (F32, BF16, F16, F8_E4M3 with block scales, MXFP4)");
+  }
+  auto matrix = [&](int64_t rows, int64_t cols) {
+    return StoredMatrix::ValueBytes(*format, rows, cols) + StoredMatrix::ScaleBytes(*format, rows, cols);
+  };
+  const int64_t F = layer.expert_width, H = layer.hidden;
+  const int64_t expert = 2 * matrix(F, H) + matrix(H, F);
+  const int64_t slots = layer.num_experts + spec.redundant_experts();
+  const int64_t need = slots * expert;
+  if (need <= available) return absl::OkStatus();
+  return Bad("weights", StrCat("the layer's ", slots, " expert slots need ", FormatBytes(static_cast<double>(need)),
+                               " held in ", WeightFormatName(*format), "; the ", spec.world_size(),
+                               " ranks run on this controller's host, which has ", FormatBytes(static_cast<double>(available)),
+                               " available (MemAvailable): spread them over hosts (moex serve --hostfile, or "
+                               "--launcher slurm) or use a checkpoint in a smaller dtype; nothing was launched"));
 }
 
 }  // namespace
@@ -151,6 +179,7 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
   if (!spec->weights().empty()) {
     MOEX_ASSIGN_OR_RETURN(std::string path, CheckWeightsFiles(spec->weights(), limits.data_roots, *layer));
     spec->set_weights(path);
+    if (limits.local_memory_bytes >= 0) MOEX_RETURN_IF_ERROR(CheckLocalMemory(*spec, *layer, limits.local_memory_bytes));
   }
   return absl::OkStatus();
 }

@@ -9,6 +9,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "moex/cluster/job_spec.h"
+#include "moex/core/format.h"
 #include "moex/ep/moe_weights.h"
 #include "moex/model/model_loader.h"
 
@@ -128,8 +129,22 @@ TEST(SpecValidationTest, WeightsMustBeThisLayersCheckpoint) {
   EXPECT_THAT(error_of(spec), HasSubstr("missing.safetensors' does not exist"));
   spec.set_weights(std::string("a\0b", 3));
   EXPECT_THAT(error_of(spec), HasSubstr("spec.weights must be a path"));
-  // A checkpoint of another model: no router of this layer's shape.
+  // Ranks on the controller's host: the experts, in the checkpoint's dtype
+  // (bf16 here), must fit in its memory.
   spec.set_weights(good);
+  const int64_t experts_bf16 = layer->num_experts * 3 * layer->expert_width * layer->hidden * 2;
+  auto with_memory = [&](int64_t available) {
+    moex::v1::JobSpec copy = spec;
+    absl::Status status = ValidateAndNormalise(
+        &copy, SpecLimits{.max_world_size = 8, .data_roots = roots, .local_memory_bytes = available});
+    return status.ok() ? "" : std::string(status.message());
+  };
+  EXPECT_EQ(with_memory(experts_bf16), "");
+  EXPECT_THAT(with_memory(experts_bf16 - 1),
+              HasSubstr("expert slots need " + FormatBytes(static_cast<double>(experts_bf16)) +
+                        " held in bf16; the 2 ranks run on this controller's host, which has " +
+                        FormatBytes(static_cast<double>(experts_bf16 - 1)) + " available (MemAvailable)"));
+  // A checkpoint of another model: no router of this layer's shape.
   spec.set_model("mini-dsv3");
   EXPECT_THAT(error_of(spec), HasSubstr("not this model's layer"));
   std::filesystem::remove_all(dir);

@@ -83,8 +83,8 @@ absl::Status RunConfig::Validate(FieldNames names) const {
   }
   if (model.empty() || !SafePath(model)) return c.Bad(kModel, "must name a preset or a config.json path");
   if (!SafePath(weights)) return c.Bad(kWeights, "must be a path of at most 4096 bytes");
-  if (absl::StatusOr<WeightFormat> format = ParseWeightFormat(weight_dtype); !format.ok()) {
-    return c.Bad(kWeightDtype, std::string(format.status().message()));
+  if (!ParseWeightFormat(weight_dtype).ok()) {
+    return c.Bad(kWeightDtype, StrCat("is '", weight_dtype, "'; known: f32, bf16, f16, fp8, mxfp4"));
   }
   if (layer && *layer < 0) return c.Bad(kLayer, StrCat("is ", *layer, "; must be >= 0"));
   if (!OneOf(device, {"cpu", "cuda"})) return c.Bad(kDevice, StrCat("'", device, "' is not one of cpu, cuda"));

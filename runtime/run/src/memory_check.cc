@@ -9,30 +9,16 @@
 #include <fstream>
 #include <map>
 #include <span>
-#include <sstream>
 #include <vector>
 
 #include "moex/core/format.h"
+#include "moex/core/host_memory.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/transport/gather_strings.h"
 
 namespace moex::run {
 namespace {
-
-// "Key:   123 kB" lines of /proc/meminfo and /proc/self/status, in bytes.
-int64_t ProcKilobytes(const char* file, const std::string& key) {
-  std::ifstream in(file);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) != 0) continue;
-    std::istringstream fields(line.substr(key.size() + 1));
-    int64_t kb = -1;
-    fields >> kb;
-    return kb < 0 ? -1 : kb * 1024;
-  }
-  return -1;
-}
 
 int64_t ReadNumber(const std::string& path) {
   std::ifstream in(path);
@@ -89,22 +75,17 @@ MemoryNeed EstimateNeed(const ep::MoeLayerSpec& spec, int64_t local_experts, Wei
   return need;
 }
 
-int64_t PeakResidentBytes() { return ProcKilobytes("/proc/self/status", "VmHWM"); }
+int64_t PeakResidentBytes() { return ProcessStatusBytes("VmHWM"); }
 
 MemoryLimits ReadMemoryLimits() {
   MemoryLimits limits;
   struct rlimit rl {};
   if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
-    const int64_t used = ProcKilobytes("/proc/self/status", "VmSize");
+    const int64_t used = ProcessStatusBytes("VmSize");
     limits.address_space = std::max<int64_t>(0, static_cast<int64_t>(rl.rlim_cur) - std::max<int64_t>(0, used));
   }
   limits.cgroup = CgroupAvailable();
-  limits.mem_available = ProcKilobytes("/proc/meminfo", "MemAvailable");
-  if (const char* forced = std::getenv("MOEX_MEM_AVAILABLE_BYTES")) {
-    char* end = nullptr;
-    const long long value = std::strtoll(forced, &end, 10);
-    if (end != nullptr && *end == '\0' && value >= 0) limits.mem_available = value;
-  }
+  limits.mem_available = MemAvailableBytes();
   return limits;
 }
 

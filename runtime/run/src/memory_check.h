@@ -31,7 +31,7 @@ MemoryNeed EstimateNeed(const ep::MoeLayerSpec& spec, int64_t local_experts, Wei
                         int64_t tokens_per_rank, int world, bool reference);
 
 // What this process may use, each limit with its name; -1 where there is
-// none. MOEX_MEM_AVAILABLE_BYTES, when set, stands for MemAvailable (tests).
+// none (MemAvailable: moex/core/host_memory.h).
 struct MemoryLimits {
   int64_t address_space = -1;  // RLIMIT_AS less the address space in use
   int64_t cgroup = -1;         // memory.max less memory.current

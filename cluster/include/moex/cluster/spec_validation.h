@@ -17,6 +17,10 @@ struct SpecLimits {
   // may name files, canonical (client_files.h: CanonicalDataRoots); empty:
   // presets only, and no weights (`moex serve --data-root`).
   std::vector<std::string> data_roots = {};
+  // Memory the ranks may use when they all run on the controller's host (a
+  // local launcher): a layer whose experts, in the checkpoint's dtype, need
+  // more is refused at submit. -1: unknown (ranks elsewhere), not checked.
+  int64_t local_memory_bytes = -1;
 };
 
 // Drops the fields this controller does not know (recursively: a client
