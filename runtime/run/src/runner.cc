@@ -175,6 +175,9 @@ class Runner {
       for (RunSink* sink : sinks_) sink->OnStep(steps_.back(), progress);
       if (rebalancer_) TellRebalances(step);
     }
+    // Before --check: the other ranks do not wait on rank 0's reference,
+    // and the figure is the layer's own.
+    MOEX_ASSIGN_OR_RETURN(std::vector<int64_t> peak_resident, PeakResidentPerRank());
     if (!config_.output.empty() || config_.check) MOEX_RETURN_IF_ERROR(Finish(x, y));
     // A controller job's cache is for a relaunch: every step ran.
     if (controller_ != nullptr) weights_->DropHostCache();
@@ -183,8 +186,7 @@ class Runner {
                      .expert_dtype = std::string(WeightFormatName(format)),
                      .experts_mapped = checkpoint() != nullptr && options.map_checkpoint,
                      .expert_bytes_per_rank = weights_->expert_bytes_per_rank(),
-                     .peak_resident_bytes_per_rank = {}};
-    MOEX_ASSIGN_OR_RETURN(result.peak_resident_bytes_per_rank, PeakResidentPerRank());
+                     .peak_resident_bytes_per_rank = std::move(peak_resident)};
     for (RunSink* sink : sinks_) MOEX_RETURN_IF_ERROR(sink->OnFinish(result));
     return absl::OkStatus();
   }

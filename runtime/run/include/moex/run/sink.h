@@ -58,7 +58,7 @@ struct RunResult {
   std::string expert_dtype;      // the routed experts' stored dtype ("fp8", ...)
   bool experts_mapped = false;   // used in place from a read-only mapping of the checkpoint
   std::vector<int64_t> expert_bytes_per_rank;          // routed experts held, by rank
-  std::vector<int64_t> peak_resident_bytes_per_rank;   // VmHWM at the end, by rank
+  std::vector<int64_t> peak_resident_bytes_per_rank;   // VmHWM after the last step (before --check), by rank
 };
 
 class RunSink {
