@@ -3,6 +3,7 @@
 
 #include "CLI/CLI.hpp"
 #include "moex/cli/bench_command.h"
+#include "moex/cli/checkpoint_command.h"
 #include "moex/cli/control_commands.h"
 #include "moex/cli/placement_command.h"
 #include "moex/cli/plan_command.h"
@@ -26,6 +27,8 @@ int main(int argc, char** argv) {
   CLI::App* placement = moex::cli::AddPlacementCommand(app, placement_flags);
   moex::cli::BenchFlags bench_flags;
   CLI::App* bench = moex::cli::AddBenchCommand(app, bench_flags);
+  moex::cli::CheckpointFlags checkpoint_flags;
+  CLI::App* checkpoint = moex::cli::AddCheckpointCommand(app, checkpoint_flags);
   CLI11_PARSE(app, argc, argv);
   if (plan->parsed()) return moex::cli::RunPlan(plan_flags, std::cout, std::cerr);
   if (run->parsed()) return moex::cli::RunRun(run_flags, &argc, &argv);
@@ -34,5 +37,6 @@ int main(int argc, char** argv) {
   if (job->parsed()) return moex::cli::RunJob(*job, job_flags);
   if (bench->parsed()) return moex::cli::RunBench(*bench, bench_flags, &argc, &argv);
   if (placement->parsed()) return moex::cli::RunPlacement(placement_flags, std::cout, std::cerr);
+  if (checkpoint->parsed()) return moex::cli::RunCheckpoint(checkpoint_flags, std::cout, std::cerr);
   return 0;
 }
