@@ -5,7 +5,11 @@
 //   <dir>/sharded/                 the `tiny` preset's layer-0 weights as a
 //                                  two-shard checkpoint with its index
 //   <dir>/partial.safetensors      the same weights without expert 5
+//   <dir>/fp8_nan_scale.safetensors  the same in FP8, expert 3's gate with a NaN block scale
+//   <dir>/fp8_no_scale.safetensors   the same in FP8, expert 2's down without its scales
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +17,7 @@
 #include "moex/ep/moe_weights.h"
 #include "moex/model/model_loader.h"
 #include "moex/model/safetensors.h"
+#include "moex/model/safetensors_writer.h"
 #include "nlohmann/json.hpp"
 
 namespace {
@@ -69,6 +74,42 @@ int main(int argc, char** argv) {
     if (auto s = model::WriteSafetensors(file, shard[i], model::StorageDtype::kBF16); !s.ok()) return Fail(s);
   }
   std::ofstream(dir / "sharded" / "model.safetensors.index.json") << index.dump(2);
+
+  // FP8 checkpoints of the same layer that are wrong: expert 3's gate with
+  // a NaN block scale, and expert 2's down without its scales.
+  for (const char* which : {"fp8_nan_scale", "fp8_no_scale"}) {
+    std::vector<model::TensorDecl> decls = {{names.router, "F32", weights->router.shape}};
+    std::vector<std::vector<std::byte>> bytes = {std::vector<std::byte>(
+        reinterpret_cast<const std::byte*>(weights->router.data()),
+        reinterpret_cast<const std::byte*>(weights->router.data()) + weights->router.size() * 4)};
+    for (const auto& [e, w] : weights->experts) {
+      for (const char* p : {"gate", "up", "down"}) {
+        const StoredMatrix& m = std::string(p) == "gate" ? w.gate : std::string(p) == "up" ? w.up : w.down;
+        absl::StatusOr<StoredMatrix> q = StoredMatrix::Quantize(m.ToTensor(), WeightFormat::kFP8Block);
+        if (!q.ok()) return Fail(q.status());
+        const std::string name = names.Expert(e, p);
+        decls.push_back({name, "F8_E4M3", {q->rows, q->cols}});
+        bytes.emplace_back(q->values, q->values + q->value_bytes());
+        if (std::string(which) == "fp8_no_scale" && e == 2 && std::string(p) == "down") continue;
+        std::vector<std::byte> scales(q->scales, q->scales + q->scale_bytes());
+        if (std::string(which) == "fp8_nan_scale" && e == 3 && std::string(p) == "gate") {
+          const float nan = std::nanf("");
+          std::memcpy(scales.data(), &nan, 4);
+        }
+        decls.push_back({name + "_scale_inv", "F32", StoredMatrix::ScaleShape(WeightFormat::kFP8Block, q->rows, q->cols)});
+        bytes.push_back(std::move(scales));
+      }
+    }
+    absl::StatusOr<std::unique_ptr<model::SafetensorsWriter>> writer =
+        model::SafetensorsWriter::Create((dir / (std::string(which) + ".safetensors")).string(), decls);
+    if (!writer.ok()) return Fail(writer.status());
+    for (size_t i = 0; i < decls.size(); ++i) {
+      if (auto s = (*writer)->Append(decls[i].name, bytes[i].data(), static_cast<int64_t>(bytes[i].size())); !s.ok()) {
+        return Fail(s);
+      }
+    }
+    if (auto s = (*writer)->Finish(); !s.ok()) return Fail(s);
+  }
 
   weights->experts.erase(5);
   if (auto s = ep::SaveMoeWeights(*spec, *weights, (dir / "partial.safetensors").string(),
