@@ -35,6 +35,29 @@ TEST(Fp8Test, KnownCodesAndRoundTrip) {
   EXPECT_EQ(FloatToFp8E4M3(1.07f), 0x39);
 }
 
+// Rounding against a search of every code for the nearest (ties to the
+// even code), over magnitudes from subnormal to past the largest.
+TEST(Fp8Test, RoundsToTheNearestCodeTiesToEven) {
+  std::mt19937 gen(3);
+  std::uniform_real_distribution<float> exponent(-12.0f, 9.5f);
+  std::vector<float> values = {0.0f, 1e-30f, 0.0009765625f, 0.015625f, 0.0146484375f, 448.0f, 464.0f, 480.0f, 1e9f};
+  for (int i = 0; i < 200000; ++i) values.push_back(std::exp2(exponent(gen)) * (i % 2 ? -1.0f : 1.0f));
+  for (int code = 0; code < 126; ++code) {  // every midpoint: a tie
+    values.push_back(0.5f * (Fp8E4M3ToFloat(static_cast<uint8_t>(code)) + Fp8E4M3ToFloat(static_cast<uint8_t>(code + 1))));
+  }
+  for (float v : values) {
+    const float m = std::fabs(v);
+    int best = 0;
+    for (int code = 1; code < 127; ++code) {
+      const float d = std::fabs(Fp8E4M3ToFloat(static_cast<uint8_t>(code)) - m);
+      const float d_best = std::fabs(Fp8E4M3ToFloat(static_cast<uint8_t>(best)) - m);
+      if (d < d_best || (d == d_best && code % 2 == 0)) best = code;
+    }
+    const uint8_t expected = static_cast<uint8_t>(best | (v < 0 && best != 0 ? 0x80 : 0));
+    ASSERT_EQ(FloatToFp8E4M3(v), expected) << v;
+  }
+}
+
 TEST(Fp4Test, GridAndHalf) {
   const float grid[8] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
   for (int i = 0; i < 8; ++i) {

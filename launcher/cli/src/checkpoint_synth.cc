@@ -114,7 +114,7 @@ absl::Status Generate(const SynthWeight& w, uint64_t seed, int threads, std::vec
       const int64_t r0 = s * kFp8BlockSize, n = std::min(kFp8BlockSize, rows - r0);
       Tensor slab({n, cols});
       const int64_t base = r0 * cols;
-      for (int64_t i = 0; i < n * cols; ++i) slab.values[i] = ep::SeededUniform(seed, w.name, base + i) * w.scale;
+      ep::SeededFill(seed, w.name, base, n * cols, w.scale, slab.data());
       absl::StatusOr<StoredMatrix> q = StoredMatrix::Quantize(slab, w.format);
       if (!q.ok()) {
         std::lock_guard<std::mutex> lock(mutex);

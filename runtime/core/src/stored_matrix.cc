@@ -92,8 +92,20 @@ float Fp8E4M3ToFloat(uint8_t bits) { return Fp8Table()[bits]; }
 
 uint8_t FloatToFp8E4M3(float value) {
   if (std::isnan(value)) return 0x7f;
-  // Codes 0..126 are the non-negative finite values, rising.
-  const int code = NearestCode(std::fabs(value), 127, [](int c) { return Fp8Table()[c]; });
+  const float magnitude = std::fabs(value);
+  int code;
+  if (magnitude >= 448.0f) {
+    code = 0x7e;  // saturate
+  } else if (magnitude < 0.015625f) {
+    // Subnormals are multiples of 2^-9; rounding up to 8 gives 2^-6, code 8.
+    code = static_cast<int>(std::nearbyint(magnitude * 512.0f));
+  } else {
+    int exponent;
+    const float fraction = std::frexp(magnitude, &exponent);  // [0.5, 1)
+    // magnitude = 2^(exponent-1) x (1 + m/8): m rounded to even (both steps exact).
+    const int mantissa = static_cast<int>(std::nearbyint((fraction * 2.0f - 1.0f) * 8.0f));
+    code = std::min(0x7e, ((exponent - 1 + 7) << 3) + mantissa);  // mantissa 8 carries into the exponent
+  }
   return static_cast<uint8_t>(code | (std::signbit(value) && code != 0 ? 0x80 : 0));
 }
 

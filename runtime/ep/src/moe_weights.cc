@@ -29,11 +29,7 @@ uint64_t HashName(uint64_t seed, std::string_view name) {
 
 Tensor RandomTensor(uint64_t seed, const std::string& name, std::vector<int64_t> shape, float scale) {
   Tensor tensor(std::move(shape));
-  uint64_t base = HashName(seed, name);
-  for (int64_t i = 0; i < tensor.size(); ++i) {
-    uint64_t bits = SplitMix64(base + static_cast<uint64_t>(i));
-    tensor.values[i] = (static_cast<float>(bits >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * scale;
-  }
+  SeededFill(seed, name, 0, tensor.size(), scale, tensor.data());
   return tensor;
 }
 
@@ -42,6 +38,14 @@ Tensor RandomTensor(uint64_t seed, const std::string& name, std::vector<int64_t>
 float SeededUniform(uint64_t seed, std::string_view name, int64_t index) {
   uint64_t bits = SplitMix64(HashName(seed, name) + static_cast<uint64_t>(index));
   return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f;
+}
+
+void SeededFill(uint64_t seed, std::string_view name, int64_t first, int64_t count, float scale, float* out) {
+  const uint64_t base = HashName(seed, name) + static_cast<uint64_t>(first);
+  for (int64_t i = 0; i < count; ++i) {
+    const uint64_t bits = SplitMix64(base + static_cast<uint64_t>(i));
+    out[i] = (static_cast<float>(bits >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * scale;
+  }
 }
 
 absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,

@@ -110,5 +110,8 @@ absl::Status SaveMoeWeights(const MoeLayerSpec& spec, const MoeWeights& weights,
 
 // Uniform in [-1, 1), a pure function of (seed, name, index).
 float SeededUniform(uint64_t seed, std::string_view name, int64_t index);
+// out[i] = SeededUniform(seed, name, first + i) * scale for i < count, the
+// name hashed once.
+void SeededFill(uint64_t seed, std::string_view name, int64_t first, int64_t count, float scale, float* out);
 
 }  // namespace moex::ep
