@@ -17,20 +17,13 @@
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/model/config_view.h"
+#include "moex/model/safetensors_writer.h"
 #include "nlohmann/json.hpp"
 
 namespace moex::model {
 namespace {
 
 constexpr int64_t kMaxHeaderBytes = int64_t{100} << 20;  // as the reference implementation
-
-int64_t DtypeBytes(const std::string& dtype) {
-  if (dtype == "F64" || dtype == "I64" || dtype == "U64") return 8;
-  if (dtype == "F32" || dtype == "I32" || dtype == "U32") return 4;
-  if (dtype == "F16" || dtype == "BF16" || dtype == "I16" || dtype == "U16") return 2;
-  if (dtype == "I8" || dtype == "U8" || dtype == "BOOL" || dtype == "F8_E4M3" || dtype == "F8_E5M2") return 1;
-  return 0;
-}
 
 // pread the whole range or fail naming the file.
 absl::Status ReadRange(const std::string& file, int64_t begin, int64_t bytes, void* out) {
@@ -112,7 +105,7 @@ absl::Status ParseSafetensorsHeader(std::string_view text, int64_t data_bytes, c
       return bad(StrCat("data_offsets [", begin, ", ", end, "] fall outside the file's ",
                         data_bytes, " data bytes (truncated file?)"));
     }
-    int64_t width = DtypeBytes(info.dtype);
+    int64_t width = SafetensorsDtypeBytes(info.dtype);
     if (width == 0) return bad(StrCat("unknown dtype '", info.dtype, "'"));
     if (static_cast<int64_t>(end - begin) != elements * width) {
       return bad(StrCat(ShapeString(info.shape), " ", info.dtype, " needs ", elements * width,
