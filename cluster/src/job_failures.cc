@@ -5,11 +5,13 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <set>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "moex/cluster/job_manager.h"
 #include "moex/core/str_cat.h"
 #include "moex/core/subprocess.h"
@@ -52,7 +54,12 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, con
   static const std::regex kPeerHost(R"(^ *Peer host: +(\S+))");
   static const std::regex kLocalHost(R"(^ *Local host: +(\S+))");
   // srun: "srun: error: h1: task 2: Segmentation fault", "…: tasks 2-3: Killed".
-  static const std::regex kTaskDeath(R"(^srun: error: (\S+): tasks? (\d+)[-,\d]*: (.+)$)");
+  static const std::regex kTaskDeath(R"(^srun: error: (\S+): tasks? ([\d,-]+): (.+)$)");
+  static const std::regex kRankError(R"(^moex run: rank (\d+): error: )");
+  // Ranks heard from at the end (their own error line, or srun saying how
+  // they ended), and whether any ended otherwise than by exiting.
+  std::set<int> heard;
+  bool task_deaths = false, only_exits = true;
   // The launcher's own failure: it could not allocate, place or start.
   static const std::regex kLauncherError(
       R"(^(srun: (error|fatal): .*|There are not enough slots available.*|mpirun was unable to .*|mpirun could not .*|mpirun does not .*))");
@@ -82,8 +89,23 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, con
       rank_error = line.substr(std::string("moex run: ").size());
       if (std::regex_search(line, match, kWholeHost)) whole_host_named = match[1].str();
     }
+    if (std::regex_search(line, match, kRankError)) heard.insert(std::atoi(match[1].str().c_str()));
+    if (std::regex_search(line, match, kTaskDeath)) {
+      task_deaths = true;
+      // SIGPIPE ("Broken pipe") is a peer hanging up, not a rank's own end.
+      const std::string how = match[3].str();
+      if (how.rfind("Exited with exit code", 0) != 0 && how.rfind("Broken pipe", 0) != 0) only_exits = false;
+      for (const std::string& range : std::vector<std::string>(absl::StrSplit(match[2].str(), ','))) {
+        const size_t dash = range.find('-');
+        const int first = std::atoi(range.substr(0, dash).c_str());
+        const int last = dash == std::string::npos ? first : std::atoi(range.substr(dash + 1).c_str());
+        for (int r = first; r <= last && r - first < 4096; ++r) heard.insert(r);
+      }
+    }
     if (rank_death.empty() && std::regex_search(line, match, kTaskDeath)) {
-      rank_death = StrCat("rank ", match[2].str(), " (on ", match[1].str(), ") ended: ", match[3].str());
+      const std::string tasks = match[2].str();
+      rank_death = StrCat("rank ", tasks.substr(0, tasks.find_first_of(",-")), " (on ", match[1].str(), ") ended: ",
+                          match[3].str());
     } else if (launcher_error.empty() && std::regex_search(line, match, kLauncherError)) {
       launcher_error = line;
     }
@@ -105,6 +127,33 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, con
   if (host_evidence.empty() && rank_death.empty() && !whole_host_named.empty()) {
     *lost_host = whole_host_named;
     host_evidence = StrCat("the surviving ranks lost every rank of ", whole_host_named);
+  }
+  // srun: the ranks that failed exited (each saying why) or died of a peer
+  // hanging up (SIGPIPE),
+  // while every rank of one host was never heard from, neither by its own
+  // line nor by srun (whose daemon there went with it): that host is lost.
+  // (When srun ends the others, it says so: "tasks 2-3: Killed".)
+  if (host_evidence.empty() && task_deaths && only_exits && entry.job.ranks_size() > 0) {
+    std::map<std::string, std::pair<int, int>> per_host;  // ranks, ranks unheard
+    for (const auto& info : entry.job.ranks()) {
+      ++per_host[info.host()].first;
+      if (!heard.count(info.rank())) ++per_host[info.host()].second;
+    }
+    std::vector<std::string> silent_hosts;
+    int unheard_elsewhere = 0;
+    for (const auto& [host, counts] : per_host) {
+      if (counts.second == counts.first) {
+        silent_hosts.push_back(host);
+      } else {
+        unheard_elsewhere += counts.second;
+      }
+    }
+    if (silent_hosts.size() == 1 && per_host.size() > 1 && unheard_elsewhere == 0) {
+      *lost_host = silent_hosts[0];
+      host_evidence = StrCat("no rank of ", *lost_host, " was heard from at the end (no error line, nothing from srun) "
+                             "while every other rank failed");
+      rank_death.clear();
+    }
   }
   if (host_evidence.empty() && daemon_failed && entry.job.ranks_registered() > 0) {
     // Its daemon died with the ranks: the one host the survivors name as

@@ -150,6 +150,27 @@ TEST_F(JobFailuresTest, SrunTaskDeathAndLauncherErrorsAreNamed) {
               HasSubstr("srun: error: Unable to allocate resources: Requested node configuration is not available"));
 }
 
+// srun: the ranks of h0 failed as a peer hung up (SIGPIPE, an exit 1),
+// nothing at all was heard from h1's (srun's daemon there went with them):
+// h1 is lost. Had srun ended them, it would have said so, and then it is
+// one rank's failure, no host lost.
+TEST_F(JobFailuresTest, UnderSrunAHostNeverHeardFromWhileTheOthersFailedIsLost) {
+  std::string id = Run("srun: error: h0: task 0: Broken pipe\n"
+                       "srun: error: h0: task 1: Exited with exit code 1\n",
+                       1);
+  Job job = WaitEnded(id);
+  EXPECT_THAT(job.message(), HasSubstr("host h1 was lost (ranks 2, 3, every rank on it): no rank of h1 was heard from"));
+  EXPECT_THAT(job.attempts(0).lost_hosts(), ElementsAre("h1"));
+  id = Run("moex run: rank 0: error: rank 0: --input has shape [3]\n"
+           "srun: error: h0: task 1: Exited with exit code 1\n"
+           "srun: error: h0: task 0: Exited with exit code 1\n"
+           "srun: error: h1: tasks 2-3: Killed\n",
+           1);
+  job = WaitEnded(id);
+  EXPECT_THAT(job.message(), Not(HasSubstr("was lost")));
+  EXPECT_THAT(job.attempts(0).lost_hosts(), IsEmpty());
+}
+
 TEST_F(JobFailuresTest, EveryRankSilentBlamesNoHost) {
   const std::string id = Run("", 60, {});
   const Job job = WaitEnded(id);
