@@ -59,7 +59,7 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, con
   // Ranks heard from at the end (their own error line, or srun saying how
   // they ended), and whether any ended otherwise than by exiting.
   std::set<int> heard;
-  bool task_deaths = false, only_exits = true;
+  bool task_deaths = false, only_exits = true, peer_lost = false;
   // The launcher's own failure: it could not allocate, place or start.
   static const std::regex kLauncherError(
       R"(^(srun: (error|fatal): .*|There are not enough slots available.*|mpirun was unable to .*|mpirun could not .*|mpirun does not .*))");
@@ -89,11 +89,18 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, con
       rank_error = line.substr(std::string("moex run: ").size());
       if (std::regex_search(line, match, kWholeHost)) whole_host_named = match[1].str();
     }
-    if (std::regex_search(line, match, kRankError)) heard.insert(std::atoi(match[1].str().c_str()));
+    if (std::regex_search(line, match, kRankError)) {
+      heard.insert(std::atoi(match[1].str().c_str()));
+      // A rank that failed because a peer went away, not on its own.
+      for (const char* sign : {"timed out", "waiting for rank", "Broken pipe", "Connection reset", "hung up", "lost"}) {
+        if (line.find(sign) != std::string::npos) peer_lost = true;
+      }
+    }
     if (std::regex_search(line, match, kTaskDeath)) {
       task_deaths = true;
       // SIGPIPE ("Broken pipe") is a peer hanging up, not a rank's own end.
       const std::string how = match[3].str();
+      if (how.rfind("Broken pipe", 0) == 0) peer_lost = true;
       if (how.rfind("Exited with exit code", 0) != 0 && how.rfind("Broken pipe", 0) != 0) only_exits = false;
       for (const std::string& range : std::vector<std::string>(absl::StrSplit(match[2].str(), ','))) {
         const size_t dash = range.find('-');
@@ -133,7 +140,9 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, con
   // while every rank of one host was never heard from, neither by its own
   // line nor by srun (whose daemon there went with it): that host is lost.
   // (When srun ends the others, it says so: "tasks 2-3: Killed".)
-  if (host_evidence.empty() && task_deaths && only_exits && entry.job.ranks_size() > 0) {
+  // Ranks of a host that finished cleanly are not heard from either: the
+  // others must have failed for want of a peer.
+  if (host_evidence.empty() && task_deaths && only_exits && peer_lost && entry.job.ranks_size() > 0) {
     std::map<std::string, std::pair<int, int>> per_host;  // ranks, ranks unheard
     for (const auto& info : entry.job.ranks()) {
       ++per_host[info.host()].first;

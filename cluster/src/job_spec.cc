@@ -12,6 +12,8 @@ job::RunConfig RunConfigFromSpec(const moex::v1::JobSpec& spec) {
   if (!spec.transport().empty()) config.transport = spec.transport();
   if (!spec.device().empty()) config.device = spec.device();
   if (!spec.dispatch().empty()) config.dispatch = spec.dispatch();
+  if (!spec.weight_dtype().empty()) config.weight_dtype = spec.weight_dtype();
+  config.map_weights = !spec.copy_weights();
   config.routing_skew = spec.routing_skew();
   config.seed = spec.seed();
   config.redundant_experts = spec.redundant_experts();

@@ -88,7 +88,8 @@ absl::Status CheckLocalMemory(const moex::v1::JobSpec& spec, const model::MoeLay
   };
   const int64_t F = layer.expert_width, H = layer.hidden;
   const int64_t expert = 2 * matrix(F, H) + matrix(H, F);
-  const int64_t slots = layer.num_experts + spec.redundant_experts();
+  // Mapped (the default), replicas share the page cache's one copy.
+  const int64_t slots = layer.num_experts + (spec.copy_weights() ? spec.redundant_experts() : 0);
   const int64_t need = slots * expert;
   if (need <= available) return absl::OkStatus();
   return Bad("weights", StrCat("the layer's ", slots, " expert slots need ", FormatBytes(static_cast<double>(need)),
@@ -144,6 +145,7 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
     return ValidateBench(spec);
   }
   if (spec->dispatch().empty()) spec->set_dispatch("auto");
+  if (spec->weight_dtype().empty()) spec->set_weight_dtype("f32");
   // Defaults written back, so that the ranks and `moex job status` see
   // exactly what runs; the bounds are RunConfig's, the same as `moex run`'s.
   const job::RunConfig defaults;

@@ -169,6 +169,15 @@ TEST_F(JobFailuresTest, UnderSrunAHostNeverHeardFromWhileTheOthersFailedIsLost) 
   job = WaitEnded(id);
   EXPECT_THAT(job.message(), Not(HasSubstr("was lost")));
   EXPECT_THAT(job.attempts(0).lost_hosts(), IsEmpty());
+  // h1's ranks finished (srun prints nothing for an exit 0) while rank 0's
+  // --check failed: its own failure, no host lost.
+  id = Run("moex run: rank 0: error: --check failed: relative error 0.5 > 0.0001\n"
+           "srun: error: h0: task 0: Exited with exit code 1\n",
+           1);
+  job = WaitEnded(id);
+  EXPECT_THAT(job.message(), HasSubstr("rank 0 (on h0) ended: Exited with exit code 1"));
+  EXPECT_THAT(job.message(), Not(HasSubstr("was lost")));
+  EXPECT_THAT(job.attempts(0).lost_hosts(), IsEmpty());
 }
 
 TEST_F(JobFailuresTest, EveryRankSilentBlamesNoHost) {

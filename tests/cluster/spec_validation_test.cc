@@ -150,6 +150,22 @@ TEST(SpecValidationTest, WeightsMustBeThisLayersCheckpoint) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(SpecValidationTest, WeightDtypeIsNamedAndDefaulted) {
+  moex::v1::JobSpec spec = Good();
+  ASSERT_TRUE(ValidateAndNormalise(&spec, SpecLimits{}).ok());
+  EXPECT_EQ(spec.weight_dtype(), "f32");
+  EXPECT_EQ(RunConfigFromSpec(spec).weight_dtype, "f32");
+  EXPECT_TRUE(RunConfigFromSpec(spec).map_weights);
+  spec.set_weight_dtype("fp8");
+  spec.set_copy_weights(true);
+  ASSERT_TRUE(ValidateAndNormalise(&spec, SpecLimits{}).ok());
+  EXPECT_EQ(RunConfigFromSpec(spec).weight_dtype, "fp8");
+  EXPECT_FALSE(RunConfigFromSpec(spec).map_weights);
+  spec.set_weight_dtype("int4");
+  absl::Status bad = ValidateAndNormalise(&spec, SpecLimits{});
+  EXPECT_THAT(std::string(bad.message()), HasSubstr("spec.weight_dtype is 'int4'; known: f32, bf16, f16, fp8, mxfp4"));
+}
+
 TEST(SpecValidationTest, WorldLargerThanTheExpertSlots) {
   moex::v1::JobSpec spec = Good();
   spec.set_world_size(16);

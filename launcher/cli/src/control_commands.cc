@@ -210,6 +210,12 @@ CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
   submit->add_option("--tokens-per-rank", f.tokens_per_rank, "Tokens per rank per step")->capture_default_str();
   submit->add_option("--transport", f.transport, "mpi or ucx on CPUs, nccl on GPUs (default: mpi, or nccl with --device cuda)");
   submit->add_option("--device", f.device, "cpu, or cuda: a GPU a rank, through the CUDA plugin")->capture_default_str();
+  submit->add_option("--weight-dtype", f.weight_dtype,
+                     "Random experts are made and held in this dtype: f32, bf16, f16, fp8 or mxfp4 (a checkpoint's "
+                     "keep their own)")
+      ->capture_default_str();
+  submit->add_flag("--copy-weights", f.copy_weights,
+                   "Read a checkpoint's experts into each rank instead of mapping them (moex run --load copy)");
   submit->add_option("--ranks-per-host", f.ranks_per_host, "Ranks on each host (0: the launcher decides)")
       ->capture_default_str();
   submit->add_option("--hosts", f.hosts, "Only these hosts (comma-separated; the launcher's names)")->delimiter(',');
@@ -335,6 +341,8 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     spec->set_transport(f.transport);
     spec->set_dispatch(f.dispatch);
     spec->set_device(f.device);
+    spec->set_weight_dtype(f.weight_dtype);
+    spec->set_copy_weights(f.copy_weights);
     spec->set_ranks_per_host(f.ranks_per_host);
     for (const std::string& host : f.hosts) spec->add_hosts(host);
     if (f.layer) spec->set_layer(*f.layer);

@@ -210,7 +210,10 @@ absl::Status MoeLayer::Forward(transport::Transport& transport, const Tensor& x,
 
 Tensor ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
                         const std::vector<int64_t>& slice_tokens) {
-  const int64_t H = spec.hidden, k = spec.top_k, T = x.dim(0);
+  const int64_t H = spec.hidden, k = spec.top_k;
+  int64_t T = 0;
+  for (int64_t count : slice_tokens) T += count;
+  T = std::min<int64_t>(T, x.dim(0));  // slices past x's rows are not routed
   // Naive FFN in double on the dequantised weights: no BLAS, no dispatch,
   // nothing shared with the distributed path but the router.
   struct Dense {
@@ -241,6 +244,8 @@ Tensor ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, con
   std::vector<float> w(T * k);
   int64_t first = 0;
   for (int64_t count : slice_tokens) {
+    count = std::min(count, T - first);
+    if (count <= 0) break;
     Tensor slice({count, H});
     if (count > 0) std::memcpy(slice.data(), x.row(first), count * H * sizeof(float));
     std::vector<int32_t> slice_idx;
@@ -275,7 +280,7 @@ Tensor ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, con
       for (int64_t h = 0; h < H; ++h) acc[t * H + h] += gate * out[h];
     }
   }
-  Tensor y({T, H});
+  Tensor y({x.dim(0), H});  // rows past the slices stay zero
   for (int64_t i = 0; i < T * H; ++i) y.values[i] = static_cast<float>(acc[i]);
   return y;
 }

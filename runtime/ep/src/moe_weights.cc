@@ -135,6 +135,25 @@ absl::Status CacheExpert(const MoeLayerSpec& spec, const model::Checkpoint* chec
   return absl::OkStatus();
 }
 
+int64_t CountCachedExperts(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint, uint64_t seed,
+                           const std::vector<int64_t>& experts, WeightFormat format, const WeightCache& cache) {
+  const MoeWeightNames names = WeightNamesFor(spec);
+  const ExpertScales scale = ScalesFor(spec.hidden, spec.expert_width);
+  const int64_t H = spec.hidden, F = spec.expert_width;
+  int64_t whole = 0;
+  for (int64_t e : experts) {
+    bool held = true;
+    for (const char* p : {"gate", "up", "down"}) {
+      const bool down = std::string_view(p) == "down";
+      const std::string name = names.Expert(e, p);
+      const std::string source = SourceOf(checkpoint, seed, name, down ? scale.out : scale.in, format);
+      held = held && !source.empty() && cache.HoldsMatrix(name, source, format, down ? H : F, down ? F : H);
+    }
+    whole += held ? 1 : 0;
+  }
+  return whole;
+}
+
 absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
                                           const model::Checkpoint* checkpoint, uint64_t seed,
                                           const std::vector<int64_t>& experts, const WeightCache* cache,

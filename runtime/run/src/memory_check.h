@@ -19,16 +19,20 @@
 namespace moex::run {
 
 struct MemoryNeed {
-  int64_t experts = 0;    // routed experts held, stored dtype
+  int64_t experts = 0;    // routed experts held, stored dtype, that are not in the host's weight cache yet
+  int64_t cache = 0;      // their copy into the weight cache (/dev/shm: memory, never reclaimed)
   int64_t shared = 0;     // the shared expert
   int64_t buffers = 0;    // tokens, dispatch, expert workspaces
   int64_t reference = 0;  // rank 0 with --check: every expert (mapped: 0) and its fp32 copy of one
   int64_t mapped = 0;     // of the above, file mappings (address space and page cache, not anonymous memory)
-  int64_t total() const { return experts + shared + buffers + reference; }
+  int64_t total() const { return experts + cache + shared + buffers + reference; }
 };
 
-MemoryNeed EstimateNeed(const ep::MoeLayerSpec& spec, int64_t local_experts, WeightFormat format, bool mapped,
-                        int64_t tokens_per_rank, int world, bool reference);
+// `cached_experts` of the `local_experts` are in the host's weight cache
+// already (mapped from it: no new memory); with `caching`, the others are
+// put there as they load.
+MemoryNeed EstimateNeed(const ep::MoeLayerSpec& spec, int64_t local_experts, int64_t cached_experts, bool caching,
+                        WeightFormat format, bool mapped, int64_t tokens_per_rank, int world, bool reference);
 
 // What this process may use, each limit with its name; -1 where there is
 // none (MemAvailable: moex/core/host_memory.h).

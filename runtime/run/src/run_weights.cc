@@ -32,9 +32,38 @@ absl::StatusOr<ep::MoeWeights> RunWeights::Load(const std::vector<int64_t>& mine
   }
   ep::WeightLoadReport report;
   const auto start = std::chrono::steady_clock::now();
-  MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights,
-                        ep::LoadMoeWeights(spec_, checkpoint_, seed_, mine, cache_ ? &*cache_ : nullptr, &report, options_));
+  absl::StatusOr<ep::MoeWeights> loaded =
+      ep::LoadMoeWeights(spec_, checkpoint_, seed_, mine, cache_ ? &*cache_ : nullptr, &report, options_);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // Every rank learns whether every rank loaded, and in which dtype: a bad
+  // tensor found by one rank ends them all now (not at the next exchange's
+  // deadline), and ranks whose experts differ in dtype (different copies of
+  // a checkpoint) never exchange experts.
+  {
+    const double state[] = {loaded.ok() ? static_cast<double>(loaded->expert_format) : -1.0};
+    std::vector<double> states(t.world_size());
+    MOEX_RETURN_IF_ERROR(t.AllGather(std::span<const double>(state), std::span<double>(states), deadline));
+    if (!loaded.ok()) return loaded.status();
+    std::vector<int> failed, other_dtype;
+    for (int r = 0; r < t.world_size(); ++r) {
+      if (states[r] < 0) failed.push_back(r);
+      else if (states[r] != state[0]) other_dtype.push_back(r);
+    }
+    auto list = [](const std::vector<int>& ranks) {
+      std::string out;
+      for (size_t i = 0; i < ranks.size() && i < 8; ++i) out += StrCat(i ? ", " : "", ranks[i]);
+      return ranks.size() > 8 ? StrCat(out, " and ", ranks.size() - 8, " more") : out;
+    };
+    if (!failed.empty()) {
+      return absl::AbortedError(StrCat("stopping: rank(s) ", list(failed), " could not load their weights (their lines say why)"));
+    }
+    if (!other_dtype.empty()) {
+      return absl::FailedPreconditionError(StrCat("this rank's experts are ", WeightFormatName(loaded->expert_format),
+                                                  ", those of rank(s) ", list(other_dtype),
+                                                  " another dtype: every rank must read the same checkpoint"));
+    }
+  }
+  ep::MoeWeights weights = std::move(*loaded);
   cache_failed_ = !report.put_error.empty();
   for (size_t i = 0; i < report.rejected.size() && i < 3; ++i) {
     WarnOnRank(rank_, StrCat("weight cache entry not used: ", report.rejected[i]));

@@ -121,9 +121,16 @@ class Runner {
       std::vector<int64_t> distinct = mine;
       std::sort(distinct.begin(), distinct.end());
       distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-      const MemoryNeed need =
-          EstimateNeed(spec_, static_cast<int64_t>(distinct.size()), format, checkpoint() != nullptr && options.map_checkpoint,
-                       config_.tokens_per_rank, world_, rank_ == 0 && (config_.check || config_.check_every_step));
+      int64_t cached = 0;
+      if (!config_.weight_cache.empty()) {
+        if (absl::StatusOr<ep::WeightCache> cache = ep::WeightCache::Open(config_.weight_cache); cache.ok()) {
+          cached = ep::CountCachedExperts(spec_, checkpoint(), config_.seed, distinct, format, *cache);
+        }
+      }
+      const MemoryNeed need = EstimateNeed(spec_, static_cast<int64_t>(distinct.size()), cached,
+                                           !config_.weight_cache.empty(), format,
+                                           checkpoint() != nullptr && options.map_checkpoint, config_.tokens_per_rank,
+                                           world_, rank_ == 0 && (config_.check || config_.check_every_step));
       MOEX_RETURN_IF_ERROR(CheckMemoryFits(spec_, need, format, t_, NextDeadline()));
     }
     weights_.emplace(spec_, checkpoint(), config_.seed, config_.weight_cache, rank_, options);

@@ -59,6 +59,8 @@ struct JobFlags {
   std::string transport;  // "": mpi on CPUs, nccl with --device cuda
   std::string dispatch = "auto";
   std::string device = "cpu";
+  std::string weight_dtype = "f32";
+  bool copy_weights = false;
   int ranks_per_host = 0;
   std::vector<std::string> hosts;
   std::optional<int> layer;

@@ -103,6 +103,11 @@ absl::StatusOr<WeightFormat> ExpertFormatOf(const MoeLayerSpec& spec, const mode
 absl::Status CacheExpert(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint, uint64_t seed,
                          int64_t expert, const ExpertWeights& weights, const WeightCache& cache);
 
+// How many of `experts` the cache holds whole (gate, up and down, made from
+// this source in `format`), from the entries' headers.
+int64_t CountCachedExperts(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint, uint64_t seed,
+                           const std::vector<int64_t>& experts, WeightFormat format, const WeightCache& cache);
+
 // Writes the whole layer (every expert) to a safetensors file, with the
 // family's names: test fixtures and `moex run --save-weights`.
 absl::Status SaveMoeWeights(const MoeLayerSpec& spec, const MoeWeights& weights,
