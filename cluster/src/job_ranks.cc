@@ -92,6 +92,8 @@ absl::StatusOr<moex::v1::RegisterRankResponse> JobManager::RegisterRank(const mo
     response.set_placement_version(std::max<int64_t>(1, entry.job.placement().version()));
     if (entry.job.attempts_size() > 0) response.set_first_step(entry.job.attempts(entry.job.attempts_size() - 1).first_step());
     response.set_weight_cache_dir(WeightCacheDir(entry.job));
+    response.set_heartbeat_interval_ms(
+        static_cast<int32_t>(std::clamp(options_.heartbeat_timeout_seconds * 1000.0 / 4.0, 100.0, 1000.0)));
   }
   Notify(r.job_id());
   return response;

@@ -79,6 +79,7 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std
   session->spec_ = response.spec();
   session->first_step_ = response.first_step();
   session->weight_cache_dir_ = response.weight_cache_dir();
+  session->heartbeat_interval_ms_ = response.heartbeat_interval_ms() > 0 ? response.heartbeat_interval_ms() : 1000;
   session->heartbeat_ = std::thread([s = session.get()] { s->HeartbeatLoop(); });
   return session;
 }
@@ -118,7 +119,9 @@ void WorkerSession::HeartbeatLoop() {
     } else if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
       cancelled_.store(true);  // the job, or this attempt of it, has ended: stop
     }
-    for (int i = 0; i < 10 && !stop_.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    for (int waited = 0; waited < heartbeat_interval_ms_ && !stop_.load(); waited += 50) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
   }
 }
 

@@ -127,9 +127,17 @@ class Runner {
           cached = ep::CountCachedExperts(spec_, checkpoint(), config_.seed, distinct, format, *cache);
         }
       }
+      // Tokens a rank holds: --input's share (from its header), else --tokens-per-rank.
+      int64_t tokens_per_rank = config_.tokens_per_rank;
+      if (!config_.input.empty()) {
+        absl::StatusOr<model::Checkpoint> input = model::Checkpoint::Open(config_.input);
+        absl::StatusOr<model::TensorInfo> info =
+            input.ok() ? input->Info("hidden_states") : absl::StatusOr<model::TensorInfo>(input.status());
+        if (info.ok() && !info->shape.empty()) tokens_per_rank = (info->shape[0] + world_ - 1) / world_;
+      }
       const MemoryNeed need = EstimateNeed(spec_, static_cast<int64_t>(distinct.size()), cached,
                                            !config_.weight_cache.empty(), format,
-                                           checkpoint() != nullptr && options.map_checkpoint, config_.tokens_per_rank,
+                                           checkpoint() != nullptr && options.map_checkpoint, tokens_per_rank,
                                            world_, rank_ == 0 && (config_.check || config_.check_every_step));
       MOEX_RETURN_IF_ERROR(CheckMemoryFits(spec_, need, format, t_, NextDeadline()));
     }

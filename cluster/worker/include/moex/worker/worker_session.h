@@ -66,6 +66,7 @@ class WorkerSession {
   moex::v1::JobSpec spec_;
   int64_t first_step_ = 0;
   std::string weight_cache_dir_;
+  int heartbeat_interval_ms_ = 1000;
   std::atomic<int64_t> step_{0};
   std::atomic<bool> stop_{false};
   std::atomic<bool> cancelled_{false};
