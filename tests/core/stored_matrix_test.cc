@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 
 #include "moex/core/mapped_file.h"
@@ -67,6 +68,31 @@ TEST(Fp4Test, GridAndHalf) {
   EXPECT_EQ(F16ToFloat(0x3c00), 1.0f);
   EXPECT_EQ(F16ToFloat(0xc000), -2.0f);
   EXPECT_EQ(F16ToFloat(0x0001), std::ldexp(1.0f, -24));
+}
+
+TEST(F16Test, FloatToHalfRoundsTiesToEvenAndRoundTripsEveryHalf) {
+  EXPECT_EQ(FloatToF16(1.0f), 0x3c00);
+  EXPECT_EQ(FloatToF16(-2.0f), 0xc000);
+  EXPECT_EQ(FloatToF16(0.0f), 0x0000);
+  EXPECT_EQ(FloatToF16(-0.0f), 0x8000);
+  EXPECT_EQ(FloatToF16(65504.0f), 0x7bff);
+  EXPECT_EQ(FloatToF16(65519.0f), 0x7bff);
+  EXPECT_EQ(FloatToF16(65520.0f), 0x7c00);
+  EXPECT_EQ(FloatToF16(1e10f), 0x7c00);
+  EXPECT_EQ(FloatToF16(-std::numeric_limits<float>::infinity()), 0xfc00);
+  EXPECT_TRUE(std::isnan(F16ToFloat(FloatToF16(std::numeric_limits<float>::quiet_NaN()))));
+  // 1 + 2^-11 lies halfway between 1 and 1 + 2^-10: to even (1). 1 + 3x2^-11: up.
+  EXPECT_EQ(FloatToF16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);
+  EXPECT_EQ(FloatToF16(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3c02);
+  // Subnormals: 2^-25 ties to 0, 3x2^-25 to 2x2^-24; the largest rounds up to 2^-14.
+  EXPECT_EQ(FloatToF16(std::ldexp(1.0f, -25)), 0x0000);
+  EXPECT_EQ(FloatToF16(3 * std::ldexp(1.0f, -25)), 0x0002);
+  EXPECT_EQ(FloatToF16(std::ldexp(1.0f, -14) - std::ldexp(1.0f, -26)), 0x0400);
+  // Every finite half survives half -> float -> half.
+  for (uint32_t bits = 0; bits < 0x10000; ++bits) {
+    if ((bits & 0x7c00) == 0x7c00) continue;
+    ASSERT_EQ(FloatToF16(F16ToFloat(static_cast<uint16_t>(bits))), bits) << "half 0x" << std::hex << bits;
+  }
 }
 
 Tensor Random(int64_t rows, int64_t cols, uint32_t seed) {

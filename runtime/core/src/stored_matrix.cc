@@ -130,6 +130,25 @@ float F16ToFloat(uint16_t bits) {
   return magnitude;
 }
 
+uint16_t FloatToF16(float value) {
+  uint32_t word;
+  std::memcpy(&word, &value, sizeof(word));
+  const uint16_t sign = static_cast<uint16_t>((word >> 16) & 0x8000);
+  const uint32_t magnitude = word & 0x7fffffff;
+  if (magnitude > 0x7f800000) return sign | 0x7e00;  // NaN stays NaN
+  if (magnitude >= 0x477ff000) return sign | 0x7c00;  // >= 65520 rounds to infinity
+  if (magnitude < 0x38800000) {                        // below 2^-14: a subnormal half
+    float scaled;
+    std::memcpy(&scaled, &magnitude, sizeof(scaled));
+    // Multiples of 2^-24; the product is exact and nearbyint rounds ties to even.
+    return sign | static_cast<uint16_t>(std::nearbyint(scaled * 16777216.0f));
+  }
+  uint32_t half = ((magnitude >> 23) - 127 + 15) << 10 | ((magnitude >> 13) & 0x3ff);
+  const uint32_t rest = magnitude & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (half & 1))) ++half;  // a carry moves into the exponent
+  return sign | static_cast<uint16_t>(half);
+}
+
 int64_t StoredMatrix::ValueBytes(WeightFormat format, int64_t rows, int64_t cols) {
   switch (format) {
     case WeightFormat::kF32: return rows * cols * 4;
@@ -207,8 +226,7 @@ absl::StatusOr<StoredMatrix> StoredMatrix::Quantize(const Tensor& tensor, Weight
         if (format == WeightFormat::kBF16) {
           bits = FloatToBf16(in[i]);
         } else {
-          const _Float16 half = static_cast<_Float16>(in[i]);
-          std::memcpy(&bits, &half, sizeof(bits));
+          bits = FloatToF16(in[i]);
         }
         std::memcpy(values + 2 * i, &bits, 2);
       }

@@ -44,8 +44,10 @@ float Fp8E4M3ToFloat(uint8_t bits);
 uint8_t FloatToFp8E4M3(float value);
 // e2m1 (the low 4 bits) to float: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives.
 float Fp4E2M1ToFloat(uint8_t nibble);
-// IEEE half to float.
+// IEEE half to float, and float to the nearest half, ties to even (by bits:
+// not every compiler has _Float16 on x86).
 float F16ToFloat(uint16_t bits);
+uint16_t FloatToF16(float value);
 
 struct StoredMatrix {
   WeightFormat format = WeightFormat::kF32;
