@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
     held.push_back(std::move(e));
   }
   std::vector<float> x(tokens * hidden), y(tokens * hidden),
-      workspace(moex::kernels::GatedFfnWorkspace(tokens, width, hidden));
+      workspace(moex::kernels::ExpertFfnWorkspace(tokens, width, hidden));
   for (int64_t i = 0; i < tokens * hidden; ++i) x[i] = moex::ep::SeededUniform(6, "x", i);
   std::vector<std::vector<double>> times(std::size(formats));
   std::fprintf(stderr, "expert %lldx%lld, %lld tokens, %lld reps interleaved over 4 formats (1 BLAS thread)\n",
@@ -112,9 +112,9 @@ int main(int argc, char** argv) {
     for (size_t f = 0; f < std::size(formats); ++f) {
       const Expert& e = held[f];
       const moex::kernels::ExpertWeightsView view{.gate = &e.gate, .up = &e.up, .down = &e.down, .hidden = hidden,
-                                                  .width = width};
+                                                  .width = width, .mlp = {}};
       const auto start = Clock::now();
-      moex::kernels::GatedFfn(view, x.data(), tokens, workspace.data(), y.data());
+      moex::kernels::ExpertFfn(view, x.data(), tokens, workspace.data(), y.data());
       if (rep >= 0) times[f].push_back(Seconds(start) * 1e6);
     }
     if (rep >= 0 && (rep + 1) % 5 == 0) std::fprintf(stderr, "  %lld/%lld reps\n", static_cast<long long>(rep + 1), static_cast<long long>(reps));

@@ -288,7 +288,7 @@ absl::StatusOr<std::string> CheckWeightsFiles(const std::string& weights, const 
   // of the message (it is the file's content).
   absl::StatusOr<model::Checkpoint> checkpoint = model::Checkpoint::Open(path);
   if (!checkpoint.ok()) return Bad(subject, "cannot be read as a checkpoint (it changed while being checked?)");
-  const std::string router = model::WeightNamesFor(layer).router;
+  const std::string router = model::WeightNamesFor(layer, &*checkpoint).router;
   const std::vector<int64_t> expected = {layer.num_experts, layer.hidden};
   absl::StatusOr<model::TensorInfo> info = checkpoint->Info(router);
   if (!info.ok()) return Bad(subject, StrCat("has no tensor '", router, "': not this model's layer"));

@@ -79,7 +79,8 @@ absl::Status ValidateBench(moex::v1::JobSpec* spec) {
 absl::Status CheckLocalMemory(const moex::v1::JobSpec& spec, const model::MoeLayerSpec& layer, int64_t available) {
   absl::StatusOr<model::Checkpoint> checkpoint = model::Checkpoint::Open(spec.weights());
   if (!checkpoint.ok()) return Bad("weights", "cannot be read as a checkpoint (it changed while being checked?)");
-  absl::StatusOr<WeightFormat> format = checkpoint->MatrixFormat(model::WeightNamesFor(layer).Expert(0, "gate"));
+  absl::StatusOr<WeightFormat> format =
+      checkpoint->MatrixFormat(model::WeightNamesFor(layer, &*checkpoint).FormatTensor(layer.mlp.gated()));
   if (!format.ok()) {
     return Bad("weights", "holds its experts in a dtype moex cannot hold (F32, BF16, F16, F8_E4M3 with block scales, MXFP4)");
   }
@@ -87,7 +88,8 @@ absl::Status CheckLocalMemory(const moex::v1::JobSpec& spec, const model::MoeLay
     return StoredMatrix::ValueBytes(*format, rows, cols) + StoredMatrix::ScaleBytes(*format, rows, cols);
   };
   const int64_t F = layer.expert_width, H = layer.hidden;
-  const int64_t expert = 2 * matrix(F, H) + matrix(H, F);
+  const int64_t expert = (layer.mlp.gated() ? 2 : 1) * matrix(F, H) + matrix(H, F) +
+                         (layer.mlp.biases ? 4 * (2 * F + H) : 0);
   // Mapped (the default), replicas share the page cache's one copy.
   const int64_t slots = layer.num_experts + (spec.copy_weights() ? spec.redundant_experts() : 0);
   const int64_t need = slots * expert;

@@ -248,7 +248,7 @@ TEST_F(CheckpointSynthTest, ADenseLayerIsRefusedNamingTheMoeLayers) {
   options.layers = "0-1";
   absl::StatusOr<SynthResult> result = SynthesizeCheckpoint(options, nullptr);
   ASSERT_FALSE(result.ok());
-  EXPECT_THAT(std::string(result.status().message()), HasSubstr("layer 0 is a dense layer; its MoE layers are 1 to 2"));
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("layer 0 is a dense layer; its MoE layers are 1 and 2"));
   EXPECT_FALSE(fs::exists(options.out));  // refused before anything is written
 }
 

@@ -93,7 +93,7 @@ TEST(SpecValidationTest, EveryBadFieldIsNamed) {
   EXPECT_THAT(with([](auto& s) { s.set_routing_skew(1e9); }), HasSubstr("spec.routing_skew"));
   EXPECT_THAT(with([](auto& s) { s.set_model("/etc/passwd"); }),
               HasSubstr("spec.model '/etc/passwd' is outside the controller's data roots"));
-  EXPECT_THAT(with([](auto& s) { s.set_model("gpt-oss-20b"); }), HasSubstr("not runnable"));
+  EXPECT_THAT(with([](auto& s) { s.set_model("llama-3.1-8b"); }), HasSubstr("has no MoE layer"));
   EXPECT_THAT(with([](auto& s) { s.set_model("mini-dsv3"); s.set_layer(0); }), HasSubstr("spec.layer"));
   EXPECT_THAT(with([](auto& s) { s.set_world_size(8); s.set_model("tiny-dsv3"); s.set_redundant_experts(-1); }),
               HasSubstr("spec.redundant_experts"));

@@ -158,6 +158,46 @@ TEST(StoredMatrixTest, EachFormatDequantisesRowRangesAsItsDefinitionSays) {
   EXPECT_THAT(std::string(ParseWeightFormat("int4").status().message()), HasSubstr("f32, bf16, f16, fp8, mxfp4"));
 }
 
+// Layout changes for fused checkpoints: rows picked by a stride (gpt-oss's
+// interleaved gate/up) and columns turned into rows (Llama 4's x @ W).
+TEST(StoredMatrixTest, SelectRowsAndColumnsTransposedMoveEachValueWhereItBelongs) {
+  const Tensor t = Random(6, 64, 9);
+  for (WeightFormat format : {WeightFormat::kF32, WeightFormat::kBF16, WeightFormat::kF16, WeightFormat::kMXFP4}) {
+    SCOPED_TRACE(std::string(WeightFormatName(format)));
+    const StoredMatrix m = format == WeightFormat::kF32 ? StoredMatrix::FromTensor(t)
+                                                        : *StoredMatrix::Quantize(t, format);
+    const Tensor all = m.ToTensor();
+    absl::StatusOr<StoredMatrix> odd = m.SelectRows(1, 2, 3);
+    ASSERT_TRUE(odd.ok()) << odd.status();
+    EXPECT_EQ(odd->format, format);
+    const Tensor got = odd->ToTensor();
+    for (int64_t r = 0; r < 3; ++r) {
+      for (int64_t c = 0; c < 64; ++c) EXPECT_EQ(got.values[r * 64 + c], all.values[(1 + 2 * r) * 64 + c]);
+    }
+    EXPECT_FALSE(m.SelectRows(1, 2, 4).ok());  // row 7 of 6
+    absl::StatusOr<StoredMatrix> turned = m.ColumnsTransposed(32, 1, 32);
+    if (format == WeightFormat::kMXFP4) {
+      EXPECT_EQ(turned.status().code(), absl::StatusCode::kUnimplemented);
+      continue;
+    }
+    ASSERT_TRUE(turned.ok()) << turned.status();
+    ASSERT_EQ(turned->rows, 32);
+    ASSERT_EQ(turned->cols, 6);
+    const Tensor tt = turned->ToTensor();
+    for (int64_t c = 0; c < 32; ++c) {
+      for (int64_t r = 0; r < 6; ++r) EXPECT_EQ(tt.values[c * 6 + r], all.values[r * 64 + 32 + c]);
+    }
+  }
+  // FP8 rows come in 128-row scale blocks: whole blocks only.
+  const StoredMatrix fp8 = *StoredMatrix::Quantize(Random(256, 128, 3), WeightFormat::kFP8Block);
+  absl::StatusOr<StoredMatrix> second = fp8.SelectRows(128, 1, 128);
+  ASSERT_TRUE(second.ok()) << second.status();
+  const Tensor a = fp8.ToTensor(), b = second->ToTensor();
+  for (int64_t i = 0; i < 128 * 128; ++i) ASSERT_EQ(b.values[i], a.values[128 * 128 + i]);
+  EXPECT_EQ(fp8.SelectRows(0, 2, 64).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(fp8.SelectRows(64, 1, 64).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(MappedRangeTest, MapsAnUnalignedRangeAndRefusesOnePastTheEnd) {
   const std::string path = ::testing::TempDir() + "/mapped_range_test.bin";
   FILE* f = std::fopen(path.c_str(), "wb");

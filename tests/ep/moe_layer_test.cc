@@ -5,6 +5,7 @@
 // all giving the same bits.
 #include "moex/ep/moe_layer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -12,6 +13,7 @@
 #include <thread>
 
 #include "dispatch_checks.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "moex/model/model_loader.h"
 #include "moex/transport/inprocess_transport.h"
@@ -180,8 +182,13 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<Case>& param_info) { return std::string(param_info.param.name); });
 
 TEST(MoeLayerSpecTest, RefusesWhatItCannotRun) {
-  EXPECT_EQ(MoeLayerSpec::FromArch(*model::LoadModel("gpt-oss-20b"), std::nullopt).status().code(),
-            absl::StatusCode::kUnimplemented);
+  // A field that changes the maths beyond what moex implements: named.
+  absl::StatusOr<MoeLayerSpec> pnorm =
+      MoeLayerSpec::FromArch(*model::LoadModel(MOEX_TEST_FIXTURES "/configs/dbrx_pnorm2.json"), std::nullopt);
+  EXPECT_EQ(pnorm.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(pnorm.status().message()), ::testing::HasSubstr("moe_normalize_expert_weights = 2"));
+  EXPECT_EQ(MoeLayerSpec::FromArch(*model::LoadModel("llama-3.1-8b"), std::nullopt).status().code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(MoeLayerSpec::FromArch(*model::LoadModel("deepseek-v3"), 0).status().code(),
             absl::StatusCode::kInvalidArgument);
   MoeLayerSpec spec = *MoeLayerSpec::FromArch(*model::LoadModel("deepseek-v3"), std::nullopt);
@@ -189,6 +196,50 @@ TEST(MoeLayerSpecTest, RefusesWhatItCannotRun) {
   EXPECT_EQ(spec.shared_width, 2048);
   // 256 experts of 44.04M + shared + router + bias.
   EXPECT_EQ(spec.total_params(), 256LL * 44040192 + 44040192 + 256LL * 7168 + 256);
+}
+
+// The layer's parameters as the runtime counts them (its weights, biases
+// and router) equal the planner's count of that layer, family by family.
+TEST(MoeLayerSpecTest, EachFamilysLayerHasThePlannersParameterCount) {
+  for (const char* preset : {"deepseek-v3", "kimi-k2", "qwen3-30b-a3b", "qwen1.5-moe-a2.7b", "mixtral-8x7b",
+                             "olmoe-1b-7b", "jamba-v0.1", "dbrx", "llama4-scout", "llama4-maverick", "gpt-oss-20b",
+                             "gpt-oss-120b", "nemotron-3-nano-30b-a3b"}) {
+    SCOPED_TRACE(preset);
+    const model::ModelArch arch = *model::LoadModel(preset);
+    absl::StatusOr<MoeLayerSpec> spec = MoeLayerSpec::FromArch(arch, std::nullopt);
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    const model::MoeShape& moe = arch.layers[spec->layer].moe;
+    EXPECT_EQ(spec->total_params(), moe.num_experts * moe.params_per_expert + moe.shared_params + moe.router_params);
+  }
+}
+
+// An expert travels (live migration, the weight cache's copy) as its bytes:
+// biases and a missing gate included.
+TEST(ExpertWeightsTest, BytesRoundTripForEveryMlpShape) {
+  for (const char* preset : {"gpt-oss-20b", "nemotron-3-nano-30b-a3b", "mixtral-8x7b"}) {
+    SCOPED_TRACE(preset);
+    MoeLayerSpec spec = *MoeLayerSpec::FromArch(*model::LoadModel(preset), std::nullopt);
+    spec.hidden = 64;  // small, same shape otherwise
+    spec.expert_width = 32;
+    spec.shared_width = std::min<int64_t>(spec.shared_width, 32);
+    absl::StatusOr<MoeWeights> w = LoadMoeWeights(spec, nullptr, 5, {1});
+    ASSERT_TRUE(w.ok()) << w.status();
+    const ExpertWeights& e = w->experts.at(1);
+    EXPECT_EQ(e.bytes(), ExpertBytes(spec));
+    EXPECT_EQ(e.gate.empty(), !spec.mlp.gated());
+    EXPECT_EQ(e.down_bias.size(), spec.mlp.biases ? 64u : 0u);
+    std::vector<std::byte> bytes(e.bytes());
+    e.CopyBytes(bytes.data());
+    const ExpertWeights back = ExpertWeights::FromBytes(spec, e.format(), bytes.data());
+    EXPECT_EQ(back.up.ToTensor().values, e.up.ToTensor().values);
+    EXPECT_EQ(back.down.ToTensor().values, e.down.ToTensor().values);
+    if (spec.mlp.gated()) {
+      EXPECT_EQ(back.gate.ToTensor().values, e.gate.ToTensor().values);
+    }
+    EXPECT_EQ(back.gate_bias, e.gate_bias);
+    EXPECT_EQ(back.up_bias, e.up_bias);
+    EXPECT_EQ(back.down_bias, e.down_bias);
+  }
 }
 
 }  // namespace

@@ -255,5 +255,36 @@ TEST(RouterOracleTest, TiedGroupsGoToTheLowerIndex) {
   ExpectChoices(r, 0, {{0, 0.4061545}, {1, 0.5938455}});
 }
 
+// DeepSeek-V4's sqrtsoftplus scoring: s = sqrt(log(1 + e^logit)), chosen as
+// the sigmoid router chooses, weights s renormalised.
+//   logits {0, 1, -1, 2}
+//   softplus = {0.6931472, 1.3132617, 0.3132617, 2.1269280}
+//   s        = {0.8325546, 1.1459763, 0.5596979, 1.4583991}
+//   top-2: expert 3, expert 1; sum 2.6043754
+//   w3 = 0.5599804, w1 = 0.4400196
+TEST(RouterOracleTest, SqrtSoftplusScoresAndRenormalises) {
+  model::RouterSpec spec = Sigmoid(true);
+  spec.scoring = "sqrtsoftplus";
+  Routed r = RouteTokens(spec, 4, 2, {0.0f, 1.0f, -1.0f, 2.0f});
+  ExpectChoices(r, 0, {{1, 0.4400196}, {3, 0.5599804}});
+  // Far out on either side softplus neither overflows nor loses itself:
+  // s(100) = 10, s(-100) = sqrt(e^-100) = e^-50.
+  spec.norm_topk_prob = false;
+  Routed plain = RouteTokens(spec, 2, 2, {100.0f, -100.0f});
+  ExpectChoices(plain, 0, {{0, 10.0}, {1, std::exp(-50.0)}});
+}
+
+// Top-k of many experts (Qwen3.5: top-10 of 512): the k largest, largest
+// first, against a sort.
+TEST(RouterOracleTest, TopTenOfFiveHundredTwelveMatchesASort) {
+  std::vector<float> logits(512);
+  for (int e = 0; e < 512; ++e) logits[e] = static_cast<float>((e * 7919) % 512) / 64.0f;  // a permutation
+  Routed r = RouteTokens(Softmax(false), 512, 10, logits);
+  std::vector<int32_t> order(512);
+  for (int e = 0; e < 512; ++e) order[e] = e;
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  for (int j = 0; j < 10; ++j) EXPECT_EQ(r.experts[j], order[j]) << "place " << j;
+}
+
 }  // namespace
 }  // namespace moex::kernels

@@ -161,5 +161,55 @@ TEST_F(StoredCheckpointTest, WrongFilesAreRefusedNamingTheTensorAndTheFile) {
   EXPECT_THAT(std::string(cut.status().message()), HasSubstr("truncated file?"));
 }
 
+// One expert's matrix out of a tensor stacking every expert's (Llama 4 and
+// gpt-oss [E, rows, cols], MXFP4 blocks too; DBRX [E * rows, cols]).
+TEST_F(StoredCheckpointTest, AStackedTensorGivesEachExpertItsOwnSlice) {
+  const int64_t experts = 3, rows = 4, cols = 64;
+  std::vector<StoredMatrix> each;
+  for (int64_t e = 0; e < experts; ++e) {
+    Tensor t = Values(rows, cols);
+    for (float& v : t.values) v += static_cast<float>(e);  // tell the experts apart
+    each.push_back(*StoredMatrix::Quantize(t, WeightFormat::kMXFP4));
+  }
+  auto cat = [&](bool scales) {
+    std::vector<std::byte> out;
+    for (const StoredMatrix& m : each) {
+      const std::byte* from = scales ? m.scales : m.values;
+      out.insert(out.end(), from, from + (scales ? m.scale_bytes() : m.value_bytes()));
+    }
+    return out;
+  };
+  Tensor flat({experts * rows, cols});
+  for (int64_t e = 0; e < experts; ++e) {
+    const Tensor t = each[e].ToTensor();
+    std::copy(t.values.begin(), t.values.end(), flat.values.begin() + e * rows * cols);
+  }
+  std::vector<std::byte> flat_bytes(flat.size() * 4);
+  std::memcpy(flat_bytes.data(), flat.data(), flat_bytes.size());
+  const std::string file = Write("stacked.safetensors",
+                                 {{"experts.gate_up_proj_blocks", "U8", {experts, rows, cols / 32, 16}, cat(false)},
+                                  {"experts.gate_up_proj_scales", "U8", {experts, rows, cols / 32}, cat(true)},
+                                  {"experts.mlp.w1", "F32", {experts * rows, cols}, flat_bytes}});
+  absl::StatusOr<Checkpoint> checkpoint = Checkpoint::Open(file);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  for (int64_t e = 0; e < experts; ++e) {
+    SCOPED_TRACE(e);
+    absl::StatusOr<StoredMatrix> m =
+        checkpoint->ReadMatrix("experts.gate_up_proj", rows, cols, true, StackedSlice{.index = e, .count = experts});
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ(m->format, WeightFormat::kMXFP4);
+    EXPECT_EQ(m->ToTensor().values, each[e].ToTensor().values);
+    absl::StatusOr<StoredMatrix> w1 =
+        checkpoint->ReadMatrix("experts.mlp.w1", rows, cols, false, StackedSlice{.index = e, .count = experts});
+    ASSERT_TRUE(w1.ok()) << w1.status();
+    EXPECT_EQ(w1->ToTensor().values, each[e].ToTensor().values);
+  }
+  // A count that does not match the tensor is an error naming both shapes.
+  absl::StatusOr<StoredMatrix> wrong =
+      checkpoint->ReadMatrix("experts.mlp.w1", rows, cols, false, StackedSlice{.index = 0, .count = 4});
+  EXPECT_THAT(std::string(wrong.status().message()), HasSubstr("has shape [12, 64], the model needs [4, 4, 64]"));
+  EXPECT_FALSE(checkpoint->ReadMatrix("experts.mlp.w1", rows, cols, false, StackedSlice{.index = 3, .count = 3}).ok());
+}
+
 }  // namespace
 }  // namespace moex::model

@@ -62,6 +62,10 @@ struct Shard {
 // bias, experts 0..E-1 (gate, up, down), shared expert, shared gate.
 absl::StatusOr<std::vector<SynthWeight>> LayerWeights(const model::MoeLayerSpec& spec, WeightFormat format) {
   const model::MoeWeightNames names = model::WeightNamesFor(spec);
+  if (names.layout != model::ExpertLayout::kPerExpert || spec.mlp.biases || spec.router.has_bias) {
+    return absl::UnimplementedError(StrCat("moex checkpoint synth writes experts one tensor each, without biases; ",
+                                           spec.model_type, " stores its experts stacked or with biases (not yet)"));
+  }
   const int64_t H = spec.hidden, E = spec.num_experts;
   const float in_scale = 1.0f / std::sqrt(static_cast<float>(H));
   const WeightFormat small = format == WeightFormat::kF32 ? WeightFormat::kF32 : WeightFormat::kBF16;
@@ -77,9 +81,9 @@ absl::StatusOr<std::vector<SynthWeight>> LayerWeights(const model::MoeLayerSpec&
     weights.push_back(std::move(w));
     return absl::OkStatus();
   };
-  auto expert = [&](auto name_of, int64_t width) -> absl::Status {
+  auto expert = [&](auto name_of, int64_t width, bool gated) -> absl::Status {
     const float out_scale = 1.0f / std::sqrt(static_cast<float>(width));
-    MOEX_RETURN_IF_ERROR(add(name_of("gate"), {width, H}, in_scale, format));
+    if (gated) MOEX_RETURN_IF_ERROR(add(name_of("gate"), {width, H}, in_scale, format));
     MOEX_RETURN_IF_ERROR(add(name_of("up"), {width, H}, in_scale, format));
     return add(name_of("down"), {H, width}, out_scale, format);
   };
@@ -88,10 +92,12 @@ absl::StatusOr<std::vector<SynthWeight>> LayerWeights(const model::MoeLayerSpec&
     MOEX_RETURN_IF_ERROR(add(names.correction_bias, {E}, 0.05f, WeightFormat::kF32));
   }
   for (int64_t e = 0; e < E; ++e) {
-    MOEX_RETURN_IF_ERROR(expert([&](std::string_view p) { return names.Expert(e, p); }, spec.expert_width));
+    MOEX_RETURN_IF_ERROR(
+        expert([&](std::string_view p) { return names.Expert(e, p); }, spec.expert_width, spec.mlp.gated()));
   }
   if (spec.shared_width > 0) {
-    MOEX_RETURN_IF_ERROR(expert([&](std::string_view p) { return names.Shared(p); }, spec.shared_width));
+    MOEX_RETURN_IF_ERROR(
+        expert([&](std::string_view p) { return names.Shared(p); }, spec.shared_width, spec.shared_mlp.gated()));
     if (spec.shared_expert_gate) MOEX_RETURN_IF_ERROR(add(names.shared_gate, {1, H}, in_scale, small));
   }
   return weights;

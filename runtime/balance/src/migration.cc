@@ -45,7 +45,6 @@ absl::StatusOr<Migration> Migration::Plan(const placement::Placement& from, plac
 
 absl::Status Migration::RunChunk(transport::Transport& t, const ep::Layer& current, Deadline deadline,
                                  MigrationStats* stats) {
-  const int64_t hidden = current.spec().hidden, width = current.spec().expert_width;
   if (done()) return absl::FailedPreconditionError("the migration has no chunk left");
   const auto start = std::chrono::steady_clock::now();
   const int rank = t.rank(), world = t.world_size();
@@ -94,7 +93,7 @@ absl::Status Migration::RunChunk(transport::Transport& t, const ep::Layer& curre
   for (size_t i : chunk) {
     const ExpertTransfer& x = transfers_[i];
     if (x.to != rank) continue;
-    received_[x.expert] = ep::ExpertWeights::FromBytes(format, width, hidden, &recv_[recv_offset[x.from]]);
+    received_[x.expert] = ep::ExpertWeights::FromBytes(current.spec(), format, &recv_[recv_offset[x.from]]);
     recv_offset[x.from] += expert_bytes;
     ++stats->experts_received;
   }

@@ -344,4 +344,72 @@ void StoredMatrix::CopyBytes(std::byte* out) const {
   if (scale_bytes() > 0) std::memcpy(out + value_bytes(), scales, static_cast<size_t>(scale_bytes()));
 }
 
+namespace {
+
+// An owned, float-aligned StoredMatrix of `format` [rows, cols], values and
+// scales uninitialised.
+StoredMatrix Allocate(WeightFormat format, int64_t rows, int64_t cols) {
+  StoredMatrix m;
+  m.format = format;
+  m.rows = rows;
+  m.cols = cols;
+  auto owned = std::shared_ptr<float[]>(new float[static_cast<size_t>((m.bytes() + 3) / 4)]);
+  m.values = reinterpret_cast<const std::byte*>(owned.get());
+  m.scales = m.scale_bytes() > 0 ? m.values + m.value_bytes() : nullptr;
+  m.keep = std::move(owned);
+  return m;
+}
+
+std::byte* Writable(const std::byte* at) { return const_cast<std::byte*>(at); }
+
+}  // namespace
+
+absl::StatusOr<StoredMatrix> StoredMatrix::SelectRows(int64_t first, int64_t step, int64_t count) const {
+  if (first < 0 || step < 1 || count < 0 || (count > 0 && first + (count - 1) * step >= rows)) {
+    return absl::OutOfRangeError(StrCat("rows ", first, ", ", first, " + ", step, ", ... (", count, " of them) of a [",
+                                        rows, ", ", cols, "] matrix"));
+  }
+  if (format == WeightFormat::kFP8Block) {
+    if (step != 1 || first % kFp8BlockSize != 0 || (count % kFp8BlockSize != 0 && first + count != rows)) {
+      return absl::InvalidArgumentError(StrCat("FP8 rows ", first, ", ", first, " + ", step, ", ... (", count,
+                                               " of them) cut through its 128x128 scale blocks"));
+    }
+    StoredMatrix out = Allocate(format, count, cols);
+    std::memcpy(Writable(out.values), values + first * cols, static_cast<size_t>(out.value_bytes()));
+    const int64_t scale_row = CeilDiv(cols, kFp8BlockSize) * 4;
+    std::memcpy(Writable(out.scales), scales + first / kFp8BlockSize * scale_row,
+                static_cast<size_t>(out.scale_bytes()));
+    return out;
+  }
+  StoredMatrix out = Allocate(format, count, cols);
+  const int64_t row_bytes = ValueBytes(format, 1, cols), scale_row = ScaleBytes(format, 1, cols);
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t r = first + i * step;
+    std::memcpy(Writable(out.values) + i * row_bytes, values + r * row_bytes, static_cast<size_t>(row_bytes));
+    if (scale_row > 0) {
+      std::memcpy(Writable(out.scales) + i * scale_row, scales + r * scale_row, static_cast<size_t>(scale_row));
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<StoredMatrix> StoredMatrix::ColumnsTransposed(int64_t first, int64_t step, int64_t count) const {
+  if (format == WeightFormat::kFP8Block || format == WeightFormat::kMXFP4) {
+    return absl::UnimplementedError(StrCat("a ", WeightFormatName(format), " [", rows, ", ", cols,
+                                           "] matrix cannot be transposed: its scale blocks follow the stored rows"));
+  }
+  if (first < 0 || step < 1 || count < 0 || (count > 0 && first + (count - 1) * step >= cols)) {
+    return absl::OutOfRangeError(StrCat("columns ", first, ", ", first, " + ", step, ", ... (", count,
+                                        " of them) of a [", rows, ", ", cols, "] matrix"));
+  }
+  StoredMatrix out = Allocate(format, count, rows);
+  const size_t width = format == WeightFormat::kF32 ? 4 : 2;
+  std::byte* to = Writable(out.values);
+  for (int64_t r = 0; r < rows; ++r) {
+    const std::byte* row = values + r * cols * static_cast<int64_t>(width);
+    for (int64_t i = 0; i < count; ++i) std::memcpy(to + (i * rows + r) * width, row + (first + i * step) * width, width);
+  }
+  return out;
+}
+
 }  // namespace moex

@@ -18,8 +18,18 @@ double Since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-kernels::ExpertWeightsView View(const ExpertWeights& w, int64_t hidden) {
-  return {.gate = &w.gate, .up = &w.up, .down = &w.down, .hidden = hidden, .width = w.gate.rows};
+const float* OrNull(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
+
+kernels::ExpertWeightsView View(const ExpertWeights& w, int64_t hidden, const model::ExpertMlpSpec& mlp) {
+  return {.gate = mlp.gated() ? &w.gate : nullptr,
+          .up = &w.up,
+          .down = &w.down,
+          .gate_bias = OrNull(w.gate_bias),
+          .up_bias = OrNull(w.up_bias),
+          .down_bias = OrNull(w.down_bias),
+          .hidden = hidden,
+          .width = w.up.rows,
+          .mlp = mlp};
 }
 
 }  // namespace
@@ -35,6 +45,11 @@ void RouteTokens(const MoeLayerSpec& spec, const MoeWeights& weights, const Tens
   const int64_t T = x.dim(0), E = spec.num_experts, k = spec.top_k;
   std::vector<float> logits(T * E), scratch(2 * E);
   kernels::RouterLogits(x.data(), T, spec.hidden, weights.router.data(), E, logits.data());
+  if (!weights.router_bias.values.empty()) {
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t e = 0; e < E; ++e) logits[t * E + e] += weights.router_bias.values[e];
+    }
+  }
   topk_idx->resize(T * k);
   topk_weights->resize(T * k);
   kernels::RouteParams params{.spec = spec.router, .num_experts = E, .top_k = k,
@@ -130,16 +145,24 @@ void MoeLayer::RunExperts(const DispatchResult& received, float* partial, StepSt
     // Expert-major: this expert's tokens side by side, then one FFN call.
     if (static_cast<int64_t>(gathered_.size()) < n * H) gathered_.resize(n * H);
     if (static_cast<int64_t>(expert_out_.size()) < n * H) expert_out_.resize(n * H);
-    int64_t need = kernels::GatedFfnWorkspace(n, w.gate.rows, H);
+    int64_t need = kernels::ExpertFfnWorkspace(n, w.up.rows, H);
     if (static_cast<int64_t>(workspace_.size()) < need) workspace_.resize(need);
+    const bool on_input = spec_.router.weight_on_input;
     for (int64_t i = 0; i < n; ++i) {
-      std::memcpy(&gathered_[i * H], received.recv_rows[rows[s][i].first], H * sizeof(float));
+      const float* row = received.recv_rows[rows[s][i].first];
+      float* to = &gathered_[i * H];
+      if (on_input) {
+        // Llama 4: the expert sees its input scaled by the routing weight.
+        for (int64_t h = 0; h < H; ++h) to[h] = row[h] * rows[s][i].second;
+      } else {
+        std::memcpy(to, row, H * sizeof(float));
+      }
     }
-    kernels::GatedFfn(View(w, H), gathered_.data(), n, workspace_.data(), expert_out_.data());
+    kernels::ExpertFfn(View(w, H, spec_.mlp), gathered_.data(), n, workspace_.data(), expert_out_.data());
     // Weighted partial sums form here, on the expert's rank.
     for (int64_t i = 0; i < n; ++i) {
       float* out = partial + rows[s][i].first * H;
-      const float weight = rows[s][i].second;
+      const float weight = on_input ? 1.0f : rows[s][i].second;
       const float* y = &expert_out_[i * H];
       for (int64_t h = 0; h < H; ++h) out[h] += weight * y[h];
     }
@@ -151,9 +174,9 @@ void MoeLayer::AddSharedExpert(const Tensor& x, Tensor* y) {
   const int64_t T = x.dim(0), H = spec_.hidden;
   if (T == 0) return;
   if (static_cast<int64_t>(expert_out_.size()) < T * H) expert_out_.resize(T * H);
-  int64_t need = kernels::GatedFfnWorkspace(T, spec_.shared_width, H);
+  int64_t need = kernels::ExpertFfnWorkspace(T, spec_.shared_width, H);
   if (static_cast<int64_t>(workspace_.size()) < need) workspace_.resize(need);
-  kernels::GatedFfn(View(*weights_.shared, H), x.data(), T, workspace_.data(), expert_out_.data());
+  kernels::ExpertFfn(View(*weights_.shared, H, spec_.shared_mlp), x.data(), T, workspace_.data(), expert_out_.data());
   for (int64_t t = 0; t < T; ++t) {
     float gate = 1.0f;
     if (!weights_.shared_gate.values.empty()) {
@@ -214,26 +237,50 @@ Tensor ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, con
   int64_t T = 0;
   for (int64_t count : slice_tokens) T += count;
   T = std::min<int64_t>(T, x.dim(0));  // slices past x's rows are not routed
-  // Naive FFN in double on the dequantised weights: no BLAS, no dispatch,
+  // Naive MLP in double on the dequantised weights: no BLAS, no dispatch,
   // nothing shared with the distributed path but the router.
   struct Dense {
     Tensor gate, up, down;
+    const ExpertWeights* w;
   };
-  auto dense = [](const ExpertWeights& w) { return Dense{w.gate.ToTensor(), w.up.ToTensor(), w.down.ToTensor()}; };
-  auto ffn = [H](const Dense& w, const float* in, std::vector<double>* out) {
-    const int64_t F = w.gate.dim(0);
+  auto dense = [](const ExpertWeights& w) {
+    return Dense{w.gate.empty() ? Tensor() : w.gate.ToTensor(), w.up.ToTensor(), w.down.ToTensor(), &w};
+  };
+  auto ffn = [H](const Dense& w, const model::ExpertMlpSpec& mlp, const float* in, double scale,
+                 std::vector<double>* out) {
+    const int64_t F = w.up.dim(0);
+    auto bias = [](const std::vector<float>& b, int64_t i) { return b.empty() ? 0.0 : static_cast<double>(b[i]); };
     std::vector<double> act(F);
+    const double limit = mlp.swiglu_limit;
     for (int64_t f = 0; f < F; ++f) {
       double g = 0, u = 0;
       for (int64_t h = 0; h < H; ++h) {
-        g += static_cast<double>(w.gate.values[f * H + h]) * in[h];
-        u += static_cast<double>(w.up.values[f * H + h]) * in[h];
+        if (mlp.gated()) g += static_cast<double>(w.gate.values[f * H + h]) * in[h] * scale;
+        u += static_cast<double>(w.up.values[f * H + h]) * in[h] * scale;
       }
-      act[f] = g / (1.0 + std::exp(-g)) * u;
+      g += bias(w.w->gate_bias, f);
+      u += bias(w.w->up_bias, f);
+      switch (mlp.activation) {
+        case model::ExpertActivation::kSilu:
+          if (limit > 0) {
+            g = std::min(g, limit);
+            u = std::clamp(u, -limit, limit);
+          }
+          act[f] = g / (1.0 + std::exp(-g)) * u;
+          break;
+        case model::ExpertActivation::kSwigluOai:
+          g = std::min(g, limit);
+          u = std::clamp(u, -limit, limit);
+          act[f] = (u + 1.0) * g / (1.0 + std::exp(-mlp.swiglu_alpha * g));
+          break;
+        case model::ExpertActivation::kRelu2:
+          act[f] = std::max(u, 0.0) * std::max(u, 0.0);
+          break;
+      }
     }
     out->assign(H, 0.0);
     for (int64_t h = 0; h < H; ++h) {
-      double sum = 0;
+      double sum = bias(w.w->down_bias, h);
       for (int64_t f = 0; f < F; ++f) sum += static_cast<double>(w.down.values[h * F + f]) * act[f];
       (*out)[h] = sum;
     }
@@ -263,14 +310,15 @@ Tensor ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, con
   for (const auto& [e, pairs] : by_expert) {
     const Dense expert = dense(weights.experts.at(e));
     for (const auto& [t, weight] : pairs) {
-      ffn(expert, x.row(t), &out);
-      for (int64_t h = 0; h < H; ++h) acc[t * H + h] += weight * out[h];
+      const bool on_input = spec.router.weight_on_input;
+      ffn(expert, spec.mlp, x.row(t), on_input ? weight : 1.0, &out);
+      for (int64_t h = 0; h < H; ++h) acc[t * H + h] += (on_input ? 1.0 : weight) * out[h];
     }
   }
   if (weights.shared) {
     const Dense shared = dense(*weights.shared);
     for (int64_t t = 0; t < T; ++t) {
-      ffn(shared, x.row(t), &out);
+      ffn(shared, spec.shared_mlp, x.row(t), 1.0, &out);
       double gate = 1.0;
       if (!weights.shared_gate.values.empty()) {
         double dot = 0;

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -93,17 +94,43 @@ ExpertScales ScalesFor(int64_t hidden, int64_t width) {
 
 }  // namespace
 
-void ExpertWeights::CopyBytes(std::byte* out) const {
-  gate.CopyBytes(out);
-  up.CopyBytes(out + gate.bytes());
-  down.CopyBytes(out + gate.bytes() + up.bytes());
+int64_t ExpertWeights::bytes() const {
+  return gate.bytes() + up.bytes() + down.bytes() +
+         4 * static_cast<int64_t>(gate_bias.size() + up_bias.size() + down_bias.size());
 }
 
-ExpertWeights ExpertWeights::FromBytes(WeightFormat format, int64_t width, int64_t hidden, const std::byte* bytes) {
+void ExpertWeights::CopyBytes(std::byte* out) const {
+  for (const StoredMatrix* m : {&gate, &up, &down}) {
+    m->CopyBytes(out);
+    out += m->bytes();
+  }
+  for (const std::vector<float>* b : {&gate_bias, &up_bias, &down_bias}) {
+    if (!b->empty()) std::memcpy(out, b->data(), b->size() * sizeof(float));
+    out += b->size() * sizeof(float);
+  }
+}
+
+ExpertWeights ExpertWeights::FromBytes(const MoeLayerSpec& spec, WeightFormat format, const std::byte* bytes) {
+  const int64_t F = spec.expert_width, H = spec.hidden;
   ExpertWeights w;
-  w.gate = StoredMatrix::FromBytes(format, width, hidden, bytes);
-  w.up = StoredMatrix::FromBytes(format, width, hidden, bytes + w.gate.bytes());
-  w.down = StoredMatrix::FromBytes(format, hidden, width, bytes + 2 * w.gate.bytes());
+  if (spec.mlp.gated()) {
+    w.gate = StoredMatrix::FromBytes(format, F, H, bytes);
+    bytes += w.gate.bytes();
+  }
+  w.up = StoredMatrix::FromBytes(format, F, H, bytes);
+  bytes += w.up.bytes();
+  w.down = StoredMatrix::FromBytes(format, H, F, bytes);
+  bytes += w.down.bytes();
+  if (spec.mlp.biases) {
+    auto take = [&](std::vector<float>* b, int64_t n) {
+      b->resize(n);
+      std::memcpy(b->data(), bytes, n * sizeof(float));
+      bytes += n * sizeof(float);
+    };
+    if (spec.mlp.gated()) take(&w.gate_bias, F);
+    take(&w.up_bias, F);
+    take(&w.down_bias, H);
+  }
   return w;
 }
 
@@ -113,21 +140,109 @@ int64_t MoeWeights::expert_bytes() const {
   return bytes;
 }
 
+namespace {
+
+// The projections an expert MLP has, in CopyBytes' order.
+std::vector<const char*> Projections(const model::ExpertMlpSpec& mlp) {
+  if (mlp.gated()) return {"gate", "up", "down"};
+  return {"up", "down"};
+}
+
+// The checkpoint tensor a routed expert's projection is read from (its
+// scales and blocks follow it in MatrixTensors).
+std::string StoredTensor(const MoeWeightNames& names, int64_t expert, std::string_view projection) {
+  switch (names.layout) {
+    case model::ExpertLayout::kPerExpert: return names.Expert(expert, projection);
+    case model::ExpertLayout::kFusedGateUp:
+    case model::ExpertLayout::kFusedInterleaved: return names.Stacked(projection == "down" ? "down" : "gate_up");
+    case model::ExpertLayout::kDbrx:
+      return names.Stacked(projection == "gate" ? "w1" : projection == "up" ? "v1" : "w2");
+  }
+  return "";
+}
+
+// Routed expert `e`'s projection from the checkpoint, in [out, in]
+// orientation, whatever the family's layout.
+absl::StatusOr<StoredMatrix> ReadProjection(const model::Checkpoint& checkpoint, const MoeLayerSpec& spec,
+                                            const MoeWeightNames& names, int64_t e, std::string_view projection,
+                                            bool map) {
+  const int64_t F = spec.expert_width, H = spec.hidden;
+  const bool down = projection == "down";
+  const std::string tensor = StoredTensor(names, e, projection);
+  const model::StackedSlice slice{.index = e, .count = spec.num_experts};
+  switch (names.layout) {
+    case model::ExpertLayout::kPerExpert:
+      return checkpoint.ReadMatrix(tensor, down ? spec.hidden : F, down ? F : H, map);
+    case model::ExpertLayout::kFusedGateUp: {
+      // gate_up [E, H, 2F] (gate: columns [0, F)), down [E, F, H]: x . W.
+      if (down) {
+        MOEX_ASSIGN_OR_RETURN(StoredMatrix stored, checkpoint.ReadMatrix(tensor, F, H, map, slice));
+        return stored.ColumnsTransposed(0, 1, H);
+      }
+      MOEX_ASSIGN_OR_RETURN(StoredMatrix stored, checkpoint.ReadMatrix(tensor, H, 2 * F, map, slice));
+      return stored.ColumnsTransposed(projection == "gate" ? 0 : F, 1, F);
+    }
+    case model::ExpertLayout::kFusedInterleaved: {
+      // MXFP4: [out, in] blocks, gate and up interleaved by row. Otherwise
+      // (bf16 releases): [in, out], interleaved by column.
+      MOEX_ASSIGN_OR_RETURN(WeightFormat format, checkpoint.MatrixFormat(tensor));
+      const int64_t parity = projection == "gate" ? 0 : 1;
+      if (format == WeightFormat::kMXFP4) {
+        if (down) return checkpoint.ReadMatrix(tensor, H, F, map, slice);
+        MOEX_ASSIGN_OR_RETURN(StoredMatrix stored, checkpoint.ReadMatrix(tensor, 2 * F, H, map, slice));
+        return stored.SelectRows(parity, 2, F);
+      }
+      if (down) {
+        MOEX_ASSIGN_OR_RETURN(StoredMatrix stored, checkpoint.ReadMatrix(tensor, F, H, map, slice));
+        return stored.ColumnsTransposed(0, 1, H);
+      }
+      MOEX_ASSIGN_OR_RETURN(StoredMatrix stored, checkpoint.ReadMatrix(tensor, H, 2 * F, map, slice));
+      return stored.ColumnsTransposed(parity, 2, F);
+    }
+    case model::ExpertLayout::kDbrx: {
+      // w1, v1, w2 [E*F, H]; the down projection is w2's slice transposed.
+      MOEX_ASSIGN_OR_RETURN(StoredMatrix stored, checkpoint.ReadMatrix(tensor, F, H, map, slice));
+      if (down) return stored.ColumnsTransposed(0, 1, H);
+      return stored;
+    }
+  }
+  return absl::InternalError("unknown expert layout");
+}
+
+// Every routed expert's biases (gpt-oss): read once, sliced per expert.
+struct StackedBiases {
+  Tensor gate_up;  // [E, 2F], gate and up interleaved
+  Tensor down;     // [E, H]
+};
+
+void SliceBiases(const StackedBiases& all, int64_t e, int64_t F, int64_t H, ExpertWeights* w) {
+  w->gate_bias.resize(F);
+  w->up_bias.resize(F);
+  for (int64_t f = 0; f < F; ++f) {
+    w->gate_bias[f] = all.gate_up.values[e * 2 * F + 2 * f];
+    w->up_bias[f] = all.gate_up.values[e * 2 * F + 2 * f + 1];
+  }
+  w->down_bias.assign(all.down.values.begin() + e * H, all.down.values.begin() + (e + 1) * H);
+}
+
+}  // namespace
+
 absl::StatusOr<WeightFormat> ExpertFormatOf(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint,
                                             const WeightLoadOptions& options) {
   if (checkpoint == nullptr) return options.random_format;
-  return checkpoint->MatrixFormat(WeightNamesFor(spec).Expert(0, "gate"));
+  return checkpoint->MatrixFormat(WeightNamesFor(spec, checkpoint).FormatTensor(spec.mlp.gated()));
 }
 
 absl::Status CacheExpert(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint, uint64_t seed,
                          int64_t expert, const ExpertWeights& weights, const WeightCache& cache) {
-  const MoeWeightNames names = WeightNamesFor(spec);
+  const MoeWeightNames names = WeightNamesFor(spec, checkpoint);
   const ExpertScales scale = ScalesFor(spec.hidden, spec.expert_width);
-  const std::pair<const char*, const StoredMatrix*> projections[] = {
-      {"gate", &weights.gate}, {"up", &weights.up}, {"down", &weights.down}};
-  for (const auto& [projection, matrix] : projections) {
+  for (const char* projection : Projections(spec.mlp)) {
+    const StoredMatrix* matrix = std::string_view(projection) == "gate" ? &weights.gate
+                                 : std::string_view(projection) == "up" ? &weights.up
+                                                                        : &weights.down;
     const std::string name = names.Expert(expert, projection);
-    const std::string source = SourceOf(checkpoint, seed, name,
+    const std::string source = SourceOf(checkpoint, seed, StoredTensor(names, expert, projection),
                                         std::string_view(projection) == "down" ? scale.out : scale.in, matrix->format);
     if (source.empty() || cache.HoldsMatrix(name, source, matrix->format, matrix->rows, matrix->cols)) continue;
     MOEX_RETURN_IF_ERROR(cache.PutMatrix(name, source, *matrix));
@@ -137,17 +252,17 @@ absl::Status CacheExpert(const MoeLayerSpec& spec, const model::Checkpoint* chec
 
 int64_t CountCachedExperts(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint, uint64_t seed,
                            const std::vector<int64_t>& experts, WeightFormat format, const WeightCache& cache) {
-  const MoeWeightNames names = WeightNamesFor(spec);
+  const MoeWeightNames names = WeightNamesFor(spec, checkpoint);
   const ExpertScales scale = ScalesFor(spec.hidden, spec.expert_width);
   const int64_t H = spec.hidden, F = spec.expert_width;
   int64_t whole = 0;
   for (int64_t e : experts) {
     bool held = true;
-    for (const char* p : {"gate", "up", "down"}) {
+    for (const char* p : Projections(spec.mlp)) {
       const bool down = std::string_view(p) == "down";
-      const std::string name = names.Expert(e, p);
-      const std::string source = SourceOf(checkpoint, seed, name, down ? scale.out : scale.in, format);
-      held = held && !source.empty() && cache.HoldsMatrix(name, source, format, down ? H : F, down ? F : H);
+      const std::string source =
+          SourceOf(checkpoint, seed, StoredTensor(names, e, p), down ? scale.out : scale.in, format);
+      held = held && !source.empty() && cache.HoldsMatrix(names.Expert(e, p), source, format, down ? H : F, down ? F : H);
     }
     whole += held ? 1 : 0;
   }
@@ -158,11 +273,11 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
                                           const model::Checkpoint* checkpoint, uint64_t seed,
                                           const std::vector<int64_t>& experts, const WeightCache* cache,
                                           WeightLoadReport* report, const WeightLoadOptions& options) {
-  const MoeWeightNames names = WeightNamesFor(spec);
+  const MoeWeightNames names = WeightNamesFor(spec, checkpoint);
   const int64_t H = spec.hidden, F = spec.expert_width, E = spec.num_experts;
   WeightLoadReport unused;
   WeightLoadReport& r = report != nullptr ? *report : unused;
-  // Router, bias and gate: fp32 tensors.
+  // Router, biases and gate: fp32 tensors.
   auto get = [&](const std::string& name, std::vector<int64_t> shape,
                  float scale) -> absl::StatusOr<Tensor> {
     const std::string source = cache != nullptr ? SourceOf(checkpoint, seed, name, scale) : "";
@@ -187,14 +302,15 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
     }
     return loaded;
   };
-  // Expert projections: kept in their stored dtype.
-  auto get_matrix = [&](const std::string& name, int64_t rows, int64_t cols,
-                        float scale) -> absl::StatusOr<StoredMatrix> {
+  // Expert projections: kept in their stored dtype. `name` keys the cache
+  // and seeds random weights; `tensor` is what the checkpoint holds.
+  auto get_matrix = [&](const std::string& name, const std::string& tensor, int64_t rows, int64_t cols, float scale,
+                        auto read) -> absl::StatusOr<StoredMatrix> {
     WeightFormat format = options.random_format;
     if (checkpoint != nullptr) {
-      MOEX_ASSIGN_OR_RETURN(format, checkpoint->MatrixFormat(name));
+      MOEX_ASSIGN_OR_RETURN(format, checkpoint->MatrixFormat(tensor));
     }
-    const std::string source = cache != nullptr ? SourceOf(checkpoint, seed, name, scale, format) : "";
+    const std::string source = cache != nullptr ? SourceOf(checkpoint, seed, tensor, scale, format) : "";
     if (!source.empty()) {
       std::string rejected;
       std::optional<StoredMatrix> hit = cache->GetMatrix(name, source, format, rows, cols, &rejected);
@@ -207,7 +323,7 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
     }
     StoredMatrix loaded;
     if (checkpoint != nullptr) {
-      MOEX_ASSIGN_OR_RETURN(loaded, checkpoint->ReadMatrix(name, rows, cols, options.map_checkpoint));
+      MOEX_ASSIGN_OR_RETURN(loaded, read());
     } else if (format == WeightFormat::kF32) {
       loaded = StoredMatrix::FromTensor(RandomTensor(seed, name, {rows, cols}, scale));
     } else {
@@ -221,43 +337,76 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
     }
     return loaded;
   };
-  auto expert = [&](auto name_of, int64_t width) -> absl::StatusOr<ExpertWeights> {
+  // An expert MLP's projections, all in one dtype. `name_of` and
+  // `tensor_of` give get_matrix's name and tensor; `read_of` reads one.
+  auto expert = [&](const model::ExpertMlpSpec& mlp, int64_t width, auto name_of, auto tensor_of,
+                    auto read_of) -> absl::StatusOr<ExpertWeights> {
     ExpertWeights w;
     const ExpertScales scale = ScalesFor(H, width);
-    MOEX_ASSIGN_OR_RETURN(w.gate, get_matrix(name_of("gate"), width, H, scale.in));
-    MOEX_ASSIGN_OR_RETURN(w.up, get_matrix(name_of("up"), width, H, scale.in));
-    MOEX_ASSIGN_OR_RETURN(w.down, get_matrix(name_of("down"), H, width, scale.out));
-    if (w.up.format != w.gate.format || w.down.format != w.gate.format) {
-      return absl::InvalidArgumentError(StrCat("'", name_of("gate"), "' is ", WeightFormatName(w.gate.format), ", '",
-                                               name_of("up"), "' ", WeightFormatName(w.up.format), " and '",
-                                               name_of("down"), "' ", WeightFormatName(w.down.format),
-                                               ": moex needs an expert's projections in one dtype"));
+    for (const char* p : Projections(mlp)) {
+      const bool down = std::string_view(p) == "down";
+      StoredMatrix* out = std::string_view(p) == "gate" ? &w.gate : std::string_view(p) == "up" ? &w.up : &w.down;
+      MOEX_ASSIGN_OR_RETURN(*out, get_matrix(name_of(p), tensor_of(p), down ? H : width, down ? width : H,
+                                             down ? scale.out : scale.in, [&] { return read_of(p); }));
+    }
+    const bool one_dtype =
+        w.down.format == w.up.format && (!mlp.gated() || w.gate.format == w.up.format);
+    if (!one_dtype) {
+      std::string formats;
+      for (const char* p : Projections(mlp)) {
+        const StoredMatrix& m = std::string_view(p) == "gate" ? w.gate : std::string_view(p) == "up" ? w.up : w.down;
+        formats += StrCat(formats.empty() ? "" : ", ", "'", tensor_of(p), "' ", WeightFormatName(m.format));
+      }
+      return absl::InvalidArgumentError(StrCat(formats, ": moex needs an expert's projections in one dtype"));
     }
     return w;
   };
   MoeWeights weights;
   MOEX_ASSIGN_OR_RETURN(weights.expert_format, ExpertFormatOf(spec, checkpoint, options));
   MOEX_ASSIGN_OR_RETURN(weights.router, get(names.router, {E, H}, 1.0f / std::sqrt(static_cast<float>(H))));
+  if (spec.router.has_bias) {
+    MOEX_ASSIGN_OR_RETURN(weights.router_bias, get(names.router_bias, {E}, 0.05f));
+  }
   if (spec.router.has_correction_bias) {
     MOEX_ASSIGN_OR_RETURN(weights.correction_bias, get(names.correction_bias, {E}, 0.05f));
+  }
+  StackedBiases biases;
+  if (spec.mlp.biases && !experts.empty()) {
+    if (names.layout != model::ExpertLayout::kFusedInterleaved) {
+      return absl::UnimplementedError(StrCat("layer ", spec.layer, ": expert biases are read from gpt-oss's layout only"));
+    }
+    MOEX_ASSIGN_OR_RETURN(biases.gate_up, get(names.StackedBias("gate_up"), {E, 2 * F}, 0.05f));
+    MOEX_ASSIGN_OR_RETURN(biases.down, get(names.StackedBias("down"), {E, H}, 0.05f));
   }
   for (int64_t e : experts) {
     if (e < 0 || e >= E) return absl::InvalidArgumentError(StrCat("expert ", e, " outside [0, ", E, ")"));
     if (weights.experts.count(e)) continue;
     const int64_t hits_before = r.tensors_from_cache;
-    MOEX_ASSIGN_OR_RETURN(weights.experts[e],
-                          expert([&](std::string_view p) { return names.Expert(e, p); }, F));
+    MOEX_ASSIGN_OR_RETURN(
+        weights.experts[e],
+        expert(
+            spec.mlp, F, [&](std::string_view p) { return names.Expert(e, p); },
+            [&](std::string_view p) { return StoredTensor(names, e, p); },
+            [&](std::string_view p) { return ReadProjection(*checkpoint, spec, names, e, p, options.map_checkpoint); }));
     if (weights.experts[e].format() != weights.expert_format) {
       return absl::InvalidArgumentError(StrCat("expert ", e, " of layer ", spec.layer, " is ",
                                                WeightFormatName(weights.experts[e].format()), ", expert 0 ",
                                                WeightFormatName(weights.expert_format),
                                                ": moex needs a layer's routed experts in one dtype"));
     }
-    ++(r.tensors_from_cache - hits_before == 3 ? r.experts_from_cache : r.experts_loaded);
+    if (spec.mlp.biases) SliceBiases(biases, e, F, H, &weights.experts[e]);
+    const int64_t matrices = spec.mlp.gated() ? 3 : 2;
+    ++(r.tensors_from_cache - hits_before == matrices ? r.experts_from_cache : r.experts_loaded);
   }
   if (spec.shared_width > 0) {
-    MOEX_ASSIGN_OR_RETURN(weights.shared,
-                          expert([&](std::string_view p) { return names.Shared(p); }, spec.shared_width));
+    auto shared_name = [&](std::string_view p) { return names.Shared(p); };
+    MOEX_ASSIGN_OR_RETURN(
+        weights.shared,
+        expert(spec.shared_mlp, spec.shared_width, shared_name, shared_name, [&](std::string_view p) {
+          const bool down = p == "down";
+          return checkpoint->ReadMatrix(names.Shared(p), down ? H : spec.shared_width, down ? spec.shared_width : H,
+                                        options.map_checkpoint);
+        }));
     if (spec.shared_expert_gate) {
       MOEX_ASSIGN_OR_RETURN(weights.shared_gate, get(names.shared_gate, {1, H}, 1.0f / std::sqrt(static_cast<float>(H))));
     }
@@ -268,22 +417,72 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
 absl::Status SaveMoeWeights(const MoeLayerSpec& spec, const MoeWeights& weights,
                             const std::string& path, model::StorageDtype dtype) {
   const MoeWeightNames names = WeightNamesFor(spec);
-  std::deque<Tensor> dequantised;  // stable addresses
+  const int64_t E = spec.num_experts, F = spec.expert_width, H = spec.hidden;
+  std::deque<Tensor> held;  // stable addresses
   std::vector<std::pair<std::string, const Tensor*>> named;
   auto add = [&](std::string name, const Tensor& t) { named.emplace_back(std::move(name), &t); };
   auto add_matrix = [&](std::string name, const StoredMatrix& m) {
-    dequantised.push_back(m.ToTensor());
-    add(std::move(name), dequantised.back());
+    held.push_back(m.ToTensor());
+    add(std::move(name), held.back());
   };
   add(names.router, weights.router);
+  if (!weights.router_bias.values.empty()) add(names.router_bias, weights.router_bias);
   if (!weights.correction_bias.values.empty()) add(names.correction_bias, weights.correction_bias);
-  for (const auto& [e, w] : weights.experts) {
-    add_matrix(names.Expert(e, "gate"), w.gate);
-    add_matrix(names.Expert(e, "up"), w.up);
-    add_matrix(names.Expert(e, "down"), w.down);
+  if (names.layout == model::ExpertLayout::kPerExpert) {
+    for (const auto& [e, w] : weights.experts) {
+      if (spec.mlp.gated()) add_matrix(names.Expert(e, "gate"), w.gate);
+      add_matrix(names.Expert(e, "up"), w.up);
+      add_matrix(names.Expert(e, "down"), w.down);
+    }
+  } else {
+    // Stacked layouts hold every expert in one tensor.
+    if (static_cast<int64_t>(weights.experts.size()) != E) {
+      return absl::InvalidArgumentError(StrCat("saving layer ", spec.layer, " in ", spec.model_type,
+                                               "'s stacked layout needs all ", E, " experts; ",
+                                               weights.experts.size(), " are held"));
+    }
+    const bool dbrx = names.layout == model::ExpertLayout::kDbrx;
+    const bool interleaved = names.layout == model::ExpertLayout::kFusedInterleaved;
+    // DBRX: w1, v1 [E*F, H] as held and w2 [E*F, H], down transposed.
+    // Llama 4, gpt-oss: gate_up [E, H, 2F] and down [E, F, H], x . W.
+    Tensor& gate_up = held.emplace_back(dbrx ? std::vector<int64_t>{E * F, H} : std::vector<int64_t>{E, H, 2 * F});
+    Tensor& up_only = held.emplace_back(std::vector<int64_t>{dbrx ? E * F : 0, H});
+    Tensor& down = held.emplace_back(dbrx ? std::vector<int64_t>{E * F, H} : std::vector<int64_t>{E, F, H});
+    Tensor& gate_up_bias = held.emplace_back(std::vector<int64_t>{interleaved ? E : 0, 2 * F});
+    Tensor& down_bias = held.emplace_back(std::vector<int64_t>{interleaved ? E : 0, H});
+    for (const auto& [e, w] : weights.experts) {
+      const Tensor g = w.gate.ToTensor(), u = w.up.ToTensor(), d = w.down.ToTensor();
+      for (int64_t f = 0; f < F; ++f) {
+        for (int64_t h = 0; h < H; ++h) {
+          if (dbrx) {
+            gate_up.values[(e * F + f) * H + h] = g.values[f * H + h];
+            up_only.values[(e * F + f) * H + h] = u.values[f * H + h];
+          } else {
+            const int64_t gate_col = interleaved ? 2 * f : f, up_col = interleaved ? 2 * f + 1 : F + f;
+            gate_up.values[(e * H + h) * 2 * F + gate_col] = g.values[f * H + h];
+            gate_up.values[(e * H + h) * 2 * F + up_col] = u.values[f * H + h];
+          }
+          down.values[(e * F + f) * H + h] = d.values[h * F + f];
+        }
+      }
+      if (interleaved && !w.up_bias.empty()) {
+        for (int64_t f = 0; f < F; ++f) {
+          gate_up_bias.values[e * 2 * F + 2 * f] = w.gate_bias[f];
+          gate_up_bias.values[e * 2 * F + 2 * f + 1] = w.up_bias[f];
+        }
+        std::copy(w.down_bias.begin(), w.down_bias.end(), down_bias.values.begin() + e * H);
+      }
+    }
+    add(names.Stacked(dbrx ? "w1" : "gate_up"), gate_up);
+    if (dbrx) add(names.Stacked("v1"), up_only);
+    add(names.Stacked(dbrx ? "w2" : "down"), down);
+    if (interleaved && spec.mlp.biases) {
+      add(names.StackedBias("gate_up"), gate_up_bias);
+      add(names.StackedBias("down"), down_bias);
+    }
   }
   if (weights.shared) {
-    add_matrix(names.Shared("gate"), weights.shared->gate);
+    if (spec.shared_mlp.gated()) add_matrix(names.Shared("gate"), weights.shared->gate);
     add_matrix(names.Shared("up"), weights.shared->up);
     add_matrix(names.Shared("down"), weights.shared->down);
   }

@@ -146,7 +146,7 @@ absl::StatusOr<model::MoeLayerSpec> RunConfig::ValidateLayer(int world_size, Fie
   if (!weights.empty()) {
     absl::StatusOr<model::Checkpoint> checkpoint = model::Checkpoint::Open(weights);
     if (!checkpoint.ok()) return c.Bad(kWeights, StrCat("cannot be read: ", checkpoint.status().message()));
-    const std::string router = model::WeightNamesFor(*spec).router;
+    const std::string router = model::WeightNamesFor(*spec, &*checkpoint).router;
     absl::StatusOr<model::TensorInfo> info = checkpoint->Info(router);
     if (!info.ok()) return c.Bad(kWeights, StrCat("'", weights, "' has no '", router, "': not this model's layer"));
     const std::vector<int64_t> expected = {spec->num_experts, spec->hidden};

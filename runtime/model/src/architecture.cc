@@ -9,6 +9,15 @@ std::string_view PartName(Part part) {
   return kNames[static_cast<int>(part)];
 }
 
+std::string_view ExpertActivationName(ExpertActivation activation) {
+  switch (activation) {
+    case ExpertActivation::kSilu: return "silu";
+    case ExpertActivation::kSwigluOai: return "swiglu_clamped";
+    case ExpertActivation::kRelu2: return "relu2";
+  }
+  return "?";
+}
+
 int64_t ModelArch::num_moe_layers() const {
   int64_t count = 0;
   for (const LayerSpec& layer : layers) count += layer.ffn == FfnKind::kMoe ? 1 : 0;

@@ -131,6 +131,12 @@ const nlohmann::json* ConfigView::Find(std::string_view key) const {
 
 bool ConfigView::Has(std::string_view key) const { return Find(key) != nullptr; }
 
+bool ConfigView::IsNull(std::string_view key) const {
+  if (!object_->is_object()) return false;
+  auto it = object_->find(std::string(key));
+  return it != object_->end() && it->is_null();
+}
+
 std::string ConfigView::Where(std::string_view key) const {
   return StrCat(source_, ": field '", prefix_, prefix_.empty() ? "" : ".", key, "'");
 }

@@ -264,9 +264,13 @@ std::vector<std::string> Checkpoint::MatrixTensors(const std::string& name) cons
   return {name};
 }
 
-absl::StatusOr<StoredMatrix> Checkpoint::ReadMatrix(const std::string& name, int64_t rows, int64_t cols, bool map) const {
+absl::StatusOr<StoredMatrix> Checkpoint::ReadMatrix(const std::string& name, int64_t rows, int64_t cols, bool map,
+                                                    std::optional<StackedSlice> slice) const {
   MOEX_ASSIGN_OR_RETURN(WeightFormat format, MatrixFormat(name));
   const std::vector<std::string> names = MatrixTensors(name);
+  if (slice && (slice->count < 1 || slice->index < 0 || slice->index >= slice->count)) {
+    return absl::OutOfRangeError(StrCat("matrix ", slice->index, " of the ", slice->count, " stacked in '", name, "'"));
+  }
   auto piece = [&](const std::string& tensor, const std::vector<int64_t>& shape,
                    std::string_view dtype) -> absl::StatusOr<Piece> {
     MOEX_ASSIGN_OR_RETURN(TensorInfo info, Info(tensor));
@@ -274,9 +278,23 @@ absl::StatusOr<StoredMatrix> Checkpoint::ReadMatrix(const std::string& name, int
       return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor '", tensor, "' is ", info.dtype, "; ",
                                                WeightFormatName(format), " weights need it ", dtype));
     }
-    if (info.shape != shape) {
+    std::vector<int64_t> want = shape;
+    bool matches = info.shape == want;
+    if (slice) {
+      // [count, ...shape], or the first dimension times count.
+      want.insert(want.begin(), slice->count);
+      std::vector<int64_t> flat = shape;
+      if (!flat.empty()) flat[0] *= slice->count;
+      matches = info.shape == want || (!flat.empty() && info.shape == flat);
+    }
+    if (!matches) {
       return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor '", tensor, "' has shape ",
-                                               ShapeString(info.shape), ", the model needs ", ShapeString(shape)));
+                                               ShapeString(info.shape), ", the model needs ", ShapeString(want)));
+    }
+    if (slice) {
+      const int64_t each = (info.end - info.begin) / slice->count;
+      info.begin += slice->index * each;
+      info.end = info.begin + each;
     }
     return LoadPiece(info, map);
   };

@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "moex/core/format.h"
+#include "moex/model/moe_layer_spec.h"
 
 namespace moex::plan {
 
@@ -62,6 +63,11 @@ nlohmann::json PlanToJson(const Plan& plan) {
   j["layers"] = a.layers.size();
   j["moe_layers"] = a.num_moe_layers();
   j["dense_layers"] = a.num_dense_layers();
+  j["moe_layer_list"] = model::MoeLayerList(a);
+  // Whether `moex run` runs this model's MoE layers, and if not why.
+  const absl::StatusOr<model::MoeLayerSpec> runnable = model::MoeLayerSpec::FromArch(a, std::nullopt);
+  j["run"] = {{"supported", runnable.ok()},
+              {"reason", runnable.ok() ? "" : std::string(runnable.status().message())}};
   model::MoeShape moe = a.first_moe();
   j["routed_experts_per_layer"] = moe.num_experts;
   j["experts_per_token"] = moe.experts_per_token;
@@ -104,6 +110,7 @@ std::string PlanToTable(const Plan& plan) {
   const model::ModelArch& a = plan.arch;
   std::string out;
   auto line = [&out](const std::string& text) { StrAppend(&out, text, "\n"); };
+  const absl::StatusOr<model::MoeLayerSpec> runnable = model::MoeLayerSpec::FromArch(a, std::nullopt);
   model::MoeShape moe = a.first_moe();
 
   line(StrCat("model        ", a.source, " (", a.model_type, ")"));
@@ -114,6 +121,9 @@ std::string PlanToTable(const Plan& plan) {
   line(absl::StrFormat("layers       %d: %d MoE, %d dense%s", a.layers.size(), a.num_moe_layers(),
                        a.num_dense_layers(),
                        a.mtp_layers.empty() ? "" : absl::StrFormat(", plus %d MTP", a.mtp_layers.size())));
+  if (a.num_moe_layers() > 0) line(StrCat("MoE layers   ", model::MoeLayerList(a)));
+  line(StrCat("moex run     ", runnable.ok() ? StrCat("yes (layer ", runnable->layer, " by default; --layer picks another)")
+                                             : StrCat("no: ", runnable.status().message())));
   if (moe.num_experts > 0) {
     line(absl::StrFormat("experts      %d routed per MoE layer, %d per token, width %d; router %s%s",
                          moe.num_experts, moe.experts_per_token, moe.expert_intermediate_size,

@@ -70,7 +70,8 @@ MemoryNeed EstimateNeed(const ep::MoeLayerSpec& spec, int64_t local_experts, int
   need.experts = std::max<int64_t>(0, local_experts - cached_experts) * expert;
   if (caching) need.cache = need.experts;
   if (spec.shared_width > 0) {
-    need.shared = 2 * StoredBytesPerWeight(format, spec.shared_width, H) + StoredBytesPerWeight(format, H, spec.shared_width);
+    need.shared = (spec.shared_mlp.gated() ? 2 : 1) * StoredBytesPerWeight(format, spec.shared_width, H) +
+                  StoredBytesPerWeight(format, H, spec.shared_width);
   }
   if (mapped) need.mapped = need.experts + need.shared;
   // fp32: x and y, router logits, sent copies, received rows and partial

@@ -8,6 +8,8 @@
 //    groups ranked by the sum of their two best choices; the best
 //    topk_groups kept; top-k of choice inside them; weights s (no bias),
 //    renormalised when norm_topk_prob; times routed_scaling_factor.
+//  - sqrtsoftplus (DeepSeek-V4): as sigmoid with s = sqrt(softplus(logits)).
+// A router bias (gpt-oss) is added to the logits before any of this.
 // Ties go to the lower expert index, so every rank routes alike.
 #pragma once
 

@@ -137,6 +137,23 @@ absl::StatusOr<std::unique_ptr<CudaMoeLayer>> CudaMoeLayer::Create(const MoeLaye
     return absl::UnimplementedError("--device cuda: the shared-expert gate (Qwen2-MoE) is not on the GPU path yet; "
                                     "run this model with --device cpu");
   }
+  // What the GPU kernels do not have yet: the CPU path (--device cpu) runs these.
+  const bool plain_silu = spec.mlp.activation == model::ExpertActivation::kSilu && spec.mlp.swiglu_limit == 0 &&
+                          !spec.mlp.biases && spec.shared_mlp.activation == model::ExpertActivation::kSilu &&
+                          spec.shared_mlp.swiglu_limit == 0;
+  if (!plain_silu) {
+    return absl::UnimplementedError(StrCat("--device cuda: ", spec.model_type, "'s experts (",
+                                           model::ExpertActivationName(spec.mlp.activation),
+                                           spec.mlp.swiglu_limit > 0 ? ", clamped" : "", spec.mlp.biases ? ", biases" : "",
+                                           ") have no GPU kernel yet; run this model with --device cpu"));
+  }
+  if (spec.router.has_bias || spec.router.weight_on_input || spec.router.scoring == "sqrtsoftplus") {
+    return absl::UnimplementedError(StrCat("--device cuda: ", spec.model_type, "'s router (",
+                                           spec.router.has_bias ? "a logit bias" : spec.router.weight_on_input
+                                                                                      ? "weights on the expert input"
+                                                                                      : "sqrtsoftplus scoring",
+                                           ") is not on the GPU path yet; run this model with --device cpu"));
+  }
   if (spec.router.num_groups > 64) {
     return absl::UnimplementedError(StrCat("--device cuda: at most 64 router groups, the layer has ", spec.router.num_groups));
   }

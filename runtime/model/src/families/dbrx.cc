@@ -31,7 +31,16 @@ absl::StatusOr<ModelArch> ReadDbrx(const ConfigView& config) {
                         blocks::ReadExpertCounts(ffn, "moe_num_experts", "moe_top_k", "ffn_hidden_size"));
   const int64_t num_experts = experts.num_experts, top_k = experts.top_k, expert_width = experts.width;
   blocks::SetEmbeddings(dims, &arch);
-  arch.router.norm_topk_prob = true;  // moe_normalize_expert_weights = 1
+  // The chosen weights are divided by their p-norm, p = moe_normalize_expert_weights
+  // (1 by default and in the released models); null: not normalised.
+  if (!ffn.IsNull("moe_normalize_expert_weights")) {
+    MOEX_ASSIGN_OR_RETURN(double p, ffn.DoubleOr("moe_normalize_expert_weights", 1.0));
+    arch.router.norm_topk_prob = true;
+    if (p != 1.0) {
+      arch.run_unsupported.push_back(StrCat("ffn_config.moe_normalize_expert_weights = ", p,
+                                            " (moex renormalises by the 1-norm only)"));
+    }
+  }
   for (int64_t i = 0; i < dims.num_layers; ++i) {
     LayerSpec layer;
     blocks::AddGqaAttention({.hidden_size = dims.hidden_size,

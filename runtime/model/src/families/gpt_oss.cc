@@ -11,7 +11,10 @@ absl::StatusOr<ModelArch> ReadGptOss(const ConfigView& config) {
   using L = FieldLimits;
   ModelArch arch;
   arch.model_type = "gpt_oss";
-  arch.expert_activation = "swiglu_clamped";  // alpha 1.702, limit 7.0
+  arch.expert_activation = "swiglu_clamped";  // alpha 1.702, limit swiglu_limit
+  arch.expert_mlp.activation = ExpertActivation::kSwigluOai;
+  arch.expert_mlp.biases = true;
+  arch.router.has_bias = true;
   MOEX_ASSIGN_OR_RETURN(blocks::CommonDims dims,
                         blocks::ReadCommonDims(config, /*default_tie=*/false, &arch.assumptions));
   blocks::SetEmbeddings(dims, &arch);
@@ -24,6 +27,10 @@ absl::StatusOr<ModelArch> ReadGptOss(const ConfigView& config) {
   }
   MOEX_RETURN_IF_ERROR(blocks::CheckTopK(config, "num_local_experts", num_experts, "num_experts_per_tok", top_k));
   MOEX_ASSIGN_OR_RETURN(int64_t expert_width, config.Int("intermediate_size", 1, L::kWidth));
+  MOEX_ASSIGN_OR_RETURN(arch.expert_mlp.swiglu_limit, config.DoubleOr("swiglu_limit", 7.0));
+  if (!(arch.expert_mlp.swiglu_limit > 0)) {
+    return config.Invalid("swiglu_limit", StrCat("is ", arch.expert_mlp.swiglu_limit, "; it must be positive"));
+  }
   MOEX_ASSIGN_OR_RETURN(int64_t window, config.IntOr("sliding_window", 0, 1LL << 30, 0));
   MOEX_ASSIGN_OR_RETURN(bool attention_bias, config.BoolOr("attention_bias", true));
   MOEX_ASSIGN_OR_RETURN(std::vector<std::string> layer_types, config.StringList("layer_types"));

@@ -63,8 +63,10 @@ absl::StatusOr<ModelArch> ReadLlama4(const ConfigView& config, std::string_view 
     return text.Invalid("no_rope_layers", StrCat("has ", rope_layers.size(),
                                                       " entries for ", dims.num_layers, " layers"));
   }
-  // Llama 4 scores the chosen experts with a sigmoid, no renormalisation.
+  // Llama 4 scores the chosen experts with a sigmoid, no renormalisation,
+  // and scales each expert's input (not its output) by that score.
   arch.router.scoring = "sigmoid";
+  arch.router.weight_on_input = true;
   for (int64_t i = 0; i < dims.num_layers; ++i) {
     LayerSpec layer;
     // Layers that use RoPE attend within chunks; count a chunk as a window.
@@ -83,6 +85,7 @@ absl::StatusOr<ModelArch> ReadLlama4(const ConfigView& config, std::string_view 
       int64_t per_expert = blocks::GatedMlpParams(dims.hidden_size, expert_width);
       blocks::SetMoe(&layer, num_experts, top_k, expert_width, per_expert, per_expert,
                      num_experts * dims.hidden_size);
+      layer.moe.shared_intermediate_size = expert_width;  // one shared expert as wide as a routed one
     } else {
       layer.ffn = FfnKind::kDense;
       layer.dense_mlp_params = blocks::GatedMlpParams(dims.hidden_size, dense_width);

@@ -13,6 +13,8 @@ absl::StatusOr<ModelArch> ReadNemotronH(const ConfigView& config) {
   ModelArch arch;
   arch.model_type = "nemotron_h";
   arch.expert_activation = "relu2";
+  arch.expert_mlp.activation = ExpertActivation::kRelu2;
+  arch.shared_mlp.activation = ExpertActivation::kRelu2;
   MOEX_ASSIGN_OR_RETURN(blocks::CommonDims dims,
                         blocks::ReadCommonDims(config, /*default_tie=*/false, &arch.assumptions));
   blocks::SetEmbeddings(dims, &arch);
@@ -23,6 +25,7 @@ absl::StatusOr<ModelArch> ReadNemotronH(const ConfigView& config) {
                                        dims.num_layers));
   }
   MOEX_ASSIGN_OR_RETURN(bool mlp_bias, config.BoolOr("mlp_bias", false));
+  if (mlp_bias) arch.run_unsupported.push_back("mlp_bias: experts with biases in Nemotron-H's layout");
   MOEX_ASSIGN_OR_RETURN(bool attention_bias, config.BoolOr("attention_bias", false));
   bool has_dense = pattern.find('-') != std::string::npos;
   bool has_moe = pattern.find('E') != std::string::npos;
@@ -53,7 +56,7 @@ absl::StatusOr<ModelArch> ReadNemotronH(const ConfigView& config) {
     scan_flops = 6 * d_inner * d_state;
   }
 
-  int64_t num_experts = 0, top_k = 0, expert_width = 0, shared_params = 0;
+  int64_t num_experts = 0, top_k = 0, expert_width = 0, shared_params = 0, shared_total_width = 0;
   if (has_moe) {
     MOEX_ASSIGN_OR_RETURN(num_experts, config.Int("n_routed_experts", 1, L::kExperts));
     MOEX_ASSIGN_OR_RETURN(top_k, config.Int("num_experts_per_tok", 1, L::kExperts));
@@ -64,6 +67,7 @@ absl::StatusOr<ModelArch> ReadNemotronH(const ConfigView& config) {
       MOEX_ASSIGN_OR_RETURN(int64_t shared_width,
                             config.Int("moe_shared_expert_intermediate_size", 1, L::kWidth));
       shared_params = shared * blocks::PlainMlpParams(dims.hidden_size, shared_width, mlp_bias);
+      shared_total_width = shared * shared_width;  // relu^2 MLPs side by side are one wider MLP
     }
     arch.router.scoring = "sigmoid";
     arch.router.has_correction_bias = true;
@@ -99,6 +103,7 @@ absl::StatusOr<ModelArch> ReadNemotronH(const ConfigView& config) {
         blocks::SetMoe(&layer, num_experts, top_k, expert_width,
                        blocks::PlainMlpParams(dims.hidden_size, expert_width, mlp_bias),
                        shared_params, num_experts * dims.hidden_size + num_experts);
+        layer.moe.shared_intermediate_size = shared_total_width;
         break;
       default:
         return config.Invalid("hybrid_override_pattern",

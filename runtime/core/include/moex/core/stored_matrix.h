@@ -86,6 +86,17 @@ struct StoredMatrix {
   const float* f32() const;
   // Writes values then scales, bytes() in all, to `out`.
   void CopyBytes(std::byte* out) const;
+
+  // Layout changes for checkpoints that fuse or transpose their experts'
+  // projections; each result owns its bytes and keeps the format.
+  // Rows first, first + step, ... (`count` of them): formats whose rows are
+  // independent (F32, BF16, F16, MXFP4), and FP8 for a step of 1 from a
+  // multiple of 128 (whole scale blocks). The error says what cannot be cut.
+  absl::StatusOr<StoredMatrix> SelectRows(int64_t first, int64_t step, int64_t count) const;
+  // Columns first, first + step, ... (`count` of them) as the rows of the
+  // result, [count, rows]: F32, BF16 and F16 (FP8 and MXFP4 scale blocks
+  // follow the stored orientation and cannot be turned).
+  absl::StatusOr<StoredMatrix> ColumnsTransposed(int64_t first, int64_t step, int64_t count) const;
 };
 
 }  // namespace moex

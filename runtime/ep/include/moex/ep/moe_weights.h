@@ -27,30 +27,37 @@ using model::MoeLayerSpec;
 using model::MoeWeightNames;
 using model::WeightNamesFor;
 
-// An expert's three projections, each in the dtype it is stored in (F32
-// for random weights unless asked otherwise; a checkpoint's own dtype).
+// An expert's projections, each in the dtype it is stored in (F32 for
+// random weights unless asked otherwise; a checkpoint's own dtype), in
+// Hugging Face's [out, in] orientation whatever the checkpoint's layout, and
+// its biases in fp32 when the family has them (gpt-oss).
 struct ExpertWeights {
-  StoredMatrix gate;  // [F, H]
+  StoredMatrix gate;  // [F, H]; empty when the MLP is not gated (relu^2)
   StoredMatrix up;    // [F, H]
   StoredMatrix down;  // [H, F]
-  int64_t bytes() const { return gate.bytes() + up.bytes() + down.bytes(); }
-  WeightFormat format() const { return gate.format; }
-  // Writes gate, up and down (values then scales each), bytes() in all.
+  std::vector<float> gate_bias, up_bias, down_bias;  // [F], [F], [H]; or empty
+  int64_t bytes() const;
+  WeightFormat format() const { return up.format; }
+  // Writes gate (when gated), up, down (values then scales each), then the
+  // biases: bytes() in all.
   void CopyBytes(std::byte* out) const;
-  // The inverse of CopyBytes for an expert of `width` x `hidden` in `format`.
-  static ExpertWeights FromBytes(WeightFormat format, int64_t width, int64_t hidden, const std::byte* bytes);
+  // The inverse of CopyBytes for a routed expert of `spec` in `format`.
+  static ExpertWeights FromBytes(const MoeLayerSpec& spec, WeightFormat format, const std::byte* bytes);
 };
 
 // Bytes of one routed expert's weights as they are held and migrated in
-// `format` (values and scales of gate, up and down).
+// `format` (values and scales of its projections, and its fp32 biases).
 inline int64_t ExpertBytes(const MoeLayerSpec& spec, WeightFormat format = WeightFormat::kF32) {
   const int64_t F = spec.expert_width, H = spec.hidden;
-  return 2 * (StoredMatrix::ValueBytes(format, F, H) + StoredMatrix::ScaleBytes(format, F, H)) +
-         StoredMatrix::ValueBytes(format, H, F) + StoredMatrix::ScaleBytes(format, H, F);
+  const int64_t in = StoredMatrix::ValueBytes(format, F, H) + StoredMatrix::ScaleBytes(format, F, H);
+  const int64_t biases = spec.mlp.biases ? 4 * ((spec.mlp.gated() ? 2 : 1) * F + H) : 0;
+  return (spec.mlp.gated() ? 2 : 1) * in + StoredMatrix::ValueBytes(format, H, F) +
+         StoredMatrix::ScaleBytes(format, H, F) + biases;
 }
 
 struct MoeWeights {
   Tensor router;                            // [E, H]
+  Tensor router_bias;                       // [E], or empty (gpt-oss has one)
   Tensor correction_bias;                   // [E], or empty
   std::map<int64_t, ExpertWeights> experts; // only the ones asked for
   std::optional<ExpertWeights> shared;      // width shared_width

@@ -56,6 +56,7 @@ struct MoeShape {
   int64_t shared_params = 0;          // all shared experts of the block
   int64_t shared_intermediate_size = 0;  // width of the shared experts fused into one MLP
   bool shared_expert_gate = false;    // Qwen2-MoE's sigmoid gate on the shared expert
+  bool hash_routed = false;           // DeepSeek-V4: experts from a token-id table
   int64_t router_params = 0;          // gate (+ correction bias, shared-expert gate)
 };
 
@@ -75,12 +76,34 @@ struct LayerSpec {
 
 // How tokens choose experts; the runtime's router follows it.
 struct RouterSpec {
-  std::string scoring = "softmax";  // "softmax" or "sigmoid"
+  std::string scoring = "softmax";  // "softmax", "sigmoid" or "sqrtsoftplus"
   bool norm_topk_prob = false;      // renormalise the chosen k weights
   int64_t num_groups = 1;           // group-limited routing (DeepSeek-V3)
   int64_t topk_groups = 1;
   double routed_scaling_factor = 1.0;
   bool has_correction_bias = false;  // e_score_correction_bias
+  bool has_bias = false;             // a bias added to the logits (gpt-oss)
+  // The routing weight scales the expert's input, not its output (Llama 4).
+  bool weight_on_input = false;
+};
+
+// An expert MLP's activation as the family's modeling code applies it.
+enum class ExpertActivation {
+  kSilu,       // down(silu(gate x) * up x)
+  kSwigluOai,  // gpt-oss: g = min(gate x, limit), u = clamp(up x, +-limit),
+               // down((u + 1) * g * sigmoid(alpha g))
+  kRelu2,      // not gated: down(relu(up x)^2) (Nemotron-H)
+};
+std::string_view ExpertActivationName(ExpertActivation activation);
+
+struct ExpertMlpSpec {
+  ExpertActivation activation = ExpertActivation::kSilu;
+  double swiglu_alpha = 1.702;  // kSwigluOai
+  // kSwigluOai: its clamp. kSilu: 0, or DeepSeek-V4's clamp (gate x at most
+  // the limit, up x within +-limit, before silu(g) * u).
+  double swiglu_limit = 0;
+  bool biases = false;  // gate, up and down carry biases (gpt-oss)
+  bool gated() const { return activation != ExpertActivation::kRelu2; }
 };
 
 // How config.json says the checkpoint stores its weights. Read for every
@@ -118,12 +141,18 @@ struct ModelArch {
 
   RouterSpec router;
   std::string expert_activation = "silu";
+  ExpertMlpSpec expert_mlp;  // routed experts
+  ExpertMlpSpec shared_mlp;  // shared experts
   StoredDtype stored;
 
   // Field defaults that were applied, and parts the config defines but the
   // reader cannot count. Both are shown to the user: no silent guess.
   std::vector<std::string> assumptions;
   std::vector<std::string> uncounted;
+  // Config fields that change the MoE layer's maths in a way `moex run` does
+  // not implement: it refuses the model naming them (`moex plan` still
+  // reads it).
+  std::vector<std::string> run_unsupported;
 
   int64_t num_moe_layers() const;
   int64_t num_dense_layers() const;  // layers whose FFN is a dense MLP or absent

@@ -48,6 +48,8 @@ class ConfigView {
 
   // True when the field is present and not null.
   bool Has(std::string_view key) const;
+  // True when the field is present and null (some fields mean "off" so).
+  bool IsNull(std::string_view key) const;
 
   // A required integer in [min, max].
   absl::StatusOr<int64_t> Int(std::string_view key, int64_t min, int64_t max) const;

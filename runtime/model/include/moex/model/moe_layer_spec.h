@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "moex/model/architecture.h"
+#include "moex/model/safetensors.h"
 
 namespace moex::model {
 
@@ -25,6 +26,8 @@ struct MoeLayerSpec {
   int64_t shared_width = 0;  // 0: no shared expert
   bool shared_expert_gate = false;
   RouterSpec router;
+  ExpertMlpSpec mlp;         // routed experts
+  ExpertMlpSpec shared_mlp;  // the shared expert
 
   // The layer `layer` of `arch`, or its first MoE layer. The error names what
   // moex cannot run (family, activation, router, a dense layer).
@@ -35,18 +38,52 @@ struct MoeLayerSpec {
   int64_t active_params() const;
 };
 
+// How a family's checkpoints store the routed experts.
+enum class ExpertLayout {
+  kPerExpert,       // <experts>E.{gate,up,down}_proj.weight (Mixtral: w1, w3, w2)
+  kFusedGateUp,     // Llama 4: <experts>gate_up_proj [E, H, 2F] (gate: the first F
+                    // columns), <experts>down_proj [E, F, H]
+  kFusedInterleaved,  // gpt-oss: <experts>gate_up_proj [E, H, 2F] (gate: even
+                      // columns) or its MXFP4 _blocks/_scales [E, 2F, H/32, 16]
+                      // (gate: even rows); down_proj [E, F, H] or _blocks
+                      // [E, H, F/32, 16]; biases gate_up_proj_bias [E, 2F] and
+                      // down_proj_bias [E, H]
+  kDbrx,            // <experts>w1, v1 [E*F, H] (gate, up) and w2 [E*F, H] (down
+                    // transposed)
+};
+
+// The MoE layers of `arch`, as ranges: "1 to 47", "1, 3, 5 and 7".
+std::string MoeLayerList(const ModelArch& arch);
+
 // Tensor names of the layer, following the family's checkpoint naming.
 struct MoeWeightNames {
+  ExpertLayout layout = ExpertLayout::kPerExpert;
   std::string router;           // [E, H]
+  std::string router_bias;      // [E], gpt-oss
   std::string correction_bias;  // [E], sigmoid routers with noaux_tc
-  std::string shared_gate;      // [1, H], Qwen2-MoE
-  std::string Expert(int64_t expert, std::string_view projection) const;  // gate, up, down
-  std::string Shared(std::string_view projection) const;
+  std::string shared_gate;      // [1, H], Qwen2-MoE, Qwen3-Next
   std::string expert_prefix;
   std::string shared_prefix;
   bool mixtral_names = false;  // w1/w3/w2
+
+  // kPerExpert: the checkpoint tensor of an expert's projection (gate, up,
+  // down). Fused layouts: a name of its own for the projection's slice (the
+  // weight cache's key and random weights' seed name), not in checkpoints.
+  std::string Expert(int64_t expert, std::string_view projection) const;
+  // Fused layouts: the stacked checkpoint tensor ("gate_up", "down"; DBRX
+  // "w1", "v1", "w2"), and a bias ("gate_up", "down").
+  std::string Stacked(std::string_view tensor) const;
+  std::string StackedBias(std::string_view tensor) const;
+  // The shared expert's projection (gate, up, down).
+  std::string Shared(std::string_view projection) const;
+  // The checkpoint tensor that tells the routed experts' dtype.
+  std::string FormatTensor(bool gated) const;
 };
-MoeWeightNames WeightNamesFor(const MoeLayerSpec& spec);
+
+// The names of `spec`'s tensors. With a checkpoint, the root its tensors
+// use: Llama 4's multimodal checkpoints put the text model under
+// "language_model.", Qwen3.5's under "model.language_model.".
+MoeWeightNames WeightNamesFor(const MoeLayerSpec& spec, const Checkpoint* checkpoint = nullptr);
 
 
 }  // namespace moex::model

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -36,6 +37,13 @@ struct TensorInfo {
 absl::Status ParseSafetensorsHeader(std::string_view text, int64_t data_bytes, const std::string& file,
                                     std::map<std::string, TensorInfo>* tensors);
 
+// One expert's matrix in a tensor that stacks every expert's: shaped
+// [count, rows, cols] (Llama 4, gpt-oss) or [count * rows, cols] (DBRX).
+struct StackedSlice {
+  int64_t index = 0;
+  int64_t count = 0;
+};
+
 class Checkpoint {
  public:
   // A .safetensors file, a model.safetensors.index.json, or a folder holding
@@ -56,7 +64,10 @@ class Checkpoint {
   // [rows, cols/32]), base being `name` without ".weight" (gpt-oss's
   // convention). Mapped read-only when `map` (the page cache holds the one
   // copy), else copied into this process. Scales must be finite and positive.
-  absl::StatusOr<StoredMatrix> ReadMatrix(const std::string& name, int64_t rows, int64_t cols, bool map = true) const;
+  // With `slice`, the tensors stack `slice->count` such matrices (scales
+  // too) and only matrix `slice->index` is read.
+  absl::StatusOr<StoredMatrix> ReadMatrix(const std::string& name, int64_t rows, int64_t cols, bool map = true,
+                                          std::optional<StackedSlice> slice = std::nullopt) const;
   // The format ReadMatrix gives `name`, from the headers alone; the error
   // names the tensor, its file and dtype, and what moex accepts.
   absl::StatusOr<WeightFormat> MatrixFormat(const std::string& name) const;
