@@ -79,7 +79,10 @@ INSTANTIATE_TEST_SUITE_P(
         Published{"jamba-v0.1", 52 * B, 0.5 * B, 12 * B, 0.5 * B, kWith},
         // NVIDIA: 31.6B total, about 3.2B active (3.6B with embeddings).
         Published{"nemotron-3-nano-30b-a3b", 31.6 * B, 0.05 * B, 3.2 * B, 0.05 * B, kWithout},
-        Published{"qwen2.5-7b", 7.61 * B, 0.005 * B, 7.61 * B, 0.005 * B, kWith}),
+        Published{"qwen2.5-7b", 7.61 * B, 0.005 * B, 7.61 * B, 0.005 * B, kWith},
+        // Qwen: "80B total, 3B activated" (the "A3B" of its name, truncated:
+        // a whole unit). Our count: 79.67B; 3.87B active with the embedding.
+        Published{"qwen3-next-80b-a3b", 80 * B, 0.5 * B, 3 * B, 1 * B, kWith}),
     [](const ::testing::TestParamInfo<Published>& param_info) {
       std::string name = param_info.param.preset;
       for (char& c : name) {

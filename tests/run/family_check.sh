@@ -16,4 +16,18 @@ for np in 1 2 4; do
     --output "$dir/out$np.safetensors" --steps 1 --check
   outputs+=("$dir/out$np.safetensors")
 done
+# Twice through a host weight cache: the second run reads its experts back
+# from the cache (stacked layouts keyed per expert slice).
+for pass in 1 2; do
+  echo "== $family on 2 ranks through the weight cache, pass $pass"
+  log=$("$mpirun" -np 2 --oversubscribe --mca btl self,vader,tcp "$moex" run --timeout 60 \
+    --model "$dir/config.json" --weights "$dir/model.safetensors" --input "$dir/input.safetensors" \
+    --output "$dir/cached$pass.safetensors" --steps 1 --weight-cache "$dir/cache" 2>&1) || { echo "$log"; exit 1; }
+  echo "$log" | grep "weights:" || true
+  outputs+=("$dir/cached$pass.safetensors")
+done
+if ! echo "$log" | grep -qE "weights: ([0-9]+) of \1 experts \(over all ranks\) read from the host cache"; then
+  echo "the second pass did not read every expert from the weight cache"
+  exit 1
+fi
 "$fixtures" check "$family" "$dir" "${outputs[@]}"

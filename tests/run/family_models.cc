@@ -149,6 +149,8 @@ FamilyModel MakeGptOss();
 std::vector<double> GptOssReference(const FamilyModel& m);
 FamilyModel MakeNemotronH();
 std::vector<double> NemotronHReference(const FamilyModel& m);
+FamilyModel MakeQwen3Next();
+std::vector<double> Qwen3NextReference(const FamilyModel& m);
 
 const std::vector<Family>& Families() {
   static const std::vector<Family> families = {
@@ -157,6 +159,7 @@ const std::vector<Family>& Families() {
       {"llama4", MakeLlama4, Llama4Reference},
       {"gpt_oss", MakeGptOss, GptOssReference},
       {"nemotron_h", MakeNemotronH, NemotronHReference},
+      {"qwen3_next", MakeQwen3Next, Qwen3NextReference},
   };
   return families;
 }

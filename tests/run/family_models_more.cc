@@ -1,4 +1,4 @@
-// gpt-oss and Nemotron-H (family_models.cc has the others).
+// gpt-oss, Nemotron-H and Qwen3-Next (family_models.cc has the others).
 #include <cmath>
 #include <string>
 #include <vector>
@@ -188,6 +188,65 @@ std::vector<double> NemotronHReference(const FamilyModel& m) {
       const double w = s[e] / (total + 1e-20) * kRoutedScaling;
       AddScaled(&out, relu2_mlp(block + "experts." + std::to_string(e) + ".", kWidth, x), w);
     }
+    y.push_back(out);
+  }
+  return Flatten(y);
+}
+
+// ---- Qwen3-Next ------------------------------------------------------------
+// Qwen3NextSparseMoeBlock: softmax over all experts, top-k, renormalised
+// (norm_topk_prob); plus the shared expert times sigmoid(shared_expert_gate
+// x). Many experts: 64 here, top-10 (the release: 512, top-10).
+
+namespace {
+constexpr int64_t kManyExperts = 64, kTopTen = 10, kQwenShared = 48;
+}  // namespace
+
+FamilyModel MakeQwen3Next() {
+  nlohmann::json c = Decoder("qwen3_next", 4);
+  c["head_dim"] = 32;
+  c.update({{"intermediate_size", 96}, {"moe_intermediate_size", kWidth}, {"shared_expert_intermediate_size", kQwenShared},
+            {"num_experts", kManyExperts}, {"num_experts_per_tok", kTopTen}, {"norm_topk_prob", true},
+            {"decoder_sparse_step", 1}, {"mlp_only_layers", nlohmann::json::array()}, {"full_attention_interval", 4},
+            {"linear_conv_kernel_dim", 4}, {"linear_key_head_dim", 16}, {"linear_value_head_dim", 16},
+            {"linear_num_key_heads", 2}, {"linear_num_value_heads", 4}, {"tie_word_embeddings", false}});
+  FamilyModel m = Begin("qwen3_next", c, 0);
+  Rng rng("qwen3_next weights");
+  const std::string block = "model.layers.0.mlp.";
+  PutF32(&m, rng, block + "gate.weight", {kManyExperts, kHidden}, 0.5);
+  for (int e = 0; e < kManyExperts; ++e) {
+    const std::string p = block + "experts." + std::to_string(e) + ".";
+    PutF32(&m, rng, p + "gate_proj.weight", {kWidth, kHidden}, 0.125);
+    PutF32(&m, rng, p + "up_proj.weight", {kWidth, kHidden}, 0.125);
+    PutF32(&m, rng, p + "down_proj.weight", {kHidden, kWidth}, 0.18);
+  }
+  PutF32(&m, rng, block + "shared_expert.gate_proj.weight", {kQwenShared, kHidden}, 0.125);
+  PutF32(&m, rng, block + "shared_expert.up_proj.weight", {kQwenShared, kHidden}, 0.125);
+  PutF32(&m, rng, block + "shared_expert.down_proj.weight", {kHidden, kQwenShared}, 0.15);
+  PutF32(&m, rng, block + "shared_expert_gate.weight", {1, kHidden}, 0.2);
+  return m;
+}
+
+std::vector<double> Qwen3NextReference(const FamilyModel& m) {
+  const std::string block = "model.layers.0.mlp.";
+  std::vector<Vec> y;
+  for (int64_t t = 0; t < m.tokens; ++t) {
+    const Vec x = Row(m, t);
+    const Vec p = Softmax(Linear(Values(m, block + "gate.weight"), 0, kManyExperts, m.hidden, x));
+    const std::vector<int64_t> idx = TopK(p, kTopTen);
+    double total = 0;
+    for (int64_t e : idx) total += p[e];
+    Vec out(m.hidden, 0.0);
+    for (int64_t e : idx) {
+      const std::string ex = block + "experts." + std::to_string(e) + ".";
+      AddScaled(&out, SiluMlp(m, ex + "gate_proj.weight", ex + "up_proj.weight", ex + "down_proj.weight", kWidth, x),
+                p[e] / total);
+    }
+    const double gate = Sigmoid(Linear(Values(m, block + "shared_expert_gate.weight"), 0, 1, m.hidden, x)[0]);
+    AddScaled(&out,
+              SiluMlp(m, block + "shared_expert.gate_proj.weight", block + "shared_expert.up_proj.weight",
+                      block + "shared_expert.down_proj.weight", kQwenShared, x),
+              gate);
     y.push_back(out);
   }
   return Flatten(y);

@@ -26,6 +26,8 @@ const std::map<std::string, Reader, std::less<>>& Readers() {
       {"deepseek_v4", [](const ConfigView& c) { return ReadDeepseekV4(c); }},
       {"qwen2_moe", [](const ConfigView& c) { return ReadQwenMoe(c, "qwen2_moe"); }},
       {"qwen3_moe", [](const ConfigView& c) { return ReadQwenMoe(c, "qwen3_moe"); }},
+      {"qwen3_next", [](const ConfigView& c) { return ReadQwen3Next(c, "qwen3_next"); }},
+      {"qwen3_5_moe", [](const ConfigView& c) { return ReadQwen3Next(c, "qwen3_5_moe"); }},
       {"mixtral", [](const ConfigView& c) { return ReadMixtral(c); }},
       {"llama4", [](const ConfigView& c) { return ReadLlama4(c, "llama4"); }},
       {"llama4_text", [](const ConfigView& c) { return ReadLlama4(c, "llama4_text"); }},

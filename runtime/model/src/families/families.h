@@ -17,6 +17,9 @@ absl::StatusOr<ModelArch> ReadDeepseek(const ConfigView& config, std::string_vie
 absl::StatusOr<ModelArch> ReadDeepseekV4(const ConfigView& config);
 // qwen2_moe, qwen3_moe.
 absl::StatusOr<ModelArch> ReadQwenMoe(const ConfigView& config, std::string_view model_type);
+// qwen3_next, qwen3_5_moe (text model in text_config): Gated DeltaNet and
+// gated attention layers, many experts, a gated shared expert.
+absl::StatusOr<ModelArch> ReadQwen3Next(const ConfigView& config, std::string_view model_type);
 absl::StatusOr<ModelArch> ReadMixtral(const ConfigView& config);
 // llama4 (nested text_config and vision_config) and llama4_text.
 absl::StatusOr<ModelArch> ReadLlama4(const ConfigView& config, std::string_view model_type);
