@@ -53,6 +53,7 @@ namespace {
 // first, ties to the lower index: an insertion into the k kept, O(E*k) at
 // worst and about O(E) in practice (512 experts, top-10: Qwen3.5).
 void TopK(const float* score, const bool* allowed, int64_t num_experts, int64_t k, int32_t* out) {
+  if (k <= 0) return;
   int64_t kept = 0;
   for (int64_t e = 0; e < num_experts; ++e) {
     if (allowed != nullptr && !allowed[e]) continue;
@@ -92,11 +93,15 @@ void Route(const RouteParams& p, const float* logits, int64_t num_tokens, int32_
       }
     } else {
       const bool sigmoid = p.spec.scoring == "sigmoid";
+      // Without a bias or groups the choice is by the logit itself (Llama 4's
+      // top-k of the logits): the same order as the score's, without the
+      // ties a float sigmoid makes where it rounds to 1.
+      const bool by_logit = p.correction_bias == nullptr && groups == 1;
       for (int64_t e = 0; e < E; ++e) {
         // sqrtsoftplus (DeepSeek-V4): sqrt(log(1 + e^x)), computed without overflow.
         score[e] = sigmoid ? 1.0f / (1.0f + std::exp(-row[e]))
                            : std::sqrt(std::max(row[e], 0.0f) + std::log1p(std::exp(-std::fabs(row[e]))));
-        choice[e] = score[e] + (p.correction_bias != nullptr ? p.correction_bias[e] : 0.0f);
+        choice[e] = by_logit ? row[e] : score[e] + (p.correction_bias != nullptr ? p.correction_bias[e] : 0.0f);
       }
     }
     const bool* mask = nullptr;

@@ -203,7 +203,7 @@ TEST(MoeLayerSpecTest, RefusesWhatItCannotRun) {
 TEST(MoeLayerSpecTest, EachFamilysLayerHasThePlannersParameterCount) {
   for (const char* preset : {"deepseek-v3", "kimi-k2", "qwen3-30b-a3b", "qwen1.5-moe-a2.7b", "mixtral-8x7b",
                              "olmoe-1b-7b", "jamba-v0.1", "dbrx", "llama4-scout", "llama4-maverick", "gpt-oss-20b",
-                             "gpt-oss-120b", "nemotron-3-nano-30b-a3b", "qwen3-next-80b-a3b"}) {
+                             "gpt-oss-120b", "nemotron-3-nano-30b-a3b", "qwen3-next-80b-a3b", "qwen3.5-397b-a17b"}) {
     SCOPED_TRACE(preset);
     const model::ModelArch arch = *model::LoadModel(preset);
     absl::StatusOr<MoeLayerSpec> spec = MoeLayerSpec::FromArch(arch, std::nullopt);

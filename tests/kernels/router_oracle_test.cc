@@ -274,6 +274,13 @@ TEST(RouterOracleTest, SqrtSoftplusScoresAndRenormalises) {
   ExpectChoices(plain, 0, {{0, 10.0}, {1, std::exp(-50.0)}});
 }
 
+// Llama 4 chooses by the logit: two logits whose float sigmoids both round
+// to 1 are still told apart (20 beats 17 though both score 1.0f).
+TEST(RouterOracleTest, SigmoidWithoutBiasChoosesByTheLogitPastSaturation) {
+  Routed r = RouteTokens(Sigmoid(false), 3, 1, {17.0f, 20.0f, -1.0f});
+  ExpectChoices(r, 0, {{1, 1.0}});
+}
+
 // Top-k of many experts (Qwen3.5: top-10 of 512): the k largest, largest
 // first, against a sort.
 TEST(RouterOracleTest, TopTenOfFiveHundredTwelveMatchesASort) {

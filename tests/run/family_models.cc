@@ -151,6 +151,10 @@ FamilyModel MakeNemotronH();
 std::vector<double> NemotronHReference(const FamilyModel& m);
 FamilyModel MakeQwen3Next();
 std::vector<double> Qwen3NextReference(const FamilyModel& m);
+FamilyModel MakeQwen35();
+std::vector<double> Qwen35Reference(const FamilyModel& m);
+FamilyModel MakeDeepseekV4();
+std::vector<double> DeepseekV4Reference(const FamilyModel& m);
 
 const std::vector<Family>& Families() {
   static const std::vector<Family> families = {
@@ -160,6 +164,8 @@ const std::vector<Family>& Families() {
       {"gpt_oss", MakeGptOss, GptOssReference},
       {"nemotron_h", MakeNemotronH, NemotronHReference},
       {"qwen3_next", MakeQwen3Next, Qwen3NextReference},
+      {"qwen3_5_moe", MakeQwen35, Qwen35Reference},
+      {"deepseek_v4", MakeDeepseekV4, DeepseekV4Reference},
   };
   return families;
 }

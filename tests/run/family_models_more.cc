@@ -1,4 +1,5 @@
-// gpt-oss, Nemotron-H and Qwen3-Next (family_models.cc has the others).
+// gpt-oss, Nemotron-H, Qwen3-Next, Qwen3.5 and DeepSeek-V4 (family_models.cc
+// has the others).
 #include <cmath>
 #include <string>
 #include <vector>
@@ -247,6 +248,124 @@ std::vector<double> Qwen3NextReference(const FamilyModel& m) {
               SiluMlp(m, block + "shared_expert.gate_proj.weight", block + "shared_expert.up_proj.weight",
                       block + "shared_expert.down_proj.weight", kQwenShared, x),
               gate);
+    y.push_back(out);
+  }
+  return Flatten(y);
+}
+
+// ---- Qwen3.5 -----------------------------------------------------------------
+// The Qwen3-Next block, with the release's layout: the text model under
+// text_config and model.language_model., experts stacked [out, in]:
+// experts.gate_up_proj [E, 2F, H] (gate: the first F rows) and
+// experts.down_proj [E, H, F].
+
+FamilyModel MakeQwen35() {
+  nlohmann::json text = MakeQwen3Next().config;
+  text["model_type"] = "qwen3_5_moe_text";
+  nlohmann::json c = {{"model_type", "qwen3_5_moe"}, {"text_config", text}, {"tie_word_embeddings", false}};
+  FamilyModel m = Begin("qwen3_5_moe", c, 0);
+  Rng rng("qwen3_5_moe weights");
+  const std::string block = "model.language_model.layers.0.mlp.";
+  PutF32(&m, rng, block + "gate.weight", {kManyExperts, kHidden}, 0.5);
+  PutF32(&m, rng, block + "experts.gate_up_proj", {kManyExperts, 2 * kWidth, kHidden}, 0.125);
+  PutF32(&m, rng, block + "experts.down_proj", {kManyExperts, kHidden, kWidth}, 0.18);
+  PutF32(&m, rng, block + "shared_expert.gate_proj.weight", {kQwenShared, kHidden}, 0.125);
+  PutF32(&m, rng, block + "shared_expert.up_proj.weight", {kQwenShared, kHidden}, 0.125);
+  PutF32(&m, rng, block + "shared_expert.down_proj.weight", {kHidden, kQwenShared}, 0.15);
+  PutF32(&m, rng, block + "shared_expert_gate.weight", {1, kHidden}, 0.2);
+  return m;
+}
+
+std::vector<double> Qwen35Reference(const FamilyModel& m) {
+  const std::string block = "model.language_model.layers.0.mlp.";
+  const auto& gate_up = Values(m, block + "experts.gate_up_proj");
+  const auto& down = Values(m, block + "experts.down_proj");
+  std::vector<Vec> y;
+  for (int64_t t = 0; t < m.tokens; ++t) {
+    const Vec x = Row(m, t);
+    const Vec p = Softmax(Linear(Values(m, block + "gate.weight"), 0, kManyExperts, m.hidden, x));
+    const std::vector<int64_t> idx = TopK(p, kTopTen);
+    double total = 0;
+    for (int64_t e : idx) total += p[e];
+    Vec out(m.hidden, 0.0);
+    for (int64_t e : idx) {
+      const Vec gu = Linear(gate_up, e * 2 * kWidth * kHidden, 2 * kWidth, kHidden, x);
+      Vec h(kWidth);
+      for (int64_t f = 0; f < kWidth; ++f) h[f] = Silu(gu[f]) * gu[kWidth + f];
+      AddScaled(&out, Linear(down, e * kHidden * kWidth, kHidden, kWidth, h), p[e] / total);
+    }
+    const double gate = Sigmoid(Linear(Values(m, block + "shared_expert_gate.weight"), 0, 1, m.hidden, x)[0]);
+    AddScaled(&out,
+              SiluMlp(m, block + "shared_expert.gate_proj.weight", block + "shared_expert.up_proj.weight",
+                      block + "shared_expert.down_proj.weight", kQwenShared, x),
+              gate);
+    y.push_back(out);
+  }
+  return Flatten(y);
+}
+
+// ---- DeepSeek-V4 ------------------------------------------------------------
+// DeepSeek's own names (layers.L.ffn.gate.{weight,bias},
+// ffn.experts.E.w{1,3,2}.weight, ffn.shared_experts.w*). Scored layers:
+// s = sqrt(softplus(x W^T)); top-k of s + bias; weights s over their sum,
+// times routed_scaling_factor. Routed experts silu(min(w1 x, limit)) *
+// clamp(w3 x, +-limit) (swiglu_limit), the shared expert unclamped
+// (transformers' DeepseekV4). Layers below num_hash_layers route by token id
+// and are refused; the run takes layer 1.
+
+namespace {
+constexpr double kV4Limit = 0.5, kV4Scaling = 2.5;
+}  // namespace
+
+FamilyModel MakeDeepseekV4() {
+  nlohmann::json c = {{"model_type", "deepseek_v4"}, {"vocab_size", 256}, {"hidden_size", kHidden},
+                      {"num_hidden_layers", 3}, {"num_attention_heads", 4}, {"num_key_value_heads", 1},
+                      {"head_dim", 32}, {"q_lora_rank", 32}, {"qk_rope_head_dim", 16}, {"o_lora_rank", 32},
+                      {"o_groups", 2}, {"moe_intermediate_size", kWidth}, {"n_routed_experts", kExperts},
+                      {"n_shared_experts", 1}, {"num_experts_per_tok", kTopK}, {"num_hash_layers", 1},
+                      {"scoring_func", "sqrtsoftplus"}, {"topk_method", "noaux_tc"}, {"norm_topk_prob", true},
+                      {"routed_scaling_factor", kV4Scaling}, {"swiglu_limit", kV4Limit}, {"hidden_act", "silu"},
+                      {"tie_word_embeddings", false}};
+  FamilyModel m = Begin("deepseek_v4", c, 1);
+  Rng rng("deepseek_v4 weights");
+  const std::string block = "layers.1.ffn.";
+  PutF32(&m, rng, block + "gate.weight", {kExperts, kHidden}, 0.3);
+  PutF32(&m, rng, block + "gate.bias", {kExperts}, 0.1);
+  for (int e = 0; e < kExperts; ++e) {
+    const std::string p = block + "experts." + std::to_string(e) + ".";
+    PutF32(&m, rng, p + "w1.weight", {kWidth, kHidden}, 0.25);
+    PutF32(&m, rng, p + "w3.weight", {kWidth, kHidden}, 0.25);
+    PutF32(&m, rng, p + "w2.weight", {kHidden, kWidth}, 0.18);
+  }
+  PutF32(&m, rng, block + "shared_experts.w1.weight", {kWidth, kHidden}, 0.25);
+  PutF32(&m, rng, block + "shared_experts.w3.weight", {kWidth, kHidden}, 0.25);
+  PutF32(&m, rng, block + "shared_experts.w2.weight", {kHidden, kWidth}, 0.18);
+  return m;
+}
+
+std::vector<double> DeepseekV4Reference(const FamilyModel& m) {
+  const std::string block = "layers.1.ffn.";
+  const auto& bias = Values(m, block + "gate.bias");
+  std::vector<Vec> y;
+  for (int64_t t = 0; t < m.tokens; ++t) {
+    const Vec x = Row(m, t);
+    Vec s = Linear(Values(m, block + "gate.weight"), 0, kExperts, m.hidden, x);
+    for (double& v : s) v = std::sqrt(std::log1p(std::exp(v)));
+    Vec choice(kExperts);
+    for (int64_t e = 0; e < kExperts; ++e) choice[e] = s[e] + bias[e];
+    const std::vector<int64_t> idx = TopK(choice, kTopK);
+    double total = 0;
+    for (int64_t e : idx) total += s[e];
+    Vec out = SiluMlp(m, block + "shared_experts.w1.weight", block + "shared_experts.w3.weight",
+                      block + "shared_experts.w2.weight", kWidth, x);
+    for (int64_t e : idx) {
+      const std::string ex = block + "experts." + std::to_string(e) + ".";
+      const Vec g = Linear(Values(m, ex + "w1.weight"), 0, kWidth, m.hidden, x);
+      const Vec u = Linear(Values(m, ex + "w3.weight"), 0, kWidth, m.hidden, x);
+      Vec h(kWidth);
+      for (int64_t f = 0; f < kWidth; ++f) h[f] = Silu(std::min(g[f], kV4Limit)) * std::clamp(u[f], -kV4Limit, kV4Limit);
+      AddScaled(&out, Linear(Values(m, ex + "w2.weight"), 0, m.hidden, kWidth, h), s[e] / total * kV4Scaling);
+    }
     y.push_back(out);
   }
   return Flatten(y);

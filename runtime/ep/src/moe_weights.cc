@@ -154,7 +154,8 @@ std::string StoredTensor(const MoeWeightNames& names, int64_t expert, std::strin
   switch (names.layout) {
     case model::ExpertLayout::kPerExpert: return names.Expert(expert, projection);
     case model::ExpertLayout::kFusedGateUp:
-    case model::ExpertLayout::kFusedInterleaved: return names.Stacked(projection == "down" ? "down" : "gate_up");
+    case model::ExpertLayout::kFusedInterleaved:
+    case model::ExpertLayout::kStackedRows: return names.Stacked(projection == "down" ? "down" : "gate_up");
     case model::ExpertLayout::kDbrx:
       return names.Stacked(projection == "gate" ? "w1" : projection == "up" ? "v1" : "w2");
   }
@@ -199,6 +200,12 @@ absl::StatusOr<StoredMatrix> ReadProjection(const model::Checkpoint& checkpoint,
       MOEX_ASSIGN_OR_RETURN(StoredMatrix stored, checkpoint.ReadMatrix(tensor, H, 2 * F, map, slice));
       return stored.ColumnsTransposed(parity, 2, F);
     }
+    case model::ExpertLayout::kStackedRows: {
+      // gate_up [E, 2F, H] (gate: rows [0, F)), down [E, H, F]: no transpose.
+      if (down) return checkpoint.ReadMatrix(tensor, H, F, map, slice);
+      MOEX_ASSIGN_OR_RETURN(StoredMatrix stored, checkpoint.ReadMatrix(tensor, 2 * F, H, map, slice));
+      return stored.SelectRows(projection == "gate" ? 0 : F, 1, F);
+    }
     case model::ExpertLayout::kDbrx: {
       // w1, v1, w2 [E*F, H]; the down projection is w2's slice transposed.
       MOEX_ASSIGN_OR_RETURN(StoredMatrix stored, checkpoint.ReadMatrix(tensor, F, H, map, slice));
@@ -231,6 +238,10 @@ absl::StatusOr<WeightFormat> ExpertFormatOf(const MoeLayerSpec& spec, const mode
                                             const WeightLoadOptions& options) {
   if (checkpoint == nullptr) return options.random_format;
   return checkpoint->MatrixFormat(WeightNamesFor(spec, checkpoint).FormatTensor(spec.mlp.gated()));
+}
+
+bool ExpertsUsedInPlace(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint) {
+  return checkpoint != nullptr && WeightNamesFor(spec, checkpoint).layout == model::ExpertLayout::kPerExpert;
 }
 
 absl::Status CacheExpert(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint, uint64_t seed,
@@ -387,7 +398,16 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
         expert(
             spec.mlp, F, [&](std::string_view p) { return names.Expert(e, p); },
             [&](std::string_view p) { return StoredTensor(names, e, p); },
-            [&](std::string_view p) { return ReadProjection(*checkpoint, spec, names, e, p, options.map_checkpoint); }));
+            [&](std::string_view p) -> absl::StatusOr<StoredMatrix> {
+              absl::StatusOr<StoredMatrix> m = ReadProjection(*checkpoint, spec, names, e, p, options.map_checkpoint);
+              if (m.ok() || m.status().code() != absl::StatusCode::kUnimplemented) return m;
+              // A layout change the stored dtype does not allow (an FP8 stacked
+              // tensor to transpose): say which tensor and what moex reads.
+              return absl::UnimplementedError(StrCat(
+                  "layer ", spec.layer, ", expert ", e, ": '", StoredTensor(names, e, p), "' (", spec.model_type,
+                  "'s stacked layout): ", m.status().message(), "; moex reads this layout in F32, BF16 or F16",
+                  names.layout == model::ExpertLayout::kFusedInterleaved ? " or as MXFP4 _blocks/_scales" : ""));
+            }));
     if (weights.experts[e].format() != weights.expert_format) {
       return absl::InvalidArgumentError(StrCat("expert ", e, " of layer ", spec.layer, " is ",
                                                WeightFormatName(weights.experts[e].format()), ", expert 0 ",

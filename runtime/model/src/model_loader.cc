@@ -72,6 +72,46 @@ std::vector<std::string> SupportedModelTypes() {
   return types;
 }
 
+namespace {
+
+// The experts' activation as the config names it, against what moex runs
+// for the family: a mismatch (a gelu Mixtral, a Nemotron-H with latent
+// experts) is refused by `moex run`, never run as something else.
+absl::Status CheckExpertMathFields(const ConfigView& view, ModelArch* arch) {
+  ConfigView text = view;
+  if (view.Has("text_config")) {
+    MOEX_ASSIGN_OR_RETURN(text, view.Object("text_config"));
+  }
+  auto expect = [&](const ConfigView& at, std::string_view key, std::string_view want) -> absl::Status {
+    if (!at.Has(key)) return absl::OkStatus();
+    MOEX_ASSIGN_OR_RETURN(std::string got, at.String(key));
+    if (got != want) {
+      arch->run_unsupported.push_back(StrCat(at.Where(key), " = '", got, "' (moex runs ", arch->model_type,
+                                             "'s experts with ", want, ")"));
+    }
+    return absl::OkStatus();
+  };
+  if (arch->model_type == "gpt_oss") return absl::OkStatus();  // its activation is fixed, not a field
+  if (arch->model_type == "nemotron_h") {
+    MOEX_RETURN_IF_ERROR(expect(text, "mlp_hidden_act", "relu2"));
+    if (text.Has("moe_latent_size")) {
+      arch->run_unsupported.push_back(StrCat(text.Where("moe_latent_size"),
+                                             ": latent experts (fc1/fc2_latent_proj) are not implemented"));
+    }
+    return absl::OkStatus();
+  }
+  if (arch->model_type == "dbrx") {
+    if (!view.Has("ffn_config")) return absl::OkStatus();
+    MOEX_ASSIGN_OR_RETURN(ConfigView ffn, view.Object("ffn_config"));
+    if (!ffn.Has("ffn_act_fn")) return absl::OkStatus();
+    MOEX_ASSIGN_OR_RETURN(ConfigView act, ffn.Object("ffn_act_fn"));
+    return expect(act, "name", "silu");
+  }
+  return expect(text, "hidden_act", "silu");
+}
+
+}  // namespace
+
 absl::StatusOr<ModelArch> ParseModelConfig(const nlohmann::json& config, std::string_view source) {
   ConfigView view(config, std::string(source));
   MOEX_ASSIGN_OR_RETURN(std::string model_type, view.String("model_type"));
@@ -83,6 +123,9 @@ absl::StatusOr<ModelArch> ParseModelConfig(const nlohmann::json& config, std::st
   }
   MOEX_ASSIGN_OR_RETURN(ModelArch arch, it->second(view));
   MOEX_ASSIGN_OR_RETURN(arch.stored, ReadStoredDtype(view));
+  if (arch.num_moe_layers() > 0) {
+    MOEX_RETURN_IF_ERROR(CheckExpertMathFields(view, &arch));
+  }
   arch.source = std::string(source);
   return arch;
 }

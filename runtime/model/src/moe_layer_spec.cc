@@ -10,7 +10,7 @@ namespace moex::model {
 
 namespace {
 
-constexpr const char* kRunnable[] = {"deepseek_v2", "deepseek_v3", "kimi_k2", "qwen2_moe", "qwen3_moe",
+constexpr const char* kRunnable[] = {"deepseek_v2", "deepseek_v3", "kimi_k2", "deepseek_v4", "qwen2_moe", "qwen3_moe",
                                      "qwen3_next", "qwen3_5_moe", "mixtral", "olmoe", "jamba", "dbrx",
                                      "llama4", "llama4_text", "gpt_oss", "nemotron_h"};
 
@@ -154,24 +154,27 @@ struct FamilyNames {
   std::string_view model_type;
   std::string_view root = "model.layers.";
   std::string_view block = "mlp.";
-  std::string_view router = "gate";  // <router>.weight, .bias, .e_score_correction_bias
+  std::string_view router = "gate";  // <router>.weight, .bias, .<correction>
+  std::string_view correction = "e_score_correction_bias";
   std::string_view experts = "experts.";
   std::string_view shared = "shared_experts.";
   ExpertLayout layout = ExpertLayout::kPerExpert;
   std::string_view other_root = "";  // multimodal checkpoints' root of the text model
+  bool w_names = false;  // w1 (gate), w3 (up), w2 (down): Mixtral's experts, DeepSeek-V4's all
 };
 
 constexpr FamilyNames kFamilies[] = {
     {.model_type = "deepseek_v2"},
     {.model_type = "deepseek_v3"},
     {.model_type = "kimi_k2"},
-    {.model_type = "deepseek_v4"},
+    // DeepSeek-V4's own names (its release is not in transformers' layout).
+    {.model_type = "deepseek_v4", .root = "layers.", .block = "ffn.", .correction = "bias", .w_names = true},
     {.model_type = "olmoe"},
     {.model_type = "qwen2_moe", .shared = "shared_expert."},
     {.model_type = "qwen3_moe", .shared = "shared_expert."},
     {.model_type = "qwen3_next", .shared = "shared_expert."},
     {.model_type = "qwen3_5_moe", .shared = "shared_expert.", .other_root = "model.language_model.layers."},
-    {.model_type = "mixtral", .block = "block_sparse_moe."},
+    {.model_type = "mixtral", .block = "block_sparse_moe.", .w_names = true},
     {.model_type = "jamba", .block = "feed_forward.", .router = "router"},
     {.model_type = "dbrx", .root = "transformer.blocks.", .block = "ffn.", .router = "router.layer",
      .experts = "experts.mlp.", .layout = ExpertLayout::kDbrx},
@@ -189,11 +192,12 @@ MoeWeightNames NamesUnder(const FamilyNames& family, std::string_view root, int6
   names.layout = family.layout;
   names.router = StrCat(block, family.router, ".weight");
   names.router_bias = StrCat(block, family.router, ".bias");
-  names.correction_bias = StrCat(block, family.router, ".e_score_correction_bias");
+  names.correction_bias = StrCat(block, family.router, ".", family.correction);
   names.expert_prefix = StrCat(block, family.experts);
   names.shared_prefix = StrCat(block, family.shared);
   names.shared_gate = block + "shared_expert_gate.weight";
-  names.mixtral_names = family.model_type == "mixtral";
+  names.mixtral_names = family.w_names;
+  names.shared_w_names = family.w_names && family.model_type != "mixtral";
   return names;
 }
 
@@ -220,6 +224,9 @@ std::string MoeWeightNames::StackedBias(std::string_view tensor) const {
 }
 
 std::string MoeWeightNames::Shared(std::string_view projection) const {
+  if (shared_w_names) {
+    return StrCat(shared_prefix, projection == "gate" ? "w1" : projection == "up" ? "w3" : "w2", ".weight");
+  }
   return StrCat(shared_prefix, projection, "_proj.weight");
 }
 
@@ -227,7 +234,8 @@ std::string MoeWeightNames::FormatTensor(bool gated) const {
   switch (layout) {
     case ExpertLayout::kPerExpert: return Expert(0, gated ? "gate" : "up");
     case ExpertLayout::kFusedGateUp:
-    case ExpertLayout::kFusedInterleaved: return Stacked("gate_up");
+    case ExpertLayout::kFusedInterleaved:
+    case ExpertLayout::kStackedRows: return Stacked("gate_up");
     case ExpertLayout::kDbrx: return Stacked("w1");
   }
   return "";
@@ -241,7 +249,16 @@ MoeWeightNames WeightNamesFor(const MoeLayerSpec& spec, const Checkpoint* checkp
   MoeWeightNames names = NamesUnder(*family, family->root, spec.layer);
   if (checkpoint != nullptr && !family->other_root.empty() && !checkpoint->Has(names.router)) {
     MoeWeightNames other = NamesUnder(*family, family->other_root, spec.layer);
-    if (checkpoint->Has(other.router)) return other;
+    if (checkpoint->Has(other.router)) names = std::move(other);
+  }
+  // Qwen3.5 releases stack their experts ([out, in], gate rows first);
+  // per-expert tensors are read where a checkpoint has them instead.
+  if (family->model_type == "qwen3_5_moe" && checkpoint != nullptr) {
+    MoeWeightNames stacked = names;
+    stacked.layout = ExpertLayout::kStackedRows;
+    if (checkpoint->Has(stacked.Stacked("gate_up")) || checkpoint->Has(stacked.Stacked("gate_up") + "_blocks")) {
+      return stacked;
+    }
   }
   return names;
 }

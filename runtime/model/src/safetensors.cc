@@ -288,8 +288,15 @@ absl::StatusOr<StoredMatrix> Checkpoint::ReadMatrix(const std::string& name, int
       matches = info.shape == want || (!flat.empty() && info.shape == flat);
     }
     if (!matches) {
+      std::string flat_too;
+      if (slice && !shape.empty()) {
+        std::vector<int64_t> flat = shape;
+        flat[0] *= slice->count;
+        flat_too = StrCat(" (or ", ShapeString(flat), ")");
+      }
       return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor '", tensor, "' has shape ",
-                                               ShapeString(info.shape), ", the model needs ", ShapeString(want)));
+                                               ShapeString(info.shape), ", the model needs ", ShapeString(want),
+                                               flat_too));
     }
     if (slice) {
       const int64_t each = (info.end - info.begin) / slice->count;

@@ -99,9 +99,11 @@ absl::StatusOr<ep::MoeWeights> RunWeights::Load(const std::vector<int64_t>& mine
         FormatBytes(static_cast<double>(sums[3])), sums[4], slowest);
   }
   const auto [least, most] = std::minmax_element(expert_bytes_per_rank_.begin(), expert_bytes_per_rank_.end());
-  const bool mapped = checkpoint_ != nullptr && options_.map_checkpoint;
+  const bool mapped = options_.map_checkpoint && ep::ExpertsUsedInPlace(spec_, checkpoint_);
   line_ += StrCat("moex run: experts held in ", WeightFormatName(weights.expert_format),
                   mapped ? " (mapped read-only from the checkpoint: one copy a host, in the page cache)"
+                  : checkpoint_ != nullptr && options_.map_checkpoint
+                      ? " (copied into each rank: the family's stacked layout is cut at load)"
                   : checkpoint_ != nullptr ? " (copied into each rank)" : "",
                   ": ", FormatBytes(static_cast<double>(*least)),
                   *least == *most ? StrCat(" on each rank") : StrCat(" to ", FormatBytes(static_cast<double>(*most)), " a rank"),

@@ -137,7 +137,8 @@ class Runner {
       }
       const MemoryNeed need = EstimateNeed(spec_, static_cast<int64_t>(distinct.size()), cached,
                                            !config_.weight_cache.empty(), format,
-                                           checkpoint() != nullptr && options.map_checkpoint, tokens_per_rank,
+                                           options.map_checkpoint && ep::ExpertsUsedInPlace(spec_, checkpoint()),
+                                           tokens_per_rank,
                                            world_, rank_ == 0 && (config_.check || config_.check_every_step));
       MOEX_RETURN_IF_ERROR(CheckMemoryFits(spec_, need, format, t_, NextDeadline()));
     }

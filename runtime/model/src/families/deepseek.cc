@@ -154,6 +154,15 @@ absl::StatusOr<ModelArch> ReadDeepseekV4(const ConfigView& config) {
       blocks::CheckTopK(config, "n_routed_experts", num_experts, "num_experts_per_tok", top_k));
   MOEX_ASSIGN_OR_RETURN(int64_t expert_width, config.Int("moe_intermediate_size", 1, L::kWidth));
   MOEX_RETURN_IF_ERROR(ReadRouter(config, "sqrtsoftplus", num_experts, &arch.router));
+  // V4 chooses with its gate's bias and renormalises whatever topk_method
+  // and norm_topk_prob say elsewhere (DeepSeek's inference code).
+  arch.router.has_correction_bias = true;
+  MOEX_ASSIGN_OR_RETURN(arch.router.norm_topk_prob, config.BoolOr("norm_topk_prob", true));
+  // Routed experts: silu(min(gate, limit)) * clamp(up, +-limit); the shared
+  // expert unclamped (transformers' DeepseekV4).
+  MOEX_ASSIGN_OR_RETURN(arch.expert_mlp.swiglu_limit, config.DoubleOr("swiglu_limit", 0.0));
+  if (arch.expert_mlp.swiglu_limit < 0) return config.Invalid("swiglu_limit", "must not be negative");
+  MOEX_ASSIGN_OR_RETURN(int64_t hash_layers, config.IntOr("num_hash_layers", 0, L::kLayers, 0));
   if (dims.num_heads % o_groups != 0) {
     return config.Invalid("o_groups", StrCat("(", o_groups,
                                                   ") must divide num_attention_heads (",
@@ -183,6 +192,8 @@ absl::StatusOr<ModelArch> ReadDeepseekV4(const ConfigView& config) {
     blocks::SetMoe(&layer, num_experts, top_k, expert_width,
                    blocks::GatedMlpParams(dims.hidden_size, expert_width),
                    blocks::GatedMlpParams(dims.hidden_size, shared * expert_width), router);
+    layer.moe.shared_intermediate_size = shared * expert_width;
+    layer.moe.hash_routed = i < hash_layers;  // experts from tid2eid[input_ids]
     arch.layers.push_back(layer);
   }
   if (config.Has("compress_ratios") || config.Has("index_n_heads")) {

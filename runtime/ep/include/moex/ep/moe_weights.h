@@ -104,6 +104,12 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
 absl::StatusOr<WeightFormat> ExpertFormatOf(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint,
                                             const WeightLoadOptions& options = {});
 
+// Whether a mapped checkpoint's experts are used in place (one copy a host,
+// in the page cache): one tensor per expert projection. Stacked layouts
+// (Llama 4, gpt-oss, DBRX) are cut or transposed at load into private
+// copies, and are counted so by the memory check.
+bool ExpertsUsedInPlace(const MoeLayerSpec& spec, const model::Checkpoint* checkpoint);
+
 // Puts one expert's tensors in `cache` (unless it holds them already), keyed
 // as LoadMoeWeights keys them: for experts that reached a rank otherwise
 // than by loading (live migration).

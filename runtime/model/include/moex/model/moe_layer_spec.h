@@ -50,6 +50,8 @@ enum class ExpertLayout {
                       // down_proj_bias [E, H]
   kDbrx,            // <experts>w1, v1 [E*F, H] (gate, up) and w2 [E*F, H] (down
                     // transposed)
+  kStackedRows,     // Qwen3.5: <experts>gate_up_proj [E, 2F, H] (gate: the first
+                    // F rows), <experts>down_proj [E, H, F]: [out, in] as stored
 };
 
 // The MoE layers of `arch`, as ranges: "1 to 47", "1, 3, 5 and 7".
@@ -64,7 +66,8 @@ struct MoeWeightNames {
   std::string shared_gate;      // [1, H], Qwen2-MoE, Qwen3-Next
   std::string expert_prefix;
   std::string shared_prefix;
-  bool mixtral_names = false;  // w1/w3/w2
+  bool mixtral_names = false;   // routed experts' w1/w3/w2 (Mixtral, DeepSeek-V4)
+  bool shared_w_names = false;  // the shared expert's too (DeepSeek-V4)
 
   // kPerExpert: the checkpoint tensor of an expert's projection (gate, up,
   // down). Fused layouts: a name of its own for the projection's slice (the
