@@ -201,6 +201,22 @@ std::vector<double> NemotronHReference(const FamilyModel& m) {
 
 namespace {
 constexpr int64_t kManyExperts = 64, kTopTen = 10, kQwenShared = 48;
+
+void PutQwenSharedExpert(FamilyModel* m, Rng& rng, const std::string& block) {
+  PutF32(m, rng, block + "shared_expert.gate_proj.weight", {kQwenShared, kHidden}, 0.125);
+  PutF32(m, rng, block + "shared_expert.up_proj.weight", {kQwenShared, kHidden}, 0.125);
+  PutF32(m, rng, block + "shared_expert.down_proj.weight", {kHidden, kQwenShared}, 0.15);
+  PutF32(m, rng, block + "shared_expert_gate.weight", {1, kHidden}, 0.2);
+}
+
+// The shared expert times sigmoid(shared_expert_gate x).
+Vec QwenSharedExpert(const FamilyModel& m, const std::string& block, const Vec& x) {
+  const double gate = Sigmoid(Linear(Values(m, block + "shared_expert_gate.weight"), 0, 1, m.hidden, x)[0]);
+  Vec out = SiluMlp(m, block + "shared_expert.gate_proj.weight", block + "shared_expert.up_proj.weight",
+                    block + "shared_expert.down_proj.weight", kQwenShared, x);
+  for (double& v : out) v *= gate;
+  return out;
+}
 }  // namespace
 
 FamilyModel MakeQwen3Next() {
@@ -221,10 +237,7 @@ FamilyModel MakeQwen3Next() {
     PutF32(&m, rng, p + "up_proj.weight", {kWidth, kHidden}, 0.125);
     PutF32(&m, rng, p + "down_proj.weight", {kHidden, kWidth}, 0.18);
   }
-  PutF32(&m, rng, block + "shared_expert.gate_proj.weight", {kQwenShared, kHidden}, 0.125);
-  PutF32(&m, rng, block + "shared_expert.up_proj.weight", {kQwenShared, kHidden}, 0.125);
-  PutF32(&m, rng, block + "shared_expert.down_proj.weight", {kHidden, kQwenShared}, 0.15);
-  PutF32(&m, rng, block + "shared_expert_gate.weight", {1, kHidden}, 0.2);
+  PutQwenSharedExpert(&m, rng, block);
   return m;
 }
 
@@ -243,11 +256,7 @@ std::vector<double> Qwen3NextReference(const FamilyModel& m) {
       AddScaled(&out, SiluMlp(m, ex + "gate_proj.weight", ex + "up_proj.weight", ex + "down_proj.weight", kWidth, x),
                 p[e] / total);
     }
-    const double gate = Sigmoid(Linear(Values(m, block + "shared_expert_gate.weight"), 0, 1, m.hidden, x)[0]);
-    AddScaled(&out,
-              SiluMlp(m, block + "shared_expert.gate_proj.weight", block + "shared_expert.up_proj.weight",
-                      block + "shared_expert.down_proj.weight", kQwenShared, x),
-              gate);
+    AddScaled(&out, QwenSharedExpert(m, block, x), 1.0);
     y.push_back(out);
   }
   return Flatten(y);
@@ -269,10 +278,7 @@ FamilyModel MakeQwen35() {
   PutF32(&m, rng, block + "gate.weight", {kManyExperts, kHidden}, 0.5);
   PutF32(&m, rng, block + "experts.gate_up_proj", {kManyExperts, 2 * kWidth, kHidden}, 0.125);
   PutF32(&m, rng, block + "experts.down_proj", {kManyExperts, kHidden, kWidth}, 0.18);
-  PutF32(&m, rng, block + "shared_expert.gate_proj.weight", {kQwenShared, kHidden}, 0.125);
-  PutF32(&m, rng, block + "shared_expert.up_proj.weight", {kQwenShared, kHidden}, 0.125);
-  PutF32(&m, rng, block + "shared_expert.down_proj.weight", {kHidden, kQwenShared}, 0.15);
-  PutF32(&m, rng, block + "shared_expert_gate.weight", {1, kHidden}, 0.2);
+  PutQwenSharedExpert(&m, rng, block);
   return m;
 }
 
@@ -294,11 +300,7 @@ std::vector<double> Qwen35Reference(const FamilyModel& m) {
       for (int64_t f = 0; f < kWidth; ++f) h[f] = Silu(gu[f]) * gu[kWidth + f];
       AddScaled(&out, Linear(down, e * kHidden * kWidth, kHidden, kWidth, h), p[e] / total);
     }
-    const double gate = Sigmoid(Linear(Values(m, block + "shared_expert_gate.weight"), 0, 1, m.hidden, x)[0]);
-    AddScaled(&out,
-              SiluMlp(m, block + "shared_expert.gate_proj.weight", block + "shared_expert.up_proj.weight",
-                      block + "shared_expert.down_proj.weight", kQwenShared, x),
-              gate);
+    AddScaled(&out, QwenSharedExpert(m, block, x), 1.0);
     y.push_back(out);
   }
   return Flatten(y);

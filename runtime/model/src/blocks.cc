@@ -57,6 +57,19 @@ int64_t PlainMlpParams(int64_t hidden, int64_t width, bool bias) {
   return 2 * hidden * width + (bias ? width + hidden : 0);
 }
 
+void SetQwenFfn(const QwenFfn& f, bool moe, LayerSpec* layer) {
+  if (!moe) {
+    layer->ffn = FfnKind::kDense;
+    layer->dense_mlp_params = GatedMlpParams(f.hidden, f.dense_width);
+    return;
+  }
+  const int64_t shared = f.shared_width > 0 ? GatedMlpParams(f.hidden, f.shared_width) : 0;
+  const int64_t router = f.num_experts * f.hidden + (f.shared_width > 0 ? f.hidden : 0);
+  SetMoe(layer, f.num_experts, f.top_k, f.expert_width, GatedMlpParams(f.hidden, f.expert_width), shared, router);
+  layer->moe.shared_intermediate_size = f.shared_width;
+  layer->moe.shared_expert_gate = f.shared_width > 0;
+}
+
 void SetMoe(LayerSpec* layer, int64_t num_experts, int64_t experts_per_token, int64_t width,
             int64_t params_per_expert, int64_t shared_params, int64_t router_params) {
   layer->ffn = FfnKind::kMoe;

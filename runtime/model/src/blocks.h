@@ -53,6 +53,15 @@ int64_t PlainMlpParams(int64_t hidden, int64_t width, bool bias = false);
 void SetMoe(LayerSpec* layer, int64_t num_experts, int64_t experts_per_token, int64_t width,
             int64_t params_per_expert, int64_t shared_params, int64_t router_params);
 
+// The Qwen MoE block's feed-forward (Qwen2-MoE, Qwen3-MoE, Qwen3-Next,
+// Qwen3.5): a MoE layer unless `dense_only` or off the sparse step, with
+// an optional shared expert behind a sigmoid gate [1, H] (counted with the
+// router); otherwise a dense gated MLP of `dense_width`.
+struct QwenFfn {
+  int64_t hidden = 0, num_experts = 0, top_k = 0, expert_width = 0, shared_width = 0, dense_width = 0;
+};
+void SetQwenFfn(const QwenFfn& ffn, bool moe, LayerSpec* layer);
+
 // Validates top-k against the expert count, naming the fields.
 absl::Status CheckTopK(const ConfigView& config, std::string_view experts_key, int64_t experts,
                        std::string_view topk_key, int64_t top_k);

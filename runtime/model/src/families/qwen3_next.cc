@@ -109,18 +109,13 @@ absl::StatusOr<ModelArch> ReadQwen3Next(const ConfigView& config, std::string_vi
     }
     layer.norm_params = 2 * dims.hidden_size;
     const bool dense_only = std::find(mlp_only.begin(), mlp_only.end(), i) != mlp_only.end();
-    if (!dense_only && (i + 1) % sparse_step == 0) {
-      // The shared expert's gate [1, H] is counted with the router.
-      const int64_t shared = shared_width > 0 ? blocks::GatedMlpParams(dims.hidden_size, shared_width) : 0;
-      const int64_t router = experts.num_experts * dims.hidden_size + (shared_width > 0 ? dims.hidden_size : 0);
-      blocks::SetMoe(&layer, experts.num_experts, experts.top_k, experts.width,
-                     blocks::GatedMlpParams(dims.hidden_size, experts.width), shared, router);
-      layer.moe.shared_intermediate_size = shared_width;
-      layer.moe.shared_expert_gate = shared_width > 0;
-    } else {
-      layer.ffn = FfnKind::kDense;
-      layer.dense_mlp_params = blocks::GatedMlpParams(dims.hidden_size, dense_width);
-    }
+    blocks::SetQwenFfn({.hidden = dims.hidden_size,
+                        .num_experts = experts.num_experts,
+                        .top_k = experts.top_k,
+                        .expert_width = experts.width,
+                        .shared_width = shared_width,
+                        .dense_width = dense_width},
+                       !dense_only && (i + 1) % sparse_step == 0, &layer);
     arch.layers.push_back(layer);
   }
   arch.assumptions.push_back(
