@@ -61,7 +61,13 @@ id="$(submit --name cancel --world-size 4 --model tiny --steps 100000 --tokens-p
 wait_for "$id" "int(m.get('steps_done', 0)) >= 3" 60
 "$moex" job cancel "$id" >/dev/null
 wait_for "$id" "j['state'] == 'JOB_STATE_CANCELLED'" 30
-for _ in $(seq 100); do grep -q "cleanup of job $id on $h1" "$state_dir/logs/$id.log" && break; sleep 0.1; done
+# Each host's cleanup is logged as it ends, in either order: wait for both
+# (30 s; under a loaded CI machine one can trail the other by seconds).
+for _ in $(seq 300); do
+  grep -q "cleanup of job $id on $h0" "$state_dir/logs/$id.log" && grep -q "cleanup of job $id on $h1" "$state_dir/logs/$id.log" &&
+    break
+  sleep 0.1
+done
 grep "cleanup of job $id" "$state_dir/logs/$id.log" || fail "no cleanup ran for the cancelled job"
 grep -q "cleanup of job $id on $h0" "$state_dir/logs/$id.log" && grep -q "cleanup of job $id on $h1" "$state_dir/logs/$id.log" ||
   fail "the cleanup did not run on both hosts"
