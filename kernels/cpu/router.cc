@@ -70,6 +70,56 @@ void TopK(const float* score, const bool* allowed, int64_t num_experts, int64_t 
 
 }  // namespace
 
+namespace {
+
+// The scores (what weighs) and choices (what selects) of one token's logits.
+void Score(const RouteParams& p, const float* row, float* score, float* choice) {
+  const int64_t E = p.num_experts;
+  if (p.spec.scoring == "softmax") {
+    float max = -std::numeric_limits<float>::infinity();
+    for (int64_t e = 0; e < E; ++e) max = std::max(max, row[e]);
+    double sum = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      score[e] = std::exp(row[e] - max);
+      sum += score[e];
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      score[e] = static_cast<float>(score[e] / sum);
+      choice[e] = score[e];
+    }
+    return;
+  }
+  const bool sigmoid = p.spec.scoring == "sigmoid";
+  // Without a bias or groups the choice is by the logit itself (Llama 4's
+  // top-k of the logits): the same order as the score's, without the
+  // ties a float sigmoid makes where it rounds to 1.
+  const bool by_logit = p.correction_bias == nullptr && p.spec.num_groups == 1;
+  for (int64_t e = 0; e < E; ++e) {
+    // sqrtsoftplus (DeepSeek-V4): sqrt(log(1 + e^x)), computed without overflow.
+    score[e] = sigmoid ? 1.0f / (1.0f + std::exp(-row[e]))
+                       : std::sqrt(std::max(row[e], 0.0f) + std::log1p(std::exp(-std::fabs(row[e]))));
+    choice[e] = by_logit ? row[e] : score[e] + (p.correction_bias != nullptr ? p.correction_bias[e] : 0.0f);
+  }
+}
+
+// The weights of the chosen experts `idx` [k]: their scores, renormalised
+// when norm_topk_prob, times routed_scaling_factor.
+void Weigh(const RouteParams& p, const float* score, const int32_t* idx, float* w) {
+  const int64_t k = p.top_k;
+  double total = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    w[j] = score[idx[j]];
+    total += w[j];
+  }
+  for (int64_t j = 0; j < k; ++j) {
+    double weight = w[j];
+    if (p.spec.norm_topk_prob) weight /= (total + 1e-20);
+    w[j] = static_cast<float>(weight * p.spec.routed_scaling_factor);
+  }
+}
+
+}  // namespace
+
 void Route(const RouteParams& p, const float* logits, int64_t num_tokens, int32_t* topk_idx,
            float* topk_weights, float* scratch) {
   const int64_t E = p.num_experts, k = p.top_k;
@@ -78,32 +128,7 @@ void Route(const RouteParams& p, const float* logits, int64_t num_tokens, int32_
   float* choice = scratch + E;  // [E] what selection ranks by
   bool allowed[kMaxRoutedExperts];
   for (int64_t t = 0; t < num_tokens; ++t) {
-    const float* row = logits + t * E;
-    if (p.spec.scoring == "softmax") {
-      float max = -std::numeric_limits<float>::infinity();
-      for (int64_t e = 0; e < E; ++e) max = std::max(max, row[e]);
-      double sum = 0;
-      for (int64_t e = 0; e < E; ++e) {
-        score[e] = std::exp(row[e] - max);
-        sum += score[e];
-      }
-      for (int64_t e = 0; e < E; ++e) {
-        score[e] = static_cast<float>(score[e] / sum);
-        choice[e] = score[e];
-      }
-    } else {
-      const bool sigmoid = p.spec.scoring == "sigmoid";
-      // Without a bias or groups the choice is by the logit itself (Llama 4's
-      // top-k of the logits): the same order as the score's, without the
-      // ties a float sigmoid makes where it rounds to 1.
-      const bool by_logit = p.correction_bias == nullptr && groups == 1;
-      for (int64_t e = 0; e < E; ++e) {
-        // sqrtsoftplus (DeepSeek-V4): sqrt(log(1 + e^x)), computed without overflow.
-        score[e] = sigmoid ? 1.0f / (1.0f + std::exp(-row[e]))
-                           : std::sqrt(std::max(row[e], 0.0f) + std::log1p(std::exp(-std::fabs(row[e]))));
-        choice[e] = by_logit ? row[e] : score[e] + (p.correction_bias != nullptr ? p.correction_bias[e] : 0.0f);
-      }
-    }
+    Score(p, logits + t * E, score, choice);
     const bool* mask = nullptr;
     if (groups > 1) {
       // Rank groups: sigmoid (and sqrtsoftplus) routers by the sum of the two
@@ -135,19 +160,18 @@ void Route(const RouteParams& p, const float* logits, int64_t num_tokens, int32_
       }
       mask = allowed;
     }
-    int32_t* idx = topk_idx + t * k;
-    float* w = topk_weights + t * k;
-    TopK(choice, mask, E, k, idx);
-    double total = 0;
-    for (int64_t j = 0; j < k; ++j) {
-      w[j] = score[idx[j]];
-      total += w[j];
-    }
-    for (int64_t j = 0; j < k; ++j) {
-      double weight = w[j];
-      if (p.spec.norm_topk_prob) weight /= (total + 1e-20);
-      w[j] = static_cast<float>(weight * p.spec.routed_scaling_factor);
-    }
+    TopK(choice, mask, E, k, topk_idx + t * k);
+    Weigh(p, score, topk_idx + t * k, topk_weights + t * k);
+  }
+}
+
+void RouteByTable(const RouteParams& p, const float* logits, int64_t num_tokens, const int32_t* chosen,
+                  int32_t* topk_idx, float* topk_weights, float* scratch) {
+  const int64_t E = p.num_experts, k = p.top_k;
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    Score(p, logits + t * E, scratch, scratch + E);
+    std::copy(chosen + t * k, chosen + (t + 1) * k, topk_idx + t * k);
+    Weigh(p, scratch, topk_idx + t * k, topk_weights + t * k);
   }
 }
 

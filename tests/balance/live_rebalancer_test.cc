@@ -88,7 +88,7 @@ Steps RunSteps(int world, int64_t steps, RebalanceOptions options, int silent_ra
           Deadline deadline = Deadline::InSeconds(2);
           ep::StepStats stats;
           result.status = rebalancer->BeginStep(*t, layer, step, std::nullopt, deadline);
-          if (result.status.ok()) result.status = layer.Forward(*t, x, first, deadline, &y, &stats);
+          if (result.status.ok()) result.status = layer.Forward(*t, x, {}, first, deadline, &y, &stats);
           if (!result.status.ok()) break;
           std::copy(y.values.begin(), y.values.end(), run.outputs[step].row(first));
           std::vector<int64_t> load = layer.TokensPerExpert(stats);
@@ -110,7 +110,7 @@ Steps RunSteps(int world, int64_t steps, RebalanceOptions options, int silent_ra
   for (int64_t step = 0; step < steps; ++step) {
     std::vector<int64_t> slices;
     for (int r = 0; r < world; ++r) slices.push_back(ep::TokenSlice(tokens, world, r).second);
-    Tensor expected = ep::ReferenceForward(spec, all, SkewedTokens(spec, all, tokens, 100 + step), slices);
+    Tensor expected = *ep::ReferenceForward(spec, all, SkewedTokens(spec, all, tokens, 100 + step), {}, slices);
     if (!all_ok) continue;
     double scale = 0, worst = 0;
     for (int64_t i = 0; i < expected.size(); ++i) {

@@ -95,7 +95,7 @@ Tensor RunLayer(const Case& c, const MoeLayerSpec& spec, const Placement& placem
       // Two steps: buffers reused across steps must not leak state.
       Tensor y;
       for (int step = 0; step < 2; ++step) {
-        absl::Status status = layer->Forward(*t, local, first, Deadline::InSeconds(30), &y, &stats);
+        absl::Status status = layer->Forward(*t, local, {}, first, Deadline::InSeconds(30), &y, &stats);
         ASSERT_TRUE(status.ok()) << status;
         for (int64_t i = 0; i < count * spec.hidden; ++i) got.values[first * spec.hidden + i] = y.values[i];
       }
@@ -119,7 +119,7 @@ TEST_P(MoeLayerTest, MatchesTheReferenceOnEveryPath) {
   MoeWeights all = *LoadMoeWeights(spec, nullptr, 42, all_experts);
   std::vector<int64_t> slices;
   for (int r = 0; r < c.world; ++r) slices.push_back(TokenSlice(c.tokens, c.world, r).second);
-  Tensor expected = ReferenceForward(spec, all, x, slices);
+  Tensor expected = *ReferenceForward(spec, all, x, {}, slices);
   double scale = 0;
   for (int64_t i = 0; i < expected.size(); ++i) scale = std::max(scale, std::fabs(double{expected.values[i]}));
 

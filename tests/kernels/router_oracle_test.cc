@@ -274,6 +274,28 @@ TEST(RouterOracleTest, SqrtSoftplusScoresAndRenormalises) {
   ExpectChoices(plain, 0, {{0, 10.0}, {1, std::exp(-50.0)}});
 }
 
+// DeepSeek-V4's hash-routed layers: the experts are given (tid2eid[id]),
+// even ones the scores would not choose; weights are their sqrtsoftplus
+// scores renormalised and scaled, and no bias enters.
+//   s = {0.8325546, 1.1459763, 0.5596979, 1.4583991}; chosen {2, 0}:
+//   sum 1.3922525, times 2.5: w2 = 1.0050222, w0 = 1.4949778
+TEST(RouterOracleTest, HashRoutedLayersWeighTheGivenExperts) {
+  model::RouterSpec spec = Sigmoid(true);
+  spec.scoring = "sqrtsoftplus";
+  spec.routed_scaling_factor = 2.5;
+  RouteParams params{.spec = spec, .num_experts = 4, .top_k = 2};
+  const std::vector<float> logits = {0.0f, 1.0f, -1.0f, 2.0f, 0.0f, 1.0f, -1.0f, 2.0f};
+  const std::vector<int32_t> chosen = {2, 0, 3, 1};
+  Routed r;
+  r.top_k = 2;
+  r.experts.assign(4, -1);
+  r.weights.assign(4, 0.0f);
+  std::vector<float> scratch(8);
+  RouteByTable(params, logits.data(), 2, chosen.data(), r.experts.data(), r.weights.data(), scratch.data());
+  ExpectChoices(r, 0, {{0, 1.4949778}, {2, 1.0050222}});
+  ExpectChoices(r, 1, {{1, 2.5 * 0.4400196}, {3, 2.5 * 0.5599804}});
+}
+
 // Llama 4 chooses by the logit: two logits whose float sigmoids both round
 // to 1 are still told apart (20 beats 17 though both score 1.0f).
 TEST(RouterOracleTest, SigmoidWithoutBiasChoosesByTheLogitPastSaturation) {

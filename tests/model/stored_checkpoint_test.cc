@@ -110,6 +110,74 @@ TEST_F(StoredCheckpointTest, EachFormatReadsBackTheValuesItWasWrittenWithMappedO
   }
 }
 
+// DeepSeek-V4's release: routed experts FP4 packed two to an I8 byte (low
+// nibble first) with an F8_E8M0 scale per 32 inputs in '<base>.scale'; the
+// shared expert F8_E4M3 with E8M0 128x128 block scales under the same name.
+TEST_F(StoredCheckpointTest, DeepseekV4FormatsReadAsMxfp4AndFp8) {
+  const std::string name = "layers.3.ffn.experts.7.w1.weight", scale = "layers.3.ffn.experts.7.w1.scale";
+  absl::StatusOr<StoredMatrix> fp4 = StoredMatrix::Quantize(Values(160, 96), WeightFormat::kMXFP4);
+  ASSERT_TRUE(fp4.ok());
+  std::vector<std::byte> values(fp4->values, fp4->values + fp4->value_bytes());
+  std::vector<std::byte> scales(fp4->scales, fp4->scales + fp4->scale_bytes());
+  const std::string fp4_file = Write("v4_fp4.safetensors", {{"pad", "F32", {3}, std::vector<std::byte>(12)},
+                                                             {name, "I8", {160, 48}, values},
+                                                             {scale, "F8_E8M0", {160, 3}, scales}});
+  absl::StatusOr<Checkpoint> checkpoint = Checkpoint::Open(fp4_file);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  EXPECT_EQ(*checkpoint->MatrixFormat(name), WeightFormat::kMXFP4);
+  EXPECT_EQ(checkpoint->MatrixTensors(name), (std::vector<std::string>{name, scale}));
+  for (bool map : {true, false}) {
+    absl::StatusOr<StoredMatrix> read = checkpoint->ReadMatrix(name, 160, 96, map);
+    ASSERT_TRUE(read.ok()) << read.status();
+    EXPECT_EQ(read->ToTensor().values, fp4->ToTensor().values);
+  }
+  // FP8 with E8M0 block scales: the value is the e4m3 value times 2^(s-127).
+  const std::string shared = "layers.3.ffn.shared_experts.w2.weight", shared_scale = "layers.3.ffn.shared_experts.w2.scale";
+  std::vector<std::byte> fp8(160 * 96);
+  for (size_t i = 0; i < fp8.size(); ++i) fp8[i] = std::byte(static_cast<uint8_t>(i * 37 % 0x7e));  // finite codes
+  const std::vector<std::byte> e8m0 = {std::byte(127 - 6), std::byte(127 + 2)};  // [2, 1]: 2^-6, 2^2
+  const std::string fp8_file = Write("v4_fp8.safetensors", {{shared, "F8_E4M3", {160, 96}, fp8},
+                                                             {shared_scale, "F8_E8M0", {2, 1}, e8m0}});
+  checkpoint = Checkpoint::Open(fp8_file);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  EXPECT_EQ(*checkpoint->MatrixFormat(shared), WeightFormat::kFP8Block);
+  absl::StatusOr<StoredMatrix> read = checkpoint->ReadMatrix(shared, 160, 96);
+  ASSERT_TRUE(read.ok()) << read.status();
+  const Tensor dense = read->ToTensor();
+  for (int64_t r : {0, 127, 128, 159}) {
+    for (int64_t c : {0, 95}) {
+      const float want = Fp8E4M3ToFloat(static_cast<uint8_t>(fp8[r * 96 + c])) * (r < 128 ? 1.0f / 64 : 4.0f);
+      EXPECT_EQ(dense.values[r * 96 + c], want) << r << ", " << c;
+    }
+  }
+  // The E8M0 NaN (0xff) is refused by its place.
+  const std::string nan_file = Write("v4_nan.safetensors", {{shared, "F8_E4M3", {160, 96}, fp8},
+                                                             {shared_scale, "F8_E8M0", {2, 1}, {e8m0[0], std::byte(0xff)}}});
+  checkpoint = Checkpoint::Open(nan_file);
+  ASSERT_TRUE(checkpoint.ok());
+  EXPECT_THAT(std::string(checkpoint->ReadMatrix(shared, 160, 96).status().message()),
+              HasSubstr("tensor '" + shared_scale + "' holds the E8M0 NaN (0xff) at index 1"));
+}
+
+// Token ids and token tables: I64 or I32, read as int64.
+TEST_F(StoredCheckpointTest, IntegerTensorsReadAsInt64) {
+  std::vector<std::byte> i64(3 * 8), i32(3 * 4);
+  const int64_t wide[3] = {5, -1, int64_t{1} << 40};
+  const int32_t narrow[3] = {7, 0, -3};
+  std::memcpy(i64.data(), wide, sizeof(wide));
+  std::memcpy(i32.data(), narrow, sizeof(narrow));
+  const std::string file = Write("ids.safetensors", {{"wide", "I64", {3}, i64}, {"narrow", "I32", {3}, i32},
+                                                      {"float", "F32", {3}, i32}});
+  absl::StatusOr<Checkpoint> checkpoint = Checkpoint::Open(file);
+  ASSERT_TRUE(checkpoint.ok());
+  EXPECT_EQ(*checkpoint->ReadIntegers("wide"), (std::vector<int64_t>{5, -1, int64_t{1} << 40}));
+  EXPECT_EQ(*checkpoint->ReadIntegers("narrow", {3}), (std::vector<int64_t>{7, 0, -3}));
+  EXPECT_THAT(std::string(checkpoint->ReadIntegers("narrow", {1, 3}).status().message()),
+              HasSubstr("tensor 'narrow' has shape [3], the model needs [1, 3]"));
+  EXPECT_THAT(std::string(checkpoint->ReadIntegers("float").status().message()),
+              HasSubstr("tensor 'float' is F32; moex reads it as I64 or I32"));
+}
+
 TEST_F(StoredCheckpointTest, WrongFilesAreRefusedNamingTheTensorAndTheFile) {
   const std::string name = "model.layers.3.mlp.experts.0.up_proj.weight";
   absl::StatusOr<StoredMatrix> fp8 = StoredMatrix::Quantize(Values(128, 256), WeightFormat::kFP8Block);
@@ -144,9 +212,16 @@ TEST_F(StoredCheckpointTest, WrongFilesAreRefusedNamingTheTensorAndTheFile) {
               HasSubstr("tensor '" + name + "' has shape [128, 256], the model needs [256, 128]"));
   // A dtype moex does not hold weights in.
   RawTensor ints = good[0];
+  ints.dtype = "I16";
+  ints.shape = {128, 128};
+  EXPECT_THAT(error("i16.safetensors", {ints}),
+              HasSubstr("tensor '" + name + "' is I16; moex holds expert weights in F32, BF16, F16, F8_E4M3"));
+  // DeepSeek-V4's packed FP4 without its E8M0 scales.
   ints.dtype = "I8";
+  ints.bytes.resize(128 * 128);
   EXPECT_THAT(error("i8.safetensors", {ints}),
-              HasSubstr("tensor '" + name + "' is I8; moex holds expert weights in F32, BF16, F16, F8_E4M3"));
+              HasSubstr("tensor '" + name + "' is I8 (packed FP4, DeepSeek-V4) but the checkpoint has no "
+                        "'model.layers.3.mlp.experts.0.up_proj.scale'"));
   // MXFP4 blocks without their scales.
   absl::StatusOr<StoredMatrix> fp4 = StoredMatrix::Quantize(Values(128, 256), WeightFormat::kMXFP4);
   ASSERT_TRUE(fp4.ok());

@@ -8,12 +8,13 @@ set -euo pipefail
 fixtures=$1 moex=$2 mpirun=$3 family=$4 dir=$5
 rm -rf "$dir"
 "$fixtures" write "$family" "$dir"
+layer=$(cat "$dir/layer")
 outputs=()
 for np in 1 2 4; do
   echo "== $family on $np rank(s)"
   "$mpirun" -np "$np" --oversubscribe --mca btl self,vader,tcp "$moex" run --quiet --timeout 60 \
     --model "$dir/config.json" --weights "$dir/model.safetensors" --input "$dir/input.safetensors" \
-    --output "$dir/out$np.safetensors" --steps 1 --check
+    --layer "$layer" --output "$dir/out$np.safetensors" --steps 1 --check
   outputs+=("$dir/out$np.safetensors")
 done
 # Twice through a host weight cache: the second run reads its experts back
@@ -22,7 +23,7 @@ for pass in 1 2; do
   echo "== $family on 2 ranks through the weight cache, pass $pass"
   log=$("$mpirun" -np 2 --oversubscribe --mca btl self,vader,tcp "$moex" run --timeout 60 \
     --model "$dir/config.json" --weights "$dir/model.safetensors" --input "$dir/input.safetensors" \
-    --output "$dir/cached$pass.safetensors" --steps 1 --weight-cache "$dir/cache" 2>&1) || { echo "$log"; exit 1; }
+    --layer "$layer" --output "$dir/cached$pass.safetensors" --steps 1 --weight-cache "$dir/cache" 2>&1) || { echo "$log"; exit 1; }
   echo "$log" | grep "weights:" || true
   outputs+=("$dir/cached$pass.safetensors")
 done

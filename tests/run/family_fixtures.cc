@@ -6,7 +6,8 @@
 // MLP kernels or weight loader; the formulas are written out from each
 // family's transformers modeling code.
 //
-//   family_fixtures write <family> <dir>    config.json, model.safetensors, input.safetensors
+//   family_fixtures write <family> <dir>    config.json, model.safetensors, input.safetensors,
+//                                           layer (the MoE layer to run)
 //   family_fixtures check <family> <dir> <output.safetensors>...
 #include <cmath>
 #include <cstdio>
@@ -64,6 +65,12 @@ int main(int argc, char** argv) {
     }
     std::map<std::string, StoredTensor> input = {
         {"hidden_states", {"F32", {model.tokens, model.hidden}, model.x, {}}}};
+    if (!model.input_ids.empty()) {
+      std::vector<uint8_t> bytes(model.input_ids.size() * 8);
+      std::memcpy(bytes.data(), model.input_ids.data(), bytes.size());
+      input["input_ids"] = {"I64", {model.tokens}, {}, std::move(bytes)};
+    }
+    std::ofstream(dir / "layer") << model.layer << "\n";
     if (absl::Status s = WriteTensors((dir / "input.safetensors").string(), input); !s.ok()) {
       return Fail(std::string(s.message()));
     }

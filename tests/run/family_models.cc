@@ -155,6 +155,8 @@ FamilyModel MakeQwen35();
 std::vector<double> Qwen35Reference(const FamilyModel& m);
 FamilyModel MakeDeepseekV4();
 std::vector<double> DeepseekV4Reference(const FamilyModel& m);
+FamilyModel MakeDeepseekV4Release();
+std::vector<double> DeepseekV4ReleaseReference(const FamilyModel& m);
 
 const std::vector<Family>& Families() {
   static const std::vector<Family> families = {
@@ -166,6 +168,7 @@ const std::vector<Family>& Families() {
       {"qwen3_next", MakeQwen3Next, Qwen3NextReference},
       {"qwen3_5_moe", MakeQwen35, Qwen35Reference},
       {"deepseek_v4", MakeDeepseekV4, DeepseekV4Reference},
+      {"deepseek_v4_release", MakeDeepseekV4Release, DeepseekV4ReleaseReference},
   };
   return families;
 }

@@ -13,7 +13,9 @@
 
 namespace moex::testing {
 
-// A tensor as the checkpoint stores it: F32 values or U8 bytes (MXFP4).
+// A tensor as the checkpoint stores it: F32 values, or the bytes of any
+// other dtype (MXFP4, FP4, FP8, BF16, I64) in `u8`, with `f32` holding
+// the values they decode to where the reference reads them so.
 struct StoredTensor {
   std::string dtype;
   std::vector<int64_t> shape;
@@ -27,6 +29,7 @@ struct FamilyModel {
   int64_t layer = 0;                            // the MoE layer moex runs by default
   int64_t tokens = 0, hidden = 0;
   std::vector<float> x;                         // [tokens, hidden]
+  std::vector<int64_t> input_ids;               // [tokens], hash-routed layers
 };
 
 struct Family {

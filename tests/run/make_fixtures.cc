@@ -2,6 +2,8 @@
 //   <dir>/input_bf16.safetensors   hidden_states [37, 64] bf16 (37 tokens do
 //                                  not divide over 2, 3, 4 or 5 ranks)
 //   <dir>/input_wrong.safetensors  hidden_states [10, 63]
+//   <dir>/input_h128.safetensors   hidden_states [37, 128], no input_ids
+//   <dir>/input_h128_ids.safetensors  the same with input_ids [37] (I64)
 //   <dir>/sharded/                 the `tiny` preset's layer-0 weights as a
 //                                  two-shard checkpoint with its index
 //   <dir>/partial.safetensors      the same weights without expert 5
@@ -41,6 +43,15 @@ int main(int argc, char** argv) {
   if (auto s = model::WriteSafetensors((dir / "input_bf16.safetensors").string(), {{"hidden_states", &input}},
                                        model::StorageDtype::kBF16); !s.ok()) return Fail(s);
   if (auto s = model::WriteSafetensors((dir / "input_wrong.safetensors").string(), {{"hidden_states", &wrong}});
+      !s.ok()) return Fail(s);
+  Tensor wide({37, 128});
+  for (int64_t i = 0; i < wide.size(); ++i) wide.values[i] = ep::SeededUniform(4, "input", i);
+  if (auto s = model::WriteSafetensors((dir / "input_h128.safetensors").string(), {{"hidden_states", &wide}});
+      !s.ok()) return Fail(s);
+  model::IntegerTensor ids{"input_ids", {37}, {}};
+  for (int64_t t = 0; t < 37; ++t) ids.values.push_back(t * 7 % 128);
+  if (auto s = model::WriteSafetensors((dir / "input_h128_ids.safetensors").string(), {{"hidden_states", &wide}},
+                                       model::StorageDtype::kF32, {ids});
       !s.ok()) return Fail(s);
 
   absl::StatusOr<model::ModelArch> arch = model::LoadModel("tiny");

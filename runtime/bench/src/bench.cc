@@ -188,7 +188,7 @@ absl::Status RunLayer(transport::Transport& t, const AllToAllVFn& fn, const ep::
   // The layer routes by its own router: the baseline moves what it moves.
   std::vector<int32_t> topk;
   std::vector<float> topk_weights;
-  ep::RouteTokens(spec, layer.weights(), x, &topk, &topk_weights);
+  MOEX_RETURN_IF_ERROR(ep::RouteTokens(spec, layer.weights(), x, {}, &topk, &topk_weights));
   const int64_t T = p.tokens_per_rank;
   ep::DispatchLayout layout = ep::GetDispatchLayout(placement, topk.data(), T, p.top_k, rank * T);
   std::vector<int64_t> recv_rows(static_cast<size_t>(t.world_size()));
@@ -203,7 +203,7 @@ absl::Status RunLayer(transport::Transport& t, const AllToAllVFn& fn, const ep::
     MOEX_RETURN_IF_ERROR(t.Barrier(Deadline::InSeconds(options.rep_timeout_seconds)));
     ep::StepStats stats;
     auto start = Clock::now();
-    MOEX_RETURN_IF_ERROR(layer.Forward(t, x, rank * T, Deadline::InSeconds(options.rep_timeout_seconds), &y, &stats));
+    MOEX_RETURN_IF_ERROR(layer.Forward(t, x, {}, rank * T, Deadline::InSeconds(options.rep_timeout_seconds), &y, &stats));
     double layer_seconds = SecondsSince(start);
     MOEX_RETURN_IF_ERROR(t.Barrier(Deadline::InSeconds(options.rep_timeout_seconds)));
     MOEX_ASSIGN_OR_RETURN(double plain, baseline.Time());

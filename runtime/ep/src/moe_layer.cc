@@ -40,9 +40,33 @@ std::pair<int64_t, int64_t> TokenSlice(int64_t total, int world, int rank) {
   return {first, base + (rank < extra ? 1 : 0)};
 }
 
-void RouteTokens(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
-                 std::vector<int32_t>* topk_idx, std::vector<float>* topk_weights) {
+absl::Status RouteTokens(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
+                         std::span<const int64_t> token_ids, std::vector<int32_t>* topk_idx,
+                         std::vector<float>* topk_weights) {
   const int64_t T = x.dim(0), E = spec.num_experts, k = spec.top_k;
+  std::vector<int32_t> chosen;
+  if (spec.hash_routed) {
+    // The experts of each token are its row of the token table.
+    if (static_cast<int64_t>(token_ids.size()) != T) {
+      return absl::InvalidArgumentError(StrCat("layer ", spec.layer, " is hash-routed (experts from its token-id "
+                                               "table by input_ids) and has ", token_ids.size(), " token ids for ", T,
+                                               " tokens"));
+    }
+    if (static_cast<int64_t>(weights.token_table.size()) != spec.vocab_size * k) {
+      return absl::FailedPreconditionError(StrCat("layer ", spec.layer, " is hash-routed and its token table holds ",
+                                                  weights.token_table.size(), " entries, not ", spec.vocab_size, " x ",
+                                                  k));
+    }
+    chosen.resize(T * k);
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t id = token_ids[t];
+      if (id < 0 || id >= spec.vocab_size) {
+        return absl::InvalidArgumentError(StrCat("token ", t, " has id ", id, ", outside the vocabulary [0, ",
+                                                 spec.vocab_size, ") of layer ", spec.layer, "'s token table"));
+      }
+      std::copy_n(weights.token_table.begin() + id * k, k, chosen.begin() + t * k);
+    }
+  }
   std::vector<float> logits(T * E), scratch(2 * E);
   kernels::RouterLogits(x.data(), T, spec.hidden, weights.router.data(), E, logits.data());
   if (!weights.router_bias.values.empty()) {
@@ -56,7 +80,13 @@ void RouteTokens(const MoeLayerSpec& spec, const MoeWeights& weights, const Tens
                               .correction_bias = weights.correction_bias.values.empty()
                                                      ? nullptr
                                                      : weights.correction_bias.data()};
-  kernels::Route(params, logits.data(), T, topk_idx->data(), topk_weights->data(), scratch.data());
+  if (spec.hash_routed) {
+    kernels::RouteByTable(params, logits.data(), T, chosen.data(), topk_idx->data(), topk_weights->data(),
+                          scratch.data());
+  } else {
+    kernels::Route(params, logits.data(), T, topk_idx->data(), topk_weights->data(), scratch.data());
+  }
+  return absl::OkStatus();
 }
 
 absl::Status MoeLayer::Check(const MoeLayerSpec& spec, const Placement& placement, const MoeWeights& weights,
@@ -188,7 +218,8 @@ void MoeLayer::AddSharedExpert(const Tensor& x, Tensor* y) {
   }
 }
 
-absl::Status MoeLayer::Forward(transport::Transport& transport, const Tensor& x, int64_t first_token,
+absl::Status MoeLayer::Forward(transport::Transport& transport, const Tensor& x, std::span<const int64_t> token_ids,
+                               int64_t first_token,
                                Deadline deadline, Tensor* y, StepStats* stats) {
   const int64_t H = spec_.hidden, k = spec_.top_k;
   if (x.shape.size() != 2 || x.dim(1) != H) {
@@ -200,7 +231,9 @@ absl::Status MoeLayer::Forward(transport::Transport& transport, const Tensor& x,
   stats->tokens = T;
 
   auto start = std::chrono::steady_clock::now();
-  RouteTokens(spec_, weights_, x, &topk_idx_, &topk_weights_);
+  if (absl::Status routed = RouteTokens(spec_, weights_, x, token_ids, &topk_idx_, &topk_weights_); !routed.ok()) {
+    return absl::Status(routed.code(), StrCat("rank ", rank_, ": ", routed.message()));
+  }
   DispatchLayout layout = GetDispatchLayout(placement_, topk_idx_.data(), T, k, first_token);
   for (int r = 0; r < layout.world_size; ++r) {
     if (r != rank_) stats->remote_token_copies += layout.num_tokens_per_rank[r];
@@ -231,8 +264,8 @@ absl::Status MoeLayer::Forward(transport::Transport& transport, const Tensor& x,
   return absl::OkStatus();
 }
 
-Tensor ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
-                        const std::vector<int64_t>& slice_tokens) {
+absl::StatusOr<Tensor> ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
+                                        std::span<const int64_t> token_ids, const std::vector<int64_t>& slice_tokens) {
   const int64_t H = spec.hidden, k = spec.top_k;
   int64_t T = 0;
   for (int64_t count : slice_tokens) T += count;
@@ -297,7 +330,9 @@ Tensor ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, con
     if (count > 0) std::memcpy(slice.data(), x.row(first), count * H * sizeof(float));
     std::vector<int32_t> slice_idx;
     std::vector<float> slice_w;
-    RouteTokens(spec, weights, slice, &slice_idx, &slice_w);
+    MOEX_RETURN_IF_ERROR(RouteTokens(spec, weights, slice,
+                                     token_ids.empty() ? token_ids : token_ids.subspan(first, count), &slice_idx,
+                                     &slice_w));
     std::copy(slice_idx.begin(), slice_idx.end(), idx.begin() + first * k);
     std::copy(slice_w.begin(), slice_w.end(), w.begin() + first * k);
     first += count;

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <deque>
 #include <optional>
+#include <random>
 
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
@@ -280,6 +281,41 @@ int64_t CountCachedExperts(const MoeLayerSpec& spec, const model::Checkpoint* ch
   return whole;
 }
 
+namespace {
+
+// A hash-routed layer's table [vocab, k]: the checkpoint's (I64 or I32, each
+// entry an expert), or k distinct experts a row drawn from `seed`.
+absl::StatusOr<std::vector<int32_t>> LoadTokenTable(const MoeLayerSpec& spec, const MoeWeightNames& names,
+                                                    const model::Checkpoint* checkpoint, uint64_t seed) {
+  const int64_t V = spec.vocab_size, k = spec.top_k, E = spec.num_experts;
+  std::vector<int32_t> table(V * k);
+  if (checkpoint == nullptr) {
+    std::mt19937_64 rng(seed ^ 0x7469643265696400ULL);  // "tid2eid"
+    std::vector<int32_t> experts(E);
+    for (int64_t v = 0; v < V; ++v) {
+      // The first k of a partial Fisher-Yates shuffle.
+      for (int64_t e = 0; e < E; ++e) experts[e] = static_cast<int32_t>(e);
+      for (int64_t j = 0; j < k; ++j) {
+        std::swap(experts[j], experts[j + static_cast<int64_t>(rng() % static_cast<uint64_t>(E - j))]);
+        table[v * k + j] = experts[j];
+      }
+    }
+    return table;
+  }
+  MOEX_ASSIGN_OR_RETURN(std::vector<int64_t> stored, checkpoint->ReadIntegers(names.token_table, {V, k}));
+  for (int64_t i = 0; i < V * k; ++i) {
+    if (stored[i] < 0 || stored[i] >= E) {
+      return absl::DataLossError(StrCat("'", checkpoint->path(), "': tensor '", names.token_table, "' holds expert ",
+                                        stored[i], " at [", i / k, ", ", i % k, "]; the layer has experts 0 to ",
+                                        E - 1));
+    }
+    table[i] = static_cast<int32_t>(stored[i]);
+  }
+  return table;
+}
+
+}  // namespace
+
 absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
                                           const model::Checkpoint* checkpoint, uint64_t seed,
                                           const std::vector<int64_t>& experts, const WeightCache* cache,
@@ -380,6 +416,9 @@ absl::StatusOr<MoeWeights> LoadMoeWeights(const MoeLayerSpec& spec,
   }
   if (spec.router.has_correction_bias) {
     MOEX_ASSIGN_OR_RETURN(weights.correction_bias, get(names.correction_bias, {E}, 0.05f));
+  }
+  if (spec.hash_routed) {
+    MOEX_ASSIGN_OR_RETURN(weights.token_table, LoadTokenTable(spec, names, checkpoint, seed));
   }
   StackedBiases biases;
   if (spec.mlp.biases && !experts.empty()) {
@@ -507,7 +546,12 @@ absl::Status SaveMoeWeights(const MoeLayerSpec& spec, const MoeWeights& weights,
     add_matrix(names.Shared("down"), weights.shared->down);
   }
   if (!weights.shared_gate.values.empty()) add(names.shared_gate, weights.shared_gate);
-  return model::WriteSafetensors(path, named, dtype);
+  std::vector<model::IntegerTensor> integers;
+  if (spec.hash_routed) {
+    integers.push_back({names.token_table, {spec.vocab_size, spec.top_k},
+                        std::vector<int64_t>(weights.token_table.begin(), weights.token_table.end())});
+  }
+  return model::WriteSafetensors(path, named, dtype, integers);
 }
 
 }  // namespace moex::ep

@@ -98,11 +98,10 @@ absl::StatusOr<MoeLayerSpec> MoeLayerSpec::FromArch(const ModelArch& arch,
     if (index < 0) return absl::InvalidArgumentError(StrCat(arch.source, ": the model has no MoE layer"));
   }
   const MoeShape& moe = arch.layers[index].moe;
-  if (moe.hash_routed) {
-    return absl::UnimplementedError(StrCat(
-        arch.source, ": layer ", index, " is hash-routed (its experts come from a token-id table, num_hash_layers); "
-        "moex run does not route by token id yet: pick a scored MoE layer with --layer (",
-        MoeLayerList(arch), " are MoE; the first num_hash_layers of them are hash-routed)"));
+  if (moe.hash_routed && arch.vocab_size < 1) {
+    return absl::InvalidArgumentError(StrCat(arch.source, ": layer ", index,
+                                             " is hash-routed (num_hash_layers) but the config has no vocab_size "
+                                             "(the rows of its token-id table)"));
   }
   MoeLayerSpec spec;
   spec.model_type = arch.model_type;
@@ -116,6 +115,13 @@ absl::StatusOr<MoeLayerSpec> MoeLayerSpec::FromArch(const ModelArch& arch,
   spec.router = arch.router;
   spec.mlp = arch.expert_mlp;
   spec.shared_mlp = arch.shared_mlp;
+  if (moe.hash_routed) {
+    // Experts from the token-id table: no correction bias (the release has
+    // no gate.bias on these layers), scores only weigh.
+    spec.hash_routed = true;
+    spec.vocab_size = arch.vocab_size;
+    spec.router.has_correction_bias = false;
+  }
   if (spec.shared_mlp.biases) {
     return absl::UnimplementedError(StrCat(arch.source, ": a shared expert with biases is not implemented"));
   }
@@ -196,6 +202,7 @@ MoeWeightNames NamesUnder(const FamilyNames& family, std::string_view root, int6
   names.expert_prefix = StrCat(block, family.experts);
   names.shared_prefix = StrCat(block, family.shared);
   names.shared_gate = block + "shared_expert_gate.weight";
+  names.token_table = StrCat(block, family.router, ".tid2eid");
   names.mixtral_names = family.w_names;
   names.shared_w_names = family.w_names && family.model_type != "mixtral";
   return names;

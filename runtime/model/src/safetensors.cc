@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -194,6 +195,31 @@ absl::StatusOr<Tensor> Checkpoint::Read(const std::string& name,
   return tensor;
 }
 
+absl::StatusOr<std::vector<int64_t>> Checkpoint::ReadIntegers(const std::string& name,
+                                                              const std::vector<int64_t>& expected_shape) const {
+  MOEX_ASSIGN_OR_RETURN(TensorInfo info, Info(name));
+  if (!expected_shape.empty() && info.shape != expected_shape) {
+    return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor '", name, "' has shape ",
+                                             ShapeString(info.shape), ", the model needs ",
+                                             ShapeString(expected_shape)));
+  }
+  if (info.dtype != "I64" && info.dtype != "I32") {
+    return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor '", name, "' is ", info.dtype,
+                                             "; moex reads it as I64 or I32"));
+  }
+  int64_t count = 1;
+  for (int64_t d : info.shape) count *= d;
+  std::vector<int64_t> out(static_cast<size_t>(count));
+  if (info.dtype == "I64") {
+    MOEX_RETURN_IF_ERROR(ReadRange(info.file, info.begin, info.end - info.begin, out.data()));
+  } else {
+    std::vector<int32_t> narrow(static_cast<size_t>(count));
+    MOEX_RETURN_IF_ERROR(ReadRange(info.file, info.begin, info.end - info.begin, narrow.data()));
+    std::copy(narrow.begin(), narrow.end(), out.begin());
+  }
+  return out;
+}
+
 namespace {
 
 std::string MxfpBase(const std::string& name) {
@@ -224,12 +250,34 @@ absl::StatusOr<Piece> LoadPiece(const TensorInfo& info, bool map) {
   return piece;
 }
 
+float E8M0ToFloat(uint8_t bits) {
+  return bits == 0xff ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, static_cast<int>(bits) - 127);
+}
+
+// `count` E8M0 scales (one byte each, 2^(b-127); 0xff is NaN) as F32, owned.
+// A NaN is refused here, naming the tensor and the place.
+absl::StatusOr<Piece> WidenE8M0(const Piece& e8m0, int64_t count, const std::string& tensor, const std::string& file) {
+  auto owned = std::shared_ptr<float[]>(new float[static_cast<size_t>(std::max<int64_t>(count, 1))]);
+  for (int64_t i = 0; i < count; ++i) {
+    const uint8_t bits = static_cast<uint8_t>(e8m0.data[i]);
+    if (bits == 0xff) {
+      return absl::DataLossError(StrCat("'", file, "': tensor '", tensor, "' holds the E8M0 NaN (0xff) at index ", i,
+                                        "; a block scale must be finite and positive (corrupt checkpoint?)"));
+    }
+    owned[i] = E8M0ToFloat(bits);
+  }
+  Piece piece;
+  piece.data = reinterpret_cast<const std::byte*>(owned.get());
+  piece.keep = std::move(owned);
+  return piece;
+}
+
 }  // namespace
 
 absl::StatusOr<WeightFormat> Checkpoint::MatrixFormat(const std::string& name) const {
   auto it = tensors_.find(name);
+  const std::string base = MxfpBase(name);
   if (it == tensors_.end()) {
-    const std::string base = MxfpBase(name);
     if (tensors_.count(base + "_blocks")) {
       if (!tensors_.count(base + "_scales")) {
         return absl::NotFoundError(StrCat("checkpoint '", path_, "' has '", base, "_blocks' (MXFP4) but not its scales '",
@@ -244,23 +292,40 @@ absl::StatusOr<WeightFormat> Checkpoint::MatrixFormat(const std::string& name) c
   if (info.dtype == "F32") return WeightFormat::kF32;
   if (info.dtype == "BF16") return WeightFormat::kBF16;
   if (info.dtype == "F16") return WeightFormat::kF16;
+  const bool e8m0_scale = tensors_.count(base + ".scale") > 0;  // DeepSeek-V4's releases
   if (info.dtype == "F8_E4M3") {
-    if (!tensors_.count(name + "_scale_inv")) {
+    if (!tensors_.count(name + "_scale_inv") && !e8m0_scale) {
       return absl::NotFoundError(StrCat("'", info.file, "': tensor '", name, "' is F8_E4M3 but the checkpoint has no '",
-                                        name, "_scale_inv' (its 128x128 block scales)"));
+                                        name, "_scale_inv' (its 128x128 block scales) nor '", base, ".scale'"));
     }
     return WeightFormat::kFP8Block;
   }
+  if (info.dtype == "I8") {
+    // DeepSeek-V4's routed experts: FP4 e2m1 two to a byte, its E8M0 scale
+    // per 32 inputs in '<base>.scale'.
+    if (!e8m0_scale) {
+      return absl::NotFoundError(StrCat("'", info.file, "': tensor '", name, "' is I8 (packed FP4, DeepSeek-V4) but "
+                                        "the checkpoint has no '", base, ".scale' (its E8M0 scales)"));
+    }
+    return WeightFormat::kMXFP4;
+  }
   return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor '", name, "' is ", info.dtype,
                                            "; moex holds expert weights in F32, BF16, F16, F8_E4M3 (with '", name,
-                                           "_scale_inv') or MXFP4 ('", MxfpBase(name), "_blocks' and '_scales')"));
+                                           "_scale_inv' or '", base, ".scale'), MXFP4 ('", base,
+                                           "_blocks' and '_scales') or I8 packed FP4 (with '", base, ".scale')"));
 }
 
 std::vector<std::string> Checkpoint::MatrixTensors(const std::string& name) const {
   absl::StatusOr<WeightFormat> format = MatrixFormat(name);
   if (!format.ok()) return {name};
-  if (*format == WeightFormat::kFP8Block) return {name, name + "_scale_inv"};
-  if (*format == WeightFormat::kMXFP4) return {MxfpBase(name) + "_blocks", MxfpBase(name) + "_scales"};
+  const std::string base = MxfpBase(name);
+  if (*format == WeightFormat::kFP8Block) {
+    return {name, tensors_.count(name + "_scale_inv") ? name + "_scale_inv" : base + ".scale"};
+  }
+  if (*format == WeightFormat::kMXFP4) {
+    if (tensors_.count(name)) return {name, base + ".scale"};  // DeepSeek-V4's I8
+    return {base + "_blocks", base + "_scales"};
+  }
   return {name};
 }
 
@@ -314,9 +379,21 @@ absl::StatusOr<StoredMatrix> Checkpoint::ReadMatrix(const std::string& name, int
   m.rows = rows;
   m.cols = cols;
   Piece values, scales;
+  // DeepSeek-V4 stores its scales as E8M0 ('<base>.scale'): FP8 block
+  // scales are widened to the F32 the kernels take, FP4 ones kept as bytes.
+  const bool e8m0_scales = names.size() == 2 && names[1].ends_with(".scale");
   if (format == WeightFormat::kFP8Block) {
     MOEX_ASSIGN_OR_RETURN(values, piece(names[0], {rows, cols}, "F8_E4M3"));
-    MOEX_ASSIGN_OR_RETURN(scales, piece(names[1], StoredMatrix::ScaleShape(format, rows, cols), "F32"));
+    const std::vector<int64_t> shape = StoredMatrix::ScaleShape(format, rows, cols);
+    if (e8m0_scales) {
+      MOEX_ASSIGN_OR_RETURN(Piece e8m0, piece(names[1], shape, "F8_E8M0"));
+      MOEX_ASSIGN_OR_RETURN(scales, WidenE8M0(e8m0, shape[0] * shape[1], names[1], Info(names[1])->file));
+    } else {
+      MOEX_ASSIGN_OR_RETURN(scales, piece(names[1], shape, "F32"));
+    }
+  } else if (format == WeightFormat::kMXFP4 && e8m0_scales) {
+    MOEX_ASSIGN_OR_RETURN(values, piece(names[0], {rows, cols / 2}, "I8"));
+    MOEX_ASSIGN_OR_RETURN(scales, piece(names[1], StoredMatrix::ScaleShape(format, rows, cols), "F8_E8M0"));
   } else if (format == WeightFormat::kMXFP4) {
     MOEX_ASSIGN_OR_RETURN(values, piece(names[0], {rows, cols / kMxfp4BlockSize, 16}, "U8"));
     MOEX_ASSIGN_OR_RETURN(scales, piece(names[1], StoredMatrix::ScaleShape(format, rows, cols), "U8"));
@@ -332,8 +409,7 @@ absl::StatusOr<StoredMatrix> Checkpoint::ReadMatrix(const std::string& name, int
     if (format == WeightFormat::kFP8Block) {
       std::memcpy(&scale, scales.data + 4 * i, 4);
     } else {
-      const int bits = static_cast<int>(scales.data[i]);
-      scale = bits == 0xff ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, bits - 127);
+      scale = E8M0ToFloat(static_cast<uint8_t>(scales.data[i]));
     }
     if (!std::isfinite(scale) || !(scale > 0)) {
       const std::vector<int64_t> shape = StoredMatrix::ScaleShape(format, rows, cols);
@@ -351,7 +427,7 @@ absl::StatusOr<StoredMatrix> Checkpoint::ReadMatrix(const std::string& name, int
 
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<std::pair<std::string, const Tensor*>>& tensors,
-                              StorageDtype dtype) {
+                              StorageDtype dtype, const std::vector<IntegerTensor>& integers) {
   const int64_t width = dtype == StorageDtype::kF32 ? 4 : 2;
   nlohmann::json header = nlohmann::json::object();
   int64_t offset = 0;
@@ -360,6 +436,11 @@ absl::Status WriteSafetensors(const std::string& path,
     header[name] = {{"dtype", dtype == StorageDtype::kF32 ? "F32" : "BF16"},
                     {"shape", tensor->shape},
                     {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  for (const IntegerTensor& t : integers) {
+    const int64_t bytes = static_cast<int64_t>(t.values.size()) * 8;
+    header[t.name] = {{"dtype", "I64"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   std::string text = header.dump();
@@ -379,6 +460,9 @@ absl::Status WriteSafetensors(const std::string& path,
         for (size_t i = 0; i < raw.size(); ++i) raw[i] = FloatToBf16(tensor->values[i]);
         out.write(reinterpret_cast<const char*>(raw.data()), static_cast<std::streamsize>(raw.size() * 2));
       }
+    }
+    for (const IntegerTensor& t : integers) {
+      out.write(reinterpret_cast<const char*>(t.values.data()), static_cast<std::streamsize>(t.values.size() * 8));
     }
     out.flush();
     if (!out) {

@@ -24,8 +24,19 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// A synthetic token's vocabulary id: uniform over [0, vocab), from the seed
+// and the token's global index (every rank draws any token's alike).
+int64_t SyntheticTokenId(uint64_t seed, int64_t global_index, int64_t vocab) {
+  uint64_t z = seed + 0x9e3779b97f4a7c15ULL * (static_cast<uint64_t>(global_index) + 1);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  z ^= z >> 31;
+  return static_cast<int64_t>(z % static_cast<uint64_t>(vocab));
+}
+
 // This rank's tokens for each step: a slice of --input (every step the
-// same), or synthetic ones that follow the routing skew.
+// same), or synthetic ones that follow the routing skew. Hash-routed layers
+// also take the tokens' ids: --input's `input_ids`, or synthetic ones.
 class TokenSource {
  public:
   absl::Status Open(const job::RunConfig& config, const model::MoeLayerSpec& spec, int world, int rank) {
@@ -51,24 +62,51 @@ class TokenSource {
     std::copy(all.values.begin() + first * spec.hidden, all.values.begin() + (first + count) * spec.hidden,
               input_.values.begin());
     input_first_ = first;
+    if (spec.hash_routed) {
+      if (!file.Has("input_ids")) {
+        return absl::InvalidArgumentError(StrCat(
+            "'", info.file, "' has no tensor 'input_ids': layer ", spec.layer, " of ", spec.model_type,
+            " is hash-routed (its experts come from the token-id table by each token's id), so --input must "
+            "carry input_ids [", total_, "] (I64) beside hidden_states; or run a scored layer with --layer"));
+      }
+      MOEX_ASSIGN_OR_RETURN(all_ids_, file.ReadIntegers("input_ids", {total_}));
+      for (int64_t t = 0; t < total_; ++t) {
+        if (all_ids_[t] < 0 || all_ids_[t] >= spec.vocab_size) {
+          return absl::InvalidArgumentError(StrCat("'", info.file, "': input_ids[", t, "] is ", all_ids_[t],
+                                                   ", outside the vocabulary [0, ", spec.vocab_size, ")"));
+        }
+      }
+    }
     return absl::OkStatus();
   }
   int64_t tokens_per_step() const { return total_; }
+  // Every token's id in step `step` (hash-routed layers; empty otherwise).
+  std::vector<int64_t> AllIds(int64_t step) const {
+    if (!spec_->hash_routed || !config_->input.empty()) return all_ids_;
+    std::vector<int64_t> ids(total_);
+    for (int64_t t = 0; t < total_; ++t) ids[t] = SyntheticTokenId(config_->seed, step * total_ + t, spec_->vocab_size);
+    return ids;
+  }
   // Rows per rank, in rank order (the reference routes in the same slices).
   std::vector<int64_t> Slices() const {
     std::vector<int64_t> out;
     for (int r = 0; r < world_; ++r) out.push_back(ep::TokenSlice(total_, world_, r).second);
     return out;
   }
-  void Make(int64_t step, const Tensor& router, Tensor* x, int64_t* first) const {
+  void Make(int64_t step, const Tensor& router, Tensor* x, std::vector<int64_t>* ids, int64_t* first) const {
+    auto [slice_first, count] = ep::TokenSlice(total_, world_, rank_);
+    ids->clear();
     if (!config_->input.empty()) {
       *x = input_;
       *first = input_first_;
+      if (spec_->hash_routed) ids->assign(all_ids_.begin() + slice_first, all_ids_.begin() + slice_first + count);
       return;
     }
-    auto [slice_first, count] = ep::TokenSlice(total_, world_, rank_);
     *first = step * total_ + slice_first;
     *x = ep::SyntheticTokens(*spec_, router, config_->seed, config_->routing_skew, *first, count);
+    if (spec_->hash_routed) {
+      for (int64_t t = 0; t < count; ++t) ids->push_back(SyntheticTokenId(config_->seed, *first + t, spec_->vocab_size));
+    }
   }
 
  private:
@@ -78,6 +116,7 @@ class TokenSource {
   int64_t total_ = 0;
   Tensor input_;
   int64_t input_first_ = 0;
+  std::vector<int64_t> all_ids_;  // --input's input_ids, hash-routed layers
 };
 
 std::vector<int64_t> EveryExpert(const model::MoeLayerSpec& spec) {
@@ -163,11 +202,12 @@ class Runner {
     for (RunSink* sink : sinks_) sink->OnStart(header);
 
     Tensor x, y;
+    std::vector<int64_t> ids;
     int64_t first = 0;
     for (int64_t step = first_step; step < config_.steps; ++step) {
       MOEX_RETURN_IF_ERROR(CheckCancelled(step));
       MaybeStallBeforeStep(rank_, step, config_.timeout_seconds);
-      tokens_.Make(step, router_, &x, &first);
+      tokens_.Make(step, router_, &x, &ids, &first);
       if (rebalancer_) {
         MOEX_RETURN_IF_ERROR(rebalancer_->BeginStep(t_, *layer_, step, Published(), NextDeadline()));
         TellRebalances(step);
@@ -175,7 +215,7 @@ class Runner {
       MOEX_RETURN_IF_ERROR(t_.Barrier(NextDeadline()));
       ep::StepStats stats;
       const auto begin = Clock::now();
-      MOEX_RETURN_IF_ERROR(layer_->Forward(t_, x, first, NextDeadline(), &y, &stats));
+      MOEX_RETURN_IF_ERROR(layer_->Forward(t_, x, ids, first, NextDeadline(), &y, &stats));
       const double seconds = std::chrono::duration<double>(Clock::now() - begin).count();
       MOEX_ASSIGN_OR_RETURN(StepSummary summary, Summarise(t_, *layer_, stats, seconds, step, NextDeadline()));
       if (rebalancer_) {
@@ -185,7 +225,7 @@ class Runner {
         }
         MOEX_RETURN_IF_ERROR(rebalancer_->EndStep(t_, *layer_, step, summary.tokens_per_expert, NextDeadline()));
       }
-      if (config_.check_every_step) MOEX_RETURN_IF_ERROR(CheckStep(x, y, &summary));
+      if (config_.check_every_step) MOEX_RETURN_IF_ERROR(CheckStep(x, y, step, &summary));
       steps_.push_back(std::move(summary));
       const RunProgress progress = Progress(step + 1, /*final=*/false);
       for (RunSink* sink : sinks_) sink->OnStep(steps_.back(), progress);
@@ -194,7 +234,7 @@ class Runner {
     // Before --check: the other ranks do not wait on rank 0's reference,
     // and the figure is the layer's own.
     MOEX_ASSIGN_OR_RETURN(std::vector<int64_t> peak_resident, PeakResidentPerRank());
-    if (!config_.output.empty() || config_.check) MOEX_RETURN_IF_ERROR(Finish(x, y));
+    if (!config_.output.empty() || config_.check) MOEX_RETURN_IF_ERROR(Finish(x, y, config_.steps - 1));
     // A controller job's cache is for a relaunch: every step ran.
     if (controller_ != nullptr) weights_->DropHostCache();
     RunResult result{.data_path = layer_->DataPath(), .hosts = layer_->NumHosts(), .progress = Progress(config_.steps, /*final=*/true),
@@ -326,7 +366,7 @@ class Runner {
 
   // Gathers the last step's tokens and outputs on rank 0; writes --output
   // and runs --check there.
-  absl::Status Finish(const Tensor& x, const Tensor& y) {
+  absl::Status Finish(const Tensor& x, const Tensor& y, int64_t step) {
     MOEX_ASSIGN_OR_RETURN(Tensor all_y, ep::GatherRows(t_, y, spec_.hidden, NextDeadline()));
     MOEX_ASSIGN_OR_RETURN(Tensor all_x, ep::GatherRows(t_, x, spec_.hidden, NextDeadline()));
     if (rank_ != 0) return absl::OkStatus();
@@ -335,7 +375,7 @@ class Runner {
       for (RunSink* sink : sinks_) sink->OnOutputWritten(config_.output, all_y.shape);
     }
     if (!config_.check) return absl::OkStatus();
-    MOEX_ASSIGN_OR_RETURN(check_error_, CompareWithReference(all_x, all_y));
+    MOEX_ASSIGN_OR_RETURN(check_error_, CompareWithReference(all_x, all_y, step));
     const double bound = job::CheckBound(config_);
     for (RunSink* sink : sinks_) sink->OnCheck(check_error_, bound);
     if (check_error_ > bound) {
@@ -345,11 +385,11 @@ class Runner {
   }
 
   // --check-every-step: this step's every token against the reference.
-  absl::Status CheckStep(const Tensor& x, const Tensor& y, StepSummary* summary) {
+  absl::Status CheckStep(const Tensor& x, const Tensor& y, int64_t step, StepSummary* summary) {
     MOEX_ASSIGN_OR_RETURN(Tensor all_y, ep::GatherRows(t_, y, spec_.hidden, NextDeadline()));
     MOEX_ASSIGN_OR_RETURN(Tensor all_x, ep::GatherRows(t_, x, spec_.hidden, NextDeadline()));
     if (rank_ != 0) return absl::OkStatus();
-    MOEX_ASSIGN_OR_RETURN(summary->check_error, CompareWithReference(all_x, all_y));
+    MOEX_ASSIGN_OR_RETURN(summary->check_error, CompareWithReference(all_x, all_y, step));
     const double bound = job::CheckBound(config_);
     if (summary->check_error > bound) {
       return absl::InternalError(StrCat("--check-every-step failed at step ", summary->step + 1, " (placement v",
@@ -361,12 +401,13 @@ class Runner {
 
   // Rank 0: max |error| of `all_y` against the single-process computation
   // of `all_x`, relative to the output's scale.
-  absl::StatusOr<double> CompareWithReference(const Tensor& all_x, const Tensor& all_y) {
+  absl::StatusOr<double> CompareWithReference(const Tensor& all_x, const Tensor& all_y, int64_t step) {
     if (!reference_weights_) {
       MOEX_ASSIGN_OR_RETURN(reference_weights_, ep::LoadMoeWeights(spec_, checkpoint(), config_.seed, EveryExpert(spec_),
                                                                    nullptr, nullptr, weights_->options()));
     }
-    const Tensor expected = ep::ReferenceForward(spec_, *reference_weights_, all_x, tokens_.Slices());
+    MOEX_ASSIGN_OR_RETURN(const Tensor expected, ep::ReferenceForward(spec_, *reference_weights_, all_x,
+                                                                      tokens_.AllIds(step), tokens_.Slices()));
     double scale = 0, worst = 0;
     for (int64_t i = 0; i < expected.size(); ++i) {
       scale = std::max(scale, std::fabs(double{expected.values[i]}));

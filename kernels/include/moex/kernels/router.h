@@ -40,4 +40,10 @@ struct RouteParams {
 void Route(const RouteParams& params, const float* logits, int64_t num_tokens, int32_t* topk_idx,
            float* topk_weights, float* scratch);
 
+// Hash-routed layers (DeepSeek-V4): the experts of token t are given,
+// chosen [T, k] (each in [0, E)); their weights are computed from the
+// logits as Route does (scores at the chosen experts, renormalised, scaled).
+void RouteByTable(const RouteParams& params, const float* logits, int64_t num_tokens, const int32_t* chosen,
+                  int32_t* topk_idx, float* topk_weights, float* scratch);
+
 }  // namespace moex::kernels

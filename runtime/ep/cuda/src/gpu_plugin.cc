@@ -20,7 +20,9 @@ class PluginLayer final : public Layer {
     layer_.reset();  // its buffers before the communicator and stream
     nccl_.reset();
   }
-  absl::Status Forward(transport::Transport& host, const Tensor& x, int64_t first_token, Deadline deadline, Tensor* y,
+  // Hash-routed layers (the only ones with token ids) are refused at Create.
+  absl::Status Forward(transport::Transport& host, const Tensor& x, std::span<const int64_t> /*token_ids*/,
+                       int64_t first_token, Deadline deadline, Tensor* y,
                        StepStats* stats) override {
     return layer_->Forward(host, x, first_token, deadline, y, stats);
   }

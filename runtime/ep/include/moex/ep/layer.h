@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <map>
 #include <string>
 #include <vector>
@@ -46,10 +47,12 @@ class Layer {
   virtual ~Layer() = default;
 
   // x [T, H] local tokens (host, fp32) whose first has global index
-  // `first_token`; `y` is resized to [T, H] and overwritten (reuse it across
-  // steps). `transport` is the rank's host transport. Collective.
-  virtual absl::Status Forward(transport::Transport& transport, const Tensor& x, int64_t first_token,
-                               Deadline deadline, Tensor* y, StepStats* stats) = 0;
+  // `first_token`; `token_ids` [T] their vocabulary ids, which hash-routed
+  // layers route by (empty for the others); `y` is resized to [T, H] and
+  // overwritten (reuse it across steps). `transport` is the rank's host
+  // transport. Collective.
+  virtual absl::Status Forward(transport::Transport& transport, const Tensor& x, std::span<const int64_t> token_ids,
+                               int64_t first_token, Deadline deadline, Tensor* y, StepStats* stats) = 0;
 
   virtual const MoeLayerSpec& spec() const = 0;
   // The placement serving now (its version included).

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,7 +38,8 @@ class MoeLayer final : public Layer {
 
   // x [T, H] local tokens whose first has global index `first_token`; `y`
   // is resized to [T, H] and overwritten (reuse it across steps).
-  absl::Status Forward(transport::Transport& transport, const Tensor& x, int64_t first_token,
+  absl::Status Forward(transport::Transport& transport, const Tensor& x, std::span<const int64_t> token_ids,
+                       int64_t first_token,
                        Deadline deadline, Tensor* y, StepStats* stats) override;
 
   // Serves `next` from now on. This rank's experts in `next` come from the
@@ -91,16 +93,20 @@ class MoeLayer final : public Layer {
 };
 
 // Routes `x` [T, H] exactly as MoeLayer does: topk_idx and weights [T, k].
-void RouteTokens(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
-                 std::vector<int32_t>* topk_idx, std::vector<float>* topk_weights);
+// Hash-routed layers take their experts from the token table at
+// `token_ids` [T]; a missing or out-of-vocabulary id is an error naming the
+// token.
+absl::Status RouteTokens(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
+                         std::span<const int64_t> token_ids, std::vector<int32_t>* topk_idx,
+                         std::vector<float>* topk_weights);
 
 // The layer on one process with no dispatch at all: for each token, the sum
 // over its chosen experts of weight x FFN(x), in double precision, plus the
 // shared expert. `weights` must hold every expert. Tokens are routed in
 // slices of `slice_tokens` (the ranks' split) so that routing sees the very
 // same GEMM shapes as the distributed run.
-Tensor ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
-                        const std::vector<int64_t>& slice_tokens);
+absl::StatusOr<Tensor> ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
+                                        std::span<const int64_t> token_ids, const std::vector<int64_t>& slice_tokens);
 
 // Tokens of rank `rank` when `total` are split over `world` ranks in order,
 // as evenly as possible: {first token, count}.

@@ -62,6 +62,7 @@ struct MoeWeights {
   std::map<int64_t, ExpertWeights> experts; // only the ones asked for
   std::optional<ExpertWeights> shared;      // width shared_width
   Tensor shared_gate;                       // [1, H], or empty
+  std::vector<int32_t> token_table;         // [vocab, k], hash-routed layers (DeepSeek-V4's tid2eid)
   WeightFormat expert_format = WeightFormat::kF32;  // of the routed experts
   // Bytes of the routed experts held, values and scales.
   int64_t expert_bytes() const;

@@ -28,6 +28,11 @@ struct MoeLayerSpec {
   RouterSpec router;
   ExpertMlpSpec mlp;         // routed experts
   ExpertMlpSpec shared_mlp;  // the shared expert
+  // DeepSeek-V4's first num_hash_layers: each token's experts are row
+  // input_ids[t] of a table [vocab_size, top_k] (tid2eid), not the top-k of
+  // the scores; the weights are the scores there, as in scored layers.
+  bool hash_routed = false;
+  int64_t vocab_size = 0;  // rows of that table
 
   // The layer `layer` of `arch`, or its first MoE layer. The error names what
   // moex cannot run (family, activation, router, a dense layer).
@@ -64,6 +69,7 @@ struct MoeWeightNames {
   std::string router_bias;      // [E], gpt-oss
   std::string correction_bias;  // [E], sigmoid routers with noaux_tc
   std::string shared_gate;      // [1, H], Qwen2-MoE, Qwen3-Next
+  std::string token_table;      // [vocab, top_k] I64, hash-routed layers (DeepSeek-V4's tid2eid)
   std::string expert_prefix;
   std::string shared_prefix;
   bool mixtral_names = false;   // routed experts' w1/w3/w2 (Mixtral, DeepSeek-V4)

@@ -57,12 +57,20 @@ class Checkpoint {
   absl::StatusOr<Tensor> Read(const std::string& name,
                               const std::vector<int64_t>& expected_shape = {}) const;
 
+  // Reads an I64 or I32 tensor (token ids, DeepSeek-V4's tid2eid) as int64.
+  // With `expected_shape`, a different shape is an error naming both.
+  absl::StatusOr<std::vector<int64_t>> ReadIntegers(const std::string& name,
+                                                    const std::vector<int64_t>& expected_shape = {}) const;
+
   // The weight matrix `name` [rows, cols] kept in the dtype it is stored in:
   // F32, BF16, F16; F8_E4M3 with its block scales `<name>_scale_inv` (F32,
-  // [ceil(rows/128), ceil(cols/128)], DeepSeek-V3 and Kimi K2); or MXFP4 as
+  // [ceil(rows/128), ceil(cols/128)], DeepSeek-V3 and Kimi K2) or
+  // `<base>.scale` (F8_E8M0, same shape, DeepSeek-V4); MXFP4 as
   // `<base>_blocks` (U8 [rows, cols/32, 16]) and `<base>_scales` (U8 e8m0
   // [rows, cols/32]), base being `name` without ".weight" (gpt-oss's
-  // convention). Mapped read-only when `map` (the page cache holds the one
+  // convention); or FP4 packed in `name` (I8 [rows, cols/2], low nibble
+  // first) with `<base>.scale` (F8_E8M0 [rows, cols/32]), DeepSeek-V4's
+  // routed experts. Mapped read-only when `map` (the page cache holds the one
   // copy), else copied into this process. Scales must be finite and positive.
   // With `slice`, the tensors stack `slice->count` such matrices (scales
   // too) and only matrix `slice->index` is read.
@@ -84,9 +92,17 @@ class Checkpoint {
 
 enum class StorageDtype { kF32, kBF16 };
 
-// Writes `tensors` to `path` atomically (a temporary file renamed into place).
+// An integer tensor to write, as I64 (token ids, a token table).
+struct IntegerTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> values;
+};
+
+// Writes `tensors` (in `dtype`) and `integers` (I64) to `path` atomically
+// (a temporary file renamed into place).
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<std::pair<std::string, const Tensor*>>& tensors,
-                              StorageDtype dtype = StorageDtype::kF32);
+                              StorageDtype dtype = StorageDtype::kF32, const std::vector<IntegerTensor>& integers = {});
 
 }  // namespace moex::model
