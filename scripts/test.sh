@@ -5,25 +5,41 @@
 # controller's tests under ThreadSanitizer, and the parsers' libFuzzer targets
 # (clang) for a short run. This is the README's test command
 # and exactly what CI runs (.ci/run). MOEX_SKIP_SANITIZERS=1 runs only the
-# first part (about 7 of the 22 minutes on a 2-core machine).
+# first part (about 20 of the 45 minutes on a 2-core machine). Each stage's
+# wall time is printed as it ends and all of them again at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./scripts/setup.sh
-cmake --preset ci
-cmake --build --preset ci --parallel "$(nproc)"
-ctest --preset ci --parallel "$(nproc)"
+timings=()
+# stage NAME COMMAND...: runs COMMAND and records how long it took.
+stage() {
+  local name=$1 start=$SECONDS
+  shift
+  "$@"
+  timings+=("$(printf '%-14s %5d s' "$name" $((SECONDS - start)))")
+  echo "test.sh: $name took $((SECONDS - start)) s"
+}
+# Printed on the way out, passed or failed, so that CI's log tail has it.
+report() {
+  local status=$?
+  echo "test.sh: stage times (wall, $(nproc) cores):"
+  local line
+  for line in "${timings[@]}"; do echo "  $line"; done
+  echo "  total          $(printf '%5d' "$SECONDS") s, exit $status"
+}
+trap report EXIT
+
+stage setup ./scripts/setup.sh
+stage ci-build bash -c 'cmake --preset ci && cmake --build --preset ci --parallel "$(nproc)"'
+stage ci-tests ctest --preset ci --parallel "$(nproc)"
 
 if [[ "${MOEX_SKIP_SANITIZERS:-0}" != "1" ]]; then
-  cmake --preset asan
-  cmake --build --preset asan --parallel "$(nproc)"
-  ctest --preset asan --parallel "$(nproc)"
+  stage asan-build bash -c 'cmake --preset asan && cmake --build --preset asan --parallel "$(nproc)"'
+  stage asan-tests ctest --preset asan --parallel "$(nproc)"
   # The ThreadSanitizer build runs its ranks with the ci build's moex.
-  cmake --preset tsan
-  cmake --build --preset tsan --parallel "$(nproc)"
-  ctest --preset tsan --parallel "$(nproc)"
+  stage tsan-build bash -c 'cmake --preset tsan && cmake --build --preset tsan --parallel "$(nproc)"'
+  stage tsan-tests ctest --preset tsan --parallel "$(nproc)"
   # libFuzzer (clang, ASan + UBSan), coverage-guided: 20000 inputs a target.
-  cmake --preset fuzz
-  cmake --build --preset fuzz --parallel "$(nproc)"
-  ctest --preset fuzz --parallel "$(nproc)"
+  stage fuzz-build bash -c 'cmake --preset fuzz && cmake --build --preset fuzz --parallel "$(nproc)"'
+  stage fuzz-tests ctest --preset fuzz --parallel "$(nproc)"
 fi
