@@ -56,13 +56,16 @@ __global__ void RouteKernel(RouteArgs a) {
   float* kept = group_score + kMaxGroups;
   if (t >= a.num_tokens) return;  // whole warps leave together
   const float* row = a.logits + static_cast<size_t>(t) * E;
-  if (!a.sigmoid) {
+  // The logit bias (gpt-oss) is part of the logit: added in fp32 before
+  // anything else, as the CPU layer adds it to its logits.
+  auto logit = [&](int e) { return row[e] + (a.logit_bias != nullptr ? a.logit_bias[e] : 0.0f); };
+  if (a.scoring == Scoring::kSoftmax) {
     float m = -FLT_MAX;
-    for (int e = lane; e < E; e += kWarp) m = fmaxf(m, row[e]);
+    for (int e = lane; e < E; e += kWarp) m = fmaxf(m, logit(e));
     m = WarpMax(m);
     float sum = 0;
     for (int e = lane; e < E; e += kWarp) {
-      float v = __expf(row[e] - m);
+      float v = __expf(logit(e) - m);
       score[e] = v;
       sum += v;
     }
@@ -72,10 +75,19 @@ __global__ void RouteKernel(RouteArgs a) {
       choice[e] = score[e];
     }
   } else {
+    // Without a correction bias or groups the choice is the logit itself:
+    // the scores' order, without the ties a float score makes where it
+    // saturates (the CPU router's rule).
+    const bool by_logit = a.bias == nullptr && a.groups == 1;
     for (int e = lane; e < E; e += kWarp) {
-      float s = 1.0f / (1.0f + __expf(-row[e]));
+      const float x = logit(e);
+      // sqrtsoftplus: sqrt(log(1 + e^x)) in the CPU router's overflow-free
+      // form, with the accurate expf/log1pf (routing is not the hot path).
+      const float s = a.scoring == Scoring::kSigmoid
+                          ? 1.0f / (1.0f + __expf(-x))
+                          : sqrtf((x < 0.0f ? 0.0f : x) + log1pf(expf(-fabsf(x))));
       score[e] = s;
-      choice[e] = s + (a.bias != nullptr ? a.bias[e] : 0.0f);
+      choice[e] = by_logit ? x : s + (a.bias != nullptr ? a.bias[e] : 0.0f);
     }
   }
   __syncwarp();
@@ -92,7 +104,7 @@ __global__ void RouteKernel(RouteArgs a) {
           second = c[i];
         }
       }
-      group_score[g] = a.sigmoid && per_group >= 2 ? first + second : first;
+      group_score[g] = a.scoring != Scoring::kSoftmax && per_group >= 2 ? first + second : first;
       kept[g] = 0;
     }
     __syncwarp();
@@ -315,17 +327,6 @@ __global__ void __launch_bounds__(128) UnpermuteKernel(const In* __restrict__ ro
   }
 }
 
-template <typename T>
-__global__ void SwiGluKernel(const T* gate_up, int rows, int width, T* out) {
-  const size_t n = static_cast<size_t>(rows) * width;
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const size_t r = i / width, f = i % width;
-    const float g = Load(gate_up, r * 2 * width + f), u = Load(gate_up, r * 2 * width + width + f);
-    Store(out, i, g / (1.0f + __expf(-g)) * u);
-  }
-}
-
 // A counter-based hash (splitmix64) to [lo, hi): the same values for the
 // same seed on any GPU.
 template <typename T>
@@ -516,19 +517,6 @@ absl::Status FillUniform(void* data, size_t count, Dtype dtype, float lo, float 
     FillUniformKernel<<<blocks, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(data), count, lo, hi, seed);
   }
   return CudaError(cudaGetLastError(), "cuda FillUniform launch");
-}
-
-absl::Status SwiGlu(const void* gate_up, int rows, int width, Dtype dtype, void* out, cudaStream_t stream) {
-  if (rows == 0) return absl::OkStatus();
-  if (rows < 0 || width < 1) return absl::InvalidArgumentError("cuda SwiGlu: bad shape");
-  const int blocks = Blocks(static_cast<size_t>(rows) * width, 256);
-  if (dtype == Dtype::kF32) {
-    SwiGluKernel<<<blocks, 256, 0, stream>>>(static_cast<const float*>(gate_up), rows, width, static_cast<float*>(out));
-  } else {
-    SwiGluKernel<<<blocks, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(gate_up), rows, width,
-                                             static_cast<__nv_bfloat16*>(out));
-  }
-  return CudaError(cudaGetLastError(), "cuda SwiGlu launch");
 }
 
 }  // namespace moex::kernels::cuda

@@ -60,7 +60,8 @@ std::vector<float> Random(size_t n, uint64_t seed, float scale = 1.0f) {
 struct RouteCase {
   const char* name;
   int tokens, experts, top_k;
-  bool sigmoid;
+  Scoring scoring;
+  bool correction_bias, logit_bias;
   int groups, topk_groups;
   bool renormalize;
   float scale;
@@ -77,27 +78,31 @@ TEST_P(RouteTest, MatchesTheCpuRouter) {
   SKIP_WITHOUT_GPU();
   const RouteCase& c = GetParam();
   std::vector<float> logits = Random(static_cast<size_t>(c.tokens) * c.experts, 7, 4.0f);
-  std::vector<float> bias = Random(c.experts, 9, 0.1f);
+  std::vector<float> bias = Random(c.experts, 9, 0.1f), logit_bias = Random(c.experts, 10, 2.0f);
+  // The CPU layer adds the logit bias to its logits before Route.
+  std::vector<float> biased = logits;
+  for (size_t i = 0; c.logit_bias && i < biased.size(); ++i) biased[i] += logit_bias[i % c.experts];
   RouteParams cpu;
-  cpu.spec.scoring = c.sigmoid ? "sigmoid" : "softmax";
+  cpu.spec.scoring = c.scoring == Scoring::kSoftmax ? "softmax" : c.scoring == Scoring::kSigmoid ? "sigmoid" : "sqrtsoftplus";
   cpu.spec.num_groups = c.groups;
   cpu.spec.topk_groups = c.topk_groups;
   cpu.spec.norm_topk_prob = c.renormalize;
   cpu.spec.routed_scaling_factor = c.scale;
   cpu.num_experts = c.experts;
   cpu.top_k = c.top_k;
-  cpu.correction_bias = c.sigmoid ? bias.data() : nullptr;
+  cpu.correction_bias = c.correction_bias ? bias.data() : nullptr;
   std::vector<int32_t> want_idx(static_cast<size_t>(c.tokens) * c.top_k);
   std::vector<float> want_w(want_idx.size()), scratch(2 * static_cast<size_t>(c.experts));
-  Route(cpu, logits.data(), c.tokens, want_idx.data(), want_w.data(), scratch.data());
+  Route(cpu, biased.data(), c.tokens, want_idx.data(), want_w.data(), scratch.data());
 
-  Device<float> d_logits(logits), d_bias(bias), d_w(want_w.size());
+  Device<float> d_logits(logits), d_bias(bias), d_logit_bias(logit_bias), d_w(want_w.size());
   Device<int32_t> d_idx(want_idx.size());
   RouteArgs a;
   a.logits = d_logits.p;
   a.num_tokens = c.tokens, a.num_experts = c.experts, a.top_k = c.top_k;
-  a.sigmoid = c.sigmoid;
-  a.bias = c.sigmoid ? d_bias.p : nullptr;
+  a.scoring = c.scoring;
+  a.bias = c.correction_bias ? d_bias.p : nullptr;
+  a.logit_bias = c.logit_bias ? d_logit_bias.p : nullptr;
   a.groups = c.groups, a.topk_groups = c.topk_groups;
   a.renormalize = c.renormalize;
   a.scale = c.scale;
@@ -113,11 +118,20 @@ TEST_P(RouteTest, MatchesTheCpuRouter) {
 
 INSTANTIATE_TEST_SUITE_P(
     Routers, RouteTest,
-    ::testing::Values(RouteCase{"softmax_top8_of_64", 257, 64, 8, false, 1, 1, true, 1.0f},
-                      RouteCase{"softmax_top2_of_8", 100, 8, 2, false, 1, 1, false, 1.0f},
-                      RouteCase{"dsv3_sigmoid_grouped", 129, 256, 8, true, 8, 4, true, 2.5f},
-                      RouteCase{"dsv2_softmax_grouped", 64, 160, 6, false, 8, 3, false, 16.0f},
-                      RouteCase{"top8_of_512", 33, 512, 8, true, 1, 1, true, 1.0f}),
+    ::testing::Values(RouteCase{"softmax_top8_of_64", 257, 64, 8, Scoring::kSoftmax, false, false, 1, 1, true, 1.0f},
+                      RouteCase{"softmax_top2_of_8", 100, 8, 2, Scoring::kSoftmax, false, false, 1, 1, false, 1.0f},
+                      RouteCase{"dsv3_sigmoid_grouped", 129, 256, 8, Scoring::kSigmoid, true, false, 8, 4, true, 2.5f},
+                      RouteCase{"dsv2_softmax_grouped", 64, 160, 6, Scoring::kSoftmax, false, false, 8, 3, false, 16.0f},
+                      RouteCase{"top8_of_512", 33, 512, 8, Scoring::kSigmoid, true, false, 1, 1, true, 1.0f},
+                      // DeepSeek-V4: sqrtsoftplus with a correction bias.
+                      RouteCase{"dsv4_sqrtsoftplus", 131, 256, 6, Scoring::kSqrtSoftplus, true, false, 1, 1, true, 1.5f},
+                      RouteCase{"sqrtsoftplus_grouped", 64, 64, 4, Scoring::kSqrtSoftplus, true, false, 8, 4, false, 1.0f},
+                      // No correction bias, no groups: chosen by the logit.
+                      RouteCase{"sqrtsoftplus_by_logit", 77, 48, 8, Scoring::kSqrtSoftplus, false, false, 1, 1, true, 1.0f},
+                      RouteCase{"sigmoid_by_logit", 77, 48, 1, Scoring::kSigmoid, false, true, 1, 1, false, 1.0f},
+                      // gpt-oss: a logit bias, softmax.
+                      RouteCase{"gpt_oss_logit_bias", 90, 32, 4, Scoring::kSoftmax, false, true, 1, 1, true, 1.0f},
+                      RouteCase{"sqrtsoftplus_logit_bias", 50, 64, 6, Scoring::kSqrtSoftplus, true, true, 1, 1, true, 1.0f}),
     [](const ::testing::TestParamInfo<RouteCase>& param_info) { return std::string(param_info.param.name); });
 
 // Permute, then un-permute with weights: each token's weighted sum of its
@@ -189,6 +203,149 @@ TEST(SwiGluTest, MatchesTheFormula) {
     for (int f = 0; f < F; ++f) {
       const float g = gu[static_cast<size_t>(r) * 2 * F + f], u = gu[static_cast<size_t>(r) * 2 * F + F + f];
       EXPECT_NEAR(out[static_cast<size_t>(r) * F + f], g / (1 + std::exp(-g)) * u, 1e-4f);
+    }
+  }
+}
+
+// sqrt(softplus(x)) far out on both sides, where a naive log(1 + e^x)
+// overflows (x = 90) or loses everything (x = -90): top-8 of 8 unscaled
+// weighs every expert by its score.
+TEST(RouteTest, SqrtSoftplusMatchesTheFormula) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<float> logits = {-90.0f, -20.0f, -1.5f, -1e-3f, 0.0f, 2.0f, 20.0f, 90.0f};
+  Device<float> d_logits(logits), d_w(logits.size());
+  Device<int32_t> d_idx(logits.size());
+  RouteArgs a;
+  a.logits = d_logits.p, a.num_tokens = 1, a.num_experts = 8, a.top_k = 8, a.scoring = Scoring::kSqrtSoftplus;
+  a.topk_idx = d_idx.p, a.topk_weights = d_w.p;
+  ASSERT_TRUE(Route(a, nullptr).ok());
+  std::vector<int32_t> idx = d_idx.Get();
+  std::vector<float> w = d_w.Get();
+  for (int j = 0; j < 8; ++j) {
+    EXPECT_EQ(idx[j], 7 - j);  // by the logit, largest first
+    const double x = logits[idx[j]];
+    const double want = std::sqrt(x > 30 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)));
+    EXPECT_NEAR(w[j], want, 2e-6 * std::max(1.0, want)) << "logit " << x;
+  }
+}
+
+struct ActivationCase {
+  const char* name;
+  Activation kind;
+  Dtype dtype;
+  float limit;
+  bool bias;
+};
+
+void PrintTo(const ActivationCase& c, std::ostream* os) { *os << c.name; }
+
+class ActivationTest : public ::testing::TestWithParam<ActivationCase> {};
+
+// What kernels/cpu/expert_ffn.cc computes, in double.
+double ActivationReference(Activation kind, double g, double u, double limit, double alpha) {
+  switch (kind) {
+    case Activation::kSilu:
+      if (limit > 0) {
+        g = std::min(g, limit);
+        u = std::clamp(u, -limit, limit);
+      }
+      return g / (1 + std::exp(-g)) * u;
+    case Activation::kSwigluOai:
+      g = std::min(g, limit);
+      u = std::clamp(u, -limit, limit);
+      return (u + 1) * g / (1 + std::exp(-alpha * g));
+    case Activation::kRelu2:
+      return std::max(u, 0.0) * std::max(u, 0.0);
+  }
+  return 0;
+}
+
+// Inputs out to +-12, beyond the limits (5 and 7), so the clamps bite;
+// with biases, rows take their expert's by the offsets (expert 1 idle).
+TEST_P(ActivationTest, MatchesTheCpuFormula) {
+  SKIP_WITHOUT_GPU();
+  const ActivationCase& c = GetParam();
+  const int R = 37, F = 50, E = 4, in_width = c.kind == Activation::kRelu2 ? F : 2 * F;
+  const std::vector<int32_t> offsets = {0, 5, 5, 20, R};
+  const float alpha = 1.702f;
+  std::vector<float> in = Random(static_cast<size_t>(R) * in_width, 13, 12.0f);
+  std::vector<float> bias = Random(static_cast<size_t>(E) * in_width, 14, 3.0f);
+  const bool bf16 = c.dtype == Dtype::kBF16;
+  std::vector<uint16_t> raw(in.size() * (bf16 ? 1 : 2));
+  for (size_t i = 0; bf16 && i < in.size(); ++i) {
+    raw[i] = FloatToBf16(in[i]);
+    in[i] = Bf16ToFloat(raw[i]);  // what the device holds
+  }
+  if (!bf16) std::memcpy(raw.data(), in.data(), in.size() * 4);
+  Device<uint16_t> d_in(raw), d_out(static_cast<size_t>(R) * F * (bf16 ? 1 : 2));
+  Device<float> d_bias(bias);
+  Device<int32_t> d_off(offsets);
+  ActivationArgs a;
+  a.in = d_in.p, a.rows = R, a.width = F, a.dtype = c.dtype, a.kind = c.kind, a.limit = c.limit, a.alpha = alpha;
+  if (c.bias) {
+    a.bias = d_bias.p, a.expert_offsets = d_off.p, a.num_experts = E;
+  }
+  a.out = d_out.p;
+  absl::Status ran = Activate(a, nullptr);
+  ASSERT_TRUE(ran.ok()) << ran;
+  std::vector<uint16_t> out_raw = d_out.Get();
+  int clamped = 0;
+  for (int r = 0; r < R; ++r) {
+    int e = 0;
+    while (r >= offsets[e + 1]) ++e;
+    for (int f = 0; f < F; ++f) {
+      const size_t at = static_cast<size_t>(r) * in_width;
+      double g = c.kind == Activation::kRelu2 ? 0.0 : in[at + f], u = in[at + in_width - F + f];
+      if (c.bias) {
+        // fp32 adds, as on the device.
+        if (c.kind != Activation::kRelu2) g = static_cast<float>(in[at + f] + bias[static_cast<size_t>(e) * in_width + f]);
+        u = static_cast<float>(in[at + in_width - F + f] + bias[static_cast<size_t>(e) * in_width + in_width - F + f]);
+      }
+      if (c.limit > 0 && (g > c.limit || std::fabs(u) > c.limit)) ++clamped;
+      const double want = ActivationReference(c.kind, g, u, c.limit, alpha);
+      const size_t i = static_cast<size_t>(r) * F + f;
+      float got;
+      if (bf16) {
+        got = Bf16ToFloat(out_raw[i]);
+      } else {
+        std::memcpy(&got, &out_raw[2 * i], 4);
+      }
+      EXPECT_NEAR(got, want, (bf16 ? 8e-3 : 1e-5) * std::max(1.0, std::fabs(want))) << "row " << r << " column " << f;
+    }
+  }
+  if (c.limit > 0) {
+    EXPECT_GT(clamped, R * F / 4) << "the inputs hardly reach the clamp";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Kinds, ActivationTest,
+    ::testing::Values(ActivationCase{"silu_f32", Activation::kSilu, Dtype::kF32, 0.0f, false},
+                      ActivationCase{"dsv4_clamped_silu_f32", Activation::kSilu, Dtype::kF32, 5.0f, false},
+                      ActivationCase{"dsv4_clamped_silu_bf16", Activation::kSilu, Dtype::kBF16, 5.0f, false},
+                      ActivationCase{"gpt_oss_f32", Activation::kSwigluOai, Dtype::kF32, 7.0f, false},
+                      ActivationCase{"gpt_oss_bf16_biases", Activation::kSwigluOai, Dtype::kBF16, 7.0f, true},
+                      ActivationCase{"gpt_oss_f32_biases", Activation::kSwigluOai, Dtype::kF32, 7.0f, true},
+                      ActivationCase{"relu2_f32", Activation::kRelu2, Dtype::kF32, 0.0f, false},
+                      ActivationCase{"relu2_bf16_biases", Activation::kRelu2, Dtype::kBF16, 0.0f, true}),
+    [](const ::testing::TestParamInfo<ActivationCase>& param_info) { return std::string(param_info.param.name); });
+
+// The down bias: each row plus its expert's, idle experts passed over.
+TEST(AddExpertBiasTest, EachRowGetsItsExpertsBias) {
+  SKIP_WITHOUT_GPU();
+  const int R = 33, H = 40, E = 5;
+  const std::vector<int32_t> offsets = {0, 7, 7, 19, 20, R};
+  std::vector<float> rows = Random(static_cast<size_t>(R) * H, 15), bias = Random(static_cast<size_t>(E) * H, 16);
+  Device<float> d_rows(rows), d_bias(bias);
+  Device<int32_t> d_off(offsets);
+  ASSERT_TRUE(AddExpertBias(d_rows.p, R, H, Dtype::kF32, d_bias.p, d_off.p, E, nullptr).ok());
+  std::vector<float> got = d_rows.Get();
+  for (int r = 0; r < R; ++r) {
+    int e = 0;
+    while (r >= offsets[e + 1]) ++e;
+    for (int h = 0; h < H; ++h) {
+      const size_t i = static_cast<size_t>(r) * H + h;
+      EXPECT_EQ(got[i], rows[i] + bias[static_cast<size_t>(e) * H + h]) << "row " << r << " (expert " << e << ")";
     }
   }
 }
@@ -375,6 +532,16 @@ TEST(FillUniformTest, SameSeedSameValuesInRange) {
     mean += v / va.size();
   }
   EXPECT_NEAR(mean, 0.5, 0.1);
+}
+
+TEST(ActivationArgsTest, RefusesABiasWithoutOffsets) {
+  // Checked before anything touches a device: runs everywhere.
+  const float bias = 0;
+  ActivationArgs a;
+  a.rows = 4, a.width = 8, a.bias = &bias;
+  EXPECT_THAT(std::string(Activate(a, nullptr).message()), ::testing::HasSubstr("offsets"));
+  a.bias = nullptr, a.width = 0;
+  EXPECT_THAT(std::string(Activate(a, nullptr).message()), ::testing::HasSubstr("bad shape"));
 }
 
 TEST(RouteArgsTest, RefusesShapesItCannotRoute) {

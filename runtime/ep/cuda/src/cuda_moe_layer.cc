@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "moex/core/status_macros.h"
@@ -88,6 +90,57 @@ absl::Status Upload(const std::vector<T>& host, DeviceBuffer* out, cudaStream_t 
               StrCat("upload ", what));
 }
 
+kernels::cuda::Activation KernelActivation(model::ExpertActivation activation) {
+  switch (activation) {
+    case model::ExpertActivation::kSilu:
+      return kernels::cuda::Activation::kSilu;
+    case model::ExpertActivation::kSwigluOai:
+      return kernels::cuda::Activation::kSwigluOai;
+    case model::ExpertActivation::kRelu2:
+      return kernels::cuda::Activation::kRelu2;
+  }
+  return kernels::cuda::Activation::kSilu;
+}
+
+kernels::cuda::Scoring KernelScoring(const std::string& scoring) {
+  if (scoring == "sigmoid") return kernels::cuda::Scoring::kSigmoid;
+  if (scoring == "sqrtsoftplus") return kernels::cuda::Scoring::kSqrtSoftplus;
+  return kernels::cuda::Scoring::kSoftmax;
+}
+
+// The matrices of w1, the first projection: [gate; up], or up alone when
+// the MLP is not gated (relu^2).
+std::vector<const StoredMatrix*> FirstProjection(const ExpertWeights& w, const model::ExpertMlpSpec& mlp) {
+  if (mlp.gated()) return {&w.gate, &w.up};
+  return {&w.up};
+}
+
+// `part` at `at` in `out`, or zeros when it is empty (an expert without
+// that bias); any other size is an error.
+absl::Status PlaceBias(const std::vector<float>& part, size_t size, size_t at, std::vector<float>* out, int rank,
+                       std::string_view what) {
+  if (part.empty()) return absl::OkStatus();
+  if (part.size() != size) {
+    return absl::FailedPreconditionError(StrCat("cuda layer, rank ", rank, ": ", what, " has ", part.size(),
+                                                " values, the layer needs ", size));
+  }
+  std::copy(part.begin(), part.end(), out->begin() + static_cast<std::ptrdiff_t>(at));
+  return absl::OkStatus();
+}
+
+// The activation of rows [rows, width] of `in` into `out`, bf16, as `mlp`
+// says; `bias` [experts, (gated ? 2 : 1) * width] by `offsets`, or null.
+absl::Status ActivateRows(const model::ExpertMlpSpec& mlp, const void* in, int64_t rows, int64_t width,
+                          const float* bias, const int32_t* offsets, int64_t experts, void* out,
+                          cudaStream_t stream) {
+  kernels::cuda::ActivationArgs a;
+  a.in = in, a.rows = static_cast<int>(rows), a.width = static_cast<int>(width), a.dtype = Dtype::kBF16;
+  a.kind = KernelActivation(mlp.activation);
+  a.limit = static_cast<float>(mlp.swiglu_limit), a.alpha = static_cast<float>(mlp.swiglu_alpha);
+  a.bias = bias, a.expert_offsets = offsets, a.num_experts = static_cast<int>(experts), a.out = out;
+  return kernels::cuda::Activate(a, stream);
+}
+
 }  // namespace
 
 struct CudaMoeLayer::Impl {
@@ -99,9 +152,12 @@ struct CudaMoeLayer::Impl {
   cublasHandle_t cublas = nullptr;
   std::optional<kernels::cuda::GroupedGemm> gemm, shared_gemm;
 
-  // Weights: router fp32 [E, H], bias [E]; per local slot w1 = [gate; up]
-  // [2F, H] and w2 = down [H, F], bf16; the shared expert likewise.
-  DeviceBuffer router, bias;
+  // Weights: router fp32 [E, H], correction bias [E], logit bias [E]; per
+  // local slot w1 = [gate; up] [2F, H] (up [F, H] when not gated) and w2 =
+  // down [H, F], bf16; the shared expert likewise. With biases (gpt-oss),
+  // fp32 for all local slots: bias1 [slots, 2F] (gate; up), bias2 [slots, H].
+  DeviceBuffer router, bias, router_bias, bias1, bias2;
+  bool has_router_bias = false, has_expert_biases = false;
   std::vector<std::unique_ptr<DeviceBuffer>> w1, w2;
   std::vector<const void*> w1_ptrs, w2_ptrs;
   DeviceBuffer shared_w1, shared_w2, shared_offsets;
@@ -137,22 +193,25 @@ absl::StatusOr<std::unique_ptr<CudaMoeLayer>> CudaMoeLayer::Create(const MoeLaye
     return absl::UnimplementedError("--device cuda: the shared-expert gate (Qwen2-MoE) is not on the GPU path yet; "
                                     "run this model with --device cpu");
   }
-  // What the GPU kernels do not have yet: the CPU path (--device cpu) runs these.
-  const bool plain_silu = spec.mlp.activation == model::ExpertActivation::kSilu && spec.mlp.swiglu_limit == 0 &&
-                          !spec.mlp.biases && spec.shared_mlp.activation == model::ExpertActivation::kSilu &&
-                          spec.shared_mlp.swiglu_limit == 0;
-  if (!plain_silu) {
-    return absl::UnimplementedError(StrCat("--device cuda: ", spec.model_type, "'s experts (",
-                                           model::ExpertActivationName(spec.mlp.activation),
-                                           spec.mlp.swiglu_limit > 0 ? ", clamped" : "", spec.mlp.biases ? ", biases" : "",
-                                           ") have no GPU kernel yet; run this model with --device cpu"));
+  // What the GPU path does not have yet: the CPU path (--device cpu) runs these.
+  if (spec.hash_routed) {
+    return absl::UnimplementedError(StrCat("--device cuda: layer ", spec.layer, " of ", spec.model_type,
+                                           " is hash-routed (experts from its token-id table), which is not on the "
+                                           "GPU path yet; run it with --device cpu, or a scored layer with --layer"));
   }
-  if (spec.router.has_bias || spec.router.weight_on_input || spec.router.scoring == "sqrtsoftplus") {
-    return absl::UnimplementedError(StrCat("--device cuda: ", spec.model_type, "'s router (",
-                                           spec.router.has_bias ? "a logit bias" : spec.router.weight_on_input
-                                                                                      ? "weights on the expert input"
-                                                                                      : "sqrtsoftplus scoring",
-                                           ") is not on the GPU path yet; run this model with --device cpu"));
+  if (spec.shared_mlp.biases) {
+    return absl::UnimplementedError(StrCat("--device cuda: ", spec.model_type, "'s shared expert (",
+                                           model::ExpertActivationName(spec.shared_mlp.activation),
+                                           ", biases) has no GPU kernel yet; run this model with --device cpu"));
+  }
+  if (spec.router.weight_on_input) {
+    return absl::UnimplementedError(StrCat("--device cuda: ", spec.model_type,
+                                           "'s router (weights on the expert input) is not on the GPU path yet; run "
+                                           "this model with --device cpu"));
+  }
+  if (spec.router.scoring != "softmax" && spec.router.scoring != "sigmoid" && spec.router.scoring != "sqrtsoftplus") {
+    return absl::UnimplementedError(StrCat("--device cuda: router scoring '", spec.router.scoring,
+                                           "' is not on the GPU path (softmax, sigmoid and sqrtsoftplus are)"));
   }
   if (spec.router.num_groups > 64) {
     return absl::UnimplementedError(StrCat("--device cuda: at most 64 router groups, the layer has ", spec.router.num_groups));
@@ -183,6 +242,25 @@ absl::StatusOr<std::unique_ptr<CudaMoeLayer>> CudaMoeLayer::Create(const MoeLaye
     MOEX_RETURN_IF_ERROR(
         Cuda(cudaMemcpy(impl->bias.get(), b.data(), b.size() * 4, cudaMemcpyHostToDevice), rank, "upload bias"));
   }
+  if (!weights.router_bias.values.empty()) {
+    const std::vector<float>& b = weights.router_bias.values;
+    if (static_cast<int64_t>(b.size()) != spec.num_experts) {
+      return absl::FailedPreconditionError(StrCat("cuda layer, rank ", rank, ": the router's logit bias has ", b.size(),
+                                                  " values for ", spec.num_experts, " experts"));
+    }
+    MOEX_RETURN_IF_ERROR(impl->router_bias.Reserve(b.size() * 4, rank, "router logit bias"));
+    MOEX_RETURN_IF_ERROR(Cuda(cudaMemcpy(impl->router_bias.get(), b.data(), b.size() * 4, cudaMemcpyHostToDevice), rank,
+                              "upload router logit bias"));
+    impl->has_router_bias = true;
+  }
+  const int64_t F = spec.expert_width, H = spec.hidden;
+  const int64_t n1 = (spec.mlp.gated() ? 2 : 1) * F;  // w1's rows
+  std::vector<float> bias1, bias2;
+  impl->has_expert_biases = spec.mlp.biases && impl->slots > 0;
+  if (impl->has_expert_biases) {
+    bias1.assign(static_cast<size_t>(impl->slots * n1), 0.0f);
+    bias2.assign(static_cast<size_t>(impl->slots * H), 0.0f);
+  }
   for (int64_t s = 0; s < impl->slots; ++s) {
     const int64_t expert = placement.slot_expert(placement.first_slot(rank) + s);
     auto it = weights.experts.find(expert);
@@ -191,15 +269,35 @@ absl::StatusOr<std::unique_ptr<CudaMoeLayer>> CudaMoeLayer::Create(const MoeLaye
     }
     impl->w1.push_back(std::make_unique<DeviceBuffer>());
     impl->w2.push_back(std::make_unique<DeviceBuffer>());
-    MOEX_RETURN_IF_ERROR(UploadBf16({&it->second.gate, &it->second.up}, impl->w1.back().get(), rank,
-                                    StrCat("expert ", expert, " gate/up")));
+    MOEX_RETURN_IF_ERROR(UploadBf16(FirstProjection(it->second, spec.mlp), impl->w1.back().get(), rank,
+                                    StrCat("expert ", expert, spec.mlp.gated() ? " gate/up" : " up")));
+    if (impl->has_expert_biases) {
+      const ExpertWeights& w = it->second;
+      const size_t at = static_cast<size_t>(s * n1), up_at = at + (spec.mlp.gated() ? static_cast<size_t>(F) : 0);
+      if (spec.mlp.gated()) {
+        MOEX_RETURN_IF_ERROR(PlaceBias(w.gate_bias, F, at, &bias1, rank, StrCat("expert ", expert, "'s gate bias")));
+      }
+      MOEX_RETURN_IF_ERROR(PlaceBias(w.up_bias, F, up_at, &bias1, rank, StrCat("expert ", expert, "'s up bias")));
+      MOEX_RETURN_IF_ERROR(
+          PlaceBias(w.down_bias, H, static_cast<size_t>(s * H), &bias2, rank, StrCat("expert ", expert, "'s down bias")));
+    }
     MOEX_RETURN_IF_ERROR(UploadBf16({&it->second.down}, impl->w2.back().get(), rank, StrCat("expert ", expert, " down")));
     impl->w1_ptrs.push_back(impl->w1.back()->get());
     impl->w2_ptrs.push_back(impl->w2.back()->get());
   }
+  if (impl->has_expert_biases) {
+    MOEX_RETURN_IF_ERROR(impl->bias1.Reserve(bias1.size() * 4, rank, "expert gate/up biases"));
+    MOEX_RETURN_IF_ERROR(Cuda(cudaMemcpy(impl->bias1.get(), bias1.data(), bias1.size() * 4, cudaMemcpyHostToDevice),
+                              rank, "upload expert gate/up biases"));
+    MOEX_RETURN_IF_ERROR(impl->bias2.Reserve(bias2.size() * 4, rank, "expert down biases"));
+    MOEX_RETURN_IF_ERROR(Cuda(cudaMemcpy(impl->bias2.get(), bias2.data(), bias2.size() * 4, cudaMemcpyHostToDevice),
+                              rank, "upload expert down biases"));
+  }
   if (weights.shared) {
-    impl->shared_width = weights.shared->gate.rows;
-    MOEX_RETURN_IF_ERROR(UploadBf16({&weights.shared->gate, &weights.shared->up}, &impl->shared_w1, rank, "shared gate/up"));
+    // up, not gate: a relu^2 shared expert (Nemotron-H) has no gate.
+    impl->shared_width = weights.shared->up.rows;
+    MOEX_RETURN_IF_ERROR(UploadBf16(FirstProjection(*weights.shared, spec.shared_mlp), &impl->shared_w1, rank,
+                                    spec.shared_mlp.gated() ? "shared gate/up" : "shared up"));
     MOEX_RETURN_IF_ERROR(UploadBf16({&weights.shared->down}, &impl->shared_w2, rank, "shared down"));
     MOEX_ASSIGN_OR_RETURN(kernels::cuda::GroupedGemm shared, kernels::cuda::GroupedGemm::Create(1));
     impl->shared_gemm.emplace(std::move(shared));
@@ -245,8 +343,9 @@ absl::Status CudaMoeLayer::Forward(transport::Transport& host, const Tensor& x, 
     }
     kernels::cuda::RouteArgs r;
     r.logits = m.logits.get<float>(), r.num_tokens = static_cast<int>(T), r.num_experts = static_cast<int>(E);
-    r.top_k = static_cast<int>(k), r.sigmoid = spec.router.scoring == "sigmoid";
+    r.top_k = static_cast<int>(k), r.scoring = KernelScoring(spec.router.scoring);
     r.bias = spec.router.has_correction_bias ? m.bias.get<float>() : nullptr;
+    r.logit_bias = m.has_router_bias ? m.router_bias.get<float>() : nullptr;
     r.groups = static_cast<int>(spec.router.num_groups), r.topk_groups = static_cast<int>(spec.router.topk_groups);
     r.renormalize = spec.router.norm_topk_prob, r.scale = static_cast<float>(spec.router.routed_scaling_factor);
     r.topk_idx = m.topk_idx.get<int32_t>(), r.topk_weights = m.topk_w.get<float>();
@@ -346,7 +445,8 @@ absl::Status CudaMoeLayer::Forward(transport::Transport& host, const Tensor& x, 
   MOEX_RETURN_IF_ERROR(m.permuted.Reserve(pairs * row_bf16, rank, "permuted rows"));
   MOEX_RETURN_IF_ERROR(m.row_of_pair.Reserve(pairs * 4, rank, "row of pair"));
   MOEX_RETURN_IF_ERROR(m.offsets.Reserve((slots + 2) * 4, rank, "expert offsets"));
-  MOEX_RETURN_IF_ERROR(m.gate_up.Reserve(pairs * 2 * F * 2, rank, "gate/up"));
+  const int64_t n1 = (spec.mlp.gated() ? 2 : 1) * F;  // w1's rows
+  MOEX_RETURN_IF_ERROR(m.gate_up.Reserve(pairs * n1 * 2, rank, "gate/up"));
   MOEX_RETURN_IF_ERROR(m.act.Reserve(pairs * F * 2, rank, "activation"));
   MOEX_RETURN_IF_ERROR(m.down_out.Reserve(pairs * row_bf16, rank, "expert output"));
   MOEX_RETURN_IF_ERROR(m.partial.Reserve(R * row_bf16, rank, "partial sums"));
@@ -360,13 +460,23 @@ absl::Status CudaMoeLayer::Forward(transport::Transport& host, const Tensor& x, 
     int64_t rows = 0;
     if (slots > 0) {
       MOEX_RETURN_IF_ERROR(m.gemm->Run(m.permuted.get(), m.w1_ptrs.data(), m.offsets.get<int32_t>(),
-                                       static_cast<int>(slots), static_cast<int>(2 * F), static_cast<int>(H),
+                                       static_cast<int>(slots), static_cast<int>(n1), static_cast<int>(H),
                                        Dtype::kBF16, m.gate_up.get(), stream));
       for (int32_t n : m.gemm->rows_per_expert()) rows += n;
-      MOEX_RETURN_IF_ERROR(kernels::cuda::SwiGlu(m.gate_up.get(), static_cast<int>(rows), static_cast<int>(F), Dtype::kBF16,
-                                                 m.act.get(), stream));
-      MOEX_RETURN_IF_ERROR(m.gemm->Run(m.act.get(), m.w2_ptrs.data(), m.offsets.get<int32_t>(), static_cast<int>(slots),
+      // Biases per row by its slot; the idle last "expert" has none, and
+      // its rows, past `rows`, are not activated.
+      const int32_t* offsets = m.offsets.get<int32_t>();
+      MOEX_RETURN_IF_ERROR(ActivateRows(spec.mlp, m.gate_up.get(), rows, F,
+                                        m.has_expert_biases ? m.bias1.get<float>() : nullptr, offsets, slots,
+                                        m.act.get(), stream));
+      MOEX_RETURN_IF_ERROR(m.gemm->Run(m.act.get(), m.w2_ptrs.data(), offsets, static_cast<int>(slots),
                                        static_cast<int>(H), static_cast<int>(F), Dtype::kBF16, m.down_out.get(), stream));
+      // The down bias before the weighted combine, as the CPU expert adds it.
+      if (m.has_expert_biases) {
+        MOEX_RETURN_IF_ERROR(kernels::cuda::AddExpertBias(m.down_out.get(), static_cast<int>(rows), static_cast<int>(H),
+                                                          Dtype::kBF16, m.bias2.get<float>(), offsets,
+                                                          static_cast<int>(slots), stream));
+      }
     }
     // The idle expert's rows are weighted by 0; zeros keep them from being NaN.
     if (pairs > rows) {
@@ -386,17 +496,18 @@ absl::Status CudaMoeLayer::Forward(transport::Transport& host, const Tensor& x, 
   MOEX_RETURN_IF_ERROR(m.back.Reserve((zero_row + 1) * row_bf16, rank, "combine rows"));
   if (shared && T > 0) {
     const int64_t Fs = m.shared_width;
-    MOEX_RETURN_IF_ERROR(m.shared_gate_up.Reserve(T * 2 * Fs * 2, rank, "shared gate/up"));
+    const int64_t n1s = (spec.shared_mlp.gated() ? 2 : 1) * Fs;
+    MOEX_RETURN_IF_ERROR(m.shared_gate_up.Reserve(T * n1s * 2, rank, "shared gate/up"));
     MOEX_RETURN_IF_ERROR(m.shared_act.Reserve(T * Fs * 2, rank, "shared activation"));
     const int32_t off[2] = {0, static_cast<int32_t>(T)};
     MOEX_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(m.shared_offsets.get(), off, sizeof(off), cudaMemcpyHostToDevice, stream),
                               rank, "shared offsets"));
     const void* w1 = m.shared_w1.get();
     const void* w2 = m.shared_w2.get();
-    MOEX_RETURN_IF_ERROR(m.shared_gemm->Run(m.xb.get(), &w1, m.shared_offsets.get<int32_t>(), 1, static_cast<int>(2 * Fs),
+    MOEX_RETURN_IF_ERROR(m.shared_gemm->Run(m.xb.get(), &w1, m.shared_offsets.get<int32_t>(), 1, static_cast<int>(n1s),
                                             static_cast<int>(H), Dtype::kBF16, m.shared_gate_up.get(), stream));
-    MOEX_RETURN_IF_ERROR(kernels::cuda::SwiGlu(m.shared_gate_up.get(), static_cast<int>(T), static_cast<int>(Fs),
-                                               Dtype::kBF16, m.shared_act.get(), stream));
+    MOEX_RETURN_IF_ERROR(
+        ActivateRows(spec.shared_mlp, m.shared_gate_up.get(), T, Fs, nullptr, nullptr, 0, m.shared_act.get(), stream));
     MOEX_RETURN_IF_ERROR(m.shared_gemm->Run(m.shared_act.get(), &w2, m.shared_offsets.get<int32_t>(), 1,
                                             static_cast<int>(H), static_cast<int>(Fs), Dtype::kBF16,
                                             m.back.bytes() + S * row_bf16, stream));

@@ -1,6 +1,6 @@
 // CUDA kernels of one MoE layer on one GPU: routing, permutation into
-// expert-major rows, SwiGLU, un-permutation with the weighted combine, and
-// every local expert's projection in one grouped GEMM (cuBLAS).
+// expert-major rows, the experts' activation, un-permutation with the
+// weighted combine, and every local expert's projection in one grouped GEMM (cuBLAS).
 //
 // They compute what the CPU kernels (kernels/cpu) compute, with the same
 // tie rules, so a GPU rank routes exactly as a CPU rank: ties to the lower
@@ -26,16 +26,24 @@ namespace moex::kernels::cuda {
 // Elements of activations: fp32 or bf16 (stored as uint16 bits).
 enum class Dtype { kF32, kBF16 };
 
+// How a router turns logits into scores (model::RouterSpec::scoring).
+enum class Scoring { kSoftmax, kSigmoid, kSqrtSoftplus };
+
 // Routing of `num_tokens` tokens over `num_experts` (<= 1024) experts,
-// top-k <= 8. logits [T, E] fp32. scoring: "softmax" or "sigmoid" (with
-// `bias` [E] or null); groups > 1: group-limited (softmax: a group's best
-// choice; sigmoid: the sum of its best two). Writes topk_idx [T, k] and
-// topk_weights [T, k] (renormalised when `renormalize`, times `scale`).
+// top-k <= 8. logits [T, E] fp32, plus `logit_bias` [E] (gpt-oss) when not
+// null. scoring: softmax; sigmoid; or sqrtsoftplus, sqrt(softplus(logit))
+// (DeepSeek-V4). The non-softmax scorings choose by score + `bias` [E]
+// (the correction bias) when there is one or groups > 1, by the logit
+// itself otherwise, as the CPU router does. groups > 1: group-limited
+// (softmax: a group's best choice; otherwise the sum of its best two).
+// Writes topk_idx [T, k] and topk_weights [T, k] (the scores, renormalised
+// when `renormalize`, times `scale`).
 struct RouteArgs {
   const float* logits = nullptr;
   int num_tokens = 0, num_experts = 0, top_k = 0;
-  bool sigmoid = false;
+  Scoring scoring = Scoring::kSoftmax;
   const float* bias = nullptr;
+  const float* logit_bias = nullptr;
   int groups = 1, topk_groups = 1;
   bool renormalize = false;
   float scale = 1.0f;
@@ -76,8 +84,45 @@ struct UnpermuteArgs {
 };
 absl::Status Unpermute(const UnpermuteArgs& args, cudaStream_t stream);
 
-// out [R, F] = silu(gate_up[:, :F]) * gate_up[:, F:], gate_up [R, 2F].
+// What an expert computes between its gate/up and down projections
+// (model::ExpertActivation, which this library does not link), as
+// kernels/cpu/expert_ffn.cc computes it, with g the gate and u the up row:
+//   kSilu:      silu(g) * u; when limit > 0 (DeepSeek-V4) first
+//               g = min(g, limit), u = clamp(u, -limit, limit).
+//   kSwigluOai: g = min(g, limit), u = clamp(u, -limit, limit),
+//               (u + 1) * g * sigmoid(alpha * g) (gpt-oss; always clamped).
+//   kRelu2:     relu(u)^2, not gated (Nemotron-H).
+enum class Activation { kSilu, kSwigluOai, kRelu2 };
+
+// out [R, F] = the activation of `in`: [R, 2F] (gate, then up) for the
+// gated kinds, [R, F] (up) for kRelu2; fp32 math, in and out of `dtype`.
+// With `bias` (fp32, [E, 2F] gate then up, or [E, F] for kRelu2), row r
+// adds the bias of its expert, the e with expert_offsets[e] <= r <
+// expert_offsets[e + 1] (the device offsets Permute writes, E =
+// `num_experts`), before the activation: gpt-oss's gate/up biases.
+struct ActivationArgs {
+  const void* in = nullptr;
+  int rows = 0, width = 0;
+  Dtype dtype = Dtype::kF32;
+  Activation kind = Activation::kSilu;
+  float limit = 0;
+  float alpha = 1.702f;
+  const float* bias = nullptr;
+  const int32_t* expert_offsets = nullptr;
+  int num_experts = 0;
+  void* out = nullptr;
+};
+absl::Status Activate(const ActivationArgs& args, cudaStream_t stream);
+
+// out [R, F] = silu(gate_up[:, :F]) * gate_up[:, F:], gate_up [R, 2F]:
+// Activate with kSilu and no clamp.
 absl::Status SwiGlu(const void* gate_up, int rows, int width, Dtype dtype, void* out, cudaStream_t stream);
+
+// rows [R, width] of `dtype` += bias [E, width] (fp32) of each row's expert,
+// found in expert_offsets [E + 1] as Activate finds it: gpt-oss's down bias,
+// added before the weighted combine as the CPU expert adds it.
+absl::Status AddExpertBias(void* rows, int num_rows, int width, Dtype dtype, const float* bias,
+                           const int32_t* expert_offsets, int num_experts, cudaStream_t stream);
 
 // All local experts' projections: out_e [n_e, N] = in_e [n_e, K] . W_e^T
 // for each expert e with n_e rows (from `expert_offsets`, copied to the

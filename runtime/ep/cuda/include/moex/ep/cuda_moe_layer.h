@@ -9,9 +9,12 @@
 //   dispatch   counts and the pairs over the host transport (MPI/UCX, with
 //              its deadlines); token rows gathered destination-major and
 //              exchanged by NcclTransport's all-to-all-v, bf16
-//   experts    Permute into expert-major rows, gate/up GroupedGemm, SwiGLU,
-//              down GroupedGemm, weighted Unpermute: one partial row per
-//              received token, bf16; the shared expert on the local tokens
+//   experts    Permute into expert-major rows, gate/up GroupedGemm (up
+//              alone for relu^2), the activation (SiLU, clamped SiLU,
+//              gpt-oss's SwiGLU or relu^2, with gpt-oss's gate/up biases),
+//              down GroupedGemm (plus the down bias), weighted Unpermute:
+//              one partial row per received token, bf16; the shared expert
+//              on the local tokens
 //   combine    partial rows back over NCCL; each token's rows (one per rank
 //              that served it, rank order, then the shared expert's) summed
 //              in fp32 into y
