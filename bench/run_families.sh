@@ -4,7 +4,9 @@
 # a 24 GiB machine), one step of 16 tokens a rank, checked against moex's
 # single-process computation. Prints one row per model: the layer, its
 # dtype, the check's error, the slowest rank's peak resident set, wall time.
-#   bench/run_families.sh [build dir] [out dir]
+#   bench/run_families.sh [build dir] [out dir] [preset:dtype ...]
+# (without models: every seed model below; DeepSeek-V4-Pro's layer, 25B
+# parameters, needs more than a 24 GiB machine with --check's full copy).
 set -euo pipefail
 build=${1:-build/ci}
 out=${2:-docs/results/$(date +%F)-families}
@@ -13,7 +15,9 @@ moex="$build/bin/moex"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # preset:dtype (MXFP4 for the layers too large for fp8 here)
 models=(llama4-scout:fp8 llama4-maverick:mxfp4 nemotron-3-nano-30b-a3b:fp8 jamba-v0.1:fp8 dbrx:fp8
-        gpt-oss-120b:mxfp4 qwen3-235b-a22b:fp8 qwen3-next-80b-a3b:fp8 kimi-k2:mxfp4)
+        gpt-oss-120b:mxfp4 qwen3-235b-a22b:fp8 qwen3-next-80b-a3b:fp8 qwen3.5-397b-a17b:fp8
+        deepseek-v4-flash:mxfp4 kimi-k2:mxfp4)
+if [ $# -gt 2 ]; then models=("${@:3}"); fi
 printf '%-26s %-6s %-7s %-10s %-12s %-16s %s\n' model layer dtype experts check "peak RSS/rank" wall
 for entry in "${models[@]}"; do
   model=${entry%%:*} dtype=${entry##*:}

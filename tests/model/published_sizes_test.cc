@@ -88,7 +88,14 @@ INSTANTIATE_TEST_SUITE_P(
         // Qwen3.5-397B-A17B: 397B is the text model and the vision encoder
         // (0.46B, not counted here: 396.35B), without the MTP layer; 17.35B
         // active with the embedding and LM head ("A17B", truncated).
-        Published{"qwen3.5-397b-a17b", 397 * B, 0.5 * B, 17 * B, 1 * B, kWith}),
+        Published{"qwen3.5-397b-a17b", 397 * B, 0.5 * B, 17 * B, 1 * B, kWith},
+        // DeepSeek-V4 (model cards): Pro 1.6T total, 49B active; Flash 284B,
+        // 13B. moex counts 1.57T / 48.52B and 283.81B / 13.28B with the
+        // embedding and head: the compressors, indexers and hyper-connection
+        // weights, whose shapes config.json does not give, are not counted
+        // (moex plan names them), and "1.6T" is rounded to 0.1T.
+        Published{"deepseek-v4-pro", 1600 * B, 50 * B, 49 * B, 0.5 * B, kWith},
+        Published{"deepseek-v4-flash", 284 * B, 0.5 * B, 13 * B, 0.5 * B, kWith}),
     [](const ::testing::TestParamInfo<Published>& param_info) {
       std::string name = param_info.param.preset;
       for (char& c : name) {

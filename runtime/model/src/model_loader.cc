@@ -55,6 +55,7 @@ absl::StatusOr<StoredDtype> ReadStoredDtype(const ConfigView& view) {
     MOEX_ASSIGN_OR_RETURN(stored.quant_format, quant.StringOr("fmt", ""));
     MOEX_ASSIGN_OR_RETURN(stored.weight_block_size, quant.IntList("weight_block_size", 1, FieldLimits::kWidth));
   }
+  MOEX_ASSIGN_OR_RETURN(stored.expert_dtype, view.StringOr("expert_dtype", ""));
   for (std::string_view field : {"torch_dtype", "dtype"}) {
     if (!view.Has(field)) continue;
     MOEX_ASSIGN_OR_RETURN(stored.dtype, view.String(field));

@@ -119,6 +119,14 @@ absl::StatusOr<Plan> MakePlan(const ModelArch& arch, const PlanOptions& options)
   plan.options = options;
   plan.params = model::CountParams(arch);
   plan.scheme = SchemeFor(options.dtype);
+  if (options.dtype_source == "quantization_config" && options.dtype == WeightDtype::kFp8 &&
+      arch.stored.expert_dtype == "fp4") {
+    // DeepSeek-V4's releases: FP8 throughout but the routed experts, FP4
+    // (e2m1 two a byte, one e8m0 scale per 32 values).
+    plan.scheme.bytes_per_param[static_cast<int>(Part::kRoutedExperts)] = 0.5 + 1.0 / 32.0;
+    plan.scheme.format = "e4m3 with one scale per 128x128 block, routed experts fp4 (e2m1, one e8m0 scale per 32 "
+                         "values: expert_dtype); the rest bf16";
+  }
   const model::ParamCount& p = plan.params;
   plan.activation_ratio = p.total > 0 ? static_cast<double>(p.active) / static_cast<double>(p.total) : 0;
 

@@ -115,6 +115,7 @@ struct StoredDtype {
   std::string quant_method;                // its `quant_method`, e.g. "fp8", "mxfp4"
   std::string quant_format;                // its `fmt`, e.g. "e4m3"
   std::vector<int64_t> weight_block_size;  // its `weight_block_size`, e.g. {128, 128}
+  std::string expert_dtype;                // `expert_dtype` ("fp4": DeepSeek-V4's routed experts)
   std::string dtype;                       // "bfloat16", "float16", "float32", ...
   std::string dtype_field;                 // "torch_dtype", or "dtype" (newer transformers)
 };
