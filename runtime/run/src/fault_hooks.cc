@@ -32,4 +32,11 @@ void MaybeFailMigration(int rank, int64_t chunk, double timeout_seconds) {
   if (IsRank("MOEX_FAULT_STALL_MIGRATION_RANK", rank)) Silence(timeout_seconds);
 }
 
+void MaybeSlowLoad(int rank) {
+  const char* seconds = std::getenv("MOEX_FAULT_SLOW_LOAD_SECONDS");
+  if (seconds == nullptr) return;
+  if (std::getenv("MOEX_FAULT_SLOW_LOAD_RANK") != nullptr && !IsRank("MOEX_FAULT_SLOW_LOAD_RANK", rank)) return;
+  std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(seconds)));
+}
+
 }  // namespace moex::run

@@ -14,5 +14,9 @@ void MaybeStallBeforeStep(int rank, int64_t step, double timeout_seconds);
 // rank r go silent before the first chunk; MOEX_FAULT_KILL_MIGRATION_RANK=r
 // makes it die (SIGKILL) there.
 void MaybeFailMigration(int rank, int64_t chunk, double timeout_seconds);
+// MOEX_FAULT_SLOW_LOAD_SECONDS=s makes the weight load take s seconds more:
+// on rank MOEX_FAULT_SLOW_LOAD_RANK only, where that is set, else on every
+// rank (a slow machine).
+void MaybeSlowLoad(int rank);
 
 }  // namespace moex::run

@@ -9,6 +9,7 @@
 #include <span>
 
 #include "absl/strings/str_format.h"
+#include "fault_hooks.h"
 #include "moex/core/format.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
@@ -21,7 +22,7 @@ void WarnOnRank(int rank, std::string_view what) {
 }
 
 absl::StatusOr<ep::MoeWeights> RunWeights::Load(const std::vector<int64_t>& mine, transport::Transport& t,
-                                               Deadline deadline) {
+                                               double timeout_seconds) {
   if (!cache_dir_.empty()) {
     absl::StatusOr<ep::WeightCache> opened = ep::WeightCache::Open(cache_dir_);
     if (opened.ok()) {
@@ -34,6 +35,7 @@ absl::StatusOr<ep::MoeWeights> RunWeights::Load(const std::vector<int64_t>& mine
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<ep::MoeWeights> loaded =
       ep::LoadMoeWeights(spec_, checkpoint_, seed_, mine, cache_ ? &*cache_ : nullptr, &report, options_);
+  MaybeSlowLoad(rank_);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // Every rank learns whether every rank loaded, and in which dtype: a bad
   // tensor found by one rank ends them all now (not at the next exchange's
@@ -42,7 +44,18 @@ absl::StatusOr<ep::MoeWeights> RunWeights::Load(const std::vector<int64_t>& mine
   {
     const double state[] = {loaded.ok() ? static_cast<double>(loaded->expert_format) : -1.0};
     std::vector<double> states(t.world_size());
-    MOEX_RETURN_IF_ERROR(t.AllGather(std::span<const double>(state), std::span<double>(states), deadline));
+    // The deadline starts now: this rank's load, however long, is not
+    // the wait (measured: a full-size Jamba layer took over 600 s to make
+    // on a loaded 2-core machine, and a deadline taken before it left the
+    // wait 0.2 s).
+    absl::Status gathered = t.AllGather(std::span<const double>(state), std::span<double>(states),
+                                        Deadline::InSeconds(timeout_seconds));
+    if (!gathered.ok()) {
+      absl::Status out(gathered.code(), StrCat("rank ", rank_, " loaded its weights in ", absl::StrFormat("%.1f", seconds),
+                                               " s and waited for the other ranks' loads: ", gathered.message()));
+      gathered.ForEachPayload([&out](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
+      return out;
+    }
     if (!loaded.ok()) return loaded.status();
     std::vector<int> failed, other_dtype;
     for (int r = 0; r < t.world_size(); ++r) {
@@ -75,10 +88,11 @@ absl::StatusOr<ep::MoeWeights> RunWeights::Load(const std::vector<int64_t>& mine
 
   std::vector<int64_t> sums = {report.experts_from_cache, report.experts_loaded, report.bytes_from_cache,
                                report.bytes_loaded, static_cast<int64_t>(report.rejected.size())};
-  MOEX_RETURN_IF_ERROR(t.AllReduceSum(std::span<int64_t>(sums), deadline));
+  MOEX_RETURN_IF_ERROR(t.AllReduceSum(std::span<int64_t>(sums), Deadline::InSeconds(timeout_seconds)));
   std::vector<double> gathered(2 * t.world_size()), times(t.world_size());
   const double mine_figures[] = {seconds, static_cast<double>(weights.expert_bytes())};
-  MOEX_RETURN_IF_ERROR(t.AllGather(std::span<const double>(mine_figures), std::span<double>(gathered), deadline));
+  MOEX_RETURN_IF_ERROR(t.AllGather(std::span<const double>(mine_figures), std::span<double>(gathered),
+                                   Deadline::InSeconds(timeout_seconds)));
   expert_bytes_per_rank_.assign(t.world_size(), 0);
   for (int r = 0; r < t.world_size(); ++r) {
     times[r] = gathered[2 * r];

@@ -182,7 +182,7 @@ class Runner {
       MOEX_RETURN_IF_ERROR(CheckMemoryFits(spec_, need, format, t_, NextDeadline()));
     }
     weights_.emplace(spec_, checkpoint(), config_.seed, config_.weight_cache, rank_, options);
-    MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights, weights_->Load(mine, t_, NextDeadline()));
+    MOEX_ASSIGN_OR_RETURN(ep::MoeWeights weights, weights_->Load(mine, t_, config_.timeout_seconds));
     router_ = weights.router;
     MOEX_RETURN_IF_ERROR(MakeLayer(start, std::move(weights)));
     MOEX_RETURN_IF_ERROR(tokens_.Open(config_, spec_, world_, rank_));

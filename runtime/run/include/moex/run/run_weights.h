@@ -34,8 +34,12 @@ class RunWeights {
   // This rank's experts `mine`: those the host's cache holds are read from
   // it, the rest loaded and put there. A cache that cannot be used is a
   // warning: the weights load as without one. Collective: the load is summed
-  // over the ranks for line() and the counts below.
-  absl::StatusOr<ep::MoeWeights> Load(const std::vector<int64_t>& mine, transport::Transport& t, Deadline deadline);
+  // over the ranks for line() and the counts below. `timeout_seconds`
+  // bounds the wait for the other ranks once this rank's own load is done
+  // (a load is not an exchange: however long it takes, the wait after it
+  // gets the whole timeout), and the error then says so.
+  absl::StatusOr<ep::MoeWeights> Load(const std::vector<int64_t>& mine, transport::Transport& t,
+                                      double timeout_seconds);
 
   // Rank 0's "moex run: weights: …" line (where the weights came from, the
   // slowest rank's time), ending in a newline.
