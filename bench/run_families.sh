@@ -29,11 +29,11 @@ for entry in "${models[@]}"; do
   else
     status=failed
   fi
-  wall=$(echo "$(date +%s.%N) - $start" | bc)
-  check=$(grep -o 'check: .*' "$log" | grep -o '[0-9.e+-]* (bound' | cut -d' ' -f1 | head -1)
-  peak=$(grep -o 'peak resident (VmHWM): .*' "$log" | grep -o '/ [0-9.]* [KMG]iB' | sort -k2 -n | tail -1 | cut -c3-)
-  layer=$(grep -o 'layer [0-9]*' "$log" | head -1 | cut -d' ' -f2)
-  experts=$(grep -o '[0-9]* experts' "$log" | head -1 | cut -d' ' -f1)
+  wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')
+  check=$(grep -o 'check: .*' "$log" | grep -o '[0-9.e+-]* (bound' | cut -d' ' -f1 | head -1 || true)
+  peak=$(grep -o 'peak resident (VmHWM): .*' "$log" | grep -o '/ [0-9.]* [KMG]iB' | sort -k2 -n | tail -1 | cut -c3- || true)
+  layer=$(grep -o 'layer [0-9]*' "$log" | head -1 | cut -d' ' -f2 || true)
+  experts=$(grep -o '[0-9]* experts' "$log" | head -1 | cut -d' ' -f1 || true)
   printf '%-26s %-6s %-7s %-10s %-12s %-16s %.0f s %s\n' "$model" "${layer:-?}" "$dtype" "${experts:-?}" \
     "${check:-none}" "${peak:-?}" "$wall" "$status"
 done | tee "$out/table.txt"

@@ -13,11 +13,12 @@ cd "$(dirname "$0")/.."
 timings=()
 # stage NAME COMMAND...: runs COMMAND and records how long it took.
 stage() {
-  local name=$1 start=$SECONDS
+  local name=$1 start=$SECONDS status=0
   shift
-  "$@"
-  timings+=("$(printf '%-14s %5d s' "$name" $((SECONDS - start)))")
+  "$@" || status=$?
+  timings+=("$(printf '%-14s %5d s%s' "$name" $((SECONDS - start)) "$([ "$status" = 0 ] || echo ", FAILED ($status)")")")
   echo "test.sh: $name took $((SECONDS - start)) s"
+  return "$status"
 }
 # Printed on the way out, passed or failed, so that CI's log tail has it.
 report() {

@@ -169,14 +169,26 @@ absl::StatusOr<TensorInfo> Checkpoint::Info(const std::string& name) const {
   return it->second;
 }
 
-absl::StatusOr<Tensor> Checkpoint::Read(const std::string& name,
-                                        const std::vector<int64_t>& expected_shape) const {
-  MOEX_ASSIGN_OR_RETURN(TensorInfo info, Info(name));
+namespace {
+
+// checkpoint.Info(name), and an error naming both shapes where
+// `expected_shape` is given and differs.
+absl::StatusOr<TensorInfo> InfoShaped(const Checkpoint& checkpoint, const std::string& name,
+                                      const std::vector<int64_t>& expected_shape) {
+  MOEX_ASSIGN_OR_RETURN(TensorInfo info, checkpoint.Info(name));
   if (!expected_shape.empty() && info.shape != expected_shape) {
     return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor '", name, "' has shape ",
                                              ShapeString(info.shape), ", the model needs ",
                                              ShapeString(expected_shape)));
   }
+  return info;
+}
+
+}  // namespace
+
+absl::StatusOr<Tensor> Checkpoint::Read(const std::string& name,
+                                        const std::vector<int64_t>& expected_shape) const {
+  MOEX_ASSIGN_OR_RETURN(TensorInfo info, InfoShaped(*this, name, expected_shape));
   if (info.dtype != "F32" && info.dtype != "BF16" && info.dtype != "F16") {
     return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor '", name, "' is ", info.dtype,
                                              "; moex reads F32, BF16 and F16 here (F8_E4M3 and MXFP4 only for "
@@ -197,12 +209,7 @@ absl::StatusOr<Tensor> Checkpoint::Read(const std::string& name,
 
 absl::StatusOr<std::vector<int64_t>> Checkpoint::ReadIntegers(const std::string& name,
                                                               const std::vector<int64_t>& expected_shape) const {
-  MOEX_ASSIGN_OR_RETURN(TensorInfo info, Info(name));
-  if (!expected_shape.empty() && info.shape != expected_shape) {
-    return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor '", name, "' has shape ",
-                                             ShapeString(info.shape), ", the model needs ",
-                                             ShapeString(expected_shape)));
-  }
+  MOEX_ASSIGN_OR_RETURN(TensorInfo info, InfoShaped(*this, name, expected_shape));
   if (info.dtype != "I64" && info.dtype != "I32") {
     return absl::InvalidArgumentError(StrCat("'", info.file, "': tensor '", name, "' is ", info.dtype,
                                              "; moex reads it as I64 or I32"));
