@@ -33,10 +33,79 @@ std::string RankList(const std::vector<int>& ranks) {
   return StrCat(ranks.size() == 1 ? "rank " : "ranks ", absl::StrJoin(ranks, ", "));
 }
 
+// What the ranks' own reports (ReportFailure) say of an attempt's end.
+struct ReportedCause {
+  bool decided = false;
+  moex::v1::EndReason reason = moex::v1::END_REASON_UNSPECIFIED;
+  std::vector<int> lost;  // the ranks to blame
+  std::string lost_host;  // every rank of it was blamed, and the job had others
+  std::string why;
+};
+
+// A rank that failed on its own (not stopped, waiting for nobody, not a
+// peer's failure seen from afar) is the cause; its input first (BAD_INPUT), then memory, then any error of its
+// own. Else the ranks the others were waiting for and that said nothing
+// themselves are the lost ones; a host all of whose ranks they are is lost.
+ReportedCause CauseFromReports(const moex::v1::Job& job, const std::vector<moex::v1::RankFailure>& reports) {
+  ReportedCause cause;
+  const moex::v1::RankFailure* own = nullptr;
+  auto rank_of_cause = [](moex::v1::EndReason reason) {
+    return reason == moex::v1::END_REASON_BAD_INPUT ? 0 : reason == moex::v1::END_REASON_OUT_OF_MEMORY ? 1 : 2;
+  };
+  auto on_its_own = [](const moex::v1::RankFailure& report) {
+    return !report.stopped() && report.waiting_for_size() == 0 && report.reason() != moex::v1::END_REASON_RANK_LOST;
+  };
+  for (const moex::v1::RankFailure& report : reports) {
+    if (!on_its_own(report)) continue;
+    if (own == nullptr || rank_of_cause(report.reason()) < rank_of_cause(own->reason())) own = &report;
+  }
+  if (own != nullptr) {
+    cause.decided = true;
+    cause.reason = own->reason();
+    if (cause.reason != moex::v1::END_REASON_BAD_INPUT) {
+      for (const moex::v1::RankFailure& report : reports) {
+        if (on_its_own(report) && report.reason() == cause.reason) {
+          cause.lost.push_back(report.rank());
+        }
+      }
+    }
+    cause.why = StrCat("rank ", own->rank(), " reported: ", own->message());
+    return cause;
+  }
+  std::set<int> reporters, waited;
+  for (const moex::v1::RankFailure& report : reports) {
+    reporters.insert(report.rank());
+    waited.insert(report.waiting_for().begin(), report.waiting_for().end());
+  }
+  std::vector<int> blamed;
+  for (int r : waited) {
+    if (!reporters.count(r)) blamed.push_back(r);
+  }
+  if (blamed.empty()) return cause;
+  cause.decided = true;
+  cause.reason = moex::v1::END_REASON_RANK_LOST;
+  cause.lost = blamed;
+  std::set<std::string> hosts, blamed_hosts;
+  for (const auto& info : job.ranks()) hosts.insert(info.host());
+  for (int r : blamed) {
+    for (const auto& info : job.ranks()) {
+      if (info.rank() == r) blamed_hosts.insert(info.host());
+    }
+  }
+  if (hosts.size() > 1 && blamed_hosts.size() == 1 && RanksOn(job, *blamed_hosts.begin()) == blamed) {
+    cause.reason = moex::v1::END_REASON_HOST_LOST;
+    cause.lost_host = *blamed_hosts.begin();
+  }
+  std::vector<int> waiting(reporters.begin(), reporters.end());
+  cause.why = StrCat(RankList(blamed), " went away without a word while ", RankList(waiting), " waited for ",
+                     blamed.size() == 1 ? "it" : "them", " (the ranks' own reports)");
+  return cause;
+}
+
 }  // namespace
 
 std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, const launcher::EngineReport& engine,
-                                        std::string* lost_host) {
+                                        std::string* lost_host, moex::v1::EndReason* log_reason) {
   // The most specific line of the log wins: a host lost, a rank's own error,
   // then what the launcher saw happen to a rank, then its exit status.
   std::ifstream log(entry.job.log_path());
@@ -188,6 +257,11 @@ std::string JobManager::DiagnoseFailure(const Entry& entry, int wait_status, con
   std::string exit = StrCat(launcher_name == "slurm" ? "srun" : "mpirun", " ", DescribeWaitStatus(wait_status));
   const std::string engine_said = engine.Summary("Slurm");
   if (!engine_said.empty()) exit = StrCat(exit, "; ", engine_said);
+  *log_reason = !rank_death.empty()      ? moex::v1::END_REASON_RANK_LOST
+                : !rank_error.empty()    ? moex::v1::END_REASON_RANK_ERROR
+                : !launcher_error.empty() ? moex::v1::END_REASON_LAUNCHER_ERROR
+                : entry.job.ranks_registered() > 0 ? moex::v1::END_REASON_RANK_LOST
+                                                   : moex::v1::END_REASON_LAUNCHER_ERROR;
   std::vector<std::string> parts;
   if (engine.EngineFailure()) parts.push_back(engine_said);
   if (!host_evidence.empty()) parts.push_back(host_evidence);
@@ -234,40 +308,59 @@ void JobManager::OnExit(pid_t pid, int wait_status, const launcher::EngineReport
   if (job == jobs_.end()) return;
   Entry& entry = job->second;
   entry.process_group = 0;  // reaped: its id may be anyone's from now on
-  if (!engine.job_id.empty() && entry.job.attempts_size() > 0) {
-    entry.job.mutable_attempts(entry.job.attempts_size() - 1)->set_launcher_job_id(engine.job_id);
+  if (entry.job.attempts_size() > 0) {
+    moex::v1::Attempt* attempt = entry.job.mutable_attempts(entry.job.attempts_size() - 1);
+    if (!engine.job_id.empty()) attempt->set_launcher_job_id(engine.job_id);
+    if (WIFEXITED(wait_status)) attempt->set_launcher_exit_code(WEXITSTATUS(wait_status));
+    if (WIFSIGNALED(wait_status)) attempt->set_launcher_signal(WTERMSIG(wait_status));
   }
   if (entry.cancel_requested) {
-    Finish(entry, moex::v1::JOB_STATE_CANCELLED, "cancelled by request; every process of the job has ended");
-  } else if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0 &&
-             entry.job.ranks_registered() == World(entry.job)) {
-    Finish(entry, moex::v1::JOB_STATE_SUCCEEDED, "succeeded");
-  } else {
-    std::string lost_host;
-    std::string why = DiagnoseFailure(entry, wait_status, engine, &lost_host);
-    std::vector<int> lost = RanksOn(entry.job, lost_host);
-    if (!lost_host.empty() && !lost.empty()) {
-      // A whole host: its ranks are lost, and later attempts run without it
-      // where the launcher chooses among hosts.
-      const bool spans_hosts = !launcher_->RanksAreLocal();
-      RankFailed(entry, StrCat("host ", lost_host, " was lost (", RankList(lost), ", every rank on it): ", why), lost,
-                 spans_hosts ? std::vector<std::string>{lost_host} : std::vector<std::string>{});
-      return;
-    }
-    lost.clear();
-    if (engine.EngineFailure()) {
-      // The engine ended it (time limit, preemption, a node): every rank
-      // was stopped alike, none is to blame.
-      RankFailed(entry, std::move(why), {});
-      return;
-    }
-    // "rank N (pid ...) was killed", "rank N: error ...": the rank it names.
-    static const std::regex kRank(R"((^|; )rank (\d+)\b)");
-    std::smatch match;
-    int lost_rank = 0;
-    if (std::regex_search(why, match, kRank) && absl::SimpleAtoi(match[2].str(), &lost_rank)) lost.push_back(lost_rank);
-    RankFailed(entry, std::move(why), std::move(lost));
+    Finish(entry, moex::v1::JOB_STATE_CANCELLED, "cancelled by request; every process of the job has ended",
+           moex::v1::END_REASON_CANCELLED);
+    return;
   }
+  if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0 && entry.job.ranks_registered() == World(entry.job)) {
+    Finish(entry, moex::v1::JOB_STATE_SUCCEEDED, "succeeded", moex::v1::END_REASON_SUCCEEDED);
+    return;
+  }
+  // The log and the engine give the words; the ranks' own reports, where
+  // they say enough, decide the cause and whom to blame.
+  const bool spans_hosts = !launcher_->RanksAreLocal();
+  std::string lost_host;
+  moex::v1::EndReason log_reason = moex::v1::END_REASON_UNSPECIFIED;
+  std::string why = DiagnoseFailure(entry, wait_status, engine, &lost_host, &log_reason);
+  const ReportedCause reported = CauseFromReports(entry.job, entry.failures);
+  if (lost_host.empty() && !engine.EngineFailure() && !reported.lost_host.empty()) {
+    lost_host = reported.lost_host;
+    why = StrCat(reported.why, "; ", why);
+  }
+  std::vector<int> lost = RanksOn(entry.job, lost_host);
+  if (!lost_host.empty() && !lost.empty()) {
+    // A whole host: its ranks are lost, and later attempts run without it
+    // where the launcher chooses among hosts.
+    RankFailed(entry, moex::v1::END_REASON_HOST_LOST,
+               StrCat("host ", lost_host, " was lost (", RankList(lost), ", every rank on it): ", why), lost,
+               spans_hosts ? std::vector<std::string>{lost_host} : std::vector<std::string>{});
+    return;
+  }
+  if (engine.EngineFailure()) {
+    // The engine ended it (time limit, preemption, a node): every rank
+    // was stopped alike, none is to blame.
+    RankFailed(entry, moex::v1::END_REASON_ENGINE, std::move(why), {});
+    return;
+  }
+  if (reported.decided) {
+    RankFailed(entry, reported.reason, StrCat(reported.why, "; ", why), reported.lost);
+    return;
+  }
+  // No rank could say (killed at once, or the launch failed): the log's
+  // "rank N (pid ...) was killed", "rank N: error ...", the rank it names.
+  lost.clear();
+  static const std::regex kRank(R"((^|; )rank (\d+)\b)");
+  std::smatch match;
+  int lost_rank = 0;
+  if (std::regex_search(why, match, kRank) && absl::SimpleAtoi(match[2].str(), &lost_rank)) lost.push_back(lost_rank);
+  RankFailed(entry, log_reason, std::move(why), std::move(lost));
 }
 
 void JobManager::SilentRank(Entry& entry, int rank, double silent_seconds) {
@@ -291,7 +384,7 @@ void JobManager::SilentRank(Entry& entry, int rank, double silent_seconds) {
   bool any_heard = false;
   for (const auto& info : entry.job.ranks()) any_heard = any_heard || !silent(info.rank());
   if (!any_heard) {
-    RankFailed(entry,
+    RankFailed(entry, moex::v1::END_REASON_RANK_HUNG,
                StrCat("every rank of the job is silent: none sent a heartbeat for over ",
                       options_.heartbeat_timeout_seconds / 2, " s (rank ", rank, where, " for ",
                       static_cast<int>(silent_seconds), timeout,
@@ -307,14 +400,15 @@ void JobManager::SilentRank(Entry& entry, int rank, double silent_seconds) {
   for (int r : on_host) all_silent = all_silent && silent(r);
   if (all_silent && launcher::ValidateHostName(host).ok()) {
     const bool spans_hosts = !launcher_->RanksAreLocal();
-    RankFailed(entry,
+    RankFailed(entry, moex::v1::END_REASON_HOST_LOST,
                StrCat("host ", host, " was lost: ", RankList(on_host), " (every rank on it) sent no heartbeat for ",
                       static_cast<int>(silent_seconds), timeout),
                on_host, spans_hosts ? std::vector<std::string>{host} : std::vector<std::string>{});
     return;
   }
-  RankFailed(entry, StrCat("rank ", rank, where, " stopped sending heartbeats: none for ",
-                           static_cast<int>(silent_seconds), timeout),
+  RankFailed(entry, moex::v1::END_REASON_RANK_HUNG,
+             StrCat("rank ", rank, where, " stopped sending heartbeats: none for ", static_cast<int>(silent_seconds),
+                    timeout),
              {rank});
 }
 

@@ -98,6 +98,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
     if (!IsTerminal(entry.job.state()) && ours) {
       // Still running: wait for its ranks to report back in.
       entry.adopted = true;
+      entry.awaiting_readoption = true;
       entry.adopted_at = Clock::now();
       entry.job.set_message(StrCat("the controller restarted; waiting for the ranks to report back in (",
                                    manager->options_.heartbeat_timeout_seconds, " s)"));
@@ -113,6 +114,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
                                                         " now belongs to another program, left alone)")
                                                : ""));
       entry.process_group = 0;  // never signalled again
+      entry.job.set_end_reason(moex::v1::END_REASON_CONTROLLER_RESTART);
       // What the engine may still hold of it (a Slurm allocation) is released.
       manager->launcher_->Stop(entry.job.id(), CurrentAttemptNumber(entry.job), 0, /*force=*/true);
       entry.job.set_end_time_unix_ms(NowMs());
@@ -188,21 +190,15 @@ void JobManager::KillProcesses(Entry& entry) {
   if (launcher_->RanksAreLocal()) (void)SignalEveryCommandLineWith(StrCat("worker --job-id ", entry.job.id(), " "), SIGKILL);
 }
 
-void JobManager::Finish(Entry& entry, JobState state, std::string message) {
+void JobManager::Finish(Entry& entry, JobState state, std::string message, moex::v1::EndReason reason) {
   if (IsTerminal(entry.job.state())) return;
   entry.job.set_state(state);
   entry.job.set_message(std::move(message));
   entry.job.set_end_time_unix_ms(NowMs());
+  entry.job.set_end_reason(reason);
   KillProcesses(entry);
   CleanUpHosts(entry.job, 0);
-  if (entry.job.attempts_size() > 0) {
-    moex::v1::Attempt* attempt = entry.job.mutable_attempts(entry.job.attempts_size() - 1);
-    if (attempt->end_time_unix_ms() == 0) {
-      attempt->set_end_time_unix_ms(entry.job.end_time_unix_ms());
-      attempt->set_steps_done(entry.job.metrics().steps_done());
-      attempt->set_ended(entry.job.message());
-    }
-  }
+  CloseAttempt(entry, reason, entry.job.message(), {});
   Persist(entry);
   pending_notifications_.push_back(entry.job.id());
 }
@@ -257,7 +253,8 @@ absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
     }
     absl::Status launched = Launch(entry);
     if (!launched.ok()) {
-      Finish(entry, moex::v1::JOB_STATE_FAILED, StrCat("could not start the job: ", launched.message()));
+      Finish(entry, moex::v1::JOB_STATE_FAILED, StrCat("could not start the job: ", launched.message()),
+             moex::v1::END_REASON_LAUNCHER_ERROR);
     } else {
       entry.job.set_message(StrCat("waiting for ", spec.world_size(), " ranks to register"));
       Persist(entry);
@@ -493,15 +490,18 @@ void JobManager::MonitorLoop() {
           entry.process_group = 0;  // gone, or another program's now: never signalled
           // Ended while nobody could reap it: judge by what rank 0 reported.
           if (entry.cancel_requested) {
-            Finish(entry, moex::v1::JOB_STATE_CANCELLED, "cancelled by request; every process of the job has ended");
+            Finish(entry, moex::v1::JOB_STATE_CANCELLED, "cancelled by request; every process of the job has ended",
+                   moex::v1::END_REASON_CANCELLED);
           } else if (entry.job.metrics().steps_done() >= entry.job.spec().steps()) {
             Finish(entry, moex::v1::JOB_STATE_SUCCEEDED,
                    StrCat("succeeded: all ", entry.job.spec().steps(), " steps reported (its exit status was not "
-                          "observable after the controller restart)"));
+                          "observable after the controller restart)"),
+                   moex::v1::END_REASON_SUCCEEDED);
           } else {
             Finish(entry, moex::v1::JOB_STATE_FAILED,
                    StrCat("ended after ", entry.job.metrics().steps_done(), " of ", entry.job.spec().steps(),
-                          " steps while adopted after a controller restart; log: ", entry.job.log_path()));
+                          " steps while adopted after a controller restart; log: ", entry.job.log_path()),
+                   moex::v1::END_REASON_CONTROLLER_RESTART);
           }
           continue;
         }
@@ -513,7 +513,8 @@ void JobManager::MonitorLoop() {
           }
           Finish(entry, moex::v1::JOB_STATE_FAILED,
                  StrCat("the controller restarted and rank(s) ", absl::StrJoin(silent, ", "),
-                        " did not report back in within ", options_.heartbeat_timeout_seconds, " s"));
+                        " did not report back in within ", options_.heartbeat_timeout_seconds, " s"),
+                 moex::v1::END_REASON_CONTROLLER_RESTART);
           continue;
         }
         if (entry.cancel_requested) {
@@ -530,7 +531,7 @@ void JobManager::MonitorLoop() {
             for (const auto& rank : entry.job.ranks()) seen |= rank.rank() == r;
             if (!seen) missing.push_back(r);
           }
-          RankFailed(entry,
+          RankFailed(entry, moex::v1::END_REASON_START_TIMEOUT,
                      StrCat("rank(s) ", absl::StrJoin(missing, ", "), " never registered within the start timeout of ",
                             options_.start_timeout_seconds, " s; log: ", entry.job.log_path()),
                      missing);
@@ -560,7 +561,8 @@ void JobManager::Shutdown() {
     stopping_ = true;
     for (auto& [id, entry] : jobs_) {
       if (!IsTerminal(entry.job.state())) {
-        Finish(entry, moex::v1::JOB_STATE_FAILED, "the controller shut down while the job ran; its processes were stopped");
+        Finish(entry, moex::v1::JOB_STATE_FAILED, "the controller shut down while the job ran; its processes were stopped",
+               moex::v1::END_REASON_CONTROLLER_SHUTDOWN);
       }
     }
     notify.swap(pending_notifications_);

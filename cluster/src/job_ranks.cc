@@ -114,9 +114,8 @@ absl::StatusOr<moex::v1::HeartbeatResponse> JobManager::Heartbeat(const moex::v1
   entry.heartbeat_step[r.rank()] = r.step();
   entry.last_heartbeat[r.rank()] = Clock::now();
   if (r.done()) entry.done_ranks.insert(r.rank());
-  if (entry.adopted && !IsTerminal(entry.job.state()) &&
-      static_cast<int>(entry.last_heartbeat.size()) == World(entry.job) &&
-      entry.job.message().rfind("the controller restarted", 0) == 0) {
+  if (entry.awaiting_readoption && static_cast<int>(entry.last_heartbeat.size()) == World(entry.job)) {
+    entry.awaiting_readoption = false;
     entry.job.set_message("re-adopted after a controller restart: every rank reported back in");
     Persist(entry);
   }
@@ -173,6 +172,43 @@ absl::StatusOr<moex::v1::ReportStepResponse> JobManager::ReportStep(const moex::
   }
   Notify(r.job_id());
   return response;
+}
+
+absl::Status JobManager::ReportFailure(const moex::v1::ReportFailureRequest& r, int attempt) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const moex::v1::RankFailure& failure = r.failure();
+  MOEX_ASSIGN_OR_RETURN(Entry * found, RankCallEntry("ReportFailure", r.job_id(), failure.rank(), attempt));
+  Entry& entry = *found;
+  const std::string who = StrCat("ReportFailure for job ", r.job_id(), " attempt ", CurrentAttempt(entry.job), " rank ",
+                                 failure.rank());
+  switch (failure.reason()) {
+    case moex::v1::END_REASON_RANK_LOST:
+    case moex::v1::END_REASON_BAD_INPUT:
+    case moex::v1::END_REASON_OUT_OF_MEMORY:
+    case moex::v1::END_REASON_RANK_ERROR:
+      break;
+    default:
+      return absl::InvalidArgumentError(StrCat(who, ": reason ", static_cast<int>(failure.reason()),
+                                               " is not one a rank reports (RANK_LOST, BAD_INPUT, OUT_OF_MEMORY, "
+                                               "RANK_ERROR)"));
+  }
+  if (failure.waiting_for_size() > World(entry.job)) {
+    return absl::InvalidArgumentError(StrCat(who, ": waits for ", failure.waiting_for_size(), " ranks of ",
+                                             World(entry.job)));
+  }
+  for (int waited : failure.waiting_for()) {
+    if (waited < 0 || waited >= World(entry.job) || waited == failure.rank()) {
+      return absl::InvalidArgumentError(StrCat(who, ": waiting_for rank ", waited, " is ",
+                                               waited == failure.rank() ? "itself" : "outside the attempt's ranks"));
+    }
+  }
+  for (const moex::v1::RankFailure& said : entry.failures) {
+    if (said.rank() == failure.rank()) return absl::OkStatus();  // its first word stands
+  }
+  moex::v1::RankFailure kept = failure;
+  if (kept.message().size() > 1024) kept.mutable_message()->resize(1024);
+  entry.failures.push_back(std::move(kept));
+  return absl::OkStatus();
 }
 
 }  // namespace moex::cluster

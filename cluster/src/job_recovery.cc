@@ -13,19 +13,41 @@ namespace moex::cluster {
 
 using moex::v1::Job;
 
-void JobManager::RankFailed(Entry& entry, std::string why, std::vector<int> lost, std::vector<std::string> lost_hosts) {
+void JobManager::CloseAttempt(Entry& entry, moex::v1::EndReason reason, const std::string& why,
+                              const std::vector<int>& lost) {
+  Job& job = entry.job;
+  if (job.attempts_size() == 0) return;
+  moex::v1::Attempt* attempt = job.mutable_attempts(job.attempts_size() - 1);
+  if (attempt->end_time_unix_ms() != 0) return;
+  attempt->set_end_time_unix_ms(NowMs());
+  attempt->set_steps_done(job.metrics().steps_done());
+  attempt->set_ended(why);
+  attempt->set_reason(reason);
+  for (int rank : lost) attempt->add_lost_ranks(rank);
+  for (size_t i = 0; i < entry.failures.size() && i < 16; ++i) *attempt->add_rank_failures() = entry.failures[i];
+}
+
+void JobManager::RankFailed(Entry& entry, moex::v1::EndReason reason, std::string why, std::vector<int> lost,
+                            std::vector<std::string> lost_hosts) {
   if (IsTerminal(entry.job.state())) return;
   Job& job = entry.job;
   const moex::v1::JobSpec& spec = job.spec();
   const int restarts = std::max(0, job.attempts_size() - 1);
-  if (entry.cancel_requested || spec.has_bench() || restarts >= spec.max_restarts()) {
+  std::sort(lost.begin(), lost.end());
+  lost.erase(std::unique(lost.begin(), lost.end()), lost.end());
+  // The same config, checkpoint or input fails the same way again.
+  const bool retry_cannot_help = reason == moex::v1::END_REASON_BAD_INPUT;
+  if (entry.cancel_requested || spec.has_bench() || restarts >= spec.max_restarts() || retry_cannot_help) {
     if (job.attempts_size() > 0) {
       for (const std::string& host : lost_hosts) job.mutable_attempts(job.attempts_size() - 1)->add_lost_hosts(host);
     }
-    if (spec.max_restarts() > 0 && !entry.cancel_requested) {
+    if (retry_cannot_help && restarts < spec.max_restarts() && !entry.cancel_requested) {
+      why = StrCat(why, " (not restarted: a rank refused its input, which a restart would give it again)");
+    } else if (spec.max_restarts() > 0 && !entry.cancel_requested) {
       why = StrCat(why, " (attempt ", restarts + 1, " of ", spec.max_restarts() + 1, ": no restart left)");
     }
-    Finish(entry, moex::v1::JOB_STATE_FAILED, std::move(why));
+    CloseAttempt(entry, reason, why, lost);
+    Finish(entry, moex::v1::JOB_STATE_FAILED, std::move(why), reason);
     return;
   }
   // Close this attempt, and leave nothing of it running.
@@ -37,10 +59,8 @@ void JobManager::RankFailed(Entry& entry, std::string why, std::vector<int> lost
     first->set_world_size(World(job));
     first->set_start_time_unix_ms(job.submit_time_unix_ms());
   }
+  CloseAttempt(entry, reason, why, lost);
   moex::v1::Attempt* ended = job.mutable_attempts(job.attempts_size() - 1);
-  ended->set_end_time_unix_ms(now);
-  ended->set_steps_done(job.metrics().steps_done());
-  ended->set_ended(why);
   for (const std::string& host : lost_hosts) ended->add_lost_hosts(host);
   KillProcesses(entry);
   // What the ended attempt's ranks left (its weight cache stays for the next).
@@ -52,8 +72,6 @@ void JobManager::RankFailed(Entry& entry, std::string why, std::vector<int> lost
   const int world = World(job);
   int next_world = world;
   std::string how = StrCat("on the same ", world, " ranks");
-  std::sort(lost.begin(), lost.end());
-  lost.erase(std::unique(lost.begin(), lost.end()), lost.end());
   if (spec.allow_shrink() && !lost.empty() && static_cast<int>(lost.size()) < world) {
     const int survivors = world - static_cast<int>(lost.size());
     absl::Status placed = PublishForWorld(entry, survivors, StrCat("elastic: ", survivors, " ranks after rank(s) ",
@@ -73,6 +91,7 @@ void JobManager::RankFailed(Entry& entry, std::string why, std::vector<int> lost
   entry.last_heartbeat.clear();
   entry.heartbeat_step.clear();
   entry.done_ranks.clear();
+  entry.failures.clear();
   job.set_state(moex::v1::JOB_STATE_PENDING);
   const int64_t resume = job.metrics().steps_done();
   moex::v1::Attempt* attempt = job.add_attempts();
@@ -84,7 +103,8 @@ void JobManager::RankFailed(Entry& entry, std::string why, std::vector<int> lost
                          spec.max_restarts() + 1, "); attempt ", attempt->number() - 1, " ended: ", why));
   absl::Status launched = Launch(entry);
   if (!launched.ok()) {
-    Finish(entry, moex::v1::JOB_STATE_FAILED, StrCat("could not restart the job: ", launched.message(), "; before: ", why));
+    Finish(entry, moex::v1::JOB_STATE_FAILED, StrCat("could not restart the job: ", launched.message(), "; before: ", why),
+           moex::v1::END_REASON_LAUNCHER_ERROR);
     return;
   }
   Persist(entry);

@@ -416,6 +416,14 @@ struct Controller::Services {
         return jobs->ReportStep(*r, CallerAttempt(c));
       });
     }
+    grpc::ServerUnaryReactor* ReportFailure(grpc::CallbackServerContext* c, const moex::v1::ReportFailureRequest* r,
+                                            moex::v1::ReportFailureResponse* out) override {
+      return Answer(c, token, out, [&]() -> absl::StatusOr<moex::v1::ReportFailureResponse> {
+        MOEX_RETURN_IF_ERROR(CheckRankSecret(c, *jobs, r->job_id(), "ReportFailure"));
+        MOEX_RETURN_IF_ERROR(jobs->ReportFailure(*r, CallerAttempt(c)));
+        return moex::v1::ReportFailureResponse();
+      });
+    }
   };
 
   struct Placements final : moex::v1::PlacementService::CallbackService {

@@ -28,6 +28,11 @@ wait_for "$id" "j['state'] in ('JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED')" 180
 [ "$(field "$id" "int(j['world_size']) == 3 and [a['world_size'] for a in j['attempts']] == [4, 3]")" = True ] ||
   fail "the job did not shrink to the 3 survivors"
 [ "$(field "$id" "'rank 1' in j['attempts'][0]['ended']")" = True ] || fail "attempt 1 does not say why it ended"
+# ... and as data: its reason and the rank lost, what the survivors reported.
+[ "$(field "$id" "j['attempts'][0].get('reason') == 'END_REASON_RANK_LOST' and j['attempts'][0].get('lost_ranks') == [1]")" = True ] ||
+  fail "attempt 1 does not carry its reason and lost rank as fields: $(field "$id" "j['attempts'][0]")"
+reported="$(field "$id" "', '.join('rank %d waiting for %s' % (f.get('rank', 0), f.get('waiting_for', [])) for f in j['attempts'][0].get('rank_failures', []))")"
+echo "attempt 1's rank reports: ${reported:-none}"
 [ "$(field "$id" "int(j['attempts'][1].get('first_step', 0)) >= $done_before")" = True ] ||
   fail "attempt 2 did not resume after the steps done"
 [ "$(field "$id" "float(m['check_relative_error']) < 1e-4")" = True ] || fail "the output after recovery differs from the reference"
@@ -57,5 +62,6 @@ t0="$(now_ms)"
 kill -9 "$(rank_pid "$id" 1)"
 wait_for "$id" "j['state'] == 'JOB_STATE_FAILED'" 30
 assert_message "$id" "rank 1.*attempt 2 of 2: no restart left"
+[ "$(field "$id" "j.get('end_reason')")" = END_REASON_RANK_LOST ] || fail "the job's end reason is not RANK_LOST: $(field "$id" "j.get('end_reason')")"
 assert_no_orphans "$id"
 record restarts_exhausted 5 "$(detected_s "$id" "$t0")" "FAILED naming rank 1 and that no restart is left; 2 attempts on record"

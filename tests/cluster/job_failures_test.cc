@@ -15,6 +15,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "moex/cluster/job_manager.h"
+#include "moex/worker/worker_session.h"
 
 namespace moex::cluster {
 namespace {
@@ -62,7 +63,7 @@ class JobFailuresTest : public ::testing::Test {
   // Submits a 4-rank job whose launch prints `log` after `delay` seconds,
   // and registers its ranks: 0, 1 on h0; 2, 3 on h1; `beating` keep sending
   // heartbeats.
-  std::string Run(const std::string& log, int delay, std::vector<int> beating = {0, 1, 2, 3}) {
+  std::string Run(const std::string& log, int delay, std::vector<int> beating = {0, 1, 2, 3}, int max_restarts = 0) {
     std::ofstream(dir_ / "canned.log") << log;
     setenv("MOEX_FAKE_LOG", (dir_ / "canned.log").c_str(), 1);
     setenv("MOEX_FAKE_DELAY", std::to_string(delay).c_str(), 1);
@@ -71,6 +72,7 @@ class JobFailuresTest : public ::testing::Test {
     spec.set_world_size(4);
     spec.set_model("tiny");
     spec.set_steps(10);
+    spec.set_max_restarts(max_restarts);
     absl::StatusOr<Job> job = jobs_->Submit(spec);
     EXPECT_TRUE(job.ok()) << job.status();
     if (!job.ok()) return "";
@@ -192,6 +194,109 @@ TEST_F(JobFailuresTest, AHostWhoseRanksAloneWentSilentIsLost) {
   const Job job = WaitEnded(id);
   EXPECT_THAT(job.message(), HasSubstr("host h1 was lost: ranks 2, 3 (every rank on it) sent no heartbeat"));
   EXPECT_THAT(job.attempts(0).lost_hosts(), ElementsAre("h1"));
+}
+
+// What a rank reports of its own failure (ReportFailure), as the worker
+// sends it before exiting.
+absl::Status Report(JobManager& jobs, const std::string& id, int rank, moex::v1::EndReason reason,
+                    std::vector<int> waiting_for, bool stopped = false, const std::string& message = "boom") {
+  moex::v1::ReportFailureRequest request;
+  request.set_job_id(id);
+  request.mutable_failure()->set_rank(rank);
+  request.mutable_failure()->set_reason(reason);
+  request.mutable_failure()->set_message(message);
+  for (int r : waiting_for) request.mutable_failure()->add_waiting_for(r);
+  request.mutable_failure()->set_stopped(stopped);
+  return jobs.ReportFailure(request, 1);
+}
+
+// The log names rank 0 (its error line comes first) and no host; the ranks'
+// own reports say ranks 0 and 1 were waiting for 2 and 3, who said nothing:
+// the data decides (h1 lost), and the attempt carries it as fields.
+TEST_F(JobFailuresTest, TheRanksReportsDecideOverTheLog) {
+  const std::string id = Run("moex run: rank 0: error: dispatch timed out\n", 2);
+  ASSERT_TRUE(Report(*jobs_, id, 0, moex::v1::END_REASON_RANK_LOST, {2, 3}).ok());
+  ASSERT_TRUE(Report(*jobs_, id, 1, moex::v1::END_REASON_RANK_LOST, {3, 2}, /*stopped=*/true).ok());
+  const Job job = WaitEnded(id);
+  EXPECT_EQ(job.end_reason(), moex::v1::END_REASON_HOST_LOST);
+  ASSERT_EQ(job.attempts_size(), 1);
+  const moex::v1::Attempt& a = job.attempts(0);
+  EXPECT_EQ(a.reason(), moex::v1::END_REASON_HOST_LOST);
+  EXPECT_THAT(a.lost_ranks(), ElementsAre(2, 3));
+  EXPECT_THAT(a.lost_hosts(), ElementsAre("h1"));
+  EXPECT_EQ(a.launcher_exit_code(), 9);  // the stand-in exits 9, as mpirun does
+  ASSERT_EQ(a.rank_failures_size(), 2);
+  EXPECT_THAT(a.rank_failures(1).waiting_for(), ElementsAre(3, 2));
+  EXPECT_THAT(job.message(), HasSubstr("ranks 2, 3 went away without a word while ranks 0, 1 waited for them"));
+}
+
+// One rank of h1 went away; its host-mate reported: one rank lost, no host.
+TEST_F(JobFailuresTest, AReportedLostRankIsNotAHost) {
+  const std::string id = Run("", 2);
+  for (int rank : {0, 1, 2}) ASSERT_TRUE(Report(*jobs_, id, rank, moex::v1::END_REASON_RANK_LOST, {3}).ok());
+  const Job job = WaitEnded(id);
+  EXPECT_EQ(job.end_reason(), moex::v1::END_REASON_RANK_LOST);
+  EXPECT_THAT(job.attempts(0).lost_ranks(), ElementsAre(3));
+  EXPECT_THAT(job.attempts(0).lost_hosts(), IsEmpty());
+}
+
+// A rank that refused its input fails the job at once, whatever restarts
+// it may have: the same input would be refused again.
+TEST_F(JobFailuresTest, BadInputIsNeverRetried) {
+  const std::string id = Run("", 2, {0, 1, 2, 3}, /*max_restarts=*/3);
+  ASSERT_TRUE(Report(*jobs_, id, 2, moex::v1::END_REASON_BAD_INPUT, {}, false,
+                     "'w.safetensors' has no tensor 'model.layers.1.mlp.gate.weight'").ok());
+  ASSERT_TRUE(Report(*jobs_, id, 0, moex::v1::END_REASON_RANK_LOST, {2}, /*stopped=*/true).ok());
+  const Job job = WaitEnded(id);
+  EXPECT_EQ(job.state(), moex::v1::JOB_STATE_FAILED);
+  EXPECT_EQ(job.end_reason(), moex::v1::END_REASON_BAD_INPUT);
+  EXPECT_EQ(job.attempts_size(), 1);
+  EXPECT_THAT(job.message(), HasSubstr("rank 2 reported: 'w.safetensors' has no tensor"));
+  EXPECT_THAT(job.message(), HasSubstr("not restarted"));
+  EXPECT_THAT(job.attempts(0).lost_ranks(), IsEmpty());
+}
+
+TEST_F(JobFailuresTest, AReportARankCannotGiveIsRefused) {
+  const std::string id = Run("", 5);
+  EXPECT_EQ(Report(*jobs_, id, 0, moex::v1::END_REASON_SUCCEEDED, {}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Report(*jobs_, id, 0, static_cast<moex::v1::EndReason>(999), {}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Report(*jobs_, id, 0, moex::v1::END_REASON_RANK_LOST, {4}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Report(*jobs_, id, 0, moex::v1::END_REASON_RANK_LOST, {0}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Report(*jobs_, id, 9, moex::v1::END_REASON_RANK_LOST, {}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Report(*jobs_, "j-nope", 0, moex::v1::END_REASON_RANK_LOST, {}).code(), absl::StatusCode::kNotFound);
+  // Nothing refused was kept: the log alone decides (no rank named).
+  const Job job = WaitEnded(id);
+  EXPECT_EQ(job.attempts(0).rank_failures_size(), 0);
+}
+
+TEST_F(JobFailuresTest, SilenceAndTheLogGiveTheirReasons) {
+  std::string id = Run("", 60, {0, 1});
+  EXPECT_EQ(WaitEnded(id).end_reason(), moex::v1::END_REASON_HOST_LOST);
+  id = Run("", 60, {});
+  EXPECT_EQ(WaitEnded(id).end_reason(), moex::v1::END_REASON_RANK_HUNG);
+  id = Run("mpirun noticed that process rank 2 with PID 0 on node h1 exited on signal 9 (Killed).\n", 1);
+  Job job = WaitEnded(id);
+  EXPECT_EQ(job.end_reason(), moex::v1::END_REASON_RANK_LOST);
+  EXPECT_THAT(job.attempts(0).lost_ranks(), ElementsAre(2));
+  id = Run("srun: error: Unable to allocate resources: Requested node configuration is not available\n", 0);
+  EXPECT_EQ(WaitEnded(id).end_reason(), moex::v1::END_REASON_LAUNCHER_ERROR);
+}
+
+// How a rank classes its own failure before reporting it.
+TEST(FailureReasonOfTest, InputMemoryPeersAndTheRest) {
+  using worker::FailureReasonOf;
+  EXPECT_EQ(FailureReasonOf(absl::InvalidArgumentError("--input has shape [3]"), false, false),
+            moex::v1::END_REASON_BAD_INPUT);
+  EXPECT_EQ(FailureReasonOf(absl::NotFoundError("no tensor"), false, false), moex::v1::END_REASON_BAD_INPUT);
+  EXPECT_EQ(FailureReasonOf(absl::DataLossError("truncated"), false, false), moex::v1::END_REASON_BAD_INPUT);
+  EXPECT_EQ(FailureReasonOf(absl::ResourceExhaustedError("out of memory"), false, false),
+            moex::v1::END_REASON_OUT_OF_MEMORY);
+  EXPECT_EQ(FailureReasonOf(absl::InternalError("--check failed"), false, false), moex::v1::END_REASON_RANK_ERROR);
+  // Waiting for others, or stopped by the launcher: another's failure.
+  EXPECT_EQ(FailureReasonOf(absl::DeadlineExceededError("timed out"), true, false), moex::v1::END_REASON_RANK_LOST);
+  EXPECT_EQ(FailureReasonOf(absl::InvalidArgumentError("x"), false, true), moex::v1::END_REASON_RANK_LOST);
+  EXPECT_EQ(FailureReasonOf(absl::UnavailableError("connection reset by peer"), false, false),
+            moex::v1::END_REASON_RANK_LOST);
 }
 
 }  // namespace

@@ -25,7 +25,38 @@ void Prepare(grpc::ClientContext* context, const std::string& token, double seco
   if (attempt > 0) context->AddMetadata(cluster::kAttemptMetadata, std::to_string(attempt));
 }
 
+void Warn(int rank, std::string_view what) {
+  // One write: ranks do not interleave mid-line.
+  const std::string line = StrCat("moex worker: rank ", rank, ": ", what, "\n");
+  (void)!write(STDERR_FILENO, line.data(), line.size());
+}
+
 }  // namespace
+
+moex::v1::EndReason FailureReasonOf(const absl::Status& status, bool waiting_for_others, bool stopped) {
+  if (stopped || waiting_for_others) return moex::v1::END_REASON_RANK_LOST;  // another's failure seen from here
+  switch (status.code()) {
+    // A peer hung up, a wait ran out, the job was stopped: what the rank
+    // saw of another's failure, even where it cannot tell whose.
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kCancelled:
+      return moex::v1::END_REASON_RANK_LOST;
+    // What the rank was given: a config, a checkpoint, an input, a spec
+    // field. The same input fails the same way again.
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kDataLoss:
+    case absl::StatusCode::kPermissionDenied:
+      return moex::v1::END_REASON_BAD_INPUT;
+    case absl::StatusCode::kResourceExhausted:
+      return moex::v1::END_REASON_OUT_OF_MEMORY;
+    default:
+      return moex::v1::END_REASON_RANK_ERROR;
+  }
+}
 
 absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std::string& controller,
                                                                       const std::string& job_id, int rank,
@@ -81,17 +112,22 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std
   session->weight_cache_dir_ = response.weight_cache_dir();
   session->heartbeat_interval_ms_ = response.heartbeat_interval_ms() > 0 ? response.heartbeat_interval_ms() : 1000;
   session->heartbeat_ = std::thread([s = session.get()] { s->HeartbeatLoop(); });
+  session->reporter_ = std::thread([s = session.get()] { s->ReportLoop(); });
   return session;
 }
 
 WorkerSession::~WorkerSession() {
   stop_.store(true);
+  report_ready_.notify_all();
   if (heartbeat_.joinable()) heartbeat_.join();
+  if (reporter_.joinable()) reporter_.join();
 }
 
 void WorkerSession::Finished() {
   stop_.store(true);
+  report_ready_.notify_all();
   if (heartbeat_.joinable()) heartbeat_.join();
+  if (reporter_.joinable()) reporter_.join();
   moex::v1::HeartbeatRequest request;
   request.set_job_id(job_id_);
   request.set_rank(rank_);
@@ -144,6 +180,63 @@ absl::StatusOr<placement::Placement> WorkerSession::FetchPlacement() {
   return made;
 }
 
+grpc::Status WorkerSession::SendReport(const moex::v1::ReportStepRequest& request, double seconds) {
+  std::lock_guard<std::mutex> sending(send_mutex_);
+  moex::v1::ReportStepResponse response;
+  grpc::ClientContext context;
+  Prepare(&context, token_, seconds, attempt_);
+  grpc::Status status = stub_->ReportStep(&context, request, &response);
+  if (status.ok()) placement_version_.store(response.placement_version());
+  return status;
+}
+
+void WorkerSession::ReportLoop() {
+  int backoff_ms = 200;
+  while (true) {
+    moex::v1::ReportStepRequest request;
+    {
+      std::unique_lock<std::mutex> lock(report_mutex_);
+      report_ready_.wait(lock, [this] { return stop_.load() || pending_report_.has_value(); });
+      if (stop_.load()) return;
+      if (final_report_) {  // the last report went from the caller's thread: nothing older follows it
+        pending_report_.reset();
+        continue;
+      }
+      request = std::move(*pending_report_);
+      pending_report_.reset();
+    }
+    const grpc::Status status = SendReport(request, 5);
+    bool retry = false;
+    {
+      std::lock_guard<std::mutex> lock(report_mutex_);
+      if (status.ok()) {
+        if (unreachable_said_) Warn(rank_, StrCat("the controller answers again; step reports resumed at step ", request.step()));
+        unreachable_said_ = false;
+        backoff_ms = 200;
+      } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                 status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+        if (!unreachable_said_) {
+          Warn(rank_, StrCat("cannot report step ", request.step(), " to the controller (", status.error_message(),
+                             "); the job goes on, and reports are retried every ", 2, " s at most until it answers"));
+        }
+        unreachable_said_ = true;
+        // Kept unless a newer one came meanwhile: the newest figures win.
+        if (!pending_report_.has_value() && !final_report_) pending_report_ = std::move(request);
+        retry = true;
+      } else {
+        // Refused (the attempt ended, a bad figure): said, not retried.
+        Warn(rank_, StrCat("the controller refused step ", request.step(), "'s report: ", status.error_message()));
+      }
+    }
+    if (retry) {
+      for (int waited = 0; waited < backoff_ms && !stop_.load(); waited += 50) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      backoff_ms = std::min(2000, backoff_ms * 2);
+    }
+  }
+}
+
 absl::Status WorkerSession::ReportStep(int64_t step, const moex::v1::JobMetrics& metrics,
                                        const std::vector<int64_t>& tokens_per_expert, bool final,
                                        const std::vector<moex::v1::BenchPointResult>& bench) {
@@ -154,19 +247,45 @@ absl::Status WorkerSession::ReportStep(int64_t step, const moex::v1::JobMetrics&
   *request.mutable_metrics() = metrics;
   for (int64_t n : tokens_per_expert) request.add_tokens_per_expert(n);
   for (const moex::v1::BenchPointResult& point : bench) *request.add_bench() = point;
-  auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(final ? 60 : 0);
+  if (!final) {
+    {
+      std::lock_guard<std::mutex> lock(report_mutex_);
+      pending_report_ = std::move(request);
+    }
+    report_ready_.notify_one();
+    return absl::OkStatus();
+  }
+  {
+    // The last report supersedes any pending one, and goes after the one in
+    // flight (send_mutex_), so that steps reach the controller in order.
+    std::lock_guard<std::mutex> lock(report_mutex_);
+    pending_report_.reset();
+    final_report_ = true;
+  }
+  auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   grpc::Status status;
   do {
-    moex::v1::ReportStepResponse response;
-    grpc::ClientContext context;
-    Prepare(&context, token_, 5, attempt_);
-    status = stub_->ReportStep(&context, request, &response);
-    if (status.ok()) placement_version_.store(response.placement_version());
+    status = SendReport(request, 5);
     if (status.ok() || status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
   } while (std::chrono::steady_clock::now() < give_up);
   if (!status.ok()) return absl::UnavailableError(StrCat("report to the controller: ", status.error_message()));
   return absl::OkStatus();
+}
+
+void WorkerSession::ReportFailure(const absl::Status& status, const std::vector<int>& waiting_for, bool stopped) {
+  moex::v1::ReportFailureRequest request;
+  request.set_job_id(job_id_);
+  moex::v1::RankFailure* failure = request.mutable_failure();
+  failure->set_rank(rank_);
+  failure->set_reason(FailureReasonOf(status, !waiting_for.empty(), stopped));
+  failure->set_message(std::string(status.message().substr(0, 1024)));
+  for (int r : waiting_for) failure->add_waiting_for(r);
+  failure->set_stopped(stopped);
+  moex::v1::ReportFailureResponse response;
+  grpc::ClientContext context;
+  Prepare(&context, token_, 1, attempt_);
+  (void)stub_->ReportFailure(&context, request, &response);  // best effort: the launcher's exit decides anyway
 }
 
 }  // namespace moex::worker

@@ -3,6 +3,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
+#include <cctype>
 #include <ctime>
 #include <iostream>
 #include <map>
@@ -19,6 +20,13 @@ namespace moex::cli {
 std::string StateName(moex::v1::JobState state) {
   std::string name = moex::v1::JobState_Name(state);
   return name.rfind("JOB_STATE_", 0) == 0 ? name.substr(10) : name;
+}
+
+std::string EndReasonName(moex::v1::EndReason reason) {
+  std::string name = moex::v1::EndReason_Name(reason);
+  if (name.rfind("END_REASON_", 0) == 0) name = name.substr(11);
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return name.empty() ? std::to_string(static_cast<int>(reason)) : name;
 }
 
 std::string Time(int64_t ms) {
@@ -52,6 +60,9 @@ void PrintJob(const moex::v1::Job& job) {
                                  spec.transport());
   }
   std::cout << "  message: " << job.message() << "\n";
+  if (job.end_reason() != moex::v1::END_REASON_UNSPECIFIED) {
+    std::cout << "  end reason: " << EndReasonName(job.end_reason()) << "\n";
+  }
   std::cout << absl::StrFormat("  submitted %s, started %s, ended %s\n", Time(job.submit_time_unix_ms()),
                                Time(job.start_time_unix_ms()), Time(job.end_time_unix_ms()));
   std::cout << absl::StrFormat("  ranks registered %d/%d", job.ranks_registered(), job.world_size() > 0 ? job.world_size()
@@ -121,6 +132,14 @@ void PrintJob(const moex::v1::Job& job) {
                                                               a.experts_from_cache(), held)
                                             : "",
                                    a.ended().empty() ? "" : StrCat(": ", a.ended()));
+      if (a.reason() != moex::v1::END_REASON_UNSPECIFIED) {
+        std::cout << absl::StrFormat("       reason %s%s%s\n", EndReasonName(a.reason()),
+                                     a.lost_ranks_size() > 0 ? StrCat("; ranks lost: ", absl::StrJoin(a.lost_ranks(), ", "))
+                                                             : "",
+                                     a.launcher_signal() > 0 ? StrCat("; launcher killed by signal ", a.launcher_signal())
+                                     : a.launcher_exit_code() > 0 ? StrCat("; launcher exit code ", a.launcher_exit_code())
+                                                                  : "");
+      }
       if (!a.launcher().empty() || a.lost_hosts_size() > 0) {
         std::cout << absl::StrFormat("       launched through %s%s%s\n", a.launcher().empty() ? "?" : a.launcher(),
                                      a.launcher_job_id().empty() ? "" : StrCat(" (job ", a.launcher_job_id(), ")"),

@@ -20,6 +20,7 @@
 #include "moex/run/runner.h"
 #include "moex/run/sink.h"
 #include "moex/transport/mpi_transport.h"
+#include "moex/transport/transport.h"
 #include "moex/transport/shared_segments.h"
 #include "moex/transport/transport_registry.h"
 #include "moex/worker/bench_job.h"
@@ -185,10 +186,14 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
   const int rank = (*mpi)->rank();
   std::optional<LeftoverRecorder> leftovers;
   if (!flags.job_id.empty()) leftovers.emplace(flags, rank);
+  std::unique_ptr<worker::WorkerSession> worker;
   auto fail = [&](const absl::Status& status) -> int {
     // One write per line, so that mpirun does not interleave ranks mid-line.
     std::string line = StrCat("moex run: rank ", rank, ": error: ", status.message(), "\n");
     (void)!write(STDERR_FILENO, line.data(), line.size());
+    // A controller's rank says why as data (the ranks it waited for, a bad
+    // input), so that the controller need not read it from the log.
+    if (worker) worker->ReportFailure(status, transport::MissingRanks(status), StopSignal() != 0);
     // Every rank that can still speak says why; then the whole job ends.
     // Stopped by the launcher (a cancel, a lost host): at once, it is
     // ending the job anyway.
@@ -199,7 +204,6 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
   kernels::SetBlasThreads(threads != nullptr ? std::max(1, std::atoi(threads)) : 1);
 
   // A worker takes its config from the controller's JobSpec.
-  std::unique_ptr<worker::WorkerSession> worker;
   std::unique_ptr<worker::WorkerRunLink> link;
   if (!flags.job_id.empty()) {
     // Test hook: MOEX_FAULT_UNREACHABLE_RANK=r gives rank r an address where

@@ -144,6 +144,12 @@ class JobManager {
   // Rank 0's figures and load; the answer carries the newest placement
   // version. May publish a placement (the job's rebalance threshold).
   absl::StatusOr<moex::v1::ReportStepResponse> ReportStep(const moex::v1::ReportStepRequest& request, int attempt = 0);
+  // A rank says why it is failing (before it exits): kept with the attempt,
+  // and what decides how the attempt ended (RANK_LOST for the ranks it was
+  // waiting for, BAD_INPUT never retried) when the launch exits. Refused
+  // (INVALID_ARGUMENT) for a reason a rank cannot give, or a waited-for rank
+  // outside the attempt; a rank's second report is ignored.
+  absl::Status ReportFailure(const moex::v1::ReportFailureRequest& request, int attempt = 0);
 
   // Stops every running job (FAILED, saying the controller shut down) and
   // the monitor.
@@ -184,6 +190,10 @@ class JobManager {
     bool write_failed = false;  // the last write failed (said once, retried every second)
     Clock::time_point saved_at;
     int64_t log_offset = 0;  // where the current attempt's output starts in the log
+    // What the current attempt's ranks reported of their own failures.
+    std::vector<moex::v1::RankFailure> failures;
+    // Adopted, and not every rank has reported back in yet.
+    bool awaiting_readoption = false;
   };
 
   explicit JobManager(ControllerOptions options, std::unique_ptr<JobStore> store,
@@ -194,12 +204,18 @@ class JobManager {
   absl::Status Launch(Entry& entry);
   // Moves a job to a terminal state, kills what is left of its group,
   // persists, and notifies. Requires the lock; returns the notifications.
-  void Finish(Entry& entry, moex::v1::JobState state, std::string message);
+  void Finish(Entry& entry, moex::v1::JobState state, std::string message, moex::v1::EndReason reason);
   // A rank died, went silent or never started (`lost`: which, when known).
   // Relaunches the job when its spec allows another attempt (on the
   // survivors with allow_shrink), else Finish(FAILED). Requires the lock.
   // `lost_hosts`: whole hosts lost with them (later attempts run without).
-  void RankFailed(Entry& entry, std::string why, std::vector<int> lost, std::vector<std::string> lost_hosts = {});
+  // `reason` is recorded on the attempt (and the job, when it ends); a
+  // BAD_INPUT failure is never retried: the same input fails again.
+  void RankFailed(Entry& entry, moex::v1::EndReason reason, std::string why, std::vector<int> lost,
+                  std::vector<std::string> lost_hosts = {});
+  // Requires the lock: the current attempt's record of how it ended (its
+  // reason, lost ranks and the ranks' reports), unless it has one already.
+  void CloseAttempt(Entry& entry, moex::v1::EndReason reason, const std::string& why, const std::vector<int>& lost);
   // Ends the attempt's processes now: through the launcher (every host),
   // and, on this host only, each registered rank by pid and command line.
   void KillProcesses(Entry& entry);
@@ -248,8 +264,11 @@ class JobManager {
   // Why the attempt ended, from its log and the engine; `lost_host` is set
   // when a whole host was lost (mpirun lost its daemon there, Slurm's node
   // failed, the ranks named every rank of a host).
+  // `log_reason`: what the log shows (a rank killed: RANK_LOST; a rank's own
+  // error line: RANK_ERROR; mpirun or srun failing: LAUNCHER_ERROR). Read
+  // only where the ranks' own reports do not decide (see OnExit).
   std::string DiagnoseFailure(const Entry& entry, int wait_status, const launcher::EngineReport& engine,
-                              std::string* lost_host);
+                              std::string* lost_host, moex::v1::EndReason* log_reason);
 
   ControllerOptions options_;
   std::unique_ptr<JobStore> store_;

@@ -4,8 +4,13 @@
 // and reports the job's figures after each step (rank 0).
 #pragma once
 
+#include <grpcpp/support/status.h>
+
 #include <atomic>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,6 +22,11 @@
 #include "moex/v1/placement.grpc.pb.h"
 
 namespace moex::worker {
+
+// What a rank's failure says about its cause: a peer's (it was waiting for
+// ranks, or the launcher stopped it), its input's (BAD_INPUT: a config, a
+// checkpoint, a spec field; retrying cannot help), memory, or its own error.
+moex::v1::EndReason FailureReasonOf(const absl::Status& status, bool waiting_for_others, bool stopped);
 
 class WorkerSession {
  public:
@@ -39,11 +49,22 @@ class WorkerSession {
   const std::string& weight_cache_dir() const { return weight_cache_dir_; }
   void SetStep(int64_t step) { step_.store(step); }
   // `bench`: a bench job's points so far (the whole list each time).
-  // `final`: the job's last report; it is retried for up to a minute, so
-  // that a controller restarting as the job ends still learns how it ended.
+  // A report that is not `final` is handed to a thread of its own and the
+  // call returns at once: the step loop never waits for the controller.
+  // Only the newest report is kept while one is in flight; while the
+  // controller cannot be reached the thread backs off (0.2 s to 2 s) and says
+  // so once on stderr, and once more when it is back.
+  // `final`: the job's last report, sent from the caller's thread after
+  // anything pending; it is retried for up to a minute, so that a controller
+  // restarting as the job ends still learns how it ended.
   absl::Status ReportStep(int64_t step, const moex::v1::JobMetrics& metrics,
                           const std::vector<int64_t>& tokens_per_expert = {}, bool final = false,
                           const std::vector<moex::v1::BenchPointResult>& bench = {});
+  // This rank failed with `status`: tells the controller why, within about
+  // a second (best effort: the launcher's exit still ends the attempt).
+  // `waiting_for`: the ranks it was waiting for (transport::MissingRanks);
+  // `stopped`: the launcher stopped it (a signal), so it is not the cause.
+  void ReportFailure(const absl::Status& status, const std::vector<int>& waiting_for, bool stopped);
   // The job's placement from the controller.
   absl::StatusOr<placement::Placement> FetchPlacement();
   // The newest placement version the controller has published (from the
@@ -56,6 +77,9 @@ class WorkerSession {
  private:
   WorkerSession() = default;
   void HeartbeatLoop();
+  void ReportLoop();
+  // One ReportStep call (under send_mutex_), `seconds` its deadline.
+  grpc::Status SendReport(const moex::v1::ReportStepRequest& request, double seconds);
 
   std::unique_ptr<moex::v1::ClusterService::Stub> stub_;
   std::unique_ptr<moex::v1::PlacementService::Stub> placements_;
@@ -72,6 +96,15 @@ class WorkerSession {
   std::atomic<bool> cancelled_{false};
   std::atomic<int64_t> placement_version_{1};
   std::thread heartbeat_;
+  // The report thread: the newest report not yet sent, and whether the
+  // controller was unreachable at the last try (said once a spell).
+  std::mutex report_mutex_;
+  std::condition_variable report_ready_;
+  std::optional<moex::v1::ReportStepRequest> pending_report_;
+  bool final_report_ = false;  // sent or being sent: no report goes after it
+  std::mutex send_mutex_;
+  bool unreachable_said_ = false;
+  std::thread reporter_;
 };
 
 }  // namespace moex::worker

@@ -13,6 +13,8 @@ namespace moex::cli {
 
 // "RUNNING" for JOB_STATE_RUNNING.
 std::string StateName(moex::v1::JobState state);
+// END_REASON_HOST_LOST -> "host_lost" (what `moex job status` prints).
+std::string EndReasonName(moex::v1::EndReason reason);
 // Local time of a record's milliseconds since the epoch; "-" for none.
 std::string Time(int64_t ms);
 // The message as JSON, with the proto's field names and every field.
