@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <random>
 #include <regex>
 #include <set>
@@ -72,6 +73,10 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
   if (options.moex_binary.empty()) options.moex_binary = SelfExecutable();
   MOEX_ASSIGN_OR_RETURN(options.limits.data_roots, CanonicalDataRoots(options.limits.data_roots));
   MOEX_ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store, JobStore::Open(options.state_dir));
+  for (const std::string& bad : store->quarantined()) {
+    std::cerr << "moex serve: " << store->path() << ": " << bad
+              << "; moved, bytes intact, to its quarantine table (the other jobs start as usual)" << std::endl;
+  }
   std::error_code error;
   std::filesystem::create_directories(std::filesystem::path(options.state_dir) / "logs", error);
   if (error) return absl::PermissionDeniedError(StrCat("cannot create '", options.state_dir, "/logs': ", error.message()));

@@ -60,7 +60,71 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& stat
   code = sqlite3_exec(db, setup, nullptr, nullptr, nullptr);
   if (code != SQLITE_OK) return SqliteStatus(db, code, "initialise", path);
   MOEX_RETURN_IF_ERROR(store->AddEndColumns());
+  MOEX_RETURN_IF_ERROR(store->QuarantineCorruptRows());
   return store;
+}
+
+absl::Status JobStore::QuarantineCorruptRows() {
+  int code = sqlite3_exec(db_,
+                          "CREATE TABLE IF NOT EXISTS quarantine ("
+                          "  id TEXT, submit_ms INTEGER, process_group INTEGER, record BLOB,"
+                          "  reason TEXT NOT NULL, quarantined_ms INTEGER NOT NULL);",
+                          nullptr, nullptr, nullptr);
+  if (code != SQLITE_OK) return SqliteStatus(db_, code, "create the quarantine table", path_);
+  // Found first (a read), then moved (a write), so that reading never
+  // races the moves.
+  std::vector<std::pair<int64_t, std::string>> bad;  // rowid, why
+  sqlite3_stmt* statement = nullptr;
+  code = sqlite3_prepare_v2(db_, "SELECT rowid, id, record FROM jobs", -1, &statement, nullptr);
+  if (code != SQLITE_OK) return SqliteStatus(db_, code, "check the job records", path_);
+  while ((code = sqlite3_step(statement)) == SQLITE_ROW) {
+    const int64_t rowid = sqlite3_column_int64(statement, 0);
+    const unsigned char* text = sqlite3_column_text(statement, 1);
+    const std::string id = text != nullptr ? reinterpret_cast<const char*>(text) : "";
+    const int bytes = sqlite3_column_bytes(statement, 2);
+    moex::v1::Job job;
+    std::string why;
+    if (!job.ParseFromArray(sqlite3_column_blob(statement, 2), bytes)) {
+      why = "does not parse as a moex.v1.Job";
+    } else if (job.id() != id) {
+      why = "holds another job's id";
+    }
+    if (!why.empty()) {
+      bad.emplace_back(rowid, why);
+      quarantined_.push_back(StrCat("job ", id.substr(0, 64), " (", bytes, " bytes): the record ", why));
+    }
+  }
+  sqlite3_finalize(statement);
+  if (code != SQLITE_DONE) return SqliteStatus(db_, code, "check the job records", path_);
+  if (bad.empty()) return absl::OkStatus();
+  code = sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
+  for (const auto& [rowid, why] : bad) {
+    if (code != SQLITE_OK && code != SQLITE_DONE) break;
+    code = sqlite3_prepare_v2(db_,
+                              "INSERT INTO quarantine (id, submit_ms, process_group, record, reason, quarantined_ms) "
+                              "SELECT id, submit_ms, process_group, record, ?1, CAST(strftime('%s','now') AS INTEGER) "
+                              "* 1000 FROM jobs WHERE rowid = ?2",
+                              -1, &statement, nullptr);
+    if (code != SQLITE_OK) break;
+    sqlite3_bind_text(statement, 1, why.c_str(), -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(statement, 2, rowid);
+    code = sqlite3_step(statement);
+    sqlite3_finalize(statement);
+    if (code != SQLITE_DONE) break;
+    code = sqlite3_prepare_v2(db_, "DELETE FROM jobs WHERE rowid = ?1", -1, &statement, nullptr);
+    if (code != SQLITE_OK) break;
+    sqlite3_bind_int64(statement, 1, rowid);
+    code = sqlite3_step(statement);
+    sqlite3_finalize(statement);
+    if (code != SQLITE_DONE) break;
+  }
+  if (code != SQLITE_OK && code != SQLITE_DONE) {
+    absl::Status status = SqliteStatus(db_, code, "quarantine corrupt job records", path_);
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return status;
+  }
+  code = sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);
+  return SqliteStatus(db_, code, "quarantine corrupt job records", path_);
 }
 
 absl::Status JobStore::AddEndColumns() {

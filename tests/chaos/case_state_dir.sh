@@ -51,4 +51,25 @@ start_controller
 for j in "$id" "$id2"; do "$moex" job status "$j" > /dev/null || fail "job $j was lost across the restart"; done
 [ "$(field "$id" "j['state']")" = JOB_STATE_CANCELLED ] || fail "job $id's record is stale after the disk filled"
 assert_no_orphans "$id"
+# A record torn on disk: the controller starts anyway, moves it aside (bytes
+# intact, in jobs.db's quarantine table) and names it; the others load.
+kill -TERM "$serve"; wait "$serve" 2>/dev/null || true
+python3 -c "
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute('UPDATE jobs SET record = ? WHERE id = ?', (b'\\x00\\x00torn', sys.argv[2]))
+db.commit()" "$state_dir/jobs.db" "$id2"
+t0="$(now_ms)"
+start_controller
+took="$(python3 -c "print('%.2f' % (($(now_ms) - $t0) / 1000.0))")"
+grep -q "job $id2 (6 bytes): the record does not parse.*quarantine" "$work/serve.out" ||
+  fail "the corrupt record is not named: $(cat "$work/serve.out")"
+[ "$(field "$id" "j['state']")" = JOB_STATE_CANCELLED ] || fail "the other job did not load beside a corrupt record"
+if "$moex" job status "$id2" > /dev/null 2>&1; then fail "the corrupt record was served"; fi
+kept="$(python3 -c "
+import sqlite3, sys
+print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM quarantine WHERE id = ?', (sys.argv[2],)).fetchone()[0])" \
+  "$state_dir/jobs.db" "$id2")"
+[ "$kept" = 1 ] || fail "the corrupt record was not kept in the quarantine table"
+record corrupt_record 5 "$took" "the controller started, named the torn record and kept it in the quarantine table; the other jobs loaded"
 echo "state dir: ok"

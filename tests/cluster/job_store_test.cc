@@ -140,6 +140,67 @@ TEST(JobStoreTest, AnOlderDatabaseGetsItsEndColumns) {
   std::filesystem::remove_all(dir);
 }
 
+// One unreadable record (a torn write, a disk error, a hand edit) used to
+// stop the controller from starting. It is moved aside, bytes intact, and
+// named; the other jobs load.
+TEST(JobStoreTest, ACorruptRecordIsQuarantinedNotFatal) {
+  std::string dir = std::filesystem::temp_directory_path() / ("moex_store_corrupt_" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  {
+    auto store = JobStore::Open(dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    for (const char* id : {"j-good", "j-bad", "j-other"}) {
+      moex::v1::Job job;
+      job.set_id(id);
+      job.set_submit_time_unix_ms(7);
+      ASSERT_TRUE((*store)->Put(job, 0).ok());
+    }
+  }
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir + "/jobs.db").c_str(), &db), SQLITE_OK);
+    // Not a protobuf (a field tag of 0), and a record whose id is another's.
+    moex::v1::Job other;
+    other.set_id("j-good");
+    const std::string stolen = other.SerializeAsString();
+    sqlite3_stmt* statement = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(db, "UPDATE jobs SET record = ? WHERE id = ?", -1, &statement, nullptr), SQLITE_OK);
+    sqlite3_bind_blob(statement, 1, "\x00\x00\xff\xff", 4, SQLITE_TRANSIENT);
+    sqlite3_bind_text(statement, 2, "j-bad", -1, SQLITE_TRANSIENT);
+    ASSERT_EQ(sqlite3_step(statement), SQLITE_DONE);
+    sqlite3_reset(statement);
+    sqlite3_bind_blob(statement, 1, stolen.data(), static_cast<int>(stolen.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_text(statement, 2, "j-other", -1, SQLITE_TRANSIENT);
+    ASSERT_EQ(sqlite3_step(statement), SQLITE_DONE);
+    sqlite3_finalize(statement);
+    sqlite3_close(db);
+  }
+  auto store = JobStore::Open(dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_EQ((*store)->quarantined().size(), 2u);
+  EXPECT_EQ((*store)->quarantined()[0], "job j-bad (4 bytes): the record does not parse as a moex.v1.Job");
+  EXPECT_THAT((*store)->quarantined()[1], ::testing::HasSubstr("job j-other"));
+  EXPECT_THAT((*store)->quarantined()[1], ::testing::HasSubstr("holds another job's id"));
+  auto loaded = (*store)->LoadAll();
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ASSERT_EQ(loaded->size(), 1u);
+  EXPECT_EQ((*loaded)[0].job.id(), "j-good");
+  store->reset();
+  // Kept, not thrown away; and opened again nothing more is moved.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir + "/jobs.db").c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* statement = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT id, length(record) FROM quarantine ORDER BY id", -1, &statement, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(statement), SQLITE_ROW);
+  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(statement, 0)), "j-bad");
+  EXPECT_EQ(sqlite3_column_int(statement, 1), 4);
+  sqlite3_finalize(statement);
+  sqlite3_close(db);
+  EXPECT_TRUE((*JobStore::Open(dir))->quarantined().empty());
+  std::filesystem::remove_all(dir);
+}
+
 TEST(JobStoreTest, UnusableStateDirIsNamed) {
   auto store = JobStore::Open("/proc/moex-cannot-be-here");
   ASSERT_FALSE(store.ok());

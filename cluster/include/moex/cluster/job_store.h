@@ -47,11 +47,21 @@ class JobStore {
   // Removes a job's row; OK when there was none.
   absl::Status Delete(const std::string& id);
   const std::string& path() const { return path_; }
+  // Records found unreadable when the store was opened: each was moved,
+  // bytes intact, to the `quarantine` table of the same database (id,
+  // submit_ms, process_group, record, reason, quarantined_ms), so that one
+  // bad row never stops the controller from starting and nothing is thrown
+  // away. Each entry: "job J (N bytes): why".
+  const std::vector<std::string>& quarantined() const { return quarantined_; }
 
  private:
   JobStore(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
   // The `ended` and `end_ms` columns, added to a database from before them.
   absl::Status AddEndColumns();
+  // Moves every row whose record does not parse (or names another id) to
+  // the quarantine table, in one transaction.
+  absl::Status QuarantineCorruptRows();
+  std::vector<std::string> quarantined_;
   std::mutex mutex_;
   sqlite3* db_;
   std::string path_;
