@@ -128,6 +128,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
     }
     manager->jobs_[entry.job.id()] = std::move(entry);
   }
+  manager->writer_ = std::thread([m = manager.get()] { m->WriterLoop(); });
   manager->monitor_ = std::thread([m = manager.get()] { m->MonitorLoop(); });
   return manager;
 }
@@ -140,23 +141,63 @@ void JobManager::SetAdvertisedAddress(std::string address) {
 }
 
 void JobManager::Persist(Entry& entry) {
-  absl::Status status = store_->Put(entry.job, entry.process_group);
-  if (!status.ok()) {
-    // The API keeps answering from memory, the record is retried every
-    // second (monitor loop), and the operator sees once why the disk copy
-    // lags.
-    if (!entry.write_failed) {
-      fprintf(stderr, "moex serve: cannot persist job %s (retrying every second): %s\n", entry.job.id().c_str(),
-              std::string(status.message()).c_str());
-    }
-    entry.write_failed = true;
-    entry.unsaved = true;
-    return;
+  entry.unsaved = true;
+  ++entry.version;
+  if (!entry.queued) {
+    entry.queued = true;
+    dirty_.push_back(entry.job.id());
   }
-  if (entry.write_failed) fprintf(stderr, "moex serve: job %s persisted again\n", entry.job.id().c_str());
-  entry.write_failed = false;
-  entry.unsaved = false;
-  entry.saved_at = Clock::now();
+  write_wanted_.notify_one();
+}
+
+void JobManager::WriterLoop() {
+  struct Write {
+    std::string id;
+    Job job;
+    pid_t process_group;
+    uint64_t version;
+    absl::Status status;
+  };
+  while (true) {
+    std::vector<Write> batch;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      write_wanted_.wait(lock, [this] { return !dirty_.empty() || writer_stop_; });
+      if (dirty_.empty()) return;  // stopping, and everything queued is written
+      for (const std::string& id : dirty_) {
+        auto it = jobs_.find(id);
+        if (it == jobs_.end()) continue;
+        it->second.queued = false;
+        batch.push_back({id, it->second.job, it->second.process_group, it->second.version, absl::OkStatus()});
+      }
+      dirty_.clear();
+    }
+    for (Write& write : batch) write.status = store_->Put(write.job, write.process_group);  // off the lock
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (const Write& write : batch) {
+        auto it = jobs_.find(write.id);
+        if (it == jobs_.end()) continue;
+        Entry& entry = it->second;
+        entry.saved_at = Clock::now();
+        if (!write.status.ok()) {
+          // The API keeps answering from memory, the record is retried every
+          // second (monitor loop), and the operator sees once why the disk
+          // copy lags.
+          if (!entry.write_failed) {
+            fprintf(stderr, "moex serve: cannot persist job %s (retrying every second): %s\n", write.id.c_str(),
+                    std::string(write.status.message()).c_str());
+          }
+          entry.write_failed = true;
+          continue;
+        }
+        if (entry.write_failed) fprintf(stderr, "moex serve: job %s persisted again\n", write.id.c_str());
+        entry.write_failed = false;
+        if (entry.version == write.version && !entry.queued) entry.unsaved = false;
+      }
+    }
+    written_.notify_all();
+  }
 }
 
 void JobManager::Notify(const std::string& id) {
@@ -481,7 +522,7 @@ void JobManager::MonitorLoop() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       for (auto& [id, entry] : jobs_) {
-        if (entry.unsaved && Clock::now() - entry.saved_at >= std::chrono::seconds(1)) Persist(entry);
+        if (entry.unsaved && !entry.queued && Clock::now() - entry.saved_at >= std::chrono::seconds(1)) Persist(entry);
       }
       EvictEnded();
     }
@@ -573,6 +614,13 @@ void JobManager::Shutdown() {
     notify.swap(pending_notifications_);
   }
   if (monitor_.joinable()) monitor_.join();
+  // Every record queued (the jobs just stopped) reaches the disk first.
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    writer_stop_ = true;
+  }
+  write_wanted_.notify_all();
+  if (writer_.joinable()) writer_.join();
   // The hosts of the jobs just stopped are cleaned before the controller goes.
   cleaner_->Drain();
   // Reap the launches that were killed so nothing lingers as a zombie (only

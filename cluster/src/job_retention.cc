@@ -39,11 +39,20 @@ absl::StatusOr<moex::v1::Job> JobManager::Delete(const std::string& id) {
   moex::v1::Job job;
   bool held = false;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
     auto it = jobs_.find(id);
     if (it != jobs_.end()) {
+      if (!IsTerminal(it->second.job.state())) return not_ended(it->second.job);
+      // Its final record is written off the lock, within milliseconds.
+      written_.wait_for(lock, std::chrono::seconds(5), [&] {
+        auto now = jobs_.find(id);
+        return now == jobs_.end() || !now->second.unsaved;
+      });
+      it = jobs_.find(id);
+      if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", id, "'"));
+    }
+    if (it != jobs_.end()) {
       Entry& entry = it->second;
-      if (!IsTerminal(entry.job.state())) return not_ended(entry.job);
       if (entry.unsaved) {
         return absl::UnavailableError(StrCat("job ", id, ": its final record is not on disk yet (", store_->path(),
                                              "); retry in a second"));

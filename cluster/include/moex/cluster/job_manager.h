@@ -186,9 +186,14 @@ class JobManager {
     // Adopted from an earlier controller: its mpirun is not our child.
     bool adopted = false;
     Clock::time_point adopted_at;
-    bool unsaved = false;       // the record on disk is behind: written by the monitor loop
+    // The record on disk is behind memory. Persist queues a write (`queued`)
+    // that the writer thread makes off the lock; running figures are queued
+    // by the monitor loop at most once a second.
+    bool unsaved = false;
+    bool queued = false;
+    uint64_t version = 0;       // bumped by each Persist: a write of an older one leaves `unsaved`
     bool write_failed = false;  // the last write failed (said once, retried every second)
-    Clock::time_point saved_at;
+    Clock::time_point saved_at;  // the last write tried
     int64_t log_offset = 0;  // where the current attempt's output starts in the log
     // What the current attempt's ranks reported of their own failures.
     std::vector<moex::v1::RankFailure> failures;
@@ -231,7 +236,12 @@ class JobManager {
   // slots each as now (replicas given up first); an error says why the
   // experts do not fit.
   absl::Status PublishForWorld(Entry& entry, int world, const std::string& reason);
+  // Requires the lock: queues the entry's record for the writer thread
+  // (SQLite's fsync is never made under the lock, nor on a gRPC thread).
   void Persist(Entry& entry);
+  // The writer thread: writes the queued records, newest state each, off
+  // the lock; on shutdown, until none is queued.
+  void WriterLoop();
   // The job's host weight cache directory, "" when it has none.
   std::string WeightCacheDir(const moex::v1::Job& job) const;
   // Queues the cleanup of what the job left on its hosts (launcher/host_cleanup.h):
@@ -290,6 +300,14 @@ class JobManager {
   std::vector<std::string> pending_notifications_;
   bool stopping_ = false;
   std::thread monitor_;
+  // Records queued for the writer thread (job ids, each once), and whether
+  // it should stop once they are written; `written_` wakes those waiting
+  // for a record to reach the disk (DeleteJob).
+  std::vector<std::string> dirty_;
+  bool writer_stop_ = false;
+  std::condition_variable write_wanted_;
+  std::condition_variable written_;
+  std::thread writer_;
 };
 
 }  // namespace moex::cluster
