@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "moex/cluster/client_files.h"
+#include "moex/core/echo.h"
 #include "moex/core/host_memory.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
@@ -65,6 +66,11 @@ bool JobGroupAlive(pid_t group, const std::string& job_id) {
   // gives no new process an id that is an existing group's.
   if (ProcessRunning(group)) return CommandLineHas(group, StrCat("worker --job-id ", job_id, " "));
   return true;
+}
+
+absl::Status CheckJobIdLength(std::string_view id) {
+  if (id.size() <= kEchoBytes) return absl::OkStatus();
+  return absl::NotFoundError(StrCat("no job '", Echo(id), "'"));
 }
 
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions options) {
@@ -343,6 +349,7 @@ absl::Status JobManager::Launch(Entry& entry) {
 }
 
 absl::StatusOr<Job> JobManager::Get(const std::string& id) {
+  MOEX_RETURN_IF_ERROR(CheckJobIdLength(id));
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = jobs_.find(id);
@@ -411,6 +418,7 @@ absl::StatusOr<std::vector<Job>> JobManager::ListPage(int64_t after_ms, const st
 }
 
 absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
+  MOEX_RETURN_IF_ERROR(CheckJobIdLength(id));
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = jobs_.find(id);
@@ -437,6 +445,7 @@ absl::StatusOr<std::string> JobManager::LogPath(const std::string& id) {
 
 absl::StatusOr<int64_t> JobManager::Subscribe(const std::string& id,
                                               std::function<void(const Job&)> on_change) {
+  MOEX_RETURN_IF_ERROR(CheckJobIdLength(id));
   int64_t handle;
   bool held;
   {

@@ -21,6 +21,7 @@
 #include "moex/cluster/credentials.h"
 #include "moex/cluster/job_list.h"
 #include "moex/cluster/rank_metadata.h"
+#include "moex/core/echo.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/v1/cluster.grpc.pb.h"
@@ -57,7 +58,7 @@ absl::Status CheckRankSecret(const grpc::CallbackServerContext* context, const J
   auto it = metadata.find(kRankSecretMetadata);
   const std::string presented = it == metadata.end() ? "" : std::string(it->second.data(), it->second.size());
   if (jobs.RankSecretOk(job_id, presented)) return absl::OkStatus();
-  return absl::PermissionDeniedError(StrCat(call, " for job ", job_id, ": ",
+  return absl::PermissionDeniedError(StrCat(call, " for job ", Echo(job_id), ": ",
                                             presented.empty() ? "no rank secret" : "not the job's rank secret",
                                             " (metadata ", kRankSecretMetadata,
                                             "): only the job's own ranks may make rank calls"));

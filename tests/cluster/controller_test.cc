@@ -9,11 +9,13 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <thread>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "moex/core/subprocess.h"
+#include "moex/v1/cluster.grpc.pb.h"
 #include "moex/v1/job.grpc.pb.h"
 #include "moex/v1/placement.grpc.pb.h"
 
@@ -431,6 +433,85 @@ TEST_F(ControllerTest, ReflectionListsEveryService) {
   call->Finish(&finished, reinterpret_cast<void*>(4));
   queue.Shutdown();
   while (queue.Next(&tag, &ok)) {
+  }
+}
+
+// Issue #19 item f. Before: every string a client sent came back whole in
+// the error that refused it (a 1 MiB job id made a 1 MiB status message).
+TEST_F(ControllerTest, AMegabyteOfClientTextIsNotEchoedBack) {
+  Start(Options());
+  const std::string huge(1 << 20, 'x');
+  auto expect_short = [](const grpc::Status& status, grpc::StatusCode code, const std::string& call, bool echoes) {
+    EXPECT_EQ(status.error_code(), code) << call << ": " << status.error_message().substr(0, 300);
+    EXPECT_LT(status.error_message().size(), 600u) << call;
+    if (echoes) {
+      EXPECT_THAT(status.error_message(), HasSubstr("xxx... (1048576 bytes)")) << call;
+    }
+  };
+  Job job;
+  moex::v1::GetJobRequest get;
+  get.set_id(huge);
+  expect_short(stub_->GetJob(Context().get(), get, &job), grpc::StatusCode::NOT_FOUND, "GetJob", true);
+  moex::v1::CancelJobRequest cancel;
+  cancel.set_id(huge);
+  expect_short(stub_->CancelJob(Context().get(), cancel, &job), grpc::StatusCode::NOT_FOUND, "CancelJob", true);
+  moex::v1::DeleteJobRequest remove;
+  remove.set_id(huge);
+  expect_short(stub_->DeleteJob(Context().get(), remove, &job), grpc::StatusCode::NOT_FOUND, "DeleteJob", true);
+  {
+    moex::v1::WatchJobRequest watch;
+    watch.set_id(huge);
+    auto context = Context();
+    auto reader = stub_->WatchJob(context.get(), watch);
+    while (reader->Read(&job)) {
+    }
+    expect_short(reader->Finish(), grpc::StatusCode::NOT_FOUND, "WatchJob", true);
+  }
+  {
+    moex::v1::GetJobLogsRequest logs;
+    logs.set_id(huge);
+    auto context = Context();
+    auto reader = stub_->GetJobLogs(context.get(), logs);
+    moex::v1::LogChunk chunk;
+    while (reader->Read(&chunk)) {
+    }
+    expect_short(reader->Finish(), grpc::StatusCode::NOT_FOUND, "GetJobLogs", true);
+  }
+  auto placements = moex::v1::PlacementService::NewStub(channel_);
+  moex::v1::Placement placement;
+  moex::v1::GetPlacementRequest get_placement;
+  get_placement.set_job_id(huge);
+  expect_short(placements->GetPlacement(Context().get(), get_placement, &placement), grpc::StatusCode::NOT_FOUND,
+               "GetPlacement", true);
+  moex::v1::RebalanceRequest rebalance;
+  rebalance.set_job_id(huge);
+  expect_short(placements->Rebalance(Context().get(), rebalance, &placement), grpc::StatusCode::NOT_FOUND,
+               "Rebalance", true);
+  auto cluster = moex::v1::ClusterService::NewStub(channel_);
+  moex::v1::RegisterRankRequest register_rank;
+  register_rank.set_job_id(huge);
+  moex::v1::RegisterRankResponse registered;
+  expect_short(cluster->RegisterRank(Context().get(), register_rank, &registered), grpc::StatusCode::PERMISSION_DENIED,
+               "RegisterRank", true);
+  // Spec fields, each a megabyte in an otherwise good spec.
+  const std::vector<std::pair<std::string, std::function<void(moex::v1::JobSpec*)>>> fields = {
+      {"device", [&](moex::v1::JobSpec* s) { s->set_device(huge); }},
+      {"transport", [&](moex::v1::JobSpec* s) { s->set_transport(huge); }},
+      {"dispatch", [&](moex::v1::JobSpec* s) { s->set_dispatch(huge); }},
+      {"weight_dtype", [&](moex::v1::JobSpec* s) { s->set_weight_dtype(huge); }},
+      {"rebalance.policy", [&](moex::v1::JobSpec* s) { s->mutable_rebalance()->set_policy(huge); }},
+      {"hosts[0]", [&](moex::v1::JobSpec* s) { s->add_hosts(huge); }},
+      {"model", [&](moex::v1::JobSpec* s) { s->set_model(huge); }},
+      {"weights", [&](moex::v1::JobSpec* s) { s->set_weights(huge); }},
+      {"name", [&](moex::v1::JobSpec* s) { s->set_name(huge); }},
+  };
+  for (const auto& [field, set] : fields) {
+    moex::v1::SubmitJobRequest request;
+    *request.mutable_spec() = Spec(1, 1);
+    set(request.mutable_spec());
+    grpc::Status status = stub_->SubmitJob(Context().get(), request, &job);
+    expect_short(status, grpc::StatusCode::INVALID_ARGUMENT, "SubmitJob spec." + field, false);
+    EXPECT_THAT(status.error_message(), HasSubstr("spec." + field)) << status.error_message().substr(0, 300);
   }
 }
 

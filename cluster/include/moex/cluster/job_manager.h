@@ -84,6 +84,10 @@ int World(const moex::v1::Job& job);
 bool JobGroupAlive(pid_t group, const std::string& job_id);
 // The number of the job's current attempt (1 for a record without attempts).
 int CurrentAttemptNumber(const moex::v1::Job& job);
+// NOT_FOUND "no job 'ID… (N bytes)'" for an id longer than an error echoes
+// whole (core/echo.h), which no job has: answered before any lookup, whose
+// errors would echo all of it.
+absl::Status CheckJobIdLength(std::string_view id);
 
 class JobManager {
  public:
