@@ -3,9 +3,11 @@
 #include "absl/strings/match.h"
 #include <openssl/crypto.h>
 
+#include <grpc/grpc.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/server_interceptor.h>
 #include <netdb.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -14,6 +16,7 @@
 #include <deque>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -37,19 +40,60 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-// When the controller has a token, every call must carry it.
-grpc::Status Authorise(const grpc::CallbackServerContext* context, const std::string& token) {
-  if (token.empty()) return grpc::Status::OK;
-  auto metadata = context->client_metadata();
+constexpr char kNeedsToken[] = "this controller needs a bearer token (moex --token-file)";
+
+// Whether a call's metadata carries "authorization: Bearer <token>".
+bool CarriesToken(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata, const std::string& token) {
   auto it = metadata.find("authorization");
   const std::string expected = "Bearer " + token;
   // Compared in constant time: how much of a guess matched must not show.
-  if (it == metadata.end() || it->second.size() != expected.size() ||
-      CRYPTO_memcmp(it->second.data(), expected.data(), expected.size()) != 0) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "this controller needs a bearer token (moex --token-file)");
-  }
-  return grpc::Status::OK;
+  return it != metadata.end() && it->second.size() == expected.size() &&
+         CRYPTO_memcmp(it->second.data(), expected.data(), expected.size()) == 0;
 }
+
+// When the controller has a token, every call must carry it.
+grpc::Status Authorise(const grpc::CallbackServerContext* context, const std::string& token) {
+  if (token.empty() || CarriesToken(context->client_metadata(), token)) return grpc::Status::OK;
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kNeedsToken);
+}
+
+// Every call but health's (open, for probes) must carry the token, the
+// calls of services moex does not write too: server reflection, which
+// would list every service and message to anyone, and whatever a plugin
+// adds. A call without it is ended UNAUTHENTICATED as soon as its metadata
+// arrives, before its handler reads a request. The handler still runs
+// (gRPC has no way for an interceptor to skip it), which is why moex's own
+// handlers check the token themselves (Authorise): they must not act on a
+// refused call.
+class TokenInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  TokenInterceptor(grpc::experimental::ServerRpcInfo* info, const std::string& token) : info_(info), token_(token) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::POST_RECV_INITIAL_METADATA) &&
+        !CarriesToken(*methods->GetRecvInitialMetadata(), token_)) {
+      grpc_call_cancel_with_status(info_->server_context()->c_call(), GRPC_STATUS_UNAUTHENTICATED, kNeedsToken,
+                                   nullptr);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  grpc::experimental::ServerRpcInfo* info_;
+  const std::string& token_;  // the factory's, which outlives the server's calls
+};
+
+class TokenInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit TokenInterceptorFactory(std::string token) : token_(std::move(token)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
+    if (absl::StartsWith(info->method(), "/grpc.health.v1.Health/")) return nullptr;
+    return new TokenInterceptor(info, token_);
+  }
+
+ private:
+  const std::string token_;
+};
 
 // A rank call must carry its job's rank secret (rank_secret.h).
 absl::Status CheckRankSecret(const grpc::CallbackServerContext* context, const JobManager& jobs,
@@ -487,6 +531,11 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions 
   // gRPC sets SO_REUSEPORT by default: a second controller on this port would
   // listen too, and clients would be split between the two.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  if (!token.empty()) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+    interceptors.push_back(std::make_unique<TokenInterceptorFactory>(token));
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   builder.AddListeningPort(listen, *credentials, &controller->port_);
   builder.RegisterService(&controller->services_->jobs);
   builder.RegisterService(&controller->services_->cluster);

@@ -1,7 +1,8 @@
 // `moex serve`: the controller as a gRPC server. JobService, ClusterService
 // and PlacementService on the callback API, grpc.health.v1.Health and server
-// reflection enabled. Handlers are thin: translate, call the JobManager, map
-// the status.
+// reflection enabled; with a token, every call but health's must carry it,
+// reflection's included. Handlers are thin: translate, call the JobManager,
+// map the status.
 #pragma once
 
 #include <condition_variable>
