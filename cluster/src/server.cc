@@ -3,12 +3,14 @@
 #include "absl/strings/match.h"
 #include <openssl/crypto.h>
 
+#include <arpa/inet.h>
 #include <grpc/grpc.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/support/server_interceptor.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -94,6 +96,53 @@ class TokenInterceptorFactory final : public grpc::experimental::ServerIntercept
  private:
   const std::string token_;
 };
+
+// Whether every address `host` names is this host's loopback (127.0.0.0/8,
+// ::1): only this host's users can reach a controller listening there.
+// An empty host (":PORT") is every interface; a name that does not resolve
+// is not known to be loopback.
+bool LoopbackOnly(std::string host) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty()) return false;
+  if (host == "localhost") return true;
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0) return false;
+  bool loopback = found != nullptr;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    if (a->ai_family == AF_INET) {
+      const auto* v4 = reinterpret_cast<const sockaddr_in*>(a->ai_addr);
+      loopback = loopback && (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
+    } else if (a->ai_family == AF_INET6) {
+      const auto* v6 = reinterpret_cast<const sockaddr_in6*>(a->ai_addr);
+      const in6_addr& address = v6->sin6_addr;
+      loopback = loopback && (IN6_IS_ADDR_LOOPBACK(&address) ||
+                              (IN6_IS_ADDR_V4MAPPED(&address) && address.s6_addr[12] == 127));
+    } else {
+      loopback = false;
+    }
+  }
+  freeaddrinfo(found);
+  return loopback;
+}
+
+// A controller other hosts can reach runs jobs for whoever connects: it
+// must ask them for something (a bearer token, or a client certificate
+// under mutual TLS) unless its operator says plainly that it need not.
+absl::Status CheckExposure(const ControllerOptions& options) {
+  if (!options.token.empty() || !options.tls_client_ca.empty() || options.insecure) return absl::OkStatus();
+  const std::string& listen = options.listen;
+  if (listen.rfind("unix:", 0) == 0 || listen.rfind("unix-abstract:", 0) == 0) return absl::OkStatus();
+  const size_t colon = listen.rfind(':');
+  const std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
+  if (LoopbackOnly(host)) return absl::OkStatus();
+  return absl::FailedPreconditionError(StrCat(
+      "--listen ", listen, " is reachable from other hosts, and nothing would be asked of a client there: anyone "
+      "who connects could run jobs as this user. Give --token-file FILE (a bearer token), or --tls-cert, --tls-key "
+      "and --tls-client-ca (mutual TLS), or --insecure if the network itself is trusted; or listen on loopback "
+      "(127.0.0.1)"));
+}
 
 // A rank call must carry its job's rank secret (rank_secret.h).
 absl::Status CheckRankSecret(const grpc::CallbackServerContext* context, const JobManager& jobs,
@@ -503,6 +552,8 @@ absl::Status CheckAdvertise(const ControllerOptions& options) {
 absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions options) {
   auto controller = std::unique_ptr<Controller>(new Controller());
   if (options.state_dir.empty()) return absl::InvalidArgumentError("--state-dir is required");
+  // Before anything is made or touched, the state dir included.
+  MOEX_RETURN_IF_ERROR(CheckExposure(options));
   // One controller per state dir, and per address, decided before a job is
   // adopted or failed.
   MOEX_ASSIGN_OR_RETURN(controller->lock_, StateDirLock::Acquire(options.state_dir));

@@ -197,6 +197,40 @@ TEST_F(ServeGuardsTest, ARecycledProcessGroupIsNeverSignalled) {
   waitpid(other, &status, 0);
 }
 
+// Issue #19 item b. Before: `moex serve --listen 0.0.0.0:PORT` with neither
+// a token nor TLS started, and ran jobs for anyone who could reach it.
+TEST_F(ServeGuardsTest, AnAddressOtherHostsReachNeedsATokenOrMutualTlsOrInsecure) {
+  for (const std::string listen : {"0.0.0.0:0", ":0"}) {
+    ControllerOptions options = Options();
+    options.listen = listen;
+    auto refused = Controller::Start(options);
+    ASSERT_FALSE(refused.ok()) << listen;
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << listen;
+    EXPECT_THAT(refused.status().message(), HasSubstr("--listen " + listen + " is reachable from other hosts"));
+    EXPECT_THAT(refused.status().message(), HasSubstr("--token-file"));
+    EXPECT_THAT(refused.status().message(), HasSubstr("--tls-client-ca"));
+    EXPECT_THAT(refused.status().message(), HasSubstr("--insecure"));
+    // Refused before anything was made.
+    EXPECT_FALSE(std::filesystem::exists(options.state_dir)) << listen;
+  }
+  ControllerOptions options = Options();
+  options.listen = "0.0.0.0:0";
+  options.insecure = true;
+  auto insecure = Controller::Start(options);
+  ASSERT_TRUE(insecure.ok()) << insecure.status();
+  insecure->reset();
+  options.insecure = false;
+  options.token = "s3cret";
+  auto with_token = Controller::Start(options);
+  ASSERT_TRUE(with_token.ok()) << with_token.status();
+  with_token->reset();
+  // Loopback needs nothing (the default, 127.0.0.1, in every other test).
+  options.token.clear();
+  options.listen = "localhost:0";
+  auto loopback = Controller::Start(options);
+  EXPECT_TRUE(loopback.ok()) << loopback.status();
+}
+
 TEST(SpawnTest, ALogThatCannotBeOpenedIsNamed) {
   SpawnOptions options;
   options.argv = {"true"};

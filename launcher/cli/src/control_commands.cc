@@ -65,6 +65,9 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
   serve->add_option("--tls-cert", f.tls_cert, "Serve TLS with this PEM certificate");
   serve->add_option("--tls-key", f.tls_key, "and this PEM private key");
   serve->add_option("--tls-client-ca", f.tls_client_ca, "Demand client certificates signed by this CA (mutual TLS)");
+  serve->add_flag("--insecure", f.insecure,
+                  "Listen on an address other hosts reach (not loopback) with neither --token-file nor mutual TLS: "
+                  "anyone who connects may run jobs");
   serve->add_option("--advertise", f.advertise,
                     "HOST[:PORT] that ranks on other hosts reach the controller by (default: the listen address; "
                     "no port: the port it listens on)");
@@ -117,6 +120,7 @@ int RunServe(const ServeFlags& f) {
   options.heartbeat_timeout_seconds = f.heartbeat_timeout;
   options.cancel_grace_seconds = f.cancel_grace;
   options.token = *token;
+  options.insecure = f.insecure;
   options.tls_cert = f.tls_cert;
   options.tls_key = f.tls_key;
   options.tls_client_ca = f.tls_client_ca;

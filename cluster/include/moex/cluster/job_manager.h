@@ -67,6 +67,9 @@ struct ControllerOptions {
   // <state_dir>/launch.
   launcher::LauncherOptions launcher;
   std::string token;  // when set, every call but health must carry "authorization: Bearer <token>"
+  // Serve an address other hosts can reach with neither a token nor client
+  // certificates (mutual TLS): refused at start unless this says so.
+  bool insecure = false;
   // TLS: the server's certificate and key; a client CA demands client
   // certificates (mutual TLS). Ranks get the CA (and, for mTLS, this
   // certificate and key as their client identity) through their environment.
