@@ -15,6 +15,8 @@
 #include <tuple>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -41,6 +43,34 @@ absl::StatusOr<std::string> ReadToken(const std::string& path) {
   while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
   if (token.empty()) return absl::InvalidArgumentError(StrCat("the token file '", path, "' is empty"));
   return token;
+}
+
+// What to say of a call that found no controller (UNAVAILABLE). gRPC's
+// message tells apart a port nobody listens on ("Connection refused"), a
+// TLS handshake that failed (a CA that did not sign the controller's
+// certificate, TLS to a plaintext controller), and a connection the other
+// side closed at once (plaintext to a TLS controller, or no client
+// certificate for one that demands it): only the first is "no controller".
+std::string UnavailableMessage(const std::string& controller, const std::string& detail, bool tls) {
+  // Matched without the address itself, which may hold any of the words.
+  std::string lower = absl::AsciiStrToLower(detail);
+  const std::string address = absl::AsciiStrToLower(controller);
+  for (size_t at; !address.empty() && (at = lower.find(address)) != std::string::npos;) lower.erase(at, address.size());
+  if (absl::StrContains(lower, "connection refused")) return StrCat("no controller at ", controller, " (", detail, ")");
+  if (absl::StrContains(lower, "handshake") || absl::StrContains(lower, "ssl") || absl::StrContains(lower, "tls")) {
+    return StrCat("the TLS handshake with ", controller, " failed (", detail, "): ",
+                  tls ? "is --tls-ca (MOEX_TLS_CA) the CA that signed the controller's certificate, and does the "
+                        "controller serve TLS at all?"
+                      : "the controller there serves TLS; give --tls-ca (MOEX_TLS_CA)");
+  }
+  if (absl::StrContains(lower, "socket closed") || absl::StrContains(lower, "connection reset") ||
+      absl::StrContains(lower, "end of tcp stream") || absl::StrContains(lower, "connection closed")) {
+    return StrCat("the connection to ", controller, " failed: something listens there but closed it (", detail, "): ",
+                  tls ? "a controller that demands client certificates (mutual TLS) does so to a client without "
+                        "--tls-cert and --tls-key (MOEX_TLS_CERT, MOEX_TLS_KEY)"
+                      : "a controller that serves TLS does so to a plaintext client; give --tls-ca (MOEX_TLS_CA)");
+  }
+  return StrCat("no controller at ", controller, " (", detail, ")");
 }
 
 }  // namespace
@@ -299,9 +329,10 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     return c;
   };
   auto fail = [&](const grpc::Status& status) {
-    std::cerr << "moex job: error: " << (status.error_code() == grpc::StatusCode::UNAVAILABLE
-                                             ? StrCat("no controller at ", f.controller, " (", status.error_message(), ")")
-                                             : status.error_message())
+    std::cerr << "moex job: error: "
+              << (status.error_code() == grpc::StatusCode::UNAVAILABLE
+                      ? UnavailableMessage(f.controller, status.error_message(), !tls.ca.empty())
+                      : status.error_message())
               << "\n";
     return 1;
   };
