@@ -1,10 +1,13 @@
 #include "moex/cluster/job_manager.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -15,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "moex/cluster/client_files.h"
+#include "moex/cluster/state_dir.h"
 #include "moex/core/echo.h"
 #include "moex/core/host_memory.h"
 #include "moex/core/status_macros.h"
@@ -78,9 +82,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
   if (options.moex_binary.empty()) options.moex_binary = SelfExecutable();
   MOEX_ASSIGN_OR_RETURN(options.limits.data_roots, CanonicalDataRoots(options.limits.data_roots));
   MOEX_ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store, JobStore::Open(options.state_dir));
-  std::error_code error;
-  std::filesystem::create_directories(std::filesystem::path(options.state_dir) / "logs", error);
-  if (error) return absl::PermissionDeniedError(StrCat("cannot create '", options.state_dir, "/logs': ", error.message()));
+  MOEX_RETURN_IF_ERROR(MakePrivateDirectory((std::filesystem::path(options.state_dir) / "logs").string(), "the logs dir"));
   MOEX_ASSIGN_OR_RETURN(StateDirIdentity identity, StateDirIdentity::Capture(options.state_dir, {"jobs.db", "logs"}));
   MOEX_ASSIGN_OR_RETURN(std::vector<StoredJob> stored, store->LoadAll());
   if (options.launcher.work_dir.empty()) {
@@ -329,6 +331,11 @@ absl::Status JobManager::Launch(Entry& entry) {
     }
   }
   {
+    // The log is made here, its owner's alone (a job's output is nobody
+    // else's business); the launcher and the cleanup append to it.
+    const int log = open(request.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (log < 0) return absl::FailedPreconditionError(StrCat("cannot open the log '", request.log_path, "': ", std::strerror(errno)));
+    close(log);
     std::error_code size_error;
     const auto size = std::filesystem::file_size(request.log_path, size_error);
     entry.log_offset = size_error ? 0 : static_cast<int64_t>(size);

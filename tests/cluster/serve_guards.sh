@@ -10,7 +10,9 @@
 #    job was recorded in the deleted database and failed with "cannot start
 #    'mpirun'");
 #  - an address other hosts reach, with neither token nor mutual TLS, is
-#    refused unless --insecure (before: it served anyone).
+#    refused unless --insecure (before: it served anyone);
+#  - a token file others may read is refused, naming it and its mode
+#    (before: it was used).
 set -euo pipefail
 moex="$1"
 work="$(mktemp -d)"
@@ -78,4 +80,17 @@ echo "  0.0.0.0 without a token: exit $rc: $(cat "$work/open.out")"
 grep -q "moex serve: error: --listen 0.0.0.0:0 is reachable from other hosts.*--token-file.*--insecure" "$work/open.out" \
   || fail "the refusal does not say what to give"
 [ ! -e "$work/open" ] || fail "the refused controller made its state dir"
+
+# A token file anyone may read.
+printf 's3cret\n' > "$work/token"
+chmod 644 "$work/token"
+rc=0
+timeout 20 "$moex" serve --listen 127.0.0.1:0 --state-dir "$work/tokened" --token-file "$work/token" > "$work/token.out" 2>&1 || rc=$?
+echo "  token file 0644: exit $rc: $(cat "$work/token.out")"
+[ "$rc" = 1 ] || fail "a token file of mode 0644 was accepted (exit $rc)"
+grep -q "the token file '$work/token' is open to others (mode 0644).*chmod 600 $work/token" "$work/token.out" \
+  || fail "the refusal does not name the file, its mode and the fix"
+rc=0
+MOEX_TOKEN_FILE="$work/token" "$moex" job list > /dev/null 2> "$work/client-token.out" || rc=$?
+[ "$rc" = 1 ] && grep -q "chmod 600 $work/token" "$work/client-token.out" || fail "moex job used a token file of mode 0644"
 echo "serve guards: ok"

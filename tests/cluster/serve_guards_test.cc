@@ -5,6 +5,7 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -229,6 +230,30 @@ TEST_F(ServeGuardsTest, AnAddressOtherHostsReachNeedsATokenOrMutualTlsOrInsecure
   options.listen = "localhost:0";
   auto loopback = Controller::Start(options);
   EXPECT_TRUE(loopback.ok()) << loopback.status();
+}
+
+// Issue #19 item c. Before: the state dir and its logs dir were made 0755
+// and serve.lock and the jobs' logs 0644, for any user of the host to read.
+TEST_F(ServeGuardsTest, WhatItMakesInTheStateDirIsItsOwnersAlone) {
+  const mode_t old_umask = umask(022);
+  ControllerOptions options = Options("made/state");  // its parent is missing too
+  auto controller = Controller::Start(options);
+  umask(old_umask);
+  ASSERT_TRUE(controller.ok()) << controller.status();
+  controller_ = std::move(*controller);
+  channel_ = grpc::CreateChannel(Address(), grpc::InsecureChannelCredentials());
+  auto mode = [](const std::filesystem::path& path) {
+    struct stat info {};
+    EXPECT_EQ(stat(path.c_str(), &info), 0) << path;
+    return info.st_mode & 07777;
+  };
+  const std::filesystem::path state = options.state_dir;
+  EXPECT_EQ(mode(state), 0700u);
+  EXPECT_EQ(mode(state / "logs"), 0700u);
+  EXPECT_EQ(mode(state / "serve.lock"), 0600u);
+  moex::v1::Job job;
+  ASSERT_TRUE(Submit(&job).ok());
+  EXPECT_EQ(mode(job.log_path()), 0600u) << job.log_path();
 }
 
 TEST(SpawnTest, ALogThatCannotBeOpenedIsNamed) {

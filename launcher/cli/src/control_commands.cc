@@ -9,7 +9,6 @@
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <tuple>
@@ -33,17 +32,6 @@
 
 namespace moex::cli {
 namespace {
-
-absl::StatusOr<std::string> ReadToken(const std::string& path) {
-  if (path.empty()) return std::string();
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(StrCat("cannot read the token file '", path, "'"));
-  std::string token;
-  std::getline(in, token);
-  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
-  if (token.empty()) return absl::InvalidArgumentError(StrCat("the token file '", path, "' is empty"));
-  return token;
-}
 
 // What to say of a call that found no controller (UNAVAILABLE). gRPC's
 // message tells apart a port nobody listens on ("Connection refused"), a
@@ -91,7 +79,8 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
   serve->add_option("--start-timeout", f.start_timeout, "Seconds for every rank of a job to register")->capture_default_str();
   serve->add_option("--heartbeat-timeout", f.heartbeat_timeout, "Seconds of silence after which a rank is dead")->capture_default_str();
   serve->add_option("--cancel-grace", f.cancel_grace, "Seconds between SIGTERM and SIGKILL on cancel")->capture_default_str();
-  serve->add_option("--token-file", f.token_file, "Require this bearer token on every call but health");
+  serve->add_option("--token-file", f.token_file,
+                    "Require this bearer token (the file's first line; mode 600) on every call but health");
   serve->add_option("--tls-cert", f.tls_cert, "Serve TLS with this PEM certificate");
   serve->add_option("--tls-key", f.tls_key, "and this PEM private key");
   serve->add_option("--tls-client-ca", f.tls_client_ca, "Demand client certificates signed by this CA (mutual TLS)");
@@ -126,7 +115,7 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
 }
 
 int RunServe(const ServeFlags& f) {
-  auto token = ReadToken(f.token_file);
+  auto token = cluster::ReadTokenFile(f.token_file);
   if (!token.ok()) {
     std::cerr << "moex serve: error: " << token.status().message() << "\n";
     return 1;
@@ -307,7 +296,7 @@ int RunJob(CLI::App& job, const JobFlags& given) {
   JobFlags f = given;
   if (f.controller.empty()) f.controller = std::getenv("MOEX_CONTROLLER") ? std::getenv("MOEX_CONTROLLER") : "127.0.0.1:50051";
   if (f.token_file.empty() && std::getenv("MOEX_TOKEN_FILE")) f.token_file = std::getenv("MOEX_TOKEN_FILE");
-  auto token = ReadToken(f.token_file);
+  auto token = cluster::ReadTokenFile(f.token_file);
   if (!token.ok()) {
     std::cerr << "moex job: error: " << token.status().message() << "\n";
     return 1;
