@@ -77,6 +77,10 @@ absl::Status CheckJobIdLength(std::string_view id) {
   return absl::NotFoundError(StrCat("no job '", Echo(id), "'"));
 }
 
+pid_t JobManager::GroupToSignal(const Entry& entry) {
+  return JobGroupAlive(entry.process_group, entry.job.id()) ? entry.process_group : 0;
+}
+
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions options) {
   if (options.state_dir.empty()) return absl::InvalidArgumentError("--state-dir is required");
   if (options.moex_binary.empty()) options.moex_binary = SelfExecutable();
@@ -188,7 +192,7 @@ void JobManager::KillProcesses(Entry& entry) {
   // No process is left behind: the launcher ends the attempt on every host
   // (mpirun's group, Slurm's scancel); this host's ranks are also killed
   // by pid; the hosts' cleanup step then kills what is left there.
-  launcher_->Stop(entry.job.id(), CurrentAttemptNumber(entry.job), entry.process_group, /*force=*/true);
+  launcher_->Stop(entry.job.id(), CurrentAttemptNumber(entry.job), GroupToSignal(entry), /*force=*/true);
   SignalLocalRanks(entry, SIGKILL);
   // Ranks that never registered have no pid on record (the chaos case of an
   // unreachable controller left one running under load): when every rank
@@ -436,7 +440,7 @@ absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
       entry.cancel_requested = true;
       entry.term_sent = Clock::now();
       entry.job.set_message(StrCat("cancelling: SIGTERM sent, SIGKILL after ", options_.cancel_grace_seconds, " s"));
-      launcher_->Stop(id, CurrentAttemptNumber(entry.job), entry.process_group, /*force=*/false);
+      launcher_->Stop(id, CurrentAttemptNumber(entry.job), GroupToSignal(entry), /*force=*/false);
       SignalLocalRanks(entry, SIGTERM);
       Persist(entry);
     }
@@ -534,7 +538,7 @@ void JobManager::MonitorLoop() {
         }
         if (entry.cancel_requested) {
           if (!entry.kill_sent && seconds(entry.term_sent) > options_.cancel_grace_seconds) {
-            launcher_->Stop(id, CurrentAttemptNumber(entry.job), entry.process_group, /*force=*/true);
+            launcher_->Stop(id, CurrentAttemptNumber(entry.job), GroupToSignal(entry), /*force=*/true);
             entry.kill_sent = true;
           }
           continue;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -254,6 +255,80 @@ TEST_F(ServeGuardsTest, WhatItMakesInTheStateDirIsItsOwnersAlone) {
   moex::v1::Job job;
   ASSERT_TRUE(Submit(&job).ok());
   EXPECT_EQ(mode(job.log_path()), 0600u) << job.log_path();
+}
+
+// Item 3's gap: an adopted job whose process group id passes to another
+// program (here its leader execs `sleep`, which is how a recycled id looks
+// from outside) between the monitor's checks. Before: cancel sent it
+// SIGTERM, and shutting down SIGKILL, without asking again whose it was.
+TEST_F(ServeGuardsTest, AGroupThatIsAnotherProgramsNowIsNotSignalledOnCancelNorAtShutdown) {
+  struct Fake {
+    std::string id;
+    pid_t pid = 0;
+    int go = -1;  // writing a line here makes it exec `sleep 300`
+  };
+  std::vector<Fake> fakes = {{"j-0000000000c1"}, {"j-0000000000c2"}};
+  const std::string marker_prefix = "worker --job-id ";
+  for (Fake& fake : fakes) {
+    int pipe_fds[2];
+    ASSERT_EQ(pipe(pipe_fds), 0);
+    fake.pid = fork();
+    ASSERT_GE(fake.pid, 0);
+    if (fake.pid == 0) {
+      setsid();
+      dup2(pipe_fds[0], STDIN_FILENO);
+      close(pipe_fds[1]);
+      // Its command line carries the job's marker, as mpirun's does.
+      execl("/bin/sh", "sh", "-c", "read line; exec sleep 300", "worker", "--job-id", fake.id.c_str(), "--attempt", "1",
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(pipe_fds[0]);
+    fake.go = pipe_fds[1];
+    for (int i = 0; i < 400 && !CommandLineHas(fake.pid, marker_prefix + fake.id + " "); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    ASSERT_TRUE(CommandLineHas(fake.pid, marker_prefix + fake.id + " "));
+  }
+  {
+    std::filesystem::create_directories(Options().state_dir);
+    auto store = JobStore::Open(Options().state_dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    for (const Fake& fake : fakes) {
+      moex::v1::Job job;
+      job.set_id(fake.id);
+      job.set_state(moex::v1::JOB_STATE_RUNNING);
+      job.mutable_spec()->set_world_size(2);
+      job.mutable_spec()->set_steps(10);
+      job.set_ranks_registered(2);
+      ASSERT_TRUE((*store)->Put(job, fake.pid).ok());
+    }
+  }
+  Start();
+  for (const Fake& fake : fakes) {
+    ASSERT_EQ(controller_->jobs().Get(fake.id)->state(), moex::v1::JOB_STATE_RUNNING) << fake.id << " was not adopted";
+  }
+  // Becomes another program; acted on at once, before the monitor's next
+  // look (every 50 ms) can notice.
+  auto turn = [&](const Fake& fake) {
+    ASSERT_EQ(write(fake.go, "go\n", 3), 3);
+    while (CommandLineHas(fake.pid, marker_prefix + fake.id + " ")) {
+    }
+  };
+  turn(fakes[0]);
+  ASSERT_TRUE(controller_->jobs().Cancel(fakes[0].id).ok());
+  turn(fakes[1]);
+  controller_.reset();  // shutting down ends the running job: FAILED, its processes stopped
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  for (const Fake& fake : fakes) {
+    int status = 0;
+    EXPECT_EQ(waitpid(fake.pid, &status, WNOHANG), 0)
+        << fake.id << ": the program that has its group id now was signalled ("
+        << (WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "exited") << ")";
+    kill(fake.pid, SIGKILL);
+    waitpid(fake.pid, &status, 0);
+    close(fake.go);
+  }
 }
 
 TEST(SpawnTest, ALogThatCannotBeOpenedIsNamed) {

@@ -210,6 +210,10 @@ class JobManager {
   // Ends the attempt's processes now: through the launcher (every host),
   // and, on this host only, each registered rank by pid and command line.
   void KillProcesses(Entry& entry);
+  // The process group a signal to the entry's job may go to: its recorded
+  // one while that still runs the job (JobGroupAlive), else 0 (gone, or a
+  // recycled id another program has now). Asked right before signalling.
+  static pid_t GroupToSignal(const Entry& entry);
   // Requires the lock: SIGTERM (or SIGKILL) to ranks registered from this
   // host, checked by command line; never a pid of another host.
   void SignalLocalRanks(const Entry& entry, int signal);
