@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "moex/core/status_macros.h"
+#include "moex/core/echo.h"
 #include "moex/core/str_cat.h"
 #include "moex/core/tensor.h"
 #include "moex/model/config_view.h"
@@ -244,7 +245,7 @@ absl::StatusOr<std::vector<std::string>> CanonicalDataRoots(const std::vector<st
 absl::StatusOr<std::string> CheckModelFile(const std::string& model, const std::vector<std::string>& roots) {
   std::vector<std::string> presets;
   for (const model::Preset& preset : model::AllPresets()) presets.emplace_back(preset.name);
-  const std::string subject = StrCat("spec.model '", model, "'");
+  const std::string subject = StrCat("spec.model '", Echo(model), "'");
   absl::StatusOr<std::string> resolved =
       Resolve(subject, model, roots, StrCat("; or name a preset: ", absl::StrJoin(presets, ", ")));
   if (!resolved.ok() && model.find('/') == std::string::npos) {
@@ -255,7 +256,7 @@ absl::StatusOr<std::string> CheckModelFile(const std::string& model, const std::
   MOEX_ASSIGN_OR_RETURN(std::string path, std::move(resolved));
   std::string file_subject = subject;
   if (IsDirectory(path)) {
-    file_subject = StrCat("spec.model '", (fs::path(model) / "config.json").string(), "'");
+    file_subject = StrCat("spec.model '", Echo((fs::path(model) / "config.json").string()), "'");
     MOEX_ASSIGN_OR_RETURN(path, Resolve(file_subject, (fs::path(path) / "config.json").string(), roots));
   }
   MOEX_ASSIGN_OR_RETURN(nlohmann::json config, ReadJsonObject(file_subject, path));
@@ -266,7 +267,7 @@ absl::StatusOr<std::string> CheckModelFile(const std::string& model, const std::
 
 absl::StatusOr<std::string> CheckWeightsFiles(const std::string& weights, const std::vector<std::string>& roots,
                                               const model::MoeLayerSpec& layer) {
-  std::string subject = StrCat("spec.weights '", weights, "'");
+  std::string subject = StrCat("spec.weights '", Echo(weights), "'");
   MOEX_ASSIGN_OR_RETURN(std::string path, Resolve(subject, weights, roots));
   if (IsDirectory(path)) {
     // As model::Checkpoint::Open: the index first.
@@ -275,7 +276,7 @@ absl::StatusOr<std::string> CheckWeightsFiles(const std::string& weights, const 
       if (!inside && Exists((fs::path(path) / name).string())) inside = name;
     }
     if (!inside) return Bad(subject, "holds neither model.safetensors.index.json nor model.safetensors");
-    subject = StrCat("spec.weights '", (fs::path(weights) / *inside).string(), "'");
+    subject = StrCat("spec.weights '", Echo((fs::path(weights) / *inside).string()), "'");
     MOEX_ASSIGN_OR_RETURN(path, Resolve(subject, (fs::path(path) / *inside).string(), roots));
   }
   if (absl::EndsWith(path, ".json")) {

@@ -1,6 +1,13 @@
 #include "moex/cluster/credentials.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -61,6 +68,40 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ClientCredentials(cons
     options.pem_private_key = *key;
   }
   return grpc::SslCredentials(options);
+}
+
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  if (path.empty()) return std::string();
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::NotFoundError(StrCat("cannot read the token file '", path, "': ", std::strerror(errno)));
+  // The mode of the file opened, not of whatever the path names later.
+  struct stat info {};
+  if (fstat(fd, &info) != 0) {
+    const int stat_error = errno;
+    close(fd);
+    return absl::PermissionDeniedError(StrCat("cannot stat the token file '", path, "': ", std::strerror(stat_error)));
+  }
+  if ((info.st_mode & 077) != 0) {
+    close(fd);
+    char mode[8];
+    snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(info.st_mode & 07777));
+    return absl::PermissionDeniedError(StrCat("the token file '", path, "' is open to others (mode ", mode,
+                                              "): only its owner may read it; chmod 600 ", path));
+  }
+  std::string text;
+  char buffer[4096];
+  ssize_t got = 0;
+  while (text.find('\n') == std::string::npos && text.size() < (1 << 20) &&
+         (got = read(fd, buffer, sizeof(buffer))) > 0) {
+    text.append(buffer, static_cast<size_t>(got));
+  }
+  const int read_error = errno;
+  close(fd);
+  if (got < 0) return absl::PermissionDeniedError(StrCat("cannot read the token file '", path, "': ", std::strerror(read_error)));
+  std::string token = text.substr(0, text.find('\n'));
+  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  if (token.empty()) return absl::InvalidArgumentError(StrCat("the token file '", path, "' is empty"));
+  return token;
 }
 
 TlsFiles ClientTlsFromEnvironment() {

@@ -1,10 +1,13 @@
 #include "moex/cluster/job_manager.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -16,6 +19,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "moex/cluster/client_files.h"
+#include "moex/cluster/state_dir.h"
+#include "moex/core/echo.h"
 #include "moex/core/host_memory.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
@@ -68,6 +73,15 @@ bool JobGroupAlive(pid_t group, const std::string& job_id) {
   return true;
 }
 
+absl::Status CheckJobIdLength(std::string_view id) {
+  if (id.size() <= kEchoBytes) return absl::OkStatus();
+  return absl::NotFoundError(StrCat("no job '", Echo(id), "'"));
+}
+
+pid_t JobManager::GroupToSignal(const Entry& entry) {
+  return JobGroupAlive(entry.process_group, entry.job.id()) ? entry.process_group : 0;
+}
+
 absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions options) {
   if (options.state_dir.empty()) return absl::InvalidArgumentError("--state-dir is required");
   if (options.moex_binary.empty()) options.moex_binary = SelfExecutable();
@@ -77,9 +91,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
     std::cerr << "moex serve: " << store->path() << ": " << bad
               << "; moved, bytes intact, to its quarantine table (the other jobs start as usual)" << std::endl;
   }
-  std::error_code error;
-  std::filesystem::create_directories(std::filesystem::path(options.state_dir) / "logs", error);
-  if (error) return absl::PermissionDeniedError(StrCat("cannot create '", options.state_dir, "/logs': ", error.message()));
+  MOEX_RETURN_IF_ERROR(MakePrivateDirectory((std::filesystem::path(options.state_dir) / "logs").string(), "the logs dir"));
   MOEX_ASSIGN_OR_RETURN(StateDirIdentity identity, StateDirIdentity::Capture(options.state_dir, {"jobs.db", "logs"}));
   MOEX_ASSIGN_OR_RETURN(std::vector<StoredJob> stored, store->LoadAll());
   if (options.launcher.work_dir.empty()) {
@@ -228,7 +240,7 @@ void JobManager::KillProcesses(Entry& entry) {
   // No process is left behind: the launcher ends the attempt on every host
   // (mpirun's group, Slurm's scancel); this host's ranks are also killed
   // by pid; the hosts' cleanup step then kills what is left there.
-  launcher_->Stop(entry.job.id(), CurrentAttemptNumber(entry.job), entry.process_group, /*force=*/true);
+  launcher_->Stop(entry.job.id(), CurrentAttemptNumber(entry.job), GroupToSignal(entry), /*force=*/true);
   SignalLocalRanks(entry, SIGKILL);
   // Ranks that never registered have no pid on record (the chaos case of an
   // unreachable controller left one running under load): when every rank
@@ -366,6 +378,11 @@ absl::Status JobManager::Launch(Entry& entry) {
     }
   }
   {
+    // The log is made here, its owner's alone (a job's output is nobody
+    // else's business); the launcher and the cleanup append to it.
+    const int log = open(request.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (log < 0) return absl::FailedPreconditionError(StrCat("cannot open the log '", request.log_path, "': ", std::strerror(errno)));
+    close(log);
     std::error_code size_error;
     const auto size = std::filesystem::file_size(request.log_path, size_error);
     entry.log_offset = size_error ? 0 : static_cast<int64_t>(size);
@@ -386,6 +403,7 @@ absl::Status JobManager::Launch(Entry& entry) {
 }
 
 absl::StatusOr<Job> JobManager::Get(const std::string& id) {
+  MOEX_RETURN_IF_ERROR(CheckJobIdLength(id));
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = jobs_.find(id);
@@ -454,6 +472,7 @@ absl::StatusOr<std::vector<Job>> JobManager::ListPage(int64_t after_ms, const st
 }
 
 absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
+  MOEX_RETURN_IF_ERROR(CheckJobIdLength(id));
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = jobs_.find(id);
@@ -464,7 +483,7 @@ absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
       entry.cancel_requested = true;
       entry.term_sent = Clock::now();
       entry.job.set_message(StrCat("cancelling: SIGTERM sent, SIGKILL after ", options_.cancel_grace_seconds, " s"));
-      launcher_->Stop(id, CurrentAttemptNumber(entry.job), entry.process_group, /*force=*/false);
+      launcher_->Stop(id, CurrentAttemptNumber(entry.job), GroupToSignal(entry), /*force=*/false);
       SignalLocalRanks(entry, SIGTERM);
       Persist(entry);
     }
@@ -480,6 +499,7 @@ absl::StatusOr<std::string> JobManager::LogPath(const std::string& id) {
 
 absl::StatusOr<int64_t> JobManager::Subscribe(const std::string& id,
                                               std::function<void(const Job&)> on_change) {
+  MOEX_RETURN_IF_ERROR(CheckJobIdLength(id));
   int64_t handle;
   bool held;
   {
@@ -565,7 +585,7 @@ void JobManager::MonitorLoop() {
         }
         if (entry.cancel_requested) {
           if (!entry.kill_sent && seconds(entry.term_sent) > options_.cancel_grace_seconds) {
-            launcher_->Stop(id, CurrentAttemptNumber(entry.job), entry.process_group, /*force=*/true);
+            launcher_->Stop(id, CurrentAttemptNumber(entry.job), GroupToSignal(entry), /*force=*/true);
             entry.kill_sent = true;
           }
           continue;

@@ -9,6 +9,7 @@
 #include "moex/cluster/job_manager.h"
 #include "moex/cluster/placement_proto.h"
 #include "moex/core/status_macros.h"
+#include "moex/core/echo.h"
 #include "moex/core/str_cat.h"
 #include "moex/model/moe_layer_spec.h"
 #include "moex/model/model_loader.h"
@@ -37,7 +38,7 @@ absl::Status JobManager::EnsurePlacement(Entry& entry) {
 absl::StatusOr<moex::v1::Placement> JobManager::GetPlacement(const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = jobs_.find(id);
-  if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", id, "'"));
+  if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", Echo(id), "'"));
   MOEX_RETURN_IF_ERROR(EnsurePlacement(it->second));
   return it->second.job.placement();
 }
@@ -135,7 +136,7 @@ absl::StatusOr<moex::v1::Placement> JobManager::Rebalance(const std::string& id,
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = jobs_.find(id);
-    if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", id, "'"));
+    if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", Echo(id), "'"));
     if (it->second.job.state() != moex::v1::JOB_STATE_RUNNING) {
       return absl::FailedPreconditionError(StrCat("job ", id, " is ", JobState_Name(it->second.job.state()),
                                                   "; only a running job can be rebalanced"));

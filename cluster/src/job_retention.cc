@@ -28,6 +28,7 @@ bool PlainId(const std::string& id) {
 }  // namespace
 
 absl::StatusOr<moex::v1::Job> JobManager::Delete(const std::string& id) {
+  MOEX_RETURN_IF_ERROR(CheckJobIdLength(id));
   auto not_ended = [&](const moex::v1::Job& job) {
     return absl::FailedPreconditionError(StrCat("job ", id, " is ", StateWord(job.state()),
                                                 ": only an ended job can be deleted; cancel it first (moex job cancel ",

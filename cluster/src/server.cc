@@ -3,10 +3,14 @@
 #include "absl/strings/match.h"
 #include <openssl/crypto.h>
 
+#include <arpa/inet.h>
+#include <grpc/grpc.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/server_interceptor.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -14,6 +18,7 @@
 #include <deque>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -21,6 +26,7 @@
 #include "moex/cluster/credentials.h"
 #include "moex/cluster/job_list.h"
 #include "moex/cluster/rank_metadata.h"
+#include "moex/core/echo.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/v1/cluster.grpc.pb.h"
@@ -36,18 +42,106 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-// When the controller has a token, every call must carry it.
-grpc::Status Authorise(const grpc::CallbackServerContext* context, const std::string& token) {
-  if (token.empty()) return grpc::Status::OK;
-  auto metadata = context->client_metadata();
+constexpr char kNeedsToken[] = "this controller needs a bearer token (moex --token-file)";
+
+// Whether a call's metadata carries "authorization: Bearer <token>".
+bool CarriesToken(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata, const std::string& token) {
   auto it = metadata.find("authorization");
   const std::string expected = "Bearer " + token;
   // Compared in constant time: how much of a guess matched must not show.
-  if (it == metadata.end() || it->second.size() != expected.size() ||
-      CRYPTO_memcmp(it->second.data(), expected.data(), expected.size()) != 0) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "this controller needs a bearer token (moex --token-file)");
+  return it != metadata.end() && it->second.size() == expected.size() &&
+         CRYPTO_memcmp(it->second.data(), expected.data(), expected.size()) == 0;
+}
+
+// When the controller has a token, every call must carry it.
+grpc::Status Authorise(const grpc::CallbackServerContext* context, const std::string& token) {
+  if (token.empty() || CarriesToken(context->client_metadata(), token)) return grpc::Status::OK;
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, kNeedsToken);
+}
+
+// Every call but health's (open, for probes) must carry the token, the
+// calls of services moex does not write too: server reflection, which
+// would list every service and message to anyone, and whatever a plugin
+// adds. A call without it is ended UNAUTHENTICATED as soon as its metadata
+// arrives, before its handler reads a request. The handler still runs
+// (gRPC has no way for an interceptor to skip it), which is why moex's own
+// handlers check the token themselves (Authorise): they must not act on a
+// refused call.
+class TokenInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  TokenInterceptor(grpc::experimental::ServerRpcInfo* info, const std::string& token) : info_(info), token_(token) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::POST_RECV_INITIAL_METADATA) &&
+        !CarriesToken(*methods->GetRecvInitialMetadata(), token_)) {
+      grpc_call_cancel_with_status(info_->server_context()->c_call(), GRPC_STATUS_UNAUTHENTICATED, kNeedsToken,
+                                   nullptr);
+    }
+    methods->Proceed();
   }
-  return grpc::Status::OK;
+
+ private:
+  grpc::experimental::ServerRpcInfo* info_;
+  const std::string& token_;  // the factory's, which outlives the server's calls
+};
+
+class TokenInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit TokenInterceptorFactory(std::string token) : token_(std::move(token)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
+    if (absl::StartsWith(info->method(), "/grpc.health.v1.Health/")) return nullptr;
+    return new TokenInterceptor(info, token_);
+  }
+
+ private:
+  const std::string token_;
+};
+
+// Whether every address `host` names is this host's loopback (127.0.0.0/8,
+// ::1): only this host's users can reach a controller listening there.
+// An empty host (":PORT") is every interface; a name that does not resolve
+// is not known to be loopback.
+bool LoopbackOnly(std::string host) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty()) return false;
+  if (host == "localhost") return true;
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0) return false;
+  bool loopback = found != nullptr;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    if (a->ai_family == AF_INET) {
+      const auto* v4 = reinterpret_cast<const sockaddr_in*>(a->ai_addr);
+      loopback = loopback && (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
+    } else if (a->ai_family == AF_INET6) {
+      const auto* v6 = reinterpret_cast<const sockaddr_in6*>(a->ai_addr);
+      const in6_addr& address = v6->sin6_addr;
+      loopback = loopback && (IN6_IS_ADDR_LOOPBACK(&address) ||
+                              (IN6_IS_ADDR_V4MAPPED(&address) && address.s6_addr[12] == 127));
+    } else {
+      loopback = false;
+    }
+  }
+  freeaddrinfo(found);
+  return loopback;
+}
+
+// A controller other hosts can reach runs jobs for whoever connects: it
+// must ask them for something (a bearer token, or a client certificate
+// under mutual TLS) unless its operator says plainly that it need not.
+absl::Status CheckExposure(const ControllerOptions& options) {
+  if (!options.token.empty() || !options.tls_client_ca.empty() || options.insecure) return absl::OkStatus();
+  const std::string& listen = options.listen;
+  if (listen.rfind("unix:", 0) == 0 || listen.rfind("unix-abstract:", 0) == 0) return absl::OkStatus();
+  const size_t colon = listen.rfind(':');
+  const std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
+  if (LoopbackOnly(host)) return absl::OkStatus();
+  return absl::FailedPreconditionError(StrCat(
+      "--listen ", listen, " is reachable from other hosts, and nothing would be asked of a client there: anyone "
+      "who connects could run jobs as this user. Give --token-file FILE (a bearer token), or --tls-cert, --tls-key "
+      "and --tls-client-ca (mutual TLS), or --insecure if the network itself is trusted; or listen on loopback "
+      "(127.0.0.1)"));
 }
 
 // A rank call must carry its job's rank secret (rank_secret.h).
@@ -57,7 +151,7 @@ absl::Status CheckRankSecret(const grpc::CallbackServerContext* context, const J
   auto it = metadata.find(kRankSecretMetadata);
   const std::string presented = it == metadata.end() ? "" : std::string(it->second.data(), it->second.size());
   if (jobs.RankSecretOk(job_id, presented)) return absl::OkStatus();
-  return absl::PermissionDeniedError(StrCat(call, " for job ", job_id, ": ",
+  return absl::PermissionDeniedError(StrCat(call, " for job ", Echo(job_id), ": ",
                                             presented.empty() ? "no rank secret" : "not the job's rank secret",
                                             " (metadata ", kRankSecretMetadata,
                                             "): only the job's own ranks may make rank calls"));
@@ -466,6 +560,8 @@ absl::Status CheckAdvertise(const ControllerOptions& options) {
 absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions options) {
   auto controller = std::unique_ptr<Controller>(new Controller());
   if (options.state_dir.empty()) return absl::InvalidArgumentError("--state-dir is required");
+  // Before anything is made or touched, the state dir included.
+  MOEX_RETURN_IF_ERROR(CheckExposure(options));
   // One controller per state dir, and per address, decided before a job is
   // adopted or failed.
   MOEX_ASSIGN_OR_RETURN(controller->lock_, StateDirLock::Acquire(options.state_dir));
@@ -494,6 +590,11 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions 
   // gRPC sets SO_REUSEPORT by default: a second controller on this port would
   // listen too, and clients would be split between the two.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  if (!token.empty()) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+    interceptors.push_back(std::make_unique<TokenInterceptorFactory>(token));
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   builder.AddListeningPort(listen, *credentials, &controller->port_);
   builder.RegisterService(&controller->services_->jobs);
   builder.RegisterService(&controller->services_->cluster);

@@ -10,6 +10,7 @@
 #include "moex/core/format.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/stored_matrix.h"
+#include "moex/core/echo.h"
 #include "moex/core/str_cat.h"
 #include "moex/job/run_config.h"
 #include "moex/launcher/hostfile.h"
@@ -122,12 +123,12 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
   // Where the ranks run: CPUs over MPI or UCX, or a GPU each over NCCL.
   if (spec->device().empty()) spec->set_device("cpu");
   if (spec->device() != "cpu" && spec->device() != "cuda") {
-    return Bad("device", StrCat("is '", spec->device(), "'; known: cpu, cuda"));
+    return Bad("device", StrCat("is '", Echo(spec->device()), "'; known: cpu, cuda"));
   }
   const bool cuda = spec->device() == "cuda";
   if (spec->transport().empty()) spec->set_transport(cuda ? "nccl" : "mpi");
   if (cuda ? spec->transport() != "nccl" : (spec->transport() != "mpi" && spec->transport() != "ucx")) {
-    return Bad("transport", StrCat("is '", spec->transport(), "'; known for device ", spec->device(), ": ",
+    return Bad("transport", StrCat("is '", Echo(spec->transport()), "'; known for device ", spec->device(), ": ",
                                    cuda ? "nccl" : "mpi, ucx"));
   }
   if (spec->ranks_per_host() < 0 || spec->ranks_per_host() > 4096) {
@@ -139,7 +140,7 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
       return Bad(StrCat("hosts[", i, "]"), std::string(name.message()));
     }
     for (int j = 0; j < i; ++j) {
-      if (spec->hosts(j) == spec->hosts(i)) return Bad(StrCat("hosts[", i, "]"), StrCat("repeats '", spec->hosts(i), "'"));
+      if (spec->hosts(j) == spec->hosts(i)) return Bad(StrCat("hosts[", i, "]"), StrCat("repeats '", Echo(spec->hosts(i)), "'"));
     }
   }
   if (spec->has_bench()) {
@@ -176,7 +177,7 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
   if (!layer.ok()) {
     // Only if the file changed since it was checked.
     if (model_file && absl::StartsWith(layer.status().message(), "spec.model cannot be read")) {
-      return Bad("model", StrCat("'", spec->model(), "' cannot be read as a model config"));
+      return Bad("model", StrCat("'", Echo(spec->model()), "' cannot be read as a model config"));
     }
     return layer.status();
   }

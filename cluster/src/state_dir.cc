@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 
 namespace moex::cluster {
@@ -27,12 +28,25 @@ std::string LockHolder(int fd) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<StateDirLock>> StateDirLock::Acquire(const std::string& state_dir) {
+absl::Status MakePrivateDirectory(const std::string& path, std::string_view what) {
+  std::string trimmed = path;
+  while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
   std::error_code error;
-  std::filesystem::create_directories(state_dir, error);
-  if (error) return absl::PermissionDeniedError(StrCat("cannot create state dir '", state_dir, "': ", error.message()));
+  const std::filesystem::path parent = std::filesystem::path(trimmed).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent, error);
+  if (!error && mkdir(trimmed.c_str(), 0700) != 0 && errno != EEXIST) error.assign(errno, std::generic_category());
+  if (error) return absl::PermissionDeniedError(StrCat("cannot create ", what, " '", path, "': ", error.message()));
+  if (!std::filesystem::is_directory(trimmed, error)) {
+    return absl::PermissionDeniedError(StrCat("cannot create ", what, " '", path, "': ",
+                                              error ? error.message() : "something else has that name"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<StateDirLock>> StateDirLock::Acquire(const std::string& state_dir) {
+  MOEX_RETURN_IF_ERROR(MakePrivateDirectory(state_dir, "state dir"));
   const std::string path = (std::filesystem::path(state_dir) / "serve.lock").string();
-  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) return absl::PermissionDeniedError(StrCat("cannot open '", path, "': ", std::strerror(errno)));
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const int lock_error = errno;

@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "moex/core/echo.h"
 #include "moex/core/str_cat.h"
 
 namespace moex::launcher {
@@ -19,7 +20,7 @@ namespace moex::launcher {
 absl::Status ValidateHostName(std::string_view host) {
   bool ok = !host.empty() && host.size() <= 253 && std::isalnum(static_cast<unsigned char>(host[0]));
   for (char c : host) ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
-  if (!ok) return absl::InvalidArgumentError(StrCat("'", host, "' is not a host name ([A-Za-z0-9][A-Za-z0-9._-]*)"));
+  if (!ok) return absl::InvalidArgumentError(StrCat("'", Echo(host), "' is not a host name ([A-Za-z0-9][A-Za-z0-9._-]*)"));
   return absl::OkStatus();
 }
 

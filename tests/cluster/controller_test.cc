@@ -9,11 +9,13 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <thread>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "moex/core/subprocess.h"
+#include "moex/v1/cluster.grpc.pb.h"
 #include "moex/v1/job.grpc.pb.h"
 #include "moex/v1/placement.grpc.pb.h"
 
@@ -62,6 +64,70 @@ class ControllerTest : public ::testing::Test {
     context->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
     if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
     return context;
+  }
+
+  // Server reflection, spoken raw (Debian ships no reflection client): the
+  // request {list_services: ""} is field 7, length 0: bytes 0x3a 0x00. Fills
+  // `answer` with the first response's bytes; returns the call's status.
+  grpc::Status ListServices(const std::string& token, std::string* answer) {
+    grpc::GenericStub generic(channel_);
+    auto context = Context(10, token);
+    grpc::CompletionQueue queue;
+    void* tag;
+    bool ok = false;
+    auto call = generic.PrepareCall(context.get(), "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &queue);
+    // Each step waits for the one before; on a refused call they fail (ok
+    // false) and Finish says why.
+    call->StartCall(reinterpret_cast<void*>(1));
+    queue.Next(&tag, &ok);
+    const char request[] = {0x3a, 0x00};
+    grpc::Slice slice(request, sizeof(request));
+    grpc::ByteBuffer send(&slice, 1);
+    call->Write(send, reinterpret_cast<void*>(2));
+    queue.Next(&tag, &ok);
+    grpc::ByteBuffer received;
+    call->Read(&received, reinterpret_cast<void*>(3));
+    queue.Next(&tag, &ok);
+    answer->clear();
+    std::vector<grpc::Slice> slices;
+    if (ok && received.Dump(&slices).ok()) {
+      for (const grpc::Slice& s : slices) answer->append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+    call->WritesDone(reinterpret_cast<void*>(4));
+    queue.Next(&tag, &ok);
+    grpc::Status status;
+    call->Finish(&status, reinterpret_cast<void*>(5));
+    queue.Next(&tag, &ok);
+    queue.Shutdown();
+    while (queue.Next(&tag, &ok)) {
+    }
+    return status;
+  }
+
+  // grpc.health.v1.Health/Check for the whole server, without a token: 1
+  // (SERVING), 2 (NOT_SERVING), or -1 when the call fails.
+  int Health() {
+    grpc::GenericStub generic(channel_);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::CompletionQueue queue;
+    grpc::Slice empty("", 0);
+    grpc::ByteBuffer request(&empty, 1), response;
+    auto call = generic.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check", request, &queue);
+    call->StartCall();
+    grpc::Status status;
+    call->Finish(&response, &status, reinterpret_cast<void*>(1));
+    void* tag;
+    bool ok;
+    const bool got = queue.Next(&tag, &ok);
+    queue.Shutdown();
+    while (queue.Next(&tag, &ok)) {
+    }
+    std::vector<grpc::Slice> slices;
+    if (!got || !status.ok() || !response.Dump(&slices).ok()) return -1;
+    std::string bytes;
+    for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : -1;
   }
 
   static moex::v1::JobSpec Spec(int world, int steps, const std::string& model = "tiny") {
@@ -334,8 +400,6 @@ TEST_F(ControllerTest, ConcurrentSubmitAndCancelLeaveEveryJobCancelled) {
   }
 }
 
-// Server reflection, spoken raw (Debian ships no reflection client): the
-// request {list_services: ""} is field 7, length 0: bytes 0x3a 0x00.
 // The soak found memory growing with every job run: only the newest ended
 // jobs stay in memory; older ones are answered from the store, alike.
 TEST_F(ControllerTest, OldEndedJobsLeaveMemoryAndAreStillAnswered) {
@@ -400,37 +464,111 @@ TEST_F(ControllerTest, OldEndedJobsLeaveMemoryAndAreStillAnswered) {
 }
 
 TEST_F(ControllerTest, ReflectionListsEveryService) {
-  Start(Options());
-  grpc::GenericStub generic(channel_);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::CompletionQueue queue;
-  void* tag;
-  bool ok;
-  auto call = generic.PrepareCall(&context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &queue);
-  call->StartCall(reinterpret_cast<void*>(1));
-  ASSERT_TRUE(queue.Next(&tag, &ok) && ok);
-  const char request[] = {0x3a, 0x00};
-  grpc::Slice slice(request, sizeof(request));
-  grpc::ByteBuffer send(&slice, 1);
-  call->Write(send, reinterpret_cast<void*>(2));
-  ASSERT_TRUE(queue.Next(&tag, &ok) && ok);
-  grpc::ByteBuffer received;
-  call->Read(&received, reinterpret_cast<void*>(3));
-  ASSERT_TRUE(queue.Next(&tag, &ok) && ok);
-  std::vector<grpc::Slice> slices;
-  ASSERT_TRUE(received.Dump(&slices).ok());
-  std::string bytes;
-  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  ControllerOptions options = Options();
+  options.token = "s3cret";
+  Start(options);
+  std::string answer;
+  grpc::Status status = ListServices("s3cret", &answer);
+  EXPECT_TRUE(status.ok()) << status.error_message();
   for (const char* service : {"moex.v1.JobService", "moex.v1.ClusterService", "moex.v1.PlacementService",
                               "grpc.health.v1.Health"}) {
-    EXPECT_NE(bytes.find(service), std::string::npos) << service;
+    EXPECT_NE(answer.find(service), std::string::npos) << service;
   }
-  context.TryCancel();
-  grpc::Status finished;
-  call->Finish(&finished, reinterpret_cast<void*>(4));
-  queue.Shutdown();
-  while (queue.Next(&tag, &ok)) {
+}
+
+// Issue #19 item a. Before: reflection answered anyone, token or not,
+// listing every service and message of the controller.
+TEST_F(ControllerTest, ReflectionWithoutTheTokenIsRefusedAndHealthStaysOpen) {
+  ControllerOptions options = Options();
+  options.token = "s3cret";
+  Start(options);
+  for (const std::string& token : {std::string(), std::string("not-it")}) {
+    std::string answer;
+    grpc::Status status = ListServices(token, &answer);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << "token '" << token << "': "
+                                                                      << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("bearer token"));
+    EXPECT_EQ(answer.find("moex.v1"), std::string::npos) << "token '" << token << "': the services were listed";
+  }
+  EXPECT_EQ(Health(), 1);  // SERVING, asked without the token
+}
+
+// Issue #19 item f. Before: every string a client sent came back whole in
+// the error that refused it (a 1 MiB job id made a 1 MiB status message).
+TEST_F(ControllerTest, AMegabyteOfClientTextIsNotEchoedBack) {
+  Start(Options());
+  const std::string huge(1 << 20, 'x');
+  auto expect_short = [](const grpc::Status& status, grpc::StatusCode code, const std::string& call, bool echoes) {
+    EXPECT_EQ(status.error_code(), code) << call << ": " << status.error_message().substr(0, 300);
+    EXPECT_LT(status.error_message().size(), 600u) << call;
+    if (echoes) {
+      EXPECT_THAT(status.error_message(), HasSubstr("xxx... (1048576 bytes)")) << call;
+    }
+  };
+  Job job;
+  moex::v1::GetJobRequest get;
+  get.set_id(huge);
+  expect_short(stub_->GetJob(Context().get(), get, &job), grpc::StatusCode::NOT_FOUND, "GetJob", true);
+  moex::v1::CancelJobRequest cancel;
+  cancel.set_id(huge);
+  expect_short(stub_->CancelJob(Context().get(), cancel, &job), grpc::StatusCode::NOT_FOUND, "CancelJob", true);
+  moex::v1::DeleteJobRequest remove;
+  remove.set_id(huge);
+  expect_short(stub_->DeleteJob(Context().get(), remove, &job), grpc::StatusCode::NOT_FOUND, "DeleteJob", true);
+  {
+    moex::v1::WatchJobRequest watch;
+    watch.set_id(huge);
+    auto context = Context();
+    auto reader = stub_->WatchJob(context.get(), watch);
+    while (reader->Read(&job)) {
+    }
+    expect_short(reader->Finish(), grpc::StatusCode::NOT_FOUND, "WatchJob", true);
+  }
+  {
+    moex::v1::GetJobLogsRequest logs;
+    logs.set_id(huge);
+    auto context = Context();
+    auto reader = stub_->GetJobLogs(context.get(), logs);
+    moex::v1::LogChunk chunk;
+    while (reader->Read(&chunk)) {
+    }
+    expect_short(reader->Finish(), grpc::StatusCode::NOT_FOUND, "GetJobLogs", true);
+  }
+  auto placements = moex::v1::PlacementService::NewStub(channel_);
+  moex::v1::Placement placement;
+  moex::v1::GetPlacementRequest get_placement;
+  get_placement.set_job_id(huge);
+  expect_short(placements->GetPlacement(Context().get(), get_placement, &placement), grpc::StatusCode::NOT_FOUND,
+               "GetPlacement", true);
+  moex::v1::RebalanceRequest rebalance;
+  rebalance.set_job_id(huge);
+  expect_short(placements->Rebalance(Context().get(), rebalance, &placement), grpc::StatusCode::NOT_FOUND,
+               "Rebalance", true);
+  auto cluster = moex::v1::ClusterService::NewStub(channel_);
+  moex::v1::RegisterRankRequest register_rank;
+  register_rank.set_job_id(huge);
+  moex::v1::RegisterRankResponse registered;
+  expect_short(cluster->RegisterRank(Context().get(), register_rank, &registered), grpc::StatusCode::PERMISSION_DENIED,
+               "RegisterRank", true);
+  // Spec fields, each a megabyte in an otherwise good spec.
+  const std::vector<std::pair<std::string, std::function<void(moex::v1::JobSpec*)>>> fields = {
+      {"device", [&](moex::v1::JobSpec* s) { s->set_device(huge); }},
+      {"transport", [&](moex::v1::JobSpec* s) { s->set_transport(huge); }},
+      {"dispatch", [&](moex::v1::JobSpec* s) { s->set_dispatch(huge); }},
+      {"weight_dtype", [&](moex::v1::JobSpec* s) { s->set_weight_dtype(huge); }},
+      {"rebalance.policy", [&](moex::v1::JobSpec* s) { s->mutable_rebalance()->set_policy(huge); }},
+      {"hosts[0]", [&](moex::v1::JobSpec* s) { s->add_hosts(huge); }},
+      {"model", [&](moex::v1::JobSpec* s) { s->set_model(huge); }},
+      {"weights", [&](moex::v1::JobSpec* s) { s->set_weights(huge); }},
+      {"name", [&](moex::v1::JobSpec* s) { s->set_name(huge); }},
+  };
+  for (const auto& [field, set] : fields) {
+    moex::v1::SubmitJobRequest request;
+    *request.mutable_spec() = Spec(1, 1);
+    set(request.mutable_spec());
+    grpc::Status status = stub_->SubmitJob(Context().get(), request, &job);
+    expect_short(status, grpc::StatusCode::INVALID_ARGUMENT, "SubmitJob spec." + field, false);
+    EXPECT_THAT(status.error_message(), HasSubstr("spec." + field)) << status.error_message().substr(0, 300);
   }
 }
 

@@ -8,7 +8,11 @@
 #    (before: both listened, SO_REUSEPORT, and clients were split);
 #  - the state dir deleted: submissions are refused naming it (before: the
 #    job was recorded in the deleted database and failed with "cannot start
-#    'mpirun'").
+#    'mpirun'");
+#  - an address other hosts reach, with neither token nor mutual TLS, is
+#    refused unless --insecure (before: it served anyone);
+#  - a token file others may read is refused, naming it and its mode
+#    (before: it was used).
 set -euo pipefail
 moex="$1"
 work="$(mktemp -d)"
@@ -67,4 +71,26 @@ echo "  deleted state dir: exit $rc: $(cat "$work/submit.out")"
 grep -q "state dir '$state' is no longer the one this controller opened" "$work/submit.out" || fail "the refusal does not name the state dir"
 for _ in $(seq 50); do grep -q "no longer the one" "$work/serve.out" && break; sleep 0.1; done
 grep -q "NOT_SERVING" "$work/serve.out" || fail "the controller did not say it stopped serving"
+
+# Reachable from other hosts, nothing asked of clients.
+rc=0
+timeout 20 "$moex" serve --listen 0.0.0.0:0 --state-dir "$work/open" > "$work/open.out" 2>&1 || rc=$?
+echo "  0.0.0.0 without a token: exit $rc: $(cat "$work/open.out")"
+[ "$rc" = 1 ] || fail "moex serve --listen 0.0.0.0:0 without a token exited $rc, not 1"
+grep -q "moex serve: error: --listen 0.0.0.0:0 is reachable from other hosts.*--token-file.*--insecure" "$work/open.out" \
+  || fail "the refusal does not say what to give"
+[ ! -e "$work/open" ] || fail "the refused controller made its state dir"
+
+# A token file anyone may read.
+printf 's3cret\n' > "$work/token"
+chmod 644 "$work/token"
+rc=0
+timeout 20 "$moex" serve --listen 127.0.0.1:0 --state-dir "$work/tokened" --token-file "$work/token" > "$work/token.out" 2>&1 || rc=$?
+echo "  token file 0644: exit $rc: $(cat "$work/token.out")"
+[ "$rc" = 1 ] || fail "a token file of mode 0644 was accepted (exit $rc)"
+grep -q "the token file '$work/token' is open to others (mode 0644).*chmod 600 $work/token" "$work/token.out" \
+  || fail "the refusal does not name the file, its mode and the fix"
+rc=0
+MOEX_TOKEN_FILE="$work/token" "$moex" job list > /dev/null 2> "$work/client-token.out" || rc=$?
+[ "$rc" = 1 ] && grep -q "chmod 600 $work/token" "$work/client-token.out" || fail "moex job used a token file of mode 0644"
 echo "serve guards: ok"

@@ -5,10 +5,12 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -195,6 +197,138 @@ TEST_F(ServeGuardsTest, ARecycledProcessGroupIsNeverSignalled) {
   EXPECT_EQ(waitpid(other, &status, WNOHANG), 0) << "the recycled group was signalled";
   kill(other, SIGKILL);
   waitpid(other, &status, 0);
+}
+
+// Issue #19 item b. Before: `moex serve --listen 0.0.0.0:PORT` with neither
+// a token nor TLS started, and ran jobs for anyone who could reach it.
+TEST_F(ServeGuardsTest, AnAddressOtherHostsReachNeedsATokenOrMutualTlsOrInsecure) {
+  for (const std::string listen : {"0.0.0.0:0", ":0"}) {
+    ControllerOptions options = Options();
+    options.listen = listen;
+    auto refused = Controller::Start(options);
+    ASSERT_FALSE(refused.ok()) << listen;
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << listen;
+    EXPECT_THAT(refused.status().message(), HasSubstr("--listen " + listen + " is reachable from other hosts"));
+    EXPECT_THAT(refused.status().message(), HasSubstr("--token-file"));
+    EXPECT_THAT(refused.status().message(), HasSubstr("--tls-client-ca"));
+    EXPECT_THAT(refused.status().message(), HasSubstr("--insecure"));
+    // Refused before anything was made.
+    EXPECT_FALSE(std::filesystem::exists(options.state_dir)) << listen;
+  }
+  ControllerOptions options = Options();
+  options.listen = "0.0.0.0:0";
+  options.insecure = true;
+  auto insecure = Controller::Start(options);
+  ASSERT_TRUE(insecure.ok()) << insecure.status();
+  insecure->reset();
+  options.insecure = false;
+  options.token = "s3cret";
+  auto with_token = Controller::Start(options);
+  ASSERT_TRUE(with_token.ok()) << with_token.status();
+  with_token->reset();
+  // Loopback needs nothing (the default, 127.0.0.1, in every other test).
+  options.token.clear();
+  options.listen = "localhost:0";
+  auto loopback = Controller::Start(options);
+  EXPECT_TRUE(loopback.ok()) << loopback.status();
+}
+
+// Issue #19 item c. Before: the state dir and its logs dir were made 0755
+// and serve.lock and the jobs' logs 0644, for any user of the host to read.
+TEST_F(ServeGuardsTest, WhatItMakesInTheStateDirIsItsOwnersAlone) {
+  const mode_t old_umask = umask(022);
+  ControllerOptions options = Options("made/state");  // its parent is missing too
+  auto controller = Controller::Start(options);
+  umask(old_umask);
+  ASSERT_TRUE(controller.ok()) << controller.status();
+  controller_ = std::move(*controller);
+  channel_ = grpc::CreateChannel(Address(), grpc::InsecureChannelCredentials());
+  auto mode = [](const std::filesystem::path& path) {
+    struct stat info {};
+    EXPECT_EQ(stat(path.c_str(), &info), 0) << path;
+    return info.st_mode & 07777;
+  };
+  const std::filesystem::path state = options.state_dir;
+  EXPECT_EQ(mode(state), 0700u);
+  EXPECT_EQ(mode(state / "logs"), 0700u);
+  EXPECT_EQ(mode(state / "serve.lock"), 0600u);
+  moex::v1::Job job;
+  ASSERT_TRUE(Submit(&job).ok());
+  EXPECT_EQ(mode(job.log_path()), 0600u) << job.log_path();
+}
+
+// Item 3's gap: an adopted job whose process group id passes to another
+// program (here its leader execs `sleep`, which is how a recycled id looks
+// from outside) between the monitor's checks. Before: cancel sent it
+// SIGTERM, and shutting down SIGKILL, without asking again whose it was.
+TEST_F(ServeGuardsTest, AGroupThatIsAnotherProgramsNowIsNotSignalledOnCancelNorAtShutdown) {
+  struct Fake {
+    std::string id;
+    pid_t pid = 0;
+    int go = -1;  // writing a line here makes it exec `sleep 300`
+  };
+  std::vector<Fake> fakes = {{"j-0000000000c1"}, {"j-0000000000c2"}};
+  const std::string marker_prefix = "worker --job-id ";
+  for (Fake& fake : fakes) {
+    int pipe_fds[2];
+    ASSERT_EQ(pipe(pipe_fds), 0);
+    fake.pid = fork();
+    ASSERT_GE(fake.pid, 0);
+    if (fake.pid == 0) {
+      setsid();
+      dup2(pipe_fds[0], STDIN_FILENO);
+      close(pipe_fds[1]);
+      // Its command line carries the job's marker, as mpirun's does.
+      execl("/bin/sh", "sh", "-c", "read line; exec sleep 300", "worker", "--job-id", fake.id.c_str(), "--attempt", "1",
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(pipe_fds[0]);
+    fake.go = pipe_fds[1];
+    for (int i = 0; i < 400 && !CommandLineHas(fake.pid, marker_prefix + fake.id + " "); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    ASSERT_TRUE(CommandLineHas(fake.pid, marker_prefix + fake.id + " "));
+  }
+  {
+    std::filesystem::create_directories(Options().state_dir);
+    auto store = JobStore::Open(Options().state_dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    for (const Fake& fake : fakes) {
+      moex::v1::Job job;
+      job.set_id(fake.id);
+      job.set_state(moex::v1::JOB_STATE_RUNNING);
+      job.mutable_spec()->set_world_size(2);
+      job.mutable_spec()->set_steps(10);
+      job.set_ranks_registered(2);
+      ASSERT_TRUE((*store)->Put(job, fake.pid).ok());
+    }
+  }
+  Start();
+  for (const Fake& fake : fakes) {
+    ASSERT_EQ(controller_->jobs().Get(fake.id)->state(), moex::v1::JOB_STATE_RUNNING) << fake.id << " was not adopted";
+  }
+  // Becomes another program; acted on at once, before the monitor's next
+  // look (every 50 ms) can notice.
+  auto turn = [&](const Fake& fake) {
+    ASSERT_EQ(write(fake.go, "go\n", 3), 3);
+    while (CommandLineHas(fake.pid, marker_prefix + fake.id + " ")) {
+    }
+  };
+  turn(fakes[0]);
+  ASSERT_TRUE(controller_->jobs().Cancel(fakes[0].id).ok());
+  turn(fakes[1]);
+  controller_.reset();  // shutting down ends the running job: FAILED, its processes stopped
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  for (const Fake& fake : fakes) {
+    int status = 0;
+    EXPECT_EQ(waitpid(fake.pid, &status, WNOHANG), 0)
+        << fake.id << ": the program that has its group id now was signalled ("
+        << (WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "exited") << ")";
+    kill(fake.pid, SIGKILL);
+    waitpid(fake.pid, &status, 0);
+    close(fake.go);
+  }
 }
 
 TEST(SpawnTest, ALogThatCannotBeOpenedIsNamed) {

@@ -24,6 +24,20 @@ export MOEX_CONTROLLER="127.0.0.1:${port}"
 out="$("$moex" job --tls-ca ca.pem --tls-cert client.pem --tls-key client.key submit --name tls --world-size 2 --model tiny --steps 2 --wait)"
 echo "$out"
 grep -q SUCCEEDED <<<"$out"
-if "$moex" job --tls-ca ca.pem list 2>/dev/null; then echo "a call without a client certificate was served"; exit 1; fi
-if "$moex" job list 2>/dev/null; then echo "a plaintext call was served"; exit 1; fi
+# Each refusal says what failed (before: every one was "no controller at
+# ADDR", as if nothing listened there).
+refused() {  # refused WHAT EXPECTED [moex job flags...]: the call fails, saying EXPECTED
+  local what="$1" expected="$2"; shift 2
+  if "$moex" job "$@" list 2> err.out; then echo "$what was served"; exit 1; fi
+  echo "  $what: $(grep 'moex job: error' err.out)"
+  grep -q "moex job: error: $expected" err.out || { echo "$what: the error does not say '$expected'"; exit 1; }
+}
+refused "a call without a client certificate" "the connection to $MOEX_CONTROLLER failed: .*mutual TLS" --tls-ca ca.pem
+refused "a plaintext call" "the connection to $MOEX_CONTROLLER failed: .*serves TLS.*--tls-ca" 
+openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key -out other.pem -days 1 -subj /CN=other-ca 2>/dev/null
+refused "a call trusting another CA" "the TLS handshake with $MOEX_CONTROLLER failed" --tls-ca other.pem \
+  --tls-cert client.pem --tls-key client.key
+kill "$serve"; wait "$serve" 2>/dev/null || true; serve=""
+refused "a call to a port nobody listens on" "no controller at $MOEX_CONTROLLER" --tls-ca ca.pem \
+  --tls-cert client.pem --tls-key client.key
 echo "tls session: ok"

@@ -9,12 +9,13 @@
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <tuple>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -32,15 +33,32 @@
 namespace moex::cli {
 namespace {
 
-absl::StatusOr<std::string> ReadToken(const std::string& path) {
-  if (path.empty()) return std::string();
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(StrCat("cannot read the token file '", path, "'"));
-  std::string token;
-  std::getline(in, token);
-  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
-  if (token.empty()) return absl::InvalidArgumentError(StrCat("the token file '", path, "' is empty"));
-  return token;
+// What to say of a call that found no controller (UNAVAILABLE). gRPC's
+// message tells apart a port nobody listens on ("Connection refused"), a
+// TLS handshake that failed (a CA that did not sign the controller's
+// certificate, TLS to a plaintext controller), and a connection the other
+// side closed at once (plaintext to a TLS controller, or no client
+// certificate for one that demands it): only the first is "no controller".
+std::string UnavailableMessage(const std::string& controller, const std::string& detail, bool tls) {
+  // Matched without the address itself, which may hold any of the words.
+  std::string lower = absl::AsciiStrToLower(detail);
+  const std::string address = absl::AsciiStrToLower(controller);
+  for (size_t at; !address.empty() && (at = lower.find(address)) != std::string::npos;) lower.erase(at, address.size());
+  if (absl::StrContains(lower, "connection refused")) return StrCat("no controller at ", controller, " (", detail, ")");
+  if (absl::StrContains(lower, "handshake") || absl::StrContains(lower, "ssl") || absl::StrContains(lower, "tls")) {
+    return StrCat("the TLS handshake with ", controller, " failed (", detail, "): ",
+                  tls ? "is --tls-ca (MOEX_TLS_CA) the CA that signed the controller's certificate, and does the "
+                        "controller serve TLS at all?"
+                      : "the controller there serves TLS; give --tls-ca (MOEX_TLS_CA)");
+  }
+  if (absl::StrContains(lower, "socket closed") || absl::StrContains(lower, "connection reset") ||
+      absl::StrContains(lower, "end of tcp stream") || absl::StrContains(lower, "connection closed")) {
+    return StrCat("the connection to ", controller, " failed: something listens there but closed it (", detail, "): ",
+                  tls ? "a controller that demands client certificates (mutual TLS) does so to a client without "
+                        "--tls-cert and --tls-key (MOEX_TLS_CERT, MOEX_TLS_KEY)"
+                      : "a controller that serves TLS does so to a plaintext client; give --tls-ca (MOEX_TLS_CA)");
+  }
+  return StrCat("no controller at ", controller, " (", detail, ")");
 }
 
 }  // namespace
@@ -61,10 +79,14 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
   serve->add_option("--start-timeout", f.start_timeout, "Seconds for every rank of a job to register")->capture_default_str();
   serve->add_option("--heartbeat-timeout", f.heartbeat_timeout, "Seconds of silence after which a rank is dead")->capture_default_str();
   serve->add_option("--cancel-grace", f.cancel_grace, "Seconds between SIGTERM and SIGKILL on cancel")->capture_default_str();
-  serve->add_option("--token-file", f.token_file, "Require this bearer token on every call but health");
+  serve->add_option("--token-file", f.token_file,
+                    "Require this bearer token (the file's first line; mode 600) on every call but health");
   serve->add_option("--tls-cert", f.tls_cert, "Serve TLS with this PEM certificate");
   serve->add_option("--tls-key", f.tls_key, "and this PEM private key");
   serve->add_option("--tls-client-ca", f.tls_client_ca, "Demand client certificates signed by this CA (mutual TLS)");
+  serve->add_flag("--insecure", f.insecure,
+                  "Listen on an address other hosts reach (not loopback) with neither --token-file nor mutual TLS: "
+                  "anyone who connects may run jobs");
   serve->add_option("--advertise", f.advertise,
                     "HOST[:PORT] that ranks on other hosts reach the controller by (default: the listen address; "
                     "no port: the port it listens on)");
@@ -93,7 +115,7 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
 }
 
 int RunServe(const ServeFlags& f) {
-  auto token = ReadToken(f.token_file);
+  auto token = cluster::ReadTokenFile(f.token_file);
   if (!token.ok()) {
     std::cerr << "moex serve: error: " << token.status().message() << "\n";
     return 1;
@@ -117,6 +139,7 @@ int RunServe(const ServeFlags& f) {
   options.heartbeat_timeout_seconds = f.heartbeat_timeout;
   options.cancel_grace_seconds = f.cancel_grace;
   options.token = *token;
+  options.insecure = f.insecure;
   options.tls_cert = f.tls_cert;
   options.tls_key = f.tls_key;
   options.tls_client_ca = f.tls_client_ca;
@@ -273,7 +296,7 @@ int RunJob(CLI::App& job, const JobFlags& given) {
   JobFlags f = given;
   if (f.controller.empty()) f.controller = std::getenv("MOEX_CONTROLLER") ? std::getenv("MOEX_CONTROLLER") : "127.0.0.1:50051";
   if (f.token_file.empty() && std::getenv("MOEX_TOKEN_FILE")) f.token_file = std::getenv("MOEX_TOKEN_FILE");
-  auto token = ReadToken(f.token_file);
+  auto token = cluster::ReadTokenFile(f.token_file);
   if (!token.ok()) {
     std::cerr << "moex job: error: " << token.status().message() << "\n";
     return 1;
@@ -295,9 +318,10 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     return c;
   };
   auto fail = [&](const grpc::Status& status) {
-    std::cerr << "moex job: error: " << (status.error_code() == grpc::StatusCode::UNAVAILABLE
-                                             ? StrCat("no controller at ", f.controller, " (", status.error_message(), ")")
-                                             : status.error_message())
+    std::cerr << "moex job: error: "
+              << (status.error_code() == grpc::StatusCode::UNAVAILABLE
+                      ? UnavailableMessage(f.controller, status.error_message(), !tls.ca.empty())
+                      : status.error_message())
               << "\n";
     return 1;
   };

@@ -6,6 +6,7 @@
 
 #include "moex/core/status_macros.h"
 #include "moex/core/stored_matrix.h"
+#include "moex/core/echo.h"
 #include "moex/core/str_cat.h"
 #include "moex/core/tensor.h"
 #include "moex/model/model_loader.h"
@@ -84,12 +85,12 @@ absl::Status RunConfig::Validate(FieldNames names) const {
   if (model.empty() || !SafePath(model)) return c.Bad(kModel, "must name a preset or a config.json path");
   if (!SafePath(weights)) return c.Bad(kWeights, "must be a path of at most 4096 bytes");
   if (!ParseWeightFormat(weight_dtype).ok()) {
-    return c.Bad(kWeightDtype, StrCat("is '", weight_dtype, "'; known: f32, bf16, f16, fp8, mxfp4"));
+    return c.Bad(kWeightDtype, StrCat("is '", Echo(weight_dtype), "'; known: f32, bf16, f16, fp8, mxfp4"));
   }
   if (layer && *layer < 0) return c.Bad(kLayer, StrCat("is ", *layer, "; must be >= 0"));
-  if (!OneOf(device, {"cpu", "cuda"})) return c.Bad(kDevice, StrCat("'", device, "' is not one of cpu, cuda"));
+  if (!OneOf(device, {"cpu", "cuda"})) return c.Bad(kDevice, StrCat("'", Echo(device), "' is not one of cpu, cuda"));
   if (!OneOf(transport, {"mpi", "ucx", "nccl"})) {
-    return c.Bad(kTransport, StrCat("is '", transport, "'; known: mpi, ucx, nccl"));
+    return c.Bad(kTransport, StrCat("is '", Echo(transport), "'; known: mpi, ucx, nccl"));
   }
   if ((device == "cuda") != (transport == "nccl")) {
     return device == "cuda"
@@ -97,11 +98,11 @@ absl::Status RunConfig::Validate(FieldNames names) const {
                : c.Bad(kTransport, StrCat("nccl carries device buffers: add ", c.Name(kDevice), " cuda"));
   }
   if (!OneOf(dispatch, {"auto", "flat", "hierarchical"})) {
-    return c.Bad(kDispatch, StrCat("is '", dispatch, "'; known: auto, flat, hierarchical"));
+    return c.Bad(kDispatch, StrCat("is '", Echo(dispatch), "'; known: auto, flat, hierarchical"));
   }
   const RebalanceConfig& r = rebalance;
   if (!placement::CanonicalPolicy(r.policy).ok()) {
-    return c.Bad(kPolicy, StrCat("is '", r.policy, "'; known: ", placement::kPolicyNames));
+    return c.Bad(kPolicy, StrCat("is '", Echo(r.policy), "'; known: ", placement::kPolicyNames));
   }
   if (!std::isfinite(r.threshold) || (r.threshold != 0 && r.threshold < 1) || r.threshold > 1000) {
     return c.Bad(kThreshold, "must be 0 (only on request) or in [1, 1000]");

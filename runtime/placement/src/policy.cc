@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "moex/core/status_macros.h"
+#include "moex/core/echo.h"
 #include "moex/core/str_cat.h"
 #include "policy_layout.h"
 
@@ -105,7 +106,7 @@ EplbPlacement FromPhy2Log(IndexMatrix phy2log, int64_t num_logical) {
 absl::StatusOr<std::string> CanonicalPolicy(std::string_view name) {
   if (name == "moex") return std::string(kDefaultPolicy);
   if (name == kDefaultPolicy || name == "eplb") return std::string(name);
-  return absl::InvalidArgumentError(StrCat("policy '", name, "' is not one of ", kPolicyNames));
+  return absl::InvalidArgumentError(StrCat("policy '", Echo(name), "' is not one of ", kPolicyNames));
 }
 
 absl::StatusOr<EplbPlacement> PlanPlacement(std::string_view name, const PlanInput& in) {

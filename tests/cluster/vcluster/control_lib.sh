@@ -6,11 +6,13 @@
 # serve_cluster NTH [serve flags...]: moex serve on every address, telling
 # ranks the bridge address ($bridge); waits for its NTH "listening" line in
 # $work/serve.out (a restart appends the next), then exports MOEX_CONTROLLER.
+# --insecure: no token, on an address other hosts reach; only the test's own
+# namespaces reach the bridge.
 serve_cluster() {
   local nth="$1"
   shift
-  "$moex" serve --listen "0.0.0.0:${port}" --advertise "$bridge" --state-dir "$state_dir" --heartbeat-timeout 6 \
-    "$@" >>"$work/serve.out" 2>&1 &
+  "$moex" serve --listen "0.0.0.0:${port}" --insecure --advertise "$bridge" --state-dir "$state_dir" \
+    --heartbeat-timeout 6 "$@" >>"$work/serve.out" 2>&1 &
   serve=$!
   for _ in $(seq 300); do
     if [[ "$(grep -c listening "$work/serve.out" 2>/dev/null)" -ge "$nth" ]]; then

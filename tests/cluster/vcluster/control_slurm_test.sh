@@ -32,12 +32,12 @@ bridge="$("$VCLUSTER" mpirun-args "$name" | sed -n 's|^\([0-9.]*\)\.0/24$|\1.1|p
 h0="$name-h0" h1="$name-h1"
 
 # --- what is refused ----------------------------------------------------------
-out="$(timeout 20 "$moex" serve --listen 0.0.0.0:0 --advertise "$bridge" --state-dir "$work/refused" \
+out="$(timeout 20 "$moex" serve --listen 0.0.0.0:0 --insecure --advertise "$bridge" --state-dir "$work/refused" \
        --launcher slurm --slurm-partition gpu 2>&1 || true)"
 grep -q "slurm-partition 'gpu' is not a partition of this Slurm cluster (it has vc, small)" <<<"$out" ||
   fail "an unknown partition is not refused: $out"
-out="$(timeout 20 env PATH=/nonexistent "$moex" serve --listen 0.0.0.0:0 --advertise "$bridge" --state-dir "$work/refused" \
-       --launcher slurm 2>&1 || true)"
+out="$(timeout 20 env PATH=/nonexistent "$moex" serve --listen 0.0.0.0:0 --insecure --advertise "$bridge" \
+       --state-dir "$work/refused" --launcher slurm 2>&1 || true)"
 grep -q "launcher slurm: 'srun' is not on PATH" <<<"$out" || fail "a missing srun is not named: $out"
 echo "refused at start: an unknown partition, a missing srun"
 

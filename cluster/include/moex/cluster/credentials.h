@@ -1,5 +1,6 @@
-// TLS for the controller and its clients, in one place. Without files,
-// plaintext (the controller then listens on loopback unless told otherwise).
+// TLS and the bearer token, for the controller and its clients, in one
+// place. Without TLS files, plaintext (the controller then listens on
+// loopback unless told otherwise).
 #pragma once
 
 #include <grpcpp/security/credentials.h>
@@ -26,5 +27,11 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ClientCredentials(cons
 // Client files from MOEX_TLS_CA, MOEX_TLS_CERT, MOEX_TLS_KEY (what the
 // controller gives its ranks).
 TlsFiles ClientTlsFromEnvironment();
+
+// The bearer token in the first line of `path` ("" for no path). Refused,
+// naming the file, when it cannot be read, is empty, or is open to anyone
+// but its owner (any group or other permission bit, as ssh refuses a
+// private key): the token lets whoever holds it run jobs.
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
 
 }  // namespace moex::cluster

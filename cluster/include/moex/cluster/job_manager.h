@@ -67,6 +67,9 @@ struct ControllerOptions {
   // <state_dir>/launch.
   launcher::LauncherOptions launcher;
   std::string token;  // when set, every call but health must carry "authorization: Bearer <token>"
+  // Serve an address other hosts can reach with neither a token nor client
+  // certificates (mutual TLS): refused at start unless this says so.
+  bool insecure = false;
   // TLS: the server's certificate and key; a client CA demands client
   // certificates (mutual TLS). Ranks get the CA (and, for mTLS, this
   // certificate and key as their client identity) through their environment.
@@ -84,6 +87,10 @@ int World(const moex::v1::Job& job);
 bool JobGroupAlive(pid_t group, const std::string& job_id);
 // The number of the job's current attempt (1 for a record without attempts).
 int CurrentAttemptNumber(const moex::v1::Job& job);
+// NOT_FOUND "no job 'ID… (N bytes)'" for an id longer than an error echoes
+// whole (core/echo.h), which no job has: answered before any lookup, whose
+// errors would echo all of it.
+absl::Status CheckJobIdLength(std::string_view id);
 
 class JobManager {
  public:
@@ -224,6 +231,10 @@ class JobManager {
   // Ends the attempt's processes now: through the launcher (every host),
   // and, on this host only, each registered rank by pid and command line.
   void KillProcesses(Entry& entry);
+  // The process group a signal to the entry's job may go to: its recorded
+  // one while that still runs the job (JobGroupAlive), else 0 (gone, or a
+  // recycled id another program has now). Asked right before signalling.
+  static pid_t GroupToSignal(const Entry& entry);
   // Requires the lock: SIGTERM (or SIGKILL) to ranks registered from this
   // host, checked by command line; never a pid of another host.
   void SignalLocalRanks(const Entry& entry, int signal);

@@ -1,7 +1,8 @@
 // `moex serve`: the controller as a gRPC server. JobService, ClusterService
 // and PlacementService on the callback API, grpc.health.v1.Health and server
-// reflection enabled. Handlers are thin: translate, call the JobManager, map
-// the status.
+// reflection enabled; with a token, every call but health's must carry it,
+// reflection's included. Handlers are thin: translate, call the JobManager,
+// map the status.
 #pragma once
 
 #include <condition_variable>
@@ -22,7 +23,9 @@ namespace moex::cluster {
 class Controller {
  public:
   // Refuses (before touching any job) a state dir another controller holds
-  // and an address in use. While the state dir is not the one it opened
+  // and an address in use; and, before touching anything, an address other
+  // hosts can reach with neither a token nor mutual TLS, unless
+  // options.insecure. While the state dir is not the one it opened
   // (deleted, replaced), the health service answers NOT_SERVING.
   static absl::StatusOr<std::unique_ptr<Controller>> Start(ControllerOptions options);
   ~Controller();

@@ -11,6 +11,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -18,12 +19,19 @@
 
 namespace moex::cluster {
 
+// Makes directory `path` (and its missing parents), itself mode 0700: what
+// the controller keeps there (job records, logs, the rank key) is its
+// user's alone. A directory that exists keeps its mode: its owner chose it.
+// PERMISSION_DENIED naming `what` and `path` when it cannot be made.
+absl::Status MakePrivateDirectory(const std::string& path, std::string_view what);
+
 // An flock on <state dir>/serve.lock, held while this object lives; the file
 // holds the holder's pid. The descriptor is close-on-exec, so the jobs a
 // controller launches never hold its lock after it.
 class StateDirLock {
  public:
-  // Creates the state dir if needed. FAILED_PRECONDITION naming the state dir
+  // Creates the state dir if needed (MakePrivateDirectory; serve.lock is
+  // 0600). FAILED_PRECONDITION naming the state dir
   // and the pid that holds it when another process does; PERMISSION_DENIED
   // naming the path when it cannot be created or opened.
   static absl::StatusOr<std::unique_ptr<StateDirLock>> Acquire(const std::string& state_dir);

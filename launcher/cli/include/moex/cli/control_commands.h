@@ -23,6 +23,7 @@ struct ServeFlags {
   double cancel_grace = 5;
   std::string token_file;
   std::string tls_cert, tls_key, tls_client_ca;
+  bool insecure = false;  // a non-loopback --listen with neither token nor mutual TLS
   std::string advertise;  // HOST[:PORT] ranks on other hosts reach the controller by
   // Directories under which a job's spec may name files (model configs,
   // weights); none: presets only, and no weights.
