@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <regex>
 #include <set>
@@ -274,6 +275,15 @@ absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
     *probe.mutable_spec() = spec;
     MOEX_RETURN_IF_ERROR(launcher_->CheckRequest(LaunchRequestFor(probe)));
   }
+  // Its first placement, from the model's config: read here, off the lock
+  // (a placement call would otherwise read it under the lock). An error is
+  // left for the ranks' placement call to answer, as before.
+  std::optional<moex::v1::Placement> initial;
+  if (!spec.has_bench()) {
+    if (absl::StatusOr<moex::v1::Placement> made = InitialPlacement(spec, spec.world_size()); made.ok()) {
+      initial = std::move(*made);
+    }
+  }
   // A job recorded in a deleted database would be lost at the next start.
   MOEX_RETURN_IF_ERROR(CheckStateDir());
   std::string id;
@@ -296,6 +306,7 @@ absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
     entry.job.set_log_path((std::filesystem::path(options_.state_dir) / "logs" / (id + ".log")).string());
     entry.job.set_message("launching");
     entry.job.set_world_size(spec.world_size());
+    if (initial) *entry.job.mutable_placement() = std::move(*initial);
     moex::v1::Attempt* attempt = entry.job.add_attempts();
     attempt->set_number(1);
     attempt->set_world_size(spec.world_size());

@@ -21,17 +21,23 @@ namespace moex::cluster {
 
 using moex::v1::Job;
 
-absl::Status JobManager::EnsurePlacement(Entry& entry) {
-  if (entry.job.placement().version() > 0) return absl::OkStatus();
-  const moex::v1::JobSpec& spec = entry.job.spec();
-  if (spec.has_bench()) return absl::FailedPreconditionError(StrCat("job ", entry.job.id(), " is a bench job: it has no placement"));
+absl::StatusOr<moex::v1::Placement> InitialPlacement(const moex::v1::JobSpec& spec, int world) {
   MOEX_ASSIGN_OR_RETURN(model::ModelArch arch, model::LoadModel(spec.model()));
   std::optional<int64_t> layer;
   if (spec.has_layer()) layer = spec.layer();
   MOEX_ASSIGN_OR_RETURN(model::MoeLayerSpec layer_spec, model::MoeLayerSpec::FromArch(arch, layer));
   MOEX_ASSIGN_OR_RETURN(placement::Placement initial,
-                        placement::Placement::Contiguous(layer_spec.num_experts, World(entry.job), spec.redundant_experts()));
-  *entry.job.mutable_placement() = ToProto(initial);
+                        placement::Placement::Contiguous(layer_spec.num_experts, world, spec.redundant_experts()));
+  return ToProto(initial);
+}
+
+absl::Status JobManager::EnsurePlacement(Entry& entry) {
+  if (entry.job.placement().version() > 0) return absl::OkStatus();
+  const moex::v1::JobSpec& spec = entry.job.spec();
+  if (spec.has_bench()) return absl::FailedPreconditionError(StrCat("job ", entry.job.id(), " is a bench job: it has no placement"));
+  // Jobs submitted since placements were made at submit have one; a record
+  // from before reads its model here, under the lock, once.
+  MOEX_ASSIGN_OR_RETURN(*entry.job.mutable_placement(), InitialPlacement(spec, World(entry.job)));
   return absl::OkStatus();
 }
 

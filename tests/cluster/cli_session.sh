@@ -22,6 +22,14 @@ id="$(awk '/^submitted/ {print $2}' <<<"$out")"
 "$moex" job logs "$id" | grep -q "worker --job-id $id"
 if "$moex" job submit --name 'x;y' 2> "$state/err"; then echo "a bad name was accepted"; exit 1; fi
 grep -q "spec.name" "$state/err"
+# A number too large for its field is refused by the CLI, never truncated
+# (the API's world_size, steps, ... are int32; seed is uint64).
+if "$moex" job submit --world-size 4294967298 --model tiny 2> "$state/err"; then echo "a 64-bit world size was accepted"; exit 1; fi
+grep -q "Could not convert: --world-size = 4294967298" "$state/err"
+for seed in -1 18446744073709551616; do
+  if "$moex" job submit --world-size 2 --model tiny --seed "$seed" 2> "$state/err"; then echo "seed $seed was accepted"; exit 1; fi
+  grep -q "'$seed' is not an integer from 0 to 18446744073709551615" "$state/err"
+done
 if "$moex" job status j-missing 2> "$state/err"; then echo "a missing job was found"; exit 1; fi
 grep -q "no job 'j-missing'" "$state/err"
 

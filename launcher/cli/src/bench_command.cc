@@ -15,6 +15,7 @@
 #include "moex/bench/bench.h"
 #include "moex/bench/calibrate.h"
 #include "moex/bench/report.h"
+#include "moex/cli/flag_checks.h"
 #include "moex/cli/run_command.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
@@ -383,7 +384,7 @@ void AddPointFlags(CLI::App* sub, BenchFlags& f) {
   sub->add_flag("--no-layer", f.no_layer, "Dispatch + combine only, not the whole layer");
   sub->add_option("--warmup", f.warmup, "Repetitions not counted")->capture_default_str();
   sub->add_option("--reps", f.reps, "Repetitions counted")->capture_default_str();
-  sub->add_option("--seed", f.seed, "Seed of tokens, routing and weights")->capture_default_str();
+  sub->add_option("--seed", f.seed, "Seed of tokens, routing and weights")->check(Unsigned64())->capture_default_str();
   sub->add_option("--timeout", f.timeout, "Seconds one exchange may wait")->capture_default_str();
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_format.h"
+#include "moex/cli/flag_checks.h"
 #include "moex/job/run_config.h"
 #include "moex/model/presets.h"
 #include "nlohmann/json.hpp"
@@ -24,7 +25,7 @@ CLI::App* AddCheckpointCommand(CLI::App& app, CheckpointFlags& flags) {
                     "Expert weights: fp8 (e4m3, 128x128 block scales), mxfp4 (blocks and e8m0 scales), bf16 or f32")
       ->capture_default_str();
   synth->add_option("--out,-o", s.out, "Folder to write (created; refused when not empty, unless --force)")->required();
-  synth->add_option("--seed", s.seed, "Seed of the weights, as `moex run --seed`")->capture_default_str();
+  synth->add_option("--seed", s.seed, "Seed of the weights, as `moex run --seed`")->check(Unsigned64())->capture_default_str();
   synth->add_option("--shard-gib", s.shard_gib, "Most GiB of tensors in one shard")->capture_default_str();
   synth->add_option("--threads", s.threads, "Threads making the weights (0: one per core)")->capture_default_str();
   synth->add_flag("--force", s.force, "Write into a non-empty --out (earlier shards are removed)");

@@ -20,6 +20,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "moex/cli/flag_checks.h"
 #include "moex/cli/job_printing.h"
 #include "moex/cluster/credentials.h"
 #include "moex/core/status_macros.h"
@@ -246,7 +247,7 @@ CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
       ->capture_default_str();
   submit->add_option("--layer", f.layer, "Layer index (default: first MoE layer)");
   submit->add_option("--routing-skew", f.routing_skew, "Zipf exponent of synthetic routing")->capture_default_str();
-  submit->add_option("--seed", f.seed, "Seed")->capture_default_str();
+  submit->add_option("--seed", f.seed, "Seed")->check(Unsigned64())->capture_default_str();
   submit->add_option("--redundant-experts", f.redundant_experts, "Expert replicas")->capture_default_str();
   submit->add_flag("--check", f.check, "Check the output against a single-process computation");
   submit->add_option("--exchange-timeout", f.exchange_timeout, "Seconds an exchange may wait (0: 60)");

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "moex/cli/bench_command.h"
+#include "moex/cli/flag_checks.h"
 #include "moex/cluster/job_spec.h"
 #include "moex/core/stop.h"
 #include "moex/core/str_cat.h"
@@ -67,7 +68,7 @@ CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags) {
                   "memory), flat (to each rank), or auto (hierarchical when ranks span hosts)")->capture_default_str();
   run->add_option("--device", f.device, "cpu, or cuda: the layer on GPUs (bf16), one GPU a rank")->capture_default_str();
   run->add_option("--routing-skew", f.routing_skew, "Zipf exponent of synthetic routing (0: uniform)")->capture_default_str();
-  run->add_option("--seed", f.seed, "Seed of random weights and synthetic tokens")->capture_default_str();
+  run->add_option("--seed", f.seed, "Seed of random weights and synthetic tokens")->check(Unsigned64())->capture_default_str();
   run->add_option("--redundant-experts", f.redundant_experts, "Extra replicas of experts")->capture_default_str();
   run->add_flag("--check", f.check, "Compare the output of the last step with a single-process computation");
   run->add_flag("--check-every-step", f.check_every_step, "Compare every step's output (slow on big layers)");

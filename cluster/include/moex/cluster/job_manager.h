@@ -79,6 +79,10 @@ struct ControllerOptions {
 bool IsTerminal(moex::v1::JobState state);
 // Wall-clock milliseconds since the epoch, as the records keep times.
 int64_t NowMs();
+// Placement version 1 of a (non-bench) job over `world` ranks: its model's
+// layer, contiguous, with the spec's redundant slots. Reads the model's
+// config: called off the lock (at submit).
+absl::StatusOr<moex::v1::Placement> InitialPlacement(const moex::v1::JobSpec& spec, int world);
 // Ranks of the job's current attempt: spec.world_size until it shrank.
 int World(const moex::v1::Job& job);
 // Whether process group `group` still runs job `job_id`: alive, and its
