@@ -42,63 +42,69 @@ struct ReportedCause {
   std::string why;
 };
 
-// A rank that failed on its own (not stopped, waiting for nobody, not a
-// peer's failure seen from afar) is the cause; its input first (BAD_INPUT), then memory, then any error of its
-// own. Else the ranks the others were waiting for and that said nothing
-// themselves are the lost ones; a host all of whose ranks they are is lost.
+// What the reports say, silent ranks first: those the others waited for
+// are lost (a host, when they are all of it); else a rank that failed on
+// its own is the cause. Undecided when neither: the log decides.
 ReportedCause CauseFromReports(const moex::v1::Job& job, const std::vector<moex::v1::RankFailure>& reports) {
   ReportedCause cause;
-  const moex::v1::RankFailure* own = nullptr;
-  auto rank_of_cause = [](moex::v1::EndReason reason) {
-    return reason == moex::v1::END_REASON_BAD_INPUT ? 0 : reason == moex::v1::END_REASON_OUT_OF_MEMORY ? 1 : 2;
-  };
-  auto on_its_own = [](const moex::v1::RankFailure& report) {
-    return !report.stopped() && report.waiting_for_size() == 0 && report.reason() != moex::v1::END_REASON_RANK_LOST;
-  };
+  // Ranks the others were waiting for and that said nothing of their own:
+  // the lost ones. A rank that was itself waiting, or failed unstopped, has
+  // spoken; one that only says the launcher stopped it has not (a hung rank
+  // ends that way).
+  std::set<int> spoke, waited;
+  std::vector<int> waiting;
   for (const moex::v1::RankFailure& report : reports) {
-    if (!on_its_own(report)) continue;
-    if (own == nullptr || rank_of_cause(report.reason()) < rank_of_cause(own->reason())) own = &report;
-  }
-  if (own != nullptr) {
-    cause.decided = true;
-    cause.reason = own->reason();
-    if (cause.reason != moex::v1::END_REASON_BAD_INPUT) {
-      for (const moex::v1::RankFailure& report : reports) {
-        if (on_its_own(report) && report.reason() == cause.reason) {
-          cause.lost.push_back(report.rank());
-        }
-      }
-    }
-    cause.why = StrCat("rank ", own->rank(), " reported: ", own->message());
-    return cause;
-  }
-  std::set<int> reporters, waited;
-  for (const moex::v1::RankFailure& report : reports) {
-    reporters.insert(report.rank());
+    if (!report.stopped() || report.waiting_for_size() > 0) spoke.insert(report.rank());
+    if (report.waiting_for_size() > 0) waiting.push_back(report.rank());
     waited.insert(report.waiting_for().begin(), report.waiting_for().end());
   }
   std::vector<int> blamed;
   for (int r : waited) {
-    if (!reporters.count(r)) blamed.push_back(r);
+    if (!spoke.count(r)) blamed.push_back(r);
   }
-  if (blamed.empty()) return cause;
+  if (!blamed.empty()) {
+    cause.decided = true;
+    cause.reason = moex::v1::END_REASON_RANK_LOST;
+    cause.lost = blamed;
+    std::set<std::string> hosts, blamed_hosts;
+    for (const auto& info : job.ranks()) hosts.insert(info.host());
+    for (int r : blamed) {
+      for (const auto& info : job.ranks()) {
+        if (info.rank() == r) blamed_hosts.insert(info.host());
+      }
+    }
+    if (hosts.size() > 1 && blamed_hosts.size() == 1 && RanksOn(job, *blamed_hosts.begin()) == blamed) {
+      cause.reason = moex::v1::END_REASON_HOST_LOST;
+      cause.lost_host = *blamed_hosts.begin();
+    }
+    std::sort(waiting.begin(), waiting.end());
+    cause.why = StrCat(RankList(blamed), " went away without a word while ", RankList(waiting), " waited for ",
+                       blamed.size() == 1 ? "it" : "them", " (the ranks' own reports)");
+    return cause;
+  }
+  // Nobody silent was waited for: a rank that failed on its own (not
+  // stopped, waiting for nobody, not a peer's failure seen from afar) is
+  // the cause; its input first (BAD_INPUT), then memory, then any error.
+  auto on_its_own = [](const moex::v1::RankFailure& report) {
+    return !report.stopped() && report.waiting_for_size() == 0 && report.reason() != moex::v1::END_REASON_RANK_LOST;
+  };
+  auto rank_of_cause = [](moex::v1::EndReason reason) {
+    return reason == moex::v1::END_REASON_BAD_INPUT ? 0 : reason == moex::v1::END_REASON_OUT_OF_MEMORY ? 1 : 2;
+  };
+  const moex::v1::RankFailure* own = nullptr;
+  for (const moex::v1::RankFailure& report : reports) {
+    if (!on_its_own(report)) continue;
+    if (own == nullptr || rank_of_cause(report.reason()) < rank_of_cause(own->reason())) own = &report;
+  }
+  if (own == nullptr) return cause;
   cause.decided = true;
-  cause.reason = moex::v1::END_REASON_RANK_LOST;
-  cause.lost = blamed;
-  std::set<std::string> hosts, blamed_hosts;
-  for (const auto& info : job.ranks()) hosts.insert(info.host());
-  for (int r : blamed) {
-    for (const auto& info : job.ranks()) {
-      if (info.rank() == r) blamed_hosts.insert(info.host());
+  cause.reason = own->reason();
+  if (cause.reason != moex::v1::END_REASON_BAD_INPUT) {
+    for (const moex::v1::RankFailure& report : reports) {
+      if (on_its_own(report) && report.reason() == cause.reason) cause.lost.push_back(report.rank());
     }
   }
-  if (hosts.size() > 1 && blamed_hosts.size() == 1 && RanksOn(job, *blamed_hosts.begin()) == blamed) {
-    cause.reason = moex::v1::END_REASON_HOST_LOST;
-    cause.lost_host = *blamed_hosts.begin();
-  }
-  std::vector<int> waiting(reporters.begin(), reporters.end());
-  cause.why = StrCat(RankList(blamed), " went away without a word while ", RankList(waiting), " waited for ",
-                     blamed.size() == 1 ? "it" : "them", " (the ranks' own reports)");
+  cause.why = StrCat("rank ", own->rank(), " reported: ", own->message());
   return cause;
 }
 
@@ -313,6 +319,10 @@ void JobManager::OnExit(pid_t pid, int wait_status, const launcher::EngineReport
     if (!engine.job_id.empty()) attempt->set_launcher_job_id(engine.job_id);
     if (WIFEXITED(wait_status)) attempt->set_launcher_exit_code(WEXITSTATUS(wait_status));
     if (WIFSIGNALED(wait_status)) attempt->set_launcher_signal(WTERMSIG(wait_status));
+  }
+  if (IsTerminal(entry.job.state())) {  // ended already (silence, a cancel): only the launcher's end is news
+    Persist(entry);
+    return;
   }
   if (entry.cancel_requested) {
     Finish(entry, moex::v1::JOB_STATE_CANCELLED, "cancelled by request; every process of the job has ended",

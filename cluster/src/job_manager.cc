@@ -163,6 +163,23 @@ void JobManager::Persist(Entry& entry) {
   write_wanted_.notify_one();
 }
 
+void JobManager::PersistNow(Entry& entry) {
+  ++entry.version;
+  entry.saved_at = Clock::now();
+  absl::Status status = store_->Put(entry.job, entry.process_group);
+  if (status.ok()) {
+    if (!entry.queued) entry.unsaved = false;
+    return;
+  }
+  // As any write: retried from the monitor loop, said once.
+  if (!entry.write_failed) {
+    fprintf(stderr, "moex serve: cannot persist job %s (retrying every second): %s\n", entry.job.id().c_str(),
+            std::string(status.message()).c_str());
+  }
+  entry.write_failed = true;
+  entry.unsaved = true;
+}
+
 void JobManager::WriterLoop() {
   struct Write {
     std::string id;
@@ -326,7 +343,7 @@ absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
              moex::v1::END_REASON_LAUNCHER_ERROR);
     } else {
       entry.job.set_message(StrCat("waiting for ", spec.world_size(), " ranks to register"));
-      Persist(entry);
+      PersistNow(entry);
     }
   }
   Notify(id);

@@ -169,6 +169,7 @@ absl::StatusOr<moex::v1::ReportStepResponse> JobManager::ReportStep(const moex::
     // Running figures reach the disk within a second (the monitor loop), not
     // with an fsync on every step's report: that would pace the job.
     entry.unsaved = true;
+    ++entry.version;  // a write already in flight does not carry these figures
   }
   Notify(r.job_id());
   return response;

@@ -107,7 +107,7 @@ void JobManager::RankFailed(Entry& entry, moex::v1::EndReason reason, std::strin
            moex::v1::END_REASON_LAUNCHER_ERROR);
     return;
   }
-  Persist(entry);
+  PersistNow(entry);  // the new launch's group, on disk before anything could lose it
   pending_notifications_.push_back(job.id());
 }
 

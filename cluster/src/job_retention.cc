@@ -27,7 +27,7 @@ bool PlainId(const std::string& id) {
 
 }  // namespace
 
-absl::StatusOr<moex::v1::Job> JobManager::Delete(const std::string& id) {
+absl::StatusOr<moex::v1::Job> JobManager::Delete(const std::string& id, bool wait_for_record) {
   MOEX_RETURN_IF_ERROR(CheckJobIdLength(id));
   auto not_ended = [&](const moex::v1::Job& job) {
     return absl::FailedPreconditionError(StrCat("job ", id, " is ", StateWord(job.state()),
@@ -45,12 +45,13 @@ absl::StatusOr<moex::v1::Job> JobManager::Delete(const std::string& id) {
     if (it != jobs_.end()) {
       if (!IsTerminal(it->second.job.state())) return not_ended(it->second.job);
       // Its final record is written off the lock, within milliseconds.
-      written_.wait_for(lock, std::chrono::seconds(5), [&] {
-        auto now = jobs_.find(id);
-        return now == jobs_.end() || !now->second.unsaved;
-      });
-      it = jobs_.find(id);
-      if (it == jobs_.end()) return absl::NotFoundError(StrCat("no job '", id, "'"));
+      if (wait_for_record) {
+        written_.wait_for(lock, std::chrono::seconds(5), [&] {
+          auto now = jobs_.find(id);
+          return now == jobs_.end() || !now->second.unsaved;
+        });
+      }
+      it = jobs_.find(id);  // evicted meanwhile: its record is on disk, deleted below
     }
     if (it != jobs_.end()) {
       Entry& entry = it->second;
@@ -109,7 +110,7 @@ int JobManager::ApplyRetention(int at_most, bool* more) {
       break;
     }
     // One still being cleaned or written is deleted at a later round.
-    if (Delete(id).ok()) ++deleted;
+    if (Delete(id, /*wait_for_record=*/false).ok()) ++deleted;
   }
   if (deleted > 0) {
     fprintf(stderr, "moex serve: retention (keep %d jobs, %g days) deleted %d ended job(s) with their logs\n",

@@ -240,6 +240,20 @@ TEST_F(JobFailuresTest, AReportedLostRankIsNotAHost) {
   EXPECT_THAT(job.attempts(0).lost_hosts(), IsEmpty());
 }
 
+// A hung rank that the launcher then stopped reports only that it was
+// stopped: it is still the one the others waited for. And a rank's own
+// error does not outweigh a silent rank the others were waiting for (a
+// dying peer's short receive looks like a rank's own DATA_LOSS).
+TEST_F(JobFailuresTest, AStoppedRankThatOthersWaitedForIsStillBlamed) {
+  const std::string id = Run("", 2);
+  ASSERT_TRUE(Report(*jobs_, id, 3, moex::v1::END_REASON_RANK_LOST, {}, /*stopped=*/true).ok());
+  ASSERT_TRUE(Report(*jobs_, id, 0, moex::v1::END_REASON_RANK_LOST, {3}).ok());
+  ASSERT_TRUE(Report(*jobs_, id, 1, moex::v1::END_REASON_RANK_ERROR, {}, false, "short receive").ok());
+  const Job job = WaitEnded(id);
+  EXPECT_EQ(job.end_reason(), moex::v1::END_REASON_RANK_LOST);
+  EXPECT_THAT(job.attempts(0).lost_ranks(), ElementsAre(3));
+}
+
 // A rank that refused its input fails the job at once, whatever restarts
 // it may have: the same input would be refused again.
 TEST_F(JobFailuresTest, BadInputIsNeverRetried) {
@@ -288,7 +302,8 @@ TEST(FailureReasonOfTest, InputMemoryPeersAndTheRest) {
   EXPECT_EQ(FailureReasonOf(absl::InvalidArgumentError("--input has shape [3]"), false, false),
             moex::v1::END_REASON_BAD_INPUT);
   EXPECT_EQ(FailureReasonOf(absl::NotFoundError("no tensor"), false, false), moex::v1::END_REASON_BAD_INPUT);
-  EXPECT_EQ(FailureReasonOf(absl::DataLossError("truncated"), false, false), moex::v1::END_REASON_BAD_INPUT);
+  // A transport's short receive from a dying peer is DATA_LOSS too: not the input's fault.
+  EXPECT_EQ(FailureReasonOf(absl::DataLossError("short receive"), false, false), moex::v1::END_REASON_RANK_ERROR);
   EXPECT_EQ(FailureReasonOf(absl::ResourceExhaustedError("out of memory"), false, false),
             moex::v1::END_REASON_OUT_OF_MEMORY);
   EXPECT_EQ(FailureReasonOf(absl::InternalError("--check failed"), false, false), moex::v1::END_REASON_RANK_ERROR);

@@ -44,11 +44,11 @@ moex::v1::EndReason FailureReasonOf(const absl::Status& status, bool waiting_for
     case absl::StatusCode::kCancelled:
       return moex::v1::END_REASON_RANK_LOST;
     // What the rank was given: a config, a checkpoint, an input, a spec
-    // field. The same input fails the same way again.
+    // field. The same input fails the same way again. (Not DATA_LOSS: a
+    // transport's short receive from a dying peer says that too.)
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kNotFound:
     case absl::StatusCode::kOutOfRange:
-    case absl::StatusCode::kDataLoss:
     case absl::StatusCode::kPermissionDenied:
       return moex::v1::END_REASON_BAD_INPUT;
     case absl::StatusCode::kResourceExhausted:
@@ -117,17 +117,29 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Register(const std
 }
 
 WorkerSession::~WorkerSession() {
-  stop_.store(true);
+  {
+    std::lock_guard<std::mutex> lock(report_mutex_);  // so that the report thread cannot miss it
+    stop_.store(true);
+  }
   report_ready_.notify_all();
   if (heartbeat_.joinable()) heartbeat_.join();
   if (reporter_.joinable()) reporter_.join();
 }
 
 void WorkerSession::Finished() {
-  stop_.store(true);
+  std::optional<moex::v1::ReportStepRequest> unsent;
+  {
+    std::lock_guard<std::mutex> lock(report_mutex_);  // so that the report thread cannot miss it
+    stop_.store(true);
+    if (!final_report_) unsent = std::move(pending_report_);
+    pending_report_.reset();
+  }
   report_ready_.notify_all();
   if (heartbeat_.joinable()) heartbeat_.join();
   if (reporter_.joinable()) reporter_.join();
+  // The newest figures not yet sent (a job that stopped without a final
+  // report, e.g. on a cancel), once, briefly.
+  if (unsent) (void)SendReport(*unsent, 2, /*unless_final=*/false);
   moex::v1::HeartbeatRequest request;
   request.set_job_id(job_id_);
   request.set_rank(rank_);
@@ -180,8 +192,13 @@ absl::StatusOr<placement::Placement> WorkerSession::FetchPlacement() {
   return made;
 }
 
-grpc::Status WorkerSession::SendReport(const moex::v1::ReportStepRequest& request, double seconds) {
+grpc::Status WorkerSession::SendReport(const moex::v1::ReportStepRequest& request, double seconds, bool unless_final) {
   std::lock_guard<std::mutex> sending(send_mutex_);
+  if (unless_final) {
+    // The final report went first (it takes send_mutex_ too): nothing older follows it.
+    std::lock_guard<std::mutex> lock(report_mutex_);
+    if (final_report_) return grpc::Status::OK;
+  }
   moex::v1::ReportStepResponse response;
   grpc::ClientContext context;
   Prepare(&context, token_, seconds, attempt_);
@@ -205,7 +222,7 @@ void WorkerSession::ReportLoop() {
       request = std::move(*pending_report_);
       pending_report_.reset();
     }
-    const grpc::Status status = SendReport(request, 5);
+    const grpc::Status status = SendReport(request, 5, /*unless_final=*/true);
     bool retry = false;
     {
       std::lock_guard<std::mutex> lock(report_mutex_);
@@ -265,8 +282,11 @@ absl::Status WorkerSession::ReportStep(int64_t step, const moex::v1::JobMetrics&
   auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   grpc::Status status;
   do {
-    status = SendReport(request, 5);
-    if (status.ok() || status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    status = SendReport(request, 5, /*unless_final=*/false);
+    if (status.ok() || (status.error_code() != grpc::StatusCode::UNAVAILABLE &&
+                        status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED)) {
+      break;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
   } while (std::chrono::steady_clock::now() < give_up);
   if (!status.ok()) return absl::UnavailableError(StrCat("report to the controller: ", status.error_message()));

@@ -124,7 +124,10 @@ class JobManager {
   // as it was. FAILED_PRECONDITION for a job that has not ended, UNAVAILABLE
   // while its final record is not on disk or its hosts are being cleaned
   // (retry), NOT_FOUND for an unknown one.
-  absl::StatusOr<moex::v1::Job> Delete(const std::string& id);
+  // `wait_for_record`: an ended job whose final record is still being
+  // written is waited for (up to 5 s; the API), else refused UNAVAILABLE
+  // (retention, on the monitor thread, which must not wait).
+  absl::StatusOr<moex::v1::Job> Delete(const std::string& id, bool wait_for_record = true);
   // Deletes what retention (keep_jobs, keep_days) drops, at most `at_most`
   // jobs; returns how many it deleted and sets `more` when it stopped short.
   int ApplyRetention(int at_most, bool* more = nullptr);
@@ -254,6 +257,10 @@ class JobManager {
   // Requires the lock: queues the entry's record for the writer thread
   // (SQLite's fsync is never made under the lock, nor on a gRPC thread).
   void Persist(Entry& entry);
+  // Requires the lock: writes the record now, under the lock. Only right
+  // after a launch, so that the launch's process group is on disk before a
+  // crash could lose it (a restart then finds and adopts the job).
+  void PersistNow(Entry& entry);
   // The writer thread: writes the queued records, newest state each, off
   // the lock; on shutdown, until none is queued.
   void WriterLoop();

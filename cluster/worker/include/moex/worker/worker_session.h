@@ -78,8 +78,9 @@ class WorkerSession {
   WorkerSession() = default;
   void HeartbeatLoop();
   void ReportLoop();
-  // One ReportStep call (under send_mutex_), `seconds` its deadline.
-  grpc::Status SendReport(const moex::v1::ReportStepRequest& request, double seconds);
+  // One ReportStep call (under send_mutex_), `seconds` its deadline;
+  // `unless_final`: skipped once the final report has gone.
+  grpc::Status SendReport(const moex::v1::ReportStepRequest& request, double seconds, bool unless_final);
 
   std::unique_ptr<moex::v1::ClusterService::Stub> stub_;
   std::unique_ptr<moex::v1::PlacementService::Stub> placements_;
