@@ -5,7 +5,7 @@
 # controller's tests under ThreadSanitizer, and the parsers' libFuzzer targets
 # (clang) for a short run. This is the README's test command
 # and exactly what CI runs (.ci/run). MOEX_SKIP_SANITIZERS=1 runs only the
-# first part (23 of the 52 minutes on a 2-core machine, measured 2026-12-02). Each stage's
+# first part (20 of the 50 minutes on a 2-core machine, measured 2026-12-02). Each stage's
 # wall time is printed as it ends and all of them again at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
