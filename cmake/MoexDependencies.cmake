@@ -45,6 +45,8 @@ endif()
 find_package(Protobuf REQUIRED)
 find_package(gRPC CONFIG REQUIRED)
 find_package(SQLite3 REQUIRED)
+# --metrics-listen: Prometheus text exposition (Debian's prometheus-cpp-dev).
+find_package(prometheus-cpp CONFIG REQUIRED)
 find_package(OpenSSL REQUIRED COMPONENTS Crypto)  # rank secrets (HMAC-SHA256)
 find_program(MOEX_PROTOC protoc REQUIRED)
 find_program(MOEX_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)

@@ -17,6 +17,8 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc
   libopenblas-dev
   libsqlite3-dev
+  prometheus-cpp-dev
+  prometheus
   libssl-dev
   libxxhash-dev
   clang libclang-rt-14-dev

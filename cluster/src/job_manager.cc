@@ -139,6 +139,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
       MOEX_RETURN_IF_ERROR(manager->store_->Put(entry.job, entry.process_group));
       manager->CleanUpHosts(entry.job, 0);
     }
+    if (IsTerminal(entry.job.state())) ++manager->ended_by_state_[entry.job.state()];
     manager->jobs_[entry.job.id()] = std::move(entry);
   }
   manager->writer_ = std::thread([m = manager.get()] { m->WriterLoop(); });
@@ -168,6 +169,28 @@ void JobManager::Notify(const std::string& id) {
   for (auto& callback : callbacks) callback(snapshot);
 }
 
+JobManager::Figures JobManager::MetricsFigures() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Figures figures;
+  figures.ended = counters_.ended;
+  figures.restarts = counters_.restarts;
+  figures.rebalances = counters_.rebalances;
+  figures.experts_moved = counters_.experts_moved;
+  figures.jobs_by_state = ended_by_state_;
+  figures.jobs_in_memory = static_cast<int64_t>(jobs_.size());
+  const Clock::time_point now = Clock::now();
+  for (const auto& [id, entry] : jobs_) {
+    if (IsTerminal(entry.job.state())) continue;
+    ++figures.jobs_by_state[entry.job.state()];
+    std::map<int, double> ages;
+    for (const auto& [rank, seen] : entry.last_heartbeat) {
+      ages[rank] = std::chrono::duration<double>(now - seen).count();
+    }
+    figures.active.emplace_back(entry.job, std::move(ages));
+  }
+  return figures;
+}
+
 void JobManager::SignalLocalRanks(const Entry& entry, int signal) {
   // Open MPI gives ranks process groups of their own. A pid is only ever
   // this host's: ranks on other hosts are reached through the launcher.
@@ -195,6 +218,8 @@ void JobManager::Finish(Entry& entry, JobState state, std::string message, moex:
   entry.job.set_message(std::move(message));
   entry.job.set_end_time_unix_ms(NowMs());
   entry.job.set_end_reason(reason);
+  ++ended_by_state_[state];
+  ++counters_.ended[{state, reason}];
   KillProcesses(entry);
   CleanUpHosts(entry.job, 0);
   CloseAttempt(entry, reason, entry.job.message(), {});

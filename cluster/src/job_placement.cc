@@ -85,6 +85,8 @@ absl::StatusOr<moex::v1::Placement> JobManager::Publish(Entry& entry, const std:
   record->set_imbalance_before(placement::Imbalance(placement::RankLoads(current, entry.load->window_load())));
   record->set_imbalance_after(placement::Imbalance(placement::RankLoads(next, entry.load->window_load())));
   record->set_experts_moved(placement::CountMoves(input.current, plan.phy2log, world));
+  ++counters_.rebalances;
+  counters_.experts_moved += record->experts_moved();
   *job.mutable_placement() = ToProto(next);
   entry.last_publish_step = entry.load->steps();
   Persist(entry);
@@ -131,6 +133,7 @@ absl::Status JobManager::PublishForWorld(Entry& entry, int world, const std::str
     record->set_imbalance_after(placement::Imbalance(placement::RankLoads(*next, entry.load->window_load())));
   }
   *job.mutable_placement() = ToProto(next->WithVersion(record->version()));
+  ++counters_.rebalances;
   // The new ranks start on it: the old window described other ranks.
   if (entry.load) entry.load->ClearWindow();
   entry.last_publish_step.reset();

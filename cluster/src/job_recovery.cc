@@ -93,6 +93,7 @@ void JobManager::RankFailed(Entry& entry, moex::v1::EndReason reason, std::strin
   entry.done_ranks.clear();
   entry.failures.clear();
   job.set_state(moex::v1::JOB_STATE_PENDING);
+  ++counters_.restarts;
   const int64_t resume = job.metrics().steps_done();
   moex::v1::Attempt* attempt = job.add_attempts();
   attempt->set_number(job.attempts_size());

@@ -75,6 +75,10 @@ absl::StatusOr<moex::v1::Job> JobManager::Delete(const std::string& id, bool wai
   }
   absl::Status deleted = store_->Delete(id);
   if (!deleted.ok()) return absl::Status(deleted.code(), StrCat("cannot delete job ", id, ": ", deleted.message()));
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (int64_t& count = ended_by_state_[job.state()]; count > 0) --count;
+  }
   RemoveJobFiles(job);
   return job;
 }

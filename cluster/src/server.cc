@@ -23,7 +23,9 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "controller_metrics.h"
 #include "moex/cluster/credentials.h"
+#include "moex/cluster/metrics.h"
 #include "moex/cluster/job_list.h"
 #include "moex/cluster/rank_metadata.h"
 #include "moex/core/echo.h"
@@ -568,6 +570,15 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions 
   MOEX_RETURN_IF_ERROR(CheckAddressFree(options.listen));
   // Checked before any job is adopted: a refused start must not stop them.
   MOEX_RETURN_IF_ERROR(CheckAdvertise(options));
+  // Metrics are bound before any job is adopted too; they answer with the
+  // process's figures alone until the job manager is attached.
+  const std::string metrics_listen = options.metrics_listen;
+  auto calls = std::make_shared<CallCounter>();
+  std::shared_ptr<ControllerCollector> collector;
+  if (!metrics_listen.empty()) {
+    collector = std::make_shared<ControllerCollector>(calls);
+    MOEX_ASSIGN_OR_RETURN(controller->metrics_, MetricsEndpoint::Start(metrics_listen, "--metrics-listen", collector));
+  }
   std::string listen = options.listen;
   std::string token = options.token;
   auto credentials = ServerCredentials({options.tls_client_ca, options.tls_cert, options.tls_key});
@@ -590,10 +601,11 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions 
   // gRPC sets SO_REUSEPORT by default: a second controller on this port would
   // listen too, and clients would be split between the two.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  if (!token.empty()) {
+  {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-    interceptors.push_back(std::make_unique<TokenInterceptorFactory>(token));
-    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+    if (!metrics_listen.empty()) interceptors.push_back(std::make_unique<CallCountingFactory>(calls));
+    if (!token.empty()) interceptors.push_back(std::make_unique<TokenInterceptorFactory>(token));
+    if (!interceptors.empty()) builder.experimental().SetInterceptorCreators(std::move(interceptors));
   }
   builder.AddListeningPort(listen, *credentials, &controller->port_);
   builder.RegisterService(&controller->services_->jobs);
@@ -616,6 +628,7 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Start(ControllerOptions 
     advertise = StrCat(advertise.substr(0, advertise.size() - 2), ":", controller->port_);
   }
   controller->jobs_->SetAdvertisedAddress(advertise);
+  if (collector) collector->Attach(controller->jobs_.get(), controller->services_->jobs.open_streams);
   controller->watcher_ = std::thread([c = controller.get()] { c->WatchStateDir(); });
   return controller;
 }
@@ -637,6 +650,8 @@ void Controller::WatchStateDir() {
 }
 
 Controller::~Controller() { Shutdown(); }
+
+std::string Controller::metrics_address() const { return metrics_ ? metrics_->address() : ""; }
 
 void Controller::Shutdown() {
   {

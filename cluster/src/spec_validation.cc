@@ -160,6 +160,9 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
   }
   if (rebalance->interval() == 0) rebalance->set_interval(static_cast<int32_t>(defaults.rebalance.interval));
   if (rebalance->window() == 0) rebalance->set_window(static_cast<int32_t>(defaults.rebalance.window));
+  // Unset (a client that left it out) is `moex run`'s default, not a run of
+  // no tokens that would "succeed" at 0 tokens/s.
+  if (spec->tokens_per_rank() == 0) spec->set_tokens_per_rank(static_cast<int32_t>(defaults.tokens_per_rank));
   if (spec->exchange_timeout_seconds() < 0) return Bad("exchange_timeout_seconds", "must be in [0, 3600] (0: 60)");
   job::RunConfig config = RunConfigFromSpec(*spec);
   MOEX_RETURN_IF_ERROR(config.Validate(job::FieldNames::kJobSpec));

@@ -41,6 +41,16 @@ TEST(SpecValidationTest, GoodSpecGetsDefaults) {
   EXPECT_EQ(RunConfigFromSpec(spec).dispatch, "auto");
 }
 
+// A client that leaves tokens_per_rank out gets `moex run`'s default, not a
+// job of no tokens that "succeeds" at 0 tokens/s (issue #20).
+TEST(SpecValidationTest, UnsetTokensPerRankIsTheDefault) {
+  moex::v1::JobSpec spec = Good();
+  spec.clear_tokens_per_rank();
+  ASSERT_TRUE(ValidateAndNormalise(&spec, SpecLimits{}).ok());
+  EXPECT_EQ(spec.tokens_per_rank(), job::RunConfig{}.tokens_per_rank);
+  EXPECT_GT(RunConfigFromSpec(spec).tokens_per_rank, 0);
+}
+
 // What the ranks run is what the controller checked: one conversion, with
 // RunConfig's defaults where the spec leaves them open.
 TEST(SpecValidationTest, TheRanksRunWhatWasChecked) {

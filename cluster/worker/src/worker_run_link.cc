@@ -32,13 +32,10 @@ absl::Status WorkerRunLink::OnFinish(const run::RunResult& result) {
   return absl::OkStatus();
 }
 
-// Every rank's heartbeat says which step it is on; rank 0 tells the
-// controller how the job goes.
-void WorkerRunLink::Report(const run::RunProgress& progress) {
-  session_.SetStep(progress.steps_done);
-  if (rank_ != 0 || progress.steps->empty()) return;
-  const run::Medians m = run::MeasuredMedians(*progress.steps);
+moex::v1::JobMetrics JobMetricsOf(const run::RunProgress& progress) {
   moex::v1::JobMetrics metrics;
+  if (progress.steps == nullptr || progress.steps->empty()) return metrics;
+  const run::Medians m = run::MeasuredMedians(*progress.steps);
   metrics.set_tokens_per_second(m.rate);
   metrics.set_dispatch_seconds(m.dispatch);
   metrics.set_combine_seconds(m.combine);
@@ -48,8 +45,16 @@ void WorkerRunLink::Report(const run::RunProgress& progress) {
   metrics.set_placement_version(progress.placement_version);
   metrics.set_experts_from_cache(progress.experts_from_cache);
   metrics.set_experts_loaded(progress.experts_loaded);
-  absl::Status status =
-      session_.ReportStep(progress.steps_done, metrics, progress.steps->back().tokens_per_expert, progress.final);
+  return metrics;
+}
+
+// Every rank's heartbeat says which step it is on; rank 0 tells the
+// controller how the job goes.
+void WorkerRunLink::Report(const run::RunProgress& progress) {
+  session_.SetStep(progress.steps_done);
+  if (rank_ != 0 || progress.steps->empty()) return;
+  absl::Status status = session_.ReportStep(progress.steps_done, JobMetricsOf(progress),
+                                            progress.steps->back().tokens_per_expert, progress.final);
   if (!status.ok()) Warn(rank_, std::string(status.message()));
 }
 

@@ -68,6 +68,8 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
   CLI::App* serve = app.add_subcommand("serve", "Run the controller: jobs, ranks and placements over gRPC");
   serve->add_option("--listen", f.listen, "Address to listen on (loopback unless told otherwise)")->capture_default_str();
   serve->add_option("--state-dir", f.state_dir, "Where job records (SQLite) and logs live")->required();
+  serve->add_option("--metrics-listen", f.metrics_listen,
+                    "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: a free one; docs/metrics.md)");
   serve->add_option("--max-world-size", f.max_world_size, "Largest world size a job may ask for")->capture_default_str();
   serve->add_option("--max-jobs", f.max_jobs, "Jobs that may be active at once")->capture_default_str();
   serve->add_option("--max-streams", f.max_streams, "Watch and log streams that may be open at once")->capture_default_str();
@@ -145,6 +147,7 @@ int RunServe(const ServeFlags& f) {
   options.tls_key = f.tls_key;
   options.tls_client_ca = f.tls_client_ca;
   options.advertise = f.advertise;
+  options.metrics_listen = f.metrics_listen;
   launcher::LauncherOptions& l = options.launcher;
   l.kind = f.launcher;
   l.hostfile = f.hostfile;
@@ -176,6 +179,9 @@ int RunServe(const ServeFlags& f) {
   }
   std::cout << "moex serve: listening on " << f.listen.substr(0, f.listen.rfind(':')) << ":" << (*controller)->port()
             << ", state in " << f.state_dir << (token->empty() ? "" : ", token required") << std::endl;
+  if (!f.metrics_listen.empty()) {
+    std::cout << "moex serve: metrics at http://" << (*controller)->metrics_address() << "/metrics" << std::endl;
+  }
   int signal = 0;
   sigwait(&signals, &signal);
   std::cout << "moex serve: " << strsignal(signal) << ": stopping" << std::endl;

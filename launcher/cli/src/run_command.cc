@@ -24,7 +24,9 @@
 #include "moex/transport/transport.h"
 #include "moex/transport/shared_segments.h"
 #include "moex/transport/transport_registry.h"
+#include "moex/cluster/metrics.h"
 #include "moex/worker/bench_job.h"
+#include "moex/worker/run_metrics.h"
 #include "moex/worker/worker_run_link.h"
 #include "moex/worker/worker_session.h"
 
@@ -81,6 +83,8 @@ CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags) {
   run->add_option("--migration-chunk-mb", f.rebalance.migration_chunk_mb, "Expert weights moved per step, all ranks together")->capture_default_str();
   run->add_option("--timeout", f.timeout_seconds, "Seconds any one exchange may wait for peers")->capture_default_str();
   run->add_option("--json", f.json, "Rank 0 writes the per-step figures and summary here");
+  run->add_option("--metrics-listen", flags.metrics_listen,
+                  "Rank 0 serves Prometheus metrics at http://HOST:PORT/metrics while the run runs (docs/metrics.md)");
   run->add_flag("--quiet", f.quiet, "Print only the summary");
   return run;
 }
@@ -251,9 +255,19 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
   std::vector<run::RunSink*> sinks;
   run::TerminalSink terminal(config.quiet);
   std::optional<run::JsonSink> json;
+  std::shared_ptr<worker::RunMetrics> metrics;
+  std::unique_ptr<cluster::MetricsEndpoint> metrics_endpoint;
   if (rank == 0) {
     sinks.push_back(&terminal);
     if (!config.json.empty()) sinks.push_back(&json.emplace(config.json));
+    if (!flags.metrics_listen.empty() && !worker) {
+      metrics = std::make_shared<worker::RunMetrics>("run");
+      absl::StatusOr<std::unique_ptr<cluster::MetricsEndpoint>> served = worker::ServeRunMetrics(flags.metrics_listen, metrics);
+      if (!served.ok()) return fail(served.status());
+      metrics_endpoint = std::move(*served);
+      std::cout << "moex run: metrics at http://" << metrics_endpoint->address() << "/metrics" << std::endl;
+      sinks.push_back(metrics.get());
+    }
   }
   if (link) sinks.push_back(link.get());
   absl::Status status;

@@ -74,6 +74,8 @@ struct ControllerOptions {
   // certificates (mutual TLS). Ranks get the CA (and, for mTLS, this
   // certificate and key as their client identity) through their environment.
   std::string tls_cert, tls_key, tls_client_ca;
+  // HOST:PORT to serve Prometheus metrics at /metrics (metrics.h); empty: none.
+  std::string metrics_listen;
 };
 
 bool IsTerminal(moex::v1::JobState state);
@@ -168,6 +170,22 @@ class JobManager {
   // Stops every running job (FAILED, saying the controller shut down) and
   // the monitor.
   void Shutdown();
+
+  // What `--metrics-listen` exposes of the jobs (metrics.h), copied under the
+  // lock when Prometheus scrapes.
+  struct Figures {
+    // Every job the controller knows, by state: those in memory and the
+    // ended ones only in the store.
+    std::map<moex::v1::JobState, int64_t> jobs_by_state;
+    // Since this controller started: jobs that ended, by state and reason,
+    // relaunches after a failure, placement changes and the replicas they moved.
+    std::map<std::pair<moex::v1::JobState, moex::v1::EndReason>, int64_t> ended;
+    int64_t restarts = 0, rebalances = 0, experts_moved = 0;
+    // Pending and running jobs, each with its ranks' heartbeat ages (seconds).
+    std::vector<std::pair<moex::v1::Job, std::map<int, double>>> active;
+    int64_t jobs_in_memory = 0;
+  };
+  Figures MetricsFigures();
 
   const ControllerOptions& options() const { return options_; }
   // Whether `presented` is job `job_id`'s rank secret (rank_secret.h).
@@ -310,6 +328,10 @@ class JobManager {
   std::unique_ptr<JobCleaner> cleaner_;           // cleans their hosts after them
   std::mutex mutex_;
   std::map<std::string, Entry> jobs_;
+  // Under the lock: ended jobs by state, stored ones included (counted at
+  // start, by Finish and by Delete), and the counters of Figures.
+  std::map<moex::v1::JobState, int64_t> ended_by_state_;
+  Figures counters_;
   std::map<pid_t, std::string> job_by_group_;
   std::set<pid_t> children_;  // launcher processes started here and not reaped yet
   std::string this_host_;     // gethostname(): ranks registered from here may be signalled

@@ -20,6 +20,8 @@ class Server;
 
 namespace moex::cluster {
 
+class MetricsEndpoint;
+
 class Controller {
  public:
   // Refuses (before touching any job) a state dir another controller holds
@@ -30,6 +32,8 @@ class Controller {
   static absl::StatusOr<std::unique_ptr<Controller>> Start(ControllerOptions options);
   ~Controller();
   int port() const { return port_; }
+  // Where Prometheus scrapes it (HOST:PORT), "" without --metrics-listen.
+  std::string metrics_address() const;
   JobManager& jobs() { return *jobs_; }
   // Stops accepting calls, ends running jobs (FAILED, saying why), returns.
   void Shutdown();
@@ -49,6 +53,7 @@ class Controller {
   std::condition_variable watch_wake_;
   bool watch_stop_ = false;
   std::thread watcher_;
+  std::unique_ptr<MetricsEndpoint> metrics_;  // last: stops serving before the rest goes
 };
 
 }  // namespace moex::cluster

@@ -10,6 +10,10 @@
 
 namespace moex::worker {
 
+// A run's figures so far as the controller keeps them (medians over the
+// steps; empty before the first step).
+moex::v1::JobMetrics JobMetricsOf(const run::RunProgress& progress);
+
 class WorkerRunLink final : public run::ControllerLink, public run::RunSink {
  public:
   explicit WorkerRunLink(WorkerSession& session, int rank) : session_(session), rank_(rank) {}

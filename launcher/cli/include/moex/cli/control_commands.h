@@ -25,6 +25,7 @@ struct ServeFlags {
   std::string tls_cert, tls_key, tls_client_ca;
   bool insecure = false;  // a non-loopback --listen with neither token nor mutual TLS
   std::string advertise;  // HOST[:PORT] ranks on other hosts reach the controller by
+  std::string metrics_listen;  // HOST:PORT of the Prometheus endpoint; empty: none
   // Directories under which a job's spec may name files (model configs,
   // weights); none: presets only, and no weights.
   std::vector<std::string> data_roots;

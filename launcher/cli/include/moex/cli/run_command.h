@@ -36,6 +36,8 @@ struct RunFlags {
   bool cleanup = false;
   std::string weight_cache_root;
   std::string shm_dir = "/dev/shm";
+  // `moex run --metrics-listen HOST:PORT`: rank 0 serves Prometheus metrics.
+  std::string metrics_listen;
 };
 
 CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags);
