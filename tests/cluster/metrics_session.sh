@@ -105,10 +105,29 @@ count="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["data"]["res
 body="$(query 'up{job="moex"}')"
 python3 -c 'import json,sys; assert json.loads(sys.argv[1])["data"]["result"][0]["value"][1] == "1"' "$body"
 
+# Every query of the Grafana dashboard is one Prometheus accepts, and the
+# job's panels have data (Grafana itself is not installed here).
+python3 - "$(dirname "$0")/../../docs/grafana/moex.json" "$prom_port" "$id" <<'PY'
+import json, sys, urllib.parse, urllib.request
+dashboard, port, job = sys.argv[1], sys.argv[2], sys.argv[3]
+empty = []
+for panel in json.load(open(dashboard))["panels"]:
+    for target in panel["targets"]:
+        expr = target["expr"].replace("$job_id", job)
+        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = json.load(r)
+        assert body["status"] == "success", (panel["title"], expr, body)
+        if "job_id" in expr and not body["data"]["result"]:
+            empty.append(f"{panel['title']}: {expr}")
+assert not empty, "dashboard queries with no data for the running job: " + "; ".join(empty)
+print("grafana dashboard: every query accepted by Prometheus, the job's panels have data")
+PY
+
 if [ -n "$plot" ]; then
   sleep "${MOEX_PLOT_SECONDS:-30}"  # let the series grow, and a rebalance or two happen
-  python3 "$(dirname "$0")/../../bench/metrics_panels.py" --prometheus "http://127.0.0.1:$prom_port" \
-    --job-id "$id" --minutes 2 --out "$plot"
+  /usr/bin/python3 "$(dirname "$0")/../../bench/metrics_panels.py" --prometheus "http://127.0.0.1:$prom_port" \
+    --job-id "$id" --minutes "$(( (${MOEX_PLOT_SECONDS:-30} + 59) / 60 ))" --out "$plot" --csv "${plot%.png}.csv"
 fi
 "$moex" job cancel "$id" > /dev/null
 
