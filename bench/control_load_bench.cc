@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "moex/core/provenance.h"
 #include "moex/cluster/server.h"
 #include "moex/v1/job.grpc.pb.h"
 #include "nlohmann/json.hpp"
@@ -44,6 +45,7 @@ nlohmann::json Summary(const std::vector<double>& ms) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moex::RecordCommandLine(argc, argv);
   int submissions = 50, status_calls = 200;
   std::string json;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -142,6 +144,7 @@ int main(int argc, char** argv) {
                            {"call_failures", failures.load()}, {"jobs_succeeded", succeeded},
                            {"jobs_listed", listed}, {"seconds_until_all_ended", total_s},
                            {"submit_latency", Summary(submit_ms)}, {"status_latency", Summary(status_ms)}};
+  result["provenance"] = moex::ProvenanceJson();
   std::printf("%s\n", result.dump(2).c_str());
   if (!json.empty()) std::ofstream(json) << result.dump(2) << "\n";
   (*controller)->Shutdown();

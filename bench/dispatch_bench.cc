@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "moex/core/provenance.h"
 #include "moex/ep/dispatch.h"
 #include "moex/transport/mpi_transport.h"
 #include "moex/transport/transport_registry.h"
@@ -74,6 +75,7 @@ void Die(const absl::Status& status) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moex::RecordCommandLine(argc, argv);
   using namespace moex;
   auto session = transport::MpiSession::Start(&argc, &argv);
   if (!session.ok()) return 1;
@@ -214,6 +216,7 @@ int main(int argc, char** argv) {
                           {"ratio_min", ratios.front()}, {"ratio_max", ratios.back()},
                           {"dispatch_bytes_per_token", sums[0] / all_tokens},
                           {"floor_bytes_per_token", floor_bytes / all_tokens}};
+      j["provenance"] = moex::ProvenanceJson();
       std::ofstream(o.json) << j.dump(2) << "\n";
     }
   }

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "moex/core/provenance.h"
 #include "moex/bench/bench.h"
 #include "moex/core/stored_matrix.h"
 #include "moex/ep/moe_weights.h"
@@ -69,6 +70,7 @@ uint64_t Touch(const StoredMatrix& m) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moex::RecordCommandLine(argc, argv);
   int64_t hidden = 7168, width = 2048, tokens = 16, reps = 15, experts = 16;
   std::string json_path, checkpoint_dir;
   for (int i = 1; i < argc; ++i) {
@@ -192,6 +194,7 @@ int main(int argc, char** argv) {
   if (!json_path.empty()) {
     FILE* f = std::fopen(json_path.c_str(), "w");
     if (f == nullptr) return Fail("cannot write " + json_path);
+    out["provenance"] = moex::ProvenanceJson();
     std::fprintf(f, "%s\n", out.dump(2).c_str());
     std::fclose(f);
   }

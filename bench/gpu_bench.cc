@@ -41,6 +41,7 @@
 #include <string>
 #include <vector>
 
+#include "moex/core/provenance.h"
 #include "moex/kernels/cuda/moe_kernels.h"
 #include "nlohmann/json.hpp"
 
@@ -141,6 +142,7 @@ void* Random(size_t count, float scale, uint64_t seed) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moex::RecordCommandLine(argc, argv);
   int tokens = 4096, top_k = 8, hidden = 7168, width = 2048, experts = 32, reps = 50;
   std::string json;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -371,6 +373,7 @@ int main(int argc, char** argv) {
                    {"mean_abs_y", y_mean_abs}, {"nonfinite", y_bad}}},
         // Kept for readers of the first format (bench/gpu_layer_torch.py before 2026-12).
         {"layer_ms", layer_t.median}};
+    j["provenance"] = moex::ProvenanceJson({1, "none", prop.name});
     std::ofstream(json) << j.dump(2) << "\n";
   }
   return 0;

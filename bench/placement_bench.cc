@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "moex/core/provenance.h"
 #include "moex/placement/policy.h"
 #include "nlohmann/json.hpp"
 
@@ -65,6 +66,7 @@ double Median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moex::RecordCommandLine(argc, argv);
   int seeds = 20, layers = 4;
   double skew = 1.0, drift = 0.5;
   std::string json_path;
@@ -174,6 +176,7 @@ int main(int argc, char** argv) {
               " node (EPLB's groups onto nodes) over its GPUs)\n");
   if (!json_path.empty()) {
     std::ofstream f(json_path);
+    out["provenance"] = moex::ProvenanceJson();
     f << out.dump(1) << "\n";
     if (!f) {
       std::fprintf(stderr, "moex_bench_placement: cannot write '%s'\n", json_path.c_str());

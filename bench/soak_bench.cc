@@ -34,6 +34,7 @@
 #include <tuple>
 #include <vector>
 
+#include "moex/core/provenance.h"
 #include "moex/bench/svg_chart.h"
 #include "moex/core/str_cat.h"
 #include "moex/core/subprocess.h"
@@ -146,6 +147,7 @@ void Plot(const std::vector<Sample>& samples, const std::string& path, const std
 }  // namespace
 
 int main(int argc, char** argv) {
+  moex::RecordCommandLine(argc, argv);
   Options o;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i], value = argv[i + 1];
@@ -376,6 +378,7 @@ int main(int argc, char** argv) {
                       {"fds_last", last.fds},
                       {"fds_after_all_ended", final_fds},
                       {"samples", series}};
+  j["provenance"] = moex::ProvenanceJson();
   std::ofstream(std::filesystem::path(o.out) / "soak.json") << j.dump(2) << "\n";
   Plot(samples, (std::filesystem::path(o.out) / "soak-memory.svg").string(), "moex serve resident memory under soak",
        "MiB", &Sample::rss_mib, nullptr);

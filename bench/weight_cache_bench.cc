@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "moex/core/provenance.h"
 #include "moex/ep/moe_weights.h"
 #include "moex/ep/weight_cache.h"
 #include "moex/model/model_loader.h"
@@ -43,6 +44,7 @@ int Fail(const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moex::RecordCommandLine(argc, argv);
   std::string model = "qwen3-30b-a3b", checkpoint_dir = "/tmp", cache_root = "/dev/shm", json_path;
   int64_t experts = 0;
   int reps = 5;
@@ -129,6 +131,7 @@ int main(int argc, char** argv) {
               "in the page cache %.3f s -> %.2fx; seed %.3f s -> %.2fx\n",
               static_cast<long long>(experts), bytes / (1 << 30), reps, cache_s, bytes / cache_s / 1e9, checkpoint_s,
               checkpoint_s / cache_s, seed_s, seed_s / cache_s);
+  j["provenance"] = moex::ProvenanceJson();
   if (!json_path.empty()) std::ofstream(json_path) << j.dump(2) << "\n";
   return 0;
 }

@@ -47,6 +47,8 @@ find_package(gRPC CONFIG REQUIRED)
 find_package(SQLite3 REQUIRED)
 # --metrics-listen: Prometheus text exposition (Debian's prometheus-cpp-dev).
 find_package(prometheus-cpp CONFIG REQUIRED)
+# Logs (core/log.h): Debian's libspdlog-dev, built on its libfmt-dev.
+find_package(spdlog CONFIG REQUIRED)
 find_package(OpenSSL REQUIRED COMPONENTS Crypto)  # rank secrets (HMAC-SHA256)
 find_program(MOEX_PROTOC protoc REQUIRED)
 find_program(MOEX_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)

@@ -18,6 +18,7 @@ PACKAGES=(
   libopenblas-dev
   libsqlite3-dev
   prometheus-cpp-dev
+  libspdlog-dev
   prometheus
   libssl-dev
   libxxhash-dev

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "moex/core/log.h"
 #include "moex/core/str_cat.h"
 
 namespace moex::cluster {
@@ -71,13 +72,13 @@ void JobCleaner::Run(const Task& task) const {
   } else {
     for (const std::string& host : *hosts) lines.push_back(StrCat("moex serve: cleanup of ", what, " on ", host));
   }
-  std::ofstream log(task.log_path, std::ios::app);
+  std::ofstream job_log(task.log_path, std::ios::app);
   for (const std::string& line : lines) {
-    log << line << "\n";
+    job_log << line << "\n";
     // The operator hears of what was refused or failed, not of routine.
     if (!hosts.ok() || line.find("; refused: ") != std::string::npos || line.find("; failed: ") != std::string::npos ||
         line.find(" still running") != std::string::npos) {
-      fprintf(stderr, "%s\n", line.c_str());
+      log::Warn(line.substr(line.rfind("moex serve: ", 0) == 0 ? 12 : 0), {{"job_id", task.request.job_id}});
     }
   }
 }

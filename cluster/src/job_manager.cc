@@ -23,6 +23,7 @@
 #include "moex/cluster/state_dir.h"
 #include "moex/core/echo.h"
 #include "moex/core/host_memory.h"
+#include "moex/core/log.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/core/subprocess.h"
@@ -89,8 +90,8 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
   MOEX_ASSIGN_OR_RETURN(options.limits.data_roots, CanonicalDataRoots(options.limits.data_roots));
   MOEX_ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store, JobStore::Open(options.state_dir));
   for (const std::string& bad : store->quarantined()) {
-    std::cerr << "moex serve: " << store->path() << ": " << bad
-              << "; moved, bytes intact, to its quarantine table (the other jobs start as usual)" << std::endl;
+    log::Error(StrCat(store->path(), ": ", bad,
+                      "; moved, bytes intact, to its quarantine table (the other jobs start as usual)"));
   }
   MOEX_RETURN_IF_ERROR(MakePrivateDirectory((std::filesystem::path(options.state_dir) / "logs").string(), "the logs dir"));
   MOEX_ASSIGN_OR_RETURN(StateDirIdentity identity, StateDirIdentity::Capture(options.state_dir, {"jobs.db", "logs"}));
@@ -120,6 +121,8 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(ControllerOptions
       entry.adopted_at = Clock::now();
       entry.job.set_message(StrCat("the controller restarted; waiting for the ranks to report back in (",
                                    manager->options_.heartbeat_timeout_seconds, " s)"));
+      log::Info("job adopted: its process group still runs", {{"job_id", entry.job.id()},
+                                                             {"process_group", std::to_string(entry.process_group)}});
       MOEX_RETURN_IF_ERROR(manager->store_->Put(entry.job, entry.process_group));
     } else if (!IsTerminal(entry.job.state())) {
       // Its processes are gone and nobody saw how they ended.
@@ -220,6 +223,17 @@ void JobManager::Finish(Entry& entry, JobState state, std::string message, moex:
   entry.job.set_end_reason(reason);
   ++ended_by_state_[state];
   ++counters_.ended[{state, reason}];
+  {
+    const moex::v1::JobMetrics& m = entry.job.metrics();
+    log::Write(state == moex::v1::JOB_STATE_FAILED ? log::Level::kError : log::Level::kInfo, "job ended",
+               {{"job_id", entry.job.id()},
+                {"state", moex::v1::JobState_Name(state)},
+                {"reason", moex::v1::EndReason_Name(reason)},
+                {"attempt", std::to_string(CurrentAttemptNumber(entry.job))},
+                {"steps_done", std::to_string(m.steps_done())},
+                {"tokens_per_second", StrCat(m.tokens_per_second())},
+                {"why", Echo(entry.job.message())}});
+  }
   KillProcesses(entry);
   CleanUpHosts(entry.job, 0);
   CloseAttempt(entry, reason, entry.job.message(), {});
@@ -285,6 +299,12 @@ absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
                                            recorded.message(), "); nothing was launched: free space or fix the "
                                            "state dir, then submit again"));
     }
+    log::Info("job submitted", {{"job_id", id},
+                                {"name", spec.name()},
+                                {"model", Echo(spec.model())},
+                                {"world_size", std::to_string(spec.world_size())},
+                                {"steps", std::to_string(spec.steps())},
+                                {"device", spec.device()}});
     absl::Status launched = Launch(entry);
     if (!launched.ok()) {
       Finish(entry, moex::v1::JOB_STATE_FAILED, StrCat("could not start the job: ", launched.message()),
@@ -292,6 +312,7 @@ absl::StatusOr<Job> JobManager::Submit(moex::v1::JobSpec spec) {
     } else {
       entry.job.set_message(StrCat("waiting for ", spec.world_size(), " ranks to register"));
       PersistNow(entry);
+      log::Info("job launched", {{"job_id", id}, {"attempt", "1"}, {"process_group", std::to_string(entry.process_group)}});
     }
   }
   Notify(id);
@@ -459,6 +480,7 @@ absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
       entry.cancel_requested = true;
       entry.term_sent = Clock::now();
       entry.job.set_message(StrCat("cancelling: SIGTERM sent, SIGKILL after ", options_.cancel_grace_seconds, " s"));
+      log::Info("job cancel requested", {{"job_id", id}, {"grace_seconds", StrCat(options_.cancel_grace_seconds)}});
       launcher_->Stop(id, CurrentAttemptNumber(entry.job), GroupToSignal(entry), /*force=*/false);
       SignalLocalRanks(entry, SIGTERM);
       Persist(entry);

@@ -10,6 +10,7 @@
 #include "moex/cluster/placement_proto.h"
 #include "moex/core/status_macros.h"
 #include "moex/core/echo.h"
+#include "moex/core/log.h"
 #include "moex/core/str_cat.h"
 #include "moex/model/moe_layer_spec.h"
 #include "moex/model/model_loader.h"
@@ -87,6 +88,13 @@ absl::StatusOr<moex::v1::Placement> JobManager::Publish(Entry& entry, const std:
   record->set_experts_moved(placement::CountMoves(input.current, plan.phy2log, world));
   ++counters_.rebalances;
   counters_.experts_moved += record->experts_moved();
+  log::Info("placement published", {{"job_id", job.id()},
+                                    {"version", std::to_string(next.version())},
+                                    {"policy", policy},
+                                    {"reason", reason},
+                                    {"experts_moved", std::to_string(record->experts_moved())},
+                                    {"imbalance_before", StrCat(record->imbalance_before())},
+                                    {"imbalance_after", StrCat(record->imbalance_after())}});
   *job.mutable_placement() = ToProto(next);
   entry.last_publish_step = entry.load->steps();
   Persist(entry);
@@ -134,6 +142,10 @@ absl::Status JobManager::PublishForWorld(Entry& entry, int world, const std::str
   }
   *job.mutable_placement() = ToProto(next->WithVersion(record->version()));
   ++counters_.rebalances;
+  log::Info("placement published for a new world size", {{"job_id", job.id()},
+                                                         {"version", std::to_string(record->version())},
+                                                         {"world_size", std::to_string(world)},
+                                                         {"reason", reason}});
   // The new ranks start on it: the old window described other ranks.
   if (entry.load) entry.load->ClearWindow();
   entry.last_publish_step.reset();

@@ -6,6 +6,7 @@
 #include "moex/cluster/job_manager.h"
 #include "moex/launcher/hostfile.h"
 #include "moex/core/status_macros.h"
+#include "moex/core/log.h"
 #include "moex/core/str_cat.h"
 
 namespace moex::cluster {
@@ -86,6 +87,9 @@ absl::StatusOr<moex::v1::RegisterRankResponse> JobManager::RegisterRank(const mo
       entry.job.set_state(moex::v1::JOB_STATE_RUNNING);
       entry.job.set_start_time_unix_ms(NowMs());
       entry.job.set_message("running");
+      log::Info("job running: every rank registered", {{"job_id", entry.job.id()},
+                                                      {"attempt", std::to_string(CurrentAttemptNumber(entry.job))},
+                                                      {"world_size", std::to_string(World(entry.job))}});
     }
     Persist(entry);
     *response.mutable_spec() = entry.job.spec();

@@ -7,6 +7,8 @@
 
 #include "absl/strings/str_join.h"
 #include "moex/cluster/job_manager.h"
+#include "moex/core/echo.h"
+#include "moex/core/log.h"
 #include "moex/core/str_cat.h"
 
 namespace moex::cluster {
@@ -109,6 +111,11 @@ void JobManager::RankFailed(Entry& entry, moex::v1::EndReason reason, std::strin
     return;
   }
   PersistNow(entry);  // the new launch's group, on disk before anything could lose it
+  log::Warn("job restarting", {{"job_id", job.id()},
+                               {"attempt", std::to_string(attempt->number())},
+                               {"world_size", std::to_string(next_world)},
+                               {"resume_after_step", std::to_string(resume)},
+                               {"why", Echo(why)}});
   pending_notifications_.push_back(job.id());
 }
 

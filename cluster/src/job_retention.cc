@@ -8,6 +8,7 @@
 
 #include "moex/cluster/job_manager.h"
 #include "moex/core/status_macros.h"
+#include "moex/core/log.h"
 #include "moex/core/str_cat.h"
 #include "moex/launcher/launcher.h"
 
@@ -86,9 +87,9 @@ absl::StatusOr<moex::v1::Job> JobManager::Delete(const std::string& id, bool wai
 void JobManager::RemoveJobFiles(const moex::v1::Job& job) const {
   if (!PlainId(job.id())) return;
   std::error_code error;
-  const std::filesystem::path log = std::filesystem::path(options_.state_dir) / "logs" / (job.id() + ".log");
-  std::filesystem::remove(log, error);
-  if (error) fprintf(stderr, "moex serve: cannot remove %s: %s\n", log.c_str(), error.message().c_str());
+  const std::filesystem::path log_file = std::filesystem::path(options_.state_dir) / "logs" / (job.id() + ".log");
+  std::filesystem::remove(log_file, error);
+  if (error) log::Warn(StrCat("cannot remove ", log_file.string(), ": ", error.message()), {{"job_id", job.id()}});
   // The hostfile of each attempt mpirun was given (launcher/launcher.h).
   for (int attempt = 1; attempt <= std::max(1, job.attempts_size()); ++attempt) {
     std::filesystem::remove(std::filesystem::path(options_.launcher.work_dir) /
@@ -104,7 +105,7 @@ int JobManager::ApplyRetention(int at_most, bool* more) {
       options_.keep_days > 0 ? NowMs() - static_cast<int64_t>(options_.keep_days * 86400.0 * 1000.0) : 0;
   absl::StatusOr<std::vector<std::string>> expired = store_->Expired(options_.keep_jobs, ended_before);
   if (!expired.ok()) {
-    fprintf(stderr, "moex serve: retention: %s\n", std::string(expired.status().message()).c_str());
+    log::Error(StrCat("retention: ", expired.status().message()));
     return 0;
   }
   int deleted = 0;
@@ -117,8 +118,9 @@ int JobManager::ApplyRetention(int at_most, bool* more) {
     if (Delete(id, /*wait_for_record=*/false).ok()) ++deleted;
   }
   if (deleted > 0) {
-    fprintf(stderr, "moex serve: retention (keep %d jobs, %g days) deleted %d ended job(s) with their logs\n",
-            options_.keep_jobs, options_.keep_days, deleted);
+    log::Info("retention deleted ended jobs with their logs", {{"deleted", std::to_string(deleted)},
+                                                               {"keep_jobs", std::to_string(options_.keep_jobs)},
+                                                               {"keep_days", StrCat(options_.keep_days)}});
   }
   return deleted;
 }

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "moex/core/log.h"
 #include "moex/cluster/job_manager.h"
 
 namespace moex::cluster {
@@ -33,8 +34,8 @@ void JobManager::PersistNow(Entry& entry) {
   }
   // As any write: retried from the monitor loop, said once.
   if (!entry.write_failed) {
-    fprintf(stderr, "moex serve: cannot persist job %s (retrying every second): %s\n", entry.job.id().c_str(),
-            std::string(status.message()).c_str());
+    log::Error("cannot persist the job (retrying every second)",
+               {{"job_id", entry.job.id()}, {"why", std::string(status.message())}});
   }
   entry.write_failed = true;
   entry.unsaved = true;
@@ -75,13 +76,13 @@ void JobManager::WriterLoop() {
           // second (monitor loop), and the operator sees once why the disk
           // copy lags.
           if (!entry.write_failed) {
-            fprintf(stderr, "moex serve: cannot persist job %s (retrying every second): %s\n", write.id.c_str(),
-                    std::string(write.status.message()).c_str());
+            log::Error("cannot persist the job (retrying every second)",
+                       {{"job_id", write.id}, {"why", std::string(write.status.message())}});
           }
           entry.write_failed = true;
           continue;
         }
-        if (entry.write_failed) fprintf(stderr, "moex serve: job %s persisted again\n", write.id.c_str());
+        if (entry.write_failed) log::Info("job persisted again", {{"job_id", write.id}});
         entry.write_failed = false;
         if (entry.version == write.version && !entry.queued) entry.unsaved = false;
       }

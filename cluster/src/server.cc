@@ -30,6 +30,7 @@
 #include "moex/cluster/rank_metadata.h"
 #include "moex/core/echo.h"
 #include "moex/core/status_macros.h"
+#include "moex/core/log.h"
 #include "moex/core/str_cat.h"
 #include "moex/v1/cluster.grpc.pb.h"
 #include "moex/v1/job.grpc.pb.h"
@@ -325,7 +326,15 @@ struct Controller::Services {
 
     grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* c, const moex::v1::SubmitJobRequest* r,
                                         moex::v1::Job* out) override {
-      return Answer(c, token, out, [&] { return jobs->Submit(r->spec()); });
+      return Answer(c, token, out, [&] {
+        absl::StatusOr<moex::v1::Job> job = jobs->Submit(r->spec());
+        if (!job.ok()) {
+          log::Warn("submit refused", {{"code", absl::StatusCodeToString(job.status().code())},
+                                       {"peer", c->peer()},
+                                       {"why", Echo(std::string(job.status().message()))}});
+        }
+        return job;
+      });
     }
     grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* c, const moex::v1::GetJobRequest* r,
                                      moex::v1::Job* out) override {
@@ -642,9 +651,9 @@ void Controller::WatchStateDir() {
     serving = state_dir.ok();
     server_->GetHealthCheckService()->SetServingStatus(serving);
     if (serving) {
-      fprintf(stderr, "moex serve: the state dir is back; SERVING again\n");
+      log::Info("the state dir is back; SERVING again");
     } else {
-      fprintf(stderr, "moex serve: NOT_SERVING, submissions refused: %s\n", std::string(state_dir.message()).c_str());
+      log::Error("NOT_SERVING, submissions refused", {{"why", std::string(state_dir.message())}});
     }
   }
 }

@@ -69,7 +69,7 @@ rc=0
 echo "  deleted state dir: exit $rc: $(cat "$work/submit.out")"
 [ "$rc" != 0 ] || fail "a job was accepted into a deleted state dir"
 grep -q "state dir '$state' is no longer the one this controller opened" "$work/submit.out" || fail "the refusal does not name the state dir"
-for _ in $(seq 50); do grep -q "no longer the one" "$work/serve.out" && break; sleep 0.1; done
+for _ in $(seq 50); do grep -q "NOT_SERVING" "$work/serve.out" && break; sleep 0.1; done
 grep -q "NOT_SERVING" "$work/serve.out" || fail "the controller did not say it stopped serving"
 
 # Reachable from other hosts, nothing asked of clients.

@@ -1,4 +1,5 @@
 #include "moex/cli/bench_command.h"
+#include "moex/core/provenance.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -94,11 +95,13 @@ int RunRanks(const BenchFlags& f, int* argc, char*** argv) {
   options.rep_timeout_seconds = f.timeout;
   absl::Status ran = bench::RunPoints(**t, *points, options, [&](const bench::BenchResult& r, size_t i) -> absl::Status {
     if (rank != 0) return absl::OkStatus();
+    nlohmann::json line = bench::ToJson(r);
+    line["provenance"] = ProvenanceJson({static_cast<int>(r.point.ranks), r.point.transport, ""});
     if (out.is_open()) {
-      out << bench::ToJson(r).dump() << std::endl;  // a line per point, flushed: nothing measured is lost
+      out << line.dump() << std::endl;  // a line per point, flushed: nothing measured is lost
       if (!out) return absl::DataLossError(StrCat("cannot write ", f.out));
     } else {
-      std::cout << bench::ToJson(r).dump() << std::endl;
+      std::cout << line.dump() << std::endl;
     }
     std::cerr << absl::StrFormat("moex bench: [%d/%d] %s (%s path): %s\n", i + 1, points->size(), bench::DescribePoint(r.point),
                                  r.path, bench::SummaryLine(r));
@@ -269,7 +272,9 @@ int RunReport(const BenchFlags& f) {
 // (said on stderr) when it cannot.
 bool WriteProfile(const std::string& path, const plan::ClusterProfile& profile) {
   std::ofstream out(path, std::ios::trunc);
-  out << bench::ProfileJson(profile).dump(2) << "\n";
+  nlohmann::json j = bench::ProfileJson(profile);
+  j["provenance"] = ProvenanceJson();
+  out << j.dump(2) << "\n";
   if (!out) std::cerr << "moex bench: error: cannot write " << path << "\n";
   return static_cast<bool>(out);
 }
@@ -294,7 +299,9 @@ int RunCalibrateInternode(const std::vector<bench::BenchResult>& results, const 
   }
   if (!f.out.empty() && !WriteProfile(f.out, c->profile)) return 1;
   if (f.json) {
-    std::cout << bench::InternodeCalibrationJson(*c).dump(2) << "\n";
+    nlohmann::json j = bench::InternodeCalibrationJson(*c);
+    j["provenance"] = ProvenanceJson();
+    std::cout << j.dump(2) << "\n";
     return 0;
   }
   std::cout << absl::StrFormat("calibrated on %d points across hosts (%d ranks a host): network %.3f GB/s + %.0f us "
@@ -343,7 +350,9 @@ int RunCalibrate(const BenchFlags& f) {
   }
   if (!f.out.empty() && !WriteProfile(f.out, c->profile)) return 1;
   if (f.json) {
-    std::cout << bench::CalibrationJson(*c).dump(2) << "\n";
+    nlohmann::json j = bench::CalibrationJson(*c);
+    j["provenance"] = ProvenanceJson();
+    std::cout << j.dump(2) << "\n";
     return 0;
   }
   const plan::ClusterProfile& p = c->profile;

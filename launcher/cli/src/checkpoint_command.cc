@@ -1,4 +1,5 @@
 #include "moex/cli/checkpoint_command.h"
+#include "moex/core/provenance.h"
 
 #include <algorithm>
 
@@ -48,6 +49,7 @@ int RunCheckpoint(const CheckpointFlags& flags, std::ostream& out, std::ostream&
                               {"layers", result->layers},   {"files", files},
                               {"bytes", result->file_bytes}, {"total_size", result->tensor_bytes},
                               {"tensors", result->tensors}, {"seconds", result->seconds}};
+    summary["provenance"] = ProvenanceJson();
     out << summary.dump(2) << "\n";
     return 0;
   }

@@ -25,6 +25,7 @@
 #include "moex/cluster/credentials.h"
 #include "moex/core/status_macros.h"
 #include "moex/cluster/server.h"
+#include "moex/core/log.h"
 #include "moex/launcher/launcher.h"
 #include "moex/model/presets.h"
 #include "moex/core/str_cat.h"
@@ -68,6 +69,9 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
   CLI::App* serve = app.add_subcommand("serve", "Run the controller: jobs, ranks and placements over gRPC");
   serve->add_option("--listen", f.listen, "Address to listen on (loopback unless told otherwise)")->capture_default_str();
   serve->add_option("--state-dir", f.state_dir, "Where job records (SQLite) and logs live")->required();
+  serve->add_option("--log-format", f.log_format, "Log lines on stderr as text or json (one event a line)")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
   serve->add_option("--metrics-listen", f.metrics_listen,
                     "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: a free one; docs/metrics.md)");
   serve->add_option("--max-world-size", f.max_world_size, "Largest world size a job may ask for")->capture_default_str();
@@ -118,6 +122,12 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& f) {
 }
 
 int RunServe(const ServeFlags& f) {
+  // The controller logs under its lock: lines go through a queue that a
+  // stderr nobody reads cannot stall (core/log.h).
+  if (absl::Status logging = log::Configure(f.log_format, "serve", /*never_block=*/true); !logging.ok()) {
+    std::cerr << "moex serve: error: " << logging.message() << "\n";
+    return 2;
+  }
   auto token = cluster::ReadTokenFile(f.token_file);
   if (!token.ok()) {
     std::cerr << "moex serve: error: " << token.status().message() << "\n";
@@ -186,6 +196,8 @@ int RunServe(const ServeFlags& f) {
   sigwait(&signals, &signal);
   std::cout << "moex serve: " << strsignal(signal) << ": stopping" << std::endl;
   (*controller)->Shutdown();
+  controller->reset();
+  log::Shutdown();
   return 0;
 }
 

@@ -9,8 +9,10 @@
 #include "moex/cli/plan_command.h"
 #include "moex/cli/run_command.h"
 #include "moex/core/build_info.h"
+#include "moex/core/provenance.h"
 
 int main(int argc, char** argv) {
+  moex::RecordCommandLine(argc, argv);  // for every JSON result's provenance
   CLI::App app{"moex: an expert-parallel runtime for Mixture-of-Experts models"};
   app.set_version_flag("--version", moex::BuildDescription());
   app.require_subcommand(1);

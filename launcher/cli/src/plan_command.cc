@@ -1,4 +1,5 @@
 #include "moex/cli/plan_command.h"
+#include "moex/core/provenance.h"
 
 #include <optional>
 
@@ -195,6 +196,7 @@ int RunPlan(const PlanFlags& flags, std::ostream& out, std::ostream& err) {
   if (flags.json) {
     nlohmann::json j = plan::PlanToJson(*plan);
     if (perf) j["perf"] = PerfToJson(*perf);
+    j["provenance"] = ProvenanceJson();
     out << j.dump(2) << "\n";
   } else {
     out << plan::PlanToTable(*plan);

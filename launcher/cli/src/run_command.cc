@@ -1,9 +1,15 @@
 #include "moex/cli/run_command.h"
 
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <new>
@@ -13,6 +19,7 @@
 #include "moex/cli/bench_command.h"
 #include "moex/cli/flag_checks.h"
 #include "moex/cluster/job_spec.h"
+#include "moex/core/log.h"
 #include "moex/core/stop.h"
 #include "moex/core/str_cat.h"
 #include "moex/kernels/expert_ffn.h"
@@ -83,6 +90,9 @@ CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags) {
   run->add_option("--migration-chunk-mb", f.rebalance.migration_chunk_mb, "Expert weights moved per step, all ranks together")->capture_default_str();
   run->add_option("--timeout", f.timeout_seconds, "Seconds any one exchange may wait for peers")->capture_default_str();
   run->add_option("--json", f.json, "Rank 0 writes the per-step figures and summary here");
+  run->add_option("--log-format", flags.log_format, "Errors on stderr as text or json (one event a line)")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
   run->add_option("--metrics-listen", flags.metrics_listen,
                   "Rank 0 serves Prometheus metrics at http://HOST:PORT/metrics while the run runs (docs/metrics.md)");
   run->add_flag("--quiet", f.quiet, "Print only the summary");
@@ -107,6 +117,30 @@ CLI::App* AddWorkerCommand(CLI::App& app, RunFlags& f) {
 }
 
 namespace {
+
+// One line a failure: the ranks of one launch on one host that fail with
+// the same message say it once. The first to bind an abstract Unix socket
+// named by the launch (PMIX_NAMESPACE, which mpirun and srun --mpi=pmix
+// give every rank) and the message's hash says it; the name goes when the
+// process exits, so nothing is left behind. Outside such a launch, or when
+// the socket cannot be made, every rank says it.
+bool FirstToSay(std::string_view message) {
+  const char* launch = std::getenv("PMIX_NAMESPACE");
+  if (launch == nullptr || launch[0] == '\0') return true;
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return true;
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  const std::string name = StrCat("moex-said-", getuid(), "-", std::hash<std::string_view>{}(launch), "-",
+                                  std::hash<std::string_view>{}(message));
+  const size_t length = std::min(name.size(), sizeof(address.sun_path) - 1);
+  std::memcpy(address.sun_path + 1, name.data(), length);  // sun_path[0] == 0: the abstract namespace
+  const socklen_t size = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + length);
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&address), size) == 0) return true;  // held until exit
+  const bool other_said_it = errno == EADDRINUSE;
+  close(fd);
+  return !other_said_it;
+}
 
 // A rank of a controller job records, on its host, the files in /dev/shm
 // that a kill would leave: Open MPI's segments (mapped by now) and every
@@ -180,6 +214,7 @@ absl::StatusOr<std::unique_ptr<transport::Transport>> CreateRankTransport(const 
 
 int RunRun(const RunFlags& flags, int* argc, char*** argv) {
   job::RunConfig config = flags.config;
+  (void)log::Configure(flags.log_format, "run");  // checked by the flag
   absl::StatusOr<std::unique_ptr<transport::MpiSession>> mpi = transport::MpiSession::Start(argc, argv);
   // SIGTERM from the launcher (a lost peer or host, a cancel) ends a wait
   // with what it waited for, rather than the rank silently.
@@ -193,9 +228,17 @@ int RunRun(const RunFlags& flags, int* argc, char*** argv) {
   if (!flags.job_id.empty()) leftovers.emplace(flags, rank);
   std::unique_ptr<worker::WorkerSession> worker;
   auto fail = [&](const absl::Status& status) -> int {
-    // One write per line, so that mpirun does not interleave ranks mid-line.
-    std::string line = StrCat("moex run: rank ", rank, ": error: ", status.message(), "\n");
-    (void)!write(STDERR_FILENO, line.data(), line.size());
+    // One line a failure, however many ranks failed the same way; one
+    // write per line, so that mpirun does not interleave ranks mid-line.
+    // Text keeps the form the controller reads from a job's log.
+    if (const std::string message(status.message()); FirstToSay(message)) {
+      if (flags.log_format == "json") {
+        log::Error(message, {{"rank", std::to_string(rank)}, {"code", absl::StatusCodeToString(status.code())}});
+      } else {
+        std::string line = StrCat("moex run: rank ", rank, ": error: ", status.message(), "\n");
+        (void)!write(STDERR_FILENO, line.data(), line.size());
+      }
+    }
     // A controller's rank says why as data (the ranks it waited for, a bad
     // input), so that the controller need not read it from the log.
     if (worker) worker->ReportFailure(status, transport::MissingRanks(status), StopSignal() != 0);

@@ -1,4 +1,5 @@
 #include "moex/bench/report.h"
+#include "moex/core/provenance.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -279,7 +280,8 @@ absl::StatusOr<std::vector<std::string>> WriteReport(const std::vector<BenchResu
     if (efficiency[i] > 0) j["scaling_efficiency"] = efficiency[i];
     all.push_back(j);
   }
-  MOEX_RETURN_IF_ERROR(write("results.json", nlohmann::json{{"results", all}}.dump(2) + "\n"));
+  nlohmann::json results_json = {{"results", all}, {"provenance", ProvenanceJson()}};
+  MOEX_RETURN_IF_ERROR(write("results.json", results_json.dump(2) + "\n"));
   MOEX_RETURN_IF_ERROR(write("results.csv", ToCsv(results)));
   MOEX_RETURN_IF_ERROR(write("results.md", ToMarkdown(results)));
 

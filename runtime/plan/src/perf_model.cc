@@ -82,7 +82,7 @@ absl::StatusOr<ClusterProfile> LoadProfile(const std::string& name_or_file) {
                           {"gemm_efficiency", &p.gemm_efficiency, 0.001, 1},
                           {"link_efficiency", &p.link_efficiency, 0.001, 1}};
   for (auto it = j.begin(); it != j.end(); ++it) {
-    if (it.key() == "name" || it.key() == "source") continue;
+    if (it.key() == "name" || it.key() == "source" || it.key() == "provenance") continue;
     const Field* f = nullptr;
     for (const Field& candidate : fields) {
       if (it.key() == candidate.key) f = &candidate;

@@ -1,6 +1,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "moex/core/provenance.h"
 #include "moex/core/str_cat.h"
 #include "moex/run/sink.h"
 
@@ -8,6 +9,7 @@ namespace moex::run {
 
 void JsonSink::OnStart(const RunHeader& h) {
   head_ = nlohmann::json::object();
+  head_["provenance"] = ProvenanceJson({h.world_size, h.transport, h.device_path});
   head_["model"] = h.config->model;
   head_["layer"] = h.spec->layer;
   head_["world_size"] = h.world_size;

@@ -26,6 +26,7 @@ struct ServeFlags {
   bool insecure = false;  // a non-loopback --listen with neither token nor mutual TLS
   std::string advertise;  // HOST[:PORT] ranks on other hosts reach the controller by
   std::string metrics_listen;  // HOST:PORT of the Prometheus endpoint; empty: none
+  std::string log_format = "text";  // text or json
   // Directories under which a job's spec may name files (model configs,
   // weights); none: presets only, and no weights.
   std::vector<std::string> data_roots;

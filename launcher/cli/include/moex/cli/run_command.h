@@ -38,6 +38,7 @@ struct RunFlags {
   std::string shm_dir = "/dev/shm";
   // `moex run --metrics-listen HOST:PORT`: rank 0 serves Prometheus metrics.
   std::string metrics_listen;
+  std::string log_format = "text";  // `moex run --log-format text|json`
 };
 
 CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags);
