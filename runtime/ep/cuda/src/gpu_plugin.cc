@@ -3,6 +3,7 @@
 // moex libraries neither interpose on nor are interposed by the
 // executable's).
 #include "moex/ep/cuda_moe_layer.h"
+#include "moex/core/build_info.h"
 #include "moex/ep/gpu_layer.h"
 #include "moex/core/str_cat.h"
 #include "moex/transport/nccl_transport.h"
@@ -47,6 +48,12 @@ class PluginLayer final : public Layer {
 
 }  // namespace
 }  // namespace moex::ep
+
+extern "C" __attribute__((visibility("default"))) const moex::ep::GpuPluginInfo* moex_gpu_plugin_info() {
+  static const moex::ep::GpuPluginInfo info{sizeof(moex::ep::GpuPluginInfo), moex::ep::kGpuPluginAbiVersion,
+                                            moex::build::kVersion, moex::build::kBuildId};
+  return &info;
+}
 
 extern "C" __attribute__((visibility("default"))) moex::ep::Layer* moex_gpu_layer_create(
     const moex::ep::GpuLayerArgs* args, absl::Status* error) {

@@ -8,6 +8,7 @@
 // for the CUDA libraries it would never use.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -38,9 +39,30 @@ struct GpuLayerArgs {
 using GpuLayerFactory = Layer* (*)(const GpuLayerArgs* args, absl::Status* error);
 inline constexpr char kGpuLayerFactorySymbol[] = "moex_gpu_layer_create";
 
+// The plugin's second entry point, asked before the first: which build of
+// moex it belongs to. Plain C, so that any plugin, however old or foreign,
+// can be asked safely. `size` lets later versions add fields at the end.
+struct GpuPluginInfo {
+  uint32_t size = sizeof(GpuPluginInfo);
+  uint32_t abi_version = 0;      // kGpuPluginAbiVersion of the plugin's build
+  const char* moex_version = "";  // build::kVersion
+  const char* build_id = "";      // build::kBuildId: version+revision+boundary digest
+};
+// Bumped when GpuLayerArgs, the factory's signature or this struct change.
+inline constexpr uint32_t kGpuPluginAbiVersion = 2;
+using GpuPluginInfoFunction = const GpuPluginInfo* (*)();
+inline constexpr char kGpuPluginInfoSymbol[] = "moex_gpu_plugin_info";
+
+// Whether a plugin that says `info` (null: it has no info entry point, a
+// plugin from before 2026-12) may be loaded by this build: the same ABI
+// version and build id, else FAILED_PRECONDITION naming both builds and
+// `path`.
+absl::Status CheckGpuPlugin(const GpuPluginInfo* info, const std::string& path, int rank);
+
 // Loads the plugin (MOEX_GPU_PLUGIN, else libmoex_gpu.so beside the running
-// executable) and makes the layer: collective over `host` (NCCL's bootstrap).
-// The error names the file and what dlopen said.
+// executable), checks it is of this build (CheckGpuPlugin) and makes the
+// layer: collective over `host` (NCCL's bootstrap). The error names the
+// file and what dlopen said, or both builds.
 absl::StatusOr<std::unique_ptr<Layer>> LoadGpuLayer(const GpuLayerArgs& args);
 
 }  // namespace moex::ep
