@@ -39,7 +39,9 @@ using GpuLayerFactory = Layer* (*)(const GpuLayerArgs* args, absl::Status* error
 inline constexpr char kGpuLayerFactorySymbol[] = "moex_gpu_layer_create";
 
 // Loads the plugin (MOEX_GPU_PLUGIN, else libmoex_gpu.so beside the running
-// executable) and makes the layer: collective over `host` (NCCL's bootstrap).
+// executable, else in ../lib/moex from it, where `cmake --install` puts it;
+// a program of your own built against the installed moex sets
+// MOEX_GPU_PLUGIN, which its package gives as moex_GPU_PLUGIN) and makes the layer: collective over `host` (NCCL's bootstrap).
 // The error names the file and what dlopen said.
 absl::StatusOr<std::unique_ptr<Layer>> LoadGpuLayer(const GpuLayerArgs& args);
 
