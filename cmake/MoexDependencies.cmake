@@ -4,22 +4,30 @@
 
 find_package(absl CONFIG REQUIRED)
 find_package(nlohmann_json 3.10 CONFIG REQUIRED)
+# How a project that finds the installed moex finds what its layers link
+# (moex_dependency(), cmake/MoexLayers.cmake); the macros are
+# cmake/moexConfig.cmake.in's.
+moex_dependency("absl::*" "find_dependency(absl CONFIG)")
+moex_dependency("nlohmann_json::*" "find_dependency(nlohmann_json 3.10 CONFIG)")
 find_package(CLI11 CONFIG REQUIRED)
 find_package(Threads REQUIRED)
 find_package(PkgConfig REQUIRED)
 # Checksums of the host weight cache (runtime/ep/src/weight_cache.cc): XXH3,
 # which runs at memory speed (zlib's CRC-32 took half of a cache read).
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
+moex_dependency(PkgConfig::XXHASH "_moex_pkg_target(XXHASH libxxhash)")
 
 # MPI launches and carries moex's multi-rank runs: required.
 find_package(MPI REQUIRED COMPONENTS C)
 set(MOEX_HAVE_MPI ON)
+moex_dependency("MPI::*" "_moex_find_mpi()")
 
 set(MOEX_HAVE_UCX OFF)
 if(MOEX_ENABLE_UCX)
   pkg_check_modules(UCX QUIET IMPORTED_TARGET ucx)
   if(UCX_FOUND)
     set(MOEX_HAVE_UCX ON)
+    moex_dependency(PkgConfig::UCX "_moex_pkg_target(UCX ucx)")
   endif()
 endif()
 
@@ -49,6 +57,7 @@ find_package(SQLite3 REQUIRED)
 find_package(prometheus-cpp CONFIG REQUIRED)
 # Logs (core/log.h): Debian's libspdlog-dev, built on its libfmt-dev.
 find_package(spdlog CONFIG REQUIRED)
+moex_dependency("spdlog::*" "find_dependency(spdlog CONFIG)")
 find_package(OpenSSL REQUIRED COMPONENTS Crypto)  # rank secrets (HMAC-SHA256)
 find_program(MOEX_PROTOC protoc REQUIRED)
 find_program(MOEX_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)

@@ -44,7 +44,15 @@ function(moex_add_layer layer)
   add_library(${target} STATIC ${ARG_SOURCES})
   add_library(moex::${layer} ALIAS ${target})
   moex_target_defaults(${target})
-  target_include_directories(${target} PUBLIC "${CMAKE_CURRENT_SOURCE_DIR}/include")
+  # Installed, the headers are under <prefix>/include and the target is
+  # moex::<layer> again (moex_install_layers below).
+  target_include_directories(${target} PUBLIC
+    "$<BUILD_INTERFACE:${CMAKE_CURRENT_SOURCE_DIR}/include>"
+    "$<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>")
+  set_target_properties(${target} PROPERTIES
+    EXPORT_NAME ${layer}
+    MOEX_LAYER_DEPS "${ARG_LAYERS}"
+    MOEX_HEADER_DIRS "${CMAKE_CURRENT_SOURCE_DIR}/include")
   foreach(dep IN LISTS ARG_LAYERS)
     _moex_layer_index(${dep} dep_index)
     if(NOT dep_index LESS own_index)
@@ -61,4 +69,119 @@ function(moex_add_layer layer)
   # Where the layer's files live, for tests/layering's scan of #include lines.
   file(RELATIVE_PATH layer_dir "${PROJECT_SOURCE_DIR}" "${CMAKE_CURRENT_SOURCE_DIR}")
   set_property(GLOBAL APPEND PROPERTY MOEX_LAYER_DIRS "${layer_dir}:${layer}")
+endfunction()
+
+# moex_layer_header_dir(<layer> <dir>): one more folder of the layer's public
+# headers (a generated one: core's build_info_generated.h), seen by the
+# targets that link the layer and installed with its headers.
+function(moex_layer_header_dir layer dir)
+  target_include_directories(moex_${layer} PUBLIC "$<BUILD_INTERFACE:${dir}>")
+  set_property(TARGET moex_${layer} APPEND PROPERTY MOEX_HEADER_DIRS "${dir}")
+endfunction()
+
+# moex_layer_private_headers(<layer> <file names...>): headers in the layer's
+# include folder that are not installed: those of another target that lives
+# beside it (transport's nccl_transport.h is moex_transport_nccl's) or of a
+# part this build left out (ucx_transport.h without UCX).
+function(moex_layer_private_headers layer)
+  set_property(TARGET moex_${layer} APPEND PROPERTY MOEX_HEADERS_NOT_INSTALLED ${ARGN})
+endfunction()
+
+# moex_dependency(<link item> <code>): how a project that finds the installed
+# moex gets a third-party target a layer links: <code> goes into
+# moexConfig.cmake (one line; the macros of cmake/moexConfig.cmake.in may be
+# used). <link item> is a target's name or `<namespace>::*`. An installed
+# layer that links a namespaced target with no such entry fails the
+# configure, so the package file cannot forget one.
+function(moex_dependency item code)
+  set_property(GLOBAL PROPERTY "MOEX_DEPENDENCY_${item}" "${code}")
+endfunction()
+
+# The layers `layers` stand on, themselves included, lowest first.
+function(_moex_layer_closure out_var)
+  set(closure "")
+  set(todo ${ARGN})
+  while(todo)
+    list(POP_FRONT todo layer)
+    if(layer IN_LIST closure)
+      continue()
+    endif()
+    list(APPEND closure ${layer})
+    get_target_property(deps moex_${layer} MOEX_LAYER_DEPS)
+    if(deps)
+      list(APPEND todo ${deps})
+    endif()
+  endwhile()
+  set(ordered "")
+  foreach(layer IN LISTS MOEX_LAYER_ORDER)
+    if(layer IN_LIST closure)
+      list(APPEND ordered ${layer})
+    endif()
+  endforeach()
+  set(${out_var} ${ordered} PARENT_SCOPE)
+endfunction()
+
+# moex_install_layers(<layers...>): installs the layers a program may use and
+# every layer below them that they link: their static libraries
+# (<libdir>/libmoex_<layer>.a), their public headers (<includedir>/moex/...),
+# and one CMake package, moex (<libdir>/cmake/moex), whose targets are
+# moex::<layer> as in the build and whose moexConfig.cmake finds the
+# third-party packages those layers link (moex_dependency()).
+function(moex_install_layers)
+  _moex_layer_closure(layers ${ARGN})
+  set(targets "")
+  set(find_lines "")
+  foreach(layer IN LISTS layers)
+    set(target moex_${layer})
+    list(APPEND targets ${target})
+    get_target_property(dirs ${target} MOEX_HEADER_DIRS)
+    get_target_property(skipped ${target} MOEX_HEADERS_NOT_INSTALLED)
+    set(excludes "")
+    if(skipped)
+      foreach(name IN LISTS skipped)
+        list(APPEND excludes PATTERN "${name}" EXCLUDE)
+      endforeach()
+    endif()
+    foreach(dir IN LISTS dirs)
+      install(DIRECTORY "${dir}/" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}" COMPONENT moex_dev
+              FILES_MATCHING PATTERN "*.h" ${excludes})
+    endforeach()
+    get_target_property(libs ${target} INTERFACE_LINK_LIBRARIES)
+    foreach(lib IN LISTS libs)
+      if(lib MATCHES "^moex::" OR NOT lib MATCHES "::")
+        continue()  # a layer (installed with it), or a plain library (dl)
+      endif()
+      get_property(code GLOBAL PROPERTY "MOEX_DEPENDENCY_${lib}")
+      if(NOT code)
+        string(REGEX REPLACE "::.*" "::*" namespace "${lib}")
+        get_property(code GLOBAL PROPERTY "MOEX_DEPENDENCY_${namespace}")
+      endif()
+      if(NOT code)
+        message(FATAL_ERROR "moex: layer '${layer}' is installed and links ${lib}, but no "
+                            "moex_dependency() says how moexConfig.cmake finds it")
+      endif()
+      if(NOT code IN_LIST find_lines)
+        list(APPEND find_lines "${code}")
+      endif()
+    endforeach()
+  endforeach()
+  install(TARGETS ${targets} EXPORT moexTargets
+          ARCHIVE DESTINATION "${CMAKE_INSTALL_LIBDIR}" COMPONENT moex_dev)
+
+  set(config_dir "${CMAKE_INSTALL_LIBDIR}/cmake/moex")
+  list(JOIN find_lines "\n" MOEX_FIND_DEPENDENCIES)
+  list(JOIN ARGN " " MOEX_PUBLIC_LAYERS)
+  list(JOIN layers " " MOEX_INSTALLED_LAYERS)
+  include(CMakePackageConfigHelpers)
+  configure_package_config_file("${PROJECT_SOURCE_DIR}/cmake/moexConfig.cmake.in"
+    "${PROJECT_BINARY_DIR}/cmake/moexConfig.cmake"
+    INSTALL_DESTINATION "${config_dir}"
+    PATH_VARS CMAKE_INSTALL_BINDIR CMAKE_INSTALL_INCLUDEDIR MOEX_INSTALL_PLUGINDIR)
+  write_basic_package_version_file("${PROJECT_BINARY_DIR}/cmake/moexConfigVersion.cmake"
+    VERSION "${PROJECT_VERSION}" COMPATIBILITY SameMinorVersion)
+  install(EXPORT moexTargets NAMESPACE moex:: FILE moexTargets.cmake
+          DESTINATION "${config_dir}" COMPONENT moex_dev)
+  install(FILES "${PROJECT_BINARY_DIR}/cmake/moexConfig.cmake" "${PROJECT_BINARY_DIR}/cmake/moexConfigVersion.cmake"
+          DESTINATION "${config_dir}" COMPONENT moex_dev)
+  set_property(GLOBAL PROPERTY MOEX_INSTALLED_LAYERS ${layers})
 endfunction()

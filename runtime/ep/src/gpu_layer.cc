@@ -13,12 +13,24 @@
 namespace moex::ep {
 namespace {
 
+#ifndef MOEX_GPU_PLUGIN_FROM_BIN
+#define MOEX_GPU_PLUGIN_FROM_BIN "../lib/moex"
+#endif
+
+// MOEX_GPU_PLUGIN, else beside the running binary (the build tree: bin/),
+// else where `cmake --install` puts it from the binary's folder
+// (bin/../lib/moex); when neither file exists, the one beside the binary
+// is named.
 std::string PluginPath() {
   if (const char* path = std::getenv("MOEX_GPU_PLUGIN"); path != nullptr && *path != '\0') return path;
   std::error_code error;
   std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", error);
   if (error) return "libmoex_gpu.so";  // the loader's search path
-  return (exe.parent_path() / "libmoex_gpu.so").string();
+  const std::filesystem::path beside = exe.parent_path() / "libmoex_gpu.so";
+  const std::filesystem::path installed =
+      (exe.parent_path() / MOEX_GPU_PLUGIN_FROM_BIN / "libmoex_gpu.so").lexically_normal();
+  if (!std::filesystem::exists(beside, error) && std::filesystem::exists(installed, error)) return installed.string();
+  return beside.string();
 }
 
 }  // namespace
@@ -55,8 +67,8 @@ absl::StatusOr<std::unique_ptr<Layer>> LoadGpuLayer(const GpuLayerArgs& args) {
     const char* why = dlerror();
     return absl::FailedPreconditionError(
         StrCat("rank ", args.rank, ": --device cuda needs the GPU plugin ", path, ", which did not load (",
-               why != nullptr ? why : "unknown", "); it is built beside moex where nvcc and NCCL are found, "
-               "or named by MOEX_GPU_PLUGIN"));
+               why != nullptr ? why : "unknown", "); it is built beside moex where nvcc and NCCL are found (installed: "
+               "lib/moex/), or named by MOEX_GPU_PLUGIN"));
   }
   auto info = reinterpret_cast<GpuPluginInfoFunction>(dlsym(handle, kGpuPluginInfoSymbol));
   if (absl::Status same = CheckGpuPlugin(info != nullptr ? info() : nullptr, path, args.rank); !same.ok()) {

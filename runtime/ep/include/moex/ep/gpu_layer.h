@@ -60,9 +60,12 @@ inline constexpr char kGpuPluginInfoSymbol[] = "moex_gpu_plugin_info";
 absl::Status CheckGpuPlugin(const GpuPluginInfo* info, const std::string& path, int rank);
 
 // Loads the plugin (MOEX_GPU_PLUGIN, else libmoex_gpu.so beside the running
-// executable), checks it is of this build (CheckGpuPlugin) and makes the
-// layer: collective over `host` (NCCL's bootstrap). The error names the
-// file and what dlopen said, or both builds.
+// executable, else in ../lib/moex from it, where `cmake --install` puts it;
+// a program of your own built against the installed moex sets
+// MOEX_GPU_PLUGIN, which its package gives as moex_GPU_PLUGIN), checks it is
+// of this build (CheckGpuPlugin) and makes the layer: collective over `host`
+// (NCCL's bootstrap). The error names the file and what dlopen said, or both
+// builds.
 absl::StatusOr<std::unique_ptr<Layer>> LoadGpuLayer(const GpuLayerArgs& args);
 
 }  // namespace moex::ep
