@@ -102,8 +102,12 @@ void PrintJob(const moex::v1::Job& job) {
     for (size_t i = 0; i < std::min<size_t>(3, hot.size()); ++i) {
       StrAppend(&top, i ? ", " : "", hot[i].second, absl::StrFormat(" (%.1f%%)", total > 0 ? 100 * hot[i].first / total : 0.0));
     }
-    std::cout << absl::StrFormat("  load: window of %d steps, rank imbalance (max/mean) %.3f; hottest experts (average): %s\n",
-                                 load.window_steps(), load.window_imbalance(), top);
+    // Balancedness (mean/max, SGLang's and vLLM's figure) is its inverse.
+    const double imbalance = load.window_imbalance();
+    std::cout << absl::StrFormat(
+        "  load: window of %d steps, rank imbalance (max/mean) %.3f, balancedness (mean/max) %.3f; hottest experts "
+        "(average): %s\n",
+        load.window_steps(), imbalance, imbalance > 0 ? 1 / imbalance : 1.0, top);
   }
   if (job.placement().version() > 0) {
     std::cout << absl::StrFormat("  placement: version %d published, version %d serving", job.placement().version(),

@@ -220,4 +220,38 @@ double Imbalance(const std::vector<double>& gpu_loads) {
   return total > 0 ? most * static_cast<double>(gpu_loads.size()) / total : 1.0;
 }
 
+double Balancedness(const std::vector<double>& gpu_loads) {
+  double total = 0, most = 0;
+  for (double load : gpu_loads) {
+    total += load;
+    most = std::max(most, load);
+  }
+  return most > 0 && !gpu_loads.empty() ? total / static_cast<double>(gpu_loads.size()) / most : 1.0;
+}
+
+BalanceSummary SummarizeBalance(const Matrix& gpu_loads) {
+  BalanceSummary out;
+  if (gpu_loads.empty()) return out;
+  double imbalance_sum = 0, balancedness_sum = 0, mean_sum = 0, max_sum = 0;
+  out.max_imbalance = 0;
+  for (const std::vector<double>& layer : gpu_loads) {
+    const double imbalance = Imbalance(layer);
+    out.max_imbalance = std::max(out.max_imbalance, imbalance);
+    imbalance_sum += imbalance;
+    balancedness_sum += Balancedness(layer);
+    double total = 0, most = 0;
+    for (double load : layer) {
+      total += load;
+      most = std::max(most, load);
+    }
+    if (!layer.empty()) mean_sum += total / static_cast<double>(layer.size());
+    max_sum += most;
+  }
+  const double layers = static_cast<double>(gpu_loads.size());
+  out.mean_imbalance = imbalance_sum / layers;
+  out.sglang_balancedness = balancedness_sum / layers;
+  out.vllm_balancedness = max_sum > 0 ? mean_sum / max_sum : 1.0;
+  return out;
+}
+
 }  // namespace moex::placement

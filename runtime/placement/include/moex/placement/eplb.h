@@ -47,5 +47,21 @@ absl::StatusOr<EplbPlacement> RebalanceExperts(const Matrix& weight, int64_t num
 Matrix GpuLoads(const Matrix& weight, const EplbPlacement& placement, int64_t num_gpus);
 // max / mean of one layer's GPU loads (1 when all are zero).
 double Imbalance(const std::vector<double>& gpu_loads);
+// mean / max of one layer's GPU loads (1 when all are zero): what SGLang and
+// vLLM call balancedness, 1 / Imbalance.
+double Balancedness(const std::vector<double>& gpu_loads);
+
+// Over all layers ([layers][gpus] loads), the figures each engine prints.
+struct BalanceSummary {
+  double max_imbalance = 1;   // moex: the worst layer's max/mean
+  double mean_imbalance = 1;  // moex: max/mean averaged over layers
+  // SGLang's (expert_distribution.py): each layer's mean/max, averaged over
+  // layers. SGLang adds 1e-5 to both loads; moex does not.
+  double sglang_balancedness = 1;
+  // vLLM's (eplb_state.py): the layers' means summed over the layers' maxes
+  // summed (vLLM prints 0 when all loads are 0; moex 1).
+  double vllm_balancedness = 1;
+};
+BalanceSummary SummarizeBalance(const Matrix& gpu_loads);
 
 }  // namespace moex::placement
