@@ -1,4 +1,5 @@
 #include "moex/cli/placement_command.h"
+#include "moex/core/provenance.h"
 
 #include <fstream>
 #include <optional>
@@ -141,6 +142,7 @@ int RunPlacement(const PlacementFlags& f, std::ostream& out, std::ostream& err) 
   if (moves) j["experts_moved"] = *moves;
   if (export_format) j["exported"] = {{"format", f.export_format}, {"path", f.out}};
   if (f.json) {
+    j["provenance"] = ProvenanceJson({1, "", ""});
     out << j.dump(2) << "\n";
     return 0;
   }
