@@ -16,7 +16,9 @@ import os
 import re
 import signal
 import socket
+import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -56,6 +58,27 @@ def processes_naming(needle):
     return found
 
 
+_LIVE = set()  # the Serves not stopped yet, for the SIGTERM handler below
+
+
+def _stop_every_serve_and_exit(signum, frame):
+    # `timeout` or CTest ending this run: no controller or job of it outlives it.
+    # `timeout` signals the child and then its whole group, so a second
+    # SIGTERM follows at once: it must not cut this cleanup short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for serve in list(_LIVE):
+        try:
+            left = serve.stop()
+            if left:
+                print(f"killed processes of the controller's jobs left after it stopped: {left}", file=sys.stderr)
+        except BaseException as e:  # keep going: the other controllers, then exit
+            print(f"stopping moex serve at {serve.address}: {e!r}", file=sys.stderr)
+    os._exit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _stop_every_serve_and_exit)
+
+
 class Serve:
     """A `moex serve` on a free loopback port with a token, its state in a temporary folder."""
 
@@ -71,11 +94,16 @@ class Serve:
         if os.geteuid() == 0:  # mpirun refuses root without these (CTest sets them too)
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.process = subprocess.Popen(
-                [binary, "serve", "--listen", "127.0.0.1:0", "--state-dir", os.path.join(self.dir.name, "state"),
-                 "--token-file", self.token_file, "--cancel-grace", "2", *extra_args],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True)
+        try:
+            with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+                self.process = subprocess.Popen(
+                    [binary, "serve", "--listen", "127.0.0.1:0", "--state-dir", os.path.join(self.dir.name, "state"),
+                     "--token-file", self.token_file, "--cancel-grace", "2", *extra_args],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True)
+        except BaseException:
+            self.dir.cleanup()
+            raise
+        _LIVE.add(self)
         self.address = None
         try:
             for _ in deadline_loop(30, "moex serve to say 'listening on'"):
@@ -100,6 +128,7 @@ class Serve:
 
     def stop(self):
         """Stops the controller (SIGTERM, SIGKILL after 30 s); answers the pids of its jobs it left behind."""
+        _LIVE.discard(self)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -117,6 +146,11 @@ class Serve:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            for _ in range(50):  # they are gone within a moment: then nothing writes in the folder
+                if not any(os.path.exists(f"/proc/{pid}") for pid in left):
+                    break
+                time.sleep(0.1)
+        shutil.rmtree(self.dir.name, ignore_errors=True)
         self.dir.cleanup()
         return left
 
@@ -189,7 +223,11 @@ class ClientAgainstServeTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.serve = Serve(MOEX_BIN, TOKEN)
-        cls.client = Client(cls.serve.address, token=TOKEN, timeout=20, stream_timeout=60)
+        try:
+            cls.client = Client(cls.serve.address, token=TOKEN, timeout=20, stream_timeout=60)
+        except BaseException:  # tearDownClass does not run when setUpClass fails
+            cls.serve.stop()
+            raise
 
     @classmethod
     def tearDownClass(cls):
