@@ -24,6 +24,7 @@ PACKAGES=(
   libxxhash-dev
   clang libclang-rt-14-dev
   python3
+  python3-grpcio python3-protobuf python3-venv python3-setuptools python3-wheel
   openssl
   procps
   iproute2 util-linux
