@@ -177,12 +177,10 @@ std::string PerfToTable(const plan::PerfReport& r) {
   if (ll) {
     // What DeepEP's low-latency table prints (tests/test_low_latency.py's
     // bytes over the time), and the path's own counts.
-    out += absl::StrFormat("%6s %10s %10s %10s %14s %14s %12s
-", "EP", "msgs/rank", "hot NIC", "hot NVLink",
+    out += absl::StrFormat("%6s %10s %10s %10s %14s %14s %12s\n", "EP", "msgs/rank", "hot NIC", "hot NVLink",
                            "dispatch GB/s", "combine GB/s", "buffer/rank");
     for (const plan::EpPerf& p : r.ep) {
-      out += absl::StrFormat("%6d %10.0f %10.1f %10.1f %14.1f %14.1f %12s
-", p.ep, p.ll_messages_per_rank,
+      out += absl::StrFormat("%6d %10.0f %10.1f %10.1f %14.1f %14.1f %12s\n", p.ep, p.ll_messages_per_rank,
                              p.ll_hot_network_messages, p.ll_hot_nvlink_messages, p.deepep_dispatch_gbps,
                              p.deepep_combine_gbps, FormatBytes(p.ll_buffer_bytes_per_rank));
     }
