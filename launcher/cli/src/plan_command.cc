@@ -49,6 +49,14 @@ CLI::App* AddPlanCommand(CLI::App& app, PlanFlags& flags) {
   plan->add_option("--combine-dtype", flags.combine_dtype, "bf16 or fp32")->capture_default_str();
   plan->add_option("--expert-dtype", flags.expert_dtype, "Expert weights and GEMM inputs: fp8, bf16 or fp32")->capture_default_str();
   plan->add_option("--routing-skew", flags.routing_skew, "Zipf exponent of expert popularity (0: uniform)")->capture_default_str();
+  plan->add_option("--mode", flags.mode,
+                   "normal (DeepEP's normal kernels, bandwidth-bound) or low-latency (its low-latency kernels: a "
+                   "message per (token, expert), fixed buffers; for small batches, e.g. --tokens-per-rank 128)")
+      ->capture_default_str();
+  plan->add_option("--ll-intranode", flags.ll_intranode,
+                   "With --mode low-latency: same-node messages through the NIC (rdma, DeepEP's kernels as first "
+                   "published) or over NVLink (nvlink, DeepEP since PR #173, NCCL EP)")
+      ->capture_default_str();
   plan->add_option("--load", flags.load, "Measured load {\"load\": [[tokens per expert]]} (first row) instead of a skew");
   return plan;
 }
@@ -108,6 +116,8 @@ absl::StatusOr<plan::PerfReport> Perf(const PlanFlags& flags, const model::Model
   o.combine_dtype = flags.combine_dtype;
   o.expert_dtype = flags.expert_dtype;
   o.routing_skew = flags.routing_skew;
+  o.mode = flags.mode;
+  o.ll_intranode = flags.ll_intranode;
   if (!flags.load.empty()) {
     MOEX_ASSIGN_OR_RETURN(o.load, ReadLoadRow(flags.load));
   }
@@ -115,7 +125,7 @@ absl::StatusOr<plan::PerfReport> Perf(const PlanFlags& flags, const model::Model
 }
 
 nlohmann::json PerfToJson(const plan::PerfReport& r) {
-  nlohmann::json j = {{"cluster", r.cluster}, {"tokens_per_rank", r.tokens_per_rank}, {"moe_layers", r.moe_layers},
+  nlohmann::json j = {{"cluster", r.cluster}, {"mode", r.mode}, {"tokens_per_rank", r.tokens_per_rank}, {"moe_layers", r.moe_layers},
                       {"hidden", r.hidden}, {"experts", r.experts}, {"top_k", r.top_k},
                       {"expert_width", r.expert_width}, {"shared_width", r.shared_width}, {"notes", r.notes}};
   j["ep_sizes"] = nlohmann::json::array();
@@ -136,15 +146,26 @@ nlohmann::json PerfToJson(const plan::PerfReport& r) {
                              {"deepep_combine_gbps", p.deepep_combine_gbps},
                              {"expert_tflops", p.expert_tflops}, {"expert_bound", p.expert_bound},
                              {"comm_fraction", p.comm_fraction}});
+    if (r.mode == "low-latency") {
+      j["ep_sizes"].back().update({{"ll_messages_per_rank", p.ll_messages_per_rank},
+                                   {"ll_hot_network_messages", p.ll_hot_network_messages},
+                                   {"ll_hot_nvlink_messages", p.ll_hot_nvlink_messages},
+                                   {"ll_dispatch_message_bytes", p.ll_dispatch_message_bytes},
+                                   {"ll_combine_message_bytes", p.ll_combine_message_bytes},
+                                   {"ll_sync_us", p.ll_sync_us},
+                                   {"ll_buffer_bytes_per_rank", p.ll_buffer_bytes_per_rank}});
+    }
   }
+  if (r.mode == "low-latency") j["ll_intranode"] = r.ll_intranode;
   return j;
 }
 
 std::string PerfToTable(const plan::PerfReport& r) {
+  const bool ll = r.mode == "low-latency";
   std::string out = absl::StrFormat(
-      "\nperformance of one MoE layer on %s (%d tokens per rank; hidden %d, %d experts, top-%d, width %d%s):\n",
-      r.cluster, r.tokens_per_rank, r.hidden, r.experts, r.top_k, r.expert_width,
-      r.shared_width > 0 ? absl::StrFormat(", shared %d", r.shared_width) : "");
+      "\nperformance of one MoE layer on %s%s (%d tokens per rank; hidden %d, %d experts, top-%d, width %d%s):\n",
+      r.cluster, ll ? StrCat(", low-latency mode, same-node over ", r.ll_intranode) : "", r.tokens_per_rank,
+      r.hidden, r.experts, r.top_k, r.expert_width, r.shared_width > 0 ? absl::StrFormat(", shared %d", r.shared_width) : "");
   out += absl::StrFormat("%6s %5s %8s %8s %9s %12s %11s %11s %11s %11s %7s\n", "EP", "nodes", "ranks/t", "nodes/t",
                          "imbalance", "dispatch/rk", "dispatch", "experts", "combine", "layer", "comm");
   for (const plan::EpPerf& p : r.ep) {
@@ -152,6 +173,17 @@ std::string PerfToTable(const plan::PerfReport& r) {
                            p.nodes, p.ranks_per_token, p.nodes_per_token, p.rank_imbalance,
                            FormatBytes(p.dispatch_bytes_per_rank), p.dispatch_us, p.expert_us, p.combine_us,
                            p.layer_us, 100 * p.comm_fraction);
+  }
+  if (ll) {
+    // What DeepEP's low-latency table prints (tests/test_low_latency.py's
+    // bytes over the time), and the path's own counts.
+    out += absl::StrFormat("%6s %10s %10s %10s %14s %14s %12s\n", "EP", "msgs/rank", "hot NIC", "hot NVLink",
+                           "dispatch GB/s", "combine GB/s", "buffer/rank");
+    for (const plan::EpPerf& p : r.ep) {
+      out += absl::StrFormat("%6d %10.0f %10.1f %10.1f %14.1f %14.1f %12s\n", p.ep, p.ll_messages_per_rank,
+                             p.ll_hot_network_messages, p.ll_hot_nvlink_messages, p.deepep_dispatch_gbps,
+                             p.deepep_combine_gbps, FormatBytes(p.ll_buffer_bytes_per_rank));
+    }
   }
   for (const std::string& note : r.notes) out += "note: " + note + "\n";
   return out;

@@ -8,6 +8,7 @@
 #include "moex/core/status_macros.h"
 #include "moex/core/str_cat.h"
 #include "moex/model/config_view.h"
+#include "perf_low_latency.h"
 
 namespace moex::plan {
 namespace {
@@ -80,7 +81,10 @@ absl::StatusOr<ClusterProfile> LoadProfile(const std::string& name_or_file) {
                           {"hbm_tbps", &p.hbm_tbps, 0.001, 1e4},
                           {"gpu_mem_gib", &p.gpu_mem_gib, 0.001, 1e6},
                           {"gemm_efficiency", &p.gemm_efficiency, 0.001, 1},
-                          {"link_efficiency", &p.link_efficiency, 0.001, 1}};
+                          {"link_efficiency", &p.link_efficiency, 0.001, 1},
+                          {"ll_efficiency", &p.ll_efficiency, 0.001, 1},
+                          {"ll_nvlink_efficiency", &p.ll_nvlink_efficiency, 0.001, 1},
+                          {"ll_message_us", &p.ll_message_us, 0, 1e6}};
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (it.key() == "name" || it.key() == "source" || it.key() == "provenance") continue;
     const Field* f = nullptr;
@@ -197,6 +201,8 @@ absl::StatusOr<PerfReport> ModelPerf(const model::ModelArch& arch, const PerfOpt
                                              "give tensor-core rates only): give one in a profile file, e.g. from "
                                              "`moex bench calibrate`"));
   }
+  MOEX_RETURN_IF_ERROR(internal::CheckLowLatencyOptions(o));
+  const bool low_latency = o.mode == "low-latency";
   if (!(o.routing_skew >= 0 && o.routing_skew <= 10)) return absl::InvalidArgumentError("--routing-skew must be in [0, 10]");
   std::vector<double> popularity(E);
   if (!o.load.empty()) {
@@ -217,6 +223,8 @@ absl::StatusOr<PerfReport> ModelPerf(const model::ModelArch& arch, const PerfOpt
 
   PerfReport r;
   r.cluster = c.name;
+  r.mode = o.mode;
+  if (low_latency) r.ll_intranode = o.ll_intranode;
   r.tokens_per_rank = o.tokens_per_rank;
   r.moe_layers = moe_layers;
   r.hidden = H, r.experts = E, r.top_k = k, r.expert_width = F, r.shared_width = Fs;
@@ -294,11 +302,40 @@ absl::StatusOr<PerfReport> ModelPerf(const model::ModelArch& arch, const PerfOpt
     p.deepep_combine_bytes_per_rank = T * deepep_copies * H * cb;
     p.deepep_dispatch_gbps = p.dispatch_us > 0 ? p.deepep_dispatch_bytes_per_rank / p.dispatch_us / 1e3 : 0;
     p.deepep_combine_gbps = p.combine_us > 0 ? p.deepep_combine_bytes_per_rank / p.combine_us / 1e3 : 0;
+    if (low_latency) {
+      // The low-latency kernels' path replaces the communication figures;
+      // the experts see the batch's own hottest rank.
+      internal::LowLatencyInputs in{.popularity = &popularity, .top_k = k, .groups = groups,
+                                    .topk_groups = topk_groups, .ep = ep, .gpus_per_node = gpn,
+                                    .tokens_per_rank = o.tokens_per_rank, .hidden = H,
+                                    .dispatch_dtype = o.dispatch_dtype, .combine_dtype = o.combine_dtype,
+                                    .intranode = o.ll_intranode, .cluster = &c,
+                                    .seed = o.seed + 7919 * static_cast<uint64_t>(ep)};
+      internal::ModelLowLatency(in, &p);
+      const double ll_pairs = T * static_cast<double>(k) * p.rank_imbalance;
+      const double ll_flops = ll_pairs * 6.0 * H * F + T * 6.0 * H * Fs;
+      const double ll_compute = ll_flops / peak;
+      p.expert_us = 1e6 * std::max(ll_compute, memory);
+      p.expert_bound = ll_compute >= memory ? "compute" : "memory";
+      p.expert_tflops = ll_flops / std::max(ll_compute, memory) / 1e12;
+      p.layer_us = p.dispatch_us + p.expert_us + p.combine_us;
+      p.comm_fraction = p.layer_us > 0 ? (p.dispatch_us + p.combine_us) / p.layer_us : 0;
+    }
     r.ep.push_back(p);
   }
-  r.notes.push_back(StrCat("link efficiency ", c.link_efficiency, " (the built-in 0.68 is fitted to DeepEP's one "
-                           "intranode H800 figure, not validated; across nodes the model is not validated), GEMM "
-                           "efficiency ", c.gemm_efficiency, " (an assumption); calibrate both with a profile file"));
+  if (low_latency) {
+    r.notes.push_back(StrCat("low-latency mode: one message per (token, expert), same-node ones over ",
+                             o.ll_intranode == "rdma" ? "the NIC (DeepEP's kernels as first published)"
+                                                      : "NVLink (DeepEP since PR #173, NCCL EP)",
+                             "; NIC efficiency ", c.ll_efficiency, ", NVLink ", c.ll_nvlink_efficiency,
+                             " (the built-in ones fitted on one DeepEP H800 point each, docs/plan.md), per message ",
+                             c.ll_message_us, " us; the buffers are fixed at --tokens-per-rank slots; GEMM efficiency ",
+                             c.gemm_efficiency, " (an assumption)"));
+  } else {
+    r.notes.push_back(StrCat("link efficiency ", c.link_efficiency, " (the built-in 0.68 is fitted to DeepEP's one "
+                             "intranode H800 figure, not validated; across nodes the model is not validated), GEMM "
+                             "efficiency ", c.gemm_efficiency, " (an assumption); calibrate both with a profile file"));
+  }
   r.notes.push_back("no overlap of communication with compute is assumed (two-batch overlap would hide part of it)");
   return r;
 }

@@ -30,6 +30,8 @@ struct PlanFlags {
   std::string expert_dtype = "fp8";
   double routing_skew = 0;
   std::string load;  // {"load": [[per logical expert, ...]]}: the first row
+  std::string mode = "normal";        // or "low-latency" (DeepEP's low-latency kernels)
+  std::string ll_intranode = "rdma";  // low-latency mode: same-node messages over "rdma" or "nvlink"
 };
 
 // Adds the `plan` subcommand to `app`, filling `flags` when parsed.

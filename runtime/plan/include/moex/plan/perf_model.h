@@ -17,6 +17,15 @@
 //   experts  = max(FLOPs of the hottest rank's pairs and the shared expert /
 //              (peak x GEMM efficiency), local expert weights / HBM bandwidth)
 //   layer    = dispatch + experts + combine (no overlap assumed)
+//
+// --mode low-latency models DeepEP's low-latency kernels instead
+// (runtime/plan/src/perf_low_latency.cc): one message per (token,
+// destination expert), over the NIC for every destination but the own rank,
+// same-node ones included (the kernels as first published), or over NVLink
+// for same-node ones (--ll-intranode nvlink: DeepEP since its PR #173, NCCL
+// EP); the hottest endpoint of the batch bounds it, plus a synchronisation
+// latency. Its efficiencies are fitted on DeepEP's published tables
+// (docs/plan.md says which points).
 #pragma once
 
 #include <cstdint>
@@ -49,6 +58,19 @@ struct ClusterProfile {
   // one constant on one point. Combine (158 GB/s, not fitted) comes within
   // 3%; internode the model is not validated (docs/plan.md).
   double link_efficiency = 0.68;
+  // Low-latency mode (perf_low_latency.cc). Of the NIC's bandwidth, per
+  // (token, expert) messages: FITTED on one point, DeepEP's pure-RDMA EP 8
+  // dispatch (163 us, H800, 128 tokens); its other 11 points (dispatch EP
+  // 16-256, combine EP 8-256) are checked, not fitted.
+  double ll_efficiency = 0.879;
+  // Of NVLink bandwidth, same-node messages under --ll-intranode nvlink:
+  // FITTED on DeepEP's EP 8 dispatch since its PR #173 (77 us); checked
+  // against its combine (114 us) and NCCL EP's H100 EP 8 figures.
+  double ll_nvlink_efficiency = 0.469;
+  // Per message, on top of its bytes. 0: not identifiable from the
+  // published tables (every point sends 128 x 8 messages a rank, so it
+  // folds into ll_efficiency); a profile file may set a measured one.
+  double ll_message_us = 0;
 };
 
 // h100, h800, h200, b200: published figures (see the .cc for each).
@@ -68,6 +90,13 @@ struct PerfOptions {
   std::vector<double> load;             // measured load per logical expert (overrides skew)
   uint64_t seed = 1;
   int64_t samples = 8192;               // tokens sampled for the fan-out
+  // "normal" (DeepEP's normal kernels: NVLink forwarding, bandwidth-bound) or
+  // "low-latency" (its low-latency kernels: per (token, expert) messages,
+  // fixed-size buffers of tokens_per_rank slots; perf_low_latency.cc).
+  std::string mode = "normal";
+  // Low-latency mode only: how same-node destinations are reached, "rdma"
+  // (through the NIC, as DeepEP's kernels first did) or "nvlink".
+  std::string ll_intranode = "rdma";
 };
 
 struct EpPerf {
@@ -94,10 +123,19 @@ struct EpPerf {
   double expert_tflops = 0;          // achieved on the hottest rank
   std::string expert_bound;          // "compute" or "memory"
   double comm_fraction = 0;          // (dispatch + combine) / layer
+  // Low-latency mode only (0 otherwise).
+  double ll_messages_per_rank = 0;      // (token, expert) messages a rank sends, its own rank's included
+  double ll_hot_network_messages = 0;   // the hottest endpoint's messages over the NIC (sent or received)
+  double ll_hot_nvlink_messages = 0;    // ... over NVLink (--ll-intranode nvlink)
+  double ll_dispatch_message_bytes = 0, ll_combine_message_bytes = 0;
+  double ll_sync_us = 0;                // the synchronisation latency in each phase
+  double ll_buffer_bytes_per_rank = 0;  // DeepEP's fixed RDMA buffer for tokens_per_rank slots (LowLatencyLayout)
 };
 
 struct PerfReport {
   std::string cluster;
+  std::string mode;           // "normal" or "low-latency"
+  std::string ll_intranode;   // low-latency mode: "rdma" or "nvlink"; "" otherwise
   int64_t tokens_per_rank = 0;
   int64_t moe_layers = 0;
   int64_t hidden = 0, experts = 0, top_k = 0, expert_width = 0, shared_width = 0;
