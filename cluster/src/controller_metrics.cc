@@ -92,6 +92,10 @@ void ControllerCollector::Attach(JobManager* jobs, std::shared_ptr<std::atomic<i
 }
 
 std::vector<prometheus::MetricFamily> ControllerCollector::Collect() const {
+  return BuildOnOwnStack([this] { return Build(); });
+}
+
+std::vector<prometheus::MetricFamily> ControllerCollector::Build() const {
   FamilyBuilder out;
   JobManager* jobs = nullptr;
   std::shared_ptr<std::atomic<int>> open_streams;

@@ -50,6 +50,7 @@ class ControllerCollector final : public prometheus::Collectable {
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
+  std::vector<prometheus::MetricFamily> Build() const;
   std::shared_ptr<CallCounter> calls_;
   mutable std::mutex mutex_;
   JobManager* jobs_ = nullptr;

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 #include <string_view>
 
 #include "moex/core/echo.h"
@@ -56,6 +57,13 @@ std::string StateLabel(moex::v1::JobState state) {
 }
 
 }  // namespace
+
+std::vector<MetricFamily> BuildOnOwnStack(const std::function<std::vector<MetricFamily>()>& build) {
+  std::vector<MetricFamily> families;
+  std::thread worker([&] { families = build(); });
+  worker.join();
+  return families;
+}
 
 void AddJobFamilies(const moex::v1::Job& job, const JobExtras& extras, FamilyBuilder& out) {
   const Labels id = {{"job_id", job.id()}};

@@ -69,15 +69,17 @@ void RunMetrics::Update(const run::RunProgress& progress) {
 }
 
 std::vector<prometheus::MetricFamily> RunMetrics::Collect() const {
-  moex::v1::Job job;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    job = job_;
-  }
-  cluster::FamilyBuilder out;
-  cluster::AddJobFamilies(job, {}, out);
-  cluster::AddProcessFamilies(out);
-  return out.Take();
+  return cluster::BuildOnOwnStack([this] {
+    moex::v1::Job job;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job = job_;
+    }
+    cluster::FamilyBuilder out;
+    cluster::AddJobFamilies(job, {}, out);
+    cluster::AddProcessFamilies(out);
+    return out.Take();
+  });
 }
 
 absl::StatusOr<std::unique_ptr<cluster::MetricsEndpoint>> ServeRunMetrics(const std::string& listen,

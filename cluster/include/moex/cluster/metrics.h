@@ -11,6 +11,7 @@
 // `exported_job`). docs/metrics.md lists every metric.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -42,6 +43,12 @@ class FamilyBuilder {
   std::vector<prometheus::MetricFamily> families_;
   std::map<std::string, size_t> index_;
 };
+
+// Runs `build` on a thread of the default stack size and returns what it
+// built. Collect() runs on CivetWeb's request threads, whose stacks Debian's
+// build makes small: ASan's larger frames overflowed them (a controller
+// killed by a scrape, seen in CI).
+std::vector<prometheus::MetricFamily> BuildOnOwnStack(const std::function<std::vector<prometheus::MetricFamily>()>& build);
 
 // What a job's figures add, beside its record.
 struct JobExtras {
