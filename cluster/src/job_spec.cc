@@ -12,6 +12,7 @@ job::RunConfig RunConfigFromSpec(const moex::v1::JobSpec& spec) {
   if (!spec.transport().empty()) config.transport = spec.transport();
   if (!spec.device().empty()) config.device = spec.device();
   if (!spec.dispatch().empty()) config.dispatch = spec.dispatch();
+  if (!spec.dispatch_dtype().empty()) config.dispatch_dtype = spec.dispatch_dtype();
   if (!spec.weight_dtype().empty()) config.weight_dtype = spec.weight_dtype();
   config.map_weights = !spec.copy_weights();
   config.routing_skew = spec.routing_skew();

@@ -148,6 +148,7 @@ absl::Status ValidateAndNormalise(moex::v1::JobSpec* spec, const SpecLimits& lim
     return ValidateBench(spec);
   }
   if (spec->dispatch().empty()) spec->set_dispatch("auto");
+  if (spec->dispatch_dtype().empty()) spec->set_dispatch_dtype("fp32");
   if (spec->weight_dtype().empty()) spec->set_weight_dtype("f32");
   // Defaults written back, so that the ranks and `moex job status` see
   // exactly what runs; the bounds are RunConfig's, the same as `moex run`'s.

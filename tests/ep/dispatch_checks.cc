@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
 #include "moex/core/str_cat.h"
+#include "moex/kernels/fp8_rows.h"
 #include "moex/placement/placement.h"
 
 namespace moex::ep::testing {
@@ -289,12 +290,20 @@ bool CheckDispatchAndCombine(transport::Transport& t, Dispatcher& dispatcher, co
 }
 
 std::optional<Tensor> CombinedOutput(transport::Transport& t, Dispatcher& dispatcher, const DispatchCase& c,
-                                     int seed) {
+                                     int seed, bool read_back_fp8) {
   const int me = t.rank();
   std::optional<Inputs> in = MakeInputs(c, t.world_size(), me, seed, /*fractional=*/true);
   if (!in) return std::nullopt;
+  Tensor rows = in->x;
+  if (read_back_fp8) {
+    const int64_t T = rows.dim(0), H = rows.dim(1), blocks = kernels::Fp8RowScales(H);
+    std::vector<uint8_t> q(T * H);
+    std::vector<float> scales(T * blocks);
+    kernels::QuantizeRowsFp8(in->x.data(), T, H, q.data(), scales.data());
+    for (int64_t i = 0; i < T; ++i) kernels::DequantizeRowFp8(&q[i * H], &scales[i * blocks], H, rows.row(i));
+  }
   DispatchResult received;
-  absl::Status status = dispatcher.Dispatch(t, in->placement, in->x, in->layout, in->topk_weights.data(),
+  absl::Status status = dispatcher.Dispatch(t, in->placement, rows, in->layout, in->topk_weights.data(),
                                             Deadline::InSeconds(30), &received);
   EXPECT_TRUE(status.ok()) << status;
   if (!status.ok()) return std::nullopt;

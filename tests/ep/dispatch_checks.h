@@ -50,8 +50,11 @@ bool CheckDispatchAndCombine(transport::Transport& transport, Dispatcher& dispat
 // so that the order in which the sums are added shows in the bits: this
 // rank's output y [T, H], to compare between paths bit for bit; nullopt
 // when a call failed (with EXPECT_*).
+// With `read_back_fp8`, the rows dispatched are x's rows as their fp8 form
+// reads back (kernels/fp8_rows.h), and y still starts as x: what a
+// dispatcher on DispatchDtype::kFp8 must give from x itself.
 std::optional<Tensor> CombinedOutput(transport::Transport& transport, Dispatcher& dispatcher, const DispatchCase& c,
-                                     int seed);
+                                     int seed, bool read_back_fp8 = false);
 
 // Ranks spread over "hosts": rank r on host host_of[r] (hosts numbered in
 // the order of their lowest rank, as transport::HostMap numbers them).

@@ -168,6 +168,48 @@ TEST_P(MoeLayerTest, MatchesTheReferenceOnEveryPath) {
   }
 }
 
+// FP8 between hosts: the layer matches the reference whose routed experts
+// see the rows' fp8 read-back (to fp32 summation), on the paths that send
+// rows over the network, and is measurably not the fp32 layer.
+TEST_P(MoeLayerTest, Fp8DispatchMatchesTheFp8Reference) {
+  const Case& c = GetParam();
+  MoeLayerSpec spec = SpecFor(c);
+  Placement placement = *Placement::Contiguous(c.experts, c.world, c.redundant);
+  Tensor x = RandomTokens(c.tokens, spec.hidden, 7);
+  std::vector<int64_t> all_experts;
+  for (int64_t e = 0; e < c.experts; ++e) all_experts.push_back(e);
+  MoeWeights all = *LoadMoeWeights(spec, nullptr, 42, all_experts);
+  std::vector<int64_t> slices;
+  for (int r = 0; r < c.world; ++r) slices.push_back(TokenSlice(c.tokens, c.world, r).second);
+  const Tensor fp8 = *ReferenceForward(spec, all, x, {}, slices, DispatchDtype::kFp8);
+  const Tensor fp32 = *ReferenceForward(spec, all, x, {}, slices);
+  double scale = 0;
+  for (float v : fp8.values) scale = std::max(scale, std::fabs(double{v}));
+  // Ranks on hosts of their own pairwise (0011...), so that per peer and
+  // hierarchical send rows over the network and through shared memory.
+  testing::HostSplit split{.name = "pairs", .host_of = {}};
+  for (int r = 0; r < c.world; ++r) split.host_of.push_back(r / 2);
+  testing::HostDirectories dirs(split);
+  for (const DispatchPath path : {DispatchPath::kAllToAllV, DispatchPath::kPerPeer, DispatchPath::kHierarchical}) {
+    SCOPED_TRACE(std::string(DispatchPathName(path)));
+    int64_t pairs = 0;
+    const Tensor got = RunLayer(c, spec, placement, x, [&](int r) {
+      DispatchOptions options = path == DispatchPath::kAllToAllV ? DispatchOptions{.path = path} : dirs.options(r, path);
+      options.dtype = DispatchDtype::kFp8;
+      return options;
+    }, &pairs);
+    double worst = 0, from_fp32 = 0;
+    for (int64_t i = 0; i < fp8.size(); ++i) {
+      worst = std::max(worst, std::fabs(double{fp8.values[i]} - got.values[i]));
+      from_fp32 = std::max(from_fp32, std::fabs(double{fp32.values[i]} - got.values[i]));
+    }
+    EXPECT_LE(worst, 1e-4 * std::max(scale, 1e-30)) << "max |error| " << worst << ", output scale " << scale;
+    if (c.tokens > 0) {
+      EXPECT_GT(from_fp32, 1e-3 * scale) << "fp8 rows should not give the fp32 layer's output";
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Cases, MoeLayerTest,
     ::testing::Values(Case{"world1_top2", 1, 37, 8, 2, 0, false, 0},

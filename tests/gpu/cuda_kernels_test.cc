@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "moex/core/tensor.h"
 #include "moex/kernels/cuda/moe_kernels.h"
+#include "moex/kernels/fp8_rows.h"
 #include "moex/kernels/router.h"
 
 namespace moex::kernels::cuda {
@@ -517,6 +518,41 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, LayerTest,
                                            LayerCase{"fp32_scalar", Dtype::kF32, 100},
                                            LayerCase{"fp32_vectorised", Dtype::kF32, 64}),
                          [](const ::testing::TestParamInfo<LayerCase>& param_info) { return std::string(param_info.param.name); });
+
+// FP8 rows for dispatch: the GPU writes the CPU's bytes and scales
+// (kernels/fp8_rows.h), bf16 input as its fp32 value; reading back gives
+// the CPU's floats.
+TEST(QuantizeRowsFp8Test, TheCpusBytesAndScales) {
+  SKIP_WITHOUT_GPU();
+  for (const int hidden : {7168, 2048, 200, 1}) {
+    SCOPED_TRACE(::testing::Message() << "hidden " << hidden);
+    const int rows = 37, blocks = static_cast<int>(kernels::Fp8RowScales(hidden));
+    std::vector<float> x = Random(static_cast<size_t>(rows) * hidden, 13, 6.0f);
+    x[3] = 1e-9f;   // rounds to zero
+    x[4] = -1e-9f;  // to +0 as well
+    if (hidden > 300) x[hidden + 7] = 1000.0f;  // one large value in a block
+    std::vector<uint8_t> want_q(x.size());
+    std::vector<float> want_scales(static_cast<size_t>(rows) * blocks), want_back(x.size());
+    kernels::QuantizeRowsFp8(x.data(), rows, hidden, want_q.data(), want_scales.data());
+    for (int r = 0; r < rows; ++r) {
+      kernels::DequantizeRowFp8(&want_q[static_cast<size_t>(r) * hidden], &want_scales[static_cast<size_t>(r) * blocks],
+                                hidden, &want_back[static_cast<size_t>(r) * hidden]);
+    }
+    Device<float> dx(x);
+    Device<uint8_t> q(x.size());
+    Device<float> scales(want_scales.size()), back(x.size());
+    ASSERT_TRUE(QuantizeRowsFp8({.x = dx.p, .rows = rows, .hidden = hidden, .q = q.p, .scales = scales.p}, nullptr).ok());
+    ASSERT_TRUE(DequantizeRowsFp8(q.p, scales.p, rows, hidden, Dtype::kF32, back.p, nullptr).ok());
+    EXPECT_EQ(scales.Get(), want_scales);
+    EXPECT_EQ(q.Get(), want_q);
+    EXPECT_EQ(back.Get(), want_back);
+  }
+}
+
+TEST(QuantizeRowsFp8Test, RefusesMissingBuffers) {
+  EXPECT_THAT(std::string(QuantizeRowsFp8({.rows = 2, .hidden = 4}, nullptr).message()),
+              ::testing::HasSubstr("2 rows of 4 values need x, q and scales"));
+}
 
 TEST(FillUniformTest, SameSeedSameValuesInRange) {
   SKIP_WITHOUT_GPU();

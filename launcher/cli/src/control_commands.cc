@@ -263,6 +263,9 @@ CLI::App* AddJobCommand(CLI::App& app, JobFlags& f) {
   submit->add_option("--hosts", f.hosts, "Only these hosts (comma-separated; the launcher's names)")->delimiter(',');
   submit->add_option("--dispatch", f.dispatch, "auto, flat or hierarchical: how tokens cross between hosts")
       ->capture_default_str();
+  submit->add_option("--dispatch-dtype", f.dispatch_dtype, "fp32 or fp8 (e4m3, a scale per 128 values): token rows "
+                     "between hosts")
+      ->capture_default_str();
   submit->add_option("--layer", f.layer, "Layer index (default: first MoE layer)");
   submit->add_option("--routing-skew", f.routing_skew, "Zipf exponent of synthetic routing")->capture_default_str();
   submit->add_option("--seed", f.seed, "Seed")->check(Unsigned64())->capture_default_str();
@@ -383,6 +386,7 @@ int RunJob(CLI::App& job, const JobFlags& given) {
     spec->set_tokens_per_rank(f.tokens_per_rank);
     spec->set_transport(f.transport);
     spec->set_dispatch(f.dispatch);
+    spec->set_dispatch_dtype(f.dispatch_dtype);
     spec->set_device(f.device);
     spec->set_weight_dtype(f.weight_dtype);
     spec->set_copy_weights(f.copy_weights);

@@ -75,6 +75,10 @@ CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags) {
   run->add_option("--dispatch", f.dispatch,
                   "Across hosts: hierarchical (a token crosses to a host once, forwarded there through shared "
                   "memory), flat (to each rank), or auto (hierarchical when ranks span hosts)")->capture_default_str();
+  run->add_option("--dispatch-dtype", f.dispatch_dtype,
+                  "How token rows cross between hosts: fp32, or fp8 (e4m3, a scale per 128 values, as DeepEP; the "
+                  "routed experts then see every row as its fp8 form reads back, on every rank)")
+      ->capture_default_str();
   run->add_option("--device", f.device, "cpu, or cuda: the layer on GPUs (bf16), one GPU a rank")->capture_default_str();
   run->add_option("--routing-skew", f.routing_skew, "Zipf exponent of synthetic routing (0: uniform)")->capture_default_str();
   run->add_option("--seed", f.seed, "Seed of random weights and synthetic tokens")->check(Unsigned64())->capture_default_str();

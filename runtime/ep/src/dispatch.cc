@@ -64,6 +64,9 @@ absl::Status DispatchOptions::Validate() const {
       path != DispatchPath::kPerPeer && path != DispatchPath::kHierarchical) {
     return absl::InvalidArgumentError(StrCat("dispatch options: path ", static_cast<int>(path), " is not a path"));
   }
+  if (dtype != DispatchDtype::kFp32 && dtype != DispatchDtype::kFp8) {
+    return absl::InvalidArgumentError(StrCat("dispatch options: dtype ", static_cast<int>(dtype), " is not a dtype"));
+  }
   // The segment options matter only where shared memory may be used.
   if (path != DispatchPath::kAllToAllV) MOEX_RETURN_IF_ERROR(shared_memory.Validate());
   return absl::OkStatus();
@@ -140,8 +143,11 @@ absl::Status Dispatcher::AgreeOnPath(transport::Transport& t, const DispatchOpti
   const absl::Status valid = options.Validate();
   // Each rank's path, or -1 where its options are invalid: a rank that
   // returned alone would leave the others waiting in the next collective.
-  // The path and, under kAuto, whether flat was asked for: 16 x flat + path.
-  std::vector<double> mine = {valid.ok() ? static_cast<double>(options.path) + (options.flat ? 16.0 : 0.0) : -1.0},
+  // The path, under kAuto whether flat was asked for, and the dtype:
+  // 32 x dtype + 16 x flat + path.
+  std::vector<double> mine = {valid.ok() ? static_cast<double>(options.path) + (options.flat ? 16.0 : 0.0) +
+                                               32.0 * static_cast<double>(options.dtype)
+                                         : -1.0},
                       all(world);
   MOEX_RETURN_IF_ERROR(t.AllGather(mine, all, deadline));
   if (!valid.ok()) return absl::InvalidArgumentError(StrCat("dispatch on rank ", me, ": ", valid.message()));
@@ -155,12 +161,13 @@ absl::Status Dispatcher::AgreeOnPath(transport::Transport& t, const DispatchOpti
     agree &= all[r] == all[0];
     const int code = static_cast<int>(all[r]);
     asked.push_back(StrCat("rank ", r, " ", DispatchPathName(static_cast<DispatchPath>(code % 16)),
-                           code >= 16 ? " (flat)" : ""));
+                           code % 32 >= 16 ? " (flat)" : "", code >= 32 ? " fp8" : ""));
   }
   if (!agree) {
-    return absl::InvalidArgumentError(StrCat("dispatch on rank ", me, ": the ranks ask for different paths (",
+    return absl::InvalidArgumentError(StrCat("dispatch on rank ", me, ": the ranks ask for different paths or dtypes (",
                                              absl::StrJoin(asked, ", "),
-                                             "); MOEX_INTRANODE and --dispatch must be the same on every rank"));
+                                             "); MOEX_INTRANODE, --dispatch and --dispatch-dtype must be the same "
+                                             "on every rank"));
   }
   return absl::OkStatus();
 }
@@ -292,14 +299,15 @@ void Dispatcher::CountInternode(const DispatchLayout& layout, int64_t hidden, Di
     for (int d = 0; d < world; ++d) {
       if (!layout.is_token_in_rank[t * world + d] || host_of_[d] == host_of_[me] || seen[host_of_[d]]) continue;
       seen[host_of_[d]] = 1;
-      out->internode_floor_bytes += hidden * static_cast<int64_t>(sizeof(float));
+      out->internode_floor_bytes += WireRowBytes(options_.dtype, hidden);
     }
   }
   if (out->path == DispatchPath::kHierarchical) return;  // counted as it went
   out->internode_bytes_sent = 0;
   for (int d = 0; d < world; ++d) {
     if (host_of_[d] != host_of_[me]) {
-      out->internode_bytes_sent += out->send_tokens[d] * dispatch_internal::RecordBytes(hidden, layout.top_k);
+      out->internode_bytes_sent +=
+          out->send_tokens[d] * dispatch_internal::WireRecordBytes(options_.dtype, hidden, layout.top_k);
     }
   }
 }
@@ -391,13 +399,15 @@ absl::Status Dispatcher::Dispatch(transport::Transport& transport, const Placeme
                                              ", the layout has ", T, " tokens"));
   }
   ++dispatches_;
+  // Every path moves (and points its own rows into) x as the wire gives it.
+  const Tensor& rows = PrepareWire(x);
   absl::Status status;
   if (path_ == DispatchPath::kHierarchical) {
-    status = DispatchHierarchical(transport, placement, x, layout, topk_weights, deadline, out);
+    status = DispatchHierarchical(transport, placement, rows, layout, topk_weights, deadline, out);
   } else if (UsesSegments()) {
-    status = DispatchSegments(transport, placement, x, layout, topk_weights, deadline, out);
+    status = DispatchSegments(transport, placement, rows, layout, topk_weights, deadline, out);
   } else {
-    status = DispatchAllToAllV(transport, placement, x, layout, topk_weights, deadline, out);
+    status = DispatchAllToAllV(transport, placement, rows, layout, topk_weights, deadline, out);
   }
   MOEX_RETURN_IF_ERROR(status);
   CountInternode(layout, x.dim(1), out);

@@ -17,16 +17,16 @@ namespace moex::ep {
 
 using dispatch_internal::FillPairs;
 using dispatch_internal::FillReceived;
-using dispatch_internal::RecordBytes;
 using dispatch_internal::RecordFloats;
 using dispatch_internal::SizeReceived;
+using dispatch_internal::WireRecordBytes;
 
 absl::Status Dispatcher::DispatchAllToAllV(transport::Transport& transport, const Placement& placement,
                                            const Tensor& x, const DispatchLayout& layout, const float* topk_weights,
                                            Deadline deadline, DispatchResult* out) {
   const int world = world_size_, me = rank_;
   const int64_t T = layout.num_tokens, k = layout.top_k;
-  const int64_t H = x.dim(1), record = RecordFloats(H, k), record_bytes = RecordBytes(H, k);
+  const int64_t H = x.dim(1), record = RecordFloats(H, k);
   out->path = DispatchPath::kAllToAllV;
   out->counts.clear();
   out->num_tokens = T;
@@ -41,20 +41,21 @@ absl::Status Dispatcher::DispatchAllToAllV(transport::Transport& transport, cons
                                       out->recv_tokens[me], " own tokens, sent ", out->send_tokens[me]));
   }
 
-  // Pack the blocks for other ranks, destination-major. The own block is not
-  // packed: its rows are read from x in place.
+  // Pack the blocks for other ranks, destination-major, in the wire dtype.
+  // The own block is not packed: its rows are read from x in place.
+  const int64_t wire = WireRecordBytes(options_.dtype, H, k), wire_row = WireRowBytes(options_.dtype, H);
   std::vector<int64_t> send_bytes(world, 0), recv_bytes(world, 0);
   int64_t packed = 0, remote_recv = 0;
   for (int r = 0; r < world; ++r) {
     if (r == me) continue;
-    send_bytes[r] = out->send_tokens[r] * record_bytes;
-    recv_bytes[r] = out->recv_tokens[r] * record_bytes;
+    send_bytes[r] = out->send_tokens[r] * wire;
+    recv_bytes[r] = out->recv_tokens[r] * wire;
     packed += out->send_tokens[r];
     remote_recv += out->recv_tokens[r];
     out->bytes_sent += send_bytes[r];
   }
-  if (static_cast<int64_t>(send_.size()) < packed * record) send_.resize(packed * record);
-  if (static_cast<int64_t>(recv_.size()) < remote_recv * record) recv_.resize(remote_recv * record);
+  if (static_cast<int64_t>(send_.size()) < packed * wire / 4) send_.resize(packed * wire / 4);
+  std::byte* const send = reinterpret_cast<std::byte*>(send_.data());
   out->send_order.clear();
   int64_t row = 0;
   for (int r = 0; r < world; ++r) {
@@ -62,19 +63,21 @@ absl::Status Dispatcher::DispatchAllToAllV(transport::Transport& transport, cons
       if (!layout.is_token_in_rank[t * world + r]) continue;
       out->send_order.push_back(t);
       if (r == me) continue;
-      float* dst = send_.data() + row * record;
-      std::memcpy(dst, x.row(t), H * sizeof(float));
-      FillPairs(placement, layout, topk_weights, t, r, reinterpret_cast<int32_t*>(dst + H), dst + H + k);
+      std::byte* dst = send + row * wire;
+      WriteWireRow(x, t, dst);
+      float* pairs = reinterpret_cast<float*>(dst + wire_row);
+      FillPairs(placement, layout, topk_weights, t, r, reinterpret_cast<int32_t*>(pairs), pairs + k);
       ++row;
     }
   }
   // Both buffers skip the own block, whose count is 0 here: the blocks of
   // the other ranks lie back to back, in rank order.
-  MOEX_RETURN_IF_ERROR(transport.AllToAllV(reinterpret_cast<const std::byte*>(send_.data()), send_bytes,
-                                           reinterpret_cast<std::byte*>(recv_.data()), recv_bytes, deadline));
+  MOEX_RETURN_IF_ERROR(transport.AllToAllV(send, send_bytes, WireReceiveBuffer(remote_recv, H, k), recv_bytes,
+                                           deadline));
+  DecodeWireRecords(remote_recv, H, k);
 
   // Received rows, source-rank-major: other ranks' where they landed in the
-  // receive buffer, ours read from x at our own position.
+  // receive buffer (as fp32 records), ours read from x at our own position.
   const int64_t own_begin =
       SizeReceived(out, remote_recv + out->recv_tokens[me], k, placement.num_local_slots(me), me);
   std::vector<const float*> first_record(world, nullptr);

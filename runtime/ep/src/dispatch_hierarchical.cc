@@ -43,6 +43,7 @@ using dispatch_internal::FillPairs;
 using dispatch_internal::RecordBytes;
 using dispatch_internal::RecordFloats;
 using dispatch_internal::TakeRecord;
+using dispatch_internal::WireRecordBytes;
 
 int Dispatcher::GatewayOf(int source, int host) const {
   if (host_of_[source] == host) return source;
@@ -126,35 +127,39 @@ absl::Status Dispatcher::DispatchHierarchical(transport::Transport& transport, c
   }
   out->counts = std::move(counts);
 
-  // The network hop: a record per (token, remote host), gateway-major.
-  if (static_cast<int64_t>(send_.size()) < net_sent * record) send_.resize(net_sent * record);
-  if (static_cast<int64_t>(recv_.size()) < forwarded * record) recv_.resize(forwarded * record);
+  // The network hop: a record per (token, remote host), gateway-major, in
+  // the wire dtype; read back as fp32 records in recv_.
+  const int64_t wire = WireRecordBytes(options_.dtype, H, k), wire_row = WireRowBytes(options_.dtype, H);
+  if (static_cast<int64_t>(send_.size()) < net_sent * wire / 4) send_.resize(net_sent * wire / 4);
+  std::byte* const send = reinterpret_cast<std::byte*>(send_.data());
+  std::byte* const land = WireReceiveBuffer(forwarded, H, k);
   out->net_send_order.clear();
   std::vector<int64_t> send_bytes(world, 0), recv_bytes(world, 0);
   for (int g = 0; g < world; ++g) {
-    send_bytes[g] = out->net_send_tokens[g] * record_bytes;
-    recv_bytes[g] = out->net_recv_tokens[g] * record_bytes;
+    send_bytes[g] = out->net_send_tokens[g] * wire;
+    recv_bytes[g] = out->net_recv_tokens[g] * wire;
     if (out->net_send_tokens[g] == 0) continue;
     const int h = host_of_[g];
     for (int64_t t = 0; t < T; ++t) {
       if (!to_host[t * hosts + h]) continue;
-      float* dst = send_.data() + static_cast<int64_t>(out->net_send_order.size()) * record;
+      std::byte* dst = send + static_cast<int64_t>(out->net_send_order.size()) * wire;
       out->net_send_order.push_back(t);
-      std::memcpy(dst, x.row(t), H * sizeof(float));
-      int32_t* slots = reinterpret_cast<int32_t*>(dst + H);
+      WriteWireRow(x, t, dst);
+      float* pairs = reinterpret_cast<float*>(dst + wire_row);
+      int32_t* slots = reinterpret_cast<int32_t*>(pairs);
       for (int64_t j = 0; j < k; ++j) {
         const int64_t slot = layout.topk_slot[t * k + j];
         const bool there = host_of_[placement.slot_rank(slot)] == h;
         slots[j] = there ? static_cast<int32_t>(slot) : -1;
-        dst[H + k + j] = there ? topk_weights[t * k + j] : 0.0f;
+        pairs[k + j] = there ? topk_weights[t * k + j] : 0.0f;
       }
     }
   }
-  out->internode_bytes_sent = net_sent * record_bytes;
+  out->internode_bytes_sent = net_sent * wire;
   out->bytes_sent += out->internode_bytes_sent;
   if (several_hosts_) {
-    MOEX_RETURN_IF_ERROR(transport.AllToAllV(reinterpret_cast<const std::byte*>(send_.data()), send_bytes,
-                                             reinterpret_cast<std::byte*>(recv_.data()), recv_bytes, deadline));
+    MOEX_RETURN_IF_ERROR(transport.AllToAllV(send, send_bytes, land, recv_bytes, deadline));
+    DecodeWireRecords(forwarded, H, k);
   }
 
   // The forwarded rows' pairs name global slots of this host, and each

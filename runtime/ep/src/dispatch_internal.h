@@ -18,6 +18,12 @@ inline int64_t RecordFloats(int64_t hidden, int64_t top_k) { return hidden + 2 *
 inline int64_t RecordBytes(int64_t hidden, int64_t top_k) {
   return RecordFloats(hidden, top_k) * static_cast<int64_t>(sizeof(float));
 }
+// The same token between hosts: its row in the dispatch dtype
+// (WireRowBytes: fp32 as above; fp8 values padded to 4 bytes, then the
+// scales), then the same k pairs. A multiple of 4 bytes.
+inline int64_t WireRecordBytes(DispatchDtype dtype, int64_t hidden, int64_t top_k) {
+  return WireRowBytes(dtype, hidden) + 2 * top_k * static_cast<int64_t>(sizeof(float));
+}
 
 // Rank d's shared segment: its receive area (records from the ranks of its
 // host, source-rank-major, the own block's place unused) and, after it on a

@@ -35,6 +35,7 @@ using dispatch_internal::FillReceived;
 using dispatch_internal::RecordBytes;
 using dispatch_internal::RecordFloats;
 using dispatch_internal::SizeReceived;
+using dispatch_internal::WireRecordBytes;
 
 float* Dispatcher::SharedPartialArea(const DispatchResult& received) const {
   const int64_t record_bytes = RecordBytes(received.hidden, received.top_k);
@@ -68,18 +69,20 @@ absl::Status Dispatcher::DispatchSegments(transport::Transport& transport, const
   out->recv_tokens.assign(world, 0);
   for (int s = 0; s < world; ++s) out->recv_tokens[s] = out->counts[s * world + me];
 
-  // What goes by all-to-all-v: the blocks of the ranks on other hosts.
+  // What goes by all-to-all-v: the blocks of the ranks on other hosts, in
+  // the wire dtype.
+  const int64_t wire = WireRecordBytes(options_.dtype, H, k), wire_row = WireRowBytes(options_.dtype, H);
   std::vector<int64_t> send_bytes(world, 0), recv_bytes(world, 0);
   int64_t packed = 0, remote_recv = 0;
   for (int r = 0; r < world; ++r) {
     if (local(r)) continue;
-    send_bytes[r] = out->send_tokens[r] * record_bytes;
-    recv_bytes[r] = out->recv_tokens[r] * record_bytes;
+    send_bytes[r] = out->send_tokens[r] * wire;
+    recv_bytes[r] = out->recv_tokens[r] * wire;
     packed += out->send_tokens[r];
     remote_recv += out->recv_tokens[r];
   }
-  if (static_cast<int64_t>(send_.size()) < packed * record) send_.resize(packed * record);
-  if (static_cast<int64_t>(recv_.size()) < remote_recv * record) recv_.resize(remote_recv * record);
+  if (static_cast<int64_t>(send_.size()) < packed * wire / 4) send_.resize(packed * wire / 4);
+  std::byte* const send = reinterpret_cast<std::byte*>(send_.data());
 
   // Each record for this host goes straight into its receiver's area,
   // after the rows of the host's ranks before this one; each for another
@@ -97,15 +100,25 @@ absl::Status Dispatcher::DispatchSegments(transport::Transport& transport, const
       if (!layout.is_token_in_rank[t * world + d]) continue;
       out->send_order.push_back(t);
       if (d == me) continue;
-      float* dst = area != nullptr ? area + (row++) * record : send_.data() + (packed_row++) * record;
-      std::memcpy(dst, x.row(t), H * sizeof(float));
-      FillPairs(placement, layout, topk_weights, t, d, reinterpret_cast<int32_t*>(dst + H), dst + H + k);
-      out->bytes_sent += record_bytes;
+      float* pairs;
+      if (area != nullptr) {
+        float* dst = area + (row++) * record;
+        std::memcpy(dst, x.row(t), H * sizeof(float));
+        pairs = dst + H;
+        out->bytes_sent += record_bytes;
+      } else {
+        std::byte* dst = send + (packed_row++) * wire;
+        WriteWireRow(x, t, dst);
+        pairs = reinterpret_cast<float*>(dst + wire_row);
+        out->bytes_sent += wire;
+      }
+      FillPairs(placement, layout, topk_weights, t, d, reinterpret_cast<int32_t*>(pairs), pairs + k);
     }
   }
   if (several_hosts_) {
-    MOEX_RETURN_IF_ERROR(transport.AllToAllV(reinterpret_cast<const std::byte*>(send_.data()), send_bytes,
-                                             reinterpret_cast<std::byte*>(recv_.data()), recv_bytes, deadline));
+    MOEX_RETURN_IF_ERROR(
+        transport.AllToAllV(send, send_bytes, WireReceiveBuffer(remote_recv, H, k), recv_bytes, deadline));
+    DecodeWireRecords(remote_recv, H, k);
   }
   transport::SharedSegments::Fence();
   MOEX_RETURN_IF_ERROR(transport.Barrier(deadline));

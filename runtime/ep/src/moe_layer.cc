@@ -9,6 +9,7 @@
 #include "moex/core/str_cat.h"
 #include "moex/ep/dispatch.h"
 #include "moex/kernels/expert_ffn.h"
+#include "moex/kernels/fp8_rows.h"
 #include "moex/kernels/router.h"
 
 namespace moex::ep {
@@ -118,9 +119,10 @@ absl::StatusOr<MoeLayer> MoeLayer::Create(MoeLayerSpec spec, Placement placement
 
 absl::StatusOr<MoeLayer> MoeLayer::Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
                                           transport::Transport& transport, Deadline deadline,
-                                          std::string_view dispatch) {
+                                          std::string_view dispatch, DispatchDtype dtype) {
   MOEX_RETURN_IF_ERROR(Check(spec, placement, weights, transport.rank(), transport.world_size()));
   MOEX_ASSIGN_OR_RETURN(DispatchOptions options, DispatchOptions::FromEnvironment(dispatch));
+  options.dtype = dtype;
   MOEX_ASSIGN_OR_RETURN(Dispatcher dispatcher, Dispatcher::Create(transport, std::move(options), deadline));
   return MoeLayer(std::move(spec), std::move(placement), std::move(weights), std::move(dispatcher));
 }
@@ -265,7 +267,8 @@ absl::Status MoeLayer::Forward(transport::Transport& transport, const Tensor& x,
 }
 
 absl::StatusOr<Tensor> ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
-                                        std::span<const int64_t> token_ids, const std::vector<int64_t>& slice_tokens) {
+                                        std::span<const int64_t> token_ids, const std::vector<int64_t>& slice_tokens,
+                                        DispatchDtype dtype) {
   const int64_t H = spec.hidden, k = spec.top_k;
   int64_t T = 0;
   for (int64_t count : slice_tokens) T += count;
@@ -341,12 +344,23 @@ absl::StatusOr<Tensor> ReferenceForward(const MoeLayerSpec& spec, const MoeWeigh
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t j = 0; j < k; ++j) by_expert[idx[t * k + j]].emplace_back(t, w[t * k + j]);
   }
+  // What the routed experts see: the rows, or their fp8 read-back.
+  Tensor read_back;
+  if (dtype == DispatchDtype::kFp8 && T > 0) {
+    const int64_t blocks = kernels::Fp8RowScales(H);
+    std::vector<uint8_t> q(T * H);
+    std::vector<float> scales(T * blocks);
+    kernels::QuantizeRowsFp8(x.data(), T, H, q.data(), scales.data());
+    read_back = Tensor({T, H});
+    for (int64_t t = 0; t < T; ++t) kernels::DequantizeRowFp8(&q[t * H], &scales[t * blocks], H, read_back.row(t));
+  }
+  const Tensor& routed = dtype == DispatchDtype::kFp8 && T > 0 ? read_back : x;
   std::vector<double> acc(T * H, 0.0), out;
   for (const auto& [e, pairs] : by_expert) {
     const Dense expert = dense(weights.experts.at(e));
     for (const auto& [t, weight] : pairs) {
       const bool on_input = spec.router.weight_on_input;
-      ffn(expert, spec.mlp, x.row(t), on_input ? weight : 1.0, &out);
+      ffn(expert, spec.mlp, routed.row(t), on_input ? weight : 1.0, &out);
       for (int64_t h = 0; h < H; ++h) acc[t * H + h] += (on_input ? 1.0 : weight) * out[h];
     }
   }

@@ -30,6 +30,7 @@ constexpr Field kSteps{"--steps", "spec.steps"};
 constexpr Field kTransport{"--transport", "spec.transport"};
 constexpr Field kDevice{"--device", "spec.device"};
 constexpr Field kDispatch{"--dispatch", "spec.dispatch"};
+constexpr Field kDispatchDtype{"--dispatch-dtype", "spec.dispatch_dtype"};
 constexpr Field kSkew{"--routing-skew", "spec.routing_skew"};
 constexpr Field kRedundant{"--redundant-experts", "spec.redundant_experts"};
 constexpr Field kTimeout{"--timeout", "spec.exchange_timeout_seconds"};
@@ -99,6 +100,14 @@ absl::Status RunConfig::Validate(FieldNames names) const {
   }
   if (!OneOf(dispatch, {"auto", "flat", "hierarchical"})) {
     return c.Bad(kDispatch, StrCat("is '", Echo(dispatch), "'; known: auto, flat, hierarchical"));
+  }
+  if (!OneOf(dispatch_dtype, {"fp32", "fp8"})) {
+    return c.Bad(kDispatchDtype, StrCat("is '", Echo(dispatch_dtype), "'; known: fp32, fp8"));
+  }
+  if (device == "cuda" && dispatch_dtype != "fp32") {
+    return absl::UnimplementedError(StrCat(c.Name(kDispatchDtype), " ", Echo(dispatch_dtype),
+                                           " is on the CPU path only: the GPU path moves bf16 rows over NCCL; "
+                                           "drop it or use cpu"));
   }
   const RebalanceConfig& r = rebalance;
   if (!placement::CanonicalPolicy(r.policy).ok()) {

@@ -3,6 +3,7 @@
 
 #include "moex/core/provenance.h"
 #include "moex/core/str_cat.h"
+#include "moex/ep/dispatch.h"
 #include "moex/run/sink.h"
 
 namespace moex::run {
@@ -21,6 +22,11 @@ void JsonSink::OnStart(const RunHeader& h) {
   head_["layer_total_params"] = h.spec->total_params();
   head_["layer_active_params"] = h.spec->active_params();
   head_["dispatch_path_reason"] = h.data_path_reason;
+  // How rows cross between hosts, and the bytes one takes there.
+  head_["dispatch_dtype"] = h.config->dispatch_dtype;
+  if (absl::StatusOr<ep::DispatchDtype> dtype = ep::ParseDispatchDtype(h.config->dispatch_dtype); dtype.ok()) {
+    head_["wire_row_bytes"] = ep::WireRowBytes(*dtype, h.spec->hidden);
+  }
   // Rank 0's BLAS threads and the CPUs it was bound to (0: unknown, or
   // the GPU path), and what is wrong with them.
   head_["blas_threads"] = h.blas.threads;

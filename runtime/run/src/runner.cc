@@ -277,8 +277,9 @@ class Runner {
                                                       .rank = rank_, .host = &t_, .deadline = NextDeadline()}));
       return absl::OkStatus();
     }
+    MOEX_ASSIGN_OR_RETURN(const ep::DispatchDtype dtype, ep::ParseDispatchDtype(config_.dispatch_dtype));
     MOEX_ASSIGN_OR_RETURN(ep::MoeLayer layer, ep::MoeLayer::Create(spec_, start, std::move(weights), t_, NextDeadline(),
-                                                                          config_.dispatch));
+                                                                          config_.dispatch, dtype));
     layer_ = std::make_unique<ep::MoeLayer>(std::move(layer));
     return absl::OkStatus();
   }
@@ -406,8 +407,9 @@ class Runner {
       MOEX_ASSIGN_OR_RETURN(reference_weights_, ep::LoadMoeWeights(spec_, checkpoint(), config_.seed, EveryExpert(spec_),
                                                                    nullptr, nullptr, weights_->options()));
     }
+    MOEX_ASSIGN_OR_RETURN(const ep::DispatchDtype dtype, ep::ParseDispatchDtype(config_.dispatch_dtype));
     MOEX_ASSIGN_OR_RETURN(const Tensor expected, ep::ReferenceForward(spec_, *reference_weights_, all_x,
-                                                                      tokens_.AllIds(step), tokens_.Slices()));
+                                                                      tokens_.AllIds(step), tokens_.Slices(), dtype));
     double scale = 0, worst = 0;
     for (int64_t i = 0; i < expected.size(); ++i) {
       scale = std::max(scale, std::fabs(double{expected.values[i]}));

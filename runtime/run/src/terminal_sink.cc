@@ -4,6 +4,7 @@
 #include "moex/core/format.h"
 #include "moex/core/str_cat.h"
 #include "moex/core/tensor.h"
+#include "moex/ep/dispatch.h"
 #include "moex/run/sink.h"
 
 namespace moex::run {
@@ -13,6 +14,7 @@ void TerminalSink::OnStart(const RunHeader& h) {
   rebalancing_ = h.rebalancing;
   gpu_ = !h.device_path.empty();
   hidden_ = h.spec->hidden;
+  fp8_dispatch_ = h.config->dispatch_dtype == "fp8";
   if (h.blas.oversubscribed()) std::cerr << "moex run: warning: " << h.blas.Warning() << "\n" << std::flush;
   if (quiet_) return;
   const model::MoeLayerSpec& spec = *h.spec;
@@ -33,6 +35,13 @@ void TerminalSink::OnStart(const RunHeader& h) {
                               : StrCat(" from ", h.config->input));
   std::cout << h.weights_line;
   if (!h.data_path_reason.empty()) std::cout << "moex run: tokens move over " << h.data_path_reason << "\n";
+  if (h.config->dispatch_dtype == "fp8") {
+    const int64_t H = spec.hidden, row = ep::WireRowBytes(ep::DispatchDtype::kFp8, H);
+    std::cout << absl::StrFormat(
+        "moex run: rows cross between hosts as fp8: %d bytes a row (%.3fx of bf16, %.3fx of fp32); the routed "
+        "experts see every row as it reads back\n",
+        row, static_cast<double>(row) / static_cast<double>(2 * H), static_cast<double>(row) / static_cast<double>(4 * H));
+  }
   if (h.first_step > 0) {
     std::cout << "moex run: resuming after step " << h.first_step << " (done by an earlier attempt)\n";
   }
@@ -82,13 +91,20 @@ absl::Status TerminalSink::OnFinish(const RunResult& r) {
   if (steps.empty()) return absl::OkStatus();
   const Medians m = MeasuredMedians(steps);
   const StepSummary& last = steps.back();
-  const double floor = static_cast<double>(last.remote_copies) * static_cast<double>(hidden_) * 4;
+  // The floor: each remote copy of a row once, at the size it travels
+  // (fp8 where every copy goes by the transport; rows within a host
+  // through shared memory stay fp32).
+  const bool all_fp8 = fp8_dispatch_ && r.data_path == "all-to-all-v";
+  const double row_bytes = all_fp8 ? static_cast<double>(ep::WireRowBytes(ep::DispatchDtype::kFp8, hidden_))
+                                   : static_cast<double>(hidden_) * 4;
+  const double floor = static_cast<double>(last.remote_copies) * row_bytes;
   std::cout << absl::StrFormat(
       "summary (median of %d step%s): %.0f tokens/s, dispatch %.2f ms, combine %.2f ms, "
-      "imbalance %.2f; dispatch moved %s for a floor of %s (%.2fx: routing metadata) over %s\n",
+      "imbalance %.2f; dispatch moved %s for a floor of %s (%.2fx: routing metadata) over %s%s\n",
       m.steps, m.steps == 1 ? "" : "s", m.rate, 1e3 * m.dispatch, 1e3 * m.combine, m.imbalance,
       FormatBytes(static_cast<double>(last.dispatch_bytes)), FormatBytes(floor),
-      floor > 0 ? static_cast<double>(last.dispatch_bytes) / floor : 1.0, r.data_path);
+      floor > 0 ? static_cast<double>(last.dispatch_bytes) / floor : 1.0, r.data_path,
+      all_fp8 ? ", rows as fp8" : fp8_dispatch_ ? " (floor at fp32; rows between hosts as fp8)" : "");
   if (r.hosts > 1) {
     std::cout << absl::StrFormat(
         "across %d hosts (median per step): dispatch sent %s between hosts for a floor of %s (%.3fx), "

@@ -9,7 +9,7 @@
 # every rank is alone), and the bytes that crossed between hosts must be
 # what that path sends: hierarchical, one record (hidden + 2 top-k values)
 # per (token, remote host), the floor times (H + 2k) / H exactly; flat, at
-# least that.
+# least that. With --dispatch-dtype fp8 the same, at fp8's row size.
 set -euo pipefail
 source "$(dirname "$0")/test_lib.sh"
 name="$1" work="$2" moex="$3" layout="$4" transport="$5"
@@ -18,9 +18,14 @@ need_cluster "$name"
 mkdir -p "$work"
 IFS=, read -r -a per_host <<<"$layout"
 flat=0
-for arg in "$@"; do [[ "$arg" == flat ]] && flat=1; done
+fp8=0
+for arg in "$@"; do
+  [[ "$arg" == flat ]] && flat=1
+  [[ "$arg" == fp8 ]] && fp8=1
+done
 tag="${layout//,/-}.$transport"
 ((flat)) && tag+=".flat"
+((fp8)) && tag+=".fp8"
 hostfile="$("$VCLUSTER" hostfile "$name" "$work/hostfile-$tag" "${per_host[@]}")"
 
 # The host map the run must report: "6 ranks on 3 hosts: N-h0 (rank 0), N-h1 (ranks 1, 2), ...".
@@ -59,13 +64,20 @@ if summary["hosts"] != hosts:
     problems.append(f"summary.hosts {summary['hosts']}, expected {hosts}")
 sent, floor = summary["internode_bytes_per_step"], summary["internode_floor_bytes_per_step"]
 H, k = run["hidden"], run["top_k"]
+# A row between hosts: 4H bytes in fp32; in fp8, H values (padded to 4) and
+# a scale per 128 (--dispatch-dtype fp8); a record adds k (slot, weight) pairs.
+dtype = run["dispatch_dtype"]
+row = 4 * H if dtype == "fp32" else (H + 3) // 4 * 4 + 4 * ((H + 127) // 128)
+if run["wire_row_bytes"] != row:
+    problems.append(f"wire_row_bytes {run['wire_row_bytes']} for {dtype} rows of {H}, expected {row}")
+record = row + 8 * k
 if floor <= 0:
     problems.append(f"internode floor {floor}: nothing crossed between {hosts} hosts?")
-elif want_path == "hierarchical" and abs(sent - floor * (H + 2 * k) / H) > 1e-9 * floor:
+elif want_path == "hierarchical" and abs(sent - floor * record / row) > 1e-9 * floor:
     problems.append(f"hierarchical sent {sent} bytes between hosts, not one record per (token, remote host): "
-                    f"{floor} x ({H} + 2 x {k}) / {H}")
-elif sent < floor * (H + 2 * k) / H:
-    problems.append(f"{want_path} sent {sent} bytes between hosts, under the floor {floor} x ({H} + 2 x {k}) / {H}")
+                    f"{floor} x {record} / {row}")
+elif sent < floor * record / row:
+    problems.append(f"{want_path} sent {sent} bytes between hosts, under the floor {floor} x {record} / {row}")
 if expected not in reason:
     problems.append(f"dispatch_path_reason {reason!r} does not say {expected!r}")
 if run["world_size"] != np or run["transport"] != transport:
@@ -74,7 +86,7 @@ if not run.get("check_relative_error", 1.0) <= 1e-4:
     problems.append(f"check_relative_error {run.get('check_relative_error')} is over 1e-4")
 if problems:
     sys.exit("FAIL: " + "; ".join(problems))
-print(f"ok: dispatch path '{run['dispatch_path']}' because: {reason}; check error {run['check_relative_error']:.2e}; "
+print(f"ok: {dtype} rows, dispatch path '{run['dispatch_path']}' because: {reason}; check error {run['check_relative_error']:.2e}; "
       f"between hosts {sent:.0f} bytes a step for a floor of {floor:.0f} ({sent / floor:.3f}x)")
 PY
 echo "PASS"

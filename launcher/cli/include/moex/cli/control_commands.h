@@ -61,6 +61,7 @@ struct JobFlags {
   int tokens_per_rank = 256;
   std::string transport;  // "": mpi on CPUs, nccl with --device cuda
   std::string dispatch = "auto";
+  std::string dispatch_dtype = "fp32";
   std::string device = "cpu";
   std::string weight_dtype = "f32";
   bool copy_weights = false;

@@ -104,6 +104,24 @@ enum class DispatchPath {
 // "auto", "shared memory", "all-to-all-v", "per peer", "hierarchical".
 std::string_view DispatchPathName(DispatchPath path);
 
+// What a token's row is when it travels between hosts (the network legs of
+// every path; rows within a host stay fp32):
+// - kFp32: the row as it is, 4 bytes a value.
+// - kFp8: DeepEP's format (kernels/fp8_rows.h): e4m3fn values with one fp32
+//   scale a block of 128, H + 4 * ceil(H / 128) bytes (0.26x of fp32, 0.52x
+//   of bf16). The layer's routed experts then see every token as the
+//   receiver reads it back, on every rank and path alike (the own rank's and
+//   shared memory's rows too), so a result does not depend on where its
+//   experts live; the router and the shared expert see the row unquantised.
+// Combine stays fp32.
+enum class DispatchDtype { kFp32, kFp8 };
+// "fp32", "fp8".
+std::string_view DispatchDtypeName(DispatchDtype dtype);
+// "fp32" or "fp8", or an error naming `flag` and the choices.
+absl::StatusOr<DispatchDtype> ParseDispatchDtype(std::string_view name, std::string_view flag = "--dispatch-dtype");
+// Bytes a row of `hidden` values takes on the wire.
+int64_t WireRowBytes(DispatchDtype dtype, int64_t hidden);
+
 struct DispatchOptions {
   DispatchPath path = DispatchPath::kAuto;
   // Under kAuto, ranks on several hosts (some sharing one) go hierarchical
@@ -116,6 +134,8 @@ struct DispatchOptions {
   // directories are not one (transport::HostMap probes it) are on
   // different hosts, which is how tests put in-process ranks on "hosts".
   transport::SharedSegmentsOptions shared_memory = {};
+  // How rows cross between hosts (above). The same on every rank.
+  DispatchDtype dtype = DispatchDtype::kFp32;
 
   // The defaults above, with the environment's say: MOEX_INTRANODE=0 asks
   // for all-to-all-v, =1 for shared memory, unset (or "auto") for kAuto.
@@ -144,7 +164,7 @@ struct DispatchResult {
   int64_t bytes_sent = 0;                           // payload sent to other ranks
   // Of bytes_sent, what crossed to other hosts (every rank counted its own
   // host where the hosts could not be probed), and the floor of that:
-  // distinct (token, remote host) pairs x hidden x 4 bytes.
+  // distinct (token, remote host) pairs x WireRowBytes(dtype, hidden).
   int64_t internode_bytes_sent = 0;
   int64_t internode_floor_bytes = 0;
   // Shared-memory and per-peer paths: counts[s * W + d] tokens went from
@@ -271,6 +291,17 @@ class Dispatcher {
                                    const float* partial, Tensor* y, int64_t* bytes_sent, Deadline deadline);
   // The gateway on `host` of `source`'s tokens (itself on its own host).
   int GatewayOf(int source, int host) const;
+  // dispatch_wire.cc: rows between hosts in options_.dtype.
+  // x as every path and the experts see it: x itself (fp32), or each row
+  // read back from its fp8 form (kept for WriteWireRow).
+  const Tensor& PrepareWire(const Tensor& x);
+  // Local token t's row in wire form (WireRowBytes) at `dst`; `x` is what
+  // PrepareWire returned.
+  void WriteWireRow(const Tensor& x, int64_t t, std::byte* dst) const;
+  // Where `records` wire records should land; after the exchange,
+  // DecodeWireRecords leaves them in recv_ as fp32 records.
+  std::byte* WireReceiveBuffer(int64_t records, int64_t hidden, int64_t top_k);
+  void DecodeWireRecords(int64_t records, int64_t hidden, int64_t top_k);
   // dispatch_alltoallv.cc
   absl::Status DispatchAllToAllV(transport::Transport& transport, const Placement& placement, const Tensor& x,
                                  const DispatchLayout& layout, const float* topk_weights, Deadline deadline,
@@ -303,6 +334,10 @@ class Dispatcher {
   int64_t combine_internode_bytes_ = 0;
   std::vector<float> forward_sums_;            // hierarchical: a host sum per forwarded row
   std::vector<float> send_, recv_, back_, partial_;
+  std::vector<uint8_t> fp8_values_;   // fp8: x's rows quantised, [T, H]
+  std::vector<float> fp8_scales_;     // and their scales, [T, ceil(H / 128)]
+  Tensor x_wire_;                     // and read back, [T, H]
+  std::vector<std::byte> wire_recv_;  // fp8: network records as they land
   std::vector<int64_t> send_offsets_, recv_offsets_;  // bytes, per rank
   std::vector<const float*> sources_;  // [T, W] partial-sum row of each (token, rank), or null
 };

@@ -30,11 +30,13 @@ class MoeLayer final : public Layer {
   static absl::StatusOr<MoeLayer> Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
                                          Dispatcher dispatcher);
   // The same with a dispatcher made here, on `transport`, from
-  // DispatchOptions::FromEnvironment(dispatch). Collective: every rank of
-  // `transport` calls it (after checking its own arguments).
+  // DispatchOptions::FromEnvironment(dispatch), rows crossing between hosts
+  // as `dtype`. Collective: every rank of `transport` calls it (after
+  // checking its own arguments).
   static absl::StatusOr<MoeLayer> Create(MoeLayerSpec spec, Placement placement, MoeWeights weights,
                                          transport::Transport& transport, Deadline deadline,
-                                         std::string_view dispatch = "auto");
+                                         std::string_view dispatch = "auto",
+                                         DispatchDtype dtype = DispatchDtype::kFp32);
 
   // x [T, H] local tokens whose first has global index `first_token`; `y`
   // is resized to [T, H] and overwritten (reuse it across steps).
@@ -104,9 +106,12 @@ absl::Status RouteTokens(const MoeLayerSpec& spec, const MoeWeights& weights, co
 // over its chosen experts of weight x FFN(x), in double precision, plus the
 // shared expert. `weights` must hold every expert. Tokens are routed in
 // slices of `slice_tokens` (the ranks' split) so that routing sees the very
-// same GEMM shapes as the distributed run.
+// same GEMM shapes as the distributed run. With `dtype` kFp8 the routed
+// experts see each row as its fp8 form reads back (DispatchDtype), the
+// router and the shared expert the row itself.
 absl::StatusOr<Tensor> ReferenceForward(const MoeLayerSpec& spec, const MoeWeights& weights, const Tensor& x,
-                                        std::span<const int64_t> token_ids, const std::vector<int64_t>& slice_tokens);
+                                        std::span<const int64_t> token_ids, const std::vector<int64_t>& slice_tokens,
+                                        DispatchDtype dtype = DispatchDtype::kFp32);
 
 // Tokens of rank `rank` when `total` are split over `world` ranks in order,
 // as evenly as possible: {first token, count}.

@@ -47,6 +47,7 @@ struct RunConfig {
   std::string transport = "mpi";     // mpi, ucx, nccl (with device cuda)
   std::string device = "cpu";        // cpu, cuda
   std::string dispatch = "auto";     // auto, flat, hierarchical (ranks on several hosts)
+  std::string dispatch_dtype = "fp32";  // fp32, fp8: rows between hosts (ep::DispatchDtype)
   double routing_skew = 0;           // Zipf exponent of synthetic routing
   uint64_t seed = 1;
   int64_t redundant_experts = 0;

@@ -96,6 +96,7 @@ class TerminalSink final : public RunSink {
   bool rebalancing_ = false;
   bool gpu_ = false;
   int64_t hidden_ = 0;
+  bool fp8_dispatch_ = false;  // --dispatch-dtype fp8
 };
 
 // --json: the per-step figures and the summary, written atomically at the end.

@@ -174,6 +174,24 @@ class GroupedGemm {
 absl::Status GatherRows(const void* src, const int32_t* index, int rows, size_t row_bytes, void* dst,
                         cudaStream_t stream);
 
+// Rows quantised for an FP8 dispatch, in kernels/fp8_rows.h's format and
+// with the same bytes as the CPU's QuantizeRowsFp8 (every step one IEEE
+// fp32 operation; a value that rounds to zero is +0): x [rows, hidden] of
+// `dtype` -> q [rows, hidden] e4m3fn, scales [rows, ceil(hidden / 128)]
+// fp32. One thread block of 128 a scale block.
+struct QuantizeFp8Args {
+  const void* x = nullptr;
+  int rows = 0, hidden = 0;
+  Dtype dtype = Dtype::kF32;
+  uint8_t* q = nullptr;
+  float* scales = nullptr;
+};
+absl::Status QuantizeRowsFp8(const QuantizeFp8Args& args, cudaStream_t stream);
+// And back, as the CPU's DequantizeRowFp8: x [rows, hidden] of `dtype` =
+// float(q) * its block's scale (rounded to bf16 where `dtype` is).
+absl::Status DequantizeRowsFp8(const uint8_t* q, const float* scales, int rows, int hidden, Dtype dtype, void* x,
+                               cudaStream_t stream);
+
 // `count` elements from `in_dtype` to `out_dtype` (rounded to nearest even).
 absl::Status Convert(const void* in, Dtype in_dtype, size_t count, void* out, Dtype out_dtype, cudaStream_t stream);
 
