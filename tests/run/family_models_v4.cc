@@ -26,7 +26,7 @@ using namespace math;  // NOLINT: the references read as formulas
 namespace {
 
 constexpr double kLimit = 0.5, kScaling = 2.5;
-constexpr int64_t kTopK = 2, kVocab = 256;
+constexpr int64_t kV4TopK = 2, kVocab = 256;
 constexpr double kE2M1[16] = {0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6};
 const std::string kBlock = "layers.0.ffn.";
 
@@ -137,7 +137,7 @@ FamilyModel MakeDeepseekV4Release() {
                       {"num_hidden_layers", 3}, {"num_attention_heads", 4}, {"num_key_value_heads", 1},
                       {"head_dim", 32}, {"q_lora_rank", 32}, {"qk_rope_head_dim", 16}, {"o_lora_rank", 32},
                       {"o_groups", 2}, {"moe_intermediate_size", kWidth}, {"n_routed_experts", kExperts},
-                      {"n_shared_experts", 1}, {"num_experts_per_tok", kTopK}, {"num_hash_layers", 1},
+                      {"n_shared_experts", 1}, {"num_experts_per_tok", kV4TopK}, {"num_hash_layers", 1},
                       {"scoring_func", "sqrtsoftplus"}, {"topk_method", "noaux_tc"}, {"norm_topk_prob", true},
                       {"routed_scaling_factor", kScaling}, {"swiglu_limit", kLimit}, {"hidden_act", "silu"},
                       {"expert_dtype", "fp4"}, {"tie_word_embeddings", false}};
@@ -150,9 +150,9 @@ FamilyModel MakeDeepseekV4Release() {
     std::vector<int64_t> experts(kExperts);
     std::iota(experts.begin(), experts.end(), 0);
     std::shuffle(experts.begin(), experts.end(), rng.gen);
-    table.insert(table.end(), experts.begin(), experts.begin() + kTopK);
+    table.insert(table.end(), experts.begin(), experts.begin() + kV4TopK);
   }
-  PutBytes(&m, kBlock + "gate.tid2eid", "I64", {kVocab, kTopK}, I64Bytes(table));
+  PutBytes(&m, kBlock + "gate.tid2eid", "I64", {kVocab, kV4TopK}, I64Bytes(table));
   for (int e = 0; e < kExperts; ++e) {
     const std::string p = kBlock + "experts." + std::to_string(e) + ".";
     PutFp4(&m, rng, p + "w1.weight", kWidth, kHidden, -4);
@@ -187,15 +187,15 @@ std::vector<double> DeepseekV4ReleaseReference(const FamilyModel& m) {
     const Vec x = Row(m, t);
     Vec s = Linear(Values(m, kBlock + "gate.weight"), 0, kExperts, m.hidden, x);
     for (double& v : s) v = std::sqrt(std::log1p(std::exp(v)));
-    const int64_t* chosen = &table[m.input_ids[t] * kTopK];
+    const int64_t* chosen = &table[m.input_ids[t] * kV4TopK];
     double total = 0;
-    for (int64_t j = 0; j < kTopK; ++j) total += s[chosen[j]];
+    for (int64_t j = 0; j < kV4TopK; ++j) total += s[chosen[j]];
     // The shared expert, not clamped.
     const Vec g = Linear(sg, 0, kWidth, m.hidden, x), u = Linear(su, 0, kWidth, m.hidden, x);
     Vec h(kWidth);
     for (int64_t f = 0; f < kWidth; ++f) h[f] = Silu(g[f]) * u[f];
     Vec out = Linear(sd, 0, m.hidden, kWidth, h);
-    for (int64_t j = 0; j < kTopK; ++j) {
+    for (int64_t j = 0; j < kV4TopK; ++j) {
       const int64_t e = chosen[j];
       const Vec ge = Linear(w1[e], 0, kWidth, m.hidden, x), ue = Linear(w3[e], 0, kWidth, m.hidden, x);
       for (int64_t f = 0; f < kWidth; ++f) h[f] = Silu(std::min(ge[f], kLimit)) * std::clamp(ue[f], -kLimit, kLimit);

@@ -3,17 +3,11 @@
 #include <unistd.h>
 
 #include "moex/core/str_cat.h"
+#include "worker_warn.h"
 
 namespace moex::worker {
-namespace {
 
-void Warn(int rank, std::string_view what) {
-  // One write: ranks do not interleave mid-line.
-  const std::string line = StrCat("moex worker: rank ", rank, ": ", what, "\n");
-  (void)!write(STDERR_FILENO, line.data(), line.size());
-}
-
-}  // namespace
+using internal::Warn;
 
 std::optional<placement::Placement> WorkerRunLink::PublishedAfter(int64_t serving_version) {
   if (session_.placement_version() <= serving_version) return std::nullopt;

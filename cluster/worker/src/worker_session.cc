@@ -11,8 +11,11 @@
 #include "moex/cluster/rank_metadata.h"
 #include "moex/cluster/rank_secret.h"
 #include "moex/core/str_cat.h"
+#include "worker_warn.h"
 
 namespace moex::worker {
+
+using internal::Warn;
 namespace {
 
 void Prepare(grpc::ClientContext* context, const std::string& token, double seconds, int attempt = 0) {
@@ -23,12 +26,6 @@ void Prepare(grpc::ClientContext* context, const std::string& token, double seco
   static const char* secret = std::getenv(cluster::kRankSecretEnv);
   if (secret != nullptr && *secret != '\0') context->AddMetadata(cluster::kRankSecretMetadata, secret);
   if (attempt > 0) context->AddMetadata(cluster::kAttemptMetadata, std::to_string(attempt));
-}
-
-void Warn(int rank, std::string_view what) {
-  // One write: ranks do not interleave mid-line.
-  const std::string line = StrCat("moex worker: rank ", rank, ": ", what, "\n");
-  (void)!write(STDERR_FILENO, line.data(), line.size());
 }
 
 }  // namespace

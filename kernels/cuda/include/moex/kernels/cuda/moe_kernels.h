@@ -174,6 +174,34 @@ class GroupedGemm {
 absl::Status GatherRows(const void* src, const int32_t* index, int rows, size_t row_bytes, void* dst,
                         cudaStream_t stream);
 
+// Who goes where, on the device: what ep::GetDispatchLayout computes on the
+// host (DeepEP's get_dispatch_layout), so that a step need not copy the
+// top-k to the host to lay out its dispatch. Token t's choice j (logical
+// expert e = topk_idx[t, j]) goes to slot
+//   expert_slots[expert_slot_offsets[e] + (first_token + t) % n_e],
+// n_e = expert_slot_offsets[e + 1] - expert_slot_offsets[e] (its replicas;
+// placement::Placement::ChooseSlot's rule), on rank slot_rank[slot]. Writes
+// topk_slot [T, k] (-1 for an expert outside [0, E) or without a slot, not
+// counted), is_token_in_rank [T, W] (0 or 1), num_tokens_per_rank [W]
+// (distinct tokens each rank receives) and num_tokens_per_slot [S] (pairs
+// each slot serves); the counts are zeroed first and are integers, so they
+// are the same whatever order the threads run in. k <= 16, W <= 1024.
+struct DispatchLayoutArgs {
+  const int32_t* topk_idx = nullptr;  // [T, k]
+  int num_tokens = 0, top_k = 0;
+  int64_t first_token = 0;
+  const int32_t* expert_slot_offsets = nullptr;  // [E + 1]
+  const int32_t* expert_slots = nullptr;         // [S]: each expert's slots, in order
+  int num_experts = 0;
+  const int32_t* slot_rank = nullptr;  // [S]
+  int num_slots = 0, world_size = 0;
+  int32_t* topk_slot = nullptr;
+  uint8_t* is_token_in_rank = nullptr;
+  int32_t* num_tokens_per_rank = nullptr;
+  int32_t* num_tokens_per_slot = nullptr;
+};
+absl::Status GetDispatchLayout(const DispatchLayoutArgs& args, cudaStream_t stream);
+
 // Rows quantised for an FP8 dispatch, in kernels/fp8_rows.h's format and
 // with the same bytes as the CPU's QuantizeRowsFp8 (every step one IEEE
 // fp32 operation; a value that rounds to zero is +0): x [rows, hidden] of
