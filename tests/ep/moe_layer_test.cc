@@ -108,18 +108,35 @@ Tensor RunLayer(const Case& c, const MoeLayerSpec& spec, const Placement& placem
   return got;
 }
 
+// A case's layer, placement, tokens, every expert's weights and the ranks'
+// token slices.
+struct LayerCase {
+  explicit LayerCase(const Case& c)
+      : spec(SpecFor(c)),
+        placement(*Placement::Contiguous(c.experts, c.world, c.redundant)),
+        x(RandomTokens(c.tokens, spec.hidden, 7)) {
+    std::vector<int64_t> all_experts;
+    for (int64_t e = 0; e < c.experts; ++e) all_experts.push_back(e);
+    all = *LoadMoeWeights(spec, nullptr, 42, all_experts);
+    for (int r = 0; r < c.world; ++r) slices.push_back(TokenSlice(c.tokens, c.world, r).second);
+  }
+  Tensor Reference(DispatchDtype dtype = DispatchDtype::kFp32) const {
+    return *ReferenceForward(spec, all, x, {}, slices, dtype);
+  }
+  MoeLayerSpec spec;
+  Placement placement;
+  Tensor x;
+  MoeWeights all;
+  std::vector<int64_t> slices;
+};
+
 TEST_P(MoeLayerTest, MatchesTheReferenceOnEveryPath) {
   const Case& c = GetParam();
-  MoeLayerSpec spec = SpecFor(c);
-  Placement placement = *Placement::Contiguous(c.experts, c.world, c.redundant);
-  Tensor x = RandomTokens(c.tokens, spec.hidden, 7);
-
-  std::vector<int64_t> all_experts;
-  for (int64_t e = 0; e < c.experts; ++e) all_experts.push_back(e);
-  MoeWeights all = *LoadMoeWeights(spec, nullptr, 42, all_experts);
-  std::vector<int64_t> slices;
-  for (int r = 0; r < c.world; ++r) slices.push_back(TokenSlice(c.tokens, c.world, r).second);
-  Tensor expected = *ReferenceForward(spec, all, x, {}, slices);
+  const LayerCase setup(c);
+  const MoeLayerSpec& spec = setup.spec;
+  const Placement& placement = setup.placement;
+  const Tensor& x = setup.x;
+  Tensor expected = setup.Reference();
   double scale = 0;
   for (int64_t i = 0; i < expected.size(); ++i) scale = std::max(scale, std::fabs(double{expected.values[i]}));
 
@@ -173,16 +190,9 @@ TEST_P(MoeLayerTest, MatchesTheReferenceOnEveryPath) {
 // rows over the network, and is measurably not the fp32 layer.
 TEST_P(MoeLayerTest, Fp8DispatchMatchesTheFp8Reference) {
   const Case& c = GetParam();
-  MoeLayerSpec spec = SpecFor(c);
-  Placement placement = *Placement::Contiguous(c.experts, c.world, c.redundant);
-  Tensor x = RandomTokens(c.tokens, spec.hidden, 7);
-  std::vector<int64_t> all_experts;
-  for (int64_t e = 0; e < c.experts; ++e) all_experts.push_back(e);
-  MoeWeights all = *LoadMoeWeights(spec, nullptr, 42, all_experts);
-  std::vector<int64_t> slices;
-  for (int r = 0; r < c.world; ++r) slices.push_back(TokenSlice(c.tokens, c.world, r).second);
-  const Tensor fp8 = *ReferenceForward(spec, all, x, {}, slices, DispatchDtype::kFp8);
-  const Tensor fp32 = *ReferenceForward(spec, all, x, {}, slices);
+  const LayerCase setup(c);
+  const Tensor fp8 = setup.Reference(DispatchDtype::kFp8);
+  const Tensor fp32 = setup.Reference();
   double scale = 0;
   for (float v : fp8.values) scale = std::max(scale, std::fabs(double{v}));
   // Ranks on hosts of their own pairwise (0011...), so that per peer and
@@ -193,7 +203,7 @@ TEST_P(MoeLayerTest, Fp8DispatchMatchesTheFp8Reference) {
   for (const DispatchPath path : {DispatchPath::kAllToAllV, DispatchPath::kPerPeer, DispatchPath::kHierarchical}) {
     SCOPED_TRACE(std::string(DispatchPathName(path)));
     int64_t pairs = 0;
-    const Tensor got = RunLayer(c, spec, placement, x, [&](int r) {
+    const Tensor got = RunLayer(c, setup.spec, setup.placement, setup.x, [&](int r) {
       DispatchOptions options = path == DispatchPath::kAllToAllV ? DispatchOptions{.path = path} : dirs.options(r, path);
       options.dtype = DispatchDtype::kFp8;
       return options;
