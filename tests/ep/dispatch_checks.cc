@@ -5,12 +5,14 @@
 #include <algorithm>
 #include <filesystem>
 #include <numeric>
+#include <thread>
 
 #include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
 #include "moex/core/str_cat.h"
 #include "moex/kernels/fp8_rows.h"
 #include "moex/placement/placement.h"
+#include "moex/transport/inprocess_transport.h"
 
 namespace moex::ep::testing {
 namespace {
@@ -422,6 +424,26 @@ std::string ThisHostName() {
   char name[256] = {};
   if (gethostname(name, sizeof(name) - 1) != 0) return "?";
   return name;
+}
+
+void OnEveryRank(int world, const std::function<void(int, transport::Transport&)>& body) {
+  transport::InProcessHub hub(world);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&hub, &body, r] {
+      std::unique_ptr<transport::Transport> t = hub.Connect(r);
+      body(r, *t);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+}
+
+std::vector<std::tuple<DispatchCase, HostSplit>> CasesOnEveryHostSplit() {
+  std::vector<std::tuple<DispatchCase, HostSplit>> out;
+  for (const DispatchCase& c : DispatchCases()) {
+    for (const HostSplit& split : HostSplits(static_cast<int>(c.tokens.size()))) out.emplace_back(c, split);
+  }
+  return out;
 }
 
 }  // namespace moex::ep::testing

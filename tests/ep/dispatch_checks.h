@@ -10,9 +10,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <ostream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "moex/ep/dispatch.h"
@@ -115,5 +117,12 @@ std::string HierarchicalReason(const std::string& where, const std::string& segm
 
 // gethostname(), for the words of HostMap::Describe.
 std::string ThisHostName();
+
+// Runs `body(rank, transport)` on every rank of a fresh in-process hub, one
+// thread each.
+void OnEveryRank(int world, const std::function<void(int, transport::Transport&)>& body);
+
+// Every case of DispatchCases() with every split of its ranks into hosts.
+std::vector<std::tuple<DispatchCase, HostSplit>> CasesOnEveryHostSplit();
 
 }  // namespace moex::ep::testing

@@ -41,20 +41,8 @@ using testing::DispatchCase;
 using testing::HostDirectories;
 using testing::HostSplit;
 using testing::HostSplits;
+using testing::OnEveryRank;
 using testing::ThisHostName;
-
-// Runs `body(rank, transport)` on every rank of a fresh hub, one thread each.
-void OnEveryRank(int world, const std::function<void(int, transport::Transport&)>& body) {
-  transport::InProcessHub hub(world);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r) {
-    threads.emplace_back([&hub, &body, r] {
-      std::unique_ptr<transport::Transport> t = hub.Connect(r);
-      body(r, *t);
-    });
-  }
-  for (std::thread& thread : threads) thread.join();
-}
 
 // What Create gave each rank: the path and reason, or the error.
 struct Created {
@@ -216,62 +204,7 @@ TEST_P(DispatchBitsTest, EveryPathGivesTheSameBits) {
   }
 }
 
-std::vector<std::tuple<DispatchCase, HostSplit>> BitsCases() {
-  std::vector<std::tuple<DispatchCase, HostSplit>> out;
-  for (const DispatchCase& c : testing::DispatchCases()) {
-    for (const HostSplit& split : HostSplits(static_cast<int>(c.tokens.size()))) out.emplace_back(c, split);
-  }
-  return out;
-}
-
-INSTANTIATE_TEST_SUITE_P(Cases, DispatchBitsTest, ::testing::ValuesIn(BitsCases()),
-                         [](const ::testing::TestParamInfo<std::tuple<DispatchCase, HostSplit>>& param_info) {
-                           return std::get<0>(param_info.param).name + "_hosts" + std::get<1>(param_info.param).name;
-                         });
-
-// ---------------------------------------------------------------------------
-// FP8 between hosts: on every path and split, a dispatcher on kFp8 gives
-// bit for bit what the same path on kFp32 gives when handed the rows as
-// their fp8 form reads back. So every row (the own rank's, shared memory's
-// and the network's alike) reaches the experts as that read-back, and the
-// network carries nothing else of it.
-
-class DispatchFp8Test : public ::testing::TestWithParam<std::tuple<DispatchCase, HostSplit>> {};
-
-TEST_P(DispatchFp8Test, EveryRowArrivesAsItsFp8FormReadsBack) {
-  auto [c, split] = GetParam();
-  c.hidden = 200;  // two scale blocks, the second one short
-  const int world = static_cast<int>(c.tokens.size());
-  HostDirectories hosts(split);
-  const std::vector<std::pair<std::string, std::function<DispatchOptions(int)>>> paths = {
-      {"shared memory", [](int) { return DispatchOptions{.path = DispatchPath::kSharedMemory}; }},
-      {"all-to-all-v", [](int) { return DispatchOptions{.path = DispatchPath::kAllToAllV}; }},
-      {"per peer", [&](int r) { return hosts.options(r, DispatchPath::kPerPeer); }},
-      {"hierarchical", [&](int r) { return hosts.options(r, DispatchPath::kHierarchical); }},
-  };
-  for (const auto& [name, options_of] : paths) {
-    std::vector<std::optional<Tensor>> fp8(world), read_back(world);
-    for (const bool wire_fp8 : {true, false}) {
-      OnEveryRank(world, [&](int r, transport::Transport& t) {
-        DispatchOptions options = options_of(r);
-        options.dtype = wire_fp8 ? DispatchDtype::kFp8 : DispatchDtype::kFp32;
-        absl::StatusOr<Dispatcher> dispatcher = Dispatcher::Create(t, options, Deadline::InSeconds(30));
-        ASSERT_TRUE(dispatcher.ok()) << dispatcher.status();
-        (wire_fp8 ? fp8 : read_back)[r] = CombinedOutput(t, *dispatcher, c, 3, /*read_back_fp8=*/!wire_fp8);
-      });
-    }
-    for (int r = 0; r < world; ++r) {
-      ASSERT_TRUE(fp8[r] && read_back[r]) << name << ", rank " << r;
-      const std::vector<float>& want = read_back[r]->values;
-      const std::vector<float>& got = fp8[r]->values;
-      ASSERT_EQ(got.size(), want.size());
-      EXPECT_TRUE(want.empty() || std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) == 0)
-          << name << ", rank " << r << ": fp8 on the wire is not the read-back rows on fp32";
-    }
-  }
-}
-
-INSTANTIATE_TEST_SUITE_P(Cases, DispatchFp8Test, ::testing::ValuesIn(BitsCases()),
+INSTANTIATE_TEST_SUITE_P(Cases, DispatchBitsTest, ::testing::ValuesIn(testing::CasesOnEveryHostSplit()),
                          [](const ::testing::TestParamInfo<std::tuple<DispatchCase, HostSplit>>& param_info) {
                            return std::get<0>(param_info.param).name + "_hosts" + std::get<1>(param_info.param).name;
                          });
@@ -284,18 +217,6 @@ TEST(DispatchFp8Test, RanksThatAskForDifferentDtypesAreToldOnEveryRank) {
     EXPECT_THAT(std::string(created[r].status.message()),
                 HasSubstr("the ranks ask for different paths or dtypes (rank 0 auto, rank 1 auto fp8)"));
   }
-}
-
-TEST(DispatchFp8Test, WireRowBytes) {
-  // DeepSeek-V3's hidden size: 7168 values and 56 scales, 0.516x of bf16.
-  EXPECT_EQ(WireRowBytes(DispatchDtype::kFp8, 7168), 7168 + 56 * 4);
-  EXPECT_EQ(WireRowBytes(DispatchDtype::kFp32, 7168), 7168 * 4);
-  // Values padded to 4 bytes; a short last block has a scale of its own.
-  EXPECT_EQ(WireRowBytes(DispatchDtype::kFp8, 130), 132 + 2 * 4);
-  EXPECT_EQ(std::string(DispatchDtypeName(DispatchDtype::kFp8)), "fp8");
-  EXPECT_EQ(*ParseDispatchDtype("fp32"), DispatchDtype::kFp32);
-  EXPECT_THAT(std::string(ParseDispatchDtype("bf16").status().message()),
-              HasSubstr("--dispatch-dtype is 'bf16'; known: fp32, fp8"));
 }
 
 // ---------------------------------------------------------------------------
